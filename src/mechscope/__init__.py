@@ -1,0 +1,34 @@
+"""mechscope: open any PyTorch model, name its internals, cache and intervene on them faithfully.
+
+import mechscope as ms
+model = ms.load("smollm2-135m")
+out = model.run("When Mary and John went to the store, John gave a drink to", cache=["resid_post.*"])
+with model.intervene(ms.Ablate("head.9.z", heads=[3])):
+    ablated = model.run(...)
+"""
+
+from . import features
+from .hooks import Ablate, Add, Intervention, ModelConfig, Patch, Replace, Site, SiteInfo
+from .models import DEFAULT_MODEL, GenerateResult, Model, RunResult, from_hf, load, tiny, wrap
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "Ablate",
+    "Add",
+    "GenerateResult",
+    "Intervention",
+    "Model",
+    "ModelConfig",
+    "Patch",
+    "Replace",
+    "RunResult",
+    "Site",
+    "SiteInfo",
+    "features",
+    "from_hf",
+    "load",
+    "tiny",
+    "wrap",
+]

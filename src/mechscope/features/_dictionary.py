@@ -1,0 +1,390 @@
+"""Sparse dictionaries: an affine encoder to many sparse latents and a linear decoder back.
+
+Every dictionary computes ``pre = (x - b_dec) @ W_enc + b_enc``, turns ``pre`` into sparse non-negative
+``latents`` by its activation rule, and reconstructs ``latents @ W_dec + b_dec``. Only the rule and its
+sparsity penalty differ between kinds:
+
+- ``relu``: ReLU, penalised by L1 weighted by decoder row norms (Anthropic, "Circuits Updates, April 2024").
+- ``topk``: keep the k largest pre-activations of each row (Gao et al. 2024, "Scaling and evaluating sparse
+  autoencoders", §2.3); no penalty.
+- ``batchtopk``: keep the ``k * batch`` largest over the whole batch while training; at inference a single
+  threshold estimated during training replaces the batch (Bussmann et al. 2024, "BatchTopK Sparse
+  Autoencoders").
+- ``jumprelu``: ``pre * (pre > threshold)`` with a learned per-latent threshold, trained through
+  straight-through estimators of the threshold's gradient, penalised by L0 (Rajamanoharan et al. 2024,
+  "Jumping Ahead: Improving Reconstruction Fidelity with JumpReLU Sparse Autoencoders", §3-4).
+
+A transcoder is the same module reading one site and predicting another (``d_out`` set, trained against a
+different target; Dunefsky et al. 2024, "Transcoders Find Interpretable LLM Feature Circuits").
+Weights use the SAELens orientation: ``W_enc [d_in d_sae]``, ``W_dec [d_sae d_out]``.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple, get_args
+
+import einops
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor, nn
+
+Kind = Literal["relu", "topk", "batchtopk", "jumprelu"]
+BDecInit = Literal["zeros", "mean", "geometric_median"]
+
+
+@dataclass(frozen=True)
+class DictionaryConfig:
+    """Shape and activation rule of a sparse dictionary (autoencoder or transcoder)."""
+
+    kind: Kind
+    """Activation rule: ``relu``, ``topk``, ``batchtopk`` or ``jumprelu`` (see the module docstring)."""
+    d_in: int
+    """Width of the input activations."""
+    d_sae: int
+    """Number of latents (dictionary size)."""
+    d_out: int | None = None
+    """Width of the target for a transcoder (reads one site, predicts another); None for an autoencoder."""
+    k: int = 32
+    """Active latents per row (``topk``), or on average per row over a training batch (``batchtopk``)."""
+    apply_b_dec_to_input: bool = True
+    """Subtract ``b_dec`` from the input before encoding. Must be False for transcoders (``b_dec`` lives in
+    the target space) and is False in some released SAEs (Gemma Scope)."""
+    jumprelu_init_threshold: float = 0.001
+    """Initial JumpReLU threshold (Rajamanoharan et al. 2024 use 0.001 on inputs scaled to E|x|² = d_in)."""
+    jumprelu_bandwidth: float = 0.001
+    """Width ε of the rectangle kernel in JumpReLU's straight-through estimators (pre-activation units)."""
+    batchtopk_threshold_lr: float = 0.01
+    """Step of the moving average that estimates the BatchTopK inference threshold from the smallest
+    positive latent of each training batch."""
+    site: str | None = None
+    """Site the dictionary reads (e.g. ``resid_post.6``); metadata only."""
+    target_site: str | None = None
+    """Site a transcoder predicts (e.g. ``mlp_out.6``); metadata only."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in get_args(Kind):
+            raise ValueError(f"kind must be one of {get_args(Kind)}, got {self.kind!r}")
+        if min(self.d_in, self.d_sae) < 1 or (self.d_out is not None and self.d_out < 1):
+            raise ValueError(
+                f"widths must be positive: d_in={self.d_in} d_sae={self.d_sae} d_out={self.d_out}"
+            )
+        if self.kind in ("topk", "batchtopk") and not 1 <= self.k <= self.d_sae:
+            raise ValueError(f"k must be in [1, d_sae={self.d_sae}], got {self.k}")
+        if self.d_out is not None and self.apply_b_dec_to_input:
+            raise ValueError("a transcoder's b_dec lives in the target space: set apply_b_dec_to_input=False")
+        if self.jumprelu_init_threshold <= 0 or self.jumprelu_bandwidth <= 0:
+            raise ValueError("jumprelu_init_threshold and jumprelu_bandwidth must be positive")
+        if not 0 < self.batchtopk_threshold_lr <= 1:
+            raise ValueError(f"batchtopk_threshold_lr must be in (0, 1], got {self.batchtopk_threshold_lr}")
+
+    @property
+    def is_transcoder(self) -> bool:
+        """True when the dictionary predicts a different target than its input."""
+        return self.d_out is not None
+
+    @property
+    def width_out(self) -> int:
+        """Width of the reconstruction: ``d_out`` for a transcoder, ``d_in`` for an autoencoder."""
+        return self.d_in if self.d_out is None else self.d_out
+
+
+class DictionaryOutput(NamedTuple):
+    """One forward pass of a dictionary: reconstruction, latents and the loss terms (before coefficients)."""
+
+    reconstruction: Float[Tensor, "batch d_out"]
+    """Decoded latents: the prediction of the target (the input itself for an autoencoder)."""
+    latents: Float[Tensor, "batch d_sae"]
+    """Sparse non-negative latent activations."""
+    pre_acts: Float[Tensor, "batch d_sae"]
+    """Encoder outputs before the activation rule."""
+    fvu: Float[Tensor, ""]
+    """Fraction of variance unexplained: sum of squared errors over the batch's total variance."""
+    sparsity: Float[Tensor, ""]
+    """The kind's sparsity penalty, averaged over rows: decoder-norm-weighted L1 (relu), straight-through
+    L0 (jumprelu), zero (topk, batchtopk)."""
+    auxk: Float[Tensor, ""]
+    """AuxK loss: the top dead latents reconstructing the residual, normalised like ``fvu`` (zero when no
+    latent is dead; Gao et al. 2024, §2.4 and Appendix A)."""
+
+
+class Dictionary(nn.Module, ABC):
+    """Shared parameters, encode/decode, losses and decoder constraints of every sparse dictionary."""
+
+    def __init__(self, cfg: DictionaryConfig, *, seed: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        gen = torch.Generator().manual_seed(seed)
+        w_dec = torch.randn(cfg.d_sae, cfg.width_out, generator=gen)
+        w_dec /= w_dec.norm(dim=1, keepdim=True)
+        if cfg.is_transcoder:
+            w_enc = torch.randn(cfg.d_in, cfg.d_sae, generator=gen)
+            w_enc /= w_enc.norm(dim=0, keepdim=True)
+        else:  # encoder initialised to the decoder's transpose (Gao et al. 2024, §2.4)
+            w_enc = w_dec.T.clone()
+        self.W_enc = nn.Parameter(w_enc.contiguous())
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.W_dec = nn.Parameter(w_dec)
+        self.b_dec = nn.Parameter(torch.zeros(cfg.width_out))
+
+    @abstractmethod
+    def activate(self, pre_acts: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_sae"]:
+        """Apply the activation rule to pre-activations."""
+
+    def sparsity_penalty(
+        self, pre_acts: Float[Tensor, "batch d_sae"], latents: Float[Tensor, "batch d_sae"]
+    ) -> Float[Tensor, ""]:
+        """Return the kind's sparsity penalty, averaged over rows (zero unless overridden)."""
+        return latents.new_zeros(())
+
+    @torch.no_grad()
+    def observe(self, out: DictionaryOutput) -> None:
+        """Update running statistics after a training step (no-op unless overridden)."""
+
+    def pre_activations(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
+        """Compute the encoder output before the activation rule."""
+        if self.cfg.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return einops.einsum(x, self.W_enc, "batch d_in, d_in d_sae -> batch d_sae") + self.b_enc
+
+    def encode(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]:
+        """Sparse latent activations of ``x``."""
+        return self.activate(self.pre_activations(x))
+
+    def decode(self, latents: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_out"]:
+        """Reconstruction (or, for a transcoder, prediction of the target) from latents."""
+        return einops.einsum(latents, self.W_dec, "batch d_sae, d_sae d_out -> batch d_out") + self.b_dec
+
+    def forward(
+        self,
+        x: Float[Tensor, "batch d_in"],
+        target: Float[Tensor, "batch d_out"] | None = None,
+        *,
+        dead_mask: Bool[Tensor, " d_sae"] | None = None,
+        k_aux: int | None = None,
+    ) -> DictionaryOutput:
+        """Encode, decode and compute the loss terms against ``target`` (``x`` itself for an autoencoder).
+
+        ``dead_mask`` marks latents that have not fired for a while; when any is set the AuxK term uses the
+        ``k_aux`` (default ``d_out // 2``, as in sparsify) largest dead pre-activations.
+        """
+        if target is None:
+            if self.cfg.is_transcoder:
+                raise ValueError("a transcoder predicts another site: pass its activations as target")
+            target = x
+        pre = self.pre_activations(x)
+        latents = self.activate(pre)
+        recon = self.decode(latents)
+        residual = target - recon
+        total_var = (target - target.mean(0)).pow(2).sum().clamp_min(torch.finfo(target.dtype).tiny)
+        fvu = residual.pow(2).sum() / total_var
+        auxk = self._auxk(pre, residual, dead_mask, k_aux, total_var)
+        return DictionaryOutput(recon, latents, pre, fvu, self.sparsity_penalty(pre, latents), auxk)
+
+    def _auxk(
+        self,
+        pre: Float[Tensor, "batch d_sae"],
+        residual: Float[Tensor, "batch d_out"],
+        dead_mask: Bool[Tensor, " d_sae"] | None,
+        k_aux: int | None,
+        total_var: Float[Tensor, ""],
+    ) -> Float[Tensor, ""]:
+        if dead_mask is None or not dead_mask.any():
+            return pre.new_zeros(())
+        n_dead = int(dead_mask.sum())
+        k_aux = self.cfg.width_out // 2 if k_aux is None else k_aux
+        scale = min(n_dead / k_aux, 1.0)  # fewer dead latents than k_aux: shrink the term (sparsify)
+        masked = torch.where(dead_mask, pre, -torch.inf)
+        top = masked.topk(min(k_aux, n_dead), dim=-1)
+        aux_latents = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+        # Gao et al. 2024, Appendix A: e_hat = W_dec z, without the decoder bias, fits the detached error.
+        e_hat = einops.einsum(aux_latents, self.W_dec, "batch d_sae, d_sae d_out -> batch d_out")
+        return scale * (e_hat - residual.detach()).pow(2).sum() / total_var
+
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        """Rescale every decoder row to unit norm."""
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(torch.finfo(self.W_dec.dtype).eps))
+
+    @torch.no_grad()
+    def project_decoder_grad_(self) -> None:
+        """Remove from ``W_dec.grad`` its component along each (unit) decoder row.
+
+        A step then moves along the sphere the rows are renormalised onto (Bricken et al. 2023, "Towards
+        Monosemanticity").
+        """
+        if self.W_dec.grad is None:
+            return
+        parallel = einops.einsum(self.W_dec.grad, self.W_dec, "d_sae d_out, d_sae d_out -> d_sae")
+        self.W_dec.grad -= einops.einsum(parallel, self.W_dec, "d_sae, d_sae d_out -> d_sae d_out")
+
+    @torch.no_grad()
+    def init_b_dec_(self, data: Float[Tensor, "n d_out"], method: BDecInit) -> None:
+        """Set ``b_dec`` from a sample of the target: zeros, its mean or its geometric median."""
+        inits = {
+            "zeros": lambda d: torch.zeros(d.shape[1], dtype=d.dtype),
+            "mean": lambda d: d.mean(0),
+            "geometric_median": geometric_median,
+        }
+        if method not in inits:
+            raise ValueError(f"b_dec init must be one of {sorted(inits)}, got {method!r}")
+        self.b_dec.copy_(inits[method](data.to(self.b_dec.dtype)))
+
+
+class ReLUDictionary(Dictionary):
+    """ReLU latents with an L1 penalty weighted by decoder norms.
+
+    Weighting by each latent's decoder norm means shrinking a decoder row cannot buy a smaller penalty
+    (Anthropic, "Circuits Updates, April 2024").
+    """
+
+    def activate(self, pre_acts: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_sae"]:
+        return pre_acts.relu()
+
+    def sparsity_penalty(
+        self, pre_acts: Float[Tensor, "batch d_sae"], latents: Float[Tensor, "batch d_sae"]
+    ) -> Float[Tensor, ""]:
+        weighted = einops.einsum(latents, self.W_dec.norm(dim=1), "batch d_sae, d_sae -> batch")
+        return weighted.mean()
+
+
+class TopKDictionary(Dictionary):
+    """Exactly the k largest pre-activations of each row survive (then a ReLU); Gao et al. 2024, §2.3."""
+
+    def activate(self, pre_acts: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_sae"]:
+        top = pre_acts.topk(self.cfg.k, dim=-1)
+        return torch.zeros_like(pre_acts).scatter(-1, top.indices, top.values.relu())
+
+
+class BatchTopKDictionary(Dictionary):
+    """The ``k * batch`` largest activations of the whole batch survive while training.
+
+    In eval mode one threshold, a moving average of each training batch's smallest kept activation, replaces
+    the batch (Bussmann et al. 2024), so a row's latents no longer depend on the other rows.
+    """
+
+    threshold: Tensor
+
+    def __init__(self, cfg: DictionaryConfig, *, seed: int = 0) -> None:
+        super().__init__(cfg, seed=seed)
+        self.register_buffer("threshold", torch.zeros(()))
+
+    def activate(self, pre_acts: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_sae"]:
+        acts = pre_acts.relu()
+        if not self.training:
+            return acts * (acts > self.threshold)
+        flat = einops.rearrange(acts, "batch d_sae -> (batch d_sae)")
+        top = flat.topk(self.cfg.k * acts.shape[0])
+        kept = torch.zeros_like(flat).scatter(-1, top.indices, top.values)
+        return einops.rearrange(kept, "(batch d_sae) -> batch d_sae", batch=acts.shape[0])
+
+    @torch.no_grad()
+    def observe(self, out: DictionaryOutput) -> None:
+        positive = out.latents[out.latents > 0]
+        if positive.numel() == 0:
+            return
+        smallest = positive.min()
+        if self.threshold == 0:  # first observation: start the average at it rather than at zero
+            self.threshold.copy_(smallest)
+        else:
+            self.threshold.lerp_(smallest, self.cfg.batchtopk_threshold_lr)
+
+
+def _rectangle(z: Tensor) -> Tensor:
+    return ((z > -0.5) & (z < 0.5)).to(z.dtype)
+
+
+class _JumpReLU(torch.autograd.Function):
+    """``z * H(z - θ)``, with straight-through gradients.
+
+    Gradient to z is H(z - θ); to θ the pseudo-derivative -(θ/ε) K((z-θ)/ε) (Rajamanoharan et al. 2024, §3).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, theta: Tensor, eps: float) -> Tensor:
+        ctx.save_for_backward(z, theta)
+        ctx.eps = eps
+        return z * (z > theta).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+        z, theta = ctx.saved_tensors
+        grad_z = (z > theta).to(z.dtype) * grad
+        grad_theta = (-(theta / ctx.eps) * _rectangle((z - theta) / ctx.eps) * grad).sum(0)
+        return grad_z, grad_theta, None
+
+
+class _Step(torch.autograd.Function):
+    """``H(z - θ)``; no gradient to z, to θ the pseudo-derivative -(1/ε) K((z-θ)/ε) (same §3)."""
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, theta: Tensor, eps: float) -> Tensor:
+        ctx.save_for_backward(z, theta)
+        ctx.eps = eps
+        return (z > theta).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[None, Tensor, None]:
+        z, theta = ctx.saved_tensors
+        grad_theta = (-(1.0 / ctx.eps) * _rectangle((z - theta) / ctx.eps) * grad).sum(0)
+        return None, grad_theta, None
+
+
+class JumpReLUDictionary(Dictionary):
+    """Latents ``pre * (pre > θ)`` with a learned per-latent threshold and an L0 penalty.
+
+    θ = exp(log_threshold) stays positive; threshold and L0 are trained through straight-through estimators
+    (Rajamanoharan et al. 2024, §3-4).
+    """
+
+    def __init__(self, cfg: DictionaryConfig, *, seed: int = 0) -> None:
+        super().__init__(cfg, seed=seed)
+        self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold)))
+
+    @property
+    def threshold(self) -> Float[Tensor, " d_sae"]:
+        """Per-latent threshold θ (always positive)."""
+        return self.log_threshold.exp()
+
+    def activate(self, pre_acts: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_sae"]:
+        return _JumpReLU.apply(pre_acts, self.threshold, self.cfg.jumprelu_bandwidth)
+
+    def sparsity_penalty(
+        self, pre_acts: Float[Tensor, "batch d_sae"], latents: Float[Tensor, "batch d_sae"]
+    ) -> Float[Tensor, ""]:
+        fired = _Step.apply(pre_acts, self.threshold, self.cfg.jumprelu_bandwidth)
+        return fired.sum(-1).mean()
+
+
+_KINDS: dict[str, type[Dictionary]] = {
+    "relu": ReLUDictionary,
+    "topk": TopKDictionary,
+    "batchtopk": BatchTopKDictionary,
+    "jumprelu": JumpReLUDictionary,
+}
+
+
+def build_dictionary(cfg: DictionaryConfig, *, seed: int = 0) -> Dictionary:
+    """Build a fresh dictionary of ``cfg.kind`` (unit-norm decoder rows; deterministic in ``seed``)."""
+    return _KINDS[cfg.kind](cfg, seed=seed)
+
+
+def geometric_median(
+    points: Float[Tensor, "n d"], *, max_iter: int = 200, tol: float = 1e-7
+) -> Float[Tensor, " d"]:
+    """Find the point minimising the summed Euclidean distance to ``points``.
+
+    Weiszfeld's iteration (Weiszfeld 1937), started from the mean; initialises ``b_dec`` robustly to outliers.
+    """
+    median = points.mean(0)
+    for _ in range(max_iter):
+        dist = (points - median).norm(dim=1).clamp_min(1e-12)
+        weights = 1.0 / dist
+        new = einops.einsum(weights, points, "n, n d -> d") / weights.sum()
+        moved = (new - median).norm()
+        median = new
+        if moved <= tol * max(float(median.norm()), 1.0):
+            break
+    return median

@@ -1,0 +1,197 @@
+"""Dictionaries on disk: mechscope's own layout, and the SAELens and EleutherAI sparsify layouts.
+
+mechscope layout (``save_dictionary``), a directory holding:
+
+- ``sae.safetensors``: the module's state dict, float32: ``W_enc [d_in d_sae]``, ``b_enc [d_sae]``,
+  ``W_dec [d_sae d_out]``, ``b_dec [d_out]``, plus ``log_threshold [d_sae]`` (jumprelu; θ = exp) or
+  ``threshold []`` (batchtopk's inference threshold).
+- ``cfg.json``: ``{"format": "mechscope.dictionary", "format_version": 1}`` and every ``DictionaryConfig``
+  field by name.
+
+SAELens layout (read by ``load_dictionary``, written by ``export_saelens``): ``cfg.json`` with
+``architecture`` (``standard``, ``topk``, ``jumprelu``, ``transcoder``, ``jumprelu_transcoder``), ``d_in``,
+``d_sae``, ``k`` (topk; ``activation_fn_kwargs.k`` before SAELens 6), ``apply_b_dec_to_input``,
+``normalize_activations`` and ``metadata.hook_name``; and ``sae_weights.safetensors`` with ``W_enc [d_in
+d_sae]``, ``W_dec [d_sae d_in]``, ``b_enc``, ``b_dec`` and ``threshold [d_sae]`` for JumpReLU. BatchTopK is
+exported as JumpReLU with its inference threshold on every latent, as SAELens itself does.
+
+sparsify layout (read by ``load_dictionary``): ``cfg.json`` with the ``SparseCoderConfig`` fields (``k``,
+``activation``, ``transcode``, ``skip_connection``, ...) plus ``d_in``; and ``sae.safetensors`` with
+``encoder.weight [d_sae d_in]``, ``encoder.bias [d_sae]``, ``W_dec [d_sae d_in]`` and ``b_dec [d_in]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from safetensors.torch import load_file, save
+from torch import Tensor
+
+from mechscope._cache import atomic_write_bytes
+from mechscope.features._dictionary import Dictionary, DictionaryConfig, Kind, build_dictionary
+
+FORMAT = "mechscope.dictionary"
+FORMAT_VERSION = 1
+SAELENS_VERSION = "6.0.0"  # the SAELens config format written by export_saelens
+
+_SAELENS_KINDS: dict[str, Kind] = {
+    "standard": "relu",
+    "transcoder": "relu",
+    "topk": "topk",
+    "jumprelu": "jumprelu",
+    "jumprelu_transcoder": "jumprelu",
+}
+
+
+def save_dictionary(dictionary: Dictionary, path: str | Path) -> Path:
+    """Write ``dictionary`` to ``path`` in mechscope's layout (each file replaced atomically)."""
+    path = Path(path)
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in dictionary.state_dict().items()}
+    cfg = {"format": FORMAT, "format_version": FORMAT_VERSION, **dataclasses.asdict(dictionary.cfg)}
+    _write(path, "sae.safetensors", tensors, cfg)
+    return path
+
+
+def load_dictionary(path: str | Path) -> Dictionary:
+    """Load a dictionary (in eval mode) from a directory in mechscope, SAELens or sparsify layout."""
+    path = Path(path)
+    if (path / "sae_weights.safetensors").is_file():
+        dictionary = _load_saelens(path)
+    elif (path / "sae.safetensors").is_file():
+        cfg = _read_json(path / "cfg.json")
+        dictionary = _load_mechscope(path, cfg) if cfg.get("format") == FORMAT else _load_sparsify(path, cfg)
+    else:
+        raise FileNotFoundError(
+            f"{path} holds no dictionary: expected cfg.json with sae.safetensors (mechscope, sparsify) "
+            "or sae_weights.safetensors (SAELens)"
+        )
+    return dictionary.eval()
+
+
+def _write(path: Path, weights_name: str, tensors: dict[str, Tensor], cfg: dict) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path / weights_name, save(tensors))
+    atomic_write_bytes(path / "cfg.json", json.dumps(cfg, indent=2).encode())
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"missing {path}")
+    return json.loads(path.read_text())
+
+
+def _build(cfg: DictionaryConfig, state: dict[str, Tensor]) -> Dictionary:
+    dictionary = build_dictionary(cfg)
+    expected = set(dictionary.state_dict())
+    if set(state) != expected:
+        raise ValueError(f"weights {sorted(state)} do not match a {cfg.kind} dictionary's {sorted(expected)}")
+    dictionary.load_state_dict(state)
+    return dictionary
+
+
+def _load_mechscope(path: Path, cfg: dict) -> Dictionary:
+    if cfg.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {cfg.get('format_version')} is not {FORMAT_VERSION}")
+    names = {f.name for f in dataclasses.fields(DictionaryConfig)}
+    return _build(
+        DictionaryConfig(**{k: v for k, v in cfg.items() if k in names}), load_file(path / "sae.safetensors")
+    )
+
+
+def _load_saelens(path: Path) -> Dictionary:
+    cfg = _read_json(path / "cfg.json")
+    tensors = load_file(path / "sae_weights.safetensors")
+    arch = cfg.get("architecture", "standard")
+    if arch == "standard" and cfg.get("activation_fn", cfg.get("activation_fn_str")) == "topk":
+        arch = "topk"  # before SAELens 6, TopK SAEs were "standard" with a topk activation function
+    if arch not in _SAELENS_KINDS:
+        raise ValueError(f"SAELens architecture {arch!r} is not supported; known: {sorted(_SAELENS_KINDS)}")
+    if cfg.get("normalize_activations") not in (None, False, "none"):
+        raise ValueError(
+            f"{path}: normalize_activations={cfg['normalize_activations']!r} rescales inputs with a factor "
+            "kept outside these files; fold it into the weights first"
+        )
+    d_in, d_sae = tensors["W_enc"].shape
+    transcoder = "transcoder" in arch
+    meta = cfg.get("metadata") or {}
+    dcfg = DictionaryConfig(
+        kind=_SAELENS_KINDS[arch],
+        d_in=d_in,
+        d_sae=d_sae,
+        d_out=tensors["W_dec"].shape[1] if transcoder else None,
+        k=int(cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k", 32)),
+        apply_b_dec_to_input=not transcoder and bool(cfg.get("apply_b_dec_to_input", True)),
+        site=meta.get("hook_name", cfg.get("hook_name")),
+        target_site=cfg.get("hook_name_out") or None,
+    )
+    names = ("W_enc", "b_enc", "W_dec", "b_dec")
+    state: dict[str, Tensor] = {name: tensors.pop(name) for name in names if name in tensors}
+    if dcfg.kind == "jumprelu" and "threshold" in tensors:
+        threshold = tensors.pop("threshold")
+        if (threshold < 0).any():
+            raise ValueError(f"{path}: negative JumpReLU thresholds cannot be represented")
+        state["log_threshold"] = threshold.float().log()
+    state.update(tensors)  # anything left over is reported as unexpected by _build
+    return _build(dcfg, state)
+
+
+def _load_sparsify(path: Path, cfg: dict) -> Dictionary:
+    tensors = load_file(path / "sae.safetensors")
+    if cfg.get("activation", "topk") != "topk":
+        raise ValueError(f"sparsify activation {cfg['activation']!r} is not supported (only topk)")
+    if cfg.get("skip_connection") or "W_skip" in tensors:
+        raise ValueError("sparsify coders with a skip connection (W_skip) are not supported")
+    encoder = tensors.pop("encoder.weight")  # [d_sae d_in]
+    d_sae, d_in = encoder.shape
+    if cfg.get("d_in", d_in) != d_in:
+        raise ValueError(
+            f"{path}: cfg.json says d_in={cfg['d_in']} but encoder.weight is {tuple(encoder.shape)}"
+        )
+    transcode = bool(cfg.get("transcode", False))
+    dcfg = DictionaryConfig(
+        kind="topk",
+        d_in=d_in,
+        d_sae=d_sae,
+        d_out=tensors["W_dec"].shape[1] if transcode else None,
+        k=int(cfg["k"]),
+        apply_b_dec_to_input=not transcode,  # sparsify subtracts b_dec from the input unless transcoding
+    )
+    state = {"W_enc": encoder.T.contiguous(), "b_enc": tensors.pop("encoder.bias"), **tensors}
+    return _build(dcfg, state)
+
+
+def export_saelens(dictionary: Dictionary, path: str | Path) -> Path:
+    """Write a copy of ``dictionary`` that SAELens loads (``SAE.load_from_disk``) to ``path``."""
+    cfg = dictionary.cfg
+    if cfg.is_transcoder and cfg.kind == "topk":
+        raise ValueError("SAELens has no TopK transcoder architecture to export to")
+    arch = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}[cfg.kind]
+    if cfg.is_transcoder:
+        arch = {"standard": "transcoder", "jumprelu": "jumprelu_transcoder"}[arch]
+    tensors = {
+        n: getattr(dictionary, n).detach().to("cpu").contiguous()
+        for n in ("W_enc", "b_enc", "W_dec", "b_dec")
+    }
+    if cfg.kind in ("jumprelu", "batchtopk"):
+        threshold = dictionary.threshold.detach().to("cpu")  # [d_sae] (jumprelu) or [] (batchtopk)
+        tensors["threshold"] = threshold.expand(cfg.d_sae).contiguous()
+    out = {
+        "architecture": arch,
+        "d_in": cfg.d_in,
+        "d_sae": cfg.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {"hook_name": cfg.site, "sae_lens_version": SAELENS_VERSION},
+    }
+    if cfg.kind == "topk":
+        out |= {"k": cfg.k, "rescale_acts_by_decoder_norm": False}
+    if cfg.is_transcoder:
+        out |= {"d_out": cfg.width_out, "hook_name_out": cfg.target_site or ""}
+    path = Path(path)
+    _write(path, "sae_weights.safetensors", tensors, out)
+    return path

