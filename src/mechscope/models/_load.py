@@ -45,20 +45,21 @@ def load(name: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32, devic
             f"could not open model {name!r}: {err}. Built-in models: {', '.join(BUILTIN)}. Hugging Face ids "
             "work when their files are in the local cache (no downloads happen without network)."
         ) from err
-    return from_hf(module.to(device), tokenizer, name=name, weights_sha256=sha)
+    module = module.to(device)  # type: ignore[arg-type]
+    return from_hf(module, tokenizer, name=name, weights_sha256=sha)
 
 
 def from_hf(
     module: nn.Module, tokenizer: Any = None, *, name: str, weights_sha256: str | None = None
 ) -> Model:
     """Wrap an already-loaded Hugging Face causal LM whose family mechscope knows."""
-    config = module.config  # type: ignore[attr-defined]
+    config: Any = module.config
     family = family_of(config.model_type)
     head = module.get_output_embeddings()  # type: ignore[operator]
     unembed = next((path for path, m in module.named_modules() if m is head), family.unembed)
     family = dataclasses.replace(family, unembed=unembed)  # its name moved between transformers releases
     module.eval().requires_grad_(False)
-    down = module.get_submodule(f"{family.layers}.0.{family.mlp_down}")
+    down: Any = module.get_submodule(f"{family.layers}.0.{family.mlp_down}")
     d_mlp = getattr(down, "in_features", None) or down.weight.shape[0]  # GPT-2's Conv1D stores [in, out]
     n_heads = config.num_attention_heads
     cfg = ModelConfig(

