@@ -7,7 +7,7 @@ with model.intervene(ms.Ablate("head.9.z", heads=[3])):
     ablated = model.run(...)
 """
 
-from . import features
+from . import features, lenses
 from .hooks import Ablate, Add, Intervention, ModelConfig, Patch, Replace, Site, SiteInfo
 from .models import DEFAULT_MODEL, GenerateResult, Model, RunResult, from_hf, load, tiny, wrap
 
@@ -27,6 +27,7 @@ __all__ = [
     "Site",
     "SiteInfo",
     "features",
+    "lenses",
     "from_hf",
     "load",
     "tiny",

@@ -57,9 +57,7 @@ def _region_fn(site: Site, iv: Intervention, ref: tuple[Tensor, Tensor | None] |
     if isinstance(iv, Patch):
         return lambda act, region, idx: fit_value(iv.value, act, idx, what, site.axes)
     if isinstance(iv, Add):
-        return lambda act, region, idx: (
-            region + iv.scale * fit_value(iv.vector, region, None, what, site.axes)
-        )
+        return lambda act, region, idx: region + iv.scale * fit_value(iv.vector, region, None, what, site.axes)
     if isinstance(iv, Replace):
         return lambda act, region, idx: iv.fn(region)
     assert isinstance(iv, Ablate)

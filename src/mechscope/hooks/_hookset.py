@@ -56,9 +56,7 @@ class HookSet:
             def capture(_m: nn.Module, args: tuple, kwargs: dict) -> None:
                 residual["x"] = _first_input(args, kwargs)
 
-            self._handles.append(
-                self._module(site.residual_from).register_forward_pre_hook(capture, with_kwargs=True)
-            )
+            self._handles.append(self._module(site.residual_from).register_forward_pre_hook(capture, with_kwargs=True))
 
         def apply(raw: Tensor) -> Tensor | None:
             res = residual.get("x")

@@ -108,9 +108,7 @@ Intervention = Patch | Ablate | Add | Replace
 # --- selection -------------------------------------------------------------------------------------------------
 
 
-def region_index(
-    act: Tensor, axes: tuple[str, ...], sel: dict[str, Index], site: str
-) -> tuple[Tensor, ...] | None:
+def region_index(act: Tensor, axes: tuple[str, ...], sel: dict[str, Index], site: str) -> tuple[Tensor, ...] | None:
     """Broadcast index tensors (one per axis) selecting the region; None when nothing is selected.
 
     Every axis gets an index tensor shaped to broadcast along its own axis only, so the result keeps axis order
@@ -158,9 +156,7 @@ def _shape_str(act: Tensor, axes: tuple[str, ...]) -> str:
     return str(list(act.shape))
 
 
-def fit_value(
-    value: Tensor, act: Tensor, idx: tuple[Tensor, ...] | None, what: str, axes: tuple[str, ...]
-) -> Tensor:
+def fit_value(value: Tensor, act: Tensor, idx: tuple[Tensor, ...] | None, what: str, axes: tuple[str, ...]) -> Tensor:
     """Return ``value`` as the region's tensor: take the region of a full-shape value, else broadcast it."""
     value = value.to(dtype=act.dtype, device=act.device)
     region_shape = act.shape if idx is None else torch.broadcast_shapes(*(t.shape for t in idx))

@@ -139,7 +139,7 @@ def lm_sites(family: Family, cfg: ModelConfig) -> dict[str, Site]:
         Site("final_norm", f.final_norm, "out", axes=res, sizes=res_sizes, meaning="residual after the final norm",
              order=1e9),
         Site("logits", f.unembed, "out", axes=("batch", "pos", "d_vocab"), sizes=(None, None, c.d_vocab),
-             meaning="unembedding output", order=1e9 + 1),
+             meaning="unembedding output (before any soft-capping)", order=1e9 + 1),
     ]  # fmt: skip
     return {s.name: s for s in sites}
 
@@ -159,9 +159,7 @@ def _layer_sites(f: Family, c: ModelConfig, layer: int) -> list[Site]:
     qkv_views = _qkv_views(f, c)
     for part, (module, view) in zip("qkv", qkv_views, strict=True):
         sizes = q_sizes if part == "q" else kv_sizes
-        what = {"q": "query (before rotary)", "k": "key (before rotary)" + kv_note, "v": "value" + kv_note}[
-            part
-        ]
+        what = {"q": "query (before rotary)", "k": "key (before rotary)" + kv_note, "v": "value" + kv_note}[part]
         sites.append(Site(f"head.{layer}.{part}", f"{block}.{module}", "out", view=view, axes=head_axes,
                           sizes=sizes, meaning=f"per-head {what}", order=o + 2))  # fmt: skip
     sites += [
@@ -210,12 +208,8 @@ def module_sites(root: torch.nn.Module, aliases: dict[str, str] | None = None) -
             sites[path] = Site(path, path, "out", meaning=type(mod).__name__, order=order)
     for alias, path in (aliases or {}).items():
         if path not in sites:
-            raise ValueError(
-                f"site alias {alias!r} points at {path!r}, which is not a module path of this model"
-            )
-        sites[alias] = Site(
-            alias, path, "out", meaning=f"{path} ({sites[path].meaning})", order=sites[path].order
-        )
+            raise ValueError(f"site alias {alias!r} points at {path!r}, which is not a module path of this model")
+        sites[alias] = Site(alias, path, "out", meaning=f"{path} ({sites[path].meaning})", order=sites[path].order)
     return sites
 
 
@@ -250,7 +244,5 @@ def unknown_site_message(sites: dict[str, Site], pattern: str) -> str:
     close = difflib.get_close_matches(probe, list(sites), n=5, cutoff=0.4)
     hint = f" Closest: {', '.join(close)}." if close else ""
     if pattern.startswith("resid_mid") and not any(n.startswith("resid_mid") for n in sites):
-        hint += (
-            " This model's attention and MLP read the same residual stream (parallel blocks): no resid_mid."
-        )
+        hint += " This model's attention and MLP read the same residual stream (parallel blocks): no resid_mid."
     return f"unknown site {pattern!r}.{hint} List them with model.sites() or `mechscope sites MODEL`."

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +40,11 @@ def load(name: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32, devic
         path, sha = _builtin_dir(name), _read_meta(_builtin_dir(name))["weights_sha256"]
     else:
         path, sha = Path(name), None
+    source = str(path) if path.exists() else name
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path if path.exists() else name)
-        module = AutoModelForCausalLM.from_pretrained(path if path.exists() else name, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        with _quiet_transformers():
+            module = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     except OSError as err:
         raise FileNotFoundError(
             f"could not open model {name!r}: {err}. Built-in models: {', '.join(BUILTIN)}. Hugging Face ids "
@@ -49,9 +54,7 @@ def load(name: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32, devic
     return from_hf(module, tokenizer, name=name, weights_sha256=sha)
 
 
-def from_hf(
-    module: nn.Module, tokenizer: Any = None, *, name: str, weights_sha256: str | None = None
-) -> Model:
+def from_hf(module: nn.Module, tokenizer: Any = None, *, name: str, weights_sha256: str | None = None) -> Model:
     """Wrap an already-loaded Hugging Face causal LM whose family mechscope knows."""
     config: Any = module.config
     family = family_of(config.model_type)
@@ -93,7 +96,7 @@ def _builtin_dir(name: str) -> Path:
     gguf = _find_gguf(name)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"mechscope: converting {gguf.name} to float32 safetensors (once) in {target}")
+    print(f"mechscope: converting {gguf.name} to float32 safetensors (once) in {target}", file=sys.stderr)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     module = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     state = module.state_dict()
@@ -107,6 +110,20 @@ def _builtin_dir(name: str) -> Path:
                 "weights_sha256": sha256_file(tmp / "model.safetensors"), "dtype": "float32"}  # fmt: skip
         (tmp / "mechscope.json").write_text(json.dumps(meta, indent=2))
     return target
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide transformers' per-load progress bar (a sub-second cached load needs none)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _find_gguf(name: str) -> Path:

@@ -132,9 +132,7 @@ class Model:
 
     # --- inputs ------------------------------------------------------------------------------------------------
 
-    def encode(
-        self, inputs: Inputs, padding_side: str = "right", attention_mask: Tensor | None = None
-    ) -> Batch:
+    def encode(self, inputs: Inputs, padding_side: str = "right", attention_mask: Tensor | None = None) -> Batch:
         """Tokenise and pad prompts (or pass token ids / raw tensors through)."""
         if isinstance(inputs, Tensor):
             if self.cfg is None:
@@ -142,9 +140,7 @@ class Model:
             tokens = inputs.unsqueeze(0) if inputs.ndim == 1 else inputs
             return Batch(tokens, attention_mask if attention_mask is not None else torch.ones_like(tokens))
         if self.tokenizer is None:
-            raise TypeError(
-                f"{self.name} has no tokenizer: pass a tensor of inputs, not {type(inputs).__name__}"
-            )
+            raise TypeError(f"{self.name} has no tokenizer: pass a tensor of inputs, not {type(inputs).__name__}")
         texts = [inputs] if isinstance(inputs, str) else list(inputs)
         if not texts or any(not isinstance(t, str) or not t for t in texts):
             raise ValueError("inputs must be a non-empty string or a non-empty list of non-empty strings")
@@ -220,9 +216,7 @@ class Model:
                 return result
             return self._with_grads(result, grad_of, tracked, keep_logits=logits)
 
-    def _with_grads(
-        self, result: RunResult, grad_of: Callable, tracked: list, keep_logits: bool
-    ) -> RunResult:
+    def _with_grads(self, result: RunResult, grad_of: Callable, tracked: list, keep_logits: bool) -> RunResult:
         metric = grad_of(result)
         if metric.numel() != 1:
             raise ValueError(f"grad_of must return a scalar, got shape {list(metric.shape)} (sum or mean it)")

@@ -1,0 +1,114 @@
+"""The ``mechscope`` CLI, mostly on tiny models; one real test runs the built-in model end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import mechscope as ms
+from mechscope.cli import app, open_model
+from mechscope.demo import IOI_PROMPT, run_demo
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_sites_json_lists_matching_sites():
+    result = invoke("sites", "tiny-llama", "resid_post.*", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["name"] for r in rows] == ["resid_post.0", "resid_post.1"]
+    assert rows[0]["shape"] == "[batch pos d_model=64]" and "residual" in rows[0]["meaning"]
+
+
+def test_sites_table_shows_every_site():
+    result = invoke("sites", "tiny-gpt2")
+    assert result.exit_code == 0, result.output
+    model = ms.tiny("gpt2")
+    assert f"{len(model.sites())} sites matching" in result.stdout
+    for name in ("embed", "head.1.pattern", "mlp.0.post", "logits"):
+        assert name in result.stdout
+
+
+def test_unknown_site_prints_the_core_message_without_traceback():
+    result = invoke("sites", "tiny-gpt-neox", "resid_mid.*")
+    assert result.exit_code == 1
+    assert "error: unknown site 'resid_mid.*'" in result.stderr
+    assert "parallel blocks" in result.stderr and "Traceback" not in result.output
+    swapped = invoke("sites", "resid_post.*")
+    assert swapped.exit_code == 1 and "MODEL comes before PATTERN" in swapped.stderr
+
+
+def test_run_json_matches_the_model():
+    result = invoke("run", "tiny-llama", "hello", "--top-k", "3", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    probs = ms.tiny("llama").run("hello").final_logits()[0].softmax(-1)
+    values, ids = probs.topk(3)
+    assert [t["id"] for t in data["top"]] == ids.tolist()
+    torch.testing.assert_close(torch.tensor([t["prob"] for t in data["top"]]), values)
+    assert data["prompt"] == "hello" and data["provenance"]["model"] == "tiny-llama-s0"
+
+
+def test_run_table_and_argument_errors():
+    result = invoke("run", "tiny-gpt2", "hi [there]", "-k", "2")  # brackets are text, not rich markup
+    assert result.exit_code == 0, result.output
+    assert "'hi [there]'" in result.stdout and "probability" in result.stdout
+    assert invoke("run", "tiny-gpt2", "a", "b").exit_code == 2
+    assert "expected [MODEL] PROMPT" in invoke("run", "tiny-gpt2", "a", "b").stderr
+    zero = invoke("run", "tiny-gpt2", "hi", "-k", "0")
+    assert zero.exit_code == 1 and "top-k must be at least 1" in zero.stderr
+
+
+def test_tiny_model_names():
+    assert open_model("tiny-llama").name == "tiny-llama-s0"
+    assert open_model("tiny-gpt-neox-s3").name == "tiny-gpt_neox-s3"
+    result = invoke("sites", "tiny-bert")
+    assert result.exit_code == 1 and "unknown tiny model 'tiny-bert'" in result.stderr
+    assert "tiny-llama" in result.stderr
+
+
+def test_demo_needs_a_single_token_answer(tmp_path):
+    # The byte-level tiny tokenizer splits " Mary": the CLI shows the core's message and writes nothing.
+    result = invoke("demo", "--model", "tiny-llama", "--out", str(tmp_path / "demo"))
+    assert result.exit_code == 1
+    assert "' Mary' is 5 tokens" in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "demo").exists()
+
+
+def test_run_demo_writes_plot_and_summary(tmp_path):
+    model = ms.tiny("llama")
+    result = run_demo(model, tmp_path, prompt="ab ab", answer=" ", top_k=4)
+    assert result.plot.read_bytes()[:4] == b"\x89PNG"
+    data = json.loads(result.summary.read_text())
+    assert data["prompt"] == "ab ab" and data["answer"] == " "
+    assert len(data["top_predictions"]) == 4 and data["files"] == {"plot": "logit_lens.png", "summary": "demo.json"}
+    assert data["logit_lens"]["answers"][0]["token"] == " "
+    # The lens's last layer and the top predictions are the same distribution.
+    top = data["top_predictions"][0]
+    assert data["logit_lens"]["top"][0][-1][0]["id"] == top["id"]
+    assert data["logit_lens"]["top"][0][-1][0]["prob"] == pytest.approx(top["prob"], rel=1e-5)
+
+
+@pytest.mark.real
+def test_builtin_model_end_to_end(tmp_path):
+    sites = json.loads(invoke("sites", "smollm2-135m", "resid_post.*", "--json").stdout)
+    assert [s["name"] for s in sites] == [f"resid_post.{i}" for i in range(30)]
+
+    result = invoke("run", IOI_PROMPT, "--json")  # MODEL defaults to the built-in model
+    assert result.exit_code == 0, result.output
+    top = json.loads(result.stdout)["top"]
+    assert top[0]["token"] == " Mary" and top[0]["prob"] == pytest.approx(0.92, abs=0.02)
+
+    result = invoke("demo", "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "' Mary'" in result.stdout and "0.92" in result.stdout
+    summary = json.loads((tmp_path / "demo.json").read_text())
+    assert summary["answer_top_layer"] == 29 and len(summary["logit_lens"]["answer_probs"][0]) == 30
+    assert (tmp_path / "logit_lens.png").stat().st_size > 10_000

@@ -1,0 +1,112 @@
+"""The logit lens against its definition: the last layer's lens is the model's own output."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import mechscope as ms
+from mechscope.lenses import logit_lens, plot_logit_lens
+from mechscope.models import TINY_CONFIGS
+from mechscope.models._unembed import unembed
+
+PROMPTS = ["hello world", "hi"]  # different lengths: right padding is exercised
+IOI = "When Mary and John went to the store, John gave a drink to"
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return ms.tiny("llama")
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return ms.load("smollm2-135m")
+
+
+def _check_last_layer_is_output(model, prompts):
+    # unembed(resid_post.last) is the model's logits at every position ...
+    run = model.run(prompts, cache=f"resid_post.{model.cfg.n_layers - 1}")
+    with torch.no_grad():
+        lens_logits = unembed(model, run.cache[f"resid_post.{model.cfg.n_layers - 1}"])
+    torch.testing.assert_close(lens_logits, run.logits)
+    # ... and the lens result's last layer is the model's next-token distribution.
+    real = run.final_logits().softmax(-1)
+    lens = logit_lens(model, prompts, top_k=10)
+    torch.testing.assert_close(lens.positions, run.last_pos())
+    rows = torch.arange(len(real))
+    torch.testing.assert_close(lens.answer_probs[:, -1], real[rows, lens.answer_ids])
+    torch.testing.assert_close(lens.top_probs[:, -1], real.topk(10).values)
+    assert (lens.answer_ids == real.argmax(-1)).all()
+
+
+@pytest.mark.parametrize("family", list(TINY_CONFIGS))
+def test_last_layer_lens_is_the_real_output(family):
+    # gemma2 soft-caps its logits outside any module; a cap of 0.1 makes forgetting it fail loudly.
+    overrides = {"final_logit_softcapping": 0.1} if family == "gemma2" else {}
+    _check_last_layer_is_output(ms.tiny(family, **overrides), PROMPTS)
+
+
+@pytest.mark.real
+def test_last_layer_lens_is_the_real_output_smollm2(smol):
+    _check_last_layer_is_output(smol, [IOI, "The capital of France is"])
+    lens = logit_lens(smol, IOI, " Mary")
+    assert lens.layers == tuple(range(30))
+    assert lens.answer_probs[0, -1] == pytest.approx(0.92, abs=0.02)
+    assert lens.answer_ranks[0, -1] == 0 and lens.top_tokens[0][-1][0] == " Mary"
+
+
+def test_lens_probabilities_sum_to_one(llama):
+    vocab = llama.cfg.d_vocab
+    lens = logit_lens(llama, PROMPTS, "o", top_k=vocab)
+    assert lens.top_probs.shape == (2, 2, vocab)
+    torch.testing.assert_close(lens.top_probs.sum(-1), torch.ones(2, 2))
+    # The answer's probability and rank agree with the full sorted distribution.
+    answer = llama.to_single_token("o")
+    for b in range(2):
+        for layer in range(2):
+            rank = int(lens.answer_ranks[b, layer])
+            assert lens.top_ids[b, layer, rank] == answer
+            assert lens.top_probs[b, layer, rank] == lens.answer_probs[b, layer]
+
+
+def test_negative_pos_counts_back_from_the_last_real_token(llama):
+    # A causal model at the second-to-last token sees exactly the prompt without its last byte.
+    earlier = logit_lens(llama, PROMPTS, "o", pos=-2)
+    shorter = logit_lens(llama, [p[:-1] for p in PROMPTS], "o")
+    torch.testing.assert_close(earlier.answer_probs, shorter.answer_probs)
+    assert earlier.positions.tolist() == [9, 0]
+
+
+def test_answer_forms_and_errors(llama):
+    by_text = logit_lens(llama, "abc", "d")
+    by_id = logit_lens(llama, "abc", llama.to_single_token("d"))
+    torch.testing.assert_close(by_text.answer_probs, by_id.answer_probs)
+    assert by_text.answer_tokens == ("d",) and by_text.prompts == ("abc",)
+    with pytest.raises(ValueError, match="single token is required"):
+        logit_lens(llama, "abc", " Mary")
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        logit_lens(llama, "abc", 10**6)
+    with pytest.raises(ValueError, match="not a real token of prompt 1"):
+        logit_lens(llama, PROMPTS, pos=5)
+    with pytest.raises(TypeError, match="transformer language model"):
+        logit_lens(ms.wrap(nn.Linear(3, 3)), torch.zeros(1, 3))
+
+
+def test_to_json_round_trips(llama):
+    lens = logit_lens(llama, PROMPTS, top_k=3)
+    data = json.loads(lens.to_json())
+    assert data["method"] == "logit_lens" and data["layers"] == [0, 1]
+    assert data["prompts"] == PROMPTS and data["provenance"]["model"] == "tiny-llama-s0"
+    assert torch.tensor(data["answer_probs"]).shape == (2, 2)
+    assert len(data["top"][1][0]) == 3 and set(data["top"][1][0][0]) == {"token", "id", "prob"}
+    assert [a["id"] for a in data["answers"]] == lens.answer_ids.tolist()
+
+
+@pytest.mark.parametrize("prompts", [["hello world"], PROMPTS * 5])
+def test_plot_writes_a_png(llama, tmp_path, prompts):
+    path = plot_logit_lens(logit_lens(llama, prompts), tmp_path / "sub" / "lens.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
