@@ -483,14 +483,10 @@ def test_loads_pre_v6_saelens_topk_and_rejects_what_it_cannot_represent(tmp_path
         "activation_fn_kwargs": {"k": 4},
         "d_in": 8,
     }
-    (tmp_path / "cfg.json").write_text(
-        json.dumps(old | {"d_sae": 24, "hook_name": "blocks.3.hook_resid_post"})
-    )
+    (tmp_path / "cfg.json").write_text(json.dumps(old | {"d_sae": 24, "hook_name": "blocks.3.hook_resid_post"}))
     loaded = mf.load_dictionary(tmp_path)
     assert loaded.cfg.kind == "topk" and loaded.cfg.k == 4 and loaded.cfg.site == "blocks.3.hook_resid_post"
-    (tmp_path / "cfg.json").write_text(
-        json.dumps(old | {"normalize_activations": "expected_average_only_in"})
-    )
+    (tmp_path / "cfg.json").write_text(json.dumps(old | {"normalize_activations": "expected_average_only_in"}))
     with pytest.raises(ValueError, match="normalize_activations"):
         mf.load_dictionary(tmp_path)
     (tmp_path / "cfg.json").write_text(json.dumps({"architecture": "gated", "d_in": 8, "d_sae": 24}))
@@ -507,9 +503,7 @@ def test_loads_sparsify_layout(tmp_path):
         tmp_path / "sae.safetensors",
     )
     cfg = {"activation": "topk", "expansion_factor": 3, "normalize_decoder": True, "num_latents": 0, "k": 5}
-    (tmp_path / "cfg.json").write_text(
-        json.dumps(cfg | {"multi_topk": False, "skip_connection": False, "d_in": 8})
-    )
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg | {"multi_topk": False, "skip_connection": False, "d_in": 8}))
     loaded = mf.load_dictionary(tmp_path)
     x = torch.randn(16, 8)
     pre = torch.nn.functional.linear(x - b_dec, enc, b_enc).relu()  # sparsify: relu, then top-k per row

@@ -122,9 +122,7 @@ def test_gradients_match_finite_differences(tiny_models):
         fd = (vals[0] - vals[1]) / (2 * eps)
         analytic = (out.grads[site] * direction).sum().item()
         assert analytic == pytest.approx(fd, rel=2e-3, abs=1e-5), site
-    assert not any(
-        p.grad is not None for p in model.module.parameters()
-    )  # no parameter gradients accumulated
+    assert not any(p.grad is not None for p in model.module.parameters())  # no parameter gradients accumulated
 
 
 def test_gqa_sites_and_kv_mapping(tiny_models):

@@ -5,7 +5,6 @@ import json
 import pytest
 import torch
 
-import mechscope as ms
 from mechscope._cache import cache_dir, sha256_file
 
 pytestmark = pytest.mark.real

@@ -7,7 +7,7 @@ with model.intervene(ms.Ablate("head.9.z", heads=[3])):
     ablated = model.run(...)
 """
 
-from . import features, lenses
+from . import circuits, features, lenses
 from .hooks import Ablate, Add, Intervention, ModelConfig, Patch, Replace, Site, SiteInfo
 from .models import DEFAULT_MODEL, GenerateResult, Model, RunResult, from_hf, load, tiny, wrap
 
@@ -26,9 +26,10 @@ __all__ = [
     "RunResult",
     "Site",
     "SiteInfo",
+    "circuits",
     "features",
-    "lenses",
     "from_hf",
+    "lenses",
     "load",
     "tiny",
     "wrap",

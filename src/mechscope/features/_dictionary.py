@@ -68,9 +68,7 @@ class DictionaryConfig:
         if self.kind not in get_args(Kind):
             raise ValueError(f"kind must be one of {get_args(Kind)}, got {self.kind!r}")
         if min(self.d_in, self.d_sae) < 1 or (self.d_out is not None and self.d_out < 1):
-            raise ValueError(
-                f"widths must be positive: d_in={self.d_in} d_sae={self.d_sae} d_out={self.d_out}"
-            )
+            raise ValueError(f"widths must be positive: d_in={self.d_in} d_sae={self.d_sae} d_out={self.d_out}")
         if self.kind in ("topk", "batchtopk") and not 1 <= self.k <= self.d_sae:
             raise ValueError(f"k must be in [1, d_sae={self.d_sae}], got {self.k}")
         if self.d_out is not None and self.apply_b_dec_to_input:
@@ -371,9 +369,7 @@ def build_dictionary(cfg: DictionaryConfig, *, seed: int = 0) -> Dictionary:
     return _KINDS[cfg.kind](cfg, seed=seed)
 
 
-def geometric_median(
-    points: Float[Tensor, "n d"], *, max_iter: int = 200, tol: float = 1e-7
-) -> Float[Tensor, " d"]:
+def geometric_median(points: Float[Tensor, "n d"], *, max_iter: int = 200, tol: float = 1e-7) -> Float[Tensor, " d"]:
     """Find the point minimising the summed Euclidean distance to ``points``.
 
     Weiszfeld's iteration (Weiszfeld 1937), started from the mean; initialises ``b_dec`` robustly to outliers.

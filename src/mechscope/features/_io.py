@@ -95,9 +95,7 @@ def _load_mechscope(path: Path, cfg: dict) -> Dictionary:
     if cfg.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: format_version {cfg.get('format_version')} is not {FORMAT_VERSION}")
     names = {f.name for f in dataclasses.fields(DictionaryConfig)}
-    return _build(
-        DictionaryConfig(**{k: v for k, v in cfg.items() if k in names}), load_file(path / "sae.safetensors")
-    )
+    return _build(DictionaryConfig(**{k: v for k, v in cfg.items() if k in names}), load_file(path / "sae.safetensors"))
 
 
 def _load_saelens(path: Path) -> Dictionary:
@@ -146,9 +144,7 @@ def _load_sparsify(path: Path, cfg: dict) -> Dictionary:
     encoder = tensors.pop("encoder.weight")  # [d_sae d_in]
     d_sae, d_in = encoder.shape
     if cfg.get("d_in", d_in) != d_in:
-        raise ValueError(
-            f"{path}: cfg.json says d_in={cfg['d_in']} but encoder.weight is {tuple(encoder.shape)}"
-        )
+        raise ValueError(f"{path}: cfg.json says d_in={cfg['d_in']} but encoder.weight is {tuple(encoder.shape)}")
     transcode = bool(cfg.get("transcode", False))
     dcfg = DictionaryConfig(
         kind="topk",
@@ -170,10 +166,7 @@ def export_saelens(dictionary: Dictionary, path: str | Path) -> Path:
     arch = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}[cfg.kind]
     if cfg.is_transcoder:
         arch = {"standard": "transcoder", "jumprelu": "jumprelu_transcoder"}[arch]
-    tensors = {
-        n: getattr(dictionary, n).detach().to("cpu").contiguous()
-        for n in ("W_enc", "b_enc", "W_dec", "b_dec")
-    }
+    tensors = {n: getattr(dictionary, n).detach().to("cpu").contiguous() for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
     if cfg.kind in ("jumprelu", "batchtopk"):
         threshold = dictionary.threshold.detach().to("cpu")  # [d_sae] (jumprelu) or [] (batchtopk)
         tensors["threshold"] = threshold.expand(cfg.d_sae).contiguous()

@@ -202,7 +202,5 @@ def recovery(dictionary: Dictionary, data: SyntheticData, *, cos_threshold: floa
     decoder = dictionary.W_dec.detach()
     max_cos, matches = match_latents(data.features, decoder)
     f1 = firing_f1(latents, data.mask, matches)
-    absorbed = absorption(
-        latents, decoder, data.features, data.mask, data.hierarchy, cos_threshold=cos_threshold
-    )
+    absorbed = absorption(latents, decoder, data.features, data.mask, data.hierarchy, cos_threshold=cos_threshold)
     return RecoveryMetrics(float(max_cos.mean()), max_cos, matches, f1, float(f1.mean()), absorbed)

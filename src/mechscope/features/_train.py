@@ -95,9 +95,7 @@ class TrainConfig:
         if self.k_aux is not None and self.k_aux < 1:
             raise ValueError(f"k_aux must be positive, got {self.k_aux}")
         if min(self.checkpoint_every, self.keep_checkpoints, self.log_every, self.dead_after_tokens) < 1:
-            raise ValueError(
-                "checkpoint_every, keep_checkpoints, log_every and dead_after_tokens must be >= 1"
-            )
+            raise ValueError("checkpoint_every, keep_checkpoints, log_every and dead_after_tokens must be >= 1")
 
     @property
     def n_steps(self) -> int:
@@ -304,9 +302,7 @@ def _resume(config: TrainConfig, out_dir: Path, device: torch.device) -> _State 
 
 def _check_same_run(saved: dict, current: dict, path: Path) -> None:
     differ = sorted(
-        k
-        for k in saved.keys() | current.keys()
-        if k not in _SCHEDULE_FIELDS and saved.get(k) != current.get(k)
+        k for k in saved.keys() | current.keys() if k not in _SCHEDULE_FIELDS and saved.get(k) != current.get(k)
     )
     if differ:
         raise ValueError(f"{path} was written by a run with different {differ}; use a fresh out_dir")
@@ -315,9 +311,7 @@ def _check_same_run(saved: dict, current: dict, path: Path) -> None:
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], list[dict]]:
     # Adam's state is all tensors (step, exp_avg, exp_avg_sq): safetensors holds it exactly, no pickle.
     sd = optimizer.state_dict()
-    tensors = {
-        f"optim.{pid}.{name}": value.cpu() for pid, st in sd["state"].items() for name, value in st.items()
-    }
+    tensors = {f"optim.{pid}.{name}": value.cpu() for pid, st in sd["state"].items() for name, value in st.items()}
     return tensors, json.loads(json.dumps(sd["param_groups"]))
 
 
@@ -337,9 +331,7 @@ def _rank_world() -> tuple[int, int]:
 
 def _wrap(model: Dictionary) -> nn.Module:
     if _rank_world()[1] > 1:
-        raise NotImplementedError(
-            "distributed dictionary training is not wired yet (see the module docstring)"
-        )
+        raise NotImplementedError("distributed dictionary training is not wired yet (see the module docstring)")
     return model
 
 
@@ -352,9 +344,7 @@ def _batches(
     data: Data, config: TrainConfig, start: int, rank: int, world: int, device: torch.device
 ) -> Iterator[Batch]:
     """Batches from step ``start`` on, each cut to this rank's rows and moved to ``device``."""
-    if isinstance(data, Tensor) or (
-        isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor)
-    ):
+    if isinstance(data, Tensor) or (isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor)):
         source = _tensor_batches(cast(Tensor | tuple[Tensor, Tensor], data), config, start)
     else:
         source = itertools.islice((_as_batch(item) for item in data), start, None)

@@ -64,14 +64,15 @@ class RunResult:
         """Index of each prompt's last real token (works for left and right padding)."""
         assert self.tokens is not None, "last_pos needs token inputs"
         if self.attention_mask is None:
-            return torch.full((self.tokens.shape[0],), self.tokens.shape[1] - 1)
-        pos = torch.arange(self.attention_mask.shape[1]).expand_as(self.attention_mask)
+            return torch.full((self.tokens.shape[0],), self.tokens.shape[1] - 1, device=self.tokens.device)
+        pos = torch.arange(self.attention_mask.shape[1], device=self.attention_mask.device)
+        pos = pos.expand_as(self.attention_mask)
         return (pos * self.attention_mask).argmax(-1)
 
     def final_logits(self) -> Float[Tensor, "batch d_vocab"]:
         """Logits at each prompt's last real token: the next-token prediction."""
         assert self.logits is not None, "run with logits=True to get final logits"
-        return self.logits[torch.arange(self.logits.shape[0]), self.last_pos()]
+        return self.logits[torch.arange(self.logits.shape[0], device=self.logits.device), self.last_pos()]
 
 
 @dataclass(frozen=True)
@@ -136,16 +137,24 @@ class Model:
         """Tokenise and pad prompts (or pass token ids / raw tensors through)."""
         if isinstance(inputs, Tensor):
             if self.cfg is None:
-                return Batch(inputs, None)
-            tokens = inputs.unsqueeze(0) if inputs.ndim == 1 else inputs
-            return Batch(tokens, attention_mask if attention_mask is not None else torch.ones_like(tokens))
+                return Batch(inputs.to(self.device), None)
+            tokens = (inputs.unsqueeze(0) if inputs.ndim == 1 else inputs).to(self.device)
+            mask = attention_mask.to(self.device) if attention_mask is not None else torch.ones_like(tokens)
+            return Batch(tokens, mask)
         if self.tokenizer is None:
             raise TypeError(f"{self.name} has no tokenizer: pass a tensor of inputs, not {type(inputs).__name__}")
         texts = [inputs] if isinstance(inputs, str) else list(inputs)
         if not texts or any(not isinstance(t, str) or not t for t in texts):
             raise ValueError("inputs must be a non-empty string or a non-empty list of non-empty strings")
         ids = [self.tokenizer(t)["input_ids"] for t in texts]
-        return _pad(ids, self.pad_id, padding_side)
+        batch = _pad(ids, self.pad_id, padding_side)
+        return Batch(batch.tokens.to(self.device), batch.attention_mask.to(self.device))  # type: ignore[union-attr]
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters live (inputs are moved there)."""
+        param = next(self.module.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
 
     @property
     def pad_id(self) -> int:
