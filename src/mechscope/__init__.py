@@ -7,7 +7,7 @@ with model.intervene(ms.Ablate("head.9.z", heads=[3])):
     ablated = model.run(...)
 """
 
-from . import circuits, features, lenses
+from . import circuits, features, lenses, store
 from .hooks import Ablate, Add, Intervention, ModelConfig, Patch, Replace, Site, SiteInfo
 from .models import DEFAULT_MODEL, GenerateResult, Model, RunResult, from_hf, load, tiny, wrap
 
@@ -30,6 +30,7 @@ __all__ = [
     "features",
     "from_hf",
     "lenses",
+    "store",
     "load",
     "tiny",
     "wrap",

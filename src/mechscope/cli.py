@@ -8,20 +8,17 @@ Results go to stdout (tables, or JSON with ``--json``); status and errors go to 
 from __future__ import annotations
 
 import json
-import re
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .hooks._sites import UnknownSiteError
-from .models import DEFAULT_MODEL, TINY_CONFIGS, Model
+from ._cli_common import JsonOpt, ModelArg, open_model, user_errors
+from ._cli_common import err_console as _err
+from ._cli_common import out_console as _out
+from .models import DEFAULT_MODEL
 
 app = typer.Typer(
     name="mechscope",
@@ -31,48 +28,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_TINY = re.compile(r"tiny-(?P<family>[a-z0-9_-]+?)(?:-s(?P<seed>\d+))?")
-
-# Errors whose message is the whole story for a CLI user (the core words them to say what to do instead).
-_USER_ERRORS = (UnknownSiteError, ValueError, FileNotFoundError, TypeError)
-
-ModelArg = Annotated[str, typer.Argument(help="Built-in name, Hugging Face id, local path, or tiny-FAMILY.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
-def _out() -> Console:
-    # Built per call, not at import, so the console writes to whatever sys.stdout is now (tests capture it).
-    return Console(highlight=False)
-
-
-def _err() -> Console:
-    return Console(stderr=True, highlight=False)
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Turn the core's user-facing errors into one red line and exit status 1, without a traceback."""
-    try:
-        yield
-    except _USER_ERRORS as err:
-        _err().print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
-        raise typer.Exit(1) from None
-
-
-def open_model(name: str) -> Model:
-    """Open MODEL as the CLI understands it: ``tiny-FAMILY[-sSEED]`` or anything ``ms.load`` accepts."""
-    import mechscope as ms
-
-    if (m := _TINY.fullmatch(name)) and (family := m["family"].replace("-", "_")) in TINY_CONFIGS:
-        return ms.tiny(family, seed=int(m["seed"] or 0))
-    if name.startswith("tiny-"):
-        raise ValueError(f"unknown tiny model {name!r}; choose from " + ", ".join(f"tiny-{f}" for f in TINY_CONFIGS))
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # our own status line says what is loading
-    with _err().status(f"Loading {escape(name)}…"), redirect_stdout(sys.stderr):  # keep stdout for results only
-        return ms.load(name)
-
 
 @app.command()
 def sites(
@@ -81,7 +36,7 @@ def sites(
     as_json: JsonOpt = False,
 ) -> None:
     """List a model's sites: name, shape and meaning."""
-    with _user_errors():
+    with user_errors():
         if any(ch in model for ch in "*?["):  # no model name has glob characters: the user meant a PATTERN
             raise ValueError(f"MODEL comes before PATTERN: mechscope sites {DEFAULT_MODEL} {model!r}")
         m = open_model(model)
@@ -113,7 +68,7 @@ def run(
         _err().print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True)
         raise typer.Exit(2)
     model, prompt = (DEFAULT_MODEL, args[0]) if len(args) == 1 else args
-    with _user_errors():
+    with user_errors():
         m = open_model(model)
         predictions = top_predictions(m, prompt, top_k)
     if as_json:
@@ -133,12 +88,16 @@ def demo(
     """IOI on the built-in model: next-token predictions and the logit lens for ' Mary', saved as PNG + JSON."""
     from .demo import run_demo, show_demo
 
-    with _user_errors():
+    with user_errors():
         m = open_model(model)
         with _err().status("Running the model and its logit lens…"):
             result = run_demo(m, out)
     show_demo(result, _out())
 
+
+from ._cli_features import register as _register_features  # noqa: E402  (commands defined in their own module)
+
+_register_features(app)
 
 if __name__ == "__main__":
     app()

@@ -1,0 +1,58 @@
+"""Shared pieces of the command line: opening MODEL arguments, output consoles, user-facing errors."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from .hooks._sites import UnknownSiteError
+from .models import TINY_CONFIGS, Model
+
+_TINY = re.compile(r"tiny-(?P<family>[a-z0-9_-]+?)(?:-s(?P<seed>\d+))?")
+
+# Errors whose message is the whole story for a CLI user (the core words them to say what to do instead).
+_USER_ERRORS = (UnknownSiteError, KeyError, ValueError, FileNotFoundError, TypeError)
+
+ModelArg = Annotated[str, typer.Argument(help="Built-in name, Hugging Face id, local path, or tiny-FAMILY.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def out_console() -> Console:
+    # Built per call, not at import, so the console writes to whatever sys.stdout is now (tests capture it).
+    return Console(highlight=False)
+
+
+def err_console() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the core's user-facing errors into one red line and exit status 1, without a traceback."""
+    try:
+        yield
+    except _USER_ERRORS as err:
+        err_console().print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def open_model(name: str) -> Model:
+    """Open MODEL as the CLI understands it: ``tiny-FAMILY[-sSEED]`` or anything ``ms.load`` accepts."""
+    import mechscope as ms
+
+    if (m := _TINY.fullmatch(name)) and (family := m["family"].replace("-", "_")) in TINY_CONFIGS:
+        return ms.tiny(family, seed=int(m["seed"] or 0))
+    if name.startswith("tiny-"):
+        raise ValueError(f"unknown tiny model {name!r}; choose from " + ", ".join(f"tiny-{f}" for f in TINY_CONFIGS))
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own status line says what is loading
+    with err_console().status(f"Loading {escape(name)}…"), redirect_stdout(sys.stderr):  # keep stdout for results only
+        return ms.load(name)

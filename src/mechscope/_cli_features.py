@@ -1,0 +1,177 @@
+"""Command line for the features path: harvest -> dict train -> dict eval -> features build -> features show."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from ._cli_common import JsonOpt, open_model, user_errors
+from ._cli_common import err_console as _err
+from ._cli_common import out_console as _out
+from .models import DEFAULT_MODEL
+
+ModelOpt = Annotated[str, typer.Option("--model", help="Model (built-in name, HF id, path, or tiny-FAMILY).")]
+dict_app = typer.Typer(help="Train and evaluate sparse dictionaries on an activation store.", no_args_is_help=True)
+features_app = typer.Typer(help="Build and browse a feature database.", no_args_is_help=True)
+
+
+class _Epochs:
+    """Re-iterable stream of store batches, epoch after epoch (each epoch reshuffled by its index)."""
+
+    def __init__(self, store, site: str, batch_size: int) -> None:
+        self.store, self.site, self.batch_size = store, site, batch_size
+
+    def __iter__(self) -> Iterator:
+        epoch = 0
+        while True:
+            yield from self.store.batches(self.site, self.batch_size, shuffle=True, seed=epoch)
+            epoch += 1
+
+
+def harvest(
+    out: Annotated[Path, typer.Argument(help="Store folder (resumed if it exists).")],
+    sites: Annotated[list[str], typer.Option("--site", "-s", help="Site name or glob; repeat for several.")],
+    model: ModelOpt = DEFAULT_MODEL,
+    corpus: Annotated[str, typer.Option(help="python-docs, a .txt/.jsonl file, or a HF dataset.")] = "python-docs",
+    ctx_len: int = 128,
+    batch_size: int = 16,
+    max_tokens: Annotated[int | None, typer.Option(help="Stop after this many tokens.")] = None,
+    dtype: str = "float32",
+    seed: int = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Harvest activations at SITES over a corpus into a sharded, resumable safetensors store."""
+    from .store import HarvestConfig
+    from .store import harvest as run_harvest
+
+    with user_errors():
+        m = open_model(model)
+        config = HarvestConfig(tuple(sites), corpus, ctx_len, batch_size, dtype=dtype, max_tokens=max_tokens, seed=seed)
+        store = run_harvest(m, config, out)
+    summary = {"store": str(out), "tokens": store.manifest.n_tokens, **dataclasses.asdict(store.provenance)}
+    _report(summary, as_json)
+
+
+@dict_app.command("train")
+def dict_train(
+    store_dir: Annotated[Path, typer.Argument(help="Activation store folder.")],
+    out: Annotated[Path, typer.Argument(help="Run folder (checkpoints; resumed if present).")],
+    site: Annotated[str | None, typer.Option(help="Store site (default: its only site).")] = None,
+    kind: Annotated[str, typer.Option(help="relu | topk | batchtopk | jumprelu")] = "topk",
+    expansion: int = 16,
+    k: int = 32,
+    lr: float = 1e-3,
+    batch_size: int = 1024,
+    n_tokens: int = 1_000_000,
+    seed: int = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a sparse dictionary on a store's activations (checkpointed, resumable)."""
+    from .features import DictionaryConfig, TrainConfig, train
+    from .store import ActivationStore
+
+    with user_errors():
+        store = ActivationStore(store_dir)
+        site = site or _only_site(store)
+        d_in = store.width(site)
+        dictionary = DictionaryConfig(kind, d_in=d_in, d_sae=d_in * expansion, k=k, site=site)  # type: ignore[arg-type]
+        config = TrainConfig(dictionary, lr=lr, batch_size=batch_size, n_tokens=n_tokens, seed=seed)
+        result = train(config, _Epochs(store, site, batch_size), out)
+    last = result.history[-1]._asdict() if result.history else {}
+    _report({"run": str(out), "steps": result.steps, "tokens": result.tokens, "last": last}, as_json)
+
+
+@dict_app.command("eval")
+def dict_eval(
+    dictionary: Annotated[Path, typer.Argument(help="Dictionary folder (mechscope, SAELens or sparsify layout).")],
+    store_dir: Annotated[Path, typer.Argument(help="Activation store folder.")],
+    site: Annotated[str | None, typer.Option(help="Store site (default: the dictionary's or the only one).")] = None,
+    n_tokens: int = 65_536,
+    as_json: JsonOpt = False,
+) -> None:
+    """Reconstruction metrics of a dictionary on held activations: MSE, FVU, L0, dead and dense latents."""
+    import torch
+
+    from .features import evaluate, load_dictionary
+    from .store import ActivationStore
+
+    with user_errors():
+        store, d = ActivationStore(store_dir), load_dictionary(dictionary)
+        site = site or d.cfg.site or _only_site(store)
+        rows, seen = [], 0
+        for batch in store.batches(site, 4096, shuffle=True, seed=12345):
+            rows.append(batch)
+            seen += len(batch)
+            if seen >= n_tokens:
+                break
+        with torch.no_grad():
+            metrics = evaluate(d, torch.cat(rows)[:n_tokens])
+    _report({"dictionary": str(dictionary), "site": site, "tokens": min(seen, n_tokens), **metrics._asdict()}, as_json)
+
+
+@features_app.command("build")
+def features_build(
+    store_dir: Annotated[Path, typer.Argument(help="Activation store folder.")],
+    dictionary: Annotated[Path, typer.Argument(help="Dictionary folder.")],
+    out: Annotated[Path, typer.Argument(help="SQLite file to write.")],
+    model: ModelOpt = DEFAULT_MODEL,
+    top_k: int = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build the feature database (frequencies, histograms, top contexts, quantile samples, logit effects)."""
+    from .features import load_dictionary
+    from .store import ActivationStore, FeatureDBConfig, build_feature_db
+
+    with user_errors():
+        m, store = open_model(model), ActivationStore(store_dir)
+        store.check(m)
+        w_u = m.module.get_output_embeddings().weight.T  # type: ignore[operator]
+        config = FeatureDBConfig(top_k=top_k)
+        build_feature_db(store, load_dictionary(dictionary), out, config, W_U=w_u, tokenizer=m.tokenizer)
+    _report({"database": str(out)}, as_json)
+
+
+@features_app.command("show")
+def features_show(
+    database: Annotated[Path, typer.Argument(help="Feature database (SQLite).")],
+    latent: Annotated[int, typer.Argument(help="Latent index.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one latent: frequency, histogram, top contexts, samples per quantile, promoted/suppressed tokens."""
+    from .store import FeatureDB
+
+    with user_errors():
+        card = FeatureDB(database).latent(latent)
+    if as_json:
+        typer.echo(json.dumps(card.to_dict(), indent=2))
+    else:
+        _out().print(escape(card.to_text()), soft_wrap=True)
+
+
+def _only_site(store) -> str:
+    sites = list(store.provenance.sites)
+    if len(sites) != 1:
+        raise ValueError(f"the store holds several sites {sites}: choose one with --site")
+    return sites[0]
+
+
+def _report(summary: dict, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2, default=str))
+    else:
+        for key, value in summary.items():
+            _out().print(f"[bold]{escape(str(key))}[/]: {escape(str(value))}", soft_wrap=True)
+    _err().print("[green]done[/]")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the features commands to the main CLI."""
+    app.command()(harvest)
+    app.add_typer(dict_app, name="dict")
+    app.add_typer(features_app, name="features")
