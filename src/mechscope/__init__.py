@@ -30,8 +30,8 @@ __all__ = [
     "features",
     "from_hf",
     "lenses",
-    "store",
     "load",
+    "store",
     "tiny",
     "wrap",
 ]
