@@ -24,8 +24,8 @@ demo: setup
 	$(BIN)/mechscope demo
 
 lint: setup
-	$(BIN)/ruff format --check src tests benchmarks
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests $(wildcard benchmarks)
+	$(BIN)/ruff check src tests $(wildcard benchmarks)
 	$(BIN)/mypy src/mechscope/__init__.py src/mechscope/models src/mechscope/hooks
 
 test: lint
