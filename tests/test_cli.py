@@ -112,3 +112,17 @@ def test_builtin_model_end_to_end(tmp_path):
     summary = json.loads((tmp_path / "demo.json").read_text())
     assert summary["answer_top_layer"] == 29 and len(summary["logit_lens"]["answer_probs"][0]) == 30
     assert (tmp_path / "logit_lens.png").stat().st_size > 10_000
+
+
+@pytest.mark.real
+def test_patch_attribution_with_self_check(tmp_path):
+    result = CliRunner().invoke(
+        app,
+        ["patch", "head.z", "--n", "2", "--method", "attribution", "--verify", "4", "--out", str(tmp_path), "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout[result.stdout.index("{") :])
+    grid = payload["result"]
+    assert grid["kind"] == "head.z" and grid["method"] == "attribution"
+    assert payload["check"]["n"] == 4 and payload["check"]["pearson"] > 0.9
+    assert (tmp_path / "ioi_head.z_attribution_denoising.png").stat().st_size > 1000

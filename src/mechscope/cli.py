@@ -95,9 +95,11 @@ def demo(
     show_demo(result, _out())
 
 
-from ._cli_features import register as _register_features  # noqa: E402  (commands defined in their own module)
+from ._cli_circuits import register as _register_circuits  # noqa: E402  (commands live in their own modules)
+from ._cli_features import register as _register_features  # noqa: E402
 
 _register_features(app)
+_register_circuits(app)
 
 if __name__ == "__main__":
     app()
