@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -22,7 +23,11 @@ features_app = typer.Typer(help="Build and browse a feature database.", no_args_
 
 
 class _Epochs:
-    """Re-iterable stream of store batches, epoch after epoch (each epoch reshuffled by its index)."""
+    """Re-iterable stream of full store batches, epoch after epoch (each epoch reshuffled by its index).
+
+    Each epoch's short last batch is left out, so every step sees ``batch_size`` rows and splits evenly over
+    torchrun's processes.
+    """
 
     def __init__(self, store, site: str, batch_size: int) -> None:
         self.store, self.site, self.batch_size = store, site, batch_size
@@ -30,7 +35,13 @@ class _Epochs:
     def __iter__(self) -> Iterator:
         epoch = 0
         while True:
-            yield from self.store.batches(self.site, self.batch_size, shuffle=True, seed=epoch)
+            full = 0
+            for batch in self.store.batches(self.site, self.batch_size, shuffle=True, seed=epoch):
+                if len(batch) == self.batch_size:
+                    full += 1
+                    yield batch
+            if not full:
+                raise ValueError(f"the store holds fewer rows of {self.site!r} than one batch of {self.batch_size}")
             epoch += 1
 
 
@@ -72,7 +83,11 @@ def dict_train(
     seed: int = 0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train a sparse dictionary on a store's activations (checkpointed, resumable)."""
+    """Train a sparse dictionary on a store's activations (checkpointed, resumable).
+
+    Runs unchanged under ``torchrun --nproc_per_node N -m mechscope.cli dict train ...`` (data-parallel; rank 0
+    reports).
+    """
     from .features import DictionaryConfig, TrainConfig, train
     from .store import ActivationStore
 
@@ -84,7 +99,8 @@ def dict_train(
         config = TrainConfig(dictionary, lr=lr, batch_size=batch_size, n_tokens=n_tokens, seed=seed)
         result = train(config, _Epochs(store, site, batch_size), out)
     last = result.history[-1]._asdict() if result.history else {}
-    _report({"run": str(out), "steps": result.steps, "tokens": result.tokens, "last": last}, as_json)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process trains; one reports
+        _report({"run": str(out), "steps": result.steps, "tokens": result.tokens, "last": last}, as_json)
 
 
 @dict_app.command("eval")

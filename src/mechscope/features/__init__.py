@@ -1,4 +1,4 @@
-"""Sparse dictionaries (SAEs, transcoders): architectures, training, metrics, synthetic ground truth, I/O."""
+"""Sparse dictionaries (SAEs, transcoders): training, metrics, ground truth, I/O, splicing, feature interventions."""
 
 from mechscope.features._dictionary import (
     BatchTopKDictionary,
@@ -11,6 +11,7 @@ from mechscope.features._dictionary import (
     build_dictionary,
     geometric_median,
 )
+from mechscope.features._intervene import LatentEdit, clamp, scale, zero
 from mechscope.features._io import export_saelens, load_dictionary, save_dictionary
 from mechscope.features._metrics import (
     AbsorptionScores,
@@ -28,6 +29,7 @@ from mechscope.features._metrics import (
     mse,
     recovery,
 )
+from mechscope.features._splice import SpliceMetrics, splice, splice_eval
 from mechscope.features._synthetic import SyntheticConfig, SyntheticData, make_synthetic
 from mechscope.features._train import NonFiniteLossError, TrainConfig, TrainLog, TrainResult, train
 
@@ -38,10 +40,12 @@ __all__ = [
     "DictionaryConfig",
     "DictionaryOutput",
     "JumpReLUDictionary",
+    "LatentEdit",
     "NonFiniteLossError",
     "ReLUDictionary",
     "ReconstructionMetrics",
     "RecoveryMetrics",
+    "SpliceMetrics",
     "SyntheticConfig",
     "SyntheticData",
     "TopKDictionary",
@@ -50,6 +54,7 @@ __all__ = [
     "TrainResult",
     "absorption",
     "build_dictionary",
+    "clamp",
     "cosine_matrix",
     "evaluate",
     "export_saelens",
@@ -65,5 +70,9 @@ __all__ = [
     "mse",
     "recovery",
     "save_dictionary",
+    "scale",
+    "splice",
+    "splice_eval",
     "train",
+    "zero",
 ]

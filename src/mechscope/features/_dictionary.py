@@ -14,6 +14,10 @@ sparsity penalty differ between kinds:
   straight-through estimators of the threshold's gradient, penalised by L0 (Rajamanoharan et al. 2024,
   "Jumping Ahead: Improving Reconstruction Fidelity with JumpReLU Sparse Autoencoders", §3-4).
 
+Distributed training (``train`` under torchrun) sets ``process_group``: the training batch is then the union
+of every rank's rows, BatchTopK's cutoff and threshold are taken over all of them, and the FVU and AuxK terms are
+normalised by the global batch's variance and scaled so that their mean over ranks is the global term.
+
 A transcoder is the same module reading one site and predicting another (``d_out`` set, trained against a
 different target; Dunefsky et al. 2024, "Transcoders Find Interpretable LLM Feature Circuits").
 Weights use the SAELens orientation: ``W_enc [d_in d_sae]``, ``W_dec [d_sae d_out]``.
@@ -30,6 +34,8 @@ import einops
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
+
+from mechscope.features import _distributed as distributed
 
 Kind = Literal["relu", "topk", "batchtopk", "jumprelu"]
 BDecInit = Literal["zeros", "mean", "geometric_median"]
@@ -111,9 +117,13 @@ class DictionaryOutput(NamedTuple):
 class Dictionary(nn.Module, ABC):
     """Shared parameters, encode/decode, losses and decoder constraints of every sparse dictionary."""
 
+    process_group: distributed.Group
+    """The processes a training batch is spread over; set by ``train`` under torchrun, None otherwise."""
+
     def __init__(self, cfg: DictionaryConfig, *, seed: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
+        self.process_group = None
         gen = torch.Generator().manual_seed(seed)
         w_dec = torch.randn(cfg.d_sae, cfg.width_out, generator=gen)
         w_dec /= w_dec.norm(dim=1, keepdim=True)
@@ -176,10 +186,25 @@ class Dictionary(nn.Module, ABC):
         latents = self.activate(pre)
         recon = self.decode(latents)
         residual = target - recon
-        total_var = (target - target.mean(0)).pow(2).sum().clamp_min(torch.finfo(target.dtype).tiny)
+        total_var = self._total_variance(target)
         fvu = residual.pow(2).sum() / total_var
         auxk = self._auxk(pre, residual, dead_mask, k_aux, total_var)
         return DictionaryOutput(recon, latents, pre, fvu, self.sparsity_penalty(pre, latents), auxk)
+
+    def _total_variance(self, target: Float[Tensor, "batch d_out"]) -> Float[Tensor, ""]:
+        """Summed squared deviation of the target from its mean: the FVU and AuxK denominator.
+
+        Under a process group it is the global batch's, divided by the world size, so that each rank's terms
+        average (over ranks) to the global batch's.
+        """
+        tiny = torch.finfo(target.dtype).tiny
+        group = self.process_group
+        if group is None:
+            return (target - target.mean(0)).pow(2).sum().clamp_min(tiny)
+        world, t = distributed.world_size(group), target.detach()
+        mean = distributed.all_reduce(t.sum(0), group) / (len(t) * world)
+        total = distributed.all_reduce((t - mean).pow(2).sum(), group)
+        return (total / world).clamp_min(tiny)
 
     def _auxk(
         self,
@@ -260,7 +285,8 @@ class BatchTopKDictionary(Dictionary):
     """The ``k * batch`` largest activations of the whole batch survive while training.
 
     In eval mode one threshold, a moving average of each training batch's smallest kept activation, replaces
-    the batch (Bussmann et al. 2024), so a row's latents no longer depend on the other rows.
+    the batch (Bussmann et al. 2024), so a row's latents no longer depend on the other rows. Under a process
+    group the batch is every rank's rows together.
     """
 
     threshold: Tensor
@@ -273,17 +299,27 @@ class BatchTopKDictionary(Dictionary):
         acts = pre_acts.relu()
         if not self.training:
             return acts * (acts > self.threshold)
+        return acts * (acts >= self._batch_cutoff(acts))
+
+    @torch.no_grad()
+    def _batch_cutoff(self, acts: Float[Tensor, "batch d_sae"]) -> Float[Tensor, ""]:
+        """The ``k * batch``-th largest activation of the (global) batch: the smallest one kept."""
+        group = self.process_group
+        n_keep = self.cfg.k * acts.shape[0] * distributed.world_size(group)
         flat = einops.rearrange(acts, "batch d_sae -> (batch d_sae)")
-        top = flat.topk(self.cfg.k * acts.shape[0])
-        kept = torch.zeros_like(flat).scatter(-1, top.indices, top.values)
-        return einops.rearrange(kept, "(batch d_sae) -> batch d_sae", batch=acts.shape[0])
+        # Each rank's n_keep largest hold the global n_keep largest; k <= d_sae makes them enough to choose from.
+        candidates = flat.topk(min(n_keep, flat.numel()), sorted=False).values
+        if group is None:
+            return candidates.min()
+        return distributed.all_gather(candidates, group).topk(n_keep, sorted=False).values.min()
 
     @torch.no_grad()
     def observe(self, out: DictionaryOutput) -> None:
         positive = out.latents[out.latents > 0]
-        if positive.numel() == 0:
+        smallest = positive.min() if positive.numel() else out.latents.new_tensor(torch.inf)
+        distributed.all_reduce(smallest, self.process_group, "min")
+        if not torch.isfinite(smallest):
             return
-        smallest = positive.min()
         if self.threshold == 0:  # first observation: start the average at it rather than at zero
             self.threshold.copy_(smallest)
         else:

@@ -9,10 +9,13 @@ Objective: ``fvu + coeff * sparsity + auxk_coeff * auxk`` (terms of ``Dictionary
 ``l1_coeff`` (relu), ``l0_coeff`` (jumprelu) or 0 (topk, batchtopk), under Adam. Decoder rows are kept at
 unit norm with the parallel part of their gradient removed before each update.
 
-Distributed seam: ``_rank_world`` reads torch.distributed; each rank would take its rows of every global
-batch (``_shard``) and ``_wrap`` would wrap the model in DistributedDataParallel. Not wired yet: also needed
-are an all-reduce of the fired mask and of BatchTopK's threshold, a broadcast of the ``b_dec`` init, and
-checkpoints written by rank 0 only.
+Distributed (``torchrun --nproc_per_node N``; see ``_distributed``): every rank runs this loop on the same
+data and takes its own block of each global batch (``_shard``); the dictionary is wrapped in
+DistributedDataParallel (``_wrap``), whose gradient averaging, with the loss terms scaled by the dictionary
+(``Dictionary.process_group``), gives the gradient of the global batch. ``b_dec`` is initialised from the
+whole first global batch and broadcast from rank 0 when DDP wraps the model; the fired-latent counts and the
+logged statistics are all-reduced once per step; the decoder update is then the same on every rank. Rank 0
+alone writes checkpoints while the others wait at a barrier, and every rank resumes from them.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -28,12 +32,13 @@ from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from mechscope._cache import atomic_dir, atomic_write_bytes
+from mechscope.features import _distributed as distributed
 from mechscope.features._dictionary import (
     BDecInit,
     Dictionary,
@@ -61,7 +66,7 @@ class TrainConfig:
     adam_betas: tuple[float, float] = (0.9, 0.999)
     """Adam's moment decay rates."""
     batch_size: int = 4096
-    """Rows per optimiser step (summed over ranks when distributed)."""
+    """Rows per optimiser step, summed over ranks when distributed (each rank takes ``batch_size / N``)."""
     n_tokens: int = 10_000_000
     """Rows to train on in total; ``n_tokens // batch_size`` steps (fewer if the data run out)."""
     seed: int = 0
@@ -143,6 +148,14 @@ class TrainResult(NamedTuple):
     """The last checkpoint written."""
 
 
+class _StepStats(NamedTuple):
+    """A step's statistics over the global batch (the same on every rank)."""
+
+    loss: float
+    fvu: float
+    l0: float
+
+
 @dataclass
 class _State:
     model: Dictionary
@@ -167,54 +180,74 @@ def train(
     iterable must yield the same batches every time it is iterated, since a resumed run skips the batches
     already consumed. Batches are moved to ``device``, where the dictionary is trained. The final
     dictionary is saved at ``out_dir`` (``load_dictionary(out_dir)``).
+
+    Under ``torchrun --nproc_per_node N`` (or in an initialised process group) every process calls this
+    with the same arguments: each takes ``1/N`` of every batch and they train one dictionary together,
+    equal to the single-process one up to float rounding. The process group is started from torchrun's
+    environment when none exists (gloo, or NCCL for CUDA) and destroyed on return; ``device="cuda"`` means
+    the process's local GPU. Only rank 0 writes files and shows progress.
     """
-    out_dir, device = Path(out_dir), torch.device(device)
-    rank, world = _rank_world()
+    out_dir, device = Path(out_dir), distributed.local_device(torch.device(device))
+    with distributed.group_from_env(device):
+        return _train(config, data, out_dir, device, progress)
+
+
+def _train(config: TrainConfig, data: Data, out_dir: Path, device: torch.device, progress: bool) -> TrainResult:
+    rank, world = distributed.rank_world()
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} does not split evenly over {world} processes")
     state = _resume(config, out_dir, device)
     batches = _batches(data, config, 0 if state is None else state.step, rank, world, device)
     if state is None:
         first = next(batches, None)
         if first is None:
             raise ValueError("the data yielded no batch")
-        state = _fresh(config, first, device)
+        state = _fresh(config, _whole_target(first), device)
         batches = itertools.chain([first], batches)
-    model = _wrap(state.model)
+    model = _wrap(state.model, device)
     history: list[TrainLog] = []
     last = _latest(out_dir)
-    bar = tqdm(total=config.n_steps, initial=state.step, disable=not progress, desc="dictionary")
+    bar = tqdm(total=config.n_steps, initial=state.step, disable=not progress or rank != 0, desc="dictionary")
     try:
         for x, y in batches:
             if state.step >= config.n_steps:
                 break
             try:
-                out, loss = step(state, model, config, x, y, world)
+                stats = step(state, model, config, x, y, world)
             except NonFiniteLossError as err:
                 kept = f"last good checkpoint: {last}" if last else "no checkpoint was written yet"
                 raise NonFiniteLossError(f"{err}; training stopped, {kept}") from None
             if state.step % config.log_every == 0:
-                history.append(log(state, config, out, loss, bar))
+                history.append(log(state, config, stats, bar))
             if state.step % config.checkpoint_every == 0:
                 last = checkpoint(state, config, out_dir)
         bar.update(state.step - bar.n)
     finally:
         bar.close()
+        state.model.process_group = None
     if last is None or last.name != _step_name(state.step):
         last = checkpoint(state, config, out_dir)
-    save_dictionary(state.model, out_dir)
+    if rank == 0:
+        save_dictionary(state.model, out_dir)
+    distributed.barrier()
     return TrainResult(state.model.eval(), state.step, state.tokens, tuple(history), last)
 
 
 def step(
     state: _State, model: nn.Module, config: TrainConfig, x: Tensor, y: Tensor | None, world: int = 1
-) -> tuple[DictionaryOutput, float]:
-    """One optimiser update on a batch; raises ``NonFiniteLossError`` before touching the weights."""
+) -> _StepStats:
+    """One optimiser update on this rank's rows of a batch.
+
+    A non-finite loss raises ``NonFiniteLossError`` on every rank before the weights are touched.
+    """
     dictionary = state.model
     dead = state.since_fired >= config.dead_after_tokens if config.auxk_coeff > 0 else None
     out: DictionaryOutput = model(x, y, dead_mask=dead, k_aux=config.k_aux)
     coeff = {"relu": config.l1_coeff, "jumprelu": config.l0_coeff}.get(dictionary.cfg.kind, 0.0)
     loss = out.fvu + coeff * out.sparsity + config.auxk_coeff * out.auxk
-    if not torch.isfinite(loss):
-        raise NonFiniteLossError(f"loss is {loss.item()} at step {state.step + 1}")
+    stats, fired = _reduce_stats(out, loss, dictionary.process_group)
+    if not math.isfinite(stats.loss):
+        raise NonFiniteLossError(f"loss is {stats.loss} at step {state.step + 1}")
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.normalize_decoder:
@@ -223,22 +256,33 @@ def step(
     if config.normalize_decoder:
         dictionary.normalize_decoder_()
     dictionary.observe(out)
-    fired = (out.latents > 0).any(0)
     state.since_fired += x.shape[0] * world
     state.since_fired[fired] = 0
     state.step += 1
     state.tokens += x.shape[0] * world
-    return out, loss.item()
+    return stats
 
 
-def log(state: _State, config: TrainConfig, out: DictionaryOutput, loss: float, bar: Any) -> TrainLog:
+def _reduce_stats(out: DictionaryOutput, loss: Tensor, group: distributed.Group) -> tuple[_StepStats, Tensor]:
+    """Loss, FVU and L0 of the global batch and the latents that fired in it, in one all-reduce."""
+    active = out.latents.detach() > 0
+    l0 = active.sum(-1).float().mean()
+    # Each rank's loss terms average to the global batch's (Dictionary.process_group), and so does L0.
+    packed = torch.cat([active.any(0).float(), torch.stack([loss.detach(), out.fvu.detach(), l0]).float()])
+    packed = distributed.all_reduce(packed, group)
+    world, d_sae = distributed.world_size(group), active.shape[1]
+    loss_sum, fvu_sum, l0_sum = packed[d_sae:].tolist()
+    return _StepStats(loss_sum / world, fvu_sum / world, l0_sum / world), packed[:d_sae] > 0
+
+
+def log(state: _State, config: TrainConfig, stats: _StepStats, bar: Any) -> TrainLog:
     """Record the step's loss, FVU, L0 and dead fraction, and show them on the progress bar."""
     entry = TrainLog(
         step=state.step,
         tokens=state.tokens,
-        loss=loss,
-        fvu=out.fvu.item(),
-        l0=float((out.latents > 0).sum(-1).float().mean()),
+        loss=stats.loss,
+        fvu=stats.fvu,
+        l0=stats.l0,
         dead_fraction=float((state.since_fired >= config.dead_after_tokens).float().mean()),
     )
     bar.update(state.step - bar.n)
@@ -252,9 +296,19 @@ def log(state: _State, config: TrainConfig, out: DictionaryOutput, loss: float, 
 
 
 def checkpoint(state: _State, config: TrainConfig, out_dir: Path) -> Path:
-    """Atomically write ``out_dir/checkpoints/step_N`` and point ``checkpoints/latest`` at it."""
-    root = out_dir / "checkpoints"
-    final = root / _step_name(state.step)
+    """Atomically write ``out_dir/checkpoints/step_N`` and point ``checkpoints/latest`` at it.
+
+    Distributed, rank 0 writes (every rank holds the same state) while the others wait at a barrier.
+    """
+    final = out_dir / "checkpoints" / _step_name(state.step)
+    if distributed.rank_world()[0] == 0:
+        _write_checkpoint(state, config, final)
+    distributed.barrier()
+    return final
+
+
+def _write_checkpoint(state: _State, config: TrainConfig, final: Path) -> None:
+    root = final.parent
     tensors, groups = _optimizer_tensors(state.optimizer)
     tensors["since_fired"] = state.since_fired.cpu()
     meta = {"step": state.step, "tokens": state.tokens, "param_groups": groups, "config": config.to_dict()}
@@ -265,7 +319,6 @@ def checkpoint(state: _State, config: TrainConfig, out_dir: Path) -> Path:
     atomic_write_bytes(root / "latest", final.name.encode())
     for old in sorted(root.glob("step_*"))[: -config.keep_checkpoints]:
         shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def _step_name(step: int) -> str:
@@ -277,10 +330,9 @@ def _latest(out_dir: Path) -> Path | None:
     return pointer.parent / pointer.read_text().strip() if pointer.is_file() else None
 
 
-def _fresh(config: TrainConfig, first: Batch, device: torch.device) -> _State:
+def _fresh(config: TrainConfig, target: Tensor, device: torch.device) -> _State:
     model = build_dictionary(config.dictionary, seed=config.seed).to(device)
-    x, y = first
-    model.init_b_dec_(x if y is None else y, config.b_dec_init)
+    model.init_b_dec_(target, config.b_dec_init)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.adam_betas)
     since_fired = torch.zeros(config.dictionary.d_sae, dtype=torch.int64, device=device)
     return _State(model, optimizer, 0, 0, since_fired)
@@ -323,21 +375,32 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+def _wrap(model: Dictionary, device: torch.device) -> nn.Module:
+    """The module to call for a step: the dictionary itself, or wrapped in DistributedDataParallel."""
+    group = distributed.world_group()
+    if group is None:
+        return model
+    model.process_group = group
+    # DDP's constructor broadcasts rank 0's parameters and buffers (b_dec's data init included) to every rank.
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def _wrap(model: Dictionary) -> nn.Module:
-    if _rank_world()[1] > 1:
-        raise NotImplementedError("distributed dictionary training is not wired yet (see the module docstring)")
-    return model
+def _whole_target(first: Batch) -> Tensor:
+    """The first global batch's targets (every rank's block, in order) for the ``b_dec`` init."""
+    x, y = first
+    return distributed.all_gather(x if y is None else y, distributed.world_group())
 
 
 def _shard(batch: Batch, rank: int, world: int) -> Batch:
+    """Rank ``rank``'s block of ``len // world`` rows (the last ``len % world`` rows are left out)."""
     x, y = batch
-    return x[rank::world], None if y is None else y[rank::world]
+    if world == 1:
+        return x, y
+    n = len(x) // world
+    if n == 0:
+        raise ValueError(f"a batch of {len(x)} rows cannot be split over {world} processes")
+    rows = slice(rank * n, (rank + 1) * n)
+    return x[rows], None if y is None else y[rows]
 
 
 def _batches(
