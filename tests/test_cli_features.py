@@ -23,8 +23,9 @@ def test_harvest_train_eval_build_show(tmp_path):
     t = invoke("dict", "train", str(store), str(run), "--expansion", "2", "--k", "4", "--batch-size", "128",
                "--n-tokens", "6400")  # fmt: skip
     assert t["steps"] == 50 and load_dictionary(run).cfg.d_sae == 128
-    e = invoke("dict", "eval", str(run), str(store))
+    e = invoke("dict", "eval", str(run), str(store), "--model", "tiny-llama", "--splice-contexts", "4")
     assert e["l0"] == 4.0 and 0 <= e["fvu"] < 1
+    assert e["splice"]["ce_zero_ablated"] != e["splice"]["ce_clean"] and e["splice"]["n_tokens"] > 0
     invoke("features", "build", str(store), str(run), str(db), "--model", "tiny-llama")
     fired = FeatureDB(db).top_latents(by="frequency")[0].latent
     card = invoke("features", "show", str(db), str(fired))

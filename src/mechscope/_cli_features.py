@@ -109,9 +109,13 @@ def dict_eval(
     store_dir: Annotated[Path, typer.Argument(help="Activation store folder.")],
     site: Annotated[str | None, typer.Option(help="Store site (default: the dictionary's or the only one).")] = None,
     n_tokens: int = 65_536,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Also splice into this model: CE loss recovered and KL.")
+    ] = None,
+    splice_contexts: Annotated[int, typer.Option(help="Store contexts used for the splice metrics.")] = 32,
     as_json: JsonOpt = False,
 ) -> None:
-    """Reconstruction metrics of a dictionary on held activations: MSE, FVU, L0, dead and dense latents."""
+    """Reconstruction metrics on stored activations (MSE, FVU, L0, dead, dense); with --model, CE recovered + KL."""
     import torch
 
     from .features import evaluate, load_dictionary
@@ -128,7 +132,14 @@ def dict_eval(
                 break
         with torch.no_grad():
             metrics = evaluate(d, torch.cat(rows)[:n_tokens])
-    _report({"dictionary": str(dictionary), "site": site, "tokens": min(seen, n_tokens), **metrics._asdict()}, as_json)
+        summary = {"dictionary": str(dictionary), "site": site, "tokens": min(seen, n_tokens), **metrics._asdict()}
+        if model is not None:
+            from .features import splice_eval
+
+            m = open_model(model)
+            store.check(m)
+            summary["splice"] = splice_eval(m, d, site, store.tokens()[:splice_contexts])._asdict()
+    _report(summary, as_json)
 
 
 @features_app.command("build")
