@@ -95,6 +95,18 @@ def demo(
     show_demo(result, _out())
 
 
+@app.command()
+def bench(
+    quick: Annotated[bool, typer.Option("--quick/--full", help="Small organisms and budgets (CI scale).")] = True,
+    out: Annotated[Path, typer.Option("--out", help="Folder for leaderboard.md, .json and .html.")] = Path("out/bench"),
+) -> None:
+    """Score every registered method on model organisms whose mechanism is known; write the leaderboard."""
+    from .bench import main
+
+    with user_errors():
+        main(quick=quick, out=out)
+
+
 from ._cli_circuits import register as _register_circuits  # noqa: E402  (commands live in their own modules)
 from ._cli_features import register as _register_features  # noqa: E402
 

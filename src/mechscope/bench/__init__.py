@@ -1,0 +1,124 @@
+"""The bench: model organisms whose mechanism is known, scorers, and a runner that scores every method on them.
+
+Example::
+
+    from mechscope import bench
+
+    board = bench.run_bench(quick=True, seeds=(0,))   # builds (once, cached) and verifies every organism
+    print(board.to_markdown())
+    board.write("bench-results")                      # leaderboard.md / .json / .html
+
+    organism = bench.obtain(bench.Induction(), seed=0)   # a verified organism, from the cache
+    organism.circuit.circuit                              # {'head.0.z[h..]', 'head.1.z[h..]'}
+
+New methods join with one declaration (see ``register_method``); new organisms (trojaned CNNs, BlockMNIST,
+compiled RASP programs) subclass ``Organism`` and are added with ``register_organism``, with a new family's
+scorers added by ``register_scorer``.
+"""
+
+from mechscope.bench._harness import FULL_SEEDS, QUICK_SEEDS, Leaderboard, Row, main, run_bench
+from mechscope.bench._induction import BuiltInduction, Induction, InductionConfig
+from mechscope.bench._modadd import BuiltModAdd, ModAddConfig, ModularAddition
+from mechscope.bench._numeric import FAMILIES, BuiltNumeric, NumericConfig, NumericFunction, NumericFunctions
+from mechscope.bench._organism import (
+    Built,
+    Organism,
+    OrganismChecksumError,
+    OrganismVerificationError,
+    obtain,
+    organism_dir,
+    read_card,
+)
+from mechscope.bench._registry import (
+    METHODS,
+    ORGANISMS,
+    MethodSpec,
+    RunContext,
+    methods_for,
+    register_method,
+    register_organism,
+    register_scorer,
+)
+from mechscope.bench._scorers import (
+    SCORERS,
+    CircuitScores,
+    DictionaryOutput,
+    Score,
+    auroc,
+    edge_auroc,
+    features_scores,
+    frequency_auroc,
+    interval_iou,
+    iou,
+    node_auroc,
+    random_dictionary,
+    score,
+)
+from mechscope.bench._superposition import (
+    BuiltFeatures,
+    BuiltTMS,
+    FeatureConfig,
+    SyntheticFeatures,
+    TMSConfig,
+    ToyModelOfSuperposition,
+)
+from mechscope.bench._truth import CircuitTruth, Edge
+
+for _organism in (Induction(), ModularAddition(), ToyModelOfSuperposition(), SyntheticFeatures(), NumericFunctions()):
+    register_organism(_organism)
+
+__all__ = [
+    "FAMILIES",
+    "FULL_SEEDS",
+    "METHODS",
+    "ORGANISMS",
+    "QUICK_SEEDS",
+    "SCORERS",
+    "Built",
+    "BuiltFeatures",
+    "BuiltInduction",
+    "BuiltModAdd",
+    "BuiltNumeric",
+    "BuiltTMS",
+    "CircuitScores",
+    "CircuitTruth",
+    "DictionaryOutput",
+    "Edge",
+    "FeatureConfig",
+    "Induction",
+    "InductionConfig",
+    "Leaderboard",
+    "MethodSpec",
+    "ModAddConfig",
+    "ModularAddition",
+    "NumericConfig",
+    "NumericFunction",
+    "NumericFunctions",
+    "Organism",
+    "OrganismChecksumError",
+    "OrganismVerificationError",
+    "Row",
+    "RunContext",
+    "Score",
+    "SyntheticFeatures",
+    "TMSConfig",
+    "ToyModelOfSuperposition",
+    "auroc",
+    "edge_auroc",
+    "features_scores",
+    "frequency_auroc",
+    "interval_iou",
+    "iou",
+    "main",
+    "methods_for",
+    "node_auroc",
+    "obtain",
+    "organism_dir",
+    "random_dictionary",
+    "read_card",
+    "register_method",
+    "register_organism",
+    "register_scorer",
+    "run_bench",
+    "score",
+]

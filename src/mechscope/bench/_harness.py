@@ -1,0 +1,206 @@
+"""The bench runner: every registered method on every organism it applies to, over seeds, into a leaderboard.
+
+``run_bench`` obtains each organism seed (built, verified and cached on first use), runs each applicable method in
+a scratch folder, scores its output with the family's scorers, attaches the baseline methods' scores to every
+score of the same organism, seed and metric, and aggregates mean and spread over seeds. A method that raises is
+recorded as an error of the leaderboard, not a crash of the bench; so is an organism seed whose build fails
+verification (it is never scored).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import tempfile
+import time
+import traceback
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from . import _methods  # noqa: F401  (registers the built-in methods)
+from ._organism import Organism, OrganismVerificationError, obtain
+from ._registry import ORGANISMS, RunContext, methods_for
+from ._scorers import Score, score
+
+QUICK_SEEDS = (0, 1, 2)
+FULL_SEEDS = (0, 1, 2, 3, 4)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the leaderboard: a method's score on one organism and metric, over seeds."""
+
+    organism: str
+    metric: str
+    method: str
+    baseline: bool
+    mean: float
+    std: float
+    """Sample standard deviation over seeds (0 with one seed)."""
+    n: int
+    """Seeds scored."""
+    chance: float
+    """Mean chance level over seeds."""
+    higher_is_better: bool
+    baselines: dict[str, float]
+    """Mean score of each baseline method on the same organism and metric."""
+    seconds: float
+    """Mean wall time of the method per seed."""
+
+
+@dataclass(frozen=True)
+class Leaderboard:
+    """Every score of a bench run, the organisms' verification numbers, and any method errors."""
+
+    scores: tuple[Score, ...]
+    organisms: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    """Organism -> seed (as a string) -> verification numbers."""
+    errors: tuple[str, ...] = ()
+    """``organism/seed/method: message`` for each method that raised."""
+    quick: bool = True
+    seconds: float = 0.0
+    """Wall time of the run."""
+
+    def rows(self) -> list[Row]:
+        """Scores aggregated over seeds, per organism, metric and method (methods under test first)."""
+        groups: dict[tuple[str, str, str], list[Score]] = defaultdict(list)
+        for s in self.scores:
+            groups[s.organism, s.metric, s.method].append(s)
+        baseline_names = {name for s in self.scores for name in s.baselines}
+        rows = []
+        for (organism, metric, method), group in groups.items():
+            values = [s.value for s in group]
+            names = sorted({name for s in group for name in s.baselines})
+            rows.append(Row(
+                organism, metric, method, method in baseline_names, statistics.fmean(values),
+                statistics.stdev(values) if len(values) > 1 else 0.0, len(values),
+                statistics.fmean(s.chance for s in group), group[0].higher_is_better,
+                {b: statistics.fmean(s.baselines[b] for s in group if b in s.baselines) for b in names},
+                statistics.fmean(s.seconds for s in group),
+            ))  # fmt: skip
+        return sorted(rows, key=lambda r: (r.organism, r.metric, r.baseline, -r.mean if r.higher_is_better else r.mean))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form: aggregated rows, every per-seed score, organisms, errors."""
+        return {
+            "quick": self.quick,
+            "seconds": round(self.seconds, 2),
+            "rows": [r.__dict__ for r in self.rows()],
+            "scores": [s.to_dict() for s in self.scores],
+            "organisms": self.organisms,
+            "errors": list(self.errors),
+        }
+
+    def to_markdown(self) -> str:
+        """The leaderboard as markdown tables."""
+        from ._report import markdown
+
+        return markdown(self)
+
+    def to_html(self) -> str:
+        """A self-contained HTML page (inline PNG plots, no scripts)."""
+        from ._report import html
+
+        return html(self)
+
+    def write(self, out: str | Path) -> dict[str, Path]:
+        """Write ``leaderboard.md``, ``leaderboard.json`` and ``leaderboard.html`` into ``out``."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"markdown": out / "leaderboard.md", "json": out / "leaderboard.json", "html": out / "leaderboard.html"}
+        paths["markdown"].write_text(self.to_markdown())
+        paths["json"].write_text(json.dumps(self.to_dict(), indent=2))
+        paths["html"].write_text(self.to_html())
+        return paths
+
+
+def run_bench(
+    quick: bool = True,
+    seeds: Sequence[int] | None = None,
+    *,
+    organisms: Sequence[str] | None = None,
+    methods: Sequence[str] | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> Leaderboard:
+    """Run every registered method on every organism it applies to, for each seed.
+
+    ``seeds`` defaults to 0-2 (``quick``) or 0-4. ``organisms`` and ``methods`` restrict the run by name (method
+    names as registered, e.g. ``oracle`` or ``topk_sae``). With ``out`` the leaderboard is also written there as
+    markdown, JSON and HTML.
+    """
+    start = time.perf_counter()
+    seeds = tuple(seeds if seeds is not None else QUICK_SEEDS if quick else FULL_SEEDS)
+    chosen = [ORGANISMS[n] for n in organisms] if organisms is not None else list(ORGANISMS.values())
+    scores: list[Score] = []
+    errors: list[str] = []
+    verified: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
+    jobs = [(o, s) for o in chosen for s in seeds]
+    for organism, seed in tqdm(jobs, desc="bench", disable=not progress):
+        try:
+            built = obtain(organism, seed)
+        except OrganismVerificationError as err:  # never score an organism whose mechanism is absent
+            errors.append(f"{organism.name}/seed{seed}: {err}")
+            continue
+        verified[organism.name][str(seed)] = built.verification
+        got, failed = _run_methods(organism, built, seed, quick, methods)
+        scores += got
+        errors += failed
+    board = Leaderboard(tuple(_with_baselines(scores)), dict(verified), tuple(errors), quick,
+                        time.perf_counter() - start)  # fmt: skip
+    if out is not None:
+        board.write(out)
+    return board
+
+
+def _run_methods(
+    organism: Organism, built: Any, seed: int, quick: bool, only: Sequence[str] | None
+) -> tuple[list[Score], list[str]]:
+    scores, errors = [], []
+    for spec in methods_for(organism):
+        if only is not None and spec.name not in only:
+            continue
+        with tempfile.TemporaryDirectory(prefix="mechscope-bench-") as tmp:
+            start = time.perf_counter()
+            try:
+                ctx = RunContext(seed=derive_seed(spec.name, seed), quick=quick, workdir=Path(tmp))
+                output = spec.fn(built, ctx)
+                seconds = time.perf_counter() - start
+                got = score(organism.family, output, built, spec.name)
+            except Exception as err:  # one broken method must not hide every other result
+                last = traceback.format_exception_only(err)[-1].strip()
+                errors.append(f"{organism.name}/seed{seed}/{spec.name}: {last}")
+                continue
+        scores += [replace(s, seconds=seconds) for s in got]
+    return scores, errors
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from ``parts``: a method's random stream never replays the one that built its organism."""
+    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
+
+
+def _with_baselines(scores: list[Score]) -> list[Score]:
+    """Attach to every score the baseline methods' values on the same organism, seed and metric."""
+    from ._registry import METHODS
+
+    baselines = {m.name for m in METHODS.values() if m.baseline}
+    ref: dict[tuple[str, int, str], dict[str, float]] = defaultdict(dict)
+    for s in scores:
+        if s.method in baselines:
+            ref[s.organism, s.seed, s.metric][s.method] = s.value
+    return [replace(s, baselines=dict(ref[s.organism, s.seed, s.metric])) for s in scores]
+
+
+def main(quick: bool = True, out: Path = Path("bench-results")) -> Leaderboard:
+    """``mechscope bench [--quick] [--out DIR]``: run the bench and write the leaderboard into ``out``."""
+    board = run_bench(quick=quick, out=out)
+    print(board.to_markdown())
+    print(f"\nleaderboard written to {out}/leaderboard.{{md,json,html}} in {board.seconds:.0f} s")
+    return board

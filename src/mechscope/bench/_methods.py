@@ -1,0 +1,193 @@
+"""The methods the bench scores today, and the random and oracle baselines of every family.
+
+Circuits (on ``induction``, through mechscope's own circuit methods): attribution patching, activation patching
+and direct logit attribution of every head, scored by how much each head matters. Patching runs in the *noising*
+direction (clean run, one head's activation from the corrupt run): the induction circuit is an AND of two heads,
+which denoising a single head cannot reveal (Heimersheim & Nanda 2024, "How to use and interpret activation
+patching", section 3). Features: a TopK SAE (``mechscope.features.train``) on a small budget. Frequencies: the
+Fourier spectrum of the model's logits over its inputs (behaviour only, no weights). Descriptions: a jump detector
+that brackets the two largest discontinuities of the sampled function.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..circuits._attribution import attribution_patching
+from ..circuits._dla import direct_logit_attribution
+from ..circuits._eap import eap, eap_ig
+from ..circuits._graph import EdgeScores
+from ..circuits._nodes import Node
+from ..circuits._patching import activation_patching
+from ..circuits._result import PatchingResult
+from ..features._dictionary import DictionaryConfig
+from ..features._train import TrainConfig, train
+from ._modadd import all_pairs, fourier_basis
+from ._registry import RunContext, register_method
+from ._scorers import CircuitScores, DictionaryOutput, random_dictionary, random_interval
+
+# --- circuits ----------------------------------------------------------------------------------------------------
+
+
+def _importance(grid: PatchingResult) -> dict[str, float]:
+    """Node label -> |effect - 1|: how far patching the node (noising) moves the metric from the clean run."""
+    return {n.label(): float(abs(1 - e)) for n, e in zip(grid.nodes(), grid.effect.flatten().tolist(), strict=True)}
+
+
+@register_method(family="circuits", applies_to=("induction",))
+def attribution_patching_heads(organism: Any, ctx: RunContext) -> CircuitScores:
+    """Attribution patching (noising) of every head's output: one forward and backward pass."""
+    result = attribution_patching(organism.model, organism.task, ["head.z"], direction="noising", progress=False)
+    return CircuitScores(_importance(result["head.z"]))
+
+
+@register_method(family="circuits", applies_to=("induction",))
+def activation_patching_heads(organism: Any, ctx: RunContext) -> CircuitScores:
+    """Activation patching (noising) of every head's output, one head at a time."""
+    grid = activation_patching(organism.model, organism.task, "head.z", direction="noising", progress=False)
+    return CircuitScores(_importance(grid))
+
+
+@register_method(family="circuits", applies_to=("induction",))
+def direct_logit_attribution_heads(organism: Any, ctx: RunContext) -> CircuitScores:
+    """|Direct logit attribution| of every head (sees only direct effects on the logits)."""
+    dla = direct_logit_attribution(organism.model, organism.task)
+    layers, heads = dla.heads.shape
+    nodes = {Node("head.z", i, h).label(): float(abs(dla.heads[i, h])) for i in range(layers) for h in range(heads)}
+    return CircuitScores(nodes)
+
+
+def _edge_method(scores: EdgeScores) -> CircuitScores:
+    """|score| per edge, and per head node the summed |score| of the edges it sends."""
+    edges = dict(zip(scores.graph.edge_names(), scores.scores.abs().tolist(), strict=True))
+    nodes: dict[str, float] = {}
+    for (sender, _), value in zip(scores.graph.edges(), edges.values(), strict=True):
+        if sender.kind == "head":
+            label = Node("head.z", sender.layer, sender.head).label()
+            nodes[label] = nodes.get(label, 0.0) + value
+    return CircuitScores(nodes, edges)
+
+
+@register_method(family="circuits", applies_to=("induction",))
+def edge_attribution_patching(organism: Any, ctx: RunContext) -> CircuitScores:
+    """EAP (Syed et al. 2023), noising, of every edge; a head's node score sums its outgoing edges."""
+    return _edge_method(eap(organism.model, organism.task, direction="noising", progress=False))
+
+
+@register_method(family="circuits", applies_to=("induction",))
+def edge_attribution_patching_ig(organism: Any, ctx: RunContext) -> CircuitScores:
+    """EAP-IG (Hanna et al. 2024), noising, 5 steps; a head's node score sums its outgoing edges."""
+    return _edge_method(eap_ig(organism.model, organism.task, direction="noising", steps=5, progress=False))
+
+
+@register_method(family="circuits", name="random", baseline=True)
+def random_circuit(organism: Any, ctx: RunContext) -> CircuitScores:
+    """Uniform random score for every candidate node and edge."""
+    gen = torch.Generator().manual_seed(ctx.seed)
+    truth = organism.circuit
+    nodes = dict(zip(truth.nodes, torch.rand(len(truth.nodes), generator=gen).tolist(), strict=True))
+    edges = dict(zip(truth.edges, torch.rand(len(truth.edges), generator=gen).tolist(), strict=True))
+    return CircuitScores(nodes, edges)
+
+
+@register_method(family="circuits", name="oracle", baseline=True)
+def oracle_circuit(organism: Any, ctx: RunContext) -> CircuitScores:
+    """Reads the ground truth: 1 for circuit nodes and edges, 0 for the rest."""
+    truth = organism.circuit
+    return CircuitScores({n: float(n in truth.circuit) for n in truth.nodes},
+                         {e: float(e in truth.circuit_edges) for e in truth.edges})  # fmt: skip
+
+
+# --- features ----------------------------------------------------------------------------------------------------
+
+SAE_EXPANSION = 4
+"""Latents per input dimension of the bench's dictionaries (and of the random-dictionary baseline)."""
+SAE_K = 3
+"""Active latents per row (TopK) of the bench's dictionaries and of the random-dictionary baseline."""
+
+
+@register_method(family="features")
+def topk_sae(organism: Any, ctx: RunContext) -> Any:
+    """TopK SAE (Gao et al. 2024) trained with ``mechscope.features.train`` on a small budget."""
+    d = organism.data.x.shape[1]
+    steps = 300 if ctx.quick else 2000
+    config = TrainConfig(
+        DictionaryConfig("topk", d_in=d, d_sae=SAE_EXPANSION * d, k=SAE_K), lr=3e-3, batch_size=256,
+        n_tokens=256 * steps, dead_after_tokens=256 * 50, seed=ctx.seed, checkpoint_every=10**9, log_every=10**9,
+    )  # fmt: skip
+    return train(config, organism.data.x, ctx.workdir / "sae", progress=False).dictionary
+
+
+@register_method(family="features", name="random_dictionary", baseline=True)
+def random_dictionary_method(organism: Any, ctx: RunContext) -> DictionaryOutput:
+    """Random unit decoder rows, each row of data firing ``SAE_K`` random latents."""
+    d = organism.data.x.shape[1]
+    return random_dictionary(SAE_EXPANSION * d, organism.data, SAE_K, seed=ctx.seed)
+
+
+@register_method(family="features", name="oracle", baseline=True)
+def oracle_dictionary(organism: Any, ctx: RunContext) -> DictionaryOutput:
+    """Reads the ground truth: decoder = true directions, latents = true coefficients."""
+    return DictionaryOutput(organism.data.features, organism.data.coefficients)
+
+
+# --- frequencies -------------------------------------------------------------------------------------------------
+
+
+@register_method(family="frequencies")
+def logit_fourier(organism: Any, ctx: RunContext) -> dict[int, float]:
+    """Power of the logits' Fourier transform along the first input, summed over everything else (behaviour only)."""
+    p = organism.p
+    pairs, _ = all_pairs(p)
+    with torch.no_grad():
+        logits = organism.model.run(pairs).logits.reshape(p, p * p)  # [a (b c)]
+    coeffs = fourier_basis(p)[:, 1:].T @ logits  # [2*freq (b c)]: cos/sin pairs per frequency
+    power = coeffs.pow(2).sum(-1).unflatten(0, (-1, 2)).sum(-1)
+    return dict(zip(organism.frequencies, power.tolist(), strict=True))
+
+
+@register_method(family="frequencies", name="random", baseline=True)
+def random_frequencies(organism: Any, ctx: RunContext) -> dict[int, float]:
+    """Uniform random score per frequency."""
+    gen = torch.Generator().manual_seed(ctx.seed)
+    return dict(zip(organism.frequencies, torch.rand(len(organism.frequencies), generator=gen).tolist(), strict=True))
+
+
+@register_method(family="frequencies", name="oracle", baseline=True)
+def oracle_frequencies(organism: Any, ctx: RunContext) -> dict[int, float]:
+    """Reads the ground truth: 1 for key frequencies."""
+    return {k: float(k in organism.key_frequencies) for k in organism.frequencies}
+
+
+# --- descriptions ------------------------------------------------------------------------------------------------
+
+
+@register_method(family="descriptions")
+def jump_detector(organism: Any, ctx: RunContext) -> dict[str, tuple[float, float]]:
+    """Bracket the two largest jumps of each function sampled on a grid (black-box access only)."""
+    lo, hi = organism.domain
+    x = torch.linspace(lo, hi, 2001, dtype=torch.float64)
+    out = {}
+    for f in organism.functions:
+        jumps = f(x).diff().abs()
+        first = int(jumps.argmax())
+        jumps[max(0, first - 5) : first + 6] = -1  # the second jump must be elsewhere
+        second = int(jumps.argmax())
+        lo, hi = sorted((first, second))
+        out[f.name] = (float(x[lo + 1]), float(x[hi]))
+    return out
+
+
+@register_method(family="descriptions", name="random", baseline=True)
+def random_descriptions(organism: Any, ctx: RunContext) -> dict[str, tuple[float, float]]:
+    """A uniformly random interval per function."""
+    gen = torch.Generator().manual_seed(ctx.seed)
+    return {f.name: random_interval(organism.domain, gen) for f in organism.functions}
+
+
+@register_method(family="descriptions", name="oracle", baseline=True)
+def oracle_descriptions(organism: Any, ctx: RunContext) -> dict[str, tuple[float, float]]:
+    """Reads the ground truth: each function's corrupted interval."""
+    return {f.name: f.interval for f in organism.functions}

@@ -1,0 +1,174 @@
+"""Model organisms: seeded builds whose mechanism is known, checked at build time, cached with a checksum.
+
+An ``Organism`` is a recipe (a frozen config plus a seeded build script). ``build(seed)`` trains or draws the
+organism and returns a ``Built`` one, which holds its weights or data as tensors, its ground truth as plain data,
+and ``verify()``: a causal check that the planted mechanism is really there, raising
+``OrganismVerificationError`` when it is not. ``obtain(organism, seed)`` is the only way the bench gets an
+organism: it loads the cached copy (re-checking its checksum) or builds, verifies and caches it, so a build whose
+mechanism is absent never reaches a scorer.
+
+Cache layout (outside git, ``mechscope._cache.cache_dir``)::
+
+    organisms/<key>/seed<seed>/organism.safetensors   weights / data
+    organisms/<key>/seed<seed>/card.json              seed, config, sha256 of the weights, verification numbers,
+                                                      ground truth, versions
+
+``key`` is the organism's name, suffixed with a hash of its config when the config is not the default one, so
+variants never overwrite each other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .._cache import atomic_dir, cache_dir, sha256_file
+
+CARD = "card.json"
+WEIGHTS = "organism.safetensors"
+
+
+class OrganismVerificationError(RuntimeError):
+    """The planted mechanism is absent (or too weak): the organism must not be used, and is not cached."""
+
+
+class OrganismChecksumError(RuntimeError):
+    """A cached organism's weights do not match the checksum on its card."""
+
+
+class Built(ABC):
+    """A built organism: tensors, ground truth as data, and the causal check of its mechanism."""
+
+    organism: str
+    """Name of the organism recipe."""
+    seed: int
+    """Seed of the build."""
+    verification: dict[str, float]
+    """Numbers measured by ``verify()`` (filled in by ``obtain``; read from the card on a cached load)."""
+
+    @abstractmethod
+    def tensors(self) -> dict[str, Tensor]:
+        """Everything needed to rebuild this organism with ``Organism.load``: weights, data, truth tensors."""
+
+    @abstractmethod
+    def verify(self) -> dict[str, float]:
+        """Check the planted mechanism causally; return the numbers, raise ``OrganismVerificationError`` if absent."""
+
+    @property
+    @abstractmethod
+    def truth(self) -> dict[str, Any]:
+        """The ground truth as JSON-serialisable data (true circuit nodes, frequencies, intervals...)."""
+
+
+class Organism(ABC):
+    """Recipe for a model organism: a frozen config and a seeded build script. Subclasses are dataclasses."""
+
+    name: ClassVar[str]
+    """Short unique name, e.g. ``"induction"``."""
+    family: ClassVar[str]
+    """Which scorers apply (``circuits``, ``features``, ``frequencies``, ``descriptions``...)."""
+
+    @abstractmethod
+    def build(self, seed: int) -> Built:
+        """Train or draw the organism from scratch, deterministically in ``seed`` (no verification here)."""
+
+    @abstractmethod
+    def load(self, seed: int, tensors: dict[str, Tensor]) -> Built:
+        """Rebuild a ``Built`` organism from the tensors its ``tensors()`` returned."""
+
+    def config(self) -> dict[str, Any]:
+        """The recipe's settings as JSON-ready data."""
+        return json.loads(json.dumps(dataclasses.asdict(self))) if dataclasses.is_dataclass(self) else {}
+
+    @property
+    def key(self) -> str:
+        """Cache folder name: the name, plus a config hash when the config differs from the default."""
+        if self.config() == type(self)().config():
+            return self.name
+        digest = hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).hexdigest()[:10]
+        return f"{self.name}-{digest}"
+
+
+def require(organism: str, seed: int, numbers: Mapping[str, float], checks: Mapping[str, bool]) -> dict[str, float]:
+    """Raise ``OrganismVerificationError`` naming every failed check; return ``numbers`` when all pass."""
+    failed = [name for name, ok in checks.items() if not ok]
+    if failed:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in numbers.items())
+        raise OrganismVerificationError(
+            f"organism {organism!r} seed {seed}: planted mechanism not verified; failed: {'; '.join(failed)} ({shown})"
+        )
+    return {k: float(v) for k, v in numbers.items()}
+
+
+def organism_dir(organism: Organism, seed: int) -> Path:
+    """Cache folder of one seed of ``organism``."""
+    return cache_dir("organisms", organism.key, f"seed{seed}")
+
+
+def obtain(organism: Organism, seed: int, *, rebuild: bool = False) -> Built:
+    """The built, verified organism: from the cache when present (checksum re-checked), else built and cached.
+
+    A cached copy whose weights fail the checksum raises ``OrganismChecksumError`` (pass ``rebuild=True`` or
+    delete the folder named in the message). A build whose verification fails raises
+    ``OrganismVerificationError`` and leaves nothing in the cache.
+    """
+    folder = organism_dir(organism, seed)
+    if not rebuild and (folder / CARD).is_file():
+        return load_cached(organism, seed, folder)
+    start = time.perf_counter()
+    built = organism.build(seed)
+    seconds = time.perf_counter() - start
+    built.verification = built.verify()
+    tensors = {k: v.detach().cpu().contiguous() for k, v in built.tensors().items()}
+    with atomic_dir(folder) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS))
+        card = {
+            "organism": organism.name,
+            "family": organism.family,
+            "seed": seed,
+            "config": organism.config(),
+            "sha256": sha256_file(tmp / WEIGHTS),
+            "verification": built.verification,
+            "truth": built.truth,
+            "build_seconds": round(seconds, 3),
+            "versions": _versions(),
+        }
+        (tmp / CARD).write_text(json.dumps(card, indent=2))
+    return built
+
+
+def load_cached(organism: Organism, seed: int, folder: Path) -> Built:
+    """Load one cached seed, checking its card's config and its weights' checksum."""
+    card = read_card(folder)
+    if card["config"] != organism.config():
+        return obtain(organism, seed, rebuild=True)  # a stale card from an older default config
+    actual = sha256_file(folder / WEIGHTS)
+    if actual != card["sha256"]:
+        raise OrganismChecksumError(
+            f"{folder / WEIGHTS}: sha256 {actual[:12]}... does not match its card ({card['sha256'][:12]}...). "
+            f"The cache is corrupt: delete {folder} or call obtain(..., rebuild=True)."
+        )
+    built = organism.load(seed, load_file(str(folder / WEIGHTS)))
+    built.verification = dict(card["verification"])
+    return built
+
+
+def read_card(folder: Path) -> dict[str, Any]:
+    """The JSON card of a cached organism."""
+    return json.loads((folder / CARD).read_text())
+
+
+def _versions() -> dict[str, str]:
+    from .. import __version__
+
+    return {"mechscope": __version__, "torch": torch.__version__}

@@ -1,0 +1,109 @@
+"""Rendering a leaderboard: markdown tables, and one self-contained HTML page with inline PNG plots."""
+
+from __future__ import annotations
+
+import base64
+import html as _html
+import io
+from collections import defaultdict
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._harness import Leaderboard, Row
+
+
+def _fmt(row: Row) -> str:
+    return f"{row.mean:.3f} ± {row.std:.3f}"
+
+
+def _tables(board: Leaderboard) -> dict[tuple[str, str], list[Row]]:
+    tables: dict[tuple[str, str], list[Row]] = defaultdict(list)
+    for row in board.rows():
+        tables[row.organism, row.metric].append(row)
+    return tables
+
+
+def markdown(board: Leaderboard) -> str:
+    """Markdown: one table per organism and metric, then the organisms' verification numbers and any errors."""
+    mode = "quick" if board.quick else "full"
+    lines = [f"# mechscope bench ({mode})", "", f"Run time {board.seconds:.0f} s. Scores are mean ± standard "
+             "deviation over seeds; chance is what a method with no information scores.", ""]  # fmt: skip
+    for (organism, metric), rows in _tables(board).items():
+        better = "higher" if rows[0].higher_is_better else "lower"
+        names = sorted({b for r in rows for b in r.baselines})
+        lines += [f"## {organism} — {metric} ({better} is better)", ""]
+        lines += ["| method | score | seeds | chance | " + " | ".join(names) + " | seconds |"]
+        lines += ["| --- " * (5 + len(names)) + "|"]
+        for r in rows:
+            name = f"{r.method} (baseline)" if r.baseline else r.method
+            refs = " | ".join(f"{r.baselines[b]:.3f}" if b in r.baselines else "" for b in names)
+            lines.append(f"| {name} | {_fmt(r)} | {r.n} | {r.chance:.3f} | {refs} | {r.seconds:.2f} |")
+        lines.append("")
+    lines += ["## Organisms (verification numbers per seed)", ""]
+    for organism, seeds in board.organisms.items():
+        for seed, numbers in seeds.items():
+            shown = ", ".join(f"{k} {v:.3g}" for k, v in numbers.items())
+            lines.append(f"- **{organism}** seed {seed}: {shown}")
+    if board.errors:
+        lines += ["", "## Errors", "", *(f"- {e}" for e in board.errors)]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(rows: list[Row], title: str) -> str:
+    """Horizontal bars (mean ± std over seeds) with the chance level as a dashed line; base64 PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 0.45 * len(rows) + 1.0), dpi=100)
+    names = [r.method for r in rows][::-1]
+    means = [r.mean for r in rows][::-1]
+    stds = [r.std for r in rows][::-1]
+    colors = ["#9aa5b1" if r.baseline else "#3b6ea5" for r in rows][::-1]
+    ax.barh(names, means, xerr=stds, color=colors, capsize=3)
+    chance = sum(r.chance for r in rows) / len(rows)
+    ax.axvline(chance, color="#c0392b", linestyle="--", linewidth=1, label=f"chance {chance:.2f}")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+td:first-child,th:first-child{text-align:left}.baseline{color:#777}h2{margin-top:2em;font-size:1.15em}"""
+
+
+def html(board: Leaderboard) -> str:
+    """One HTML page with every table and plot inline: no scripts, no external resources."""
+    esc = _html.escape
+    mode = "quick" if board.quick else "full"
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>mechscope bench</title><style>{_STYLE}"
+             f"</style></head><body><h1>mechscope bench ({mode})</h1><p>Run time {board.seconds:.0f} s. Scores are "
+             "mean ± standard deviation over seeds; dashed line: chance; grey bars: baselines.</p>"]  # fmt: skip
+    for (organism, metric), rows in _tables(board).items():
+        better = "higher" if rows[0].higher_is_better else "lower"
+        title = f"{organism} — {metric} ({better} is better)"
+        parts.append(f"<h2>{esc(title)}</h2><img alt='{esc(title)}' src='data:image/png;base64,{_plot(rows, title)}'>")
+        names = sorted({b for r in rows for b in r.baselines})
+        head = "".join(f"<th>{esc(b)}</th>" for b in names)
+        parts.append(f"<table><tr><th>method</th><th>score</th><th>seeds</th><th>chance</th>{head}<th>s</th></tr>")
+        for r in rows:
+            refs = "".join(f"<td>{r.baselines[b]:.3f}</td>" if b in r.baselines else "<td></td>" for b in names)
+            cls = " class='baseline'" if r.baseline else ""
+            parts.append(f"<tr{cls}><td>{esc(r.method)}</td><td>{_fmt(r)}</td><td>{r.n}</td><td>{r.chance:.3f}</td>"
+                         f"{refs}<td>{r.seconds:.2f}</td></tr>")  # fmt: skip
+        parts.append("</table>")
+    parts.append("<h2>Organisms (verification numbers per seed)</h2><ul>")
+    for organism, seeds in board.organisms.items():
+        for seed, numbers in seeds.items():
+            shown = ", ".join(f"{esc(k)} {v:.3g}" for k, v in numbers.items())
+            parts.append(f"<li><b>{esc(organism)}</b> seed {esc(seed)}: {shown}</li>")
+    parts.append("</ul>")
+    if board.errors:
+        parts.append("<h2>Errors</h2><ul>" + "".join(f"<li>{esc(e)}</li>" for e in board.errors) + "</ul>")
+    return "".join(parts) + "</body></html>\n"

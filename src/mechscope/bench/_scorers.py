@@ -1,0 +1,241 @@
+"""Scorers: how close a method's output is to an organism's ground truth, next to what chance would score.
+
+Each scorer reads one kind of method output and returns a ``Score`` (or None when the output has nothing for it,
+e.g. edge AUROC for a node-only method). Every score carries its chance level, so a number is never shown without
+the floor it must beat:
+
+- **circuits** — ``node_auroc`` / ``edge_auroc``: area under the ROC curve of the method's scores (higher = more
+  in the circuit) against membership in the true circuit, over every candidate node / edge (the node- and
+  edge-level AUROC of Conmy et al. 2023, "Towards Automated Circuit Discovery", section 4.1). Chance is 0.5;
+  candidates a method does not score count as 0.
+- **features** — ``mmcs``, ``f1`` and ``absorption`` of a dictionary against the true features
+  (``mechscope.features.recovery``). Chance is the same metric for a random dictionary of the method's width and
+  L0 (``random_dictionary``), which depends on both.
+- **frequencies** — ``frequency_auroc``: AUROC of per-frequency scores against the key frequencies; chance 0.5.
+- **descriptions** — ``interval_iou``: intersection over union of a predicted corrupted interval with the true
+  one, averaged over functions; chance is the IoU of uniformly random intervals (Monte Carlo, fixed seed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ..features._dictionary import Dictionary
+from ..features._metrics import recovery
+from ..features._synthetic import SyntheticData
+from ._organism import Built
+from ._truth import Edge
+
+
+@dataclass(frozen=True)
+class Score:
+    """One method's score on one seed of one organism, with its chance level and baselines."""
+
+    method: str
+    organism: str
+    seed: int
+    metric: str
+    """What is measured (``node_auroc``, ``mmcs``...)."""
+    value: float
+    chance: float
+    """What a method with no information scores (expected value)."""
+    higher_is_better: bool = True
+    baselines: dict[str, float] = field(default_factory=dict)
+    """Other reference values on the same organism and seed (filled by the harness from baseline methods)."""
+    seconds: float = 0.0
+    """Wall time of the method."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return dict(self.__dict__)
+
+
+# --- method outputs ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CircuitScores:
+    """A circuit method's output: a score per node label, and optionally per edge (higher = more in the circuit)."""
+
+    nodes: Mapping[str, float]
+    edges: Mapping[Edge, float] | None = None
+
+
+@dataclass(frozen=True)
+class DictionaryOutput:
+    """A features method's output: decoder directions and the latents it assigns to the organism's data."""
+
+    decoder: Float[Tensor, "d_sae d"]
+    latents: Float[Tensor, "n d_sae"]
+
+
+Scorer = Callable[[Any, Built, str], "Score | None"]
+
+
+def _score(organism: Built, method: str, metric: str, value: float, chance: float, higher: bool = True) -> Score:
+    return Score(method, organism.organism, organism.seed, metric, float(value), float(chance), higher)
+
+
+# --- circuits ----------------------------------------------------------------------------------------------------
+
+
+def auroc(scores: Tensor | list[float], labels: Tensor | list[bool]) -> float:
+    """Area under the ROC curve: the chance that a random positive outscores a random negative (ties count half)."""
+    s = torch.as_tensor(scores, dtype=torch.float64)
+    y = torch.as_tensor(labels, dtype=torch.bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("AUROC needs at least one positive and one negative")
+    greater = (s[y][:, None] > s[~y][None, :]).double().sum()
+    ties = (s[y][:, None] == s[~y][None, :]).double().sum()
+    return float((greater + 0.5 * ties) / (n_pos * n_neg))
+
+
+def node_auroc(output: CircuitScores | Mapping[str, float], organism: Any, method: str) -> Score:
+    """Node-level AUROC of a circuit method against ``organism.circuit``."""
+    truth = organism.circuit
+    nodes = output.nodes if isinstance(output, CircuitScores) else output
+    scores = [float(nodes.get(n, 0.0)) for n in truth.nodes]
+    return _score(organism, method, "node_auroc", auroc(scores, [n in truth.circuit for n in truth.nodes]), 0.5)
+
+
+def edge_auroc(output: CircuitScores | Mapping[str, float], organism: Any, method: str) -> Score | None:
+    """Edge-level AUROC against ``organism.circuit``; None for methods that score no edges."""
+    truth = organism.circuit
+    if not isinstance(output, CircuitScores) or output.edges is None or not truth.edges:
+        return None
+    scores = [float(output.edges.get(e, 0.0)) for e in truth.edges]
+    labels = [e in truth.circuit_edges for e in truth.edges]
+    return _score(organism, method, "edge_auroc", auroc(scores, labels), 0.5)
+
+
+# --- features ----------------------------------------------------------------------------------------------------
+
+
+class _Recovered(NamedTuple):
+    mmcs: float
+    f1: float
+    absorption: float
+
+
+def _as_output(output: DictionaryOutput | Dictionary, data: SyntheticData) -> DictionaryOutput:
+    if isinstance(output, DictionaryOutput):
+        return output
+    with torch.no_grad():
+        return DictionaryOutput(output.W_dec.detach(), output.eval().encode(data.x))
+
+
+def _recover(out: DictionaryOutput, data: SyntheticData) -> _Recovered:
+    """MMCS, mean F1 and absorption rate of a decoder + latents (``recovery`` on a fixed-latent dictionary)."""
+    rec = recovery(_Fixed(out), data)  # type: ignore[arg-type]  # duck-typed: encode + W_dec
+    rate = rec.absorption.rate
+    return _Recovered(rec.mmcs, rec.mean_f1, 0.0 if rate != rate else rate)  # nan (no hierarchy) -> 0
+
+
+class _Fixed(torch.nn.Module):
+    """Adapter giving precomputed latents the ``encode`` / ``W_dec`` interface that ``recovery`` reads."""
+
+    def __init__(self, out: DictionaryOutput) -> None:
+        super().__init__()
+        self.W_dec, self.latents = out.decoder, out.latents
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.latents
+
+
+def random_dictionary(d_sae: int, data: SyntheticData, k: int, seed: int) -> DictionaryOutput:
+    """Random unit decoder rows, and latents firing on ``k`` random latents per row (the features chance level)."""
+    gen = torch.Generator().manual_seed(seed)
+    decoder = torch.randn(d_sae, data.x.shape[1], generator=gen)
+    decoder = decoder / decoder.norm(dim=1, keepdim=True)
+    top = torch.rand(len(data.x), d_sae, generator=gen).topk(max(1, min(k, d_sae)), dim=1).indices
+    latents = torch.zeros(len(data.x), d_sae).scatter_(1, top, 1.0)
+    return DictionaryOutput(decoder, latents)
+
+
+def _features_chance(out: DictionaryOutput, data: SyntheticData) -> _Recovered:
+    l0 = round(float((out.latents != 0).sum(1).float().mean()))
+    seeds = (7_919_001, 7_919_002, 7_919_003)  # fixed, and far from the small seeds organisms are built with
+    draws = [_recover(random_dictionary(out.decoder.shape[0], data, l0, seed=s), data) for s in seeds]
+    return _Recovered(*(sum(v) / len(draws) for v in zip(*draws, strict=True)))
+
+
+def features_scores(output: DictionaryOutput | Dictionary, organism: Any, method: str) -> list[Score]:
+    """MMCS, F1 and absorption of a dictionary against ``organism.data``, each with its random-dictionary chance."""
+    data: SyntheticData = organism.data
+    out = _as_output(output, data)
+    got, chance = _recover(out, data), _features_chance(out, data)
+    return [
+        _score(organism, method, "mmcs", got.mmcs, chance.mmcs),
+        _score(organism, method, "f1", got.f1, chance.f1),
+        _score(organism, method, "absorption", got.absorption, chance.absorption, higher=False),
+    ]
+
+
+# --- frequencies and descriptions --------------------------------------------------------------------------------
+
+
+def frequency_auroc(output: Mapping[int, float], organism: Any, method: str) -> Score:
+    """AUROC of per-frequency scores against ``organism.key_frequencies``."""
+    key = set(organism.key_frequencies)
+    freqs = organism.frequencies
+    value = auroc([float(output.get(k, 0.0)) for k in freqs], [k in key for k in freqs])
+    return _score(organism, method, "frequency_auroc", value, 0.5)
+
+
+def iou(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Intersection over union of two intervals (0 for an empty or reversed one)."""
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    union = (a[1] - a[0]) + (b[1] - b[0]) - inter
+    return inter / union if union > 0 and a[1] > a[0] else 0.0
+
+
+def random_interval(domain: tuple[float, float], gen: torch.Generator) -> tuple[float, float]:
+    """An interval with both ends uniform over ``domain``."""
+    ends = (domain[0] + (domain[1] - domain[0]) * torch.rand(2, generator=gen)).sort().values
+    return float(ends[0]), float(ends[1])
+
+
+def interval_iou(output: Mapping[str, tuple[float, float]], organism: Any, method: str) -> Score:
+    """Mean IoU of predicted corrupted intervals (by function name) with the true ones; missing ones score 0."""
+    fns = organism.functions
+    found = [(float(output[f.name][0]), float(output[f.name][1])) if f.name in output else None for f in fns]
+    value = sum(iou(got, f.interval) if got is not None else 0.0 for got, f in zip(found, fns, strict=True)) / len(fns)
+    gen = torch.Generator().manual_seed(7_919_000)
+    lo, hi = organism.domain
+    ends = (lo + (hi - lo) * torch.rand(1000, 2, generator=gen, dtype=torch.float64)).sort(dim=1).values
+    chance = 0.0
+    for f in fns:  # IoU of 1000 random intervals with the true one, vectorised
+        inter = (
+            torch.minimum(ends[:, 1], torch.tensor(f.interval[1]))
+            - torch.maximum(ends[:, 0], torch.tensor(f.interval[0]))
+        ).clamp(min=0)
+        union = (ends[:, 1] - ends[:, 0]) + (f.interval[1] - f.interval[0]) - inter
+        chance += float((inter / union).mean()) / len(fns)
+    return _score(organism, method, "interval_iou", value, chance)
+
+
+SCORERS: dict[str, tuple[Callable[..., Score | list[Score] | None], ...]] = {
+    "circuits": (node_auroc, edge_auroc),
+    "features": (features_scores,),
+    "frequencies": (frequency_auroc,),
+    "descriptions": (interval_iou,),
+}
+"""Scorers of each organism family; a new family (trojans, attribution) adds its entry with ``register_scorer``."""
+
+
+def score(family: str, output: Any, organism: Built, method: str) -> list[Score]:
+    """Every applicable score of ``output`` for an organism of ``family``."""
+    if family not in SCORERS:
+        raise KeyError(f"no scorers for organism family {family!r}; known: {', '.join(SCORERS)}")
+    scores: list[Score] = []
+    for scorer in SCORERS[family]:
+        got = scorer(output, organism, method)
+        scores += got if isinstance(got, list) else [got] if got is not None else []
+    return scores

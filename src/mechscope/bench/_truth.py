@@ -1,0 +1,42 @@
+"""Ground truth as data: what each organism family's scorers compare a method's output against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+Edge = str
+"""An edge named as ``mechscope.circuits.Graph.edge_names()`` names it (MIB's format), e.g. ``a0.h1->a1.h3<k>``:
+head 1 of layer 0 into the key of head 3 of layer 1."""
+
+
+@dataclass(frozen=True)
+class CircuitTruth:
+    """The candidate nodes and edges of a model, and which of them form the true circuit.
+
+    Nodes are named by ``mechscope.circuits.Node.label()`` (``head.0.z[h1]``: head 1 of layer 0, all positions),
+    as patching grids name them; edges as ``mechscope.circuits.Graph.edge_names()`` (``a0.h1->a1.h3<k>``), as
+    edge attribution patching names them.
+    """
+
+    nodes: tuple[str, ...]
+    """Every candidate node a method should score."""
+    circuit: frozenset[str]
+    """The nodes of the true circuit."""
+    edges: tuple[Edge, ...] = ()
+    """Every candidate edge."""
+    circuit_edges: frozenset[Edge] = frozenset()
+    """The edges of the true circuit."""
+
+    def __post_init__(self) -> None:
+        if not self.circuit <= set(self.nodes) or not self.circuit_edges <= set(self.edges):
+            raise ValueError("the true circuit must be a subset of the candidate nodes and edges")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return {
+            "nodes": list(self.nodes),
+            "circuit": sorted(self.circuit),
+            "edges": list(self.edges),
+            "circuit_edges": sorted(self.circuit_edges),
+        }

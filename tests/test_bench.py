@@ -1,0 +1,282 @@
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+
+from mechscope import bench
+from mechscope.bench import _methods as M
+from mechscope.bench._harness import derive_seed
+from mechscope.bench._induction import BuiltInduction, _llama
+from mechscope.bench._registry import RunContext
+
+ALL_CHEAP = ["modular_addition", "superposition", "synthetic_features", "numeric_functions"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def organism_cache(tmp_path_factory):
+    """Every organism of this module lives in a fresh cache (built once, shared by the tests)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MECHSCOPE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def built():
+    return {name: bench.obtain(bench.ORGANISMS[name], 0) for name in ALL_CHEAP}
+
+
+@pytest.fixture(scope="module")
+def induction():
+    return bench.obtain(bench.Induction(), 0)
+
+
+def ctx(seed: int, tmp: Path = Path("/nonexistent")) -> RunContext:
+    return RunContext(seed=seed, quick=True, workdir=tmp)
+
+
+def mean_score(method, organism, metric, seeds=range(60)):
+    values = []
+    for seed in seeds:
+        output = method(organism, ctx(derive_seed("test", seed)))  # as the harness does
+        scores = bench.score(bench.ORGANISMS[organism.organism].family, output, organism, "m")
+        values += [s for s in scores if s.metric == metric]
+    return statistics.fmean(s.value for s in values), statistics.fmean(s.chance for s in values)
+
+
+# --- the AUROC and IoU definitions --------------------------------------------------------------------------------
+
+
+def test_auroc_matches_its_definition():
+    assert bench.auroc([0.9, 0.8, 0.1, 0.2], [True, True, False, False]) == 1.0
+    assert bench.auroc([0.1, 0.2, 0.9, 0.8], [True, True, False, False]) == 0.0
+    assert bench.auroc([0.5, 0.5, 0.5], [True, False, False]) == 0.5  # ties count half
+    assert bench.auroc([0.9, 0.3, 0.5, 0.1], [True, False, True, False]) == 1.0
+    assert bench.auroc([0.4, 0.3, 0.5, 0.1], [True, False, False, True]) == 0.25  # 1 of 4 pairs
+    with pytest.raises(ValueError):
+        bench.auroc([0.1, 0.2], [True, True])
+
+
+def test_iou():
+    assert bench.iou((0, 2), (1, 3)) == pytest.approx(1 / 3)
+    assert bench.iou((0, 1), (2, 3)) == 0.0
+    assert bench.iou((0, 1), (0, 1)) == 1.0
+
+
+# --- organisms: verification passes on the build and fails on a broken organism ----------------------------------
+
+
+def test_modular_addition_verifies_and_fails_when_its_frequencies_are_removed(built):
+    org = built["modular_addition"]
+    v = org.verification
+    assert v["test_accuracy"] >= 0.9 and v["accuracy_key_ablated"] < 0.25 and v["accuracy_others_ablated"] >= 0.9
+    assert 1 <= len(org.key_frequencies) <= 7
+    broken = bench.ModularAddition().load(0, org.tensors())
+    torch.manual_seed(0)
+    broken.net.embed.weight.data = broken.net.embed.weight.data[torch.randperm(org.p)]  # tokens scrambled
+    with pytest.raises(bench.OrganismVerificationError, match="held-out accuracy"):
+        broken.verify()
+
+
+def test_superposition_verifies_and_fails_without_superposition(built):
+    org = built["superposition"]
+    assert org.verification["n_represented"] > org.cfg.m
+    assert org.verification["loss"] < 0.8 * org.verification["loss_without_superposition"]
+    w = org.W.clone()
+    w[:, org.cfg.m :] = 0  # only m features kept: no superposition left
+    broken = bench.BuiltTMS(org.cfg, 0, w, org.b, org.inputs)
+    with pytest.raises(bench.OrganismVerificationError, match="more features represented"):
+        broken.verify()
+
+
+def test_synthetic_features_verify_and_fail_when_the_hierarchy_is_broken(built):
+    org = built["synthetic_features"]
+    assert org.verification["hierarchy_violations"] == 0
+    d = org.data
+    perm = torch.randperm(len(d.mask), generator=torch.Generator().manual_seed(0))
+    mask = d.mask.clone()
+    mask[:, 7] = mask[perm, 7]  # child 7 now fires regardless of its parent 6
+    broken = bench.BuiltFeatures(org.cfg, 0, d._replace(mask=mask))
+    with pytest.raises(bench.OrganismVerificationError, match="only with its parent"):
+        broken.verify()
+
+
+def test_numeric_functions_verify_and_fail_without_their_corruption(built):
+    org = built["numeric_functions"]
+    assert org.verification["max_error_outside"] == 0 and org.verification["min_change_inside"] >= 1.0
+    f = org.functions[0]
+    assert f(torch.tensor([f.interval[0] - 0.5])) == f.clean(torch.tensor([f.interval[0] - 0.5]))
+    clean = bench.NumericFunction(f.name, f.family, f.params, f.interval, "shift", 0.0)
+    broken = bench.BuiltNumeric(org.cfg, 0, (clean, *org.functions[1:]))
+    with pytest.raises(bench.OrganismVerificationError, match="corruption moves every point"):
+        broken.verify()
+
+
+def test_untrained_induction_model_fails_verification():
+    cfg = bench.InductionConfig(steps=0, distractor_steps=0, circuit_steps=0)
+    with pytest.raises(bench.OrganismVerificationError, match="clean accuracy"):
+        bench.Induction(cfg).build(0).verify()
+
+
+@pytest.mark.slow
+def test_induction_verifies_and_fails_when_its_induction_head_is_removed(induction):
+    v = induction.verification
+    assert v["accuracy"] >= 0.6
+    assert v["accuracy_circuit_ablated"] < 0.4 * v["accuracy"]
+    assert v["accuracy_k_edge_ablated"] < 0.4 * v["accuracy"]
+    assert v["accuracy_others_ablated"] >= 0.8 * v["accuracy"]
+    assert len(induction.circuit.circuit) == 2
+    broken = bench.Induction().load(0, induction.tensors())
+    d = broken.cfg.d_head
+    o_proj = broken.model.module.model.layers[1].self_attn.o_proj.weight
+    o_proj.data[:, broken.ind_head * d : (broken.ind_head + 1) * d] = 0
+    with pytest.raises(bench.OrganismVerificationError, match="clean accuracy"):
+        broken.verify()
+
+
+# --- the cache --------------------------------------------------------------------------------------------------
+
+
+def test_cache_round_trip_and_checksum(built):
+    organism = bench.SyntheticFeatures()
+    again = bench.obtain(organism, 0)  # from the cache
+    assert torch.equal(again.data.x, built["synthetic_features"].data.x)
+    assert again.verification == built["synthetic_features"].verification
+    folder = bench.organism_dir(organism, 0)
+    card = bench.read_card(folder)
+    assert card["seed"] == 0 and card["config"] == organism.config() and len(card["sha256"]) == 64
+    assert card["truth"]["hierarchy"] == [[6, 7], [6, 8], [9, 10], [9, 11]]
+    weights = folder / "organism.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(bench.OrganismChecksumError, match="does not match"):
+        bench.obtain(organism, 0)
+    rebuilt = bench.obtain(organism, 0, rebuild=True)
+    assert torch.equal(rebuilt.data.x, again.data.x)
+
+
+def test_variant_configs_get_their_own_cache_folder():
+    assert bench.SyntheticFeatures().key == "synthetic_features"
+    variant = bench.SyntheticFeatures(bench.FeatureConfig(n_features=32))
+    assert variant.key.startswith("synthetic_features-") and variant.key != "synthetic_features"
+
+
+def test_a_failed_build_caches_nothing():
+    cfg = bench.NumericConfig(width=(0.0, 0.0))  # an empty corrupted interval: nothing is corrupted
+    organism = bench.NumericFunctions(cfg)
+    with pytest.raises(bench.OrganismVerificationError):
+        bench.obtain(organism, 0)
+    assert not (bench.organism_dir(organism, 0) / "card.json").exists()
+
+
+# --- scorers: chance for a random method, ~1 for an oracle ------------------------------------------------------
+
+
+def test_circuit_scorers_random_is_chance_and_oracle_is_one():
+    cfg = bench.InductionConfig()
+    organism = BuiltInduction(cfg, 0, _llama(cfg), prev_head=1, ind_head=2)  # the truth needs no training
+    for metric in ("node_auroc", "edge_auroc"):
+        value, chance = mean_score(M.random_circuit, organism, metric, seeds=range(200))
+        assert chance == 0.5 and abs(value - 0.5) < 0.05
+        assert mean_score(M.oracle_circuit, organism, metric, seeds=[0])[0] == 1.0
+    nodes_only = bench.score("circuits", {"head.1.z[h2]": 1.0, "head.0.z[h1]": 1.0}, organism, "dict")
+    assert [s.metric for s in nodes_only] == ["node_auroc"] and nodes_only[0].value == 1.0
+
+
+def test_feature_scorers_random_is_chance_and_oracle_is_perfect(built):
+    for name in ("synthetic_features", "superposition"):
+        organism = built[name]
+        for metric in ("mmcs", "f1"):
+            value, chance = mean_score(M.random_dictionary_method, organism, metric, seeds=range(5))
+            assert abs(value - chance) < 0.05, (name, metric, value, chance)
+            assert mean_score(M.oracle_dictionary, organism, metric, seeds=[0])[0] == pytest.approx(1.0)
+        assert mean_score(M.oracle_dictionary, organism, "absorption", seeds=[0])[0] == 0.0
+        assert chance < 0.8
+
+
+def test_frequency_scorer_random_is_chance_and_oracle_is_one(built):
+    organism = built["modular_addition"]
+    value, chance = mean_score(M.random_frequencies, organism, "frequency_auroc", seeds=range(200))
+    assert chance == 0.5 and abs(value - 0.5) < 0.05
+    assert mean_score(M.oracle_frequencies, organism, "frequency_auroc", seeds=[0])[0] == 1.0
+
+
+def test_interval_scorer_random_is_chance_and_oracle_is_one(built):
+    organism = built["numeric_functions"]
+    value, chance = mean_score(M.random_descriptions, organism, "interval_iou", seeds=range(100))
+    assert 0.05 < chance < 0.4 and abs(value - chance) < 0.04
+    assert mean_score(M.oracle_descriptions, organism, "interval_iou", seeds=[0])[0] == 1.0
+
+
+# --- registry and harness -------------------------------------------------------------------------------------
+
+
+def test_one_declaration_registers_a_method_and_a_broken_method_is_reported(built):
+    @bench.register_method(family="frequencies", name="test_lowest_first")
+    def lowest_first(organism, ctx):
+        """Scores low frequencies high."""
+        return {k: -k for k in organism.frequencies}
+
+    @bench.register_method(family="frequencies", applies_to=("modular_addition",), name="test_broken")
+    def broken(organism, ctx):
+        raise RuntimeError("boom")
+
+    try:
+        assert "test_lowest_first" in [m.name for m in bench.methods_for(bench.ModularAddition())]
+        board = bench.run_bench(seeds=(0,), organisms=["modular_addition"],
+                                methods=["test_lowest_first", "test_broken", "random"], progress=False)  # fmt: skip
+        assert {s.method for s in board.scores} == {"test_lowest_first", "random"}
+        assert board.errors == ("modular_addition/seed0/test_broken: RuntimeError: boom",)
+        row = next(r for r in board.rows() if r.method == "test_lowest_first")
+        assert set(row.baselines) == {"random"} and not row.baseline
+    finally:
+        del bench.METHODS["frequencies/test_lowest_first"], bench.METHODS["frequencies/test_broken"]
+
+
+def test_an_organism_failing_verification_is_reported_not_scored():
+    original = bench.ORGANISMS["numeric_functions"]
+    bench.register_organism(bench.NumericFunctions(bench.NumericConfig(width=(0.0, 0.0))))
+    try:
+        board = bench.run_bench(seeds=(0,), organisms=["numeric_functions"], progress=False)
+    finally:
+        bench.register_organism(original)
+    assert board.scores == () and len(board.errors) == 1
+    assert board.errors[0].startswith("numeric_functions/seed0: organism 'numeric_functions' seed 0: planted")
+
+
+def check_outputs(board, out: Path) -> None:
+    for name in ("leaderboard.md", "leaderboard.json", "leaderboard.html"):
+        assert (out / name).is_file()
+    data = json.loads((out / "leaderboard.json").read_text())
+    assert data["rows"] and data["scores"] and not data["errors"]
+    page = (out / "leaderboard.html").read_text()
+    assert "<script" not in page and "http" not in page and "data:image/png;base64," in page
+
+
+def test_harness_runs_end_to_end_on_one_seed(built, tmp_path):
+    board = bench.run_bench(quick=True, seeds=(0,), organisms=ALL_CHEAP, out=tmp_path, progress=False)
+    check_outputs(board, tmp_path)
+    assert board.seconds < 60
+    rows = {(r.organism, r.metric, r.method): r for r in board.rows()}
+    for (organism, metric, method), row in rows.items():
+        if method == "oracle" and metric != "absorption":
+            assert row.mean == pytest.approx(1.0), (organism, metric)
+    sae = rows["synthetic_features", "mmcs", "topk_sae"]
+    assert sae.mean > sae.chance + 0.2 and sae.baselines["oracle"] == pytest.approx(1.0)
+    assert rows["modular_addition", "frequency_auroc", "logit_fourier"].mean > 0.8
+    assert rows["numeric_functions", "interval_iou", "jump_detector"].mean > 0.5
+    assert "| topk_sae |" in board.to_markdown()
+
+
+@pytest.mark.slow
+def test_harness_scores_circuit_methods_on_the_induction_organism(induction, tmp_path):
+    board = bench.run_bench(quick=True, seeds=(0,), organisms=["induction"], out=tmp_path, progress=False)
+    check_outputs(board, tmp_path)
+    rows = {(r.metric, r.method): r for r in board.rows()}
+    assert rows["node_auroc", "activation_patching_heads"].mean == 1.0
+    assert rows["node_auroc", "attribution_patching_heads"].mean >= 0.9
+    assert rows["node_auroc", "oracle"].mean == 1.0 and rows["edge_auroc", "oracle"].mean == 1.0
+    assert rows["edge_auroc", "edge_attribution_patching"].mean > 0.9
+    assert board.organisms["induction"]["0"] == induction.verification
