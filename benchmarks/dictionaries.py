@@ -1,0 +1,523 @@
+"""Dictionary training: harvesting SmolLM2's resid_post.15 and training a TopK SAE on it, against SAELens and sparsify.
+
+One process (``.venv-saelens``), one activation tensor, one configuration: TopK, ``d_in`` 576, ``d_sae`` 9216 (16x),
+k 32, batch 4096 rows, float32, Adam, CPU.
+
+Harvest phase (``--contexts`` 32 x 128 tokens of the built-in ``python-docs`` corpus, batches of 32; kept small
+because a 2-core CPU runs the whole model at a few hundred tokens/s), interleaved rounds of:
+
+- ``hf_full``: the Hugging Face forward of the whole model (``torch.no_grad``, ``use_cache=False``, logits);
+- ``hf_to_layer``: the same forward with the decoder stack cut to layers 0..15 (no lm_head): the plain forward
+  "up to that layer", the baseline of the issue's goal;
+- ``mechscope_run``: ``model.run(batch, cache="resid_post.15", logits=False)`` per batch;
+- ``mechscope_harvest``: ``harvest(model, HarvestConfig(("resid_post.15",), max_tokens=8192), fresh_dir)``
+  end to end: corpus loading and tokenising, the forwards, and writing the shard and manifest.
+
+Training phase: each contender trains a fresh SAE with its own loop on the same list of batches (4096 rows each,
+drawn with replacement and a fixed seed from the 4064 harvested non-BOS rows; the speed of a step does not depend
+on which rows it gets). The data iterator stamps the time whenever the trainer pulls a
+batch, so the time between two pulls is one whole step of that library's loop (bookkeeping included), and the
+warm-up steps are left out without restarting anything:
+
+- ``mechscope``: ``mechscope.features.train(TrainConfig(DictionaryConfig("topk", ...)), batches, tmp, progress=False)``;
+- ``saelens``: SAELens's own ``SAETrainer(...).fit()`` on a ``TopKTrainingSAE`` (its defaults: dense decode,
+  ``rescale_acts_by_decoder_norm``, grad-norm clipping), fed the batches as its ``data_provider``;
+- ``saelens_sparse``: the same with ``use_sparse_activations=True`` (COO latents, ``torch.sparse.mm`` decode); with
+  torch 2.13 on CPU its backward raises (``aten::view`` has no SparseCPU kernel), and the run records that;
+- ``sparsify``: EleutherAI sparsify's ``SparseCoder`` (fused TopK encoder, ``embedding_bag`` decode on CPU) in a loop
+  that does what its ``Trainer`` does per step (unit-norm decoder, forward, ``fvu + auxk``, backward, decoder
+  gradient projection, ``torch.optim.Adam`` step; its trainer needs a model and a dataset, and defaults to
+  SignSGD, so Adam is chosen here for parity).
+
+FLOP/s: matmul FLOPs per step as each implementation executes them (a dense ``[batch d_sae] @ [d_sae d_in]``
+decode counts in full), divided by the step time, against this machine's measured fp32 ``torch.mm`` rate
+(4096^3, same thread count). Peak memory: resident-set peak minus the size before, over a separate short run
+(fresh SAE, optimiser state, 3 steps), sampled every 0.5 ms (``hooks.peak_rss_delta``).
+
+Run: ``bash benchmarks/setup_saelens.sh && .venv-saelens/bin/python benchmarks/dictionaries.py``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")  # CPU: sparsify's own eager fallback
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+import argparse
+import contextlib
+import gc
+import io
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from hooks import _libc, machine, other_load, peak_rss_delta  # noqa: E402  (shared measuring helpers)
+
+SITE, LAYER = "resid_post.15", 15
+D_IN, D_SAE, K = 576, 9216, 32
+
+
+# ---------------------------------------------------------------------------------------------- roofline
+
+
+def matmul_rate(n: int = 4096, repeats: int = 5) -> list[float]:
+    """FLOP/s of ``repeats`` fp32 ``[n n] @ [n n]`` products (after one warm-up)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        rates.append(2 * n**3 / (time.perf_counter() - t))
+    return rates
+
+
+# ---------------------------------------------------------------------------------------------- harvest phase
+
+
+@contextlib.contextmanager
+def layers_cut(module: nn.Module, n: int) -> Iterator[None]:
+    """Run the HF decoder stack on its first ``n`` layers only (restored on exit)."""
+    full = module.model.layers
+    module.model.layers = nn.ModuleList(list(full)[:n])
+    try:
+        yield
+    finally:
+        module.model.layers = full
+
+
+def harvester(model: Any, n_tokens: int, batch: int, out: Path) -> Callable[[], Any]:
+    """A fresh harvest of ``SITE`` over the first ``n_tokens`` of the built-in corpus into ``out``."""
+    from mechscope.store import HarvestConfig, harvest
+
+    cfg = HarvestConfig((SITE,), batch_size=batch, max_tokens=n_tokens)
+
+    def run() -> Any:
+        shutil.rmtree(out, ignore_errors=True)  # fresh every time: an existing store would be resumed
+        return harvest(model, cfg, out, progress=False)
+
+    return run
+
+
+def forward_contenders(model: Any, contexts: Tensor, batch: int, tmp: Path) -> dict[str, Callable[[], Any]]:
+    module = model.module.eval()
+    chunks = contexts.split(batch)
+
+    def hf_full() -> None:
+        with torch.no_grad():
+            for c in chunks:
+                module(input_ids=c, use_cache=False)
+
+    def hf_to_layer() -> None:
+        with torch.no_grad(), layers_cut(module, LAYER + 1):
+            for c in chunks:
+                module.model(input_ids=c, use_cache=False)
+
+    def mechscope_run() -> None:
+        for c in chunks:
+            model.run(c, cache=SITE, logits=False)
+
+    return {
+        "hf_full": hf_full,
+        "hf_to_layer": hf_to_layer,
+        "mechscope_run": mechscope_run,
+        "mechscope_harvest": harvester(model, contexts.numel(), batch, tmp / "harvest_timed"),
+    }
+
+
+def time_forwards(contenders: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[tuple[float, float]]]:
+    """(seconds, other processes' cores) per call, contenders interleaved within each round (after a warm-up)."""
+    for run in contenders.values():
+        run()
+    calls: dict[str, list[tuple[float, float]]] = {k: [] for k in contenders}
+    for _ in range(rounds):
+        for name, run in contenders.items():
+            gc.collect()
+            t = time.perf_counter()
+            _, load = other_load(run)
+            calls[name].append((time.perf_counter() - t, load))
+    return calls
+
+
+# ---------------------------------------------------------------------------------------------- training phase
+
+
+class Stamped:
+    """An iterator over ``batches`` that records ``perf_counter()`` each time the trainer pulls one."""
+
+    def __init__(self, batches: list[Tensor]) -> None:
+        self.batches, self.stamps = batches, []
+
+    def __iter__(self) -> Iterator[Tensor]:
+        for b in self.batches:
+            self.stamps.append(time.perf_counter())
+            yield b
+
+    def step_times(self, warmup: int) -> list[float]:
+        """Seconds of each step after the first ``warmup`` (pull i+1 - pull i is step i)."""
+        d = [b - a for a, b in zip(self.stamps, self.stamps[1:], strict=False)]
+        return d[warmup:]
+
+
+@dataclass
+class Trainer:
+    name: str
+    label: str
+    run: Callable[[Stamped, int], None]
+    """Train a fresh SAE for ``n_steps`` steps on the stamped batches."""
+    flops: int
+    """Matmul FLOPs per step, as executed."""
+    notes: list[str] = field(default_factory=list)
+
+
+def enc_flops(b: int) -> int:
+    return 2 * b * D_IN * D_SAE
+
+
+def mechscope_trainer(batch: int, tmp: Path) -> Trainer:
+    from mechscope.features import DictionaryConfig, TrainConfig, train
+
+    def run(data: Stamped, n_steps: int) -> None:
+        cfg = TrainConfig(
+            DictionaryConfig("topk", d_in=D_IN, d_sae=D_SAE, k=K),
+            batch_size=batch,
+            n_tokens=n_steps * batch,
+            lr=1e-3,
+            checkpoint_every=10**9,
+        )
+        out = tmp / "mechscope_sae"
+        shutil.rmtree(out, ignore_errors=True)  # fresh: train() resumes from a checkpoint it finds
+        train(cfg, data, out, progress=False)
+
+    # dense TopK: encoder, dense decode, and two backward products each = 6 matmuls of 2*B*d_in*d_sae.
+    return Trainer("mechscope", "mechscope.features.train (dense decode)", run, 6 * enc_flops(batch))
+
+
+def saelens_trainer(batch: int, sparse: bool) -> Trainer:
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    def run(data: Stamped, n_steps: int) -> None:
+        torch.manual_seed(0)
+        sae = TopKTrainingSAE(
+            TopKTrainingSAEConfig(
+                d_in=D_IN,
+                d_sae=D_SAE,
+                k=K,
+                dtype="float32",
+                device="cpu",
+                apply_b_dec_to_input=True,
+                normalize_activations="none",
+                use_sparse_activations=sparse,
+            )
+        )
+        cfg = SAETrainerConfig(
+            # one step more than asked: fit() pulls no batch after its last step, and a step is timed between pulls
+            total_training_samples=(n_steps + 1) * batch,
+            train_batch_size_samples=batch,
+            lr=1e-3,
+            lr_end=1e-4,
+            device="cpu",
+            logger=LoggingConfig(log_to_wandb=False),
+        )
+        with contextlib.redirect_stderr(io.StringIO()):  # its tqdm bar
+            SAETrainer(cfg, sae, iter(data)).fit()
+
+    if sparse:  # dense encoder and its two backward products; sparse decode, O(B*k*d_in)
+        flops = 3 * enc_flops(batch) + 6 * batch * K * D_IN
+        return Trainer("saelens_sparse", "SAELens SAETrainer.fit, use_sparse_activations=True", run, flops)
+    return Trainer("saelens", "SAELens SAETrainer.fit (dense decode, its default)", run, 6 * enc_flops(batch))
+
+
+def sparsify_trainer(batch: int) -> Trainer:
+    from sparsify import SparseCoder, SparseCoderConfig
+
+    def run(data: Stamped, n_steps: int) -> None:
+        torch.manual_seed(0)
+        sae = SparseCoder(D_IN, SparseCoderConfig(num_latents=D_SAE, k=K), device="cpu", dtype=torch.float32)
+        opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+        since_fired = torch.zeros(D_SAE, dtype=torch.long)
+        for i, x in enumerate(data):  # what sparsify.Trainer.fit does per step, minus the model and logging
+            if i == n_steps:
+                break
+            sae.set_decoder_norm_to_unit_norm()
+            out = sae(x, dead_mask=since_fired > 10_000_000)
+            (out.fvu + 1 / 32 * out.auxk_loss).backward()
+            since_fired += len(x)
+            since_fired[out.latent_indices.flatten()] = 0
+            sae.remove_gradient_parallel_to_decoder_directions()
+            opt.step()
+            opt.zero_grad()
+
+    # dense encoder forward; its backward and the decode are gathers/scatters over the B*k active latents.
+    flops = enc_flops(batch) + 10 * batch * K * D_IN
+    return Trainer("sparsify", "sparsify SparseCoder + Adam loop (sparse encoder backward and decode)", run, flops)
+
+
+def build_trainers(batch: int, tmp: Path) -> tuple[list[Trainer], dict[str, str]]:
+    makers: dict[str, Callable[[], Trainer]] = {
+        "mechscope": lambda: mechscope_trainer(batch, tmp),
+        "saelens": lambda: saelens_trainer(batch, sparse=False),
+        "saelens_sparse": lambda: saelens_trainer(batch, sparse=True),
+        "sparsify": lambda: sparsify_trainer(batch),
+    }
+    trainers, skipped = [], {}
+    for name, make in makers.items():
+        try:
+            trainers.append(make())
+        except Exception as e:
+            skipped[name] = f"{type(e).__name__}: {e}"
+            traceback.print_exc()
+    return trainers, skipped
+
+
+def time_training(
+    trainers: list[Trainer], batches: list[Tensor], warmup: int, steps: int, rounds: int, skipped: dict[str, str]
+) -> dict[str, list[tuple[float, float]]]:
+    """(seconds, other processes' cores) per timed step; one fresh run per contender per round, interleaved.
+
+    A contender whose run raises is removed from ``trainers`` and recorded in ``skipped``.
+    """
+    out: dict[str, list[tuple[float, float]]] = {t.name: [] for t in trainers}
+    n = warmup + steps
+    for _ in range(rounds):
+        for t in list(trainers):
+            data = Stamped(batches[: n + 2])
+            gc.collect()
+            try:
+                _, load = other_load(lambda t=t, data=data: t.run(data, n))
+            except Exception as e:
+                skipped[t.name] = f"training step failed: {type(e).__name__}: {str(e)[:200]}"
+                trainers.remove(t)
+                del out[t.name]
+                continue
+            out[t.name] += [(s, load) for s in data.step_times(warmup)[:steps]]
+    return out
+
+
+def training_memory(trainers: list[Trainer], batches: list[Tensor], steps: int = 3) -> dict[str, int]:
+    libc = _libc()
+    if libc is not None:  # M_TRIM_THRESHOLD, M_MMAP_THRESHOLD: large blocks go back to the OS when freed
+        libc.mallopt(-1, 128 * 1024)
+        libc.mallopt(-3, 128 * 1024)
+    return {t.name: peak_rss_delta(lambda t=t: t.run(Stamped(batches[: steps + 2]), steps), libc) for t in trainers}
+
+
+# ---------------------------------------------------------------------------------------------- reporting
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for pkg in ("torch", "transformers", "mechscope", "sae-lens", "transformer-lens", "eai-sparsify"):
+        try:
+            found[pkg] = version(pkg)
+        except PackageNotFoundError:
+            found[pkg] = "not installed"
+    return found
+
+
+def med_min(xs: list[float]) -> tuple[float, float]:
+    return statistics.median(xs), min(xs)
+
+
+def summarise(fwd: dict, train: dict, mem: dict, trainers: list[Trainer], roof: float, tokens: int, batch: int):
+    rows, ratios = [], {}
+    fsec = {k: med_min([s for s, _ in v]) for k, v in fwd.items()}
+    for name, (med, best) in fsec.items():
+        rows += [
+            {
+                "name": name,
+                "metric": f"forward/harvest throughput {tokens} tokens (median)",
+                "value": tokens / med,
+                "unit": "tokens/s",
+            },
+            {
+                "name": name,
+                "metric": f"forward/harvest throughput {tokens} tokens (best)",
+                "value": tokens / best,
+                "unit": "tokens/s",
+            },
+        ]
+    for a, b in (
+        ("mechscope_harvest", "hf_to_layer"),
+        ("mechscope_run", "hf_to_layer"),
+        ("mechscope_harvest", "hf_full"),
+    ):
+        ratios[f"{a}/{b} [tokens/s, median]"] = fsec[b][0] / fsec[a][0]
+        ratios[f"{a}/{b} [tokens/s, best]"] = fsec[b][1] / fsec[a][1]
+    tsec = {k: med_min([s for s, _ in v]) for k, v in train.items()}
+    flops = {t.name: t.flops for t in trainers}
+    for name, (med, best) in tsec.items():
+        rows += [
+            {"name": name, "metric": "training throughput (median step)", "value": batch / med, "unit": "tokens/s"},
+            {"name": name, "metric": "training throughput (best step)", "value": batch / best, "unit": "tokens/s"},
+            {"name": name, "metric": "matmul FLOPs per step (as executed)", "value": flops[name], "unit": "FLOP"},
+            {"name": name, "metric": "achieved FLOP/s (median step)", "value": flops[name] / med, "unit": "FLOP/s"},
+            {
+                "name": name,
+                "metric": "fraction of fp32 matmul roofline (median step)",
+                "value": flops[name] / med / roof,
+                "unit": "fraction",
+            },
+            {
+                "name": name,
+                "metric": "peak memory (fresh SAE + Adam + 3 steps, RSS delta)",
+                "value": mem[name] / 2**20,
+                "unit": "MiB",
+            },
+        ]
+    if "mechscope" in tsec:
+        for peer in (p for p in tsec if p != "mechscope"):
+            ratios[f"mechscope/{peer} [training tokens/s, median]"] = tsec[peer][0] / tsec["mechscope"][0]
+            ratios[f"mechscope/{peer} [training tokens/s, best]"] = tsec[peer][1] / tsec["mechscope"][1]
+            ratios[f"mechscope/{peer} [peak memory]"] = mem["mechscope"] / max(mem[peer], 1)
+    return rows, ratios
+
+
+def print_table(result: dict) -> None:
+    val = {(r["name"], r["metric"]): r["value"] for r in result["rows"]}
+    names = list(dict.fromkeys(r["name"] for r in result["rows"]))
+    tok = result["config"]["harvest_tokens"]
+    print(f"\n{'forward / harvest':20s} {'tok/s median':>13s} {'tok/s best':>11s}")
+    for n in names:
+        key = (n, f"forward/harvest throughput {tok} tokens (median)")
+        if key in val:
+            print(f"{n:20s} {val[key]:13.0f} {val[(n, key[1].replace('median', 'best'))]:11.0f}")
+    print(
+        f"\n{'training':16s} {'tok/s med':>10s} {'tok/s best':>10s} {'GFLOP/step':>10s} {'GFLOP/s':>8s} "
+        f"{'roofline':>8s} {'peak MiB':>8s}"
+    )
+    for n in names:
+        if (n, "training throughput (median step)") not in val:
+            continue
+        print(
+            f"{n:16s} {val[(n, 'training throughput (median step)')]:10.0f} "
+            f"{val[(n, 'training throughput (best step)')]:10.0f} "
+            f"{val[(n, 'matmul FLOPs per step (as executed)')] / 1e9:10.1f} "
+            f"{val[(n, 'achieved FLOP/s (median step)')] / 1e9:8.1f} "
+            f"{val[(n, 'fraction of fp32 matmul roofline (median step)')]:8.1%} "
+            f"{val[(n, 'peak memory (fresh SAE + Adam + 3 steps, RSS delta)')]:8.0f}"
+        )
+    print(f"\nfp32 matmul roofline: {result['roofline_flops']['used'] / 1e9:.1f} GFLOP/s")
+    for key, x in result["ratios"].items():
+        print(f"{key:60s} {x:.3f}")
+    for phase, cores in result["other_processes_busy_cores"].items():
+        flag = "  <- not a quiet machine: these numbers are noisy" if cores > 0.1 else ""
+        print(f"other processes kept {cores:.2f} cores busy during {phase}{flag}")
+    for name, why in result["skipped"].items():
+        print(f"skipped {name}: {why}")
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--contexts", type=int, default=32)
+    p.add_argument("--ctx-len", type=int, default=128)
+    p.add_argument("--harvest-batch", type=int, default=32)
+    p.add_argument("--forward-rounds", type=int, default=2)
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--warmup-steps", type=int, default=1)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per run")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved training runs per contender")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=HERE / "results" / "dictionaries.json")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse(argv)
+    import mechscope as ms
+
+    roof_before = matmul_rate()
+    model = ms.load()
+    tmp = Path(tempfile.mkdtemp(prefix="mechscope-bench-"))
+    try:
+        tokens = args.contexts * args.ctx_len
+        # the store the SAEs train on, and the very contexts the forward baselines then run on
+        store = harvester(model, tokens, args.harvest_batch, tmp / "harvest")()
+        contexts = store.tokens()
+        assert contexts.shape == (args.contexts, args.ctx_len), contexts.shape
+        fwd_c = forward_contenders(model, contexts, args.harvest_batch, tmp)
+        fwd = time_forwards(fwd_c, args.forward_rounds)
+
+        acts = torch.cat([s.acts for s in store.shards(SITE)]).float()  # [n_ctx*ctx_len d_in]
+        acts = acts.view(args.contexts, args.ctx_len, -1)[:, 1:].reshape(-1, D_IN)  # BOS rows left out
+        gen = torch.Generator().manual_seed(args.seed)
+        n = args.warmup_steps + args.steps + 2
+        batches = [acts[torch.randint(len(acts), (args.batch,), generator=gen)] for _ in range(n)]
+
+        trainers, skipped = build_trainers(args.batch, tmp)
+        train, train_load = other_load(
+            lambda: time_training(trainers, batches, args.warmup_steps, args.steps, args.rounds, skipped)
+        )
+        mem = training_memory(trainers, batches)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    roof_after = matmul_rate()
+    roof = max(roof_before + roof_after)
+    rows, ratios = summarise(fwd, train, mem, trainers, roof, tokens, args.batch)
+    result = {
+        "benchmark": f"dictionaries: harvest SmolLM2-135M {SITE} and train a TopK SAE (d_in {D_IN}, d_sae {D_SAE}, "
+        f"k {K}, batch {args.batch}, fp32 CPU)",
+        "machine": machine(),
+        "rows": rows,
+        "ratios": ratios,
+        "config": {
+            **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "harvest_tokens": tokens,
+            "site": SITE,
+            "d_in": D_IN,
+            "d_sae": D_SAE,
+            "k": K,
+            "training_rows_available": len(acts),
+        },
+        "versions": versions(),
+        "contenders": {t.name: {"label": t.label, "flops_per_step": t.flops, "notes": t.notes} for t in trainers},
+        "skipped": skipped,
+        "roofline_flops": {"used": roof, "fp32 mm 4096^3 before (FLOP/s)": roof_before, "after (FLOP/s)": roof_after},
+        "other_processes_busy_cores": {
+            "forward/harvest": statistics.mean(x for v in fwd.values() for _, x in v),
+            "training": train_load,
+        },
+        "raw": {
+            "forward [seconds, other cores]": fwd,
+            "training step [seconds, other cores of its run]": train,
+            "peak bytes": mem,
+        },
+        "notes": [
+            "ratios 'a/b [tokens/s]' are a's throughput over b's: above 1 means a is faster",
+            "'mechscope/peer [peak memory]' is mechscope's peak over the peer's: below 1 means mechscope is leaner",
+            "roofline: the best of 10 timed fp32 4096^3 torch.mm (5 before, 5 after), same torch threads",
+            "FLOPs count matmuls as each library executes them; a dense decode of TopK latents counts in full",
+            "a training step is the time between two batch pulls of the library's own loop, warm-up steps left out",
+        ],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print_table(result)
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
