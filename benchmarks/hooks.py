@@ -18,9 +18,10 @@ hook, because Hugging Face replaces the last hidden state with its normalised va
 
 Timing: warm-up calls, then rounds in which the contenders run one after another in a fixed order (plain,
 mechscope, TransformerLens, nnsight, eager), so machine noise spreads over all of them. Each call also records how
-many cores other processes used meanwhile; medians are over the undisturbed calls. On a shared 2-core machine,
-``--wait-quiet SECONDS`` waits for a quiet second before each round and goes on until every contender has enough
-undisturbed calls.
+many cores other processes used meanwhile; medians are over the undisturbed calls. On a shared 2-core machine
+either ``--wait-quiet SECONDS`` (wait for a quiet second before each round, until every contender has enough
+undisturbed calls) or ``--threads 1 --clock cpu`` (count this process's CPU time, which other processes barely
+change).
 
 Memory: in separate, untimed calls, a thread samples the process's resident set size (``/proc/self/statm``)
 every 0.5 ms; the figure is the peak during the call minus the resident size just before it, that is the
@@ -28,7 +29,7 @@ memory the call's activations, logits and returned cache take at their peak. gli
 memory to the system (``malloc_trim`` before each call, a fixed mmap threshold) so that the resident size
 tracks live allocations rather than the allocator's high-water mark.
 
-Run: ``bash benchmarks/setup_peers.sh && .venv-bench/bin/python benchmarks/hooks.py [--wait-quiet 900]``.
+Run: ``bash benchmarks/setup_peers.sh && .venv-bench/bin/python benchmarks/hooks.py [--threads 1 --clock cpu]``.
 """
 
 from __future__ import annotations
@@ -228,16 +229,16 @@ def equivalence(contenders: list[Contender], ref: Output, tokens: Tensor) -> dic
 QUIET = 0.15  # cores other processes may use during a timed call for it to count as undisturbed
 
 
-def timed_call(c: Contender, tokens: Tensor) -> tuple[float, float]:
-    """Seconds for one call, and the mean number of cores other processes used meanwhile."""
+def timed_call(c: Contender, tokens: Tensor) -> tuple[float, float, float]:
+    """Wall seconds and this process's CPU seconds for one call, and the cores other processes used meanwhile."""
     gc.collect()
     w0, b0, o0 = _cpu_snapshot()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     out = c.run(tokens)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     w1, b1, o1 = _cpu_snapshot()
     del out
-    return elapsed, max(0.0, (b1 - b0) - (o1 - o0)) / (w1 - w0)
+    return elapsed, cpu, max(0.0, (b1 - b0) - (o1 - o0)) / (w1 - w0)
 
 
 def time_rounds(contenders: list[Contender], tokens: Tensor, warmup: int, repeats: int, budget: float) -> dict:
@@ -249,10 +250,10 @@ def time_rounds(contenders: list[Contender], tokens: Tensor, warmup: int, repeat
     for _ in range(warmup):
         for c in contenders:
             c.run(tokens)
-    calls: dict[str, list[tuple[float, float]]] = {c.name: [] for c in contenders}
+    calls: dict[str, list[tuple[float, float, float]]] = {c.name: [] for c in contenders}
     deadline, rounds = time.monotonic() + budget, 0
     while rounds < repeats or time.monotonic() < deadline:
-        if min(sum(load < QUIET for _, load in v) for v in calls.values()) >= repeats:
+        if min(sum(call[-1] < QUIET for call in v) for v in calls.values()) >= repeats:
             break
         if budget > 0:
             wait_quiet(max(0.0, deadline - time.monotonic()), window=1.0)
@@ -262,10 +263,13 @@ def time_rounds(contenders: list[Contender], tokens: Tensor, warmup: int, repeat
     return calls
 
 
-def undisturbed(calls: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The calls no other process disturbed, if there are at least three of them; else all calls."""
-    quiet = [call for call in calls if call[1] < QUIET]
-    return quiet if len(quiet) >= 3 else calls
+def undisturbed(calls: list[tuple[float, float, float]], clock: str) -> list[tuple[float, float, float]]:
+    """The calls no other process disturbed, if there are at least three of them; else all calls.
+
+    CPU time is hardly changed by other processes (with one thread), so with ``clock="cpu"`` all calls count.
+    """
+    quiet = [call for call in calls if call[-1] < QUIET]
+    return quiet if len(quiet) >= 3 and clock == "wall" else calls
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -376,7 +380,9 @@ def versions() -> dict[str, str]:
     return found
 
 
-def summarise(big: dict, tiny: dict, mem: dict, shape: str, tiny_shape: str, n_tokens: int) -> tuple[list, dict]:
+def summarise(big: dict, tiny: dict, mem: dict, shapes: tuple[str, str], n_tokens: int, clock: str) -> tuple:
+    shape, tiny_shape = shapes
+    per, ms = ("s", "ms") if clock == "wall" else ("CPU s", "CPU ms")
     med = {k: statistics.median(v) for k, v in big.items()}
     tmed = {k: statistics.median(v) for k, v in tiny.items()}
     mmed = {k: statistics.median(v) for k, v in mem.items()}
@@ -387,15 +393,15 @@ def summarise(big: dict, tiny: dict, mem: dict, shape: str, tiny_shape: str, n_t
                 "name": name,
                 "metric": f"throughput {shape}",
                 "value": n_tokens / med[name],
-                "unit": "tokens/s",
+                "unit": f"tokens/{per}",
             },
-            {"name": name, "metric": f"time {shape}", "value": 1e3 * med[name], "unit": "ms"},
+            {"name": name, "metric": f"time {shape}", "value": 1e3 * med[name], "unit": ms},
             {"name": name, "metric": f"peak memory {shape}", "value": mmed[name] / 2**20, "unit": "MiB"},
-            {"name": name, "metric": f"time {tiny_shape}", "value": 1e3 * tmed[name], "unit": "ms"},
+            {"name": name, "metric": f"time {tiny_shape}", "value": 1e3 * tmed[name], "unit": ms},
         ]
         if "hf_plain" in tmed:
             over = 1e3 * (tmed[name] - tmed["hf_plain"])
-            rows.append({"name": name, "metric": f"overhead {tiny_shape}", "value": over, "unit": "ms"})
+            rows.append({"name": name, "metric": f"overhead {tiny_shape}", "value": over, "unit": ms})
     ratios = {}
     if "mechscope" in med:
         for peer in (p for p in med if p not in ("mechscope", "hf_eager")):
@@ -448,7 +454,8 @@ def print_table(result: dict) -> None:
     for key, x in result["ratios"].items():
         print(f"{key:45s} {x:.3f}")
     for phase, cores in result["other_processes_busy_cores"].items():
-        flag = "  <- not a quiet machine: these numbers are noisy" if cores > 0.1 else ""
+        noisy = cores > 0.1 and phase.startswith("timing") and result["config"]["clock"] == "wall"
+        flag = "  <- not a quiet machine: these numbers are noisy" if noisy else ""
         print(f"other processes kept {cores:.2f} cores busy during {phase}{flag}")
     for name, why in result["skipped"].items():
         print(f"skipped {name}: {why}")
@@ -467,6 +474,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tiny-repeats", type=int, default=30)
     p.add_argument("--memory-rounds", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: this process's CPU time")
     p.add_argument("--wait-quiet", type=float, default=0.0, help="seconds each timing phase may wait for quiet")
     p.add_argument("--out", type=Path, default=HERE / "results" / "hooks.json")
     return p.parse_args(argv)
@@ -491,10 +500,11 @@ def measure(args: argparse.Namespace, contenders: list[Contender], tokens: Tenso
         tiny_shape: time_rounds(contenders, tiny, args.tiny_warmup, args.tiny_repeats, args.wait_quiet),
     }
     mem, mem_load = other_load(lambda: memory_rounds(contenders, tokens, args.memory_rounds))
-    used = {sh: {k: undisturbed(v) for k, v in calls.items()} for sh, calls in raw.items()}
-    seconds = {sh: {k: [t for t, _ in v] for k, v in u.items()} for sh, u in used.items()}
-    rows, ratios = summarise(seconds[shape], seconds[tiny_shape], mem, shape, tiny_shape, tokens.numel())
-    load = {f"timing {sh}": statistics.mean(x for v in u.values() for _, x in v) for sh, u in used.items()}
+    used = {sh: {k: undisturbed(v, args.clock) for k, v in calls.items()} for sh, calls in raw.items()}
+    pick = 0 if args.clock == "wall" else 1
+    seconds = {sh: {k: [call[pick] for call in v] for k, v in u.items()} for sh, u in used.items()}
+    rows, ratios = summarise(seconds[shape], seconds[tiny_shape], mem, (shape, tiny_shape), tokens.numel(), args.clock)
+    load = {f"timing {sh}": statistics.mean(c[-1] for v in u.values() for c in v) for sh, u in used.items()}
     return {
         "rows": rows,
         "ratios": ratios,
@@ -502,7 +512,7 @@ def measure(args: argparse.Namespace, contenders: list[Contender], tokens: Tenso
         "other_processes_busy_cores": {**load, f"memory {shape}": mem_load},
         "calls_used": {sh: {k: f"{len(used[sh][k])} of {len(v)}" for k, v in c.items()} for sh, c in raw.items()},
         "raw": {
-            **{f"[seconds, other cores] {sh}": calls for sh, calls in raw.items()},
+            **{f"[wall s, cpu s, other cores] {sh}": calls for sh, calls in raw.items()},
             f"peak bytes {shape}": mem,
         },
     }
@@ -510,6 +520,8 @@ def measure(args: argparse.Namespace, contenders: list[Contender], tokens: Tenso
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     module, tokenizer, model, ms_reason = load_base()
     gen = torch.Generator().manual_seed(args.seed)
     vocab = module.config.vocab_size
@@ -539,8 +551,10 @@ def main(argv: list[str] | None = None) -> dict:
             "ratios are of median times (or peak memory): below 1 means mechscope is faster (or leaner)",
             "peak memory: resident-set peak during the call minus the resident size before it",
             "resid_post diffs are against the plain model's own layer outputs on the same tokens",
-            f"medians are over the calls during which other processes used under {QUIET} cores, when there "
-            "are at least 3 such calls (else over all calls); calls_used says how many",
+            f"times: {'wall-clock' if args.clock == 'wall' else 'CPU time of this process (process_time)'}, "
+            f"torch threads: {torch.get_num_threads()}",
+            f"wall-clock medians are over the calls during which other processes used under {QUIET} cores, when "
+            "there are at least 3 such calls (else over all calls); CPU-time medians over all calls",
             "other_processes_busy_cores: mean cores other processes used during the calls counted (0 = quiet)",
         ],
     }

