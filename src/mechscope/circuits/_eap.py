@@ -147,7 +147,7 @@ def _batch(
     model, g = wiring.model, wiring.graph
     n_layers, b, n = g.n_layers, base.shape[0], contrast.n_prompts
     mask = contrast.attention_mask[rows]
-    senders = SenderActs.sites(n_layers) + [f"attn_out.{i}" for i in range(n_layers)]
+    senders = SenderActs.sites(n_layers) + wiring.attn_out_sites()
     src = model.run(source, cache=senders, attention_mask=mask)
     assert src.logits is not None
     totals["source"] += float(contrast.score(src.logits, rows=rows)[0]) * b
@@ -331,7 +331,8 @@ def patch_edges(
     mask = contrast.attention_mask
     n_layers = g.n_layers
     base_metric, _ = contrast.run(model, base)
-    source_metric, cache = contrast.run(model, source, cache=SenderActs.sites(n_layers))
+    source_metric, cache = contrast.run(model, source, cache=SenderActs.sites(n_layers) + wiring.attn_out_sites())
+    wiring.check_additive([(cache, mask)])
     fixed = SenderActs.of(cache, n_layers)
     per_pass = max(1, batch_size // contrast.n_prompts)
     pairs = torch.nonzero(g.upstream.T).flip(1)  # [edge 2]: (sender, receiver) in edge order

@@ -115,12 +115,15 @@ class Wiring:
         out = einops.einsum(normed, weight[:, heads], "c r b s d, d r e -> c b s r e")
         return out + bias[heads]
 
+    def attn_out_sites(self) -> list[str]:
+        return [f"attn_out.{i}" for i in range(self.graph.n_layers)]
+
     def check_additive(self, acts: list[tuple[dict[str, Tensor], Tensor]]) -> None:
         """Raise unless each attention output is its heads' outputs plus a constant (the graph's premise).
 
-        ``acts``: ``(cache with head.L.z and attn_out.L, mask of real tokens)`` for two or more runs. A norm after
-        attention (Gemma 2) makes the remainder depend on the input, and the residual stream stops being a sum
-        of per-head terms.
+        ``acts``: ``(cache with head.L.z and attn_out.L, mask of real tokens)`` for one or more runs; the
+        remainder must be the same at every real token. A norm after attention (Gemma 2) makes it depend on the
+        input, and the residual stream stops being a sum of per-head terms.
         """
         for layer in range(self.graph.n_layers):
             rests = []

@@ -232,7 +232,9 @@ def circuit_metrics(
         if c.graph != g:
             raise ValueError(f"a circuit of {c.graph} cannot be evaluated on {model.name} ({g})")
     n, mask = contrast.n_prompts, contrast.attention_mask
-    corrupt = model.run(contrast.corrupt, cache=SenderActs.sites(g.n_layers), attention_mask=mask).cache
+    sites = SenderActs.sites(g.n_layers) + wiring.attn_out_sites()
+    corrupt = model.run(contrast.corrupt, cache=sites, attention_mask=mask).cache
+    wiring.check_additive([(corrupt, mask)])
     ref = reference(SenderActs.of(corrupt, g.n_layers), ablation, mask, n, seed)
     swaps = [circuit_swap(Circuit.full(g)), circuit_swap(Circuit.empty(g))] + [circuit_swap(c) for c in circuits]
     totals = torch.zeros(len(swaps))

@@ -251,6 +251,19 @@ class EdgeScores:
     check: EdgeCheck | None = None
     """Agreement with real edge patching on a sample, when asked for (``verify=n``)."""
 
+    @property
+    def completeness(self) -> float:
+        """Sum of the scores of the edges out of ``input`` over the whole change they estimate (ideally 1).
+
+        Every path starts at the input, so for EAP-IG this is integrated gradients' completeness (Hanna et al.
+        2024, section 3): far from 1 means the Riemann sum is too coarse, so raise ``steps``. For EAP it measures
+        how linear the model is between the two runs.
+        """
+        inputs = torch.tensor([s.kind == "input" for s, _ in self.graph.edges()])
+        change = self.clean_metric - self.corrupt_metric
+        change = change if self.direction == "denoising" else -change
+        return float(self.scores[inputs].sum()) / change if change else float("nan")
+
     def matrix(self) -> Float[Tensor, "sender receiver"]:
         """Scores as a ``[sender receiver]`` matrix (zero where there is no edge)."""
         return self.graph.dense(self.scores)
@@ -286,6 +299,7 @@ class EdgeScores:
             "method": self.method,
             "direction": self.direction,
             "steps": self.steps,
+            "completeness": self.completeness,
             "clean_metric": self.clean_metric,
             "corrupt_metric": self.corrupt_metric,
             "metric": self.metric,
