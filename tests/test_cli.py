@@ -9,8 +9,10 @@ import torch
 from typer.testing import CliRunner
 
 import mechscope as ms
+from mechscope.circuits import AnalysisConfig
 from mechscope.cli import app, open_model
-from mechscope.demo import IOI_PROMPT, run_demo
+from mechscope.data.tasks import induction
+from mechscope.demo import IOI_PROMPT, DemoConfig, run_demo
 
 runner = CliRunner()
 
@@ -84,12 +86,17 @@ def test_demo_needs_a_single_token_answer(tmp_path):
 
 def test_run_demo_writes_plot_and_summary(tmp_path):
     model = ms.tiny("llama")
-    result = run_demo(model, tmp_path, prompt="ab ab", answer=" ", top_k=4)
+    task = induction(model.tokenizer, n=4, seq_len=6)  # the byte tokenizer cannot make IOI names
+    config = DemoConfig(4, analysis=AnalysisConfig(patch_prompts=2, ig_steps=2, random=1))
+    result = run_demo(model, tmp_path, prompt="ab ab", answer=" ", top_k=4, task=task, config=config)
     assert result.plot.read_bytes()[:4] == b"\x89PNG"
     data = json.loads(result.summary.read_text())
     assert data["prompt"] == "ab ab" and data["answer"] == " "
-    assert len(data["top_predictions"]) == 4 and data["files"] == {"plot": "logit_lens.png", "summary": "demo.json"}
+    assert len(data["top_predictions"]) == 4
+    assert data["files"]["plot"] == "logit_lens.png" and data["files"]["summary"] == "demo.json"
+    assert data["files"]["report"] == "report.html" and (tmp_path / data["files"]["dot"]).exists()
     assert data["logit_lens"]["answers"][0]["token"] == " "
+    assert data["circuits"]["task"] == "induction" and data["circuits"]["n_prompts"] == 4
     # The lens's last layer and the top predictions are the same distribution.
     top = data["top_predictions"][0]
     assert data["logit_lens"]["top"][0][-1][0]["id"] == top["id"]
@@ -106,12 +113,16 @@ def test_builtin_model_end_to_end(tmp_path):
     top = json.loads(result.stdout)["top"]
     assert top[0]["token"] == " Mary" and top[0]["prob"] == pytest.approx(0.92, abs=0.02)
 
-    result = invoke("demo", "--out", str(tmp_path))
+    # Small settings: the full demo's settings take minutes (see tests/test_ioi_smollm2.py for the analysis itself).
+    small = ("--prompts", "4", "--patch-prompts", "1", "--steps", "2", "--random", "1", "--no-vision")
+    result = invoke("demo", "--out", str(tmp_path), *small)
     assert result.exit_code == 0, result.output
-    assert "' Mary'" in result.stdout and "0.92" in result.stdout
+    assert "' Mary'" in result.stdout and "0.92" in result.stdout and "CPR" in result.stdout
     summary = json.loads((tmp_path / "demo.json").read_text())
     assert summary["answer_top_layer"] == 29 and len(summary["logit_lens"]["answer_probs"][0]) == 30
+    assert summary["circuits"]["n_prompts"] == 4 and summary["circuits"]["eap_ig"]["steps"] == 2
     assert (tmp_path / "logit_lens.png").stat().st_size > 10_000
+    assert "data:image/png;base64," in (tmp_path / "report.html").read_text()
 
 
 @pytest.mark.real

@@ -1,7 +1,11 @@
 """The features path end to end from the command line, on a tiny model."""
 
 import json
+import re
+import shlex
+from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from mechscope.cli import app
@@ -41,3 +45,54 @@ def test_store_from_another_model_is_refused(tmp_path):
     result = CliRunner().invoke(app, ["features", "build", str(store), str(run), str(tmp_path / "f.db"), "--model",
                                       "tiny-gpt2"])  # fmt: skip
     assert result.exit_code == 1 and "tiny-llama" in result.output and "tiny-gpt2" in result.output
+
+
+def test_dictionary_of_another_width_is_refused(tmp_path):
+    store, run = tmp_path / "store", tmp_path / "run"
+    invoke("harvest", str(store), "--site", "resid_post.1", "--site", "mlp.1.post", "--model", "tiny-llama",
+           "--max-tokens", "1024")  # fmt: skip
+    invoke("dict", "train", str(store), str(run), "--site", "resid_post.1", "--expansion", "1", "--k", "2",
+           "--batch-size", "64", "--n-tokens", "640")  # fmt: skip
+    width = ActivationStore(store).width("mlp.1.post")
+    result = CliRunner().invoke(app, ["dict", "eval", str(run), str(store), "--site", "mlp.1.post"])
+    assert result.exit_code == 1 and f"is {width} wide" in result.output and "d_in=64" in result.output
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "features-example.md"
+# The documented example's scale, cut down for CI; every other argument runs as written.
+TINY = {"--max-tokens": "512", "--n-tokens": "1024", "--expansion": "2"}
+
+
+def documented_commands() -> list[list[str]]:
+    """The ``mechscope ...`` lines of the first bash block of docs/features-example.md, split like a shell."""
+    block = re.search(r"```bash\n(.*?)```", EXAMPLE.read_text(), re.S)
+    assert block, f"{EXAMPLE} has no bash block"
+    lines = [shlex.split(line) for line in block.group(1).splitlines() if line.strip()]
+    assert all(line[0] == "mechscope" for line in lines), lines
+    return [line[1:] for line in lines]
+
+
+def tiny_scale(args: list[str], root: Path) -> list[str]:
+    out = [str(root / a.removeprefix("runs/")) if a.startswith("runs/") else a for a in args]
+    for i, a in enumerate(out[:-1]):
+        if a in TINY:
+            out[i + 1] = TINY[a]
+    if out[:2] == ["dict", "train"]:
+        out += ["--batch-size", "256"]
+    return out
+
+
+@pytest.mark.real
+def test_documented_example_runs_on_the_built_in_model(tmp_path):
+    commands = documented_commands()
+    assert [c[:2] for c in commands] == [["harvest", "runs/store"], ["dict", "train"], ["dict", "eval"],
+                                         ["features", "build"], ["features", "show"]]  # fmt: skip
+    assert all(flag in (a for c in commands for a in c) for flag in TINY)  # the flags cut down are documented ones
+    *chain, show = [tiny_scale(c, tmp_path) for c in commands]
+    h, t, e, _ = (invoke(*c) for c in chain)
+    assert h["tokens"] == 512 and h["model"] == "smollm2-135m" and h["sites"] == {"resid_post.6": 576}
+    assert t["steps"] == 4 and t["tokens"] == 1024
+    assert e["l0"] <= 32 and 0 < e["fvu"] < 1 and e["splice"]["ce_zero_ablated"] > e["splice"]["ce_clean"]
+    fired = FeatureDB(tmp_path / "features.db").top_latents(by="frequency")[0].latent
+    card = invoke(*show[:-1], str(fired))  # the documented latent need not fire at this scale
+    assert card["latent"] == fired and card["n_active"] > 0 and card["top_examples"]

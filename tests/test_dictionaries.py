@@ -68,17 +68,63 @@ def test_batchtopk_keeps_k_times_batch_in_training_then_uses_threshold():
         d.b_enc.fill_(10.0)
     x = torch.randn(16, 8) * torch.linspace(0.1, 3.0, 16)[:, None]  # rows of different norms
     out = d(x)
-    assert int((out.latents != 0).sum()) == 3 * 16
-    assert len(set((out.latents != 0).sum(1).tolist())) > 1  # per row it varies: only the batch total is k
+    latents = out.latents.to_dense()
+    assert int((latents != 0).sum()) == 3 * 16
+    assert len(set((latents != 0).sum(1).tolist())) > 1  # per row it varies: only the batch total is k
     d.observe(out)
-    smallest_kept = out.latents[out.latents > 0].min()
+    smallest_kept = latents[latents > 0].min()
     assert d.threshold == smallest_kept
     d.eval()
     pre = d.pre_activations(x)
     assert torch.equal(d.encode(x), pre.relu() * (pre > smallest_kept))
     d.train()
-    d.observe(out._replace(latents=out.latents * 0 + 2 * smallest_kept))  # moving average toward 2 * min
+    doubled = out.sparse._replace(values=out.sparse.values * 0 + 2 * smallest_kept)
+    d.observe(out._replace(sparse=doubled))  # moving average toward 2 * min
     assert torch.isclose(d.threshold, smallest_kept * (1 + d.cfg.batchtopk_threshold_lr))
+
+
+def _dense_reference(d: mf.Dictionary, x, target, dead, k_aux):
+    """FVU and AuxK written with dense products, as the definitions read (Gao et al. 2024, §2.3-2.4)."""
+    pre = d.pre_activations(x)
+    latents = d.activate(pre)
+    residual = target - (latents @ d.W_dec + d.b_dec)
+    total = (target - target.mean(0)).pow(2).sum()
+    masked = torch.where(dead, pre, -torch.inf)
+    top = masked.topk(min(k_aux, int(dead.sum())), dim=-1)
+    aux = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+    auxk = min(int(dead.sum()) / k_aux, 1.0) * (aux @ d.W_dec - residual.detach()).pow(2).sum() / total
+    return residual.pow(2).sum() / total, auxk, latents
+
+
+@pytest.mark.parametrize("kind", ["topk", "batchtopk"])
+@pytest.mark.parametrize("transcoder", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+def test_sparse_forward_equals_dense_products_with_gradients(kind, transcoder, training):
+    cfg = DictionaryConfig(
+        kind, d_in=12, d_sae=48, k=4, d_out=10 if transcoder else None, apply_b_dec_to_input=not transcoder
+    )
+    d = _perturbed(cfg).double().train(training)
+    assert d.sparse_forward
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(20, 12, generator=gen, dtype=torch.float64).requires_grad_()
+    target = torch.randn(20, 10, generator=gen, dtype=torch.float64) if transcoder else None
+    dead = torch.rand(48, generator=gen) < 0.5
+    out = d(x, target, dead_mask=dead, k_aux=6)
+    (out.fvu + 0.5 * out.auxk).backward()
+    sparse_grads = [p.grad.clone() for p in (x, *d.parameters())]
+    d.zero_grad()
+    x.grad = None
+    fvu, auxk, latents = _dense_reference(d, x, x if target is None else target, dead, 6)
+    (fvu + 0.5 * auxk).backward()
+    assert torch.allclose(out.fvu, fvu, rtol=1e-12) and torch.allclose(out.auxk, auxk, rtol=1e-12)
+    assert out.auxk > 0
+    assert torch.allclose(out.latents.to_dense(), latents.detach(), rtol=1e-12, atol=1e-14)
+    assert out.latents.is_sparse and not latents.is_sparse
+    for got, want, name in zip(
+        sparse_grads, (x.grad, *(p.grad for p in d.parameters())), ["x", *dict(d.named_parameters())], strict=True
+    ):
+        assert want.abs().max() > 0, name
+        assert torch.allclose(got, want, rtol=1e-10, atol=1e-12), name
 
 
 def test_jumprelu_zeros_below_threshold_and_uses_the_papers_pseudo_derivatives():
@@ -210,6 +256,33 @@ def test_reconstruction_metrics_on_hand_cases():
     latents = torch.tensor([[0.0, 1.0, 2.0], [0.0, 0.0, 3.0]])
     assert mf.l0(latents) == 1.5
     assert torch.equal(mf.firing_rates(latents), torch.tensor([0.0, 0.5, 1.0]))
+
+
+@pytest.mark.parametrize("kind", ["topk", "relu"])
+def test_evaluate_in_chunks_equals_the_definitions_on_all_rows(kind):
+    d = _perturbed(DictionaryConfig(kind, d_in=8, d_sae=128, k=3)).eval()
+    x = torch.randn(30, 8, generator=torch.Generator().manual_seed(4))
+    latents = d.encode(x)
+    recon = d.decode(latents)
+    rates = mf.firing_rates(latents)
+    got = mf.evaluate(d, x, chunk_rows=7)  # 8 chunks, the last one short
+    assert got.mse == pytest.approx(mf.mse(x, recon), rel=1e-6)
+    assert got.fvu == pytest.approx(mf.fvu(x, recon), rel=1e-6)
+    assert got.l0 == pytest.approx(mf.l0(latents), rel=1e-7)
+    assert got.dead_fraction == float((rates == 0).float().mean())
+    assert got.dense_fraction == float((rates > 0.1).float().mean())
+    assert got.dense_fraction > 0 and (kind == "relu" or 0 < got.dead_fraction < 1)
+
+
+def test_width_mismatch_is_an_error_naming_both(tmp_path):
+    cfg = DictionaryConfig("topk", d_in=8, d_sae=16, k=2, site="resid_post.3")
+    with pytest.raises(ValueError, match=r"d_in=8 \(site 'resid_post.3'\) but the input rows are 12 wide"):
+        mf.evaluate(build_dictionary(cfg), torch.randn(5, 12))
+    with pytest.raises(ValueError, match=r"d_in=8 .* 12 wide"):
+        mf.train(TrainConfig(cfg, batch_size=4, n_tokens=8), torch.randn(8, 12), tmp_path / "run", progress=False)
+    tc = DictionaryConfig("topk", d_in=8, d_sae=16, k=2, d_out=6, apply_b_dec_to_input=False)
+    with pytest.raises(ValueError, match=r"predicts 6 but the target rows are 7 wide"):
+        mf.evaluate(build_dictionary(tc), torch.randn(5, 8), torch.randn(5, 7))
 
 
 def test_mmcs_is_one_for_the_true_dictionary_and_f1_counts_firings():

@@ -1,3 +1,5 @@
+import errno
+import itertools
 import json
 import os
 import signal
@@ -13,7 +15,7 @@ import torch
 import mechscope as ms
 import mechscope.features as mf
 from mechscope.data.corpus import Corpus, load_corpus, text_sha256, token_contexts
-from mechscope.store import ActivationStore, HarvestConfig, ProvenanceError, harvest
+from mechscope.store import ActivationStore, HarvestConfig, LiveActivations, ProvenanceError, harvest
 from mechscope.store import _harvest as harvest_module
 from mechscope.store import _store as store_module
 
@@ -92,6 +94,36 @@ def test_token_contexts_cut_the_eos_joined_stream(model):
         token_contexts(corpus, tok, ctx_len=1000)
 
 
+def _fast_tokenizer(extra: str = ""):
+    """A ``tokenizers``-backed word-level tokenizer, built offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["a", "and", "cat", "dog", "mat", "on", "ran", "sat", "the"] + ([extra] if extra else [])
+    vocab = {"<unk>": 0, "<eos>": 1, **{w: i + 2 for i, w in enumerate(words)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", unk_token="<unk>")
+
+
+def test_token_stream_cache_is_exact_and_keyed_by_corpus_and_tokenizer(tmp_path, monkeypatch):
+    monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path))
+    corpus = Corpus.of("t", ["the cat sat on a mat", "a dog ran and the cat sat"] * 5)
+    tok = _fast_tokenizer()
+    first = token_contexts(corpus, tok, ctx_len=4, seed=0)
+    (entry,) = (tmp_path / "token_streams").glob("*.safetensors")
+    monkeypatch.setattr(type(tok), "__call__", lambda *a, **k: pytest.fail("tokenised despite the cache"))
+    assert torch.equal(token_contexts(corpus, tok, ctx_len=4, seed=0), first)
+    monkeypatch.undo()
+    monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path))
+    entry.write_bytes(b"not safetensors")  # a corrupt entry is rebuilt, not trusted
+    assert torch.equal(token_contexts(corpus, tok, ctx_len=4, seed=0), first)
+    token_contexts(Corpus.of("u", ["the dog sat"] * 9), tok, ctx_len=4)  # another corpus: its own entry
+    other = _fast_tokenizer("zebra")  # another vocabulary: its own entry, its own ids
+    token_contexts(corpus, other, ctx_len=4)
+    assert len(list((tmp_path / "token_streams").glob("*.safetensors"))) == 3
+
+
 # --- harvest -------------------------------------------------------------------------------------------------
 
 
@@ -155,6 +187,29 @@ def test_resume_after_crash_between_shard_and_manifest(model, corpus_file, tmp_p
     ActivationStore(out).verify()
 
 
+def test_disk_full_keeps_the_written_shards_and_resumes(model, corpus_file, tmp_path, monkeypatch):
+    out = tmp_path / "s"
+    real_write = harvest_module.atomic_write_bytes
+
+    def full_at_third_shard(path, data):
+        if path.name == "shard_00002.safetensors":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write(path, data)
+
+    monkeypatch.setattr(harvest_module, "atomic_write_bytes", full_at_third_shard)
+    with pytest.raises(OSError, match="No space left"):
+        harvest(model, config(corpus_file), out, progress=False)
+    monkeypatch.undo()
+    assert [s.file for s in ActivationStore(out).manifest.shards] == [
+        "shard_00000.safetensors",
+        "shard_00001.safetensors",
+    ]
+    ActivationStore(out).verify()
+    harvest(model, config(corpus_file), out, progress=False)
+    harvest(model, config(corpus_file), tmp_path / "ref", progress=False)
+    assert shard_bytes(out) == shard_bytes(tmp_path / "ref")
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill(model, corpus_file, tmp_path):
     out, ref = tmp_path / "killed", tmp_path / "ref"
@@ -180,6 +235,33 @@ def test_resume_after_sigkill(model, corpus_file, tmp_path):
     assert 3 <= killed_at < len(resumed.manifest.shards)
     harvest(model, cfg, ref, progress=False)
     assert shard_bytes(out) == shard_bytes(ref)
+
+
+def test_live_activations_compute_the_harvested_rows_in_a_reproducible_shuffle(model, corpus_file, tmp_path):
+    store = harvest(model, config(corpus_file), tmp_path / "s", progress=False)
+    live = LiveActivations(model, "resid_post.1", 31, corpus=str(corpus_file), ctx_len=32, buffer_contexts=10)
+    assert torch.equal(live.contexts, store.tokens())  # the contexts harvest cuts, in its order
+    stored = torch.cat([s.acts for s in store.shards("resid_post.1")]).view(-1, 32, 64)  # [n_ctx pos d]
+    assert torch.allclose(live._rows(store.tokens()[:6]), stored[:6, 1:].reshape(-1, 64), atol=1e-6)
+    n = len(live.contexts)
+    live.contexts = torch.arange(n * 32).view(n, 32)  # fake ids, so a row says which (context, pos) it is
+    live._rows = lambda c: c[:, 1:].reshape(-1, 1).float()
+    first = list(itertools.islice(live, 2 * n))  # two epochs of 31-row batches
+    assert [len(b) for b in first] == [31] * (2 * n)
+    everything = sorted(live.contexts[:, 1:].flatten().tolist())
+    epoch0, epoch1 = torch.cat(first[:n]).flatten(), torch.cat(first[n:]).flatten()
+    assert sorted(epoch0.tolist()) == everything == sorted(epoch1.tolist())  # each row once per epoch
+    assert not torch.equal(epoch0, epoch1) and not torch.equal(epoch0, torch.tensor(everything, dtype=torch.float))
+    assert all(torch.equal(a, b) for a, b in zip(first, itertools.islice(live, 2 * n), strict=True))
+
+
+def test_live_activations_train_a_dictionary(model, corpus_file, tmp_path):
+    live = LiveActivations(model, "resid_post.1", 64, corpus=str(corpus_file), ctx_len=32)
+    cfg = mf.TrainConfig(mf.DictionaryConfig("topk", d_in=64, d_sae=128, k=4), batch_size=64, n_tokens=64 * 30)
+    result = mf.train(cfg, live, tmp_path / "run", progress=False)
+    assert result.steps == 30 and result.history[-1].fvu < result.history[0].fvu
+    with pytest.raises(ValueError, match="names 2 sites"):
+        LiveActivations(model, "resid_post.*", 64, corpus=str(corpus_file))
 
 
 def test_mismatched_provenance_shows_both(model, corpus_file, tmp_path):

@@ -7,7 +7,7 @@ with model.intervene(ms.Ablate("head.9.z", heads=[3])):
     ablated = model.run(...)
 """
 
-from . import bench, circuits, features, lenses, store
+from . import attribution, bench, circuits, features, lenses, store, visualize
 from .hooks import Ablate, Add, Intervention, ModelConfig, Patch, Replace, Site, SiteInfo
 from .models import DEFAULT_MODEL, GenerateResult, Model, RunResult, from_hf, load, tiny, wrap
 
@@ -26,6 +26,7 @@ __all__ = [
     "RunResult",
     "Site",
     "SiteInfo",
+    "attribution",
     "bench",
     "circuits",
     "features",
@@ -34,5 +35,6 @@ __all__ = [
     "load",
     "store",
     "tiny",
+    "visualize",
     "wrap",
 ]

@@ -124,6 +124,11 @@ def dict_eval(
     with user_errors():
         store, d = ActivationStore(store_dir), load_dictionary(dictionary)
         site = site or d.cfg.site or _only_site(store)
+        if store.width(site) != d.cfg.d_in:
+            raise ValueError(
+                f"dictionary {dictionary} reads d_in={d.cfg.d_in} (site {d.cfg.site!r}) but store site {site!r} is "
+                f"{store.width(site)} wide"
+            )
         rows, seen = [], 0
         for batch in store.batches(site, 4096, shuffle=True, seed=12345):
             rows.append(batch)
@@ -138,7 +143,8 @@ def dict_eval(
 
             m = open_model(model)
             store.check(m)
-            summary["splice"] = splice_eval(m, d, site, store.tokens()[:splice_contexts])._asdict()
+            tokens = store.tokens()[:splice_contexts]
+            summary["splice"] = splice_eval(m, d, site, tokens, progress=True)._asdict()
     _report(summary, as_json)
 
 

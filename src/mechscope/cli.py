@@ -82,16 +82,39 @@ def run(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Folder for logit_lens.png and demo.json.")] = Path("out/demo"),
+    out: Annotated[Path, typer.Option("--out", help="Folder for report.html, demo.json and the plots.")] = Path(
+        "out/demo"
+    ),
     model: Annotated[str, typer.Option("--model", help="Model to run (see MODEL above).")] = DEFAULT_MODEL,
+    prompts: Annotated[int, typer.Option(help="IOI prompt pairs.")] = 8,
+    patch_prompts: Annotated[int, typer.Option(help="Pairs for real per-head patching (0: all).")] = 4,
+    steps: Annotated[int, typer.Option(help="EAP-IG steps.")] = 5,
+    random: Annotated[int, typer.Option(help="Random circuits per size.")] = 2,
+    vision: Annotated[
+        bool, typer.Option(help="Add the attribution gallery, token attribution, a feature visualisation, a prototype.")
+    ] = True,
+    as_json: JsonOpt = False,
 ) -> None:
-    """IOI on the built-in model: next-token predictions and the logit lens for ' Mary', saved as PNG + JSON."""
-    from .demo import run_demo, show_demo
+    """IOI report on the built-in model: logit lens, heads by DLA and patching, EAP-IG circuit vs random (HTML)."""
+    from .circuits._report import AnalysisConfig
+    from .demo import DemoConfig, run_demo, show_demo
 
     with user_errors():
+        config = DemoConfig(prompts, analysis=AnalysisConfig(patch_prompts=patch_prompts, ig_steps=steps,
+                                                             random=random))  # fmt: skip
         m = open_model(model)
-        with _err().status("Running the model and its logit lens…"):
-            result = run_demo(m, out)
+        extra: list[tuple[str, str]] = []
+        if vision:
+            from .attribution import demo_sections as attribution_sections
+            from .visualize import demo_sections as visualize_sections
+
+            with _err().status("Attribution gallery, token attribution, feature visualisation, prototypes…"):
+                extra = [*attribution_sections(m, out / "attribution"), *visualize_sections(out / "visualize")]
+        with _err().status("IOI analysis: logit lens, DLA, patching, EAP-IG, faithfulness (a few minutes)…"):
+            result = run_demo(m, out, config=config, sections=extra)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict()))
+        return
     show_demo(result, _out())
 
 
@@ -107,11 +130,15 @@ def bench(
         main(quick=quick, out=out)
 
 
+from ._cli_attribution import register as _register_attribution  # noqa: E402
 from ._cli_circuits import register as _register_circuits  # noqa: E402  (commands live in their own modules)
 from ._cli_features import register as _register_features  # noqa: E402
+from ._cli_visualize import register as _register_visualize  # noqa: E402
 
 _register_features(app)
+_register_attribution(app)
 _register_circuits(app)
+_register_visualize(app)
 
 if __name__ == "__main__":
     app()

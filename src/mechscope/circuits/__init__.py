@@ -15,11 +15,13 @@ Example::
     scores = eap_ig(model, task)  # every edge of the graph (embeddings, heads' q/k/v, MLPs, logits)
     curve = faithfulness_curve(model, task, scores)  # top-n circuits vs random, MIB's CPR and CMD
     found = acdc(model, task, tau=0.01)  # node-level ACDC
+    study = analyse(model, task)  # all of the above on one task, as the demo's report shows it
 """
 
 from mechscope.circuits._acdc import ACDCResult, ACDCStep, acdc
 from mechscope.circuits._attribution import AttributionResult, attribution_patching
 from mechscope.circuits._dla import DLAResult, FrozenNorm, direct_logit_attribution
+from mechscope.circuits._draw import draw_circuit, render_dot
 from mechscope.circuits._eap import CheckedEdge, EdgeCheck, eap, eap_ig, patch_edges, verify_edges
 from mechscope.circuits._faithfulness import (
     SIZES,
@@ -35,6 +37,7 @@ from mechscope.circuits._nodes import KINDS, Node
 from mechscope.circuits._patching import activation_patching
 from mechscope.circuits._path import PathPatchingResult, path_patching
 from mechscope.circuits._plot import heatmap
+from mechscope.circuits._report import AnalysisConfig, CircuitAnalysis, analyse, report_sections, write_circuit_files
 from mechscope.circuits._result import PatchingResult
 from mechscope.circuits._selfcheck import CheckedNode, SelfCheck, pearson, spearman, verify
 
@@ -43,10 +46,12 @@ __all__ = [
     "SIZES",
     "ACDCResult",
     "ACDCStep",
+    "AnalysisConfig",
     "AttributionResult",
     "CheckedEdge",
     "CheckedNode",
     "Circuit",
+    "CircuitAnalysis",
     "DLAResult",
     "EdgeCheck",
     "EdgeScores",
@@ -61,11 +66,13 @@ __all__ = [
     "Sender",
     "acdc",
     "activation_patching",
+    "analyse",
     "area_from_one",
     "area_under",
     "attribution_patching",
     "circuit_metrics",
     "direct_logit_attribution",
+    "draw_circuit",
     "eap",
     "eap_ig",
     "faithfulness",
@@ -74,7 +81,10 @@ __all__ = [
     "patch_edges",
     "path_patching",
     "pearson",
+    "render_dot",
+    "report_sections",
     "spearman",
     "verify",
     "verify_edges",
+    "write_circuit_files",
 ]

@@ -13,6 +13,7 @@ programming, with code samples; no narrative, dialogue or news. Harvest a broade
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -25,7 +26,10 @@ from typing import Any
 
 import torch
 from jaxtyping import Int
+from safetensors.torch import load_file, save
 from torch import Tensor
+
+from mechscope._cache import atomic_write_bytes, cache_dir
 
 BUILTIN = "python-docs"
 
@@ -184,8 +188,7 @@ def token_contexts(
     eos = getattr(tokenizer, "eos_token_id", None)
     if eos is None:
         raise ValueError("the tokenizer has no end-of-sequence token to separate documents with")
-    encoded = tokenizer(list(corpus.texts), add_special_tokens=False, verbose=False)["input_ids"]
-    stream = torch.tensor([t for ids in encoded for t in (*ids, eos)], dtype=torch.long)
+    stream = token_stream(corpus, tokenizer)
     body = ctx_len - 1 if bos else ctx_len
     n_ctx = len(stream) // body
     if n_ctx == 0:
@@ -198,10 +201,51 @@ def token_contexts(
     return contexts[order].contiguous()
 
 
+def token_stream(corpus: Corpus, tokenizer: Any) -> Int[Tensor, " n_tokens"]:
+    """The documents tokenised without special tokens, each followed by the end-of-sequence token.
+
+    Tokenising a whole corpus costs more than harvesting a few thousand tokens of it, so the stream of a fast
+    (``tokenizers``-backed) tokenizer is cached in mechscope's cache under the corpus hash and the sha256 of
+    the tokenizer's full serialisation; any other tokenizer, or a cache file that cannot be read, tokenises
+    afresh.
+    """
+    eos = tokenizer.eos_token_id
+    path = _stream_cache(corpus, tokenizer)
+    if path is not None and path.is_file():
+        try:
+            return load_file(path)["ids"].long()
+        except Exception:  # an unreadable cache entry is rebuilt below
+            pass
+    encoded = tokenizer(list(corpus.texts), add_special_tokens=False, verbose=False)["input_ids"]
+    stream = torch.tensor([t for ids in encoded for t in (*ids, eos)], dtype=torch.long)
+    if path is not None and stream.numel() and int(stream.max()) < 2**31:
+        with contextlib.suppress(OSError):  # a read-only cache costs speed, not correctness
+            atomic_write_bytes(path, save({"ids": stream.int()}))
+    return stream
+
+
+def _stream_cache(corpus: Corpus, tokenizer: Any) -> Path | None:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "to_str"):
+        return None
+    h = hashlib.sha256(f"{corpus.sha256}/{tokenizer.eos_token_id}/".encode())
+    h.update(backend.to_str().encode())
+    return cache_dir("token_streams") / f"{h.hexdigest()}.safetensors"
+
+
 def bos_id(tokenizer: Any) -> int:
     """The token that starts every context: BOS, or EOS for tokenizers that have no BOS."""
     bos = getattr(tokenizer, "bos_token_id", None)
     return int(tokenizer.eos_token_id if bos is None else bos)
 
 
-__all__ = ["BUILTIN", "Corpus", "bos_id", "load_corpus", "python_docs", "text_sha256", "token_contexts"]
+__all__ = [
+    "BUILTIN",
+    "Corpus",
+    "bos_id",
+    "load_corpus",
+    "python_docs",
+    "text_sha256",
+    "token_contexts",
+    "token_stream",
+]

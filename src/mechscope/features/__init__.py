@@ -29,6 +29,7 @@ from mechscope.features._metrics import (
     mse,
     recovery,
 )
+from mechscope.features._sparse import SparseLatents
 from mechscope.features._splice import SpliceMetrics, splice, splice_eval
 from mechscope.features._synthetic import SyntheticConfig, SyntheticData, make_synthetic
 from mechscope.features._train import NonFiniteLossError, TrainConfig, TrainLog, TrainResult, train
@@ -45,6 +46,7 @@ __all__ = [
     "ReLUDictionary",
     "ReconstructionMetrics",
     "RecoveryMetrics",
+    "SparseLatents",
     "SpliceMetrics",
     "SyntheticConfig",
     "SyntheticData",

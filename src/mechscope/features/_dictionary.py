@@ -18,6 +18,10 @@ Distributed training (``train`` under torchrun) sets ``process_group``: the trai
 of every rank's rows, BatchTopK's cutoff and threshold are taken over all of them, and the FVU and AuxK terms are
 normalised by the global batch's variance and scaled so that their mean over ranks is the global term.
 
+``topk`` and ``batchtopk`` train sparsely: ``forward`` decodes the kept latents with gathers over their indices
+and sends the encoder's gradient only to them (``_sparse``), equal to the dense products up to float rounding;
+``encode`` and ``decode`` stay dense.
+
 A transcoder is the same module reading one site and predicting another (``d_out`` set, trained against a
 different target; Dunefsky et al. 2024, "Transcoders Find Interpretable LLM Feature Circuits").
 Weights use the SAELens orientation: ``W_enc [d_in d_sae]``, ``W_dec [d_sae d_out]``.
@@ -28,7 +32,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any, ClassVar, Literal, NamedTuple, get_args
 
 import einops
 import torch
@@ -36,6 +40,8 @@ from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
 from mechscope.features import _distributed as distributed
+from mechscope.features import _sparse as sparse_ops
+from mechscope.features._sparse import SparseLatents
 
 Kind = Literal["relu", "topk", "batchtopk", "jumprelu"]
 BDecInit = Literal["zeros", "mean", "geometric_median"]
@@ -101,7 +107,8 @@ class DictionaryOutput(NamedTuple):
     reconstruction: Float[Tensor, "batch d_out"]
     """Decoded latents: the prediction of the target (the input itself for an autoencoder)."""
     latents: Float[Tensor, "batch d_sae"]
-    """Sparse non-negative latent activations."""
+    """Sparse non-negative latent activations: dense for ``relu`` and ``jumprelu``, a sparse COO tensor (no
+    gradient; ``.to_dense()``) for ``topk`` and ``batchtopk``, which never build the dense one in ``forward``."""
     pre_acts: Float[Tensor, "batch d_sae"]
     """Encoder outputs before the activation rule."""
     fvu: Float[Tensor, ""]
@@ -112,6 +119,17 @@ class DictionaryOutput(NamedTuple):
     auxk: Float[Tensor, ""]
     """AuxK loss: the top dead latents reconstructing the residual, normalised like ``fvu`` (zero when no
     latent is dead; Gao et al. 2024, §2.4 and Appendix A)."""
+    sparse: SparseLatents | None = None
+    """The kept latents as a coordinate list (``topk``, ``batchtopk``), None for the dense kinds. For those two
+    kinds the gradient flows through ``sparse.values``; ``latents`` and ``pre_acts`` carry none."""
+
+
+class _Encoded(NamedTuple):
+    """Encoder state the sparse gathers differentiate through (``Dictionary.forward``)."""
+
+    x: Tensor
+    centred: Tensor  # x - b_dec (or x), without gradient
+    pre: Tensor  # [batch d_sae]; with gradient for the dense kinds only
 
 
 class Dictionary(nn.Module, ABC):
@@ -119,6 +137,8 @@ class Dictionary(nn.Module, ABC):
 
     process_group: distributed.Group
     """The processes a training batch is spread over; set by ``train`` under torchrun, None otherwise."""
+    sparse_forward: ClassVar[bool] = False
+    """``forward`` decodes from the coordinates ``select`` gives, through gathers (``_sparse``)."""
 
     def __init__(self, cfg: DictionaryConfig, *, seed: int = 0) -> None:
         super().__init__()
@@ -145,7 +165,7 @@ class Dictionary(nn.Module, ABC):
         self, pre_acts: Float[Tensor, "batch d_sae"], latents: Float[Tensor, "batch d_sae"]
     ) -> Float[Tensor, ""]:
         """Return the kind's sparsity penalty, averaged over rows (zero unless overridden)."""
-        return latents.new_zeros(())
+        return pre_acts.new_zeros(())
 
     @torch.no_grad()
     def observe(self, out: DictionaryOutput) -> None:
@@ -182,14 +202,46 @@ class Dictionary(nn.Module, ABC):
             if self.cfg.is_transcoder:
                 raise ValueError("a transcoder predicts another site: pass its activations as target")
             target = x
-        pre = self.pre_activations(x)
-        latents = self.activate(pre)
-        recon = self.decode(latents)
+        enc, sparse = self._encode_for_loss(x)
+        if sparse is None:
+            latents = self.activate(enc.pre)
+            recon = self.decode(latents)
+        else:
+            latents = sparse.to_sparse_coo(self.cfg.d_sae)
+            recon = sparse_ops.decode(sparse.cols, sparse.offsets, sparse.values, self.W_dec) + self.b_dec
         residual = target - recon
         total_var = self._total_variance(target)
         fvu = residual.pow(2).sum() / total_var
-        auxk = self._auxk(pre, residual, dead_mask, k_aux, total_var)
-        return DictionaryOutput(recon, latents, pre, fvu, self.sparsity_penalty(pre, latents), auxk)
+        auxk = self._auxk(enc, residual, dead_mask, k_aux, total_var)
+        penalty = self.sparsity_penalty(enc.pre, latents)
+        return DictionaryOutput(recon, latents, enc.pre, fvu, penalty, auxk, sparse)
+
+    def select(self, pre_acts: Float[Tensor, "batch d_sae"]) -> tuple[Tensor, Tensor, Tensor]:
+        """Row-major ``(rows, cols, offsets)`` of the latents the rule keeps (kinds with ``sparse_forward``).
+
+        ``activate(pre_acts)`` must equal ``pre_acts.relu()`` at those coordinates and zero elsewhere.
+        """
+        raise NotImplementedError(f"{type(self).__name__} trains densely (sparse_forward is False)")
+
+    def _encode_for_loss(self, x: Float[Tensor, "batch d_in"]) -> tuple[_Encoded, SparseLatents | None]:
+        """Pre-activations, and for a sparse kind the kept latents, differentiable through their gathers only."""
+        if not self.sparse_forward:
+            return _Encoded(x, x, self.pre_activations(x)), None
+        with torch.no_grad():
+            centred = x - self.b_dec if self.cfg.apply_b_dec_to_input else x
+            pre = torch.addmm(self.b_enc, centred, self.W_enc)  # [batch d_sae]; bias fused into the product
+            coords = self.select(pre)
+        enc = _Encoded(x, centred, pre)
+        return enc, SparseLatents(coords[0], coords[1], self._gather(enc, *coords).relu(), coords[2])
+
+    def _gather(self, enc: _Encoded, rows: Tensor, cols: Tensor, offsets: Tensor) -> Float[Tensor, " nnz"]:
+        """``enc.pre[rows, cols]``, with the gradient of the encoder (sparse when ``pre`` carries none)."""
+        if not self.sparse_forward:
+            return enc.pre[rows, cols]
+        b_dec = self.b_dec if self.cfg.apply_b_dec_to_input else None
+        return sparse_ops.selected_pre(
+            enc.pre, enc.centred, rows, cols, offsets, x=enc.x, w_enc=self.W_enc, b_enc=self.b_enc, b_dec=b_dec
+        )
 
     def _total_variance(self, target: Float[Tensor, "batch d_out"]) -> Float[Tensor, ""]:
         """Summed squared deviation of the target from its mean: the FVU and AuxK denominator.
@@ -208,22 +260,23 @@ class Dictionary(nn.Module, ABC):
 
     def _auxk(
         self,
-        pre: Float[Tensor, "batch d_sae"],
+        enc: _Encoded,
         residual: Float[Tensor, "batch d_out"],
         dead_mask: Bool[Tensor, " d_sae"] | None,
         k_aux: int | None,
         total_var: Float[Tensor, ""],
     ) -> Float[Tensor, ""]:
         if dead_mask is None or not dead_mask.any():
-            return pre.new_zeros(())
-        n_dead = int(dead_mask.sum())
+            return enc.pre.new_zeros(())
+        dead = dead_mask.nonzero().squeeze(1)  # [n_dead]
         k_aux = self.cfg.width_out // 2 if k_aux is None else k_aux
-        scale = min(n_dead / k_aux, 1.0)  # fewer dead latents than k_aux: shrink the term (sparsify)
-        masked = torch.where(dead_mask, pre, -torch.inf)
-        top = masked.topk(min(k_aux, n_dead), dim=-1)
-        aux_latents = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
+        scale = min(len(dead) / k_aux, 1.0)  # fewer dead latents than k_aux: shrink the term (sparsify)
+        with torch.no_grad():
+            top = enc.pre[:, dead].topk(min(k_aux, len(dead)), dim=-1).indices  # [batch k_aux] into dead
+        rows, cols, offsets = sparse_ops.from_topk(dead[top])
+        values = self._gather(enc, rows, cols, offsets).relu()
         # Gao et al. 2024, Appendix A: e_hat = W_dec z, without the decoder bias, fits the detached error.
-        e_hat = einops.einsum(aux_latents, self.W_dec, "batch d_sae, d_sae d_out -> batch d_out")
+        e_hat = sparse_ops.decode(cols, offsets, values, self.W_dec)
         return scale * (e_hat - residual.detach()).pow(2).sum() / total_var
 
     @torch.no_grad()
@@ -276,9 +329,15 @@ class ReLUDictionary(Dictionary):
 class TopKDictionary(Dictionary):
     """Exactly the k largest pre-activations of each row survive (then a ReLU); Gao et al. 2024, §2.3."""
 
+    sparse_forward = True
+
     def activate(self, pre_acts: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_sae"]:
         top = pre_acts.topk(self.cfg.k, dim=-1)
         return torch.zeros_like(pre_acts).scatter(-1, top.indices, top.values.relu())
+
+    @torch.no_grad()
+    def select(self, pre_acts: Float[Tensor, "batch d_sae"]) -> tuple[Tensor, Tensor, Tensor]:
+        return sparse_ops.from_topk(pre_acts.topk(self.cfg.k, dim=-1, sorted=False).indices)
 
 
 class BatchTopKDictionary(Dictionary):
@@ -290,6 +349,7 @@ class BatchTopKDictionary(Dictionary):
     """
 
     threshold: Tensor
+    sparse_forward = True
 
     def __init__(self, cfg: DictionaryConfig, *, seed: int = 0) -> None:
         super().__init__(cfg, seed=seed)
@@ -300,6 +360,13 @@ class BatchTopKDictionary(Dictionary):
         if not self.training:
             return acts * (acts > self.threshold)
         return acts * (acts >= self._batch_cutoff(acts))
+
+    @torch.no_grad()
+    def select(self, pre_acts: Float[Tensor, "batch d_sae"]) -> tuple[Tensor, Tensor, Tensor]:
+        acts = pre_acts.relu()
+        cutoff = self._batch_cutoff(acts) if self.training else self.threshold
+        # positive only: where the cutoff is 0 the dense rule keeps zeros, which decode to nothing
+        return sparse_ops.from_mask((acts >= cutoff if self.training else acts > cutoff) & (acts > 0))
 
     @torch.no_grad()
     def _batch_cutoff(self, acts: Float[Tensor, "batch d_sae"]) -> Float[Tensor, ""]:
@@ -315,7 +382,8 @@ class BatchTopKDictionary(Dictionary):
 
     @torch.no_grad()
     def observe(self, out: DictionaryOutput) -> None:
-        positive = out.latents[out.latents > 0]
+        kept = out.latents if out.sparse is None else out.sparse.values.detach()
+        positive = kept[kept > 0]
         smallest = positive.min() if positive.numel() else out.latents.new_tensor(torch.inf)
         distributed.all_reduce(smallest, self.process_group, "min")
         if not torch.isfinite(smallest):
@@ -398,6 +466,16 @@ _KINDS: dict[str, type[Dictionary]] = {
     "batchtopk": BatchTopKDictionary,
     "jumprelu": JumpReLUDictionary,
 }
+
+
+def check_widths(cfg: DictionaryConfig, x: Tensor, target: Tensor | None = None) -> None:
+    """Raise ``ValueError`` naming both widths unless ``x`` (and ``target``) rows fit the dictionary."""
+    where = f" (site {cfg.site!r})" if cfg.site else ""
+    if x.shape[-1] != cfg.d_in:
+        raise ValueError(f"the dictionary reads d_in={cfg.d_in}{where} but the input rows are {x.shape[-1]} wide")
+    if target is not None and target.shape[-1] != cfg.width_out:
+        to = f" (site {cfg.target_site!r})" if cfg.target_site else ""
+        raise ValueError(f"the dictionary predicts {cfg.width_out}{to} but the target rows are {target.shape[-1]} wide")
 
 
 def build_dictionary(cfg: DictionaryConfig, *, seed: int = 0) -> Dictionary:

@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from mechscope.features._dictionary import Dictionary
+from mechscope.features._dictionary import Dictionary, check_widths
 from mechscope.features._synthetic import SyntheticData
 
 
@@ -64,21 +64,39 @@ def evaluate(
     target: Float[Tensor, "n d_out"] | None = None,
     *,
     dense_threshold: float = 0.1,
+    chunk_rows: int = 4096,
 ) -> ReconstructionMetrics:
-    """Reconstruction metrics of ``dictionary`` (in eval mode) on ``x`` against ``target`` (default ``x``)."""
+    """Reconstruction metrics of ``dictionary`` (in eval mode) on ``x`` against ``target`` (default ``x``).
+
+    Rows are encoded ``chunk_rows`` at a time, so memory holds one chunk's latents, not ``n * d_sae`` of them;
+    sums are accumulated in float64 (the target's variance from its sum and sum of squares).
+    """
+    target = x if target is None else target
+    check_widths(dictionary.cfg, x, target)
+    if len(target) != len(x) or len(x) == 0:
+        raise ValueError(f"need as many (> 0) target rows as input rows, got {len(target)} and {len(x)}")
     was_training = dictionary.training
     dictionary.eval()
+    starts = range(0, len(x), chunk_rows)
+    mean = sum(target[i : i + chunk_rows].double().sum(0) for i in starts) / len(x)  # [d_out], of all rows
+    sse = variance = 0.0
+    fired, active = torch.zeros(dictionary.cfg.d_sae, dtype=torch.int64), 0
     try:
-        latents = dictionary.encode(x)
-        recon = dictionary.decode(latents)
+        for start in starts:
+            rows = slice(start, start + chunk_rows)
+            latents = dictionary.encode(x[rows])  # [chunk d_sae]
+            sse += float((target[rows] - dictionary.decode(latents)).double().pow(2).sum())
+            variance += float((target[rows].double() - mean).pow(2).sum())
+            nonzero = latents != 0
+            fired += nonzero.sum(0).cpu()
+            active += int(nonzero.sum())
     finally:
         dictionary.train(was_training)
-    target = x if target is None else target
-    rates = firing_rates(latents)
+    rates = fired.double() / len(x)
     return ReconstructionMetrics(
-        mse=mse(target, recon),
-        fvu=fvu(target, recon),
-        l0=l0(latents),
+        mse=sse / target.numel(),
+        fvu=sse / variance,
+        l0=active / len(x),
         dead_fraction=float((rates == 0).float().mean()),
         dense_fraction=float((rates > dense_threshold).float().mean()),
     )

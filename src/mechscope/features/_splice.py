@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from mechscope.features._dictionary import Dictionary
 from mechscope.features._intervene import as_rows, eval_mode, site_of
@@ -59,13 +60,14 @@ def splice_eval(
     target_site: str | None = None,
     skip_bos: bool = True,
     batch_size: int = 8,
+    progress: bool = False,
 ) -> SpliceMetrics:
     """Cross-entropy recovered and KL when ``dictionary`` replaces its site, over contexts of token ids.
 
     ``site`` is the site the dictionary reads (None: ``dictionary.cfg.site``); a transcoder replaces
     ``target_site`` (default ``cfg.target_site``) with its prediction from ``site``'s clean activations. With
     ``skip_bos`` position 0 is neither spliced nor ablated, as the store leaves the BOS token out of training.
-    Contexts run ``batch_size`` at a time, three forward passes each.
+    Contexts run ``batch_size`` at a time, three forward passes each (a progress bar with ``progress``).
     """
     site = site_of(dictionary, site)
     target = (target_site or dictionary.cfg.target_site) if dictionary.cfg.is_transcoder else site
@@ -77,7 +79,7 @@ def splice_eval(
         raise ValueError(f"tokens must be [batch pos] with pos >= 2, got shape {list(tokens.shape)}")
     pos = slice(1, None) if skip_bos else None
     sums = torch.zeros(5, dtype=torch.float64)  # ce clean, ce spliced, ce zero, kl spliced, kl zero
-    for chunk in tokens.split(batch_size):
+    for chunk in tqdm(tokens.split(batch_size), desc="splice", unit="batch", disable=not progress):
         clean = model.run(chunk, cache=[site] if dictionary.cfg.is_transcoder else ())
         if dictionary.cfg.is_transcoder:
             spliced = _predicted(dictionary, site, target, clean.cache[site], pos)

@@ -45,6 +45,7 @@ from mechscope.features._dictionary import (
     DictionaryConfig,
     DictionaryOutput,
     build_dictionary,
+    check_widths,
 )
 from mechscope.features._io import load_dictionary, save_dictionary
 
@@ -202,6 +203,7 @@ def _train(config: TrainConfig, data: Data, out_dir: Path, device: torch.device,
         first = next(batches, None)
         if first is None:
             raise ValueError("the data yielded no batch")
+        check_widths(config.dictionary, *first)
         state = _fresh(config, _whole_target(first), device)
         batches = itertools.chain([first], batches)
     model = _wrap(state.model, device)
@@ -265,12 +267,17 @@ def step(
 
 def _reduce_stats(out: DictionaryOutput, loss: Tensor, group: distributed.Group) -> tuple[_StepStats, Tensor]:
     """Loss, FVU and L0 of the global batch and the latents that fired in it, in one all-reduce."""
-    active = out.latents.detach() > 0
-    l0 = active.sum(-1).float().mean()
+    batch, d_sae = out.pre_acts.shape
+    if out.sparse is None:
+        active = out.latents.detach() > 0
+        fired, l0 = active.any(0).float(), active.sum(-1).float().mean()
+    else:  # from the kept coordinates: no [batch d_sae] pass
+        fired = out.sparse.fired(d_sae).clamp_max(1).float()
+        l0 = (out.sparse.values.detach() > 0).sum().float() / batch
     # Each rank's loss terms average to the global batch's (Dictionary.process_group), and so does L0.
-    packed = torch.cat([active.any(0).float(), torch.stack([loss.detach(), out.fvu.detach(), l0]).float()])
+    packed = torch.cat([fired, torch.stack([loss.detach(), out.fvu.detach(), l0]).float()])
     packed = distributed.all_reduce(packed, group)
-    world, d_sae = distributed.world_size(group), active.shape[1]
+    world = distributed.world_size(group)
     loss_sum, fvu_sum, l0_sum = packed[d_sae:].tolist()
     return _StepStats(loss_sum / world, fvu_sum / world, l0_sum / world), packed[:d_sae] > 0
 
@@ -333,9 +340,17 @@ def _latest(out_dir: Path) -> Path | None:
 def _fresh(config: TrainConfig, target: Tensor, device: torch.device) -> _State:
     model = build_dictionary(config.dictionary, seed=config.seed).to(device)
     model.init_b_dec_(target, config.b_dec_init)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.adam_betas)
+    optimizer = _adam(model, config, device)
     since_fired = torch.zeros(config.dictionary.d_sae, dtype=torch.int64, device=device)
     return _State(model, optimizer, 0, 0, since_fired)
+
+
+def _adam(model: Dictionary, config: TrainConfig, device: torch.device) -> torch.optim.Adam:
+    # The fused kernel does the whole update in one pass per tensor (about 4x faster than foreach on CPU).
+    fused = device.type in ("cpu", "cuda") and all(
+        p.dtype in (torch.float32, torch.float64) for p in model.parameters()
+    )
+    return torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.adam_betas, fused=fused or None)
 
 
 def _resume(config: TrainConfig, out_dir: Path, device: torch.device) -> _State | None:
@@ -345,7 +360,7 @@ def _resume(config: TrainConfig, out_dir: Path, device: torch.device) -> _State 
     meta = json.loads((path / "trainer.json").read_text())
     _check_same_run(meta["config"], config.to_dict(), path)
     model = load_dictionary(path).train().to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.adam_betas)
+    optimizer = _adam(model, config, device)
     tensors = load_file(path / "trainer.safetensors", device=str(device))
     since_fired = tensors.pop("since_fired")
     _load_optimizer(optimizer, tensors, meta["param_groups"])

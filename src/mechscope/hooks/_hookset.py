@@ -68,6 +68,8 @@ class HookSet:
                 raise ValueError(f"site {site.name!r}: a handler returned shape {list(new.shape)}, "
                                  f"expected {list(act.shape)}")  # fmt: skip
             if res is not None:
+                if new.requires_grad:  # a differentiable replacement (attribution): gradients must reach it
+                    return new - res
                 # Only entries that change are rewritten, so patching a value with itself is exactly a no-op.
                 return torch.where(new == act, raw, new - res)
             if isinstance(site.view, Whole):

@@ -10,6 +10,7 @@ from mechscope.store._featuredb_query import (
     TokenMatch,
 )
 from mechscope.store._harvest import HarvestConfig, harvest
+from mechscope.store._live import LiveActivations
 from mechscope.store._store import ActivationStore, Manifest, Provenance, ProvenanceError, Shard, ShardData
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "HarvestConfig",
     "LatentCard",
     "LatentSummary",
+    "LiveActivations",
     "Manifest",
     "Provenance",
     "ProvenanceError",

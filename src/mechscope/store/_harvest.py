@@ -4,7 +4,8 @@ The harvest's contexts are a pure function of (corpus, tokenizer, ``ctx_len``, `
 always holds contexts ``[i * shard_contexts, (i + 1) * shard_contexts)``, computed in the same batches. So
 a harvest that is killed and started again recomputes only the shards its manifest does not list yet, and
 ends with the same bytes as one that never stopped. Each shard is written to a temporary file and renamed
-into place (``atomic_write_bytes``) before the manifest, itself replaced atomically, lists it.
+into place (``atomic_write_bytes``) before the manifest, itself replaced atomically, lists it. Shards are
+serialised, hashed and written in a background thread (``_Writer``) while the model computes the next one.
 
 The forward pass of each batch stops after the deepest requested site (``Model.run(..., logits=False)``).
 """
@@ -15,7 +16,9 @@ import dataclasses
 import hashlib
 import itertools
 import math
+import queue
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,13 +120,54 @@ def harvest(model: Any, config: HarvestConfig, out_dir: str | Path, *, progress:
     bar = tqdm(
         total=total, initial=manifest.n_tokens, unit="tok", unit_scale=True, desc="harvest", disable=not progress
     )
-    with bar:
+    with bar, _Writer(out_dir, manifest) as writer:
         for index in range(len(manifest.shards), len(plan)):
             start, stop = plan[index]
             tensors = _harvest_shard(model, provenance.sites, contexts[start:stop], config)
-            manifest = _commit(out_dir, manifest, index, start, stop, tensors)
+            writer.put(index, start, stop, tensors)
             bar.update((stop - start) * config.ctx_len)
     return ActivationStore(out_dir)
+
+
+class _Writer:
+    """Commits shards (``_commit``) in a background thread, in order, while the next shard is computed.
+
+    The queue holds one shard, so at most three are in memory (one filling, one queued, one being written).
+    A failed write is raised by the next ``put`` or on exit; leaving the ``with`` block, also by an exception,
+    waits until every queued shard is committed, so nothing already computed is lost to an interrupt.
+    """
+
+    def __init__(self, out_dir: Path, manifest: Manifest) -> None:
+        self.out_dir, self.manifest = out_dir, manifest
+        self.queue: queue.Queue[tuple[int, int, int, dict[str, Tensor]] | None] = queue.Queue(maxsize=1)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="mechscope-harvest-writer", daemon=True)
+
+    def __enter__(self) -> _Writer:
+        self.thread.start()
+        return self
+
+    def put(self, index: int, start: int, stop: int, tensors: dict[str, Tensor]) -> None:
+        """Queue shard ``index`` (contexts ``[start, stop)``) for writing; blocks while one is queued."""
+        self._raise()
+        self.queue.put((index, start, stop, tensors))
+
+    def __exit__(self, *exc: object) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is None:  # after a failure, drain the queue without writing past the gap
+                try:
+                    self.manifest = _commit(self.out_dir, self.manifest, *item)
+                except BaseException as e:  # re-raised in the harvesting thread
+                    self.error = e
 
 
 def _widths(model: Any, names: list[str], contexts: Tensor) -> dict[str, int]:

@@ -1,0 +1,205 @@
+"""Command line for input attribution: ``mechscope attribute`` (images through a vision model, or a prompt)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from ._cli_common import JsonOpt, open_model, user_errors
+from ._cli_common import err_console as _err
+from ._cli_common import out_console as _out
+from .models import DEFAULT_MODEL
+
+DEFAULT_METHODS = ["integrated_gradients", "grad_cam"]
+
+
+def attribute(
+    inputs: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Image files or folders of images (default: the organism's held-out images).", show_default=False
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Vision organism (shapes-cnn, shapes-vit, blocks-cnn), or "
+            "'module:callable' returning an nn.Module; with --prompt, a language "
+            "model (default smollm2-135m)."
+        ),
+    ] = None,
+    method: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--method",
+            "-m",
+            help="Method (repeatable): saliency, "
+            "input_x_gradient, integrated_gradients, smoothgrad, occlusion, "
+            "lrp, grad_cam, grad_cam_pp, score_cam, layer_cam, eigen_cam, "
+            "edge_detector.",
+        ),
+    ] = None,
+    target: Annotated[
+        str, typer.Option(help="'pred' (the predicted class), 'label' (organism images only), or a class index.")
+    ] = "pred",
+    layer: Annotated[str | None, typer.Option(help="Site the CAMs explain (default: the organism's).")] = None,
+    n: Annotated[int, typer.Option(help="Organism images to use when no INPUTS are given.")] = 8,
+    size: Annotated[int | None, typer.Option(help="Resize images to SIZE x SIZE (default: the organism's).")] = None,
+    channels: Annotated[int, typer.Option(help="1 (grey) or 3 (RGB), for 'module:callable' models.")] = 1,
+    metrics: Annotated[
+        bool, typer.Option(help="Add deletion/insertion AUC (and localisation on organism images).")
+    ] = False,
+    prompt: Annotated[
+        str | None, typer.Option(help="Attribute a language model's generated tokens to this prompt instead.")
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="With --prompt: tokens to generate and explain.")] = 4,
+    steps: Annotated[int | None, typer.Option(help="With --prompt: Integrated Gradients steps.")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for the PNG overlays / token HTML and summary.json.")] = Path(
+        "out/attribute"
+    ),
+    as_json: JsonOpt = False,
+) -> None:
+    """Explain a vision model's decisions on images (PNG overlays), or a language model's tokens (HTML)."""
+    with user_errors():
+        out.mkdir(parents=True, exist_ok=True)
+        if prompt is not None:
+            summary = _tokens(model or DEFAULT_MODEL, prompt, max_new_tokens, steps, out)
+        else:
+            summary = _images(inputs or [], model or "shapes-cnn", method or DEFAULT_METHODS, target, layer, n, size,
+                              channels, metrics, out)  # fmt: skip
+    from ._cache import atomic_write_bytes
+
+    atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    _show(summary)
+    _err().print(f"saved {len(summary['files'])} files and summary.json in {escape(str(out))}")
+
+
+def _images(inputs: list[Path], model_name: str, methods: list[str], target: str, layer: str | None, n: int,
+            size: int | None, channels: int, metrics: bool, out: Path) -> dict[str, Any]:  # fmt: skip
+    import torch
+
+    from . import attribution as at
+    from .attribution._demo import image_methods
+    from .data import images as im
+
+    model, cam_site, test, channels, size = _vision_model(model_name, layer, size, channels)
+    if inputs:
+        files = im.image_files(inputs)
+        raw = im.read_images(files, size=size, channels=channels)
+        x = im.standardise(raw) if test is not None else raw
+        names, labels, masks = [f.stem for f in files], None, None
+    else:
+        if test is None:
+            raise ValueError(f"{model_name} has no built-in images: give image files or a folder")
+        data = test[:n]
+        x, labels, masks, names = data.images, data.labels, data.masks, [f"test{i:03d}" for i in range(len(data))]
+    with torch.no_grad():
+        logits = model.module(x)
+    pred = logits.argmax(-1)
+    y = _targets(target, pred, labels)
+    table = image_methods(cam_site or "")
+    unknown = [m for m in methods if m not in table]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(table)}")
+    if cam_site is None and any(m.endswith("cam") for m in methods):
+        raise ValueError("CAM methods need --layer (a site name; `mechscope sites` lists a model's sites)")
+    results, files = [], []
+    for name in methods:
+        a = table[name](model, x, y)
+        if metrics and x.ndim == 4:
+            a = at.evaluate(model, x, y, a, mask=masks)
+        files += [str(p) for p in at.save_overlays(x, a, out, names=names)]
+        results.append(a)
+    gallery = out / "gallery.png"
+    from ._cache import atomic_write_bytes
+
+    atomic_write_bytes(gallery, at.gallery(x[:16], results, row_labels=names[:16]))
+    return {
+        "model": model.provenance,
+        "images": [{"name": nm, "predicted": int(p), "target": int(t), "label": None if labels is None else int(lb)}
+                   for nm, p, t, lb in zip(names, pred, y, labels if labels is not None else pred, strict=True)],
+        "methods": [a.to_dict(maps=False) for a in results],
+        "files": [*files, str(gallery)],
+    }  # fmt: skip
+
+
+def _vision_model(name: str, layer: str | None, size: int | None, channels: int):
+    """(model, CAM site, held-out images or None, channels, size) for an organism or a 'module:callable'."""
+    import mechscope as ms
+
+    from .attribution import SPECS, vision_organism
+
+    if name in SPECS:
+        org = vision_organism(name)
+        return org.model, layer or org.cam_site, org.test, 1, size or org.spec.size
+    if ":" not in name:
+        raise ValueError(f"--model must be a vision organism ({', '.join(SPECS)}) or 'module:callable', got {name!r}")
+    module_name, _, attr = name.partition(":")
+    factory = getattr(importlib.import_module(module_name), attr, None)
+    if factory is None:
+        raise ValueError(f"{module_name} has no attribute {attr!r}")
+    if size is None:
+        raise ValueError("--size is needed for a 'module:callable' model (the input's height and width)")
+    module = factory().eval()
+    return ms.wrap(module, name=name), layer, None, channels, size
+
+
+def _targets(target: str, pred, labels):
+    import torch
+
+    if target == "pred":
+        return pred
+    if target == "label":
+        if labels is None:
+            raise ValueError("--target label needs the organism's own images (files carry no labels)")
+        return labels
+    try:
+        return torch.full_like(pred, int(target))
+    except ValueError:
+        raise ValueError(f"--target must be 'pred', 'label' or a class index, got {target!r}") from None
+
+
+def _tokens(model_name: str, prompt: str, max_new_tokens: int, steps: int | None, out: Path) -> dict[str, Any]:
+    import matplotlib.pyplot as plt
+
+    from .attribution import token_attribution
+
+    m = open_model(model_name)
+    tok = token_attribution(m, prompt, max_new_tokens=max_new_tokens, steps=steps)
+    html_path, png_path = out / "tokens.html", out / "tokens.png"
+    tok.save_html(html_path)
+    plt.close(tok.heatmap(png_path))
+    top = [{"token": t, "top": tok.top(i, k=3)} for i, t in enumerate(tok.new_tokens)]
+    return {"model": tok.model, "prompt": prompt, "new_tokens": top, "attribution": tok.to_dict(),
+            "files": [str(html_path), str(png_path)]}  # fmt: skip
+
+
+def _show(summary: dict[str, Any]) -> None:
+    console = _out()
+    if "prompt" in summary:
+        for row in summary["new_tokens"]:
+            drivers = ", ".join(f"{t!r} {v:+.2f}" for t, v in row["top"])
+            console.print(f"{escape(repr(row['token']))} <- {escape(drivers)}", soft_wrap=True)
+        return
+    for a in summary["methods"]:
+        extra = ""
+        if a["metrics"]:
+            auc = a["metrics"]
+            extra = f" deletion AUC {auc['deletion_auc']:.3f} (chance {auc['deletion_chance_auc']:.3f}), " \
+                    f"insertion AUC {auc['insertion_auc']:.3f} (chance {auc['insertion_chance_auc']:.3f})"  # fmt: skip
+            if "localisation" in auc:
+                extra += f", mass in mask {auc['localisation']['mass_in_mask']:.2f}"
+        console.print(f"[bold]{escape(a['method'])}[/] {a['seconds']:.2f}s{escape(extra)}", soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``mechscope attribute`` to the main CLI."""
+    app.command()(attribute)

@@ -1,0 +1,61 @@
+"""Layer-wise relevance propagation with the epsilon rule, through Captum's LRP, where the model's layers allow it.
+
+LRP (Bach et al. 2015, "On Pixel-Wise Explanations for Non-Linear Classifier Decisions by Layer-Wise Relevance
+Propagation", eq. 56-58 for the epsilon rule) passes the target's value backwards layer by layer, each layer
+splitting its output relevance among its inputs in proportion to their contributions ``z_ij = x_i w_ij``, with a
+small ``epsilon`` in the denominator. Element-wise activations (ReLU, Tanh, Dropout) pass relevance through. For a
+ReLU network without biases it equals input x gradient (Ancona et al. 2018, section 3.2), which the tests check.
+
+Captum's LRP knows convolutions, linear layers, batch norm and average/max pools; mechscope adds the epsilon rule on
+adaptive max pools (a max pool of the whole map). Layers without a defined rule (layer norm, attention, GELU)
+raise, naming the module: LRP is not defined for them without a model-specific rule.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from captum.attr import LRP
+from captum.attr._core.lrp import SUPPORTED_LAYERS_WITH_RULES, SUPPORTED_NON_LINEAR_LAYERS
+from captum.attr._utils.lrp_rules import EpsilonRule
+from torch import nn
+
+from ..models._model import Model
+from ._gradients import _result
+from ._result import Attribution
+from ._space import space
+from ._targets import Logit, _per_example
+
+_EPSILON_LAYERS = (*SUPPORTED_LAYERS_WITH_RULES, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
+"""Leaf modules that take the epsilon rule: Captum's (all epsilon by default) plus adaptive max pools."""
+
+
+def lrp(model: Model, inputs: Any, target: Any, *, epsilon: float = 1e-9) -> Attribution:
+    """Epsilon-rule LRP of a class logit on the model's input, for models built from conv/linear/norm/pool layers."""
+    start, sp = time.perf_counter(), space(model, inputs, target, "input")
+    if not isinstance(sp.target, Logit):
+        raise ValueError(f"LRP explains a class logit (an int or a list of ints); got target {sp.target!r}")
+    ruled = []
+    try:
+        for name, m in model.module.named_modules():
+            if list(m.children()) or type(m) in SUPPORTED_NON_LINEAR_LAYERS:
+                continue
+            if not isinstance(m, _EPSILON_LAYERS):
+                raise ValueError(
+                    f"LRP has no rule for {name!r} ({type(m).__name__}): mechscope's LRP covers conv, linear, batch "
+                    "norm, pools and ReLU/Tanh/Dropout (reshapes as tensor methods in forward, not modules). Use "
+                    "integrated_gradients or input_x_gradient for this model"
+                )
+            m.rule = EpsilonRule(epsilon)  # Captum reads the rule from this attribute
+            ruled.append(m)
+        idx = _per_example(sp.target.index, sp.n, sp.x.device)
+        with torch.enable_grad():
+            attr = LRP(model.module).attribute(sp.leaf(), target=idx)
+    finally:
+        for m in ruled:  # Captum deletes ``rule`` itself when it finishes; not when it fails
+            for leftover in ("rule", "activations"):
+                if hasattr(m, leftover):
+                    delattr(m, leftover)
+    return _result(sp, attr, "lrp", {"rule": "epsilon", "epsilon": epsilon}, start)

@@ -1,0 +1,72 @@
+"""``mechscope circuit`` on tiny models: EAP / EAP-IG / ACDC, the files it writes and its JSON summary."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from mechscope.cli import app
+
+
+@pytest.fixture
+def task_file(tmp_path):
+    # The byte tokenizer of the tiny models makes every character a token: answers are single characters.
+    rows = [
+        {"clean": "ab ba a ", "corrupt": "ab cd a ", "answer": "b", "wrong": "a"},
+        {"clean": "cd dc c ", "corrupt": "cd ab c ", "answer": "d", "wrong": "c"},
+        {"clean": "ef fe e ", "corrupt": "ef gh e ", "answer": "f", "wrong": "e"},
+        {"clean": "gh hg g ", "corrupt": "gh ef g ", "answer": "h", "wrong": "g"},
+    ]
+    path = tmp_path / "task.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return str(path)
+
+
+def circuit(*args: str):
+    return CliRunner().invoke(app, ["circuit", "--model", "tiny-llama", *args, "--json"])
+
+
+@pytest.mark.parametrize("method", ["eap", "eap-ig"])
+def test_edge_methods_write_graph_curve_and_summary(tmp_path, task_file, method):
+    out = tmp_path / "out"
+    result = circuit("--task", task_file, "--method", method, "--steps", "3", "--top", "20", "--random", "2",
+                     "--out", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    s = json.loads(result.stdout)
+    assert s["method"] == method and s["n_prompts"] == 4
+    assert s["circuit"]["n_edges"] == 20 and len(s["circuit"]["random_faithfulness"]) == 2
+    assert s["scores"]["steps"] == (1 if method == "eap" else 3)
+    assert len(s["curve"]["faithfulness"]) == 10 and s["curve"]["faithfulness"][-1] == pytest.approx(1.0, abs=1e-5)
+    saved = json.loads((out / "circuit.json").read_text())
+    assert len(saved["edges"]) == len(saved["scores"]) == 20
+    assert (out / "circuit.dot").read_text().count("->") == 20
+    assert (out / "circuit.png").read_bytes()[:4] == (out / "faithfulness.png").read_bytes()[:4] == b"\x89PNG"
+    assert ("svg" in s["files"]) == (s["svg"] == "written")
+    assert json.loads((out / "summary.json").read_text())["circuit"] == s["circuit"]
+
+
+def test_threshold_keeps_edges_above_it(tmp_path, task_file):
+    result = circuit("--task", task_file, "--method", "eap", "--threshold", "0", "--no-curve", "--random", "0",
+                     "--out", str(tmp_path))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    s = json.loads(result.stdout)
+    assert s["circuit"]["n_edges"] == s["circuit"]["of_edges"]  # |score| >= 0: every edge
+    assert s["circuit"]["faithfulness"] == pytest.approx(1.0, abs=1e-5) and "curve" not in s
+
+
+def test_acdc_node_circuit(tmp_path, task_file):
+    result = circuit("--task", task_file, "--method", "acdc", "--tau", "0.0001", "--random", "1",
+                     "--out", str(tmp_path))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    s = json.loads(result.stdout)
+    assert "curve" not in s and isinstance(s["acdc"]["kept"], list)
+    assert json.loads((tmp_path / "circuit.json").read_text())["acdc"]["tau"] == 0.0001
+
+
+def test_bad_options_are_one_line_errors(tmp_path, task_file):
+    result = circuit("--task", task_file, "--method", "magic", "--out", str(tmp_path))
+    assert result.exit_code == 1 and "--method must be" in result.stderr and "Traceback" not in result.output
+    result = circuit("--task", task_file, "--top", "3", "--threshold", "0.1", "--out", str(tmp_path))
+    assert result.exit_code == 1 and "not both" in result.stderr
+    result = circuit("--task", task_file, "--method", "acdc", "--top", "3", "--out", str(tmp_path))
+    assert result.exit_code == 1 and "ACDC uses --tau" in result.stderr
