@@ -11,11 +11,13 @@ Example::
     organism = bench.obtain(bench.Induction(), seed=0)   # a verified organism, from the cache
     organism.circuit.circuit                              # {'head.0.z[h..]', 'head.1.z[h..]'}
 
-New methods join with one declaration (see ``register_method``); new organisms (trojaned CNNs, BlockMNIST,
-compiled RASP programs) subclass ``Organism`` and are added with ``register_organism``, with a new family's
-scorers added by ``register_scorer``.
+New methods join with one declaration (see ``register_method``); new organisms subclass ``Organism`` and are added
+with ``register_organism``, with a new family's scorers added by ``register_scorer``. Built-in families: circuits,
+features, frequencies, descriptions, trojans (trojaned CNNs and their clean twins) and attribution (signal-block
+CNNs and their moved-block twins).
 """
 
+from mechscope.bench._blocks import BlockImages, BlocksConfig, BuiltBlocks, SignalBlocks, block_images
 from mechscope.bench._harness import FULL_SEEDS, QUICK_SEEDS, Leaderboard, Row, main, run_bench
 from mechscope.bench._induction import BuiltInduction, Induction, InductionConfig
 from mechscope.bench._modadd import BuiltModAdd, ModAddConfig, ModularAddition
@@ -62,24 +64,36 @@ from mechscope.bench._superposition import (
     TMSConfig,
     ToyModelOfSuperposition,
 )
+from mechscope.bench._trojan import BuiltTrojan, TrojanBlend, TrojanConfig, TrojanNatural, TrojanPatch
 from mechscope.bench._truth import CircuitTruth, Edge
+from mechscope.bench._vision_methods import ATTRIBUTIONS
+from mechscope.bench._vision_scorers import AttributionOutput, TrojanOutput
 
-for _organism in (Induction(), ModularAddition(), ToyModelOfSuperposition(), SyntheticFeatures(), NumericFunctions()):
+for _organism in (
+    Induction(), ModularAddition(), ToyModelOfSuperposition(), SyntheticFeatures(), NumericFunctions(),
+    TrojanPatch(), TrojanBlend(), TrojanNatural(), SignalBlocks(),
+):  # fmt: skip
     register_organism(_organism)
 
 __all__ = [
+    "ATTRIBUTIONS",
     "FAMILIES",
     "FULL_SEEDS",
     "METHODS",
     "ORGANISMS",
     "QUICK_SEEDS",
     "SCORERS",
+    "AttributionOutput",
+    "BlockImages",
+    "BlocksConfig",
     "Built",
+    "BuiltBlocks",
     "BuiltFeatures",
     "BuiltInduction",
     "BuiltModAdd",
     "BuiltNumeric",
     "BuiltTMS",
+    "BuiltTrojan",
     "CircuitScores",
     "CircuitTruth",
     "DictionaryOutput",
@@ -100,10 +114,17 @@ __all__ = [
     "Row",
     "RunContext",
     "Score",
+    "SignalBlocks",
     "SyntheticFeatures",
     "TMSConfig",
     "ToyModelOfSuperposition",
+    "TrojanBlend",
+    "TrojanConfig",
+    "TrojanNatural",
+    "TrojanOutput",
+    "TrojanPatch",
     "auroc",
+    "block_images",
     "edge_auroc",
     "features_scores",
     "frequency_auroc",

@@ -23,7 +23,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from . import _methods  # noqa: F401  (registers the built-in methods)
+from . import _faithfulness, _methods, _vision_methods  # noqa: F401  (register the built-in methods and scorers)
 from ._organism import Organism, OrganismVerificationError, obtain
 from ._registry import ORGANISMS, RunContext, methods_for
 from ._scorers import Score, score
@@ -131,17 +131,17 @@ def run_bench(
 ) -> Leaderboard:
     """Run every registered method on every organism it applies to, for each seed.
 
-    ``seeds`` defaults to 0-2 (``quick``) or 0-4. ``organisms`` and ``methods`` restrict the run by name (method
+    ``seeds`` defaults to 0-2 (``quick``; an organism's own ``quick_seeds`` where it sets them) or 0-4.
+    ``organisms`` and ``methods`` restrict the run by name (method
     names as registered, e.g. ``oracle`` or ``topk_sae``). With ``out`` the leaderboard is also written there as
     markdown, JSON and HTML.
     """
     start = time.perf_counter()
-    seeds = tuple(seeds if seeds is not None else QUICK_SEEDS if quick else FULL_SEEDS)
     chosen = [ORGANISMS[n] for n in organisms] if organisms is not None else list(ORGANISMS.values())
     scores: list[Score] = []
     errors: list[str] = []
     verified: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
-    jobs = [(o, s) for o in chosen for s in seeds]
+    jobs = [(o, s) for o in chosen for s in (seeds if seeds is not None else default_seeds(o, quick))]
     for organism, seed in tqdm(jobs, desc="bench", disable=not progress):
         try:
             built = obtain(organism, seed)
@@ -157,6 +157,13 @@ def run_bench(
     if out is not None:
         board.write(out)
     return board
+
+
+def default_seeds(organism: Organism, quick: bool) -> tuple[int, ...]:
+    """The seeds a run uses for ``organism`` when none are given."""
+    if not quick:
+        return FULL_SEEDS
+    return organism.quick_seeds if organism.quick_seeds is not None else QUICK_SEEDS
 
 
 def _run_methods(
@@ -187,7 +194,10 @@ def derive_seed(*parts: object) -> int:
 
 
 def _with_baselines(scores: list[Score]) -> list[Score]:
-    """Attach to every score the baseline methods' values on the same organism, seed and metric."""
+    """Attach to every score the baseline methods' values on the same organism, seed and metric.
+
+    They join any baseline its scorer measured itself, such as the clean twin's.
+    """
     from ._registry import METHODS
 
     baselines = {m.name for m in METHODS.values() if m.baseline}
@@ -195,7 +205,7 @@ def _with_baselines(scores: list[Score]) -> list[Score]:
     for s in scores:
         if s.method in baselines:
             ref[s.organism, s.seed, s.metric][s.method] = s.value
-    return [replace(s, baselines=dict(ref[s.organism, s.seed, s.metric])) for s in scores]
+    return [replace(s, baselines={**s.baselines, **ref[s.organism, s.seed, s.metric]}) for s in scores]
 
 
 def main(quick: bool = True, out: Path = Path("bench-results")) -> Leaderboard:

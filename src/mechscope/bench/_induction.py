@@ -94,6 +94,8 @@ class Induction(Organism):
 
     name: ClassVar[str] = "induction"
     family: ClassVar[str] = "circuits"
+    quick_seeds: ClassVar[tuple[int, ...] | None] = (0,)
+    """Its build (600 steps, 1-5 minutes on a loaded core) dominates a quick run; the full run builds seeds 0-4."""
     cfg: InductionConfig = InductionConfig()
 
     def build(self, seed: int) -> BuiltInduction:

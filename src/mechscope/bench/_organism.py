@@ -77,6 +77,8 @@ class Organism(ABC):
     """Short unique name, e.g. ``"induction"``."""
     family: ClassVar[str]
     """Which scorers apply (``circuits``, ``features``, ``frequencies``, ``descriptions``...)."""
+    quick_seeds: ClassVar[tuple[int, ...] | None] = None
+    """Seeds of a quick run (None: the harness's default); organisms slow to build set fewer."""
 
     @abstractmethod
     def build(self, seed: int) -> Built:

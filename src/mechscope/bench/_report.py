@@ -73,6 +73,38 @@ def _plot(rows: list[Row], title: str) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def _curves(board: Leaderboard, organism: str, metric: str) -> str | None:
+    """Each method's curve behind ``metric`` (mean over seeds), log x axis; base64 PNG, None when no curves."""
+    curves: dict[str, list[tuple[tuple[float, float], ...]]] = defaultdict(list)
+    for s in board.scores:
+        if s.organism == organism and s.metric == metric and s.curve:
+            curves[s.method].append(s.curve)
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    for method, runs in sorted(curves.items()):
+        xs = [100 * x for x, _ in runs[0]]
+        ys = [sum(run[i][1] for run in runs) / len(runs) for i in range(len(xs))]
+        ax.plot(xs, ys, marker=".", label=method)
+    ax.axhline(1.0, color="k", linewidth=0.5)
+    ax.axhline(0.0, color="k", linewidth=0.5)
+    ax.set_xscale("log")
+    ax.set_xlabel("edges in circuit (%)")
+    ax.set_ylabel("faithfulness")
+    ax.set_title(f"{organism}: faithfulness curves (mean over seeds)", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 td:first-child,th:first-child{text-align:left}.baseline{color:#777}h2{margin-top:2em;font-size:1.15em}"""
@@ -89,6 +121,8 @@ def html(board: Leaderboard) -> str:
         better = "higher" if rows[0].higher_is_better else "lower"
         title = f"{organism} — {metric} ({better} is better)"
         parts.append(f"<h2>{esc(title)}</h2><img alt='{esc(title)}' src='data:image/png;base64,{_plot(rows, title)}'>")
+        if metric == "cpr" and (curve := _curves(board, organism, metric)) is not None:
+            parts.append(f"<img alt='{esc(organism)} faithfulness curves' src='data:image/png;base64,{curve}'>")
         names = sorted({b for r in rows for b in r.baselines})
         head = "".join(f"<th>{esc(b)}</th>" for b in names)
         parts.append(f"<table><tr><th>method</th><th>score</th><th>seeds</th><th>chance</th>{head}<th>s</th></tr>")

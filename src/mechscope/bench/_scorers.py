@@ -50,6 +50,8 @@ class Score:
     """Other reference values on the same organism and seed (filled by the harness from baseline methods)."""
     seconds: float = 0.0
     """Wall time of the method."""
+    curve: tuple[tuple[float, float], ...] = ()
+    """``(x, y)`` points of a curve behind the score, when there is one (faithfulness over circuit size)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""

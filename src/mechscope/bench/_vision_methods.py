@@ -1,0 +1,250 @@
+"""Methods scored on the vision organisms: input attributions, two trojan scanners, and baselines.
+
+``mechscope.attribution``'s methods, ``insertion_probe`` and ``feature_visualisation``, and the random,
+edge-detector and oracle baselines.
+
+Every attribution method (saliency, input x gradient, Integrated Gradients, SmoothGrad, Grad-CAM, occlusion)
+explains the target logit (trojans) or the label's logit (signal blocks). On a trojaned organism it gives
+
+- maps on triggered probe images (scored by overlap with the trigger), from the model and from its clean twin;
+- a score per candidate trigger: each candidate is put into the same clean images and the score is how
+  concentrated the method's map is on it (mass in its region / the region's share of the image). A blend covers the
+  whole image, so every candidate scores 1: region-based attribution cannot choose among blends, and says so.
+
+Trojan scanners: ``insertion_probe`` (black box: how much each candidate raises the target's probability in clean
+images; the automated form of a user trying candidates) and ``feature_visualisation`` (gradient ascent on the
+input for the target logit from noise, Olah et al. 2017 "Feature Visualization"; candidates scored by
+normalised cross-correlation with the synthesised images, phase-free spectra for blends: the automated stand-in for
+the competition's human judges, Casper et al. 2023, section 4).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..attribution import (
+    edge_detector,
+    grad_cam,
+    input_x_gradient,
+    integrated_gradients,
+    occlusion,
+    saliency,
+    smoothgrad,
+)
+from ..models import Model
+from ._registry import RunContext, register_method
+from ._trojan import _wrap
+from ._vision_scorers import AttributionOutput, TrojanOutput, mass_in
+
+Heatmap = Callable[[Model, Tensor, Any, bool], Tensor]
+"""``(model, images, target, quick) -> [n h w]`` heatmap."""
+
+ATTRIBUTIONS: dict[str, tuple[Heatmap, str]] = {
+    "saliency": (lambda m, x, t, q: saliency(m, x, t).heatmap(), "|gradient| (Simonyan et al. 2013)"),
+    "input_x_gradient": (lambda m, x, t, q: input_x_gradient(m, x, t).heatmap(), "input x gradient"),
+    "integrated_gradients": (
+        lambda m, x, t, q: integrated_gradients(m, x, t, steps=16 if q else 48).heatmap(),
+        "Integrated Gradients, zero baseline, adaptive steps (16 quick, 48 full)",
+    ),
+    "smoothgrad": (
+        lambda m, x, t, q: smoothgrad(m, x, t, samples=10 if q else 25).heatmap(),
+        "SmoothGrad, noise 0.15 of the range (10 samples quick, 25 full)",
+    ),
+    "grad_cam": (lambda m, x, t, q: grad_cam(m, x, t, at="features").heatmap(), "Grad-CAM at the last ReLU (8 x 8)"),
+    "occlusion": (lambda m, x, t, q: occlusion(m, x, t).heatmap(), "occlusion, 4 x 4 windows, stride 2"),
+}
+"""Attribution methods run on every vision organism: name -> (heatmap, description)."""
+
+
+def _sizes(ctx: RunContext) -> tuple[int, int]:
+    """Probe images, and clean images per candidate."""
+    return (16, 8) if ctx.quick else (48, 24)
+
+
+# --- trojans -----------------------------------------------------------------------------------------------------
+
+
+def _concentration(organism: Any, model: Model, heat: Heatmap, k: int, quick: bool) -> list[float]:
+    """Per candidate: the map's mass in the candidate's region over the region's share of the image."""
+    out = []
+    for i in range(len(organism.candidates)):
+        x, masks = organism.inserted(i, k)
+        out.append(mass_in(heat(model, x, organism.target, quick), masks) / float(masks.float().mean()))
+    return out
+
+
+def _trojan_attribution(name: str, heat: Heatmap, description: str) -> None:
+    def method(organism: Any, ctx: RunContext) -> TrojanOutput:
+        n, k = _sizes(ctx)
+        triggered, _, _ = organism.probe(n)
+        return TrojanOutput(
+            candidates=_concentration(organism, organism.model, heat, k, ctx.quick),
+            twin_candidates=_concentration(organism, organism.twin, heat, k, ctx.quick),
+            maps=heat(organism.model, triggered, organism.target, ctx.quick).detach(),
+            twin_maps=heat(organism.twin, triggered, organism.target, ctx.quick).detach(),
+        )
+
+    method.__doc__ = f"{description}: maps on triggered images; candidates by how much of the map they draw."
+    register_method(family="trojans", name=name)(method)
+
+
+@torch.no_grad()
+def _insertion(organism: Any, model: Model, k: int) -> list[float]:
+    base = F.softmax(model.module(organism.probe(k)[2]), -1)[:, organism.target]  # the same clean images
+    gains = []
+    for i in range(len(organism.candidates)):
+        x, _ = organism.inserted(i, k)
+        gains.append(float((F.softmax(model.module(x), -1)[:, organism.target] - base).mean()))
+    return gains
+
+
+@register_method(family="trojans")
+def insertion_probe(organism: Any, ctx: RunContext) -> TrojanOutput:
+    """Black box: each candidate's mean gain in the target's probability when put into clean images."""
+    k = _sizes(ctx)[1] * 2
+    return TrojanOutput(_insertion(organism, organism.model, k), _insertion(organism, organism.twin, k))
+
+
+def visualise(model: Model, target: int, *, n: int, steps: int, seed: int) -> Tensor:
+    """Images maximising ``target``'s log-probability from seeded noise, with L2 and total-variation penalties."""
+    gen = torch.Generator().manual_seed(seed)
+    x = (0.1 * torch.randn(n, 1, 32, 32, generator=gen)).requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=0.05)
+    module = model.module
+    for _ in range(steps):
+        logp = F.log_softmax(module(x), -1)[:, target]
+        tv = (x.diff(dim=2).abs().mean() + x.diff(dim=3).abs().mean()) / 2
+        loss = -logp.mean() + 1e-3 * x.pow(2).mean() + 0.05 * tv
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return x.detach()
+
+
+def similarity(images: Tensor, pattern: Tensor, kind: str) -> float:
+    """How much ``images`` look like a trigger, mean over images.
+
+    The best normalised cross-correlation of the pattern (patch, natural), or the cosine of the amplitude spectra,
+    which ignores phase (blend).
+    """
+    if kind == "blend":
+        a = torch.fft.rfft2(images[:, 0] - images.mean((2, 3))[:, 0, None, None]).abs().flatten(1)
+        b = torch.fft.rfft2(pattern - pattern.mean()).abs().flatten()
+        return float(F.cosine_similarity(a, b[None], dim=1).mean())
+    p = pattern - pattern.mean()
+    p = p / p.norm().clamp_min(1e-12)
+    k = p.shape[-1]
+    dots = F.conv2d(images, p[None, None])  # [n 1 h-k+1 w-k+1]
+    patches = F.unfold(images, k)  # [n k*k positions]
+    norms = (patches - patches.mean(1, keepdim=True)).norm(dim=1).reshape(dots.shape)
+    return float((dots / norms.clamp_min(1e-6)).flatten(1).max(1).values.mean())
+
+
+@register_method(family="trojans")
+def feature_visualisation(organism: Any, ctx: RunContext) -> TrojanOutput:
+    """Synthesise inputs for the target class; candidates ranked by similarity to them."""
+    steps = 60 if ctx.quick else 200
+
+    def scores(model: Model) -> list[float]:
+        x = visualise(model, organism.target, n=4, steps=steps, seed=ctx.seed)
+        return [similarity(x, c.pattern, c.kind) for c in organism.candidates]
+
+    return TrojanOutput(scores(organism.model), scores(organism.twin))
+
+
+@register_method(family="trojans", name="random", baseline=True)
+def random_trojan(organism: Any, ctx: RunContext) -> TrojanOutput:
+    """Uniform random candidate scores and maps, for the model and its twin."""
+    gen = torch.Generator().manual_seed(ctx.seed)
+    n, m = len(organism.candidates), _sizes(ctx)[0]
+    return TrojanOutput(torch.rand(n, generator=gen).tolist(), torch.rand(n, generator=gen).tolist(),
+                        torch.rand(m, 32, 32, generator=gen), torch.rand(m, 32, 32, generator=gen))  # fmt: skip
+
+
+def _edges(model: Model, x: Tensor, target: Any, quick: bool) -> Tensor:
+    return edge_detector(model, x).heatmap()
+
+
+@register_method(family="trojans", name="edge_detector", baseline=True)
+def edge_detector_trojan(organism: Any, ctx: RunContext) -> TrojanOutput:
+    """Sobel edges of the input (ignores the model): maps, and candidates by the edge mass they draw."""
+    n, k = _sizes(ctx)
+    triggered, _, _ = organism.probe(n)
+    edges = _concentration(organism, organism.model, _edges, k, ctx.quick)
+    maps = _edges(organism.model, triggered, None, ctx.quick)
+    return TrojanOutput(edges, list(edges), maps, maps)
+
+
+@register_method(family="trojans", name="oracle", baseline=True)
+def oracle_trojan(organism: Any, ctx: RunContext) -> TrojanOutput:
+    """Reads the ground truth: the planted trigger, its regions, and that the twin has none."""
+    n = _sizes(ctx)[0]
+    _, masks, _ = organism.probe(n)
+    one_hot = [float(i == organism.answer) for i in range(len(organism.candidates))]
+    return TrojanOutput(one_hot, [0.0] * len(one_hot), masks.float(), torch.ones_like(masks, dtype=torch.float))
+
+
+# --- attribution (signal blocks) ---------------------------------------------------------------------------------
+
+
+def randomised(model: Model, seed: int) -> Model:
+    """A copy of ``model`` with every conv and linear layer re-initialised (PyTorch's defaults, from ``seed``).
+
+    The cascading randomisation of Adebayo et al. 2018, section 3.1, taken to its end. Norm layers are kept.
+    """
+    module = copy.deepcopy(model.module)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in module.modules():
+            if isinstance(m, nn.Conv2d | nn.Linear):
+                m.reset_parameters()
+    return _wrap(module.requires_grad_(False), f"{model.name}-randomised")
+
+
+def _block_attribution(name: str, heat: Heatmap, description: str) -> None:
+    def method(organism: Any, ctx: RunContext) -> AttributionOutput:
+        n = _sizes(ctx)[0]
+        p, q = organism.probe(n), organism.twin_probe(n)
+        return AttributionOutput(
+            maps=heat(organism.model, p.images, p.labels, ctx.quick).detach(),
+            twin_maps=heat(organism.twin, q.images, q.labels, ctx.quick).detach(),
+            randomised_maps=heat(randomised(organism.model, ctx.seed), p.images, p.labels, ctx.quick).detach(),
+        )
+
+    method.__doc__ = f"{description}, for the label's logit."
+    register_method(family="attribution", name=name)(method)
+
+
+@register_method(family="attribution", name="random", baseline=True)
+def random_attribution(organism: Any, ctx: RunContext) -> AttributionOutput:
+    """Uniform random maps."""
+    gen = torch.Generator().manual_seed(ctx.seed)
+    n = _sizes(ctx)[0]
+    return AttributionOutput(*(torch.rand(n, 32, 32, generator=gen) for _ in range(3)))
+
+
+@register_method(family="attribution", name="edge_detector", baseline=True)
+def edge_detector_attribution(organism: Any, ctx: RunContext) -> AttributionOutput:
+    """Sobel edges of the input: the same map for the model, its twin and the randomised model."""
+    maps = _edges(organism.model, organism.probe(_sizes(ctx)[0]).images, None, ctx.quick)
+    return AttributionOutput(maps, maps, maps)
+
+
+@register_method(family="attribution", name="oracle", baseline=True)
+def oracle_attribution(organism: Any, ctx: RunContext) -> AttributionOutput:
+    """Reads the ground truth: the signal block of each model; uniform noise for the randomised model."""
+    n = _sizes(ctx)[0]
+    gen = torch.Generator().manual_seed(ctx.seed)
+    return AttributionOutput(organism.probe(n).masks.float(), organism.twin_probe(n).masks.float(),
+                             torch.rand(n, 32, 32, generator=gen))  # fmt: skip
+
+
+for _name, (_heat, _description) in ATTRIBUTIONS.items():
+    _trojan_attribution(_name, _heat, _description)
+    _block_attribution(_name, _heat, _description)
