@@ -28,7 +28,12 @@ lint: setup
 	$(BIN)/ruff check src tests $(wildcard benchmarks)
 	$(BIN)/mypy src/mechscope/__init__.py src/mechscope/models src/mechscope/hooks
 
-test: lint
+# The tests also build the compiled-RASP organisms, so they add the optional tracr extra (jax, pinned).
+$(VENV)/.mechscope-tracr: $(VENV)/.mechscope-setup
+	$(BIN)/pip install --quiet -e ".[dev,tracr]"
+	touch $@
+
+test: lint $(VENV)/.mechscope-tracr
 	$(BIN)/pytest -q -p no:cacheprovider
 
 bench-peers:

@@ -173,6 +173,18 @@ def test_adaptive_ig_converges_to_the_fine_integral(cnn, data):
     assert err[40] < float(((gl - ref).flatten(1).norm(dim=1) / ref.flatten(1).norm(dim=1)).mean())
 
 
+def test_adaptive_ig_resolves_a_spike_at_the_baseline():
+    class Saturating(nn.Module):  # 1 - exp(-sum(z) / 1e-4): all of the change within alpha < 1e-3 of the baseline
+        def forward(self, z):
+            return 1 - torch.exp(-z.flatten(1).sum(1, keepdim=True) / 1e-4)
+
+    model, x = ms.wrap(Saturating()), torch.full((2, 4), 0.25)
+    ig = at.integrated_gradients(model, x, 0, steps=32)
+    assert ig.params["points_per_example"] == 32
+    assert ig.completeness_gap.abs().max() < 0.05  # plain bisection from 9 uniform points leaves a gap of 8.8
+    assert torch.allclose(ig.map, torch.full_like(x, 0.25), atol=0.02)  # symmetric inputs share the change
+
+
 def test_ig_completeness_on_trained_organism_beats_captum_default(blocks):
     x, y = blocks.test.images[:32], blocks.test.labels[:32]
     ours = at.integrated_gradients(blocks.model, x, y)  # adaptive, 48 steps

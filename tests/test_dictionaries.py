@@ -23,6 +23,7 @@ from mechscope.features import (
     build_dictionary,
     make_synthetic,
 )
+from mechscope.features import _sparse as sparse_ops
 
 SRC = Path(mf.__file__).resolve().parents[2]
 
@@ -83,6 +84,20 @@ def test_batchtopk_keeps_k_times_batch_in_training_then_uses_threshold():
     assert torch.isclose(d.threshold, smallest_kept * (1 + d.cfg.batchtopk_threshold_lr))
 
 
+@pytest.mark.parametrize(("rows", "n", "k"), [(64, 9216, 32), (33, 2048, 8), (5, 100, 7)])
+def test_blocked_topk_picks_each_rows_k_largest(rows, n, k):
+    x = torch.randn(rows, n, generator=torch.Generator().manual_seed(n))
+    got = sparse_ops.topk_indices(x, k)
+    assert got.shape == (rows, k)
+    assert torch.equal(got.sort(-1).values, x.topk(k, dim=-1).indices.sort(-1).values)
+
+
+def test_pre_out_is_for_the_sparse_kinds_only():
+    d = build_dictionary(DictionaryConfig("relu", d_in=8, d_sae=32))
+    with pytest.raises(ValueError, match="trains densely"):
+        d(torch.randn(4, 8), pre_out=torch.empty(4, 32))
+
+
 def _dense_reference(d: mf.Dictionary, x, target, dead, k_aux):
     """FVU and AuxK written with dense products, as the definitions read (Gao et al. 2024, §2.3-2.4)."""
     pre = d.pre_activations(x)
@@ -99,17 +114,20 @@ def _dense_reference(d: mf.Dictionary, x, target, dead, k_aux):
 @pytest.mark.parametrize("kind", ["topk", "batchtopk"])
 @pytest.mark.parametrize("transcoder", [False, True])
 @pytest.mark.parametrize("training", [True, False])
-def test_sparse_forward_equals_dense_products_with_gradients(kind, transcoder, training):
+@pytest.mark.parametrize("d_sae", [48, 512])  # 512: TopK selects through blocks; pre-activations into pre_out
+def test_sparse_forward_equals_dense_products_with_gradients(kind, transcoder, training, d_sae):
     cfg = DictionaryConfig(
-        kind, d_in=12, d_sae=48, k=4, d_out=10 if transcoder else None, apply_b_dec_to_input=not transcoder
+        kind, d_in=12, d_sae=d_sae, k=4, d_out=10 if transcoder else None, apply_b_dec_to_input=not transcoder
     )
     d = _perturbed(cfg).double().train(training)
     assert d.sparse_forward
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(20, 12, generator=gen, dtype=torch.float64).requires_grad_()
     target = torch.randn(20, 10, generator=gen, dtype=torch.float64) if transcoder else None
-    dead = torch.rand(48, generator=gen) < 0.5
-    out = d(x, target, dead_mask=dead, k_aux=6)
+    dead = torch.rand(d_sae, generator=gen) < 0.5
+    pre_out = torch.full((20, d_sae), torch.nan, dtype=torch.float64) if d_sae > 48 else None
+    out = d(x, target, dead_mask=dead, k_aux=6, pre_out=pre_out)
+    assert pre_out is None or out.pre_acts is pre_out
     (out.fvu + 0.5 * out.auxk).backward()
     sparse_grads = [p.grad.clone() for p in (x, *d.parameters())]
     d.zero_grad()

@@ -97,12 +97,13 @@ def demo(
 ) -> None:
     """IOI report on the built-in model: logit lens, heads by DLA and patching, EAP-IG circuit vs random (HTML)."""
     from .circuits._report import AnalysisConfig
-    from .demo import DemoConfig, run_demo, show_demo
+    from .demo import IOI_ANSWER, DemoConfig, run_demo, show_demo
 
     with user_errors():
         config = DemoConfig(prompts, analysis=AnalysisConfig(patch_prompts=patch_prompts, ig_steps=steps,
                                                              random=random))  # fmt: skip
         m = open_model(model)
+        m.to_single_token(IOI_ANSWER)  # a model whose tokenizer splits the answer fails before anything is written
         extra: list[tuple[str, str]] = []
         if vision:
             from .attribution import demo_sections as attribution_sections

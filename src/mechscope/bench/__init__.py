@@ -13,8 +13,8 @@ Example::
 
 New methods join with one declaration (see ``register_method``); new organisms subclass ``Organism`` and are added
 with ``register_organism``, with a new family's scorers added by ``register_scorer``. Built-in families: circuits,
-features, frequencies, descriptions, trojans (trojaned CNNs and their clean twins) and attribution (signal-block
-CNNs and their moved-block twins).
+features, frequencies, descriptions, trojans (trojaned CNNs and their clean twins), attribution (signal-block
+CNNs and their moved-block twins) and compiled (RASP programs compiled by tracr, with the ``tracr`` extra).
 """
 
 from mechscope.bench._blocks import BlockImages, BlocksConfig, BuiltBlocks, SignalBlocks, block_images
@@ -34,6 +34,7 @@ from mechscope.bench._organism import (
 from mechscope.bench._registry import (
     METHODS,
     ORGANISMS,
+    UNAVAILABLE,
     MethodSpec,
     RunContext,
     methods_for,
@@ -64,6 +65,19 @@ from mechscope.bench._superposition import (
     TMSConfig,
     ToyModelOfSuperposition,
 )
+from mechscope.bench._tracr import (
+    MISSING_TRACR,
+    TRACR_ORGANISMS,
+    BuiltCompiled,
+    CompiledTransformer,
+    TracrConfig,
+    TracrDyck,
+    TracrFracPrevs,
+    TracrHist,
+    TracrReverse,
+    TracrSort,
+    tracr_available,
+)
 from mechscope.bench._trojan import BuiltTrojan, TrojanBlend, TrojanConfig, TrojanNatural, TrojanPatch
 from mechscope.bench._truth import CircuitTruth, Edge
 from mechscope.bench._vision_methods import ATTRIBUTIONS
@@ -74,20 +88,29 @@ for _organism in (
     TrojanPatch(), TrojanBlend(), TrojanNatural(), SignalBlocks(),
 ):  # fmt: skip
     register_organism(_organism)
+for _organism in TRACR_ORGANISMS:  # compiled RASP programs: built only with the tracr extra installed
+    if tracr_available():
+        register_organism(_organism)
+    else:
+        UNAVAILABLE[_organism.name] = MISSING_TRACR
 
 __all__ = [
     "ATTRIBUTIONS",
     "FAMILIES",
     "FULL_SEEDS",
     "METHODS",
+    "MISSING_TRACR",
     "ORGANISMS",
     "QUICK_SEEDS",
     "SCORERS",
+    "TRACR_ORGANISMS",
+    "UNAVAILABLE",
     "AttributionOutput",
     "BlockImages",
     "BlocksConfig",
     "Built",
     "BuiltBlocks",
+    "BuiltCompiled",
     "BuiltFeatures",
     "BuiltInduction",
     "BuiltModAdd",
@@ -96,6 +119,7 @@ __all__ = [
     "BuiltTrojan",
     "CircuitScores",
     "CircuitTruth",
+    "CompiledTransformer",
     "DictionaryOutput",
     "Edge",
     "FeatureConfig",
@@ -118,6 +142,12 @@ __all__ = [
     "SyntheticFeatures",
     "TMSConfig",
     "ToyModelOfSuperposition",
+    "TracrConfig",
+    "TracrDyck",
+    "TracrFracPrevs",
+    "TracrHist",
+    "TracrReverse",
+    "TracrSort",
     "TrojanBlend",
     "TrojanConfig",
     "TrojanNatural",
@@ -142,4 +172,5 @@ __all__ = [
     "register_scorer",
     "run_bench",
     "score",
+    "tracr_available",
 ]

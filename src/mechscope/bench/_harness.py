@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from . import _faithfulness, _methods, _vision_methods  # noqa: F401  (register the built-in methods and scorers)
 from ._organism import Organism, OrganismVerificationError, obtain
-from ._registry import ORGANISMS, RunContext, methods_for
+from ._registry import ORGANISMS, UNAVAILABLE, RunContext, methods_for
 from ._scorers import Score, score
 
 QUICK_SEEDS = (0, 1, 2)
@@ -66,6 +66,8 @@ class Leaderboard:
     quick: bool = True
     seconds: float = 0.0
     """Wall time of the run."""
+    skipped: tuple[str, ...] = ()
+    """``organism: why`` for each organism that cannot be built here (``UNAVAILABLE``)."""
 
     def rows(self) -> list[Row]:
         """Scores aggregated over seeds, per organism, metric and method (methods under test first)."""
@@ -95,6 +97,7 @@ class Leaderboard:
             "scores": [s.to_dict() for s in self.scores],
             "organisms": self.organisms,
             "errors": list(self.errors),
+            "skipped": list(self.skipped),
         }
 
     def to_markdown(self) -> str:
@@ -137,7 +140,9 @@ def run_bench(
     markdown, JSON and HTML.
     """
     start = time.perf_counter()
-    chosen = [ORGANISMS[n] for n in organisms] if organisms is not None else list(ORGANISMS.values())
+    names = list(organisms) if organisms is not None else [*ORGANISMS, *UNAVAILABLE]
+    skipped = tuple(f"{n}: {UNAVAILABLE[n]}" for n in names if n in UNAVAILABLE)
+    chosen = [ORGANISMS[n] for n in names if n not in UNAVAILABLE]
     scores: list[Score] = []
     errors: list[str] = []
     verified: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
@@ -153,7 +158,7 @@ def run_bench(
         scores += got
         errors += failed
     board = Leaderboard(tuple(_with_baselines(scores)), dict(verified), tuple(errors), quick,
-                        time.perf_counter() - start)  # fmt: skip
+                        time.perf_counter() - start, skipped)  # fmt: skip
     if out is not None:
         board.write(out)
     return board

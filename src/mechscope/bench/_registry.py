@@ -63,6 +63,9 @@ METHODS: dict[str, MethodSpec] = {}
 """Registered methods by name (names are unique within a family: ``family/name``)."""
 ORGANISMS: dict[str, Organism] = {}
 """Registered organism recipes by name."""
+UNAVAILABLE: dict[str, str] = {}
+"""Organisms that cannot be built here (an optional extra is missing), by name -> what to install; runs list them
+as skipped."""
 
 
 def register_method(

@@ -46,6 +46,8 @@ def markdown(board: Leaderboard) -> str:
             lines.append(f"- **{organism}** seed {seed}: {shown}")
     if board.errors:
         lines += ["", "## Errors", "", *(f"- {e}" for e in board.errors)]
+    if board.skipped:
+        lines += ["", "## Skipped organisms", "", *(f"- {e}" for e in board.skipped)]
     return "\n".join(lines) + "\n"
 
 
@@ -140,4 +142,6 @@ def html(board: Leaderboard) -> str:
     parts.append("</ul>")
     if board.errors:
         parts.append("<h2>Errors</h2><ul>" + "".join(f"<li>{esc(e)}</li>" for e in board.errors) + "</ul>")
+    if board.skipped:
+        parts.append("<h2>Skipped organisms</h2><ul>" + "".join(f"<li>{esc(e)}</li>" for e in board.skipped) + "</ul>")
     return "".join(parts) + "</body></html>\n"

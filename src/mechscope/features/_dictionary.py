@@ -192,23 +192,27 @@ class Dictionary(nn.Module, ABC):
         *,
         dead_mask: Bool[Tensor, " d_sae"] | None = None,
         k_aux: int | None = None,
+        pre_out: Float[Tensor, "batch d_sae"] | None = None,
     ) -> DictionaryOutput:
         """Encode, decode and compute the loss terms against ``target`` (``x`` itself for an autoencoder).
 
         ``dead_mask`` marks latents that have not fired for a while; when any is set the AuxK term uses the
-        ``k_aux`` (default ``d_out // 2``, as in sparsify) largest dead pre-activations.
+        ``k_aux`` (default ``d_out // 2``, as in sparsify) largest dead pre-activations. ``pre_out``, for the
+        sparse kinds only, is a ``[batch d_sae]`` buffer the pre-activations are written into (and returned
+        as ``pre_acts``) instead of a fresh tensor: a training loop reusing one saves the page faults of a
+        fresh 150 MB allocation every step (B = 4096, d_sae = 9216).
         """
         if target is None:
             if self.cfg.is_transcoder:
                 raise ValueError("a transcoder predicts another site: pass its activations as target")
             target = x
-        enc, sparse = self._encode_for_loss(x)
+        enc, sparse = self._encode_for_loss(x, pre_out)
         if sparse is None:
             latents = self.activate(enc.pre)
             recon = self.decode(latents)
         else:
             latents = sparse.to_sparse_coo(self.cfg.d_sae)
-            recon = sparse_ops.decode(sparse.cols, sparse.offsets, sparse.values, self.W_dec) + self.b_dec
+            recon = sparse_ops.decode(sparse.rows, sparse.cols, sparse.offsets, sparse.values, self.W_dec) + self.b_dec
         residual = target - recon
         total_var = self._total_variance(target)
         fvu = residual.pow(2).sum() / total_var
@@ -223,13 +227,17 @@ class Dictionary(nn.Module, ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} trains densely (sparse_forward is False)")
 
-    def _encode_for_loss(self, x: Float[Tensor, "batch d_in"]) -> tuple[_Encoded, SparseLatents | None]:
+    def _encode_for_loss(
+        self, x: Float[Tensor, "batch d_in"], pre_out: Tensor | None = None
+    ) -> tuple[_Encoded, SparseLatents | None]:
         """Pre-activations, and for a sparse kind the kept latents, differentiable through their gathers only."""
         if not self.sparse_forward:
+            if pre_out is not None:
+                raise ValueError(f"{type(self).__name__} trains densely: pre_out is for the sparse kinds")
             return _Encoded(x, x, self.pre_activations(x)), None
         with torch.no_grad():
             centred = x - self.b_dec if self.cfg.apply_b_dec_to_input else x
-            pre = torch.addmm(self.b_enc, centred, self.W_enc)  # [batch d_sae]; bias fused into the product
+            pre = torch.addmm(self.b_enc, centred, self.W_enc, out=pre_out)  # [batch d_sae]; bias fused in
             coords = self.select(pre)
         enc = _Encoded(x, centred, pre)
         return enc, SparseLatents(coords[0], coords[1], self._gather(enc, *coords).relu(), coords[2])
@@ -276,7 +284,7 @@ class Dictionary(nn.Module, ABC):
         rows, cols, offsets = sparse_ops.from_topk(dead[top])
         values = self._gather(enc, rows, cols, offsets).relu()
         # Gao et al. 2024, Appendix A: e_hat = W_dec z, without the decoder bias, fits the detached error.
-        e_hat = sparse_ops.decode(cols, offsets, values, self.W_dec)
+        e_hat = sparse_ops.decode(rows, cols, offsets, values, self.W_dec)
         return scale * (e_hat - residual.detach()).pow(2).sum() / total_var
 
     @torch.no_grad()
@@ -293,8 +301,9 @@ class Dictionary(nn.Module, ABC):
         """
         if self.W_dec.grad is None:
             return
-        parallel = einops.einsum(self.W_dec.grad, self.W_dec, "d_sae d_out, d_sae d_out -> d_sae")
-        self.W_dec.grad -= einops.einsum(parallel, self.W_dec, "d_sae, d_sae d_out -> d_sae d_out")
+        # one pass each (einsum's batched matrix product and broadcast product took twice as long on CPU)
+        parallel = torch.linalg.vecdot(self.W_dec.grad, self.W_dec, dim=1)  # [d_sae]
+        self.W_dec.grad.addcmul_(parallel.unsqueeze(1), self.W_dec, value=-1)
 
     @torch.no_grad()
     def init_b_dec_(self, data: Float[Tensor, "n d_out"], method: BDecInit) -> None:
@@ -337,7 +346,7 @@ class TopKDictionary(Dictionary):
 
     @torch.no_grad()
     def select(self, pre_acts: Float[Tensor, "batch d_sae"]) -> tuple[Tensor, Tensor, Tensor]:
-        return sparse_ops.from_topk(pre_acts.topk(self.cfg.k, dim=-1, sorted=False).indices)
+        return sparse_ops.from_topk(sparse_ops.topk_indices(pre_acts, self.cfg.k))
 
 
 class BatchTopKDictionary(Dictionary):

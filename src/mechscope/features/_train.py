@@ -164,6 +164,7 @@ class _State:
     step: int
     tokens: int
     since_fired: Tensor  # [d_sae] int64: rows since each latent was last non-zero
+    pre_buffer: Tensor | None = None  # [batch d_sae] workspace of the sparse kinds' pre-activations, reused
 
 
 def train(
@@ -244,7 +245,7 @@ def step(
     """
     dictionary = state.model
     dead = state.since_fired >= config.dead_after_tokens if config.auxk_coeff > 0 else None
-    out: DictionaryOutput = model(x, y, dead_mask=dead, k_aux=config.k_aux)
+    out: DictionaryOutput = model(x, y, dead_mask=dead, k_aux=config.k_aux, pre_out=_pre_buffer(state, len(x)))
     coeff = {"relu": config.l1_coeff, "jumprelu": config.l0_coeff}.get(dictionary.cfg.kind, 0.0)
     loss = out.fvu + coeff * out.sparsity + config.auxk_coeff * out.auxk
     stats, fired = _reduce_stats(out, loss, dictionary.process_group)
@@ -263,6 +264,20 @@ def step(
     state.step += 1
     state.tokens += x.shape[0] * world
     return stats
+
+
+def _pre_buffer(state: _State, rows: int) -> Tensor | None:
+    """The step's pre-activation buffer (sparse kinds), reused while the batch keeps its size.
+
+    Nothing keeps a step's output past the step, so the next one may overwrite it.
+    """
+    dictionary = state.model
+    if not dictionary.sparse_forward:
+        return None
+    shape = (rows, dictionary.cfg.d_sae)
+    if state.pre_buffer is None or state.pre_buffer.shape != shape:
+        state.pre_buffer = dictionary.W_enc.new_empty(shape)
+    return state.pre_buffer
 
 
 def _reduce_stats(out: DictionaryOutput, loss: Tensor, group: distributed.Group) -> tuple[_StepStats, Tensor]:

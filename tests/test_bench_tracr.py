@@ -1,0 +1,109 @@
+"""Compiled-transformer organisms (tracr): the torch conversion, its verification, the ground truth and scorers.
+
+Needs the optional ``tracr`` extra (``pip install -e .[tracr]``); CI does not install it, so the module is skipped
+there. Uses ``frac_prevs`` at a small length (2 layers, 84 inputs) to stay fast.
+"""
+
+import pytest
+
+pytest.importorskip("tracr")
+
+import torch
+
+from mechscope import bench
+from mechscope.bench import _tracr
+from mechscope.bench._registry import RunContext
+from mechscope.bench._scorers import node_auroc
+
+SMALL = bench.TracrFracPrevs(bench.TracrConfig("frac_prevs", max_seq_len=3))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def organism_cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MECHSCOPE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def organism():
+    return bench.obtain(SMALL, seed=0)
+
+
+def test_torch_conversion_reproduces_tracr_and_the_rasp_program(organism):
+    assert organism.accuracy() == 1.0  # every position of every input of length 1-3 equals rasp.evaluate's output
+    assert organism.logit_error() <= 1e-5  # against jax logits of tracr's own assembled model, stored at build time
+    assert organism.verification["inputs"] == 4 + 16 + 64
+    tokens, expected = organism.groups()[-1]  # inputs of length 3: the share of 1s so far, at every position
+    got = organism.model.run(tokens).logits[:, 1:, 0]
+    assert torch.allclose(got, expected[:, 1:], atol=1e-4)
+    assert torch.allclose(expected[tokens[:, 1:].eq(tokens[0, 1]).all(1)][0, 1:], torch.ones(3))
+    # mechscope sees the heads and MLPs as sites of a plain wrapped module
+    assert {"blocks.1.attn.heads.0", "blocks.0.mlp"} <= {s.name for s in organism.model.sites()}
+
+
+def test_ground_truth_is_the_emitted_components_and_their_edges(organism):
+    truth = organism.circuit
+    assert set(truth.nodes) == {"blocks.0.attn.heads.0", "blocks.0.mlp", "blocks.1.attn.heads.0", "blocks.1.mlp"}
+    assert truth.circuit == {"blocks.0.mlp", "blocks.1.attn.heads.0"}  # the map tokens == 1, then a mean over i <= j
+    assert truth.circuit_edges == {"input->m0", "m0->a1.h0<v>", "input->a1.h0<q>", "input->a1.h0<k>",
+                                   "a1.h0->logits"}  # fmt: skip
+    assert organism.truth["components"]["blocks.1.attn.heads.0"][0].startswith("frac_prevs")
+
+
+def test_cached_organism_loads_without_recompiling(organism, monkeypatch):
+    monkeypatch.setattr(_tracr._Compiled, "build", lambda self, seed: pytest.fail("recompiled"))
+    again = bench.obtain(SMALL, seed=0)
+    assert again.accuracy() == 1.0 and again.circuit == organism.circuit
+
+
+@pytest.mark.parametrize("break_it", ["zero_head", "swap_qk"])
+def test_a_broken_organism_fails_verification(organism, break_it):
+    broken = SMALL.load(0, {k: v.clone() for k, v in organism.tensors().items()})
+    head = broken.module.blocks[1].attn.heads[0]
+    with torch.no_grad():
+        if break_it == "zero_head":
+            head.o.weight.zero_()
+        else:  # queries and keys exchanged: attends to j >= i instead of j <= i
+            q, k = head.q.weight.clone(), head.k.weight.clone()
+            head.q.weight.copy_(k)
+            head.k.weight.copy_(q)
+    with pytest.raises(bench.OrganismVerificationError, match="reproduces the RASP program"):
+        broken.verify()
+
+
+def test_scorer_gives_chance_to_random_and_one_to_the_oracle(organism):
+    oracle = _tracr.oracle_components(organism, RunContext(0, True, None))
+    assert node_auroc(oracle, organism, "oracle").value == 1.0
+    values = [node_auroc(_tracr.random_components(organism, RunContext(s, True, None)), organism, "random").value
+              for s in range(300)]  # fmt: skip
+    assert abs(sum(values) / len(values) - 0.5) < 0.05
+
+
+def test_ablation_methods_run_through_mechscope_interventions(organism):
+    zero = _tracr.zero_ablation(organism, RunContext(0, True, None))
+    assert node_auroc(zero, organism, "zero_ablation").value == 1.0
+    assert zero.nodes["blocks.0.attn.heads.0"] == zero.nodes["blocks.1.mlp"] == 0.0  # all-zero blocks
+    mean = _tracr.mean_ablation(organism, RunContext(0, True, None))
+    assert set(mean.nodes) == set(organism.circuit.nodes)
+
+
+def test_harness_scores_the_compiled_family(organism):
+    original = bench.ORGANISMS.get(SMALL.name)
+    bench.register_organism(SMALL)  # the small variant, already in the cache
+    try:
+        board = bench.run_bench(seeds=(0,), organisms=[SMALL.name], methods=["random", "oracle"], progress=False)
+    finally:
+        bench.ORGANISMS.pop(SMALL.name)
+        if original is not None:
+            bench.register_organism(original)
+    assert not board.errors
+    metrics = {(s.method, s.metric) for s in board.scores}
+    assert {("oracle", "node_auroc"), ("oracle", "edge_auroc"), ("random", "node_auroc")} <= metrics
+
+
+def test_missing_extra_is_listed_as_skipped(monkeypatch):
+    monkeypatch.setitem(bench.UNAVAILABLE, "tracr_fake", bench.MISSING_TRACR)
+    board = bench.run_bench(seeds=(0,), organisms=["tracr_fake"], progress=False)
+    assert board.skipped == ("tracr_fake: needs tracr and jax to build: pip install -e .[tracr]",)
+    assert "Skipped organisms" in board.to_markdown()
