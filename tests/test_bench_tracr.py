@@ -1,7 +1,7 @@
 """Compiled-transformer organisms (tracr): the torch conversion, its verification, the ground truth and scorers.
 
-Needs the optional ``tracr`` extra (``pip install -e .[tracr]``); CI does not install it, so the module is skipped
-there. Uses ``frac_prevs`` at a small length (2 layers, 84 inputs) to stay fast.
+Needs the optional ``tracr`` extra (``pip install -e .[tracr]``, which ``make test`` installs, so CI runs these);
+skipped where it is missing. Uses ``frac_prevs`` at a small length (2 layers, 84 inputs) to stay fast.
 """
 
 import pytest
@@ -10,6 +10,7 @@ pytest.importorskip("tracr")
 
 import torch
 
+import mechscope as ms
 from mechscope import bench
 from mechscope.bench import _tracr
 from mechscope.bench._registry import RunContext
@@ -107,3 +108,25 @@ def test_missing_extra_is_listed_as_skipped(monkeypatch):
     board = bench.run_bench(seeds=(0,), organisms=["tracr_fake"], progress=False)
     assert board.skipped == ("tracr_fake: needs tracr and jax to build: pip install -e .[tracr]",)
     assert "Skipped organisms" in board.to_markdown()
+
+
+def test_attribution_patching_is_exact_where_the_model_is_linear(organism):
+    # The last head writes straight to the (numerical) output: its first-order estimate equals real mean ablation.
+    scores = _tracr.attribution_patching(organism, RunContext(0, True, None))
+    assert _tracr._node_auroc(scores, organism, "attribution_patching").value == 1.0
+    assert scores.nodes["blocks.0.attn.heads.0"] == scores.nodes["blocks.1.mlp"] == 0.0
+    site, real, count = "blocks.1.attn.heads.0", 0.0, 0
+    for tokens, _ in organism.groups():
+        clean = organism.model.run(tokens).logits[:, 1:, 0].sum(1)
+        with organism.model.intervene(ms.Ablate(site, how="mean", reference=tokens, over="batch_pos")):
+            ablated = organism.model.run(tokens).logits[:, 1:, 0].sum(1)
+        real, count = real + float((ablated - clean).abs().sum()), count + len(tokens)
+    assert scores.nodes[site] == pytest.approx(real / count, rel=1e-4)
+
+
+def test_numerically_zero_scores_tie_with_unused_blocks(organism):
+    # A circuit block scored 1e-12 (a vanished gradient) must not outrank the exact zeros of unused blocks.
+    vanished = {"blocks.0.mlp": 1e-12, "blocks.1.attn.heads.0": 1.0, "blocks.0.attn.heads.0": 0.0, "blocks.1.mlp": 0.0}
+    scores = _tracr.CircuitScores(vanished)
+    assert node_auroc(scores, organism, "raw").value == 1.0  # the plain scorer is fooled by rounding
+    assert _tracr._node_auroc(scores, organism, "tied").value == 0.75  # ties count half: (2 + 0.5 + 0.5) / 4

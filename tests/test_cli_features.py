@@ -96,3 +96,16 @@ def test_documented_example_runs_on_the_built_in_model(tmp_path):
     fired = FeatureDB(tmp_path / "features.db").top_latents(by="frequency")[0].latent
     card = invoke(*show[:-1], str(fired))  # the documented latent need not fire at this scale
     assert card["latent"] == fired and card["n_active"] > 0 and card["top_examples"]
+
+
+def test_train_live_reads_the_model_as_it_trains(tmp_path):
+    # No store: batches come from the model's forward passes; the run is a normal, loadable, resumable dictionary.
+    run = tmp_path / "run"
+    t = invoke("dict", "train-live", str(run), "--site", "resid_post.1", "--model", "tiny-llama", "--ctx-len", "32",
+               "--expansion", "2", "--k", "4", "--batch-size", "64", "--n-tokens", "640")  # fmt: skip
+    assert t["steps"] == 10 and t["tokens"] == 640 and 0 <= t["last"]["fvu"] < 1.5
+    d = load_dictionary(run)
+    assert d.cfg.d_in == 64 and d.cfg.d_sae == 128 and d.cfg.site == "resid_post.1"
+    again = invoke("dict", "train-live", str(run), "--site", "resid_post.1", "--model", "tiny-llama", "--ctx-len",
+                   "32", "--expansion", "2", "--k", "4", "--batch-size", "64", "--n-tokens", "1280")  # fmt: skip
+    assert again["steps"] == 20 and again["tokens"] == 1280  # the same run folder, continued to the larger budget

@@ -69,12 +69,15 @@ def harvest(
     _report(summary, as_json)
 
 
+KindOpt = Annotated[str, typer.Option(help="relu | topk | batchtopk | jumprelu")]
+
+
 @dict_app.command("train")
 def dict_train(
     store_dir: Annotated[Path, typer.Argument(help="Activation store folder.")],
     out: Annotated[Path, typer.Argument(help="Run folder (checkpoints; resumed if present).")],
     site: Annotated[str | None, typer.Option(help="Store site (default: its only site).")] = None,
-    kind: Annotated[str, typer.Option(help="relu | topk | batchtopk | jumprelu")] = "topk",
+    kind: KindOpt = "topk",
     expansion: int = 16,
     k: int = 32,
     lr: float = 1e-3,
@@ -88,16 +91,55 @@ def dict_train(
     Runs unchanged under ``torchrun --nproc_per_node N -m mechscope.cli dict train ...`` (data-parallel; rank 0
     reports).
     """
-    from .features import DictionaryConfig, TrainConfig, train
     from .store import ActivationStore
 
     with user_errors():
         store = ActivationStore(store_dir)
         site = site or _only_site(store)
-        d_in = store.width(site)
-        dictionary = DictionaryConfig(kind, d_in=d_in, d_sae=d_in * expansion, k=k, site=site)  # type: ignore[arg-type]
-        config = TrainConfig(dictionary, lr=lr, batch_size=batch_size, n_tokens=n_tokens, seed=seed)
-        result = train(config, _Epochs(store, site, batch_size), out)
+        data = _Epochs(store, site, batch_size)
+        _train(data, store.width(site), site, out, kind, expansion, k, lr, batch_size, n_tokens, seed, as_json)
+
+
+@dict_app.command("train-live")
+def dict_train_live(
+    out: Annotated[Path, typer.Argument(help="Run folder (checkpoints; resumed if present).")],
+    site: Annotated[str, typer.Option("--site", "-s", help="The one site to read, e.g. resid_post.15.")],
+    model: ModelOpt = DEFAULT_MODEL,
+    corpus: Annotated[str, typer.Option(help="python-docs, a .txt/.jsonl file, or a HF dataset.")] = "python-docs",
+    ctx_len: int = 128,
+    kind: KindOpt = "topk",
+    expansion: int = 16,
+    k: int = 32,
+    lr: float = 1e-3,
+    batch_size: int = 1024,
+    n_tokens: int = 1_000_000,
+    seed: int = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a sparse dictionary on activations computed as it trains (no store on disk; resumable).
+
+    Each batch comes from the model's forward passes over the corpus (stopping after SITE), shuffled in a buffer;
+    a resumed run recomputes the batches it skips. For many epochs over one corpus, harvest a store instead.
+    """
+    from .store import LiveActivations
+
+    with user_errors():
+        m = open_model(model)
+        data = LiveActivations(m, site, batch_size, corpus=corpus, ctx_len=ctx_len, seed=seed)
+        d_in = m.resolve(site)[0].sizes[-1] or int(
+            m.run(data.contexts[:1, :2], cache=data.site).cache[data.site].shape[-1]
+        )
+        _train(data, d_in, data.site, out, kind, expansion, k, lr, batch_size, n_tokens, seed, as_json)
+
+
+def _train(data, d_in: int, site: str, out: Path, kind: str, expansion: int, k: int, lr: float, batch_size: int,
+           n_tokens: int, seed: int, as_json: bool) -> None:  # fmt: skip
+    """Train one dictionary on ``data`` (batches of ``site``) and report (rank 0 only under torchrun)."""
+    from .features import DictionaryConfig, TrainConfig, train
+
+    dictionary = DictionaryConfig(kind, d_in=d_in, d_sae=d_in * expansion, k=k, site=site)  # type: ignore[arg-type]
+    config = TrainConfig(dictionary, lr=lr, batch_size=batch_size, n_tokens=n_tokens, seed=seed)
+    result = train(config, data, out)
     last = result.history[-1]._asdict() if result.history else {}
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process trains; one reports
         _report({"run": str(out), "steps": result.steps, "tokens": result.tokens, "last": last}, as_json)

@@ -377,10 +377,23 @@ def all_inputs(vocab: Sequence[Any], max_len: int, limit: int, seed: int) -> lis
 # --- scorers and methods ------------------------------------------------------------------------------------------
 
 
+NUMERICALLY_ZERO = 1e-6
+"""Node scores below this fraction of a method's largest count as zero (ties) when ranked: the unused blocks of a
+compiled model output exact zeros, and a gradient estimate of 1e-12 on a block that matters should not outrank
+them by rounding (it would tell a user nothing)."""
+
+
 def _node_auroc(output: CircuitScores, organism: Any, method: str) -> Score | None:
-    """Node AUROC (``_scorers.node_auroc``); None when every candidate is in the circuit (``hist``: nothing to rank)."""
+    """Node AUROC (``_scorers.node_auroc``) with numerically-zero scores tied at zero.
+
+    None when every candidate is in the circuit (``hist``: nothing to rank).
+    """
     truth = organism.circuit
-    return node_auroc(output, organism, method) if set(truth.nodes) - truth.circuit else None
+    if not set(truth.nodes) - truth.circuit:
+        return None
+    top = max((abs(v) for v in output.nodes.values()), default=0.0)
+    nodes = {n: v if abs(v) > NUMERICALLY_ZERO * top else 0.0 for n, v in output.nodes.items()}
+    return node_auroc(CircuitScores(nodes, output.edges), organism, method)
 
 
 register_scorer("compiled", _node_auroc)
@@ -409,6 +422,33 @@ def zero_ablation(organism: Any, ctx: RunContext) -> CircuitScores:
 def mean_ablation(organism: Any, ctx: RunContext) -> CircuitScores:
     """Accuracy lost when each head or MLP output is replaced by its mean over inputs and positions."""
     return _ablation_scores(organism, "mean")
+
+
+@register_method(family="compiled")
+def attribution_patching(organism: Any, ctx: RunContext) -> CircuitScores:
+    """Attribution patching toward mean ablation: per input, |grad · (mean - activation)| summed over positions.
+
+    The first-order estimate (Nanda 2023; Syed et al. 2023) of how much replacing a head's or MLP's output by its
+    mean (over the inputs and positions of one length) moves the log-probability of the program's outputs (the
+    output itself for numerical programs), from one forward and backward pass per input length.
+    """
+    sites = list(organism.circuit.nodes)
+    totals, count = dict.fromkeys(sites, 0.0), 0
+    for tokens, expected in organism.groups():
+
+        def metric(r: Any, expected: Tensor = expected) -> Tensor:
+            out = r.logits[:, 1:]  # position 0 is BOS
+            if organism.numerical:
+                return out[..., 0].sum()
+            return out.log_softmax(-1).gather(-1, expected[:, 1:, None].long()).sum()
+
+        run = organism.model.run(tokens, cache=sites, grad_at=sites, grad_of=metric)
+        for site in sites:
+            act, grad = run.cache[site], run.grads[site]
+            effect = ((act.mean(dim=(0, 1), keepdim=True) - act) * grad).flatten(1).sum(1)  # per input
+            totals[site] += float(effect.abs().sum())
+        count += len(tokens)
+    return CircuitScores({site: total / count for site, total in totals.items()})
 
 
 @register_method(family="compiled", name="random", baseline=True)
