@@ -154,3 +154,28 @@ def test_gradients_follow_the_block_the_model_reads(blocks):
     # Same images, different models: each model's map sits on its own block, far above the 0.25 share.
     assert mass_in(mine, p.masks) > 0.4 and mass_in(twins, q.masks) > 0.4
     assert mass_in(mine, p.masks) > mass_in(mine, q.masks)
+
+
+def test_a_trojan_that_misses_a_threshold_is_retrained_longer_once(monkeypatch):
+    # Seeds that learn slowly get one deterministic retry with twice the epochs; a second miss is left to obtain().
+    from mechscope.attribution import SmallCNN
+    from mechscope.bench import _trojan
+
+    epochs: list[int] = []
+
+    def fake_train(cfg, seed, found, answer, target, poisoned):
+        epochs.append(cfg.epochs)
+        return SmallCNN(width=cfg.width).eval()
+
+    def fake_verify(self):
+        if self.cfg.epochs < 12:
+            raise bench.OrganismVerificationError("attack success too low")
+        return {"attack_success": 1.0}
+
+    monkeypatch.setattr(_trojan, "train_cnn", fake_train)
+    monkeypatch.setattr(_trojan.BuiltTrojan, "verify", fake_verify)
+    built = bench.TrojanBlend().build(seed=4)
+    assert epochs == [6, 6, 12, 12] and built.cfg.epochs == 12
+    epochs.clear()
+    monkeypatch.setattr(_trojan.BuiltTrojan, "verify", lambda self: _trojan.require("t", 0, {}, {"never": False}))
+    assert bench.TrojanPatch().build(seed=0).cfg.epochs == 12 and epochs == [6, 6, 12, 12]  # no third attempt

@@ -18,6 +18,7 @@ one of the 8 descriptions is right.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, ClassVar
@@ -32,7 +33,7 @@ from ..data.images import ImageSet, shapes
 from ..data.triggers import Trigger, TriggerKind, candidates
 from ..hooks._sites import module_sites
 from ..models import Model
-from ._organism import Built, Organism, require
+from ._organism import Built, Organism, OrganismVerificationError, require
 
 
 @dataclass(frozen=True)
@@ -161,11 +162,26 @@ class _Trojan(Organism):
     quick_seeds: ClassVar[tuple[int, ...] | None] = (0,)
     kind: ClassVar[TriggerKind]
 
+    retries: ClassVar[int] = 1
+    """Longer schedules tried when a build misses a threshold (each doubles the epochs): a few seeds learn the
+    trigger or the shapes slowly (seed 4 of blend and natural reach 0.80 attack success and 0.75 clean accuracy
+    in 6 epochs). Deterministic: the same seed takes the same path. Verification still decides in ``obtain``."""
+
     def build(self, seed: int) -> BuiltTrojan:
         found, answer, target = planted(self.kind, seed)
-        trojaned = train_cnn(self.cfg, seed, found, answer, target, poisoned=True)
-        twin = train_cnn(self.cfg, seed, found, answer, target, poisoned=False)
-        return self._built(seed, trojaned, twin)
+        cfg = self.cfg
+        for attempt in range(self.retries + 1):
+            trojaned = train_cnn(cfg, seed, found, answer, target, poisoned=True)
+            twin = train_cnn(cfg, seed, found, answer, target, poisoned=False)
+            built = self._built(seed, trojaned, twin, cfg)
+            if attempt == self.retries:
+                break
+            try:
+                built.verify()
+                break
+            except OrganismVerificationError:
+                cfg = dataclasses.replace(cfg, epochs=2 * cfg.epochs)
+        return built
 
     def load(self, seed: int, tensors: dict[str, Tensor]) -> BuiltTrojan:
         models = []
@@ -175,8 +191,8 @@ class _Trojan(Organism):
             models.append(module)
         return self._built(seed, *models)
 
-    def _built(self, seed: int, trojaned: nn.Module, twin: nn.Module) -> BuiltTrojan:
-        return BuiltTrojan(self.cfg, self.kind, seed, _wrap(trojaned, f"{self.name}-seed{seed}"),
+    def _built(self, seed: int, trojaned: nn.Module, twin: nn.Module, cfg: TrojanConfig | None = None) -> BuiltTrojan:
+        return BuiltTrojan(cfg or self.cfg, self.kind, seed, _wrap(trojaned, f"{self.name}-seed{seed}"),
                            _wrap(twin, f"{self.name}-twin-seed{seed}"), organism=self.name)  # fmt: skip
 
 
