@@ -130,3 +130,15 @@ def test_numerically_zero_scores_tie_with_unused_blocks(organism):
     scores = _tracr.CircuitScores(vanished)
     assert node_auroc(scores, organism, "raw").value == 1.0  # the plain scorer is fooled by rounding
     assert _tracr._node_auroc(scores, organism, "tied").value == 0.75  # ties count half: (2 + 0.5 + 0.5) / 4
+
+
+def test_edge_attribution_patching_is_exact_on_a_linear_path(organism):
+    # a1.h0 -> logits is the last head's only live path (the MLP after it is all zero), and the output is linear in
+    # it: the edge's estimate equals the node's, which equals real mean ablation (the test above).
+    edges = _tracr.edge_attribution_patching(organism, RunContext(0, True, None))
+    nodes = _tracr.attribution_patching(organism, RunContext(0, True, None))
+    assert set(edges.edges) == set(organism.circuit.edges)
+    assert edges.edges["a1.h0->logits"] == pytest.approx(nodes.nodes["blocks.1.attn.heads.0"], rel=1e-5)
+    assert edges.edges["a1.h0->logits"] > 0.1
+    assert all(v == 0.0 for e, v in edges.edges.items() if e.startswith(("a0.h0->", "m1->")))  # all-zero blocks
+    assert _tracr._edge_auroc(edges, organism, "eap").value > 0.5

@@ -396,8 +396,17 @@ def _node_auroc(output: CircuitScores, organism: Any, method: str) -> Score | No
     return node_auroc(CircuitScores(nodes, output.edges), organism, method)
 
 
+def _edge_auroc(output: CircuitScores, organism: Any, method: str) -> Score | None:
+    """Edge AUROC (``_scorers.edge_auroc``) with numerically-zero scores tied at zero, as for nodes."""
+    if output.edges is None:
+        return None
+    top = max((abs(v) for v in output.edges.values()), default=0.0)
+    edges = {e: v if abs(v) > NUMERICALLY_ZERO * top else 0.0 for e, v in output.edges.items()}
+    return edge_auroc(CircuitScores(output.nodes, edges), organism, method)
+
+
 register_scorer("compiled", _node_auroc)
-register_scorer("compiled", edge_auroc)
+register_scorer("compiled", _edge_auroc)
 
 
 def _ablation_scores(organism: BuiltCompiled, how: Literal["zero", "mean"]) -> CircuitScores:
@@ -424,6 +433,21 @@ def mean_ablation(organism: Any, ctx: RunContext) -> CircuitScores:
     return _ablation_scores(organism, "mean")
 
 
+def _log_prob(organism: BuiltCompiled, expected: Tensor) -> Callable[[Any], Tensor]:
+    """The metric the gradient methods differentiate.
+
+    Summed log-probability of the program's outputs (the output itself for numerical programs), BOS left out.
+    """
+
+    def metric(r: Any) -> Tensor:
+        out = r.logits[:, 1:]
+        if organism.numerical:
+            return out[..., 0].sum()
+        return out.log_softmax(-1).gather(-1, expected[:, 1:, None].long()).sum()
+
+    return metric
+
+
 @register_method(family="compiled")
 def attribution_patching(organism: Any, ctx: RunContext) -> CircuitScores:
     """Attribution patching toward mean ablation: per input, |grad · (mean - activation)| summed over positions.
@@ -435,20 +459,57 @@ def attribution_patching(organism: Any, ctx: RunContext) -> CircuitScores:
     sites = list(organism.circuit.nodes)
     totals, count = dict.fromkeys(sites, 0.0), 0
     for tokens, expected in organism.groups():
-
-        def metric(r: Any, expected: Tensor = expected) -> Tensor:
-            out = r.logits[:, 1:]  # position 0 is BOS
-            if organism.numerical:
-                return out[..., 0].sum()
-            return out.log_softmax(-1).gather(-1, expected[:, 1:, None].long()).sum()
-
-        run = organism.model.run(tokens, cache=sites, grad_at=sites, grad_of=metric)
+        run = organism.model.run(tokens, cache=sites, grad_at=sites, grad_of=_log_prob(organism, expected))
         for site in sites:
             act, grad = run.cache[site], run.grads[site]
             effect = ((act.mean(dim=(0, 1), keepdim=True) - act) * grad).flatten(1).sum(1)  # per input
             totals[site] += float(effect.abs().sum())
         count += len(tokens)
     return CircuitScores({site: total / count for site, total in totals.items()})
+
+
+def _receivers(module: CompiledTransformer) -> dict[str, tuple[str, nn.Linear]]:
+    """MIB receiver name -> (site of the linear map that reads the residual stream there, that map)."""
+    out: dict[str, tuple[str, nn.Linear]] = {}
+    for site, part in module.components().items():
+        node = edge_node(site)
+        if isinstance(part, Head):
+            out |= {f"{node}<{p}>": (f"{site}.{p}", getattr(part, p)) for p in ("q", "k", "v")}
+        else:
+            out[node] = (f"{site}.up", cast(MLP, part).up)
+    return out | {"logits": ("unembed", module.unembed)}
+
+
+@register_method(family="compiled")
+def edge_attribution_patching(organism: Any, ctx: RunContext) -> CircuitScores:
+    """EAP toward mean ablation (Syed et al. 2023): per edge and input, |Δsender · ∂metric/∂receiver input|.
+
+    ``Δsender`` is the sender's mean (over inputs and positions of one length) minus its output; the receiver's
+    input gradient is the gradient at its linear map's output times the map's weight (q, k, v of a head, the
+    MLP's first layer, the unembedding). A head's or MLP's node score sums its outgoing edges.
+    """
+    edges = list(organism.circuit.edges)
+    module = cast(CompiledTransformer, organism.module)
+    components = module.components()
+    senders = {edge_node(site): site for site in components}
+    receivers = _receivers(module)
+    totals, count = dict.fromkeys(edges, 0.0), 0
+    for tokens, expected in organism.groups():
+        grad_sites = [site for site, _ in receivers.values()]
+        run = organism.model.run(tokens, cache=["token_embed", "pos_embed", *components], grad_at=grad_sites,
+                                 grad_of=_log_prob(organism, expected))  # fmt: skip
+        acts = {node: run.cache[site] for node, site in senders.items()}
+        acts["input"] = run.cache["token_embed"] + run.cache["pos_embed"]  # [pos d] broadcasts over the batch
+        delta = {node: act.mean(dim=(0, 1), keepdim=True) - act for node, act in acts.items()}
+        grads = {name: run.grads[site] @ linear.weight for name, (site, linear) in receivers.items()}
+        for edge in edges:
+            sender, receiver = edge.split("->")
+            effect = (delta[sender] * grads[receiver]).flatten(1).sum(1)  # per input
+            totals[edge] += float(effect.abs().sum())
+        count += len(tokens)
+    edge_scores = {edge: total / count for edge, total in totals.items()}
+    nodes = {site: sum(v for e, v in edge_scores.items() if e.split("->")[0] == edge_node(site)) for site in components}
+    return CircuitScores(nodes, edge_scores)
 
 
 @register_method(family="compiled", name="random", baseline=True)
