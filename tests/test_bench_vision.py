@@ -179,3 +179,23 @@ def test_a_trojan_that_misses_a_threshold_is_retrained_longer_once(monkeypatch):
     epochs.clear()
     monkeypatch.setattr(_trojan.BuiltTrojan, "verify", lambda self: _trojan.require("t", 0, {}, {"never": False}))
     assert bench.TrojanPatch().build(seed=0).cfg.epochs == 12 and epochs == [6, 6, 12, 12]  # no third attempt
+
+
+def test_signal_blocks_that_miss_a_threshold_are_retrained_longer_once(monkeypatch):
+    from mechscope.attribution import SmallCNN
+    from mechscope.bench import _blocks
+
+    epochs: list[int] = []
+
+    def fake_train(cfg, seed, block):
+        epochs.append(cfg.epochs)
+        return SmallCNN(width=cfg.width).eval()
+
+    def fake_verify(self):
+        if self.cfg.epochs < 16:
+            raise bench.OrganismVerificationError("accuracy 0.8496 < 0.85")
+        return {"accuracy": 0.9}
+
+    monkeypatch.setattr(_blocks, "train_blocks", fake_train)
+    monkeypatch.setattr(_blocks.BuiltBlocks, "verify", fake_verify)
+    assert bench.SignalBlocks().build(seed=0).cfg.epochs == 16 and epochs == [8, 8, 16, 16]

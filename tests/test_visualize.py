@@ -114,25 +114,25 @@ def _offdiag(s):
     return float((s.sum() - s.diagonal().sum()) / (len(s) * (len(s) - 1)))
 
 
-def _pixel_similarity(images):
-    x = images.flatten(1)
-    x = F.normalize(x - x.mean(1, keepdim=True), dim=1)
-    return _offdiag(x @ x.T)
-
-
 def test_diversity_gives_distinct_images(org, rng):
-    base = vz.VisualizeConfig(steps=64, n=3, progress=False)
-    same = vz.visualize(org.model, "relu3:5", (1, 32, 32), input_range=rng, config=base)
-    diverse = vz.visualize(org.model, "relu3:5", (1, 32, 32), input_range=rng,
-                           config=vz.VisualizeConfig(steps=64, n=3, diversity=3.0, progress=False))  # fmt: skip
-    assert diverse.similarity < same.similarity - 0.3  # Gram-matrix cosine at the unit's site (what is penalised)
-    # ... and by measures the term never sees: pixels, and channel vectors one layer up.
-    assert _pixel_similarity(diverse.images) < _pixel_similarity(same.images) - 0.05
-    pooled = [F.normalize(_plain_values(org.model, "relu4", lambda o: o.mean((2, 3)), v.inputs), dim=1)
-              for v in (same, diverse)]  # fmt: skip
-    assert _offdiag(pooled[1] @ pooled[1].T) < _offdiag(pooled[0] @ pooled[0].T) - 0.2
-    data = _plain_values(org.model, "relu3", lambda o: o[:, 5].mean((1, 2)), org.test.images)
-    assert (diverse.values > data.mean() + 3 * data.std()).all()  # every facet still drives the unit
+    # Over every channel of relu3 (one trained model's units differ; a property of the method holds for most): the
+    # Gram penalty makes the facets distinct at the unit's site and one layer up (a measure it never sees), and
+    # every facet still drives its unit far above the data.
+    data = _plain_values(org.model, "relu3", lambda o: o.mean((2, 3)), org.test.images)  # [images channel]
+    good = []
+    for ch in range(data.shape[1]):
+        unit = f"relu3:{ch}"
+        same = vz.visualize(org.model, unit, (1, 32, 32), input_range=rng,
+                            config=vz.VisualizeConfig(steps=64, n=3, progress=False))  # fmt: skip
+        diverse = vz.visualize(org.model, unit, (1, 32, 32), input_range=rng,
+                               config=vz.VisualizeConfig(steps=64, n=3, diversity=1.0, progress=False))  # fmt: skip
+        pooled = [F.normalize(_plain_values(org.model, "relu4", lambda o: o.mean((2, 3)), v.inputs), dim=1)
+                  for v in (same, diverse)]  # fmt: skip
+        up = [_offdiag(p @ p.T) for p in pooled]
+        drives = bool((diverse.values > data[:, ch].mean() + 3 * data[:, ch].std()).all())
+        good.append(diverse.similarity < same.similarity - 0.2 and up[1] < up[0] - 0.2 and drives)
+        assert same.similarity > 0.9  # without the term the facets converge to one image
+    assert sum(good) >= data.shape[1] // 2, good
 
 
 def test_prototype_path_beats_activation_max(org, rng):

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ..attribution import SmallCNN
 from ..data.images import signal_blocks
 from ..models import Model
-from ._organism import Built, Organism, require
+from ._organism import Built, Organism, require, with_retries
 from ._trojan import _wrap, predict
 
 
@@ -175,10 +175,17 @@ class SignalBlocks(Organism):
     name: ClassVar[str] = "signal_blocks"
     family: ClassVar[str] = "attribution"
     quick_seeds: ClassVar[tuple[int, ...] | None] = (0,)
+    retries: ClassVar[int] = 1
+    """Longer schedules tried when a build misses a threshold (each doubles the epochs; see ``with_retries``):
+    in 8 epochs seed 0 cleared 0.85 held-out accuracy on one CPU and reached 0.8496 on another."""
 
     def build(self, seed: int) -> BuiltBlocks:
         block = seed % 4
-        return self._built(seed, train_blocks(self.cfg, seed, block), train_blocks(self.cfg, seed, 3 - block))
+
+        def train(cfg: BlocksConfig) -> BuiltBlocks:
+            return self._built(seed, train_blocks(cfg, seed, block), train_blocks(cfg, seed, 3 - block), cfg)
+
+        return with_retries(train, self.cfg, self.retries)  # type: ignore[return-value]
 
     def load(self, seed: int, tensors: dict[str, Tensor]) -> BuiltBlocks:
         models = []
@@ -188,8 +195,8 @@ class SignalBlocks(Organism):
             models.append(module.eval().requires_grad_(False))
         return self._built(seed, *models)
 
-    def _built(self, seed: int, model: nn.Module, twin: nn.Module) -> BuiltBlocks:
-        return BuiltBlocks(self.cfg, seed, _wrap(model, f"{self.name}-seed{seed}"),
+    def _built(self, seed: int, model: nn.Module, twin: nn.Module, cfg: BlocksConfig | None = None) -> BuiltBlocks:
+        return BuiltBlocks(cfg or self.cfg, seed, _wrap(model, f"{self.name}-seed{seed}"),
                            _wrap(twin, f"{self.name}-twin-seed{seed}"), organism=self.name)  # fmt: skip
 
 

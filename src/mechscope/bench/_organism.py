@@ -24,7 +24,7 @@ import hashlib
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -115,6 +115,26 @@ def require(organism: str, seed: int, numbers: Mapping[str, float], checks: Mapp
 def organism_dir(organism: Organism, seed: int) -> Path:
     """Cache folder of one seed of ``organism``."""
     return cache_dir("organisms", organism.key, f"seed{seed}")
+
+
+def with_retries(train: Callable[[Any], Built], cfg: Any, retries: int) -> Built:
+    """``train(cfg)``, retried with twice the epochs while its verification fails, ``retries`` times at most.
+
+    Training the same seed on another CPU takes another floating-point path (vector widths differ), so a build
+    that clears its thresholds on one machine can miss one by a hair on the next. A longer schedule is the
+    honest fix: deterministic on any one machine, and verification in ``obtain`` still decides. ``cfg`` must be
+    a dataclass with an ``epochs`` field.
+    """
+    for attempt in range(retries + 1):
+        built = train(cfg)
+        if attempt == retries:
+            break
+        try:
+            built.verify()
+            break
+        except OrganismVerificationError:
+            cfg = dataclasses.replace(cfg, epochs=2 * cfg.epochs)
+    return built
 
 
 def obtain(organism: Organism, seed: int, *, rebuild: bool = False) -> Built:

@@ -18,7 +18,6 @@ one of the 8 descriptions is right.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, ClassVar
@@ -33,7 +32,7 @@ from ..data.images import ImageSet, shapes
 from ..data.triggers import Trigger, TriggerKind, candidates
 from ..hooks._sites import module_sites
 from ..models import Model
-from ._organism import Built, Organism, OrganismVerificationError, require
+from ._organism import Built, Organism, require, with_retries
 
 
 @dataclass(frozen=True)
@@ -169,19 +168,13 @@ class _Trojan(Organism):
 
     def build(self, seed: int) -> BuiltTrojan:
         found, answer, target = planted(self.kind, seed)
-        cfg = self.cfg
-        for attempt in range(self.retries + 1):
+
+        def train(cfg: TrojanConfig) -> BuiltTrojan:
             trojaned = train_cnn(cfg, seed, found, answer, target, poisoned=True)
             twin = train_cnn(cfg, seed, found, answer, target, poisoned=False)
-            built = self._built(seed, trojaned, twin, cfg)
-            if attempt == self.retries:
-                break
-            try:
-                built.verify()
-                break
-            except OrganismVerificationError:
-                cfg = dataclasses.replace(cfg, epochs=2 * cfg.epochs)
-        return built
+            return self._built(seed, trojaned, twin, cfg)
+
+        return with_retries(train, self.cfg, self.retries)  # type: ignore[return-value]
 
     def load(self, seed: int, tensors: dict[str, Tensor]) -> BuiltTrojan:
         models = []

@@ -52,7 +52,7 @@ def feature_section(org: Any, out: Path, *, steps: int = 128, seed: int = 0) -> 
     shape, rng = tuple(images.shape[1:]), InputRange.of(images)
     channel = int(model.module.head.weight[0].argmax())
     unit = f"features:{channel}"
-    cfg = VisualizeConfig(steps=steps, n=3, diversity=3.0, seed=seed, progress=False)
+    cfg = VisualizeConfig(steps=steps, n=3, diversity=1.0, seed=seed, progress=False)
     vis = visualize(model, unit, shape, input_range=rng, config=cfg)
     pixel = visualize(
         model,
