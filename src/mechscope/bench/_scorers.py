@@ -169,15 +169,21 @@ def _features_chance(out: DictionaryOutput, data: SyntheticData) -> _Recovered:
 
 
 def features_scores(output: DictionaryOutput | Dictionary, organism: Any, method: str) -> list[Score]:
-    """MMCS, F1 and absorption of a dictionary against ``organism.data``, each with its random-dictionary chance."""
+    """MMCS, F1 and absorption of a dictionary against ``organism.data``, each with its random-dictionary chance.
+
+    Absorption is scored only where the truth has a parent/child hierarchy; without one every dictionary scores
+    0 and the row would say nothing.
+    """
     data: SyntheticData = organism.data
     out = _as_output(output, data)
     got, chance = _recover(out, data), _features_chance(out, data)
-    return [
+    scores = [
         _score(organism, method, "mmcs", got.mmcs, chance.mmcs),
         _score(organism, method, "f1", got.f1, chance.f1),
-        _score(organism, method, "absorption", got.absorption, chance.absorption, higher=False),
     ]
+    if data.hierarchy:
+        scores.append(_score(organism, method, "absorption", got.absorption, chance.absorption, higher=False))
+    return scores
 
 
 # --- frequencies and descriptions --------------------------------------------------------------------------------
