@@ -144,3 +144,42 @@ def test_cli_dict_train_under_torchrun_reports_once_and_matches_one_process(tmp_
     assert proc.stderr.count("done") == 1
     assert CliRunner().invoke(app, [*args[:3], str(single), *args[3:]]).exit_code == 0
     _assert_close(load_file(run / "sae.safetensors"), load_file(single / "sae.safetensors"))
+
+
+def _live(corpus: str):
+    from mechscope import tiny
+    from mechscope.store import LiveActivations
+
+    live = LiveActivations(tiny("llama", seed=0), "resid_post.1", 64, corpus=corpus, ctx_len=32, buffer_contexts=7)
+    forwarded: list[int] = []
+    run = live._forward
+    live._forward = lambda contexts: (forwarded.append(len(contexts)), run(contexts))[1]  # type: ignore[method-assign]
+    cfg = TrainConfig(DictionaryConfig("topk", d_in=64, d_sae=128, k=4), batch_size=64, n_tokens=64 * 20)
+    return live, cfg, forwarded
+
+
+def _live_worker(rank: int, init_file: str, root: str, corpus: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    live, cfg, forwarded = _live(corpus)
+    mf.train(cfg, live, Path(root) / "run", progress=False)
+    (Path(root) / f"forwarded{rank}.json").write_text(json.dumps(forwarded))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_on_the_fly_training_shares_the_forward_passes_and_matches_one_process(tmp_path):
+    from pydoc_data.topics import topics
+
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"text": topics[k][:1000]}) + "\n" for k in sorted(topics)[:4]))
+    mp.start_processes(_live_worker, args=(str(tmp_path / "rendezvous"), str(tmp_path), str(corpus)), nprocs=WORLD,
+                       start_method="spawn")  # fmt: skip
+    torch.set_num_threads(1)
+    live, cfg, forwarded = _live(str(corpus))
+    mf.train(cfg, live, tmp_path / "single", progress=False)
+    _assert_close(load_file(tmp_path / "run" / "sae.safetensors"), load_file(tmp_path / "single" / "sae.safetensors"))
+    # Buffers of 7 contexts: one process runs all 7, each of two runs 4 (contexts 0, 2, 4, 6 / 1, 3, 5 + 1 pad).
+    shares = [json.loads((tmp_path / f"forwarded{r}.json").read_text()) for r in range(WORLD)]
+    assert set(forwarded) == {7} and set(shares[0]) == set(shares[1]) == {4}
+    assert len(shares[0]) == len(shares[1]) == len(forwarded)

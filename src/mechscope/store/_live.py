@@ -5,7 +5,8 @@ corpus's contexts (cut by ``token_contexts``, as ``harvest`` cuts them) in an or
 epoch, runs the model over ``contexts_per_forward`` of them at a time (stopping after the site), and shuffles
 the rows of ``buffer_contexts`` contexts together before serving them. Everything is a pure function of the
 arguments, so ``features.train`` can resume from it: a resumed run recomputes and skips the batches it already
-consumed (which costs their forward passes; harvest a store when training for many epochs).
+consumed (which costs their forward passes; harvest a store when training for many epochs). Under ``torchrun``
+each process runs the forward passes of its share of the contexts and receives the others' rows.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechscope.data.corpus import load_corpus, token_contexts
+from mechscope.features._distributed import all_gather, rank_world, world_group
 
 
 class LiveActivations:
@@ -72,16 +74,37 @@ class LiveActivations:
                 yield from rows[:n_full].split(self.batch_size)
                 carry = rows[n_full:]
 
-    @torch.no_grad()
     def _rows(self, contexts: Tensor) -> Float[Tensor, "rows d"]:
-        """The site's activations over ``contexts`` as float32 rows (BOS positions left out with skip_bos)."""
-        device = next(self.model.module.parameters()).device
+        """The site's activations over ``contexts`` as float32 rows (BOS positions left out with skip_bos).
+
+        Under ``torchrun`` the forward passes are shared: rank ``r`` runs contexts ``r, r + N, ...`` and every
+        rank receives all rows, in the order one process would compute them (``train`` then gives each rank its
+        block of every batch).
+        """
+        rank, world = rank_world()
+        if world == 1:
+            return self._forward(contexts)
+        n, m = len(contexts), -(-len(contexts) // world)  # m: contexts per rank, the last ones padded
+        mine = contexts[rank::world]
+        mine = torch.cat([mine, contexts[:1].expand(m - len(mine), -1)])
+        rows = self._forward(mine)
+        rows = rows.view(m, -1, rows.shape[-1]).to(self._device())  # [m pos d] (NCCL gathers on the GPU)
+        every = all_gather(rows, world_group()).cpu().view(world, m, *rows.shape[1:])  # [rank m pos d]
+        i = torch.arange(n)
+        return every[i % world, i // world].reshape(-1, rows.shape[-1])  # context i came from rank i % world
+
+    @torch.no_grad()
+    def _forward(self, contexts: Tensor) -> Float[Tensor, "rows d"]:
+        device = self._device()
         parts = []
         for chunk in contexts.split(self.per_forward):
             acts = self.model.run(chunk.to(device), cache=self.site, logits=False).cache[self.site]
             acts = acts[:, int(self.skip_bos) :]  # [batch pos ...]
             parts.append(acts.reshape(-1, acts[0, 0].numel()).float().cpu())  # [batch*pos d]
         return torch.cat(parts)
+
+    def _device(self) -> torch.device:
+        return next(self.model.module.parameters()).device
 
 
 def _seed(*parts: object) -> int:
