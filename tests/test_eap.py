@@ -313,7 +313,9 @@ def test_full_graph_is_the_clean_run_and_empty_graph_the_corrupt_run(family):
     g = Graph.of(model.cfg)
     full, empty, (again_full, again_empty) = circuit_metrics(model, task, [Circuit.full(g), Circuit.empty(g)],
                                                              progress=False)  # fmt: skip
-    assert full == c.run(model, c.clean)[0]  # no receiver touched: the plain clean run, bit for bit
+    # No receiver touched: the plain clean run, up to the float rounding of a larger batch (several circuits share
+    # a pass; bitwise equal with AVX-512 kernels, 1e-6 relative with AVX2's).
+    assert full == pytest.approx(c.run(model, c.clean)[0], rel=1e-5, abs=1e-7)
     assert empty == pytest.approx(c.run(model, c.corrupt)[0], abs=1e-5)
     assert (again_full, again_empty) == (full, empty)
     ends = faithfulness(model, task, [Circuit.full(g), Circuit.empty(g)], progress=False)
