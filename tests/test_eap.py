@@ -356,6 +356,9 @@ def test_faithfulness_curve_and_areas(llama, tmp_path):
     assert curve.cmd == pytest.approx(area_from_one(SIZES, curve.faithfulness))
     payload = json.loads(json.dumps(curve.to_dict()))
     assert payload["cpr"] == curve.cpr and len(payload["random_mean"]) == len(SIZES)
+    first = next(i for i, v in enumerate(f) if v >= 0.8)  # the full graph (1.0) always qualifies
+    assert curve.smallest_faithful(0.8) == (SIZES[first], curve.n_edges[first])
+    assert curve.smallest_faithful(2.0) is None and "no circuit" in curve.reach(2.0)
     curve.plot(tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 1000
 

@@ -240,6 +240,6 @@ def show_demo(result: DemoResult, console: Console) -> None:
     c = a.curve
     console.print(f"EAP-IG ({a.scores.steps} steps) circuit of {a.circuit.n_edges} edges: faithfulness "
                   f"{a.circuit_faithfulness:.2f}; curve CPR {c.cpr:.3f} (random {c.random_cpr:.3f}), CMD {c.cmd:.3f} "
-                  f"(random {c.random_cmd:.3f})")  # fmt: skip
+                  f"(random {c.random_cmd:.3f}); {c.reach()}")  # fmt: skip
     console.print(f"Saved {escape(str(result.report))}, {escape(str(result.summary))} and the plots "
                   f"({result.seconds:.0f} s)")  # fmt: skip

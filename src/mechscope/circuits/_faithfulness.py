@@ -91,6 +91,20 @@ class FaithfulnessCurve:
         """Faithfulness at one of the curve's sizes."""
         return self.faithfulness[self.sizes.index(size)]
 
+    def smallest_faithful(self, at_least: float = 0.8) -> tuple[float, int] | None:
+        """``(size, n_edges)`` of the smallest circuit on the curve whose faithfulness reaches ``at_least``."""
+        for size, n, f in zip(self.sizes, self.n_edges, self.faithfulness, strict=True):
+            if f >= at_least:
+                return size, n
+        return None
+
+    def reach(self, at_least: float = 0.8) -> str:
+        """One sentence: where the curve first reaches ``at_least``, for reports."""
+        hit = self.smallest_faithful(at_least)
+        if hit is None:
+            return f"no circuit on the curve reaches faithfulness {at_least:g}"
+        return f"the curve first reaches faithfulness {at_least:g} at {100 * hit[0]:g} % of edges ({hit[1]:,} edges)"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "sizes": list(self.sizes),

@@ -280,7 +280,8 @@ def _circuit_html(a: CircuitAnalysis, out: Path, files: dict[str, Path]) -> str:
         f"q/k/v inputs, each MLP and the logits) in {a.scores.seconds:.1f} s. Completeness (input edges' scores "
         f"over the clean-corrupt change): {a.scores.completeness:.2f}. The circuit below keeps the "
         f"{a.circuit.n_edges} highest-|score| edges ({len(a.circuit.nodes())} nodes) and has faithfulness "
-        f"{a.circuit_faithfulness:.2f} (next section); it is written as <code>circuit.json</code>, "
+        f"{a.circuit_faithfulness:.2f} (next section: {a.curve.reach()}; a circuit small enough to draw "
+        f"is for reading, not a claim that it carries the behaviour); it is written as <code>circuit.json</code>, "
         f"<code>circuit.dot</code> and {svg}.</p>"
         + figure_html(drawing, "circuit drawing")
         + table_html(["edge", "score"], a.scores.top_edges(15))
