@@ -101,7 +101,7 @@ def visualize(
     steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 256,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 0.05,
     n: Annotated[int, typer.Option("--n", help="Images per unit (distinct facets with --diversity).")] = 1,
-    diversity: Annotated[float, typer.Option(help="Weight of the Gram-matrix diversity term.")] = 0.0,
+    diversity: Annotated[float, typer.Option(help="Weight of the Gram-matrix diversity term (try 1).")] = 0.0,
     transforms: Annotated[bool, typer.Option("--transforms/--no-transforms", help="Jitter, scale, rotate.")] = True,
     seed: int = 0,
     exemplars: Annotated[int, typer.Option(help="Top-K dataset exemplars (0: none).")] = 8,

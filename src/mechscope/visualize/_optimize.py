@@ -40,8 +40,9 @@ class VisualizeConfig:
     n: int = 1
     """Images optimised together (several facets when ``diversity > 0``)."""
     diversity: float = 0.0
-    """Weight of the Gram-matrix diversity penalty (the objective is divided by its size on the initial images, so
-    weights mean the same for every unit)."""
+    """Weight of the Gram-matrix diversity penalty. Each image's objective is divided by its current size, so a
+    weight means the same for every unit; 1 gives distinct facets for about half of a CNN's channels, and higher
+    weights start trading a facet's activation away (docs/visualize.md)."""
     diversity_site: str | None = None
     """Site whose Gram matrices are compared (default: the objective's first site)."""
     transforms: Transforms = field(default_factory=Transforms)
