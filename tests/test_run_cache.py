@@ -56,6 +56,20 @@ def test_residual_identities(tiny):
             assert torch.equal(pre, c[f"resid_post.{layer - 1}"])
 
 
+def test_ln1_is_the_first_norm_of_resid_pre_and_what_attention_reads(tiny):
+    out = tiny.run(PROMPTS[0], cache=["resid_pre.*", "ln1.*"])
+    for layer in range(tiny.cfg.n_layers):
+        norm = tiny.module.get_submodule(tiny.resolve(f"ln1.{layer}")[0].module)
+        with torch.no_grad():
+            assert torch.equal(out.cache[f"ln1.{layer}"], norm(out.cache[f"resid_pre.{layer}"]))
+    # Writing it changes what attention reads, and nothing upstream.
+    with tiny.intervene(ms.Ablate("ln1.1", "zero")):
+        edited = tiny.run(PROMPTS[0], cache=["resid_pre.1", "attn_out.1"])
+    assert torch.equal(edited.cache["resid_pre.1"], out.cache["resid_pre.1"])
+    clean = tiny.run(PROMPTS[0], cache=["attn_out.1"]).cache["attn_out.1"]
+    assert not torch.allclose(edited.cache["attn_out.1"], clean)
+
+
 def test_head_z_through_output_projection_sums_to_attn_out(tiny):
     if tiny.cfg is None or tiny.name.startswith("tiny-gemma2"):
         pytest.skip("Gemma 2 normalises attention output after the projection")

@@ -155,6 +155,8 @@ def _layer_sites(f: Family, c: ModelConfig, layer: int) -> list[Site]:
     sites = [
         Site(f"resid_pre.{layer}", block, "in", axes=res, sizes=res_sizes, meaning="residual stream into the block",
              order=o + 1),
+        Site(f"ln1.{layer}", f"{block}.{f.ln1}", "out", axes=res, sizes=res_sizes,
+             meaning="normalised residual stream that attention reads (the block's first norm)", order=o + 1.5),
     ]  # fmt: skip
     qkv_views = _qkv_views(f, c)
     for part, (module, view) in zip("qkv", qkv_views, strict=True):
