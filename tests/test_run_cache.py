@@ -56,12 +56,13 @@ def test_residual_identities(tiny):
             assert torch.equal(pre, c[f"resid_post.{layer - 1}"])
 
 
-def test_ln1_is_the_first_norm_of_resid_pre_and_what_attention_reads(tiny):
-    out = tiny.run(PROMPTS[0], cache=["resid_pre.*", "ln1.*"])
+def test_norm_sites_are_the_norms_of_the_residual_each_branch_reads(tiny):
+    out = tiny.run(PROMPTS[0], cache=["resid_*", "ln1.*", "ln2.*"])
     for layer in range(tiny.cfg.n_layers):
-        norm = tiny.module.get_submodule(tiny.resolve(f"ln1.{layer}")[0].module)
-        with torch.no_grad():
-            assert torch.equal(out.cache[f"ln1.{layer}"], norm(out.cache[f"resid_pre.{layer}"]))
+        for site, reads in (("ln1", "resid_pre"), ("ln2", "resid_pre" if tiny.cfg.parallel else "resid_mid")):
+            norm = tiny.module.get_submodule(tiny.resolve(f"{site}.{layer}")[0].module)
+            with torch.no_grad():
+                assert torch.equal(out.cache[f"{site}.{layer}"], norm(out.cache[f"{reads}.{layer}"])), (site, layer)
     # Writing it changes what attention reads, and nothing upstream.
     with tiny.intervene(ms.Ablate("ln1.1", "zero")):
         edited = tiny.run(PROMPTS[0], cache=["resid_pre.1", "attn_out.1"])

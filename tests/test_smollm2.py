@@ -34,7 +34,7 @@ def test_caching_everything_is_bitwise_plain(smol):
     names = [s.name for s in smol.resolve("*") if s.writable]
     out = smol.run(PROMPTS, cache=names)
     assert torch.equal(out.logits, plain)
-    assert len(out.cache) == len(names) == 1 + 30 * 11 + 2  # every site but the read-only patterns
+    assert len(out.cache) == len(names) == 1 + 30 * 12 + 2  # every site but the read-only patterns
 
 
 def test_patterns_match_output_attentions(smol):

@@ -178,6 +178,8 @@ def _layer_sites(f: Family, c: ModelConfig, layer: int) -> list[Site]:
                           meaning="residual stream between attention and MLP (resid_pre + attn_out)", order=o + 6,
                           residual_from=f"{block}.{f.ln1}"))  # fmt: skip
     sites += [
+        Site(f"ln2.{layer}", f"{block}.{f.ln2}", "out", axes=res, sizes=res_sizes,
+             meaning="normalised residual stream that the MLP reads (the norm in front of the MLP)", order=o + 6.5),
         Site(f"mlp.{layer}.post", f"{block}.{f.mlp_down}", "in", axes=("batch", "pos", "d_mlp"),
              sizes=(None, None, c.d_mlp), meaning="MLP neuron activations (input of the down projection)",
              order=o + 7),

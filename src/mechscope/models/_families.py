@@ -40,6 +40,8 @@ class Family:
     """The MLP's output projection; its input is the neuron activations (``mlp.L.post``)."""
     ln1: str
     """The block's first norm; its input is the residual stream after any edits to ``resid_pre``."""
+    ln2: str
+    """The norm in front of the MLP (its output is the ``ln2`` site)."""
     parallel_attr: str | None = None
     """Config attribute that, when true, makes attention and MLP read the same residual (no ``resid_mid``)."""
 
@@ -57,6 +59,7 @@ _LLAMA = Family(
     qkv_layout="separate",
     mlp_down="mlp.down_proj",
     ln1="input_layernorm",
+    ln2="post_attention_layernorm",
 )
 
 # Gemma 2 normalises each branch's output before adding it to the residual stream.
@@ -65,6 +68,7 @@ _GEMMA2 = Family(
         **_LLAMA.__dict__,
         "attn_out": "post_attention_layernorm",
         "mlp_out": "post_feedforward_layernorm",
+        "ln2": "pre_feedforward_layernorm",
     }
 )
 
@@ -81,6 +85,7 @@ _GPT2 = Family(
     qkv_layout="concat",
     mlp_down="mlp.c_proj",
     ln1="ln_1",
+    ln2="ln_2",
 )
 
 _GPT_NEOX = Family(
@@ -96,6 +101,7 @@ _GPT_NEOX = Family(
     qkv_layout="interleaved",
     mlp_down="mlp.dense_4h_to_h",
     ln1="input_layernorm",
+    ln2="post_attention_layernorm",
     parallel_attr="use_parallel_residual",
 )
 
