@@ -22,3 +22,15 @@ def tiny(request, tiny_models) -> ms.Model:
 @pytest.fixture(scope="session")
 def smol() -> ms.Model:
     return ms.load("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def organism_cache(tmp_path_factory):
+    """A fresh organism cache for one test module (its organisms are built once and shared by its tests).
+
+    Bench modules opt in with ``pytestmark = pytest.mark.usefixtures("organism_cache")``; the built-in model's
+    cache stays where it is.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MECHSCOPE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield

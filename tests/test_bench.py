@@ -14,12 +14,7 @@ from mechscope.bench._registry import RunContext
 ALL_CHEAP = ["modular_addition", "superposition", "synthetic_features", "numeric_functions"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def organism_cache(tmp_path_factory):
-    """Every organism of this module lives in a fresh cache (built once, shared by the tests)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MECHSCOPE_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
+pytestmark = pytest.mark.usefixtures("organism_cache")  # a fresh organism cache (conftest.py)
 
 
 @pytest.fixture(scope="module")

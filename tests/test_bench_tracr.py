@@ -19,11 +19,7 @@ from mechscope.bench._scorers import node_auroc
 SMALL = bench.TracrFracPrevs(bench.TracrConfig("frac_prevs", max_seq_len=3))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def organism_cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MECHSCOPE_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
+pytestmark = pytest.mark.usefixtures("organism_cache")  # a fresh organism cache (conftest.py)
 
 
 @pytest.fixture(scope="module")

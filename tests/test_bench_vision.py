@@ -10,13 +10,7 @@ from mechscope.bench._registry import RunContext
 from mechscope.bench._vision_scorers import mass_in, pick, top_k_precision
 from mechscope.data.triggers import KINDS, candidates
 
-
-@pytest.fixture(scope="module", autouse=True)
-def organism_cache(tmp_path_factory):
-    """Every organism of this module lives in a fresh cache (built once, shared by the tests)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MECHSCOPE_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
+pytestmark = pytest.mark.usefixtures("organism_cache")  # a fresh organism cache (conftest.py)
 
 
 @pytest.fixture(scope="module")
