@@ -279,7 +279,7 @@ def test_harness_scores_circuit_methods_on_the_induction_organism(induction, tmp
     ap = rows["node_auroc", "attribution_patching_heads"]
     assert ap.mean > ap.chance
     assert rows["node_auroc", "oracle"].mean == 1.0 and rows["edge_auroc", "oracle"].mean == 1.0
-    assert rows["edge_auroc", "edge_attribution_patching"].mean > 0.9
+    assert rows["edge_auroc", "edge_attribution_patching"].mean > 0.85  # 0.93-0.97 across CPUs; chance 0.5
     assert rows["node_auroc", "acdc_nodes"].mean == 1.0
     # MIB's areas: random circuits at chance, EAP-IG's circuits carry the behaviour (measured CPR 0.92, CMD 0.08).
     cpr, cmd = rows["cpr", "edge_attribution_patching_ig"], rows["cmd", "edge_attribution_patching_ig"]
