@@ -138,3 +138,17 @@ def test_edge_attribution_patching_is_exact_on_a_linear_path(organism):
     assert edges.edges["a1.h0->logits"] > 0.1
     assert all(v == 0.0 for e, v in edges.edges.items() if e.startswith(("a0.h0->", "m1->")))  # all-zero blocks
     assert _tracr._edge_auroc(edges, organism, "eap").value > 0.5
+
+
+def test_edge_attribution_patching_ig_sees_what_flat_gradients_hide(organism):
+    ctx = RunContext(0, True, None)
+    eap = _tracr.edge_attribution_patching(organism, ctx)
+    ig = _tracr.edge_attribution_patching_ig(organism, ctx)
+    assert set(ig.edges) == set(eap.edges)
+    # The output is linear in a1.h0's contribution, so the gradient is the same everywhere on the path.
+    assert ig.edges["a1.h0->logits"] == pytest.approx(eap.edges["a1.h0->logits"], rel=1e-6)
+    # The last head's key edge is in the circuit, but its softmax is flat at the real inputs: EAP sees ~0 there,
+    # and the path from the mean input crosses the region where the keys matter.
+    assert "input->a1.h0<k>" in organism.circuit.circuit_edges
+    assert eap.edges["input->a1.h0<k>"] < 1e-4 and ig.edges["input->a1.h0<k>"] > 1e-3
+    assert _tracr._edge_auroc(ig, organism, "ig").value >= _tracr._edge_auroc(eap, organism, "eap").value

@@ -35,7 +35,7 @@ from einops import einsum
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from ..hooks._interventions import Ablate, Intervention
+from ..hooks._interventions import Ablate, Intervention, Patch
 from ..models._load import wrap
 from ..models._model import Model
 from ._organism import Built, Organism, require
@@ -488,20 +488,55 @@ def edge_attribution_patching(organism: Any, ctx: RunContext) -> CircuitScores:
     input gradient is the gradient at its linear map's output times the map's weight (q, k, v of a head, the
     MLP's first layer, the unembedding). A head's or MLP's node score sums its outgoing edges.
     """
+    return _edge_scores(organism, steps=0)
+
+
+IG_STEPS = 8
+"""Integration steps of the compiled programs' EAP-IG."""
+
+
+@register_method(family="compiled")
+def edge_attribution_patching_ig(organism: Any, ctx: RunContext) -> CircuitScores:
+    """EAP-IG toward mean ablation (Hanna et al. 2024): gradients averaged along a path of inputs.
+
+    EAP with each receiver's gradient averaged over inputs on the straight line from the mean input (token +
+    position embedding, averaged over inputs and positions of one length) to the real one, at the midpoints of
+    ``IG_STEPS`` intervals. Where tracr's MLPs are flat at the real input (attribution patching's failure), the
+    path can cross their thresholds.
+    """
+    return _edge_scores(organism, steps=IG_STEPS)
+
+
+def _edge_scores(organism: Any, steps: int) -> CircuitScores:
+    """Edge scores of EAP (``steps=0``: gradients at the real input) or EAP-IG (gradients averaged on the path)."""
     edges = list(organism.circuit.edges)
     module = cast(CompiledTransformer, organism.module)
     components = module.components()
     senders = {edge_node(site): site for site in components}
     receivers = _receivers(module)
+    grad_sites = [site for site, _ in receivers.values()]
     totals, count = dict.fromkeys(edges, 0.0), 0
     for tokens, expected in organism.groups():
-        grad_sites = [site for site, _ in receivers.values()]
-        run = organism.model.run(tokens, cache=["token_embed", "pos_embed", *components], grad_at=grad_sites,
-                                 grad_of=_log_prob(organism, expected))  # fmt: skip
+        metric = _log_prob(organism, expected)
+        at_input = steps == 0  # plain EAP: the gradients of this run
+        grad_at, grad_of = (grad_sites, metric) if at_input else (None, None)
+        run = organism.model.run(tokens, cache=["token_embed", "pos_embed", *components], grad_at=grad_at,
+                                 grad_of=grad_of)  # fmt: skip
         acts = {node: run.cache[site] for node, site in senders.items()}
         acts["input"] = run.cache["token_embed"] + run.cache["pos_embed"]  # [pos d] broadcasts over the batch
         delta = {node: act.mean(dim=(0, 1), keepdim=True) - act for node, act in acts.items()}
-        grads = {name: run.grads[site] @ linear.weight for name, (site, linear) in receivers.items()}
+        if at_input:
+            at = run.grads
+        else:
+            inputs, pos = acts["input"].expand_as(run.cache["token_embed"]), run.cache["pos_embed"]
+            at = dict.fromkeys(grad_sites, 0.0)
+            for k in range(steps):
+                alpha = (k + 0.5) / steps
+                point = inputs + (alpha - 1) * delta["input"]  # mean + alpha * (input - mean)
+                with organism.model.intervene(Patch("token_embed", point - pos)):
+                    step = organism.model.run(tokens, grad_at=grad_sites, grad_of=metric)
+                at = {site: at[site] + step.grads[site] / steps for site in grad_sites}
+        grads = {name: at[site] @ linear.weight for name, (site, linear) in receivers.items()}
         for edge in edges:
             sender, receiver = edge.split("->")
             effect = (delta[sender] * grads[receiver]).flatten(1).sum(1)  # per input
