@@ -15,6 +15,7 @@ from mechscope import bench
 from mechscope.bench import _tracr
 from mechscope.bench._registry import RunContext
 from mechscope.bench._scorers import node_auroc
+from mechscope.hooks._interventions import Patch
 
 SMALL = bench.TracrFracPrevs(bench.TracrConfig("frac_prevs", max_seq_len=3))
 
@@ -152,3 +153,21 @@ def test_edge_attribution_patching_ig_sees_what_flat_gradients_hide(organism):
     assert "input->a1.h0<k>" in organism.circuit.circuit_edges
     assert eap.edges["input->a1.h0<k>"] < 1e-4 and ig.edges["input->a1.h0<k>"] > 1e-3
     assert _tracr._edge_auroc(ig, organism, "ig").value >= _tracr._edge_auroc(eap, organism, "eap").value
+
+
+def test_edge_attribution_patching_ig_walks_from_the_mean_input_to_the_real_one(organism, monkeypatch):
+    patched = []
+
+    def spy(site, value, **kwargs):
+        patched.append(value)
+        return Patch(site, value, **kwargs)
+
+    monkeypatch.setattr(_tracr, "Patch", spy)
+    _tracr.edge_attribution_patching_ig(organism, RunContext(0, True, None))
+    tokens, _ = organism.groups()[0]
+    run = organism.model.run(tokens, cache=["token_embed", "pos_embed"])
+    x = run.cache["token_embed"] + run.cache["pos_embed"]  # the real input
+    mean = x.mean(dim=(0, 1), keepdim=True)
+    for k, value in enumerate(patched[: _tracr.IG_STEPS]):  # the first length's path, midpoints of the steps
+        alpha = (k + 0.5) / _tracr.IG_STEPS
+        torch.testing.assert_close(value + run.cache["pos_embed"], mean + alpha * (x - mean))

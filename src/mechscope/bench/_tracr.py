@@ -532,7 +532,7 @@ def _edge_scores(organism: Any, steps: int) -> CircuitScores:
             at = dict.fromkeys(grad_sites, 0.0)
             for k in range(steps):
                 alpha = (k + 0.5) / steps
-                point = inputs + (alpha - 1) * delta["input"]  # mean + alpha * (input - mean)
+                point = inputs + (1 - alpha) * delta["input"]  # input + (1 - alpha)(mean - input)
                 with organism.model.intervene(Patch("token_embed", point - pos)):
                     step = organism.model.run(tokens, grad_at=grad_sites, grad_of=metric)
                 at = {site: at[site] + step.grads[site] / steps for site in grad_sites}
