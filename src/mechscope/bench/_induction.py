@@ -204,10 +204,9 @@ class BuiltInduction(Built):
     def _circuit_faithfulness(self) -> float:
         """Faithfulness of the true edges on ``task``: every other edge carries its corrupt value."""
         truth = self.circuit
-        keep = torch.tensor([e in truth.circuit_edges for e in truth.edges])
-        graph = Graph.of(self.model.cfg) if self.model.cfg is not None else None
-        assert graph is not None
-        return faithfulness(self.model, self.task, Circuit(graph, keep), progress=False)[0]
+        keep = torch.tensor([e in truth.circuit_edges for e in truth.edges])  # truth.edges is the graph's order
+        assert self.model.cfg is not None
+        return faithfulness(self.model, self.task, Circuit(Graph.of(self.model.cfg), keep), progress=False)[0]
 
 
 _ABLATIONS = (("circuit", "circuit"), ("prev-head", "prev_head"), ("induction-head", "induction_head"),

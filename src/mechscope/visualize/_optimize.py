@@ -144,7 +144,7 @@ def _step(model: Model, objective: Objective, param: Any, opt: torch.optim.Optim
     value = objective(acts)
     # Each image's objective in units of its current size (never below the objective's size on the initial
     # images): a step raises every image's value by about the same fraction, whatever the unit's scale, so a
-    # diversity weight or a penalty means the same for every unit, and no facet is traded away for diversity.
+    # diversity weight or a penalty means the same for every unit.
     loss = -(value / value.detach().abs().clamp(min=scale)).mean()
     if config.diversity and config.n > 1:
         loss = loss + config.diversity * _offdiag(gram_cosine(acts[div_site]))
