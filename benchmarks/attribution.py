@@ -70,7 +70,7 @@ def cpu_time(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def organism_batch(n: int = 32):
-    from mechscope.attribution import vision_organism
+    from mechscope.organisms import vision_organism
 
     org = vision_organism("shapes-cnn")
     return org, org.test.images[:n], org.test.labels[:n]

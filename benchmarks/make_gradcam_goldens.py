@@ -6,7 +6,7 @@ against::
 
     .venv-gradcam/bin/python benchmarks/make_gradcam_goldens.py
 
-The models are :func:`mechscope.attribution._organisms.numpy_seeded` (a small CNN and a small ViT whose every
+The models are :func:`mechscope.organisms._vision.numpy_seeded` (a small CNN and a small ViT whose every
 weight numpy draws from a seed), so the test rebuilds the very same bytes under any torch version; the file records
 their sha256 and the test fails loudly if its rebuild differs. Inputs (procedural shapes, stored as float16 and used
 as such on both sides) and the peer's maps (``grayscale_cam``: ReLU, min-max scaled per image, resized to 32 x 32)
@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mechscope.attribution._organisms import numpy_seeded
 from mechscope.data.images import shapes
+from mechscope.organisms._vision import numpy_seeded
 
 METHODS = ("GradCAM", "GradCAMPlusPlus", "ScoreCAM", "LayerCAM", "EigenCAM")
 MODELS = {"cnn": "relu4", "vit": "blocks.1.norm1"}

@@ -11,8 +11,9 @@ from torch import nn
 
 import mechscope as ms
 from mechscope import attribution as at
-from mechscope.attribution import _organisms
+from mechscope import organisms
 from mechscope.data.images import SHAPES, shapes, signal_blocks
+from mechscope.organisms import _vision as _organisms
 
 # --- fixtures ----------------------------------------------------------------------------------------------------
 
@@ -56,8 +57,8 @@ def data():
 
 
 @pytest.fixture(scope="module")
-def blocks() -> at.VisionOrganism:
-    return at.vision_organism("blocks-cnn")
+def blocks() -> organisms.VisionOrganism:
+    return organisms.vision_organism("blocks-cnn")
 
 
 # --- data --------------------------------------------------------------------------------------------------------
@@ -450,15 +451,15 @@ def test_organism_cache_round_trip_and_checksum(tmp_path, monkeypatch):
     monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path))
     spec = dataclasses.replace(_organisms.SPECS["shapes-cnn"], epochs=1, per_epoch=128, min_accuracy=0.0)
     monkeypatch.setitem(_organisms.SPECS, "test-cnn", spec)
-    first = at.vision_organism("test-cnn", seed=1)
+    first = organisms.vision_organism("test-cnn", seed=1)
     assert first.seconds > 0 and len(first.test) == 256
-    again = at.vision_organism("test-cnn", seed=1)
+    again = organisms.vision_organism("test-cnn", seed=1)
     assert again.seconds == 0 and again.sha256 == first.sha256
     x = first.test.images[:4]
     assert torch.equal(first.model.module(x), again.model.module(x))
     weights = next(tmp_path.rglob("model.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)  # corrupt: the checksum no longer matches
-    rebuilt = at.vision_organism("test-cnn", seed=1)
+    rebuilt = organisms.vision_organism("test-cnn", seed=1)
     assert rebuilt.seconds > 0 and rebuilt.sha256 == first.sha256  # retrained identically from the seed
 
 

@@ -9,6 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from mechscope import attribution as at
+from mechscope import organisms
 from mechscope.cli import app
 from mechscope.data import images as im
 
@@ -25,7 +26,7 @@ def test_png_round_trip_keeps_the_organisms_predictions(tmp_path):
         im.write_png(tmp_path / f"shape{i}.png", im.to_rgb(im.to_pixels(d.images[i]), minmax=False))
     x = im.standardise(im.read_images(im.image_files(tmp_path), size=32))
     assert (x - d.images).abs().max() < 0.05  # 8-bit quantisation of a 4-unit range, clipped tails
-    org = at.vision_organism("shapes-cnn")
+    org = organisms.vision_organism("shapes-cnn")
     assert torch.equal(org.model.module(x).argmax(-1), org.model.module(d.images).argmax(-1))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no image files"):

@@ -8,8 +8,8 @@ import torch
 from mechscope import bench
 from mechscope.bench import _methods as M
 from mechscope.bench._harness import derive_seed
-from mechscope.bench._induction import BuiltInduction, _llama
 from mechscope.bench._registry import RunContext
+from mechscope.organisms._induction import BuiltInduction, _llama
 
 ALL_CHEAP = ["modular_addition", "superposition", "synthetic_features", "numeric_functions"]
 

@@ -15,7 +15,7 @@ from mechscope import bench
 from mechscope.bench import _tracr
 from mechscope.bench._registry import RunContext
 from mechscope.bench._scorers import node_auroc
-from mechscope.hooks._interventions import Patch
+from mechscope.core._interventions import Patch
 
 SMALL = bench.TracrFracPrevs(bench.TracrConfig("frac_prevs", max_seq_len=3))
 

@@ -6,7 +6,7 @@ import torch
 
 import mechscope as ms
 import mechscope.features as mf
-from mechscope.models._tiny import byte_tokenizer
+from mechscope.core._tiny import byte_tokenizer
 from mechscope.store import ActivationStore, FeatureDB, FeatureDBConfig, HarvestConfig, build_feature_db, harvest
 from mechscope.store import _featuredb as featuredb_module
 from mechscope.store._accumulate import HIST_EDGES, Reservoirs

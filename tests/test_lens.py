@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 import mechscope as ms
+from mechscope.core import TINY_CONFIGS
+from mechscope.core._unembed import unembed
 from mechscope.lenses import logit_lens, plot_logit_lens
-from mechscope.models import TINY_CONFIGS
-from mechscope.models._unembed import unembed
 
 PROMPTS = ["hello world", "hi"]  # different lengths: right padding is exercised
 IOI = "When Mary and John went to the store, John gave a drink to"

@@ -7,9 +7,25 @@ with model.intervene(ms.Ablate("head.9.z", heads=[3])):
     ablated = model.run(...)
 """
 
-from . import attribution, bench, circuits, features, lenses, store, visualize
-from .hooks import Ablate, Add, Intervention, ModelConfig, Patch, Replace, Site, SiteInfo
-from .models import DEFAULT_MODEL, GenerateResult, Model, RunResult, from_hf, load, tiny, wrap
+from . import attribution, bench, circuits, features, lenses, organisms, store, visualize
+from .core import (
+    DEFAULT_MODEL,
+    Ablate,
+    Add,
+    GenerateResult,
+    Intervention,
+    Model,
+    ModelConfig,
+    Patch,
+    Replace,
+    RunResult,
+    Site,
+    SiteInfo,
+    from_hf,
+    load,
+    tiny,
+    wrap,
+)
 
 __version__ = "0.1.0"
 
@@ -33,6 +49,7 @@ __all__ = [
     "from_hf",
     "lenses",
     "load",
+    "organisms",
     "store",
     "tiny",
     "visualize",

@@ -13,7 +13,7 @@ from rich.markup import escape
 from ._cli_common import JsonOpt, open_model, user_errors
 from ._cli_common import err_console as _err
 from ._cli_common import out_console as _out
-from .models import DEFAULT_MODEL
+from .core import DEFAULT_MODEL
 
 DEFAULT_METHODS = ["integrated_gradients", "grad_cam"]
 
@@ -135,7 +135,7 @@ def _vision_model(name: str, layer: str | None, size: int | None, channels: int)
     """(model, CAM site, held-out images or None, channels, size) for an organism or a 'module:callable'."""
     import mechscope as ms
 
-    from .attribution import SPECS, vision_organism
+    from .organisms import SPECS, vision_organism
 
     if name in SPECS:
         org = vision_organism(name)

@@ -18,7 +18,7 @@ from ._cache import atomic_write_bytes
 from ._cli_common import JsonOpt, open_model, user_errors
 from ._cli_common import err_console as _err
 from ._cli_common import out_console as _out
-from .models import DEFAULT_MODEL
+from .core import DEFAULT_MODEL
 
 TASKS = ("ioi", "greater_than", "factual_recall", "gendered_pronoun", "subject_verb_agreement", "induction")
 

@@ -15,7 +15,7 @@ from rich.markup import escape
 from ._cli_common import JsonOpt, open_model, user_errors
 from ._cli_common import err_console as _err
 from ._cli_common import out_console as _out
-from .models import DEFAULT_MODEL
+from .core import DEFAULT_MODEL
 
 ModelOpt = Annotated[str, typer.Option("--model", help="Model (built-in name, HF id, path, or tiny-FAMILY).")]
 dict_app = typer.Typer(help="Train and evaluate sparse dictionaries on an activation store.", no_args_is_help=True)

@@ -67,7 +67,7 @@ def _subject(organism: str, model: str | None, weights: Path | None, shape: str 
             raise ValueError(f"--input-range must be LO,HI (two numbers, e.g. -2.1,2.6), got {input_range!r}") from None
         rng = InputRange(lo, hi)
     if model is None:
-        from mechscope.attribution import vision_organism
+        from mechscope.organisms import vision_organism
 
         with _err().status(f"Loading vision organism {escape(organism)} (trains in seconds on first use)…"):
             org = vision_organism(organism)

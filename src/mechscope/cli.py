@@ -18,7 +18,7 @@ from rich.table import Table
 from ._cli_common import JsonOpt, ModelArg, open_model, user_errors
 from ._cli_common import err_console as _err
 from ._cli_common import out_console as _out
-from .models import DEFAULT_MODEL
+from .core import DEFAULT_MODEL
 
 app = typer.Typer(
     name="mechscope",

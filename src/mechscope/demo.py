@@ -28,10 +28,10 @@ from rich.text import Text
 
 from ._cache import atomic_write_bytes
 from .circuits._report import AnalysisConfig, CircuitAnalysis, analyse, report_sections
+from .core import Model
 from .data._task import Task
 from .data.tasks import ioi
 from .lenses import LogitLensResult, logit_lens, plot_logit_lens
-from .models import Model
 from .report import Section, png_html, table_html, write_report
 
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"

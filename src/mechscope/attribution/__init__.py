@@ -4,9 +4,9 @@ Every method explains one scalar per example (a class logit, a logit difference,
 the run) and returns an :class:`Attribution`. Example::
 
     import mechscope as ms
-    from mechscope import attribution as at
+    from mechscope import attribution as at, organisms
 
-    org = at.vision_organism("shapes-cnn")  # small CNN trained in seconds on procedural shapes, cached
+    org = organisms.vision_organism("shapes-cnn")  # small CNN trained in seconds on procedural shapes, cached
     x, y = org.test.images[:8], org.test.labels[:8]
     ig = at.integrated_gradients(org.model, x, y)  # adaptive steps; ig.completeness_gap per example
     cam = at.grad_cam(org.model, x, y, at=org.cam_site)
@@ -31,27 +31,21 @@ from ._metrics import (
     spearman,
     ssim,
 )
-from ._organisms import SPECS, OrganismSpec, SmallCNN, SmallViT, VisionOrganism, vision_organism
 from ._render import gallery, save_overlays
 from ._result import Attribution
 from ._targets import Logit, LogitDiff, Norm, Target, Unit
 from ._tokens import TokenAttribution, token_attribution
 
 __all__ = [
-    "SPECS",
     "Attribution",
     "Logit",
     "LogitDiff",
     "Norm",
-    "OrganismSpec",
     "PerturbationCurves",
     "RandomisationCheck",
-    "SmallCNN",
-    "SmallViT",
     "Target",
     "TokenAttribution",
     "Unit",
-    "VisionOrganism",
     "completeness",
     "deletion_insertion",
     "demo_sections",
@@ -76,5 +70,4 @@ __all__ = [
     "ssim",
     "token_attribution",
     "token_grid",
-    "vision_organism",
 ]

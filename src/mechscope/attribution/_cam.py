@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from ..models._model import Model
+from ..core._model import Model
 from ._result import Attribution
 from ._space import Space, site_pass, space
 

@@ -13,12 +13,12 @@ from typing import Any
 import torch
 
 from .._cache import atomic_write_bytes
-from ..models._model import Model
+from ..core._model import Model
+from ..organisms._vision import vision_organism
 from ._cam import eigen_cam, grad_cam, grad_cam_pp, layer_cam, score_cam
 from ._gradients import input_x_gradient, integrated_gradients, occlusion, saliency, smoothgrad
 from ._lrp import lrp
 from ._metrics import deletion_insertion, edge_detector, localisation, randomisation_check
-from ._organisms import vision_organism
 from ._render import gallery, img_tag
 from ._result import Attribution
 from ._tokens import token_attribution

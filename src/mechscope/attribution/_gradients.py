@@ -22,7 +22,7 @@ import torch
 from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Occlusion, Saliency
 from torch import Tensor
 
-from ..models._model import Model
+from ..core._model import Model
 from ._adaptive import adaptive_ig
 from ._result import Attribution
 from ._space import Space, space

@@ -22,7 +22,7 @@ from captum.attr._core.lrp import SUPPORTED_LAYERS_WITH_RULES, SUPPORTED_NON_LIN
 from captum.attr._utils.lrp_rules import EpsilonRule
 from torch import nn
 
-from ..models._model import Model
+from ..core._model import Model
 from ._gradients import _result
 from ._result import Attribution
 from ._space import space

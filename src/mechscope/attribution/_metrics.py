@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
-from ..models._model import Model, RunResult
+from ..core._model import Model, RunResult
 from ._result import Attribution
 from ._space import space
 from ._targets import Logit

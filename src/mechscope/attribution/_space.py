@@ -17,8 +17,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..hooks import HookSet, Site
-from ..models._model import Model, RunResult
+from ..core import HookSet, Site
+from ..core._model import Model, RunResult
 from ._targets import as_target
 
 ROW_ELEMENTS = 1 << 17

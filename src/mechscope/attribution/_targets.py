@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..models._model import Model, RunResult
+from ..core._model import Model, RunResult
 
 Index = int | Sequence[int] | Tensor
 

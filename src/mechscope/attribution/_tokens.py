@@ -20,7 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .._cache import atomic_write_bytes
-from ..models._model import Model, RunResult
+from ..core._model import Model, RunResult
 from ._gradients import input_x_gradient, integrated_gradients
 from ._targets import _per_example
 

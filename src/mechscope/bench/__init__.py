@@ -17,20 +17,7 @@ features, frequencies, descriptions, trojans (trojaned CNNs and their clean twin
 CNNs and their moved-block twins) and compiled (RASP programs compiled by tracr, with the ``tracr`` extra).
 """
 
-from mechscope.bench._blocks import BlockImages, BlocksConfig, BuiltBlocks, SignalBlocks, block_images
 from mechscope.bench._harness import FULL_SEEDS, QUICK_SEEDS, Leaderboard, Row, main, run_bench
-from mechscope.bench._induction import BuiltInduction, Induction, InductionConfig
-from mechscope.bench._modadd import BuiltModAdd, ModAddConfig, ModularAddition
-from mechscope.bench._numeric import FAMILIES, BuiltNumeric, NumericConfig, NumericFunction, NumericFunctions
-from mechscope.bench._organism import (
-    Built,
-    Organism,
-    OrganismChecksumError,
-    OrganismVerificationError,
-    obtain,
-    organism_dir,
-    read_card,
-)
 from mechscope.bench._registry import (
     METHODS,
     ORGANISMS,
@@ -57,14 +44,6 @@ from mechscope.bench._scorers import (
     random_dictionary,
     score,
 )
-from mechscope.bench._superposition import (
-    BuiltFeatures,
-    BuiltTMS,
-    FeatureConfig,
-    SyntheticFeatures,
-    TMSConfig,
-    ToyModelOfSuperposition,
-)
 from mechscope.bench._tracr import (
     MISSING_TRACR,
     TRACR_ORGANISMS,
@@ -78,10 +57,31 @@ from mechscope.bench._tracr import (
     TracrSort,
     tracr_available,
 )
-from mechscope.bench._trojan import BuiltTrojan, TrojanBlend, TrojanConfig, TrojanNatural, TrojanPatch
-from mechscope.bench._truth import CircuitTruth, Edge
 from mechscope.bench._vision_methods import ATTRIBUTIONS
 from mechscope.bench._vision_scorers import AttributionOutput, TrojanOutput
+from mechscope.organisms._blocks import BlockImages, BlocksConfig, BuiltBlocks, SignalBlocks, block_images
+from mechscope.organisms._induction import BuiltInduction, Induction, InductionConfig
+from mechscope.organisms._modadd import BuiltModAdd, ModAddConfig, ModularAddition
+from mechscope.organisms._numeric import FAMILIES, BuiltNumeric, NumericConfig, NumericFunction, NumericFunctions
+from mechscope.organisms._organism import (
+    Built,
+    Organism,
+    OrganismChecksumError,
+    OrganismVerificationError,
+    obtain,
+    organism_dir,
+    read_card,
+)
+from mechscope.organisms._superposition import (
+    BuiltFeatures,
+    BuiltTMS,
+    FeatureConfig,
+    SyntheticFeatures,
+    TMSConfig,
+    ToyModelOfSuperposition,
+)
+from mechscope.organisms._trojan import BuiltTrojan, TrojanBlend, TrojanConfig, TrojanNatural, TrojanPatch
+from mechscope.organisms._truth import CircuitTruth, Edge
 
 for _organism in (
     Induction(), ModularAddition(), ToyModelOfSuperposition(), SyntheticFeatures(), NumericFunctions(),

@@ -23,8 +23,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..organisms._organism import Organism, OrganismVerificationError, obtain
 from . import _faithfulness, _methods, _vision_methods  # noqa: F401  (register the built-in methods and scorers)
-from ._organism import Organism, OrganismVerificationError, obtain
 from ._registry import ORGANISMS, UNAVAILABLE, RunContext, methods_for
 from ._scorers import Score, score
 

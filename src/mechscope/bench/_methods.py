@@ -24,7 +24,7 @@ from ..circuits._patching import activation_patching
 from ..circuits._result import PatchingResult
 from ..features._dictionary import DictionaryConfig
 from ..features._train import TrainConfig, train
-from ._modadd import all_pairs, fourier_basis
+from ..organisms._modadd import all_pairs, fourier_basis
 from ._registry import RunContext, register_method
 from ._scorers import CircuitScores, DictionaryOutput, random_dictionary, random_interval
 

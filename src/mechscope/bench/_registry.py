@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._organism import Built, Organism
+from ..organisms._organism import Built, Organism
 from ._scorers import SCORERS, Score
 
 

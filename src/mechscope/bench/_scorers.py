@@ -29,8 +29,8 @@ from torch import Tensor
 from ..features._dictionary import Dictionary
 from ..features._metrics import recovery
 from ..features._synthetic import SyntheticData
-from ._organism import Built
-from ._truth import Edge
+from ..organisms._organism import Built
+from ..organisms._truth import Edge
 
 
 @dataclass(frozen=True)

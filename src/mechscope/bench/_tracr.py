@@ -35,13 +35,13 @@ from einops import einsum
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from ..hooks._interventions import Ablate, Intervention, Patch
-from ..models._load import wrap
-from ..models._model import Model
-from ._organism import Built, Organism, require
+from ..core._interventions import Ablate, Intervention, Patch
+from ..core._load import wrap
+from ..core._model import Model
+from ..organisms._organism import Built, Organism, require
+from ..organisms._truth import CircuitTruth
 from ._registry import RunContext, register_method, register_scorer
 from ._scorers import CircuitScores, Score, edge_auroc, node_auroc
-from ._truth import CircuitTruth
 
 BOS = "BOS"
 """The compiler's beginning-of-sequence token (tracr prepends it to every input)."""

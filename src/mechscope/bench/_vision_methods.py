@@ -37,9 +37,9 @@ from ..attribution import (
     saliency,
     smoothgrad,
 )
-from ..models import Model
+from ..core import Model
+from ..organisms._trojan import _wrap
 from ._registry import RunContext, register_method
-from ._trojan import _wrap
 from ._vision_scorers import AttributionOutput, TrojanOutput, mass_in
 
 Heatmap = Callable[[Model, Tensor, Any, bool], Tensor]

@@ -21,10 +21,10 @@ from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
+from ..core._interventions import Patch
+from ..core._model import Model
 from ..data._metrics import final_logits, kl_to_clean, logit_diff
 from ..data._task import Task
-from ..hooks._interventions import Patch
-from ..models._model import Model
 from ._contrast import Contrast, Metric
 from ._edgerun import SenderActs, reference
 from ._faithfulness import Ablation

@@ -21,9 +21,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..core._model import Model, RunResult
 from ..data._metrics import logit_diff
 from ..data._task import Task
-from ..models._model import Model, RunResult
 from . import _selfcheck
 from ._contrast import Contrast, Direction, Metric, chunks
 from ._nodes import layout, site_name

@@ -18,9 +18,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from ..core._model import Model
 from ..data._metrics import final_logits
 from ..data._task import Task, tokenize_task
-from ..models._model import Model
 
 Metric = Callable[[Float[Tensor, "batch d_vocab"], Task], Tensor]
 """Scores final-position logits against a task: one value per prompt (averaged over prompts), or a scalar."""

@@ -24,9 +24,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from ..core._model import Model
 from ..data._metrics import final_logits, logit_diff
 from ..data._task import PAD_ID, Task, tokenize_task
-from ..models._model import Model
 
 
 @dataclass(frozen=True, eq=False)

@@ -38,10 +38,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..core._interventions import Replace
+from ..core._model import Model, RunResult
 from ..data._metrics import logit_diff
 from ..data._task import Task
-from ..hooks._interventions import Replace
-from ..models._model import Model, RunResult
 from ._contrast import Contrast, Direction, Metric, chunks
 from ._edgerun import SenderActs, Wiring, run_edges
 from ._graph import EdgeScores

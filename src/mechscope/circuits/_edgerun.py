@@ -30,9 +30,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from ..hooks._interventions import Replace
-from ..models._families import family_of
-from ..models._model import Model
+from ..core._families import family_of
+from ..core._interventions import Replace
+from ..core._model import Model
 from ._dla import _affine_matrix
 from ._graph import Graph
 

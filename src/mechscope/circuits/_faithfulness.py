@@ -29,9 +29,9 @@ from matplotlib.figure import Figure
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..core._model import Model
 from ..data._metrics import logit_diff
 from ..data._task import Task
-from ..models._model import Model
 from ._contrast import Contrast, Metric, chunks
 from ._edgerun import SenderActs, Wiring, reference, run_edges
 from ._graph import Circuit, EdgeScores

@@ -26,7 +26,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from ..hooks._sites import ModelConfig
+from ..core._sites import ModelConfig
 
 if TYPE_CHECKING:
     from ._eap import EdgeCheck

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..hooks._sites import ModelConfig
+from ..core._sites import ModelConfig
 
 RESIDUAL_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 HEAD_KINDS = ("head.z", "head.q", "head.k", "head.v")

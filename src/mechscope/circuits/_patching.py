@@ -22,10 +22,10 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..core._interventions import Replace
+from ..core._model import Model
 from ..data._metrics import logit_diff
 from ..data._task import Task
-from ..hooks._interventions import Replace
-from ..models._model import Model
 from ._contrast import Contrast, Direction, Metric
 from ._nodes import Node, layout
 from ._result import PatchingResult

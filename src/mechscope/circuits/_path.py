@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core._interventions import Patch
+from ..core._model import Model
 from ..data._metrics import logit_diff
 from ..data._task import Task
-from ..hooks._interventions import Patch
-from ..models._model import Model
 from ._contrast import Contrast, Direction, Metric
 
 HeadReceiver = tuple[int, int, str]

@@ -23,9 +23,9 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from .._cache import atomic_write_bytes
+from ..core._model import Model
 from ..data._metrics import final_logits, logit_diff
 from ..data._task import Task
-from ..models._model import Model
 from ..report import Section, figure_html, table_html
 from ._attribution import attribution_patching
 from ._contrast import Contrast, subtask

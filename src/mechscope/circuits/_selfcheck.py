@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from ..core._model import Model
 from ..data._metrics import logit_diff
 from ..data._task import Task
-from ..models._model import Model
 from ._contrast import Contrast, Metric
 from ._nodes import Node
 from ._patching import patch_nodes

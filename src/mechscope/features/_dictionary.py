@@ -39,7 +39,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
-from mechscope.features import _distributed as distributed
+from mechscope.core import _distributed as distributed
 from mechscope.features import _sparse as sparse_ops
 from mechscope.features._sparse import SparseLatents
 

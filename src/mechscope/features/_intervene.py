@@ -26,9 +26,9 @@ import einops
 from jaxtyping import Float
 from torch import Tensor
 
+from mechscope.core import Replace
+from mechscope.core._interventions import Index
 from mechscope.features._dictionary import Dictionary
-from mechscope.hooks import Replace
-from mechscope.hooks._interventions import Index
 
 
 @dataclass(frozen=True, eq=False, repr=False)

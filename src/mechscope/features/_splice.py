@@ -22,13 +22,13 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from mechscope.core import Ablate, Replace
+from mechscope.core._interventions import Index
 from mechscope.features._dictionary import Dictionary
 from mechscope.features._intervene import as_rows, eval_mode, site_of
-from mechscope.hooks import Ablate, Replace
-from mechscope.hooks._interventions import Index
 
 if TYPE_CHECKING:
-    from mechscope.models import Model
+    from mechscope.core import Model
 
 
 class SpliceMetrics(NamedTuple):

@@ -38,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from mechscope._cache import atomic_dir, atomic_write_bytes
-from mechscope.features import _distributed as distributed
+from mechscope.core import _distributed as distributed
 from mechscope.features._dictionary import (
     BDecInit,
     Dictionary,

@@ -17,8 +17,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ..models._model import Inputs, Model, RunResult
-from ..models._unembed import unembed
+from ..core._model import Inputs, Model, RunResult
+from ..core._unembed import unembed
 
 
 @dataclass(frozen=True)

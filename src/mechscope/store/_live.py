@@ -20,8 +20,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechscope.core._distributed import all_gather, rank_world, world_group
 from mechscope.data.corpus import load_corpus, token_contexts
-from mechscope.features._distributed import all_gather, rank_world, world_group
 
 
 class LiveActivations:

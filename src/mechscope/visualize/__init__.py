@@ -10,7 +10,7 @@
 Example::
 
     from mechscope import visualize as vz
-    from mechscope.attribution import vision_organism
+    from mechscope.organisms import vision_organism
 
     org = vision_organism("shapes-cnn")
     rng = vz.InputRange.of(org.test.images)

@@ -6,9 +6,8 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from ..hooks import HookSet
-from ..hooks._hookset import StopForward
-from ..models import Model
+from ..core import HookSet, Model
+from ..core._hookset import StopForward
 from ._objectives import LOGITS
 
 

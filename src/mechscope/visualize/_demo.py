@@ -143,7 +143,7 @@ def demo_sections(out_dir: str | Path, *, steps: int = 128) -> list[tuple[str, s
     PNGs and ``visualize.json`` are written to ``out_dir`` too; the HTML embeds its images (base64). ``steps`` per
     optimisation (tests use a few).
     """
-    from ..attribution import vision_organism
+    from ..organisms import vision_organism
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

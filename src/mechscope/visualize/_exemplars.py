@@ -18,7 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..models import Model
+from ..core import Model
 from ._capture import capture
 from ._objectives import Objective, as_objective, channel_axis
 

@@ -20,7 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..models import Model
+from ..core import Model
 from ._capture import capture
 from ._objectives import Objective, as_objective, channel_axis, check_finite
 from ._param import InputRange, colour_matrix, make_param

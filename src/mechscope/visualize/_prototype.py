@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from ..models import Model
+from ..core import Model
 from ._capture import capture
 from ._objectives import Channel, channel_axis
 from ._optimize import Visualization, VisualizeConfig, visualize

@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attribution import SmallCNN
+from ..core import Model
+from ..core._sites import module_sites
 from ..data.images import ImageSet, shapes
 from ..data.triggers import Trigger, TriggerKind, candidates
-from ..hooks._sites import module_sites
-from ..models import Model
 from ._organism import Built, Organism, require, with_retries
+from ._vision import SmallCNN
 
 
 @dataclass(frozen=True)

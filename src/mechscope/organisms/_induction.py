@@ -41,12 +41,12 @@ from torch import Tensor, nn
 from ..circuits._faithfulness import faithfulness
 from ..circuits._graph import Circuit, Graph
 from ..circuits._nodes import Node
+from ..core._interventions import Ablate, Patch
+from ..core._load import from_hf
+from ..core._model import Model
+from ..core._tiny import byte_tokenizer
 from ..data._task import Task
 from ..data._task_gen import induction as induction_task
-from ..hooks._interventions import Ablate, Patch
-from ..models._load import from_hf
-from ..models._model import Model
-from ..models._tiny import byte_tokenizer
 from ._organism import Built, Organism, require
 from ._truth import CircuitTruth
 

@@ -34,9 +34,9 @@ from safetensors.torch import save as save_bytes
 from torch import Tensor, nn
 
 from .._cache import atomic_write_bytes, cache_dir, sha256_file
+from ..core import Model
+from ..core._sites import module_sites
 from ..data.images import ImageSet, shapes, signal_blocks
-from ..hooks._sites import module_sites
-from ..models import Model
 
 # --- architectures -----------------------------------------------------------------------------------------------
 

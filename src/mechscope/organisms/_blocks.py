@@ -24,11 +24,11 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from ..attribution import SmallCNN
+from ..core import Model
 from ..data.images import signal_blocks
-from ..models import Model
 from ._organism import Built, Organism, require, with_retries
 from ._trojan import _wrap, predict
+from ._vision import SmallCNN
 
 
 class BlockImages(NamedTuple):

@@ -13,7 +13,7 @@ from ._interventions import Ablate, Add, Intervention, Patch, Replace, fit_value
 from ._sites import Site
 
 if TYPE_CHECKING:
-    from ..models._model import Model
+    from ._model import Model
 
 RegionFn = Callable[[Tensor, Tensor, "tuple[Tensor, ...] | None"], Tensor]
 

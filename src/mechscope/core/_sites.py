@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from ..models._families import Family
+    from ._families import Family
 
 
 class View(Protocol):

@@ -26,8 +26,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from ..models._load import wrap
-from ..models._model import Model
+from ..core._load import wrap
+from ..core._model import Model
 from ._organism import Built, Organism, require
 
 

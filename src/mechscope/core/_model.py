@@ -17,10 +17,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from ..hooks._bind import bind
-from ..hooks._hookset import HookSet, StopForward, eager_attention
-from ..hooks._interventions import Intervention
-from ..hooks._sites import ModelConfig, Site, SiteInfo, resolve
+from ._bind import bind
+from ._hookset import HookSet, StopForward, eager_attention
+from ._interventions import Intervention
+from ._sites import ModelConfig, Site, SiteInfo, resolve
 
 Inputs = str | Sequence[str] | Tensor
 

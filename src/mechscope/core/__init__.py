@@ -1,0 +1,39 @@
+"""The core: open models, name their sites, run, cache, intervene, take gradients and generate.
+
+Everything above this package (data, store, the method families, organisms, the bench, reports and the CLI)
+reaches a model only through what is exported here.
+"""
+
+from ._families import FAMILIES, Family
+from ._hookset import HookSet
+from ._interventions import Ablate, Add, Intervention, Patch, Replace
+from ._load import BUILTIN, DEFAULT_MODEL, from_hf, load, wrap
+from ._model import Batch, GenerateResult, Model, RunResult
+from ._sites import ModelConfig, Site, SiteInfo
+from ._tiny import TINY_CONFIGS, byte_tokenizer, tiny
+
+__all__ = [
+    "BUILTIN",
+    "DEFAULT_MODEL",
+    "FAMILIES",
+    "TINY_CONFIGS",
+    "Ablate",
+    "Add",
+    "Batch",
+    "Family",
+    "GenerateResult",
+    "HookSet",
+    "Intervention",
+    "Model",
+    "ModelConfig",
+    "Patch",
+    "Replace",
+    "RunResult",
+    "Site",
+    "SiteInfo",
+    "byte_tokenizer",
+    "from_hf",
+    "load",
+    "tiny",
+    "wrap",
+]
