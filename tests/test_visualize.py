@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from mechscope import visualize as vz
-from mechscope.attribution import vision_organism
 from mechscope.cli import app
 from mechscope.data.images import shapes
 from mechscope.features import DictionaryConfig, build_dictionary
+from mechscope.organisms import vision_organism
 
 QUICK = vz.VisualizeConfig(steps=64, progress=False)
 

@@ -9,6 +9,7 @@ from ._hookset import HookSet
 from ._interventions import Ablate, Add, Intervention, Patch, Replace
 from ._load import BUILTIN, DEFAULT_MODEL, from_hf, load, wrap
 from ._model import Batch, GenerateResult, Model, RunResult
+from ._registry import ConfigField, MethodSpec, Registry, UnknownMethodError, config_fields
 from ._sites import ModelConfig, Site, SiteInfo
 from ._tiny import TINY_CONFIGS, byte_tokenizer, tiny
 
@@ -20,18 +21,23 @@ __all__ = [
     "Ablate",
     "Add",
     "Batch",
+    "ConfigField",
     "Family",
     "GenerateResult",
     "HookSet",
     "Intervention",
+    "MethodSpec",
     "Model",
     "ModelConfig",
     "Patch",
+    "Registry",
     "Replace",
     "RunResult",
     "Site",
     "SiteInfo",
+    "UnknownMethodError",
     "byte_tokenizer",
+    "config_fields",
     "from_hf",
     "load",
     "tiny",

@@ -11,9 +11,9 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from ._cli_common import JsonOpt, user_errors
-from ._cli_common import err_console as _err
-from ._cli_common import out_console as _out
+from ._common import JsonOpt, user_errors
+from ._common import err_console as _err
+from ._common import out_console as _out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +130,7 @@ def visualize(
             summary["visualization"] = _feature(subject, unit, cfg, exemplars, out, summary["outputs"])
         if prototype:
             summary["prototypes"] = _prototypes(subject, prototype, cfg, path_weight, out, summary["outputs"])
-        from ._cache import atomic_write_bytes
+        from .._cache import atomic_write_bytes
 
         atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
         summary["outputs"].append(str(out / "summary.json"))

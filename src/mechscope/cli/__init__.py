@@ -15,10 +15,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ._cli_common import JsonOpt, ModelArg, open_model, user_errors
-from ._cli_common import err_console as _err
-from ._cli_common import out_console as _out
-from .core import DEFAULT_MODEL
+from ..core import DEFAULT_MODEL
+from ._common import JsonOpt, ModelArg, open_model, user_errors
+from ._common import err_console as _err
+from ._common import out_console as _out
 
 app = typer.Typer(
     name="mechscope",
@@ -61,7 +61,7 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Show the most probable next tokens after PROMPT."""
-    from .demo import predictions_table, top_predictions
+    from ..demo import predictions_table, top_predictions
 
     if len(args) > 2:
         msg = f"expected [MODEL] PROMPT, got {len(args)} arguments (quote the prompt)"
@@ -96,8 +96,8 @@ def demo(
     as_json: JsonOpt = False,
 ) -> None:
     """IOI report on the built-in model: logit lens, heads by DLA and patching, EAP-IG circuit vs random (HTML)."""
-    from .circuits._report import AnalysisConfig
-    from .demo import IOI_ANSWER, DemoConfig, run_demo, show_demo
+    from ..circuits._report import AnalysisConfig
+    from ..demo import IOI_ANSWER, DemoConfig, run_demo, show_demo
 
     with user_errors():
         config = DemoConfig(prompts, analysis=AnalysisConfig(patch_prompts=patch_prompts, ig_steps=steps,
@@ -106,8 +106,8 @@ def demo(
         m.to_single_token(IOI_ANSWER)  # a model whose tokenizer splits the answer fails before anything is written
         extra: list[tuple[str, str]] = []
         if vision:
-            from .attribution import demo_sections as attribution_sections
-            from .visualize import demo_sections as visualize_sections
+            from ..attribution import demo_sections as attribution_sections
+            from ..visualize import demo_sections as visualize_sections
 
             with _err().status("Attribution gallery, token attribution, feature visualisation, prototypes…"):
                 extra = [*attribution_sections(m, out / "attribution"), *visualize_sections(out / "visualize")]
@@ -125,16 +125,16 @@ def bench(
     out: Annotated[Path, typer.Option("--out", help="Folder for leaderboard.md, .json and .html.")] = Path("out/bench"),
 ) -> None:
     """Score every registered method on model organisms whose mechanism is known; write the leaderboard."""
-    from .bench import main
+    from ..bench import main
 
     with user_errors():
         main(quick=quick, out=out)
 
 
-from ._cli_attribution import register as _register_attribution  # noqa: E402
-from ._cli_circuits import register as _register_circuits  # noqa: E402  (commands live in their own modules)
-from ._cli_features import register as _register_features  # noqa: E402
-from ._cli_visualize import register as _register_visualize  # noqa: E402
+from ._attribution import register as _register_attribution  # noqa: E402
+from ._circuits import register as _register_circuits  # noqa: E402  (commands live in their own modules)
+from ._features import register as _register_features  # noqa: E402
+from ._visualize import register as _register_visualize  # noqa: E402
 
 _register_features(app)
 _register_attribution(app)

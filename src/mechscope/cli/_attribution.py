@@ -10,10 +10,10 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from ._cli_common import JsonOpt, open_model, user_errors
-from ._cli_common import err_console as _err
-from ._cli_common import out_console as _out
-from .core import DEFAULT_MODEL
+from ..core import DEFAULT_MODEL
+from ._common import JsonOpt, open_model, user_errors
+from ._common import err_console as _err
+from ._common import out_console as _out
 
 DEFAULT_METHODS = ["integrated_gradients", "grad_cam"]
 
@@ -72,7 +72,7 @@ def attribute(
         else:
             summary = _images(inputs or [], model or "shapes-cnn", method or DEFAULT_METHODS, target, layer, n, size,
                               channels, metrics, out)  # fmt: skip
-    from ._cache import atomic_write_bytes
+    from .._cache import atomic_write_bytes
 
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
     if as_json:
@@ -86,9 +86,9 @@ def _images(inputs: list[Path], model_name: str, methods: list[str], target: str
             size: int | None, channels: int, metrics: bool, out: Path) -> dict[str, Any]:  # fmt: skip
     import torch
 
-    from . import attribution as at
-    from .attribution._demo import image_methods
-    from .data import images as im
+    from .. import attribution as at
+    from ..attribution._demo import image_methods
+    from ..data import images as im
 
     model, cam_site, test, channels, size = _vision_model(model_name, layer, size, channels)
     if inputs:
@@ -119,7 +119,7 @@ def _images(inputs: list[Path], model_name: str, methods: list[str], target: str
         files += [str(p) for p in at.save_overlays(x, a, out, names=names)]
         results.append(a)
     gallery = out / "gallery.png"
-    from ._cache import atomic_write_bytes
+    from .._cache import atomic_write_bytes
 
     atomic_write_bytes(gallery, at.gallery(x[:16], results, row_labels=names[:16]))
     return {
@@ -135,7 +135,7 @@ def _vision_model(name: str, layer: str | None, size: int | None, channels: int)
     """(model, CAM site, held-out images or None, channels, size) for an organism or a 'module:callable'."""
     import mechscope as ms
 
-    from .organisms import SPECS, vision_organism
+    from ..organisms import SPECS, vision_organism
 
     if name in SPECS:
         org = vision_organism(name)
@@ -170,7 +170,7 @@ def _targets(target: str, pred, labels):
 def _tokens(model_name: str, prompt: str, max_new_tokens: int, steps: int | None, out: Path) -> dict[str, Any]:
     import matplotlib.pyplot as plt
 
-    from .attribution import token_attribution
+    from ..attribution import token_attribution
 
     m = open_model(model_name)
     tok = token_attribution(m, prompt, max_new_tokens=max_new_tokens, steps=steps)

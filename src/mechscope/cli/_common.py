@@ -12,8 +12,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .core import TINY_CONFIGS, Model
-from .core._sites import UnknownSiteError
+from ..core import TINY_CONFIGS, Model
+from ..core._sites import UnknownSiteError
 
 _TINY = re.compile(r"tiny-(?P<family>[a-z0-9_-]+?)(?:-s(?P<seed>\d+))?")
 

@@ -12,10 +12,10 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from ._cli_common import JsonOpt, open_model, user_errors
-from ._cli_common import err_console as _err
-from ._cli_common import out_console as _out
-from .core import DEFAULT_MODEL
+from ..core import DEFAULT_MODEL
+from ._common import JsonOpt, open_model, user_errors
+from ._common import err_console as _err
+from ._common import out_console as _out
 
 ModelOpt = Annotated[str, typer.Option("--model", help="Model (built-in name, HF id, path, or tiny-FAMILY).")]
 dict_app = typer.Typer(help="Train and evaluate sparse dictionaries on an activation store.", no_args_is_help=True)
@@ -58,8 +58,8 @@ def harvest(
     as_json: JsonOpt = False,
 ) -> None:
     """Harvest activations at SITES over a corpus into a sharded, resumable safetensors store."""
-    from .store import HarvestConfig
-    from .store import harvest as run_harvest
+    from ..store import HarvestConfig
+    from ..store import harvest as run_harvest
 
     with user_errors():
         m = open_model(model)
@@ -91,7 +91,7 @@ def dict_train(
     Runs unchanged under ``torchrun --nproc_per_node N -m mechscope.cli dict train ...`` (data-parallel; rank 0
     reports).
     """
-    from .store import ActivationStore
+    from ..store import ActivationStore
 
     with user_errors():
         store = ActivationStore(store_dir)
@@ -121,7 +121,7 @@ def dict_train_live(
     Each batch comes from the model's forward passes over the corpus (stopping after SITE), shuffled in a buffer;
     a resumed run recomputes the batches it skips. For many epochs over one corpus, harvest a store instead.
     """
-    from .store import LiveActivations
+    from ..store import LiveActivations
 
     with user_errors():
         m = open_model(model)
@@ -135,7 +135,7 @@ def dict_train_live(
 def _train(data, d_in: int, site: str, out: Path, kind: str, expansion: int, k: int, lr: float, batch_size: int,
            n_tokens: int, seed: int, as_json: bool) -> None:  # fmt: skip
     """Train one dictionary on ``data`` (batches of ``site``) and report (rank 0 only under torchrun)."""
-    from .features import DictionaryConfig, TrainConfig, train
+    from ..features import DictionaryConfig, TrainConfig, train
 
     dictionary = DictionaryConfig(kind, d_in=d_in, d_sae=d_in * expansion, k=k, site=site)  # type: ignore[arg-type]
     config = TrainConfig(dictionary, lr=lr, batch_size=batch_size, n_tokens=n_tokens, seed=seed)
@@ -160,8 +160,8 @@ def dict_eval(
     """Reconstruction metrics on stored activations (MSE, FVU, L0, dead, dense); with --model, CE recovered + KL."""
     import torch
 
-    from .features import evaluate, load_dictionary
-    from .store import ActivationStore
+    from ..features import evaluate, load_dictionary
+    from ..store import ActivationStore
 
     with user_errors():
         store, d = ActivationStore(store_dir), load_dictionary(dictionary)
@@ -181,7 +181,7 @@ def dict_eval(
             metrics = evaluate(d, torch.cat(rows)[:n_tokens])
         summary = {"dictionary": str(dictionary), "site": site, "tokens": min(seen, n_tokens), **metrics._asdict()}
         if model is not None:
-            from .features import splice_eval
+            from ..features import splice_eval
 
             m = open_model(model)
             store.check(m)
@@ -200,8 +200,8 @@ def features_build(
     as_json: JsonOpt = False,
 ) -> None:
     """Build the feature database (frequencies, histograms, top contexts, quantile samples, logit effects)."""
-    from .features import load_dictionary
-    from .store import ActivationStore, FeatureDBConfig, build_feature_db
+    from ..features import load_dictionary
+    from ..store import ActivationStore, FeatureDBConfig, build_feature_db
 
     with user_errors():
         m, store = open_model(model), ActivationStore(store_dir)
@@ -219,7 +219,7 @@ def features_show(
     as_json: JsonOpt = False,
 ) -> None:
     """Show one latent: frequency, histogram, top contexts, samples per quantile, promoted/suppressed tokens."""
-    from .store import FeatureDB
+    from ..store import FeatureDB
 
     with user_errors():
         card = FeatureDB(database).latent(latent)

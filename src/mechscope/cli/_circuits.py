@@ -14,18 +14,18 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from ._cache import atomic_write_bytes
-from ._cli_common import JsonOpt, open_model, user_errors
-from ._cli_common import err_console as _err
-from ._cli_common import out_console as _out
-from .core import DEFAULT_MODEL
+from .._cache import atomic_write_bytes
+from ..core import DEFAULT_MODEL
+from ._common import JsonOpt, open_model, user_errors
+from ._common import err_console as _err
+from ._common import out_console as _out
 
 TASKS = ("ioi", "greater_than", "factual_recall", "gendered_pronoun", "subject_verb_agreement", "induction")
 
 
 def build_task(name: str, tokenizer: Any, n: int, seed: int):
     """A task by name (see ``mechscope.data.tasks``) or from a JSONL file of clean/corrupt/answer/wrong."""
-    from .data import tasks
+    from ..data import tasks
 
     if name.endswith(".jsonl"):
         return tasks.from_jsonl(name, tokenizer)
@@ -50,7 +50,7 @@ def patch(
     as_json: JsonOpt = False,
 ) -> None:
     """Patch every node of KIND for a task's clean/corrupt pairs; save a heatmap and the effects (1 = clean)."""
-    from .circuits import activation_patching, attribution_patching, heatmap
+    from ..circuits import activation_patching, attribution_patching, heatmap
 
     with user_errors():
         if method not in ("activation", "attribution"):
@@ -117,7 +117,7 @@ def circuit(
     """Find a circuit for a task (EAP, EAP-IG or node ACDC) and measure its faithfulness against random circuits."""
     import time
 
-    from .circuits import Circuit, draw_circuit, faithfulness, faithfulness_curve, write_circuit_files
+    from ..circuits import Circuit, draw_circuit, faithfulness, faithfulness_curve, write_circuit_files
 
     start = time.perf_counter()
     with user_errors():
@@ -179,7 +179,7 @@ def _discover(
     progress: bool,
 ) -> tuple[Any, Any, Any, dict[str, Any]]:
     """The circuit, the edge scores (EAP/EAP-IG) or the ACDC result, and their part of the summary."""
-    from .circuits import acdc, eap, eap_ig
+    from ..circuits import acdc, eap, eap_ig
 
     if method == "acdc":
         found = acdc(m, t, tau=tau, seed=seed, progress=progress)
@@ -196,7 +196,7 @@ def _discover(
 
 
 def _node_circuit_files(found: Any, chosen: Any, out: Path) -> dict[str, Path]:
-    from .circuits import render_dot
+    from ..circuits import render_dot
 
     atomic_write_bytes(out / "circuit.json", json.dumps({**chosen.to_dict(), "acdc": found.to_dict()}).encode())
     atomic_write_bytes(out / "circuit.dot", chosen.to_dot().encode())

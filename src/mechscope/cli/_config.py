@@ -1,0 +1,108 @@
+"""Command-line options built from method configs: one declaration gives ``--method`` choices and every option.
+
+``method_options(registry)`` decorates a typer command. It adds one ``--field-name`` option for every field of every
+declared method's config (help from the field's docstring, the default shown per method), and passes the values the
+user gave as ``settings`` (a dict of field name -> value) to the command, which builds the chosen method's config
+with ``config_for(spec, settings)``. An option that does not belong to the chosen method is an error naming the
+methods it does belong to. Fields whose type cannot be typed on a command line (tensors, callables) are not offered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import typing
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from ..core._registry import ConfigField, MethodSpec, Registry, plain_type
+
+_SIMPLE = (int, float, str, bool)
+
+
+def _cli_type(annotation: Any) -> Any | None:
+    """The type an option of this annotation takes (typer turns a ``Literal`` into choices), or None if none."""
+    inner, _ = plain_type(annotation)
+    if typing.get_origin(inner) is typing.Literal:
+        choices = typing.get_args(inner)
+        return inner if all(isinstance(c, str | int) and not isinstance(c, bool) for c in choices) else None
+    return inner if inner in _SIMPLE else None
+
+
+def _fields_by_name(
+    specs: Sequence[MethodSpec[Any, Any]], skip: Sequence[str]
+) -> dict[str, list[tuple[str, ConfigField]]]:
+    by_name: dict[str, list[tuple[str, ConfigField]]] = {}
+    for spec in specs:
+        for f in spec.fields():
+            if f.name not in skip and _cli_type(f.type) is not None:
+                by_name.setdefault(f.name, []).append((spec.name, f))
+    return by_name
+
+
+def _help(uses: list[tuple[str, ConfigField]], n_methods: int) -> str:
+    text = next((f.help for _, f in uses if f.help), "").replace("\n", " ")
+    defaults = {repr(f.default) for _, f in uses if f.default is not dataclasses.MISSING}
+    if len(uses) == n_methods and len(defaults) == 1:
+        return escape(f"{text} [default: {defaults.pop()}]")
+    each = ", ".join(f"{m}: {f.default!r}" if f.default is not dataclasses.MISSING else m for m, f in uses)
+    return escape(f"{text} [{each}]")
+
+
+def method_choice(registry: Registry[Any, Any], *, tag: str | None = None) -> Any:
+    """A ``Literal`` of the declared method names (typer shows and checks them as choices)."""
+    return typing.Literal[tuple(registry.names(tag=tag))]
+
+
+def method_options(registry: Registry[Any, Any], *, skip: Sequence[str] = ()) -> Callable[[Callable[..., Any]], Any]:
+    """Add the options of every method declared in ``registry`` to a command that takes ``settings``."""
+
+    def wrap(command: Callable[..., Any]) -> Callable[..., Any]:
+        specs = registry.specs()
+        by_name = _fields_by_name(specs, skip)
+        base = inspect.signature(command)
+        hints = typing.get_type_hints(command, include_extras=True)
+        params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in base.parameters.values()
+                  if p.name != "settings"]  # fmt: skip
+        taken = {p.name for p in params}
+        for name, uses in by_name.items():
+            if name in taken:
+                raise ValueError(f"{registry.family} config field {name!r} clashes with an option of the command")
+            py = _cli_type(uses[0][1].type)
+            option = typer.Option(
+                f"--{name.replace('_', '-')}",
+                help=_help(uses, len(specs)),
+                show_default=False,
+                rich_help_panel="Method settings",
+            )
+            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                            annotation=Annotated[py | None, option]))  # fmt: skip
+
+        @functools.wraps(command)
+        def run(**kwargs: Any) -> Any:
+            settings = {n: kwargs.pop(n) for n in by_name if kwargs.get(n) is not None}
+            for n in by_name:
+                kwargs.pop(n, None)
+            return command(settings=settings, **kwargs)
+
+        run.__signature__ = base.replace(parameters=params)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in params}
+        run.__wrapped__ = None  # type: ignore[attr-defined]  # typer must read the new signature, not the wrapped one
+        del run.__wrapped__
+        return run
+
+    return wrap
+
+
+def config_for(spec: MethodSpec[Any, Any], settings: dict[str, Any], *, option_owner: Registry[Any, Any]) -> Any:
+    """``spec``'s config from command-line ``settings``; an option of another method is an error saying whose."""
+    known = {f.name: f for f in spec.fields()}
+    for name in settings:
+        if name not in known:
+            owners = [s.name for s in option_owner.specs() if name in {f.name for f in s.fields()}]
+            raise ValueError(f"--{name.replace('_', '-')} is a setting of {', '.join(owners)}, not of {spec.name}")
+    return spec.make_config(**settings)
