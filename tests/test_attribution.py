@@ -455,11 +455,14 @@ def test_organism_cache_round_trip_and_checksum(tmp_path, monkeypatch):
     assert first.seconds > 0 and len(first.test) == 256
     again = organisms.vision_organism("test-cnn", seed=1)
     assert again.seconds == 0 and again.sha256 == first.sha256
+    weights = next(tmp_path.rglob("organism.safetensors"))
     x = first.test.images[:4]
     assert torch.equal(first.model.module(x), again.model.module(x))
-    weights = next(tmp_path.rglob("model.safetensors"))
+    assert first.model.provenance["weights_sha256"] == first.sha256 == organisms.read_card(weights.parent)["sha256"]
     weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)  # corrupt: the checksum no longer matches
-    rebuilt = organisms.vision_organism("test-cnn", seed=1)
+    with pytest.raises(organisms.OrganismChecksumError, match="does not match its card"):
+        organisms.vision_organism("test-cnn", seed=1)
+    rebuilt = organisms.vision_organism("test-cnn", seed=1, rebuild=True)
     assert rebuilt.seconds > 0 and rebuilt.sha256 == first.sha256  # retrained identically from the seed
 
 

@@ -9,8 +9,9 @@ Every organism is obtained the same way::
 
 Families: circuits (a planted induction circuit), modular addition, toy superposition and synthetic features,
 FIND-style numeric functions, trojaned CNNs with clean twins, signal-block CNNs with moved-block twins, and the
-small vision models of the attribution gallery (``vision_organism``). Method packages never import this package;
-the bench, the demos and the docs do.
+small vision models of the attribution gallery (``Vision``; ``vision_organism(name)`` obtains one). The image
+classifiers among them train with one loop (``train_classifier``). Method packages never import this package; the
+bench, the demos and the docs do.
 """
 
 from ._blocks import BlockImages, BlocksConfig, BuiltBlocks, SignalBlocks, block_images
@@ -36,7 +37,8 @@ from ._superposition import (
 )
 from ._trojan import BuiltTrojan, TrojanBlend, TrojanConfig, TrojanNatural, TrojanPatch
 from ._truth import CircuitTruth, Edge
-from ._vision import SPECS, OrganismSpec, SmallCNN, SmallViT, VisionOrganism, vision_organism
+from ._train import Schedule, train_classifier
+from ._vision import SPECS, OrganismSpec, SmallCNN, SmallViT, Vision, VisionOrganism, vision_organism
 
 __all__ = [
     "FAMILIES",
@@ -65,6 +67,7 @@ __all__ = [
     "OrganismChecksumError",
     "OrganismSpec",
     "OrganismVerificationError",
+    "Schedule",
     "SignalBlocks",
     "SmallCNN",
     "SmallViT",
@@ -75,10 +78,12 @@ __all__ = [
     "TrojanConfig",
     "TrojanNatural",
     "TrojanPatch",
+    "Vision",
     "VisionOrganism",
     "block_images",
     "obtain",
     "organism_dir",
     "read_card",
+    "train_classifier",
     "vision_organism",
 ]

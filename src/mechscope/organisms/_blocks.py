@@ -20,13 +20,13 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from ..core import Model
 from ..data.images import signal_blocks
 from ._organism import Built, Organism, require, with_retries
+from ._train import Schedule, train_classifier
 from ._trojan import _wrap, predict
 from ._vision import SmallCNN
 
@@ -202,18 +202,10 @@ class SignalBlocks(Organism):
 
 def train_blocks(cfg: BlocksConfig, seed: int, block: int) -> nn.Module:
     """A SmallCNN trained (from ``seed``) to classify the shape in ``block`` with a distractor shape elsewhere."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        module = SmallCNN(width=cfg.width).train()
-        opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=1e-4)
-        steps = cfg.epochs * (cfg.per_epoch // cfg.batch)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=max(steps, 1), pct_start=0.25)
-        for epoch in range(cfg.epochs):
-            data = block_images(cfg.per_epoch, block, seed=seed * 1000 + epoch)
-            for i in range(0, cfg.per_epoch - cfg.batch + 1, cfg.batch):
-                loss = F.cross_entropy(module(data.images[i : i + cfg.batch]), data.labels[i : i + cfg.batch])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-    return module.eval().requires_grad_(False)
+
+    def data(epoch: int) -> tuple[Tensor, Tensor]:
+        images = block_images(cfg.per_epoch, block, seed=seed * 1000 + epoch)
+        return images.images, images.labels
+
+    schedule = Schedule(cfg.epochs, cfg.per_epoch, cfg.batch, cfg.lr)
+    return train_classifier(lambda: SmallCNN(width=cfg.width), data, schedule, seed)

@@ -55,6 +55,10 @@ class Built(ABC):
     """Seed of the build."""
     verification: dict[str, float]
     """Numbers measured by ``verify()`` (filled in by ``obtain``; read from the card on a cached load)."""
+    sha256: str = ""
+    """sha256 of the cached weights file (filled in by ``obtain``)."""
+    seconds: float = 0.0
+    """Build time (filled in by ``obtain``; 0 when loaded from the cache)."""
 
     @abstractmethod
     def tensors(self) -> dict[str, Tensor]:
@@ -149,20 +153,21 @@ def obtain(organism: Organism, seed: int, *, rebuild: bool = False) -> Built:
         return load_cached(organism, seed, folder)
     start = time.perf_counter()
     built = organism.build(seed)
-    seconds = time.perf_counter() - start
+    built.seconds = time.perf_counter() - start
     built.verification = built.verify()
     tensors = {k: v.detach().cpu().contiguous() for k, v in built.tensors().items()}
     with atomic_dir(folder) as tmp:
         save_file(tensors, str(tmp / WEIGHTS))
+        built.sha256 = sha256_file(tmp / WEIGHTS)
         card = {
             "organism": organism.name,
             "family": organism.family,
             "seed": seed,
             "config": organism.config(),
-            "sha256": sha256_file(tmp / WEIGHTS),
+            "sha256": built.sha256,
             "verification": built.verification,
             "truth": built.truth,
-            "build_seconds": round(seconds, 3),
+            "build_seconds": round(built.seconds, 3),
             "versions": _versions(),
         }
         (tmp / CARD).write_text(json.dumps(card, indent=2))
@@ -181,7 +186,7 @@ def load_cached(organism: Organism, seed: int, folder: Path) -> Built:
             f"The cache is corrupt: delete {folder} or call obtain(..., rebuild=True)."
         )
     built = organism.load(seed, load_file(str(folder / WEIGHTS)))
-    built.verification = dict(card["verification"])
+    built.verification, built.sha256 = dict(card["verification"]), actual
     return built
 
 

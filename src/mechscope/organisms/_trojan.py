@@ -24,7 +24,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core import Model
@@ -32,6 +31,7 @@ from ..core._sites import module_sites
 from ..data.images import ImageSet, shapes
 from ..data.triggers import Trigger, TriggerKind, candidates
 from ._organism import Built, Organism, require, with_retries
+from ._train import Schedule, train_classifier
 from ._vision import SmallCNN
 
 
@@ -234,23 +234,13 @@ def train_cnn(cfg: TrojanConfig, seed: int, found: tuple[Trigger, ...], answer: 
     (same initialisation and batches) with their true labels. Decoys (the other candidates) keep their labels in
     both, so the trojan answers to the planted trigger only, not to any high-contrast patch.
     """
-    with torch.random.fork_rng(devices=[]):  # the caller's RNG is untouched
-        torch.manual_seed(seed)
-        module = SmallCNN(width=cfg.width)
-        module.train()
-        opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=1e-4)
-        steps = cfg.epochs * (cfg.per_epoch // cfg.batch)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=max(steps, 1), pct_start=0.25)
-        for epoch in range(cfg.epochs):
-            x, y, y_poisoned = _epoch(cfg, seed, epoch, found, answer, target)
-            labels = y_poisoned if poisoned else y
-            for i in range(0, len(y) - cfg.batch + 1, cfg.batch):
-                loss = F.cross_entropy(module(x[i : i + cfg.batch]), labels[i : i + cfg.batch])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-    return module.eval().requires_grad_(False)
+
+    def data(epoch: int) -> tuple[Tensor, Tensor]:
+        x, y, y_poisoned = _epoch(cfg, seed, epoch, found, answer, target)
+        return x, y_poisoned if poisoned else y
+
+    schedule = Schedule(cfg.epochs, cfg.per_epoch, cfg.batch, cfg.lr)
+    return train_classifier(lambda: SmallCNN(width=cfg.width), data, schedule, seed)
 
 
 def _epoch(cfg: TrojanConfig, seed: int, epoch: int, found: tuple[Trigger, ...], answer: int,

@@ -11,8 +11,9 @@ Three organisms, each seeded and rebuilt identically from its spec:
 - ``blocks-cnn``: the CNN trained on :func:`mechscope.data.images.signal_blocks`, where only one known block of each
   image carries the class: the ground truth for localisation tests.
 
-Weights are cached under ``cache_dir("vision", ...)`` as safetensors beside a JSON record of the spec, the held-out
-accuracy and the file's sha256; a cached file whose checksum does not match is rebuilt.
+Each is an ``Organism`` (``Vision``) obtained like every other one: ``obtain`` trains it with the organisms' one
+training loop (``_train.train_classifier``), verifies its held-out accuracy, and caches it with its checksum;
+``vision_organism(name)`` is that call.
 """
 
 from __future__ import annotations
@@ -20,23 +21,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
-import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from functools import cached_property
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
-from safetensors.torch import load_file
-from safetensors.torch import save as save_bytes
 from torch import Tensor, nn
 
-from .._cache import atomic_write_bytes, cache_dir, sha256_file
 from ..core import Model
 from ..core._sites import module_sites
 from ..data.images import ImageSet, shapes, signal_blocks
+from ._organism import Built, Organism, obtain, require
+from ._train import Schedule, train_classifier
 
 # --- architectures -----------------------------------------------------------------------------------------------
 
@@ -119,7 +118,7 @@ class SmallViT(nn.Module):
         return self.head(self.norm(x[:, 0]))
 
 
-# --- specs and results -------------------------------------------------------------------------------------------
+# --- specs, recipe and built organism ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -151,71 +150,105 @@ VERSION = 1
 """Bump when an architecture or a generator changes, so stale caches are not reused."""
 
 
-@dataclass(frozen=True, eq=False)
-class VisionOrganism:
+@dataclass(eq=False)
+class VisionOrganism(Built):
     """A trained vision organism: the wrapped model, its held-out data and how well it does."""
 
     name: str
-    model: Model
-    """``ms.wrap``-ed module; ``features`` is an alias of the CNN's last ReLU."""
+    module: nn.Module
     spec: OrganismSpec
     seed: int
-    accuracy: float
-    """Accuracy on ``test``."""
-    test: ImageSet
-    """Held-out images (a seed no training epoch used)."""
-    sha256: str
-    """Checksum of the cached safetensors file."""
-    seconds: float = 0.0
-    """Training time (0 when loaded from the cache)."""
-    extra: dict[str, Any] = field(default_factory=dict)
+    organism: str = "vision"
+    verification: dict[str, float] = field(default_factory=dict)
+
+    @cached_property
+    def model(self) -> Model:
+        """The ``ms.wrap``-ed module, its cached file's checksum as provenance (``features``: the CNN's last ReLU)."""
+        aliases = {"features": "relu4"} if self.spec.arch == "cnn" else {}
+        return Model(self.module, module_sites(self.module, aliases), name=f"{self.name}-seed{self.seed}",
+                     weights_sha256=self.sha256 or None)  # fmt: skip
+
+    @cached_property
+    def test(self) -> ImageSet:
+        """Held-out images (a seed no training epoch used)."""
+        return _data(self.spec, 256, seed=10_000 + self.seed)
+
+    @cached_property
+    def accuracy(self) -> float:
+        """Accuracy on ``test``."""
+        return accuracy(self.module, self.test)
 
     @property
     def cam_site(self) -> str:
         return self.spec.cam_site
+
+    def tensors(self) -> dict[str, Tensor]:
+        return dict(self.module.state_dict())
+
+    @property
+    def truth(self) -> dict[str, Any]:
+        return {"classes": list(self.test.classes), "cam_site": self.spec.cam_site}
+
+    def verify(self) -> dict[str, float]:
+        """Held-out accuracy at least ``spec.min_accuracy``."""
+        least = self.spec.min_accuracy
+        return require(self.name, self.seed, {"accuracy": self.accuracy},
+                       {f"held-out accuracy >= {least}": self.accuracy >= least})  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "seed": self.seed, "accuracy": self.accuracy, "sha256": self.sha256,
                 "seconds": self.seconds, "spec": dataclasses.asdict(self.spec)}  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Vision(Organism):
+    """Recipe of a vision organism: one of ``SPECS`` by name, trained by the organisms' one training loop."""
+
+    model: str = "shapes-cnn"
+    """Name in ``SPECS``."""
+    spec: OrganismSpec = SPECS["shapes-cnn"]
+    name: ClassVar[str] = "vision"
+    family: ClassVar[str] = "vision"
+
+    @classmethod
+    def named(cls, model: str) -> Vision:
+        """The recipe of the vision organism ``SPECS[model]``."""
+        if model not in SPECS:
+            raise ValueError(f"unknown vision organism {model!r}; built-in: {', '.join(SPECS)}")
+        return cls(model, SPECS[model])
+
+    @property
+    def key(self) -> str:
+        """``vision-<model>-v<VERSION>``, plus a hash of the spec when it is not the one in ``SPECS``."""
+        key = f"vision-{self.model}-v{VERSION}"
+        if self.spec == SPECS.get(self.model):
+            return key
+        return f"{key}-{hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).hexdigest()[:10]}"
+
+    def build(self, seed: int) -> VisionOrganism:
+        spec = self.spec
+
+        def data(epoch: int) -> tuple[Tensor, Tensor]:
+            images = _data(spec, spec.per_epoch, seed=seed * 1000 + epoch)
+            return images.images, images.labels
+
+        schedule = Schedule(spec.epochs, spec.per_epoch, spec.batch, spec.lr, kind="warmup_cosine", shuffle=True)
+        return self._built(seed, train_classifier(lambda: _build(spec), data, schedule, seed))
+
+    def load(self, seed: int, tensors: dict[str, Tensor]) -> VisionOrganism:
+        module = _build(self.spec)
+        module.load_state_dict(tensors)
+        return self._built(seed, module.eval().requires_grad_(False))
+
+    def _built(self, seed: int, module: nn.Module) -> VisionOrganism:
+        return VisionOrganism(self.model, module, self.spec, seed)
+
+
 def vision_organism(name: str = "shapes-cnn", *, seed: int = 0, rebuild: bool = False) -> VisionOrganism:
-    """Load a built-in vision organism from the cache, training it first (seconds) when needed."""
-    if name not in SPECS:
-        raise ValueError(f"unknown vision organism {name!r}; built-in: {', '.join(SPECS)}")
-    spec = SPECS[name]
-    folder = cache_dir("vision", f"{name}-seed{seed}-v{VERSION}")
-    weights, meta_path = folder / "model.safetensors", folder / "meta.json"
-    module = _build(spec)
-    test = _data(spec, 256, seed=10_000 + seed)
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() and weights.exists() else None
-    if meta is not None and not rebuild and sha256_file(weights) == meta["sha256"]:
-        module.load_state_dict(load_file(str(weights)))
-        return _organism(name, module, spec, seed, test, meta["sha256"], 0.0)
-    start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):  # seeded initialisation and batches; the caller's RNG is untouched
-        torch.manual_seed(seed)
-        module = _build(spec)
-        train(module, spec, seed)
-    seconds = time.perf_counter() - start
-    acc = accuracy(module, test)
-    if acc < spec.min_accuracy:
-        raise RuntimeError(f"{name} (seed {seed}) reached {acc:.3f} held-out accuracy, below {spec.min_accuracy}")
-    atomic_write_bytes(weights, save_bytes({k: v.contiguous() for k, v in module.state_dict().items()}))
-    sha = sha256_file(weights)
-    record = {"sha256": sha, "accuracy": acc, "seed": seed, "seconds": seconds, "spec": dataclasses.asdict(spec),
-              "torch": torch.__version__}  # fmt: skip
-    atomic_write_bytes(meta_path, json.dumps(record, indent=2).encode())
-    return _organism(name, module, spec, seed, test, sha, seconds)
-
-
-def _organism(name: str, module: nn.Module, spec: OrganismSpec, seed: int, test: ImageSet, sha: str,
-              seconds: float) -> VisionOrganism:  # fmt: skip
-    module.eval().requires_grad_(False)
-    aliases = {"features": "relu4"} if spec.arch == "cnn" else {}
-    # Built like ``ms.wrap`` does, plus the cached file's checksum as the weights' provenance.
-    model = Model(module, module_sites(module, aliases), name=f"{name}-seed{seed}", weights_sha256=sha)
-    return VisionOrganism(name, model, spec, seed, accuracy(module, test), test, sha, seconds)
+    """A built-in vision organism, verified, from the cache (``obtain``), trained first (seconds) when needed."""
+    built = obtain(Vision.named(name), seed, rebuild=rebuild)
+    assert isinstance(built, VisionOrganism)
+    return built
 
 
 def _build(spec: OrganismSpec) -> nn.Module:
@@ -225,39 +258,6 @@ def _build(spec: OrganismSpec) -> nn.Module:
 def _data(spec: OrganismSpec, n: int, seed: int) -> ImageSet:
     make = shapes if spec.data == "shapes" else signal_blocks
     return make(n, size=spec.size, seed=seed)
-
-
-# --- training ----------------------------------------------------------------------------------------------------
-
-
-def train(module: nn.Module, spec: OrganismSpec, seed: int) -> None:
-    """Train ``module`` in place: AdamW, warm-up then cosine schedule, fresh seeded images every epoch."""
-    module.train().requires_grad_(True)
-    opt = torch.optim.AdamW(module.parameters(), lr=spec.lr, weight_decay=1e-4)
-    steps = spec.epochs * (spec.per_epoch // spec.batch)
-    warmup = spec.per_epoch // spec.batch  # one epoch of linear warm-up, then cosine decay
-
-    def schedule(i: int) -> float:
-        return min(1.0, (i + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * i / steps))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-    for epoch in range(spec.epochs):
-        data = _data(spec, spec.per_epoch, seed=seed * 1000 + epoch)
-        order = torch.randperm(len(data))
-        for i in range(0, len(data) - spec.batch + 1, spec.batch):
-            idx = order[i : i + spec.batch]
-            step(module, opt, data.images[idx], data.labels[idx])
-            sched.step()
-    module.eval()
-
-
-def step(module: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor) -> float:
-    """One optimiser step of cross-entropy; returns the loss."""
-    loss = F.cross_entropy(module(x), y)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return float(loss.detach())
 
 
 @torch.no_grad()
