@@ -1,17 +1,20 @@
 import json
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from mechscope import bench
+from mechscope import bench, report
 from mechscope.bench import _methods as M
 from mechscope.bench._harness import derive_seed
 from mechscope.bench._registry import RunContext
 from mechscope.organisms._induction import BuiltInduction, _llama
 
 ALL_CHEAP = ["modular_addition", "superposition", "synthetic_features", "numeric_functions"]
+SUITE = bench.default_suite()
 
 
 pytestmark = pytest.mark.usefixtures("organism_cache")  # a fresh organism cache (conftest.py)
@@ -19,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("organism_cache")  # a fresh organism cache
 
 @pytest.fixture(scope="module")
 def built():
-    return {name: bench.obtain(bench.ORGANISMS[name], 0) for name in ALL_CHEAP}
+    return {name: bench.obtain(SUITE.organisms[name], 0) for name in ALL_CHEAP}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +38,7 @@ def mean_score(method, organism, metric, seeds=range(60)):
     values = []
     for seed in seeds:
         output = method(organism, ctx(derive_seed("test", seed)))  # as the harness does
-        scores = bench.score(bench.ORGANISMS[organism.organism].family, output, organism, "m")
+        scores = SUITE.score(SUITE.organisms[organism.organism].family, output, organism, "m")
         values += [s for s in scores if s.metric == metric]
     return statistics.fmean(s.value for s in values), statistics.fmean(s.chance for s in values)
 
@@ -213,49 +216,76 @@ def test_interval_scorer_random_is_chance_and_oracle_is_one(built):
 
 
 def test_one_declaration_registers_a_method_and_a_broken_method_is_reported(built):
-    @bench.register_method(family="frequencies", name="test_lowest_first")
+    suite = bench.default_suite()
+
+    @bench.register_method(family="frequencies", name="test_lowest_first", suite=suite)
     def lowest_first(organism, ctx):
         """Scores low frequencies high."""
         return {k: -k for k in organism.frequencies}
 
-    @bench.register_method(family="frequencies", applies_to=("modular_addition",), name="test_broken")
+    @bench.register_method(family="frequencies", applies_to=("modular_addition",), name="test_broken", suite=suite)
     def broken(organism, ctx):
         raise RuntimeError("boom")
 
-    try:
-        assert "test_lowest_first" in [m.name for m in bench.methods_for(bench.ModularAddition())]
-        board = bench.run_bench(seeds=(0,), organisms=["modular_addition"],
-                                methods=["test_lowest_first", "test_broken", "random"], progress=False)  # fmt: skip
-        assert {s.method for s in board.scores} == {"test_lowest_first", "random"}
-        assert board.errors == ("modular_addition/seed0/test_broken: RuntimeError: boom",)
-        row = next(r for r in board.rows() if r.method == "test_lowest_first")
-        assert set(row.baselines) == {"random"} and not row.baseline
-    finally:
-        del bench.METHODS["frequencies/test_lowest_first"], bench.METHODS["frequencies/test_broken"]
+    assert "test_lowest_first" in [m.name for m in suite.methods_for(bench.ModularAddition())]
+    assert "frequencies/test_lowest_first" not in bench.default_suite().methods  # the suite's own, not global
+    methods = ["test_lowest_first", "test_broken", "random"]
+    board = bench.run_bench(seeds=(0,), organisms=["modular_addition"], methods=methods, progress=False, suite=suite)
+    assert {s.method for s in board.scores} == {"test_lowest_first", "random"}
+    assert board.errors == ("modular_addition/seed0/test_broken: RuntimeError: boom",)
+    row = next(r for r in board.rows() if r.method == "test_lowest_first")
+    assert set(row.baselines) == {"random"} and not row.baseline
+
+
+def test_a_plugin_declared_without_a_suite_joins_every_default_suite(monkeypatch):
+    monkeypatch.setattr(bench._registry, "PLUGINS", bench.Suite())
+    monkeypatch.setattr(bench._suite, "PLUGINS", bench._registry.PLUGINS)
+
+    @bench.register_method(family="frequencies", name="test_plugin")
+    def plugin(organism, ctx):
+        return {}
+
+    assert bench.default_suite().methods["frequencies/test_plugin"].fn is plugin
+    bench.register_method(family="no_such_family", name="orphan")(plugin)
+    with pytest.raises(ValueError, match="'orphan' has family 'no_such_family', which has no scorers"):
+        bench.default_suite()
+
+
+def test_importing_the_bench_registers_nothing_and_imports_no_organism_or_method():
+    code = (
+        "import sys, mechscope.bench as b; "
+        "loaded = sorted(m for m in sys.modules if m.startswith(('mechscope.organisms', 'mechscope.bench.'))); "
+        "print(loaded, len(b.PLUGINS.methods), len(b.PLUGINS.organisms))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "['mechscope.bench._harness', 'mechscope.bench._registry', 'mechscope.bench._scorers', " \
+                  "'mechscope.bench._suite'] 0 0"  # fmt: skip
 
 
 def test_an_organism_failing_verification_is_reported_not_scored():
-    original = bench.ORGANISMS["numeric_functions"]
-    bench.register_organism(bench.NumericFunctions(bench.NumericConfig(width=(0.0, 0.0))))
-    try:
-        board = bench.run_bench(seeds=(0,), organisms=["numeric_functions"], progress=False)
-    finally:
-        bench.register_organism(original)
+    suite = bench.default_suite()
+    bench.register_organism(bench.NumericFunctions(bench.NumericConfig(width=(0.0, 0.0))), suite=suite)
+    board = bench.run_bench(seeds=(0,), organisms=["numeric_functions"], progress=False, suite=suite)
     assert board.scores == () and len(board.errors) == 1
     assert board.errors[0].startswith("numeric_functions/seed0: organism 'numeric_functions' seed 0: planted")
 
 
 def check_outputs(board, out: Path) -> None:
+    report.write_leaderboard(board, out)
     for name in ("leaderboard.md", "leaderboard.json", "leaderboard.html"):
         assert (out / name).is_file()
     data = json.loads((out / "leaderboard.json").read_text())
     assert data["rows"] and data["scores"] and not data["errors"]
+    again = bench.Leaderboard.from_dict(data)
+    assert again == board.__class__(board.scores, board.organisms, board.errors, board.quick, round(board.seconds, 2),
+                                    board.skipped)  # fmt: skip
+    assert report.leaderboard_markdown(again).split("\n")[3:] == report.leaderboard_markdown(board).split("\n")[3:]
     page = (out / "leaderboard.html").read_text()
     assert "<script" not in page and "http" not in page and "data:image/png;base64," in page
 
 
 def test_harness_runs_end_to_end_on_one_seed(built, tmp_path):
-    board = bench.run_bench(quick=True, seeds=(0,), organisms=ALL_CHEAP, out=tmp_path, progress=False)
+    board = bench.run_bench(quick=True, seeds=(0,), organisms=ALL_CHEAP, progress=False)
     check_outputs(board, tmp_path)
     rows = {(r.organism, r.metric, r.method): r for r in board.rows()}
     for (organism, metric, method), row in rows.items():
@@ -265,12 +295,12 @@ def test_harness_runs_end_to_end_on_one_seed(built, tmp_path):
     assert sae.mean > sae.chance + 0.2 and sae.baselines["oracle"] == pytest.approx(1.0)
     assert rows["modular_addition", "frequency_auroc", "logit_fourier"].mean > 0.8
     assert rows["numeric_functions", "interval_iou", "jump_detector"].mean > 0.5
-    assert "| topk_sae |" in board.to_markdown()
+    assert "| topk_sae |" in report.leaderboard_markdown(board)
 
 
 @pytest.mark.slow
 def test_harness_scores_circuit_methods_on_the_induction_organism(induction, tmp_path):
-    board = bench.run_bench(quick=True, seeds=(0,), organisms=["induction"], out=tmp_path, progress=False)
+    board = bench.run_bench(quick=True, seeds=(0,), organisms=["induction"], progress=False)
     check_outputs(board, tmp_path)
     rows = {(r.metric, r.method): r for r in board.rows()}
     assert rows["node_auroc", "activation_patching_heads"].mean == 1.0

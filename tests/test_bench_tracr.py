@@ -11,7 +11,7 @@ pytest.importorskip("tracr")
 import torch
 
 import mechscope as ms
-from mechscope import bench
+from mechscope import bench, report
 from mechscope.bench import _tracr
 from mechscope.bench._registry import RunContext
 from mechscope.bench._scorers import node_auroc
@@ -87,24 +87,21 @@ def test_ablation_methods_run_through_mechscope_interventions(organism):
 
 
 def test_harness_scores_the_compiled_family(organism):
-    original = bench.ORGANISMS.get(SMALL.name)
-    bench.register_organism(SMALL)  # the small variant, already in the cache
-    try:
-        board = bench.run_bench(seeds=(0,), organisms=[SMALL.name], methods=["random", "oracle"], progress=False)
-    finally:
-        bench.ORGANISMS.pop(SMALL.name)
-        if original is not None:
-            bench.register_organism(original)
+    suite = bench.default_suite()
+    bench.register_organism(SMALL, suite=suite)  # the small variant, already in the cache
+    board = bench.run_bench(seeds=(0,), organisms=[SMALL.name], methods=["random", "oracle"], progress=False,
+                            suite=suite)  # fmt: skip
     assert not board.errors
     metrics = {(s.method, s.metric) for s in board.scores}
     assert {("oracle", "node_auroc"), ("oracle", "edge_auroc"), ("random", "node_auroc")} <= metrics
 
 
-def test_missing_extra_is_listed_as_skipped(monkeypatch):
-    monkeypatch.setitem(bench.UNAVAILABLE, "tracr_fake", bench.MISSING_TRACR)
-    board = bench.run_bench(seeds=(0,), organisms=["tracr_fake"], progress=False)
+def test_missing_extra_is_listed_as_skipped():
+    suite = bench.default_suite()
+    suite.unavailable["tracr_fake"] = bench.MISSING_TRACR
+    board = bench.run_bench(seeds=(0,), organisms=["tracr_fake"], progress=False, suite=suite)
     assert board.skipped == ("tracr_fake: needs tracr and jax to build: pip install -e .[tracr]",)
-    assert "Skipped organisms" in board.to_markdown()
+    assert "Skipped organisms" in report.leaderboard_markdown(board)
 
 
 def test_attribution_patching_is_exact_where_the_model_is_linear(organism):

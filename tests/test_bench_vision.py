@@ -11,6 +11,7 @@ from mechscope.bench._vision_scorers import mass_in, pick, top_k_precision
 from mechscope.data.triggers import KINDS, candidates
 
 pytestmark = pytest.mark.usefixtures("organism_cache")  # a fresh organism cache (conftest.py)
+SUITE = bench.default_suite()
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +32,8 @@ def ctx(seed: int) -> RunContext:
 
 def scores(method, organism, seeds) -> dict[str, tuple[float, float]]:
     """Metric -> (mean value, mean chance) of ``method`` over ``seeds``."""
-    family = bench.ORGANISMS[organism.organism].family
-    got = [s for seed in seeds for s in bench.score(family, method(organism, ctx(seed)), organism, "m")]
+    family = SUITE.organisms[organism.organism].family
+    got = [s for seed in seeds for s in SUITE.score(family, method(organism, ctx(seed)), organism, "m")]
     metrics = {s.metric for s in got}
     return {m: (statistics.fmean(s.value for s in got if s.metric == m),
                 statistics.fmean(s.chance for s in got if s.metric == m)) for m in metrics}  # fmt: skip

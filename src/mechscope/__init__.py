@@ -7,7 +7,7 @@ with model.intervene(ms.Ablate("head.9.z", heads=[3])):
     ablated = model.run(...)
 """
 
-from . import attribution, bench, circuits, features, lenses, organisms, store, visualize
+from . import attribution, bench, circuits, features, lenses, store, visualize
 from .core import (
     DEFAULT_MODEL,
     Ablate,
@@ -28,6 +28,15 @@ from .core import (
 )
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    if name == "organisms":  # on first use: importing mechscope (or its bench) builds no organism module
+        import importlib
+
+        return importlib.import_module(".organisms", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -14,7 +14,6 @@ import torch
 
 from .._cache import atomic_write_bytes
 from ..core._model import Model
-from ..organisms._vision import vision_organism
 from ._cam import eigen_cam, grad_cam, grad_cam_pp, layer_cam, score_cam
 from ._gradients import input_x_gradient, integrated_gradients, occlusion, saliency, smoothgrad
 from ._lrp import lrp
@@ -46,6 +45,8 @@ def image_methods(cam_site: str) -> dict[str, Callable[..., Attribution]]:
 
 def image_section(out_dir: Path, n: int = 32, shown: int = 4) -> tuple[str, str]:
     """Gallery of every method on the shapes CNN, with deletion/insertion AUC, localisation and randomisation."""
+    from ..organisms import vision_organism  # demos may use organisms; the method package itself never does
+
     org = vision_organism("shapes-cnn")
     data = org.test[:n]
     x, y = data.images, data.labels

@@ -2,35 +2,40 @@
 
 Example::
 
-    from mechscope import bench
+    from mechscope import bench, report
 
     board = bench.run_bench(quick=True, seeds=(0,))   # builds (once, cached) and verifies every organism
-    print(board.to_markdown())
-    board.write("bench-results")                      # leaderboard.md / .json / .html
+    report.write_leaderboard(board, "bench-results")  # leaderboard.md / .json / .html
 
     organism = bench.obtain(bench.Induction(), seed=0)   # a verified organism, from the cache
     organism.circuit.circuit                              # {'head.0.z[h..]', 'head.1.z[h..]'}
 
-New methods join with one declaration (see ``register_method``); new organisms subclass ``Organism`` and are added
-with ``register_organism``, with a new family's scorers added by ``register_scorer``. Built-in families: circuits,
-features, frequencies, descriptions, trojans (trojaned CNNs and their clean twins), attribution (signal-block
-CNNs and their moved-block twins) and compiled (RASP programs compiled by tracr, with the ``tracr`` extra).
+What a run runs is a ``Suite``: ``default_suite()`` builds the built-in one when called, so importing this package
+registers nothing and imports no organism or method. A new method joins a suite with one declaration (see
+``register_method``); new organisms subclass ``Organism`` and join with ``register_organism``, a new family's
+scorers with ``register_scorer``. Built-in families: circuits, features, frequencies, descriptions, trojans
+(trojaned CNNs and their clean twins), attribution (signal-block CNNs and their moved-block twins) and compiled
+(RASP programs compiled by tracr, with the ``tracr`` extra).
+
+The organisms live in ``mechscope.organisms``; their names are re-exported here, loaded on first use.
 """
 
-from mechscope.bench._harness import FULL_SEEDS, QUICK_SEEDS, Leaderboard, Row, main, run_bench
-from mechscope.bench._registry import (
-    METHODS,
-    ORGANISMS,
-    UNAVAILABLE,
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._harness import FULL_SEEDS, QUICK_SEEDS, Leaderboard, Row, default_seeds, derive_seed, run_bench
+from ._registry import (
+    PLUGINS,
     MethodSpec,
     RunContext,
-    methods_for,
+    Suite,
     register_method,
     register_organism,
     register_scorer,
 )
-from mechscope.bench._scorers import (
-    SCORERS,
+from ._scorers import (
     CircuitScores,
     DictionaryOutput,
     Score,
@@ -42,69 +47,99 @@ from mechscope.bench._scorers import (
     iou,
     node_auroc,
     random_dictionary,
-    score,
 )
-from mechscope.bench._tracr import (
-    MISSING_TRACR,
-    TRACR_ORGANISMS,
-    BuiltCompiled,
-    CompiledTransformer,
-    TracrConfig,
-    TracrDyck,
-    TracrFracPrevs,
-    TracrHist,
-    TracrReverse,
-    TracrSort,
-    tracr_available,
-)
-from mechscope.bench._vision_methods import ATTRIBUTIONS
-from mechscope.bench._vision_scorers import AttributionOutput, TrojanOutput
-from mechscope.organisms._blocks import BlockImages, BlocksConfig, BuiltBlocks, SignalBlocks, block_images
-from mechscope.organisms._induction import BuiltInduction, Induction, InductionConfig
-from mechscope.organisms._modadd import BuiltModAdd, ModAddConfig, ModularAddition
-from mechscope.organisms._numeric import FAMILIES, BuiltNumeric, NumericConfig, NumericFunction, NumericFunctions
-from mechscope.organisms._organism import (
-    Built,
-    Organism,
-    OrganismChecksumError,
-    OrganismVerificationError,
-    obtain,
-    organism_dir,
-    read_card,
-)
-from mechscope.organisms._superposition import (
-    BuiltFeatures,
-    BuiltTMS,
-    FeatureConfig,
-    SyntheticFeatures,
-    TMSConfig,
-    ToyModelOfSuperposition,
-)
-from mechscope.organisms._trojan import BuiltTrojan, TrojanBlend, TrojanConfig, TrojanNatural, TrojanPatch
-from mechscope.organisms._truth import CircuitTruth, Edge
+from ._suite import default_suite, score
 
-for _organism in (
-    Induction(), ModularAddition(), ToyModelOfSuperposition(), SyntheticFeatures(), NumericFunctions(),
-    TrojanPatch(), TrojanBlend(), TrojanNatural(), SignalBlocks(),
-):  # fmt: skip
-    register_organism(_organism)
-for _organism in TRACR_ORGANISMS:  # compiled RASP programs: built only with the tracr extra installed
-    if tracr_available():
-        register_organism(_organism)
-    else:
-        UNAVAILABLE[_organism.name] = MISSING_TRACR
+if TYPE_CHECKING:
+    from ..organisms import (
+        FAMILIES,
+        BlockImages,
+        BlocksConfig,
+        Built,
+        BuiltBlocks,
+        BuiltFeatures,
+        BuiltInduction,
+        BuiltModAdd,
+        BuiltNumeric,
+        BuiltTMS,
+        BuiltTrojan,
+        CircuitTruth,
+        Edge,
+        FeatureConfig,
+        Induction,
+        InductionConfig,
+        ModAddConfig,
+        ModularAddition,
+        NumericConfig,
+        NumericFunction,
+        NumericFunctions,
+        Organism,
+        OrganismChecksumError,
+        OrganismVerificationError,
+        SignalBlocks,
+        SyntheticFeatures,
+        TMSConfig,
+        ToyModelOfSuperposition,
+        TrojanBlend,
+        TrojanConfig,
+        TrojanNatural,
+        TrojanPatch,
+        block_images,
+        obtain,
+        organism_dir,
+        read_card,
+    )
+    from ._tracr import (
+        MISSING_TRACR,
+        TRACR_ORGANISMS,
+        BuiltCompiled,
+        CompiledTransformer,
+        TracrConfig,
+        TracrDyck,
+        TracrFracPrevs,
+        TracrHist,
+        TracrReverse,
+        TracrSort,
+        tracr_available,
+    )
+    from ._vision_methods import ATTRIBUTIONS
+    from ._vision_scorers import AttributionOutput, TrojanOutput
+
+_ORGANISM_NAMES = (
+    "FAMILIES", "BlockImages", "BlocksConfig", "Built", "BuiltBlocks", "BuiltFeatures", "BuiltInduction",
+    "BuiltModAdd", "BuiltNumeric", "BuiltTMS", "BuiltTrojan", "CircuitTruth", "Edge", "FeatureConfig", "Induction",
+    "InductionConfig", "ModAddConfig", "ModularAddition", "NumericConfig", "NumericFunction", "NumericFunctions",
+    "Organism", "OrganismChecksumError", "OrganismVerificationError", "SignalBlocks", "SyntheticFeatures",
+    "TMSConfig", "ToyModelOfSuperposition", "TrojanBlend", "TrojanConfig", "TrojanNatural", "TrojanPatch",
+    "block_images", "obtain", "organism_dir", "read_card",
+)  # fmt: skip
+_LAZY = {name: "mechscope.organisms" for name in _ORGANISM_NAMES} | {
+    **dict.fromkeys(("MISSING_TRACR", "TRACR_ORGANISMS", "BuiltCompiled", "CompiledTransformer", "TracrConfig",
+                     "TracrDyck", "TracrFracPrevs", "TracrHist", "TracrReverse", "TracrSort", "tracr_available"),
+                    "mechscope.bench._tracr"),
+    "ATTRIBUTIONS": "mechscope.bench._vision_methods",
+    "AttributionOutput": "mechscope.bench._vision_scorers",
+    "TrojanOutput": "mechscope.bench._vision_scorers",
+}  # fmt: skip
+"""Names re-exported on first use (PEP 562): the organisms and the adapters import nothing until asked for."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ATTRIBUTIONS",
     "FAMILIES",
     "FULL_SEEDS",
-    "METHODS",
     "MISSING_TRACR",
-    "ORGANISMS",
+    "PLUGINS",
     "QUICK_SEEDS",
-    "SCORERS",
     "TRACR_ORGANISMS",
-    "UNAVAILABLE",
     "AttributionOutput",
     "BlockImages",
     "BlocksConfig",
@@ -139,6 +174,7 @@ __all__ = [
     "RunContext",
     "Score",
     "SignalBlocks",
+    "Suite",
     "SyntheticFeatures",
     "TMSConfig",
     "ToyModelOfSuperposition",
@@ -155,13 +191,14 @@ __all__ = [
     "TrojanPatch",
     "auroc",
     "block_images",
+    "default_seeds",
+    "default_suite",
+    "derive_seed",
     "edge_auroc",
     "features_scores",
     "frequency_auroc",
     "interval_iou",
     "iou",
-    "main",
-    "methods_for",
     "node_auroc",
     "obtain",
     "organism_dir",

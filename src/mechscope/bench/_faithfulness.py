@@ -20,7 +20,7 @@ from ..circuits._acdc import acdc
 from ..circuits._faithfulness import faithfulness_curve
 from ..circuits._graph import Circuit, EdgeScores, Graph
 from ..circuits._nodes import Node
-from ._registry import RunContext, register_method, register_scorer
+from ._registry import RunContext
 from ._scorers import CircuitScores, Score, _score
 
 RANDOM_CIRCUITS = 2
@@ -48,10 +48,6 @@ def faithfulness_areas(output: Any, organism: Any, method: str) -> list[Score] |
     ]
 
 
-register_scorer("circuits", faithfulness_areas)
-
-
-@register_method(family="circuits", applies_to=("induction",))
 def acdc_nodes(organism: Any, ctx: RunContext) -> CircuitScores:
     """ACDC (Conmy et al. 2023) over heads and MLPs, KL metric, tau 0.01; node score = KL rise when tried."""
     result = acdc(organism.model, organism.task, tau=0.01, metric="kl", progress=False)

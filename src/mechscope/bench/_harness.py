@@ -4,13 +4,13 @@
 a scratch folder, scores its output with the family's scorers, attaches the baseline methods' scores to every
 score of the same organism, seed and metric, and aggregates mean and spread over seeds. A method that raises is
 recorded as an error of the leaderboard, not a crash of the bench; so is an organism seed whose build fails
-verification (it is never scored).
+verification (it is never scored). The ``Leaderboard`` is data (``to_dict`` / ``from_dict``); ``mechscope.report``
+renders it as markdown and HTML.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import statistics
 import tempfile
 import time
@@ -19,14 +19,13 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tqdm.auto import tqdm
+from ._registry import RunContext, Suite
+from ._scorers import Score
 
-from ..organisms._organism import Organism, OrganismVerificationError, obtain
-from . import _faithfulness, _methods, _vision_methods  # noqa: F401  (register the built-in methods and scorers)
-from ._registry import ORGANISMS, UNAVAILABLE, RunContext, methods_for
-from ._scorers import Score, score
+if TYPE_CHECKING:
+    from ..organisms._organism import Organism
 
 QUICK_SEEDS = (0, 1, 2)
 FULL_SEEDS = (0, 1, 2, 3, 4)
@@ -100,27 +99,12 @@ class Leaderboard:
             "skipped": list(self.skipped),
         }
 
-    def to_markdown(self) -> str:
-        """The leaderboard as markdown tables."""
-        from ._report import markdown
-
-        return markdown(self)
-
-    def to_html(self) -> str:
-        """A self-contained HTML page (inline PNG plots, no scripts)."""
-        from ._report import html
-
-        return html(self)
-
-    def write(self, out: str | Path) -> dict[str, Path]:
-        """Write ``leaderboard.md``, ``leaderboard.json`` and ``leaderboard.html`` into ``out``."""
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {"markdown": out / "leaderboard.md", "json": out / "leaderboard.json", "html": out / "leaderboard.html"}
-        paths["markdown"].write_text(self.to_markdown())
-        paths["json"].write_text(json.dumps(self.to_dict(), indent=2))
-        paths["html"].write_text(self.to_html())
-        return paths
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Leaderboard:
+        """The leaderboard ``to_dict`` wrote (rows are recomputed from the scores)."""
+        return cls(tuple(Score.from_dict(s) for s in data["scores"]), dict(data.get("organisms", {})),
+                   tuple(data.get("errors", ())), bool(data.get("quick", True)), float(data.get("seconds", 0.0)),
+                   tuple(data.get("skipped", ())))  # fmt: skip
 
 
 def run_bench(
@@ -129,20 +113,25 @@ def run_bench(
     *,
     organisms: Sequence[str] | None = None,
     methods: Sequence[str] | None = None,
-    out: str | Path | None = None,
     progress: bool = True,
+    suite: Suite | None = None,
 ) -> Leaderboard:
-    """Run every registered method on every organism it applies to, for each seed.
+    """Run every method of ``suite`` (default ``default_suite()``) on every organism it applies to, for each seed.
 
     ``seeds`` defaults to 0-2 (``quick``; an organism's own ``quick_seeds`` where it sets them) or 0-4.
-    ``organisms`` and ``methods`` restrict the run by name (method
-    names as registered, e.g. ``oracle`` or ``topk_sae``). With ``out`` the leaderboard is also written there as
-    markdown, JSON and HTML.
+    ``organisms`` and ``methods`` restrict the run by name (method names as declared, e.g. ``oracle`` or
+    ``topk_sae``). ``mechscope.report.write_leaderboard`` writes the result as markdown, JSON and HTML.
     """
+    from tqdm.auto import tqdm
+
+    from ..organisms._organism import OrganismVerificationError, obtain
+    from ._suite import default_suite
+
+    suite = (suite or default_suite()).check()
     start = time.perf_counter()
-    names = list(organisms) if organisms is not None else [*ORGANISMS, *UNAVAILABLE]
-    skipped = tuple(f"{n}: {UNAVAILABLE[n]}" for n in names if n in UNAVAILABLE)
-    chosen = [ORGANISMS[n] for n in names if n not in UNAVAILABLE]
+    names = list(organisms) if organisms is not None else [*suite.organisms, *suite.unavailable]
+    skipped = tuple(f"{n}: {suite.unavailable[n]}" for n in names if n in suite.unavailable)
+    chosen = [suite.organisms[n] for n in names if n not in suite.unavailable]
     scores: list[Score] = []
     errors: list[str] = []
     verified: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
@@ -154,14 +143,11 @@ def run_bench(
             errors.append(f"{organism.name}/seed{seed}: {err}")
             continue
         verified[organism.name][str(seed)] = built.verification
-        got, failed = _run_methods(organism, built, seed, quick, methods)
+        got, failed = _run_methods(suite, organism, built, seed, quick, methods)
         scores += got
         errors += failed
-    board = Leaderboard(tuple(_with_baselines(scores)), dict(verified), tuple(errors), quick,
-                        time.perf_counter() - start, skipped)  # fmt: skip
-    if out is not None:
-        board.write(out)
-    return board
+    return Leaderboard(tuple(_with_baselines(scores, suite.baselines())), dict(verified), tuple(errors), quick,
+                       time.perf_counter() - start, skipped)  # fmt: skip
 
 
 def default_seeds(organism: Organism, quick: bool) -> tuple[int, ...]:
@@ -172,10 +158,10 @@ def default_seeds(organism: Organism, quick: bool) -> tuple[int, ...]:
 
 
 def _run_methods(
-    organism: Organism, built: Any, seed: int, quick: bool, only: Sequence[str] | None
+    suite: Suite, organism: Organism, built: Any, seed: int, quick: bool, only: Sequence[str] | None
 ) -> tuple[list[Score], list[str]]:
     scores, errors = [], []
-    for spec in methods_for(organism):
+    for spec in suite.methods_for(organism):
         if only is not None and spec.name not in only:
             continue
         with tempfile.TemporaryDirectory(prefix="mechscope-bench-") as tmp:
@@ -184,7 +170,7 @@ def _run_methods(
                 ctx = RunContext(seed=derive_seed(spec.name, seed), quick=quick, workdir=Path(tmp))
                 output = spec.fn(built, ctx)
                 seconds = time.perf_counter() - start
-                got = score(organism.family, output, built, spec.name)
+                got = suite.score(organism.family, output, built, spec.name)
             except Exception as err:  # one broken method must not hide every other result
                 last = traceback.format_exception_only(err)[-1].strip()
                 errors.append(f"{organism.name}/seed{seed}/{spec.name}: {last}")
@@ -198,24 +184,13 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
 
-def _with_baselines(scores: list[Score]) -> list[Score]:
+def _with_baselines(scores: list[Score], baselines: set[str]) -> list[Score]:
     """Attach to every score the baseline methods' values on the same organism, seed and metric.
 
     They join any baseline its scorer measured itself, such as the clean twin's.
     """
-    from ._registry import METHODS
-
-    baselines = {m.name for m in METHODS.values() if m.baseline}
     ref: dict[tuple[str, int, str], dict[str, float]] = defaultdict(dict)
     for s in scores:
         if s.method in baselines:
             ref[s.organism, s.seed, s.metric][s.method] = s.value
     return [replace(s, baselines={**s.baselines, **ref[s.organism, s.seed, s.metric]}) for s in scores]
-
-
-def main(quick: bool = True, out: Path = Path("bench-results")) -> Leaderboard:
-    """``mechscope bench [--quick] [--out DIR]``: run the bench and write the leaderboard into ``out``."""
-    board = run_bench(quick=quick, out=out)
-    print(board.to_markdown())
-    print(f"\nleaderboard written to {out}/leaderboard.{{md,json,html}} in {board.seconds:.0f} s")
-    return board

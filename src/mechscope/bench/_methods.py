@@ -25,7 +25,7 @@ from ..circuits._result import PatchingResult
 from ..features._dictionary import DictionaryConfig
 from ..features._train import TrainConfig, train
 from ..organisms._modadd import all_pairs, fourier_basis
-from ._registry import RunContext, register_method
+from ._registry import RunContext
 from ._scorers import CircuitScores, DictionaryOutput, random_dictionary, random_interval
 
 # --- circuits ----------------------------------------------------------------------------------------------------
@@ -36,21 +36,18 @@ def _importance(grid: PatchingResult) -> dict[str, float]:
     return {n.label(): float(abs(1 - e)) for n, e in zip(grid.nodes(), grid.effect.flatten().tolist(), strict=True)}
 
 
-@register_method(family="circuits", applies_to=("induction",))
 def attribution_patching_heads(organism: Any, ctx: RunContext) -> CircuitScores:
     """Attribution patching (noising) of every head's output: one forward and backward pass."""
     result = attribution_patching(organism.model, organism.task, ["head.z"], direction="noising", progress=False)
     return CircuitScores(_importance(result["head.z"]))
 
 
-@register_method(family="circuits", applies_to=("induction",))
 def activation_patching_heads(organism: Any, ctx: RunContext) -> CircuitScores:
     """Activation patching (noising) of every head's output, one head at a time."""
     grid = activation_patching(organism.model, organism.task, "head.z", direction="noising", progress=False)
     return CircuitScores(_importance(grid))
 
 
-@register_method(family="circuits", applies_to=("induction",))
 def direct_logit_attribution_heads(organism: Any, ctx: RunContext) -> CircuitScores:
     """|Direct logit attribution| of every head (sees only direct effects on the logits)."""
     dla = direct_logit_attribution(organism.model, organism.task)
@@ -70,19 +67,16 @@ def _edge_method(scores: EdgeScores) -> CircuitScores:
     return CircuitScores(nodes, edges)
 
 
-@register_method(family="circuits", applies_to=("induction",))
 def edge_attribution_patching(organism: Any, ctx: RunContext) -> CircuitScores:
     """EAP (Syed et al. 2023), noising, of every edge; a head's node score sums its outgoing edges."""
     return _edge_method(eap(organism.model, organism.task, direction="noising", progress=False))
 
 
-@register_method(family="circuits", applies_to=("induction",))
 def edge_attribution_patching_ig(organism: Any, ctx: RunContext) -> CircuitScores:
     """EAP-IG (Hanna et al. 2024), noising, 5 steps; a head's node score sums its outgoing edges."""
     return _edge_method(eap_ig(organism.model, organism.task, direction="noising", steps=5, progress=False))
 
 
-@register_method(family="circuits", name="random", baseline=True)
 def random_circuit(organism: Any, ctx: RunContext) -> CircuitScores:
     """Uniform random score for every candidate node and edge."""
     gen = torch.Generator().manual_seed(ctx.seed)
@@ -92,7 +86,6 @@ def random_circuit(organism: Any, ctx: RunContext) -> CircuitScores:
     return CircuitScores(nodes, edges)
 
 
-@register_method(family="circuits", name="oracle", baseline=True)
 def oracle_circuit(organism: Any, ctx: RunContext) -> CircuitScores:
     """Reads the ground truth: 1 for circuit nodes and edges, 0 for the rest."""
     truth = organism.circuit
@@ -108,7 +101,6 @@ SAE_K = 3
 """Active latents per row (TopK) of the bench's dictionaries and of the random-dictionary baseline."""
 
 
-@register_method(family="features")
 def topk_sae(organism: Any, ctx: RunContext) -> Any:
     """TopK SAE (Gao et al. 2024) trained with ``mechscope.features.train`` on a small budget."""
     d = organism.data.x.shape[1]
@@ -120,14 +112,12 @@ def topk_sae(organism: Any, ctx: RunContext) -> Any:
     return train(config, organism.data.x, ctx.workdir / "sae", progress=False).dictionary
 
 
-@register_method(family="features", name="random_dictionary", baseline=True)
 def random_dictionary_method(organism: Any, ctx: RunContext) -> DictionaryOutput:
     """Random unit decoder rows, each row of data firing ``SAE_K`` random latents."""
     d = organism.data.x.shape[1]
     return random_dictionary(SAE_EXPANSION * d, organism.data, SAE_K, seed=ctx.seed)
 
 
-@register_method(family="features", name="oracle", baseline=True)
 def oracle_dictionary(organism: Any, ctx: RunContext) -> DictionaryOutput:
     """Reads the ground truth: decoder = true directions, latents = true coefficients."""
     return DictionaryOutput(organism.data.features, organism.data.coefficients)
@@ -136,7 +126,6 @@ def oracle_dictionary(organism: Any, ctx: RunContext) -> DictionaryOutput:
 # --- frequencies -------------------------------------------------------------------------------------------------
 
 
-@register_method(family="frequencies")
 def logit_fourier(organism: Any, ctx: RunContext) -> dict[int, float]:
     """Power of the logits' Fourier transform along the first input, summed over everything else (behaviour only)."""
     p = organism.p
@@ -148,14 +137,12 @@ def logit_fourier(organism: Any, ctx: RunContext) -> dict[int, float]:
     return dict(zip(organism.frequencies, power.tolist(), strict=True))
 
 
-@register_method(family="frequencies", name="random", baseline=True)
 def random_frequencies(organism: Any, ctx: RunContext) -> dict[int, float]:
     """Uniform random score per frequency."""
     gen = torch.Generator().manual_seed(ctx.seed)
     return dict(zip(organism.frequencies, torch.rand(len(organism.frequencies), generator=gen).tolist(), strict=True))
 
 
-@register_method(family="frequencies", name="oracle", baseline=True)
 def oracle_frequencies(organism: Any, ctx: RunContext) -> dict[int, float]:
     """Reads the ground truth: 1 for key frequencies."""
     return {k: float(k in organism.key_frequencies) for k in organism.frequencies}
@@ -164,7 +151,6 @@ def oracle_frequencies(organism: Any, ctx: RunContext) -> dict[int, float]:
 # --- descriptions ------------------------------------------------------------------------------------------------
 
 
-@register_method(family="descriptions")
 def jump_detector(organism: Any, ctx: RunContext) -> dict[str, tuple[float, float]]:
     """Bracket the two largest jumps of each function sampled on a grid (black-box access only)."""
     lo, hi = organism.domain
@@ -180,14 +166,12 @@ def jump_detector(organism: Any, ctx: RunContext) -> dict[str, tuple[float, floa
     return out
 
 
-@register_method(family="descriptions", name="random", baseline=True)
 def random_descriptions(organism: Any, ctx: RunContext) -> dict[str, tuple[float, float]]:
     """A uniformly random interval per function."""
     gen = torch.Generator().manual_seed(ctx.seed)
     return {f.name: random_interval(organism.domain, gen) for f in organism.functions}
 
 
-@register_method(family="descriptions", name="oracle", baseline=True)
 def oracle_descriptions(organism: Any, ctx: RunContext) -> dict[str, tuple[float, float]]:
     """Reads the ground truth: each function's corrupted interval."""
     return {f.name: f.interval for f in organism.functions}

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from jaxtyping import Float
@@ -29,8 +29,10 @@ from torch import Tensor
 from ..features._dictionary import Dictionary
 from ..features._metrics import recovery
 from ..features._synthetic import SyntheticData
-from ..organisms._organism import Built
-from ..organisms._truth import Edge
+
+if TYPE_CHECKING:
+    from ..organisms._organism import Built
+    from ..organisms._truth import Edge
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,12 @@ class Score:
         """JSON-serialisable form."""
         return dict(self.__dict__)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Score:
+        """The score ``to_dict`` wrote (after a JSON round trip)."""
+        curve = tuple((float(x), float(y)) for x, y in data.get("curve", ()))
+        return cls(**{**data, "baselines": dict(data.get("baselines", {})), "curve": curve})
+
 
 # --- method outputs ----------------------------------------------------------------------------------------------
 
@@ -75,9 +83,6 @@ class DictionaryOutput:
 
     decoder: Float[Tensor, "d_sae d"]
     latents: Float[Tensor, "n d_sae"]
-
-
-Scorer = Callable[[Any, Built, str], "Score | None"]
 
 
 def _score(organism: Built, method: str, metric: str, value: float, chance: float, higher: bool = True) -> Score:
@@ -235,15 +240,5 @@ SCORERS: dict[str, tuple[Callable[..., Score | list[Score] | None], ...]] = {
     "frequencies": (frequency_auroc,),
     "descriptions": (interval_iou,),
 }
-"""Scorers of each organism family; a new family (trojans, attribution) adds its entry with ``register_scorer``."""
-
-
-def score(family: str, output: Any, organism: Built, method: str) -> list[Score]:
-    """Every applicable score of ``output`` for an organism of ``family``."""
-    if family not in SCORERS:
-        raise KeyError(f"no scorers for organism family {family!r}; known: {', '.join(SCORERS)}")
-    scores: list[Score] = []
-    for scorer in SCORERS[family]:
-        got = scorer(output, organism, method)
-        scores += got if isinstance(got, list) else [got] if got is not None else []
-    return scores
+"""The scorers defined here, by organism family; ``default_suite()`` adds them to the others (faithfulness,
+compiled programs, trojans, attribution)."""

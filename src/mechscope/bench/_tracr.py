@@ -40,7 +40,7 @@ from ..core._load import wrap
 from ..core._model import Model
 from ..organisms._organism import Built, Organism, require
 from ..organisms._truth import CircuitTruth
-from ._registry import RunContext, register_method, register_scorer
+from ._registry import RunContext
 from ._scorers import CircuitScores, Score, edge_auroc, node_auroc
 
 BOS = "BOS"
@@ -405,10 +405,6 @@ def _edge_auroc(output: CircuitScores, organism: Any, method: str) -> Score | No
     return edge_auroc(CircuitScores(output.nodes, edges), organism, method)
 
 
-register_scorer("compiled", _node_auroc)
-register_scorer("compiled", _edge_auroc)
-
-
 def _ablation_scores(organism: BuiltCompiled, how: Literal["zero", "mean"]) -> CircuitScores:
     """Node score = accuracy lost when the component is ablated (mean: over the batch and positions of each length)."""
     nodes = {}
@@ -421,13 +417,11 @@ def _ablation_scores(organism: BuiltCompiled, how: Literal["zero", "mean"]) -> C
     return CircuitScores(nodes)
 
 
-@register_method(family="compiled")
 def zero_ablation(organism: Any, ctx: RunContext) -> CircuitScores:
     """Accuracy lost when each head or MLP output is set to zero (``ms.Ablate``)."""
     return _ablation_scores(organism, "zero")
 
 
-@register_method(family="compiled")
 def mean_ablation(organism: Any, ctx: RunContext) -> CircuitScores:
     """Accuracy lost when each head or MLP output is replaced by its mean over inputs and positions."""
     return _ablation_scores(organism, "mean")
@@ -448,7 +442,6 @@ def _log_prob(organism: BuiltCompiled, expected: Tensor) -> Callable[[Any], Tens
     return metric
 
 
-@register_method(family="compiled")
 def attribution_patching(organism: Any, ctx: RunContext) -> CircuitScores:
     """Attribution patching toward mean ablation: per input, |grad · (mean - activation)| summed over positions.
 
@@ -480,7 +473,6 @@ def _receivers(module: CompiledTransformer) -> dict[str, tuple[str, nn.Linear]]:
     return out | {"logits": ("unembed", module.unembed)}
 
 
-@register_method(family="compiled")
 def edge_attribution_patching(organism: Any, ctx: RunContext) -> CircuitScores:
     """EAP toward mean ablation (Syed et al. 2023): per edge and input, |Δsender · ∂metric/∂receiver input|.
 
@@ -495,7 +487,6 @@ IG_STEPS = 8
 """Integration steps of the compiled programs' EAP-IG."""
 
 
-@register_method(family="compiled")
 def edge_attribution_patching_ig(organism: Any, ctx: RunContext) -> CircuitScores:
     """EAP-IG toward mean ablation (Hanna et al. 2024): gradients averaged along a path of inputs.
 
@@ -547,7 +538,6 @@ def _edge_scores(organism: Any, steps: int) -> CircuitScores:
     return CircuitScores(nodes, edge_scores)
 
 
-@register_method(family="compiled", name="random", baseline=True)
 def random_components(organism: Any, ctx: RunContext) -> CircuitScores:
     """Uniform random score for every candidate node and edge."""
     gen = torch.Generator().manual_seed(ctx.seed)
@@ -557,7 +547,6 @@ def random_components(organism: Any, ctx: RunContext) -> CircuitScores:
     return CircuitScores(dict(zip(truth.nodes, nodes, strict=True)), dict(zip(truth.edges, edges, strict=True)))
 
 
-@register_method(family="compiled", name="oracle", baseline=True)
 def oracle_components(organism: Any, ctx: RunContext) -> CircuitScores:
     """Reads the ground truth: 1 for the emitted components and the program's edges, 0 for the rest."""
     truth = organism.circuit

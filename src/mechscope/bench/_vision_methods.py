@@ -39,7 +39,7 @@ from ..attribution import (
 )
 from ..core import Model
 from ..organisms._trojan import _wrap
-from ._registry import RunContext, register_method
+from ._registry import Method, RunContext
 from ._vision_scorers import AttributionOutput, TrojanOutput, mass_in
 
 Heatmap = Callable[[Model, Tensor, Any, bool], Tensor]
@@ -79,7 +79,7 @@ def _concentration(organism: Any, model: Model, heat: Heatmap, k: int, quick: bo
     return out
 
 
-def _trojan_attribution(name: str, heat: Heatmap, description: str) -> None:
+def _trojan_attribution(name: str, heat: Heatmap, description: str) -> Method:
     def method(organism: Any, ctx: RunContext) -> TrojanOutput:
         n, k = _sizes(ctx)
         triggered, _, _ = organism.probe(n)
@@ -91,7 +91,7 @@ def _trojan_attribution(name: str, heat: Heatmap, description: str) -> None:
         )
 
     method.__doc__ = f"{description}: maps on triggered images; candidates by how much of the map they draw."
-    register_method(family="trojans", name=name)(method)
+    return method
 
 
 @torch.no_grad()
@@ -104,7 +104,6 @@ def _insertion(organism: Any, model: Model, k: int) -> list[float]:
     return gains
 
 
-@register_method(family="trojans")
 def insertion_probe(organism: Any, ctx: RunContext) -> TrojanOutput:
     """Black box: each candidate's mean gain in the target's probability when put into clean images."""
     k = _sizes(ctx)[1] * 2
@@ -146,7 +145,6 @@ def similarity(images: Tensor, pattern: Tensor, kind: str) -> float:
     return float((dots / norms.clamp_min(1e-6)).flatten(1).max(1).values.mean())
 
 
-@register_method(family="trojans")
 def feature_visualisation(organism: Any, ctx: RunContext) -> TrojanOutput:
     """Synthesise inputs for the target class; candidates ranked by similarity to them."""
     steps = 60 if ctx.quick else 200
@@ -158,7 +156,6 @@ def feature_visualisation(organism: Any, ctx: RunContext) -> TrojanOutput:
     return TrojanOutput(scores(organism.model), scores(organism.twin))
 
 
-@register_method(family="trojans", name="random", baseline=True)
 def random_trojan(organism: Any, ctx: RunContext) -> TrojanOutput:
     """Uniform random candidate scores and maps, for the model and its twin."""
     gen = torch.Generator().manual_seed(ctx.seed)
@@ -171,7 +168,6 @@ def _edges(model: Model, x: Tensor, target: Any, quick: bool) -> Tensor:
     return edge_detector(model, x).heatmap()
 
 
-@register_method(family="trojans", name="edge_detector", baseline=True)
 def edge_detector_trojan(organism: Any, ctx: RunContext) -> TrojanOutput:
     """Sobel edges of the input (ignores the model): maps, and candidates by the edge mass they draw."""
     n, k = _sizes(ctx)
@@ -181,7 +177,6 @@ def edge_detector_trojan(organism: Any, ctx: RunContext) -> TrojanOutput:
     return TrojanOutput(edges, list(edges), maps, maps)
 
 
-@register_method(family="trojans", name="oracle", baseline=True)
 def oracle_trojan(organism: Any, ctx: RunContext) -> TrojanOutput:
     """Reads the ground truth: the planted trigger, its regions, and that the twin has none."""
     n = _sizes(ctx)[0]
@@ -207,7 +202,7 @@ def randomised(model: Model, seed: int) -> Model:
     return _wrap(module.requires_grad_(False), f"{model.name}-randomised")
 
 
-def _block_attribution(name: str, heat: Heatmap, description: str) -> None:
+def _block_attribution(name: str, heat: Heatmap, description: str) -> Method:
     def method(organism: Any, ctx: RunContext) -> AttributionOutput:
         n = _sizes(ctx)[0]
         p, q = organism.probe(n), organism.twin_probe(n)
@@ -218,10 +213,9 @@ def _block_attribution(name: str, heat: Heatmap, description: str) -> None:
         )
 
     method.__doc__ = f"{description}, for the label's logit."
-    register_method(family="attribution", name=name)(method)
+    return method
 
 
-@register_method(family="attribution", name="random", baseline=True)
 def random_attribution(organism: Any, ctx: RunContext) -> AttributionOutput:
     """Uniform random maps."""
     gen = torch.Generator().manual_seed(ctx.seed)
@@ -229,22 +223,15 @@ def random_attribution(organism: Any, ctx: RunContext) -> AttributionOutput:
     return AttributionOutput(*(torch.rand(n, 32, 32, generator=gen) for _ in range(3)))
 
 
-@register_method(family="attribution", name="edge_detector", baseline=True)
 def edge_detector_attribution(organism: Any, ctx: RunContext) -> AttributionOutput:
     """Sobel edges of the input: the same map for the model, its twin and the randomised model."""
     maps = _edges(organism.model, organism.probe(_sizes(ctx)[0]).images, None, ctx.quick)
     return AttributionOutput(maps, maps, maps)
 
 
-@register_method(family="attribution", name="oracle", baseline=True)
 def oracle_attribution(organism: Any, ctx: RunContext) -> AttributionOutput:
     """Reads the ground truth: the signal block of each model; uniform noise for the randomised model."""
     n = _sizes(ctx)[0]
     gen = torch.Generator().manual_seed(ctx.seed)
     return AttributionOutput(organism.probe(n).masks.float(), organism.twin_probe(n).masks.float(),
                              torch.rand(n, 32, 32, generator=gen))  # fmt: skip
-
-
-for _name, (_heat, _description) in ATTRIBUTIONS.items():
-    _trojan_attribution(_name, _heat, _description)
-    _block_attribution(_name, _heat, _description)

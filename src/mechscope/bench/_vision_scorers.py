@@ -36,7 +36,6 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from ._registry import register_scorer
 from ._scorers import Score, _score
 
 # --- method outputs ----------------------------------------------------------------------------------------------
@@ -160,9 +159,3 @@ def attribution_scores(output: AttributionOutput, organism: Any, method: str) ->
         value = 1 - max(0.0, spearman_abs(output.maps, output.randomised_maps))
         scores.append(_score(organism, method, "randomisation", value, 0.5))
     return scores
-
-
-register_scorer("trojans", trigger_pick)
-register_scorer("trojans", trigger_overlap)
-register_scorer("trojans", trojan_detection)
-register_scorer("attribution", attribution_scores)

@@ -124,11 +124,15 @@ def bench(
     quick: Annotated[bool, typer.Option("--quick/--full", help="Small organisms and budgets (CI scale).")] = True,
     out: Annotated[Path, typer.Option("--out", help="Folder for leaderboard.md, .json and .html.")] = Path("out/bench"),
 ) -> None:
-    """Score every registered method on model organisms whose mechanism is known; write the leaderboard."""
-    from ..bench import main
+    """Score every method of the bench's suite on model organisms whose mechanism is known; write the leaderboard."""
+    from ..bench import default_suite, run_bench
+    from ..report import leaderboard_markdown, write_leaderboard
 
     with user_errors():
-        main(quick=quick, out=out)
+        board = run_bench(quick=quick, suite=default_suite())
+        write_leaderboard(board, out)
+    typer.echo(leaderboard_markdown(board))
+    typer.echo(f"\nleaderboard written to {out}/leaderboard.{{md,json,html}} in {board.seconds:.0f} s")
 
 
 from ._attribution import register as _register_attribution  # noqa: E402

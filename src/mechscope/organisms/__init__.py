@@ -35,9 +35,9 @@ from ._superposition import (
     TMSConfig,
     ToyModelOfSuperposition,
 )
+from ._train import Schedule, train_classifier
 from ._trojan import BuiltTrojan, TrojanBlend, TrojanConfig, TrojanNatural, TrojanPatch
 from ._truth import CircuitTruth, Edge
-from ._train import Schedule, train_classifier
 from ._vision import SPECS, OrganismSpec, SmallCNN, SmallViT, Vision, VisionOrganism, vision_organism
 
 __all__ = [

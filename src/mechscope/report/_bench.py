@@ -1,15 +1,22 @@
-"""Rendering a leaderboard: markdown tables, and one self-contained HTML page with inline PNG plots."""
+"""The bench's leaderboard rendered: markdown tables, and one self-contained HTML page with inline PNG plots.
+
+``write_leaderboard(board, out)`` writes ``leaderboard.md``, ``leaderboard.json`` and ``leaderboard.html``; the
+bench itself only returns the ``Leaderboard`` (data).
+"""
 
 from __future__ import annotations
 
-import base64
 import html as _html
-import io
+import json
 from collections import defaultdict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .._cache import atomic_write_bytes
+from ._page import figure_html
+
 if TYPE_CHECKING:
-    from ._harness import Leaderboard, Row
+    from ..bench import Leaderboard, Row
 
 
 def _fmt(row: Row) -> str:
@@ -23,7 +30,18 @@ def _tables(board: Leaderboard) -> dict[tuple[str, str], list[Row]]:
     return tables
 
 
-def markdown(board: Leaderboard) -> str:
+def write_leaderboard(board: Leaderboard, out: str | Path) -> dict[str, Path]:
+    """Write ``leaderboard.md``, ``leaderboard.json`` and ``leaderboard.html`` into ``out``; their paths by format."""
+    out = Path(out)
+    paths = {"markdown": out / "leaderboard.md", "json": out / "leaderboard.json", "html": out / "leaderboard.html"}
+    texts = {"markdown": leaderboard_markdown(board), "json": json.dumps(board.to_dict(), indent=2),
+             "html": leaderboard_html(board)}  # fmt: skip
+    for kind, path in paths.items():
+        atomic_write_bytes(path, texts[kind].encode("utf-8"))
+    return paths
+
+
+def leaderboard_markdown(board: Leaderboard) -> str:
     """Markdown: one table per organism and metric, then the organisms' verification numbers and any errors."""
     mode = "quick" if board.quick else "full"
     lines = [f"# mechscope bench ({mode})", "", f"Run time {board.seconds:.0f} s. Scores are mean ± standard "
@@ -52,13 +70,11 @@ def markdown(board: Leaderboard) -> str:
 
 
 def _plot(rows: list[Row], title: str) -> str:
-    """Horizontal bars (mean ± std over seeds) with the chance level as a dashed line; base64 PNG."""
-    import matplotlib
+    """Horizontal bars (mean ± std over seeds) with the chance level as a dashed line; an ``<img>``."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 0.45 * len(rows) + 1.0), dpi=100)
+    fig = Figure(figsize=(6, 0.45 * len(rows) + 1.0), dpi=100)
+    ax = fig.subplots()
     names = [r.method for r in rows][::-1]
     means = [r.mean for r in rows][::-1]
     stds = [r.std for r in rows][::-1]
@@ -69,26 +85,21 @@ def _plot(rows: list[Row], title: str) -> str:
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return figure_html(fig, title)
 
 
 def _curves(board: Leaderboard, organism: str, metric: str) -> str | None:
-    """Each method's curve behind ``metric`` (mean over seeds), log x axis; base64 PNG, None when no curves."""
+    """Each method's curve behind ``metric`` (mean over seeds), log x axis; an ``<img>``, None when no curves."""
     curves: dict[str, list[tuple[tuple[float, float], ...]]] = defaultdict(list)
     for s in board.scores:
         if s.organism == organism and s.metric == metric and s.curve:
             curves[s.method].append(s.curve)
     if not curves:
         return None
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    fig = Figure(figsize=(6, 3.5), dpi=100)
+    ax = fig.subplots()
     for method, runs in sorted(curves.items()):
         xs = [100 * x for x, _ in runs[0]]
         ys = [sum(run[i][1] for run in runs) / len(runs) for i in range(len(xs))]
@@ -101,10 +112,7 @@ def _curves(board: Leaderboard, organism: str, metric: str) -> str | None:
     ax.set_title(f"{organism}: faithfulness curves (mean over seeds)", fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return figure_html(fig, f"{organism} faithfulness curves")
 
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}
@@ -112,7 +120,7 @@ table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;p
 td:first-child,th:first-child{text-align:left}.baseline{color:#777}h2{margin-top:2em;font-size:1.15em}"""
 
 
-def html(board: Leaderboard) -> str:
+def leaderboard_html(board: Leaderboard) -> str:
     """One HTML page with every table and plot inline: no scripts, no external resources."""
     esc = _html.escape
     mode = "quick" if board.quick else "full"
@@ -122,9 +130,9 @@ def html(board: Leaderboard) -> str:
     for (organism, metric), rows in _tables(board).items():
         better = "higher" if rows[0].higher_is_better else "lower"
         title = f"{organism} — {metric} ({better} is better)"
-        parts.append(f"<h2>{esc(title)}</h2><img alt='{esc(title)}' src='data:image/png;base64,{_plot(rows, title)}'>")
+        parts.append(f"<h2>{esc(title)}</h2>{_plot(rows, title)}")
         if metric == "cpr" and (curve := _curves(board, organism, metric)) is not None:
-            parts.append(f"<img alt='{esc(organism)} faithfulness curves' src='data:image/png;base64,{curve}'>")
+            parts.append(curve)
         names = sorted({b for r in rows for b in r.baselines})
         head = "".join(f"<th>{esc(b)}</th>" for b in names)
         parts.append(f"<table><tr><th>method</th><th>score</th><th>seeds</th><th>chance</th>{head}<th>s</th></tr>")
