@@ -137,3 +137,21 @@ def test_patch_attribution_with_self_check(tmp_path):
     assert grid["kind"] == "head.z" and grid["method"] == "attribution"
     assert payload["check"]["n"] == 4 and payload["check"]["pearson"] > 0.9
     assert (tmp_path / "ioi_head.z_attribution_denoising.png").stat().st_size > 1000
+
+
+def test_bench_writes_the_leaderboard_through_report(tmp_path, monkeypatch):
+    from mechscope import bench
+
+    full = bench.default_suite()
+    small = bench.Suite(scorers=full.scorers)
+    small.add_organism(full.organisms["numeric_functions"])
+    small.methods = {k: m for k, m in full.methods.items() if m.family == "descriptions"}
+    monkeypatch.setattr(bench, "default_suite", lambda: small)  # the command runs the suite default_suite() gives
+    monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path / "cache"))
+    result = invoke("bench", "--quick", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    assert "## numeric_functions — interval_iou (higher is better)" in result.stdout
+    board = bench.Leaderboard.from_dict(json.loads((tmp_path / "out" / "leaderboard.json").read_text()))
+    assert {s.method for s in board.scores} == {"jump_detector", "random", "oracle"}
+    assert "| jump_detector |" in (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "data:image/png;base64," in (tmp_path / "out" / "leaderboard.html").read_text()
