@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
+from .. import _numerics
 from ..core._model import Model, RunResult
 from ._result import Attribution
 from ._space import space
@@ -231,20 +232,8 @@ def edge_detector(model: Model, inputs: Any, target: Any = None) -> Attribution:
 
 
 def spearman(a: Tensor, b: Tensor) -> Float[Tensor, " batch"]:
-    """Spearman rank correlation per example (ties share their mean rank)."""
-    ra, rb = _ranks(a.reshape(a.shape[0], -1)), _ranks(b.reshape(b.shape[0], -1))
-    ra, rb = ra - ra.mean(-1, keepdim=True), rb - rb.mean(-1, keepdim=True)
-    return (ra * rb).sum(-1) / (ra.norm(dim=-1) * rb.norm(dim=-1)).clamp_min(1e-12)
-
-
-def _ranks(x: Tensor) -> Tensor:
-    x = x.double()
-    ranks = torch.empty_like(x)
-    for i, row in enumerate(x):
-        _, inverse, counts = torch.unique(row, return_inverse=True, return_counts=True)
-        first = torch.cumsum(counts, 0) - counts  # rank of each distinct value's first occurrence
-        ranks[i] = (first + (counts - 1) / 2)[inverse]
-    return ranks
+    """Spearman rank correlation per example (ties share their mean rank; 0 where a map is constant)."""
+    return _numerics.spearman(a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)).nan_to_num(0.0)
 
 
 def ssim(a: Tensor, b: Tensor, window: int = 7) -> Float[Tensor, " batch"]:

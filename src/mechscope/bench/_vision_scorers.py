@@ -36,6 +36,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from .._numerics import spearman
 from ._scorers import Score, _score
 
 # --- method outputs ----------------------------------------------------------------------------------------------
@@ -100,11 +101,8 @@ def pick(scores: Sequence[float], answer: int) -> float:
 
 
 def spearman_abs(a: Tensor, b: Tensor) -> float:
-    """Mean over images of the Spearman rank correlation of |a| and |b| (ties get distinct ranks by position)."""
-    ra = torch.argsort(a.abs().flatten(1), dim=1, stable=True).argsort(1).double()
-    rb = torch.argsort(b.abs().flatten(1), dim=1, stable=True).argsort(1).double()
-    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
-    return float(((ra * rb).sum(1) / (ra.norm(dim=1) * rb.norm(dim=1)).clamp_min(1e-12)).mean())
+    """Mean over images of the Spearman rank correlation of |a| and |b| (tied ranks averaged; constant map: 0)."""
+    return float(spearman(a.abs().flatten(1), b.abs().flatten(1)).nan_to_num(0.0).mean())
 
 
 # --- trojans -----------------------------------------------------------------------------------------------------

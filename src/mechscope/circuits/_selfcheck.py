@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from .. import _numerics
 from ..core._model import Model
 from ..data._metrics import logit_diff
 from ..data._task import Task
@@ -101,24 +102,9 @@ def verify(
 
 def pearson(x: Tensor, y: Tensor) -> float:
     """Pearson correlation of two 1-D tensors (NaN when either is constant)."""
-    x, y = x.double().flatten(), y.double().flatten()
-    x, y = x - x.mean(), y - y.mean()
-    denom = x.norm() * y.norm()
-    return float(x @ y / denom) if denom > 0 else float("nan")
+    return float(_numerics.pearson(x.flatten(), y.flatten()))
 
 
 def spearman(x: Tensor, y: Tensor) -> float:
     """Spearman rank correlation: Pearson correlation of the (tie-averaged) ranks."""
-    return pearson(_ranks(x), _ranks(y))
-
-
-def _ranks(x: Tensor) -> Tensor:
-    x = x.double().flatten()
-    order = torch.argsort(x)
-    ranks = torch.empty_like(x)
-    ranks[order] = torch.arange(len(x), dtype=torch.float64)
-    values, counts = torch.unique(x, return_counts=True)
-    for value in values[counts > 1]:  # ties share their mean rank
-        tied = x == value
-        ranks[tied] = ranks[tied].mean()
-    return ranks
+    return float(_numerics.spearman(x.flatten(), y.flatten()))

@@ -6,7 +6,6 @@ The wrapped module runs unchanged. ``Model`` owns no numerics: every method inst
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,6 +16,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from .._cache import state_sha256
+from .._numerics import pad
 from ._bind import bind
 from ._hookset import HookSet, StopForward, eager_attention
 from ._interventions import Intervention
@@ -127,7 +128,7 @@ class Model:
         param = next(self.module.parameters(), None)
         return {
             "model": self.name,
-            "weights_sha256": self._weights_sha256 or _hash_state(self.module),
+            "weights_sha256": self._weights_sha256 or state_sha256(self.module),
             "dtype": str(param.dtype).removeprefix("torch.") if param is not None else None,
         }
 
@@ -300,21 +301,4 @@ def _logits_of(out: Any) -> Tensor | None:
 
 
 def _pad(ids: list[list[int]], pad_id: int, side: str) -> Batch:
-    if side not in ("left", "right"):
-        raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
-    width = max(len(x) for x in ids)
-    tokens = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, x in enumerate(ids):
-        sl = slice(width - len(x), width) if side == "left" else slice(0, len(x))
-        tokens[i, sl] = torch.tensor(x, dtype=torch.long)
-        mask[i, sl] = 1
-    return Batch(tokens, mask)
-
-
-def _hash_state(module: nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-d too (BatchNorm)
-    return h.hexdigest()
+    return Batch(pad(ids, pad_id, side), pad([[1] * len(x) for x in ids], 0, side))

@@ -10,6 +10,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from .._numerics import pad
+
 # Pads answer/wrong *sets* of unequal size (greater-than's year bins); metrics ignore it.
 PAD_ID = -1
 
@@ -98,27 +100,13 @@ def tokenize_task(task: Task, tokenizer: Any, *, padding_side: str = "right") ->
                 f"task {task.name!r}: pair {i} does not align ({len(c)} vs {len(k)} tokens): "
                 f"{task.clean[i]!r} / {task.corrupt[i]!r}"
             )
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    fill = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     ones = [[1] * len(c) for c in clean]
-    return TaskTokens(_pad(clean, pad, padding_side), _pad(corrupt, pad, padding_side), _pad(ones, 0, padding_side))
-
-
-def _pad(rows: list[list[int]], fill: int, side: str) -> Int[Tensor, "batch pos"]:
-    width = max(len(r) for r in rows)
-    out = torch.full((len(rows), width), fill, dtype=torch.long)
-    for i, r in enumerate(rows):
-        start = 0 if side == "right" else width - len(r)
-        out[i, start : start + len(r)] = torch.tensor(r, dtype=torch.long)
-    return out
+    return TaskTokens(pad(clean, fill, padding_side), pad(corrupt, fill, padding_side), pad(ones, 0, padding_side))
 
 
 def stack_ids(rows: Sequence[int | list[int]]) -> Int[Tensor, " batch"] | Int[Tensor, "batch k"]:
     """Token ids as a LongTensor; ragged lists of ids become ``[batch, k]`` padded with ``PAD_ID``."""
     if not rows or isinstance(rows[0], int):
         return torch.tensor(rows, dtype=torch.long)
-    sets = [[r] if isinstance(r, int) else r for r in rows]
-    width = max(len(r) for r in sets)
-    out = torch.full((len(sets), width), PAD_ID, dtype=torch.long)
-    for i, r in enumerate(sets):
-        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-    return out
+    return pad([[r] if isinstance(r, int) else r for r in rows], PAD_ID)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from .._cache import state_sha256
 from ..core import Model
 from ..core._sites import module_sites
 from ..data.images import ImageSet, shapes, signal_blocks
@@ -296,12 +297,3 @@ def numpy_seeded(arch: Literal["cnn", "vit"], seed: int = 0) -> tuple[nn.Module,
         state[name] = torch.from_numpy(value.astype(np.float32))
     module.load_state_dict(state)
     return module.eval().requires_grad_(False), state_sha256(module)
-
-
-def state_sha256(module: nn.Module) -> str:
-    """sha256 over a module's state (names and float32/int bytes, sorted by name)."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).numpy().tobytes())
-    return h.hexdigest()
