@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 from jaxtyping import Float
 from torch import Tensor
 
+from .._png import data_uri
 from ..data.images import overlay, to_rgb, write_png
 from ._result import Attribution
 
@@ -56,4 +56,4 @@ def save_overlays(images: Float[Tensor, "batch c h w"], attribution: Attribution
 def img_tag(png: bytes, alt: str, **style: Any) -> str:
     """A self-contained ``<img>`` (the PNG embedded as base64)."""
     css = ";".join(f"{k.replace('_', '-')}:{v}" for k, v in style.items())
-    return f"<img alt='{alt}' style='{css}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+    return f"<img alt='{alt}' style='{css}' src='{data_uri(png)}'>"

@@ -15,7 +15,6 @@ Image files (PNG, JPEG) read into tensors, and attribution maps drawn over image
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,8 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+
+from .._png import encode_png
 
 SHAPES = ("circle", "square", "triangle", "cross")
 """Class names of :func:`shapes` and :func:`signal_blocks`, in label order."""
@@ -211,13 +212,9 @@ def overlay(image: Float[Tensor, "c h w"], heat: Float[Tensor, "h w"], *, alpha:
 
 def png_bytes(rgb: np.ndarray, *, scale: int = 1) -> bytes:
     """PNG bytes of a ``[h w 3]`` (or ``[h w]``) uint8 array, each pixel repeated ``scale`` times per side."""
-    from PIL import Image
-
     if scale > 1:
         rgb = rgb.repeat(scale, 0).repeat(scale, 1)
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return buf.getvalue()
+    return encode_png(rgb)
 
 
 def write_png(path: str | Path, rgb: np.ndarray, *, scale: int = 1) -> Path:

@@ -15,7 +15,6 @@ Example::
 
 from __future__ import annotations
 
-import base64
 import html
 import io
 from collections.abc import Iterable, Sequence
@@ -26,6 +25,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from .._cache import atomic_write_bytes
+from .._png import SIGNATURE, data_uri
 
 Section = tuple[str, str]
 """``(title, HTML fragment)``: one section of a report."""
@@ -44,10 +44,9 @@ pre { padding: .5em; overflow-x: auto; font-size: .8em; }
 
 def png_html(png: bytes, alt: str = "") -> str:
     """An ``<img>`` holding ``png`` as a base64 data URI."""
-    if png[:8] != b"\x89PNG\r\n\x1a\n":
+    if png[:8] != SIGNATURE:
         raise ValueError("png_html expects PNG bytes (they start with \\x89PNG)")
-    data = base64.b64encode(png).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+    return f'<img alt="{html.escape(alt)}" src="{data_uri(png)}">'
 
 
 def figure_html(fig: Figure, alt: str = "", *, dpi: int = 100) -> str:

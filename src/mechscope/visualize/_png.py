@@ -1,14 +1,11 @@
 """PNG in and out: image grids written atomically, base64 for self-contained HTML, a folder of images as a batch.
 
-Writing uses a minimal encoder (zlib + the PNG chunk format), so the bytes depend only on the pixels. Reading a
+Writing uses mechscope's one PNG encoder (``mechscope._png``), so the bytes depend only on the pixels. Reading a
 folder uses Pillow, which matplotlib (a dependency) already requires.
 """
 
 from __future__ import annotations
 
-import base64
-import struct
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +16,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .._cache import atomic_write_bytes
+from .._png import data_uri as png_data_uri
+from .._png import encode_png
 from ._param import InputRange
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -26,17 +25,11 @@ SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 def png_bytes(image: Float[Tensor, "c h w"]) -> bytes:
     """PNG encoding of one image in ``[0, 1]`` (1 channel: grey, 3: RGB)."""
-    c, h, w = image.shape
+    c = image.shape[0]
     if c not in (1, 3):
         raise ValueError(f"a PNG needs 1 or 3 channels, got an image of shape {list(image.shape)}")
     pixels = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    raw = b"".join(b"\x00" + pixels[y].tobytes() for y in range(h))  # filter type 0 on every row
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", w, h, 8, 0 if c == 1 else 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+    return encode_png(pixels[..., 0] if c == 1 else pixels)
 
 
 def grid(images: Sequence[Tensor] | Tensor, *, cols: int | None = None, scale: int = 4, pad: int = 1,
@@ -66,7 +59,7 @@ def save_png(path: str | Path, image: Float[Tensor, "c h w"]) -> Path:
 
 def data_uri(image: Float[Tensor, "c h w"]) -> str:
     """``data:image/png;base64,...`` for an ``<img src>`` in self-contained HTML."""
-    return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode()
+    return png_data_uri(png_bytes(image))
 
 
 def read_folder(folder: str | Path, shape: tuple[int, int, int], input_range: InputRange,
