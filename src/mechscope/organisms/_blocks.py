@@ -193,7 +193,7 @@ class SignalBlocks(Organism):
             module = SmallCNN(width=self.cfg.width)
             module.load_state_dict({k.removeprefix(f"{part}."): v for k, v in tensors.items() if k.startswith(part)})
             models.append(module.eval().requires_grad_(False))
-        return self._built(seed, *models)
+        return self._built(seed, models[0], models[1])
 
     def _built(self, seed: int, model: nn.Module, twin: nn.Module, cfg: BlocksConfig | None = None) -> BuiltBlocks:
         return BuiltBlocks(cfg or self.cfg, seed, _wrap(model, f"{self.name}-seed{seed}"),

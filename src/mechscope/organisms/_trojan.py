@@ -182,7 +182,7 @@ class _Trojan(Organism):
             module = SmallCNN(width=self.cfg.width)
             module.load_state_dict({k.removeprefix(f"{part}."): v for k, v in tensors.items() if k.startswith(part)})
             models.append(module)
-        return self._built(seed, *models)
+        return self._built(seed, models[0], models[1])
 
     def _built(self, seed: int, trojaned: nn.Module, twin: nn.Module, cfg: TrojanConfig | None = None) -> BuiltTrojan:
         return BuiltTrojan(cfg or self.cfg, self.kind, seed, _wrap(trojaned, f"{self.name}-seed{seed}"),
