@@ -99,10 +99,11 @@ class Organism(ABC):
     @property
     def key(self) -> str:
         """Cache folder name: the name, plus a config hash when the config differs from the default."""
-        if self.config() == type(self)().config():
-            return self.name
-        digest = hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).hexdigest()[:10]
-        return f"{self.name}-{digest}"
+        return self.name if self.config() == type(self)().config() else f"{self.name}-{self.config_digest()}"
+
+    def config_digest(self) -> str:
+        """The first 10 hex digits of the sha256 of ``config()`` (sorted JSON)."""
+        return hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).hexdigest()[:10]
 
 
 def require(organism: str, seed: int, numbers: Mapping[str, float], checks: Mapping[str, bool]) -> dict[str, float]:

@@ -19,8 +19,6 @@ training loop (``_train.train_classifier``), verifies its held-out accuracy, and
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, ClassVar, Literal
@@ -224,7 +222,7 @@ class Vision(Organism):
         key = f"vision-{self.model}-v{VERSION}"
         if self.spec == SPECS.get(self.model):
             return key
-        return f"{key}-{hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode()).hexdigest()[:10]}"
+        return f"{key}-{self.config_digest()}"
 
     def build(self, seed: int) -> VisionOrganism:
         spec = self.spec
