@@ -44,19 +44,7 @@ from mechscope.bench._scorers import (
     random_dictionary,
     score,
 )
-from mechscope.bench._tracr import (
-    MISSING_TRACR,
-    TRACR_ORGANISMS,
-    BuiltCompiled,
-    CompiledTransformer,
-    TracrConfig,
-    TracrDyck,
-    TracrFracPrevs,
-    TracrHist,
-    TracrReverse,
-    TracrSort,
-    tracr_available,
-)
+from mechscope.bench import _tracr  # noqa: F401 - registers the compiled family's scorers and methods
 from mechscope.bench._vision_methods import ATTRIBUTIONS
 from mechscope.bench._vision_scorers import AttributionOutput, TrojanOutput
 from mechscope.organisms._blocks import BlockImages, BlocksConfig, BuiltBlocks, SignalBlocks, block_images
@@ -80,6 +68,19 @@ from mechscope.organisms._superposition import (
     TMSConfig,
     ToyModelOfSuperposition,
 )
+from mechscope.organisms._tracr import (
+    MISSING_TRACR,
+    TRACR_ORGANISMS,
+    BuiltCompiled,
+    TracrConfig,
+    TracrDyck,
+    TracrFracPrevs,
+    TracrHist,
+    TracrReverse,
+    TracrSort,
+    tracr_available,
+)
+from mechscope.organisms._tracr_model import CompiledTransformer
 from mechscope.organisms._trojan import BuiltTrojan, TrojanBlend, TrojanConfig, TrojanNatural, TrojanPatch
 from mechscope.organisms._truth import CircuitTruth, Edge
 
