@@ -42,7 +42,9 @@ def test_torch_conversion_reproduces_tracr_and_the_rasp_program(organism):
     assert torch.allclose(got, expected[:, 1:], atol=1e-4)
     assert torch.allclose(expected[tokens[:, 1:].eq(tokens[0, 1]).all(1)][0, 1:], torch.ones(3))
     # mechscope sees the heads and MLPs by their module paths, and the uniform sites of the residual stream
-    assert {"blocks.1.attn.heads.0", "blocks.0.mlp", "head.1.q", "resid_mid.0"} <= {s.name for s in organism.model.sites()}
+    assert {"blocks.1.attn.heads.0", "blocks.0.mlp", "head.1.q", "resid_mid.0"} <= {
+        s.name for s in organism.model.sites()
+    }
 
 
 def test_ground_truth_is_the_emitted_components_and_their_edges(organism):

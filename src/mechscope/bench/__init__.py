@@ -17,6 +17,7 @@ features, frequencies, descriptions, trojans (trojaned CNNs and their clean twin
 CNNs and their moved-block twins) and compiled (RASP programs compiled by tracr, with the ``tracr`` extra).
 """
 
+from mechscope.bench import _tracr  # noqa: F401 - registers the compiled family's scorers and methods
 from mechscope.bench._harness import FULL_SEEDS, QUICK_SEEDS, Leaderboard, Row, main, run_bench
 from mechscope.bench._registry import (
     METHODS,
@@ -44,7 +45,6 @@ from mechscope.bench._scorers import (
     random_dictionary,
     score,
 )
-from mechscope.bench import _tracr  # noqa: F401 - registers the compiled family's scorers and methods
 from mechscope.bench._vision_methods import ATTRIBUTIONS
 from mechscope.bench._vision_scorers import AttributionOutput, TrojanOutput
 from mechscope.organisms._blocks import BlockImages, BlocksConfig, BuiltBlocks, SignalBlocks, block_images

@@ -3,11 +3,12 @@
 The organisms live in ``mechscope.organisms`` (``_tracr``); their ``residual`` adapter gives the library's circuit
 methods what they need, so the methods here are the library's own, run the same way on every program:
 
-- ``edge_attribution_patching`` / ``edge_attribution_patching_ig``: ``circuits.eap`` (noising: the gradient at the real inputs, each sender moved to its mean)
-  and ``circuits.eap_ig`` (denoising from the mean: the path walks from the mean input to each real one), both
-  toward mean ablation over the inputs of one length, on every length; an edge scores the input-weighted mean of
+- ``edge_attribution_patching``: ``circuits.eap`` (noising: the gradient at the real inputs, each sender moved to
+  its mean) and ``edge_attribution_patching_ig``: ``circuits.eap_ig`` (denoising from the mean: the path walks from
+  the mean input to each real one), both toward mean ablation (``global_mean``: over the inputs and positions of
+  one length, since compiled programs read positions), on every length; an edge scores the input-weighted mean of
   its ``|score|`` over lengths, a node the sum of its outgoing edges;
-- ``acdc``: ``circuits.acdc`` over heads and MLPs with mean ablation, on the inputs of the longest length;
+- ``acdc``: ``circuits.acdc`` over heads and MLPs with the same ablation, on the inputs of the longest length;
 - ``zero_ablation`` / ``mean_ablation``: accuracy lost when one component is ablated (``ms.Ablate``).
 
 Scorers: node and edge AUROC against the emitted components and the program's data flow, with numerically-zero
@@ -74,7 +75,7 @@ def _edge_auroc(output: CircuitScores, organism: Any, method: str) -> Score | No
     return edge_auroc(CircuitScores(output.nodes, _tied(dict(output.edges))), organism, method)
 
 
-def _faithfulness_areas(output: Any, organism: BuiltCompiled, method: str) -> list[Score] | None:
+def _faithfulness_areas(output: Any, organism: Any, method: str) -> list[Score] | None:
     """CPR and CMD of the top-|score| circuits at MIB's sizes under mean ablation; random circuits as chance."""
     if not isinstance(output, CircuitScores) or output.edges is None:
         return None
@@ -96,8 +97,10 @@ def _faithfulness_areas(output: Any, organism: BuiltCompiled, method: str) -> li
     points = tuple(zip(SIZES, top, strict=True))
     return [
         replace(_score(organism, method, "cpr", area_under(SIZES, top), area_under(SIZES, rand)), curve=points),
-        replace(_score(organism, method, "cmd", area_from_one(SIZES, top), area_from_one(SIZES, rand), higher=False),
-                curve=points),  # fmt: skip
+        replace(
+            _score(organism, method, "cmd", area_from_one(SIZES, top), area_from_one(SIZES, rand), higher=False),
+            curve=points,
+        ),
     ]
 
 

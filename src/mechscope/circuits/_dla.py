@@ -177,7 +177,6 @@ def _mean_rows(table: Tensor, ids: Tensor) -> Tensor:
     return (table[ids.clamp(min=0)] * real).sum(1) / real.sum(1)
 
 
-
 def _module(model: Model, site: str) -> nn.Module:
     return model.module.get_submodule(model.resolve(site)[0].module)
 

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from ..core._interventions import Replace
 from ..core._model import Model, RunResult
-from ..core._residual import ResidualModel, residual
+from ..core._residual import PARTS, ResidualModel, residual
 from ..data._metrics import logit_diff
 from ..data._task import Task
 from ._contrast import Contrast, Direction, Metric, chunks
@@ -125,8 +125,8 @@ def _edge_scores(
     scores = torch.zeros(len(g.senders), len(g.receivers))
     totals = {"base": 0.0, "source": 0.0}
     for rows in tqdm(chunks(n, max(1, batch_size // steps)), desc="EAP", disable=not progress, leave=False):
-        corrupt = None if ref is None else ref.map(itemgetter(rows))
-        sides = _Sides(base[rows], source[rows], corrupt, corrupt_is_base=direction == "denoising")
+        ref_rows = None if ref is None else ref.map(itemgetter(rows))
+        sides = _Sides(base[rows], source[rows], ref_rows, corrupt_is_base=direction == "denoising")
         part = _batch(wiring, contrast, sides, rows, steps, totals, check=rows.start == 0)
         scores += part.cpu()
     base_metric, source_metric = totals["base"] / n, totals["source"] / n
@@ -286,7 +286,7 @@ def _qkv_grads(wiring: Wiring, run: RunResult, layer: int) -> Tensor:
     """
     x = run.cache[f"resid_pre.{layer}"]
     at_norm = []
-    for part in "qkv":
+    for part in PARTS:
         weight = wiring.residual.qkv(layer, part)[0]  # [d_model head d_head]
         at_norm.append(einops.einsum(run.grads[f"head.{layer}.{part}"], weight, "b s h e, d h e -> h b s d"))
     v = torch.cat(at_norm)

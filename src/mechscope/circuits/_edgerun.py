@@ -33,9 +33,8 @@ from torch import Tensor, nn
 
 from ..core._interventions import Replace
 from ..core._model import Model
-from ..core._residual import ResidualModel, residual
+from ..core._residual import PARTS, Part, ResidualModel, residual
 from ._graph import Graph
-
 
 Ablation = Literal["patch", "mean", "global_mean", "resample"]
 """The value an ablated edge carries: each prompt's own corrupt run, the corrupt runs' mean per position, their
@@ -92,7 +91,7 @@ class Wiring:
         return einops.einsum(z, self.residual.w_o(layer), "... head e, head e d -> ... head d")
 
     def project(
-        self, layer: int, part: str, x: Float[Tensor, "copy recv batch pos d_model"], heads: Tensor
+        self, layer: int, part: Part, x: Float[Tensor, "copy recv batch pos d_model"], heads: Tensor
     ) -> Float[Tensor, "copy batch pos recv d_head"]:
         """Query/key/value of head ``heads[i]`` computed from its own residual input ``x[:, i]``."""
         weight, bias = self.residual.qkv(layer, part)
@@ -200,7 +199,7 @@ class _EdgeRun:
         out = []
         for layer in range(self.g.n_layers):
             out += [Replace(f"resid_pre.{layer}", partial(self.pre, layer=layer))]
-            out += [Replace(f"head.{layer}.{p}", partial(self.qkv, layer=layer, part=p)) for p in "qkv"]
+            out += [Replace(f"head.{layer}.{p}", partial(self.qkv, layer=layer, part=p)) for p in PARTS]
             out += [Replace(f"head.{layer}.z", partial(self.z, layer=layer))]
             if self.mlp_changed(layer) and not self.g.parallel:
                 out.append(Replace(f"resid_mid.{layer}", partial(self.mid, layer=layer)))
@@ -249,7 +248,7 @@ class _EdgeRun:
             return (x + self.mlp_shift).flatten(0, 1)
         return act
 
-    def qkv(self, act: Tensor, layer: int, part: str) -> Tensor:
+    def qkv(self, act: Tensor, layer: int, part: Part) -> Tensor:
         # in parallel blocks a changed MLP input changed the block input that every q/k/v reads: redo them all
         redo_all = self.g.parallel and self.mlp_changed(layer)
         redo = [i for i in self.by_kind[(layer, part)] if self.changed[i] or redo_all]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 NodeKind = Literal["input", "head", "kv", "mlp", "logits"]
 Part = Literal["q", "k", "v"]
@@ -74,8 +74,10 @@ class NodeId:
         """The node named ``text``; ComponentNameError when it is no node name."""
         m = _NODE.fullmatch(text) if isinstance(text, str) else None
         if m is None:
-            raise ComponentNameError(f"not a node name: {text!r}; nodes are 'input', 'a{{L}}.h{{H}}' (a head), "
-                                     "'a{L}.kv{K}' (a key/value head), 'm{L}' (an MLP) or 'logits', e.g. 'a3.h5'")  # fmt: skip
+            raise ComponentNameError(
+                f"not a node name: {text!r}; nodes are 'input', 'a{{L}}.h{{H}}' (a head), 'a{{L}}.kv{{K}}' (a "
+                "key/value head), 'm{L}' (an MLP) or 'logits', e.g. 'a3.h5'"
+            )
         if m["hl"] is not None:
             return cls("head", int(m["hl"]), int(m["h"]))
         if m["kl"] is not None:
@@ -119,9 +121,11 @@ class EdgeId:
         """The edge named ``text``; ComponentNameError when it is no edge name."""
         m = _EDGE.fullmatch(text) if isinstance(text, str) else None
         if m is None:
-            raise ComponentNameError(f"not an edge name: {text!r}; edges are 'sender->receiver', with a head's "
-                                     "input in brackets, e.g. 'a0.h1->a1.h3<k>', 'input->m0', 'm1->logits'")  # fmt: skip
-        part = m["part"]
+            raise ComponentNameError(
+                f"not an edge name: {text!r}; edges are 'sender->receiver', with a head's input in brackets, "
+                "e.g. 'a0.h1->a1.h3<k>', 'input->m0', 'm1->logits'"
+            )
+        part = cast(Part | None, m["part"])
         return cls(NodeId.parse(m["sender"]), NodeId.parse(m["receiver"]), part)
 
 

@@ -9,8 +9,8 @@ from ._hookset import HookSet
 from ._interventions import Ablate, Add, Intervention, Patch, Replace
 from ._load import BUILTIN, DEFAULT_MODEL, from_hf, load, wrap
 from ._model import Batch, GenerateResult, Model, RunResult
-from ._residual import FamilyResidual, ResidualModel, residual
 from ._registry import ConfigField, MethodSpec, Registry, UnknownMethodError, config_fields
+from ._residual import FamilyResidual, ResidualModel, residual
 from ._sites import ModelConfig, Site, SiteInfo
 from ._tiny import TINY_CONFIGS, byte_tokenizer, tiny
 

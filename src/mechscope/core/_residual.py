@@ -26,6 +26,7 @@ from ._model import Model
 from ._sites import ModelConfig
 
 Part = Literal["q", "k", "v"]
+PARTS: tuple[Part, ...] = ("q", "k", "v")
 
 
 @runtime_checkable

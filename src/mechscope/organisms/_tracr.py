@@ -186,8 +186,7 @@ class BuiltCompiled(Built):
 
     @property
     def circuit(self) -> CircuitTruth:
-        """Every head and MLP (nodes: ``a1.h0``, ``m0``) and edge (``a0.h0->m1``, ``input->a1.h0<k>``); the emitted
-        ones are true."""
+        """Every head and MLP (``a1.h0``, ``m0``) and edge (``input->a1.h0<k>``); the emitted ones are true."""
         t = self.meta["truth"]
         nodes = tuple(node_of(site).format() for site in t["nodes"])  # the build records module paths
         circuit = frozenset(node_of(site).format() for site in t["circuit"])
@@ -285,12 +284,11 @@ TARGET_SCALE = 2**20
 
 
 def program_output(logits: Float[Tensor, "batch pos d_out"], task: Task) -> Float[Tensor, " batch"]:
-    """The metric of a compiled program's task (``BuiltCompiled.task``): per input, summed over positions (BOS
-    left out).
+    """The metric of a compiled program's task (``BuiltCompiled.task``): per input, summed over positions.
 
-    Categorical programs: the log-probability of the program's output. Numerical programs: minus the squared
-    error of the output (the output itself would be blind to mean ablation: a linear read-out keeps its mean).
-    Both are highest on the intact model and fall as the computation is ablated.
+    BOS is left out. Categorical programs: the log-probability of the program's output. Numerical programs: minus
+    the squared error of the output (the output itself would be blind to mean ablation: a linear read-out keeps
+    its mean). Both are highest on the intact model and fall as the computation is ablated.
     """
     answers = task.answers.to(logits.device)[:, 1:]  # [batch pos]
     out = logits[:, 1:]

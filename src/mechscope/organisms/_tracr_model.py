@@ -150,7 +150,7 @@ class CompiledTransformer(nn.Module):
 
 
 def node_of(site: str) -> NodeId:
-    """The graph node of a component's module path: ``blocks.1.attn.heads.0`` -> ``a1.h0``, ``blocks.2.mlp`` -> ``m2``."""
+    """The graph node of a component's module path: ``blocks.1.attn.heads.0``: ``a1.h0``; ``blocks.2.mlp``: ``m2``."""
     parts = site.split(".")
     if len(parts) == 5 and parts[0] == "blocks" and parts[2:4] == ["attn", "heads"]:
         return NodeId.head(int(parts[1]), int(parts[4]))
