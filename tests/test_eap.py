@@ -34,6 +34,7 @@ from mechscope.circuits import (
 )
 from mechscope.circuits._contrast import Contrast
 from mechscope.circuits._edgerun import SenderActs, Wiring, reference, run_edges
+from mechscope.core import ResidualModel, residual
 from mechscope.data.tasks import Task, final_logits, kl_to_clean, logit_diff
 
 CLEAN = ["Alice gave the key to B", "The cat sat on a mat.", "one two three four"]
@@ -81,6 +82,33 @@ def test_graph_nodes_edges_and_names():
     torch.testing.assert_close(llama.flat(llama.dense(values)), values)
     assert (llama.dense(values)[~llama.upstream] == 0).all()
     assert Graph.from_dict(json.loads(json.dumps(llama.to_dict()))) == llama
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "gemma", "gemma2"])
+def test_residual_contract_from_family_tables(family):
+    """The contract reads the model's own wiring: q/k/v and unembedding slices reproduce the sites they feed."""
+    model = ms.tiny(family, seed=0)
+    contract = residual(model)
+    assert isinstance(contract, ResidualModel) and contract.cfg == model.cfg
+    last = model.cfg.n_layers - 1
+    mlp_in = "resid_pre" if model.cfg.parallel else "resid_mid"
+    sites = ["resid_pre.*", f"{mlp_in}.*", "head.*.q", "head.*.k", "head.*.v", "ln2.*", f"resid_post.{last}"]
+    run = model.run("hello there", cache=sites)
+    for layer in range(model.cfg.n_layers):
+        normed = contract.attn_norm(layer).forward(run.cache[f"resid_pre.{layer}"])
+        for part in ("q", "k", "v"):
+            weight, bias = contract.qkv(layer, part)  # [d_model head d_head], [head d_head]
+            got = torch.einsum("bpd,dhe->bphe", normed, weight) + bias
+            torch.testing.assert_close(got, run.cache[f"head.{layer}.{part}"], atol=1e-5, rtol=1e-4)
+        mlp_normed = contract.mlp_norm(layer).forward(run.cache[f"{mlp_in}.{layer}"])
+        torch.testing.assert_close(mlp_normed, run.cache[f"ln2.{layer}"], atol=1e-5, rtol=1e-4)
+    assert contract.w_o(0).shape == (model.cfg.n_heads, model.cfg.d_head, model.cfg.d_model)
+    norm, w_u = contract.unembed()
+    logits = norm.forward(run.cache[f"resid_post.{last}"]) @ w_u
+    if family != "gemma2":  # Gemma 2 soft-caps its logits after the unembedding
+        torch.testing.assert_close(logits, run.logits, atol=1e-4, rtol=1e-4)
+    with pytest.raises(TypeError, match="ResidualModel"):
+        residual(ms.wrap(torch.nn.Linear(2, 2)))
 
 
 def test_circuits_from_scores(llama):

@@ -167,7 +167,7 @@ TRACR_ORGANISMS: tuple[_Compiled, ...] = (TracrReverse(), TracrSort(), TracrHist
 
 
 class BuiltCompiled(Built):
-    """A compiled program: ``model`` (the wrapped torch module), its verification inputs, and ``circuit``."""
+    """A compiled program: ``model`` (uniform sites, module paths), ``residual`` (the contract), ``task()``."""
 
     def __init__(self, organism: str, seed: int, cfg: TracrConfig, module: CompiledTransformer,
                  probe: dict[str, Tensor], meta: dict[str, Any]) -> None:  # fmt: skip
