@@ -17,6 +17,7 @@ features, frequencies, descriptions, trojans (trojaned CNNs and their clean twin
 CNNs and their moved-block twins) and compiled (RASP programs compiled by tracr, with the ``tracr`` extra).
 """
 
+from mechscope.bench import _tracr  # noqa: F401 - registers the compiled family's scorers and methods
 from mechscope.bench._harness import FULL_SEEDS, QUICK_SEEDS, Leaderboard, Row, main, run_bench
 from mechscope.bench._registry import (
     METHODS,
@@ -44,19 +45,6 @@ from mechscope.bench._scorers import (
     random_dictionary,
     score,
 )
-from mechscope.bench._tracr import (
-    MISSING_TRACR,
-    TRACR_ORGANISMS,
-    BuiltCompiled,
-    CompiledTransformer,
-    TracrConfig,
-    TracrDyck,
-    TracrFracPrevs,
-    TracrHist,
-    TracrReverse,
-    TracrSort,
-    tracr_available,
-)
 from mechscope.bench._vision_methods import ATTRIBUTIONS
 from mechscope.bench._vision_scorers import AttributionOutput, TrojanOutput
 from mechscope.organisms._blocks import BlockImages, BlocksConfig, BuiltBlocks, SignalBlocks, block_images
@@ -80,6 +68,19 @@ from mechscope.organisms._superposition import (
     TMSConfig,
     ToyModelOfSuperposition,
 )
+from mechscope.organisms._tracr import (
+    MISSING_TRACR,
+    TRACR_ORGANISMS,
+    BuiltCompiled,
+    TracrConfig,
+    TracrDyck,
+    TracrFracPrevs,
+    TracrHist,
+    TracrReverse,
+    TracrSort,
+    tracr_available,
+)
+from mechscope.organisms._tracr_model import CompiledTransformer
 from mechscope.organisms._trojan import BuiltTrojan, TrojanBlend, TrojanConfig, TrojanNatural, TrojanPatch
 from mechscope.organisms._truth import CircuitTruth, Edge
 

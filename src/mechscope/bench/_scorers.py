@@ -26,6 +26,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ..circuits._ids import EdgeId
 from ..features._dictionary import Dictionary
 from ..features._metrics import recovery
 from ..features._synthetic import SyntheticData
@@ -112,7 +113,8 @@ def edge_auroc(output: CircuitScores | Mapping[str, float], organism: Any, metho
     truth = organism.circuit
     if not isinstance(output, CircuitScores) or output.edges is None or not truth.edges:
         return None
-    scores = [float(output.edges.get(e, 0.0)) for e in truth.edges]
+    by_id = {EdgeId.parse(e): float(v) for e, v in output.edges.items()}  # malformed names raise, with the format
+    scores = [by_id.get(EdgeId.parse(e), 0.0) for e in truth.edges]
     labels = [e in truth.circuit_edges for e in truth.edges]
     return _score(organism, method, "edge_auroc", auroc(scores, labels), 0.5)
 

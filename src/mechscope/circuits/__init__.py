@@ -33,6 +33,7 @@ from mechscope.circuits._faithfulness import (
     faithfulness_curve,
 )
 from mechscope.circuits._graph import Circuit, EdgeScores, Graph, Receiver, Sender
+from mechscope.circuits._ids import ComponentNameError, EdgeId, NodeId
 from mechscope.circuits._nodes import KINDS, Node
 from mechscope.circuits._patching import activation_patching
 from mechscope.circuits._path import PathPatchingResult, path_patching
@@ -52,13 +53,16 @@ __all__ = [
     "CheckedNode",
     "Circuit",
     "CircuitAnalysis",
+    "ComponentNameError",
     "DLAResult",
     "EdgeCheck",
+    "EdgeId",
     "EdgeScores",
     "FaithfulnessCurve",
     "FrozenNorm",
     "Graph",
     "Node",
+    "NodeId",
     "PatchingResult",
     "PathPatchingResult",
     "Receiver",

@@ -44,7 +44,7 @@ def draw_circuit(circuit: Circuit, scores: EdgeScores | None = None, *, title: s
     g = circuit.graph
     kept = torch.nonzero(circuit.edges).flatten().tolist()
     edges = g.edges()
-    pairs = [(edges[i][0].name, edges[i][1].name.split("<")[0], edges[i][1].kind, i) for i in kept]
+    pairs = [(edges[i][0].name, edges[i][1].node.format(), edges[i][1].kind, i) for i in kept]
     nodes = sorted({n for s, r, _, _ in pairs for n in (s, r)}, key=lambda n: (_row(n, g.n_layers), _column(n)))
     by_row: dict[float, list[str]] = defaultdict(list)
     for n in nodes:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from matplotlib.figure import Figure
@@ -30,15 +30,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..core._model import Model
+from ..core._residual import ResidualModel, residual
 from ..data._metrics import logit_diff
 from ..data._task import Task
 from ._contrast import Contrast, Metric, chunks
-from ._edgerun import SenderActs, Wiring, reference, run_edges
+from ._edgerun import Ablation, SenderActs, Wiring, reference, run_edges
 from ._graph import Circuit, EdgeScores
 
 SIZES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 """Circuit sizes of MIB's curves, as fractions of the graph's edges."""
-Ablation = Literal["patch", "mean", "resample"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -163,7 +163,7 @@ def area_from_one(sizes: Sequence[float], values: Sequence[float]) -> float:
 
 
 def faithfulness(
-    model: Model,
+    model: Model | ResidualModel,
     task: Task,
     circuits: Circuit | Sequence[Circuit],
     *,
@@ -181,7 +181,7 @@ def faithfulness(
 
 
 def faithfulness_curve(
-    model: Model,
+    model: Model | ResidualModel,
     task: Task,
     scores: EdgeScores,
     *,
@@ -200,6 +200,7 @@ def faithfulness_curve(
     ``seed + i``.
     """
     start = time.perf_counter()
+    model = residual(model)  # read once, shared with circuit_metrics
     g = scores.graph
     counts = [int(s * g.n_edges) for s in sizes]
     circuits = [scores.top(n, absolute=absolute) for n in counts]
@@ -219,13 +220,13 @@ def faithfulness_curve(
         method=scores.method,
         metric=getattr(metric, "__name__", repr(metric)),
         task=task.name,
-        model=model.provenance,
+        model=model.model.provenance,
         seconds=time.perf_counter() - start,
     )
 
 
 def circuit_metrics(
-    model: Model,
+    model: Model | ResidualModel,
     task: Task,
     circuits: Sequence[Circuit],
     *,
@@ -239,8 +240,9 @@ def circuit_metrics(
 
     A pass holds ``batch_size`` rows: several circuits (one copy of the prompts each) or a slice of the prompts.
     """
-    contrast = Contrast.of(model, task, metric)
     wiring = Wiring.of(model)
+    model = wiring.model
+    contrast = Contrast.of(model, task, metric)
     g = wiring.graph
     for c in circuits:
         if c.graph != g:

@@ -7,7 +7,8 @@ Every organism is obtained the same way::
     built = organisms.obtain(organisms.Induction(), seed=0)   # seeded build + causal verification, then cached
     built.circuit                                              # the ground truth the bench scores against
 
-Families: circuits (a planted induction circuit), modular addition, toy superposition and synthetic features,
+Families: circuits (a planted induction circuit), compiled RASP programs (tracr; built with the ``tracr`` extra),
+modular addition, toy superposition and synthetic features,
 FIND-style numeric functions, trojaned CNNs with clean twins, signal-block CNNs with moved-block twins, and the
 small vision models of the attribution gallery (``vision_organism``). Method packages never import this package;
 the bench, the demos and the docs do.
@@ -34,17 +35,35 @@ from ._superposition import (
     TMSConfig,
     ToyModelOfSuperposition,
 )
+from ._tracr import (
+    MISSING_TRACR,
+    TRACR_ORGANISMS,
+    BuiltCompiled,
+    TracrConfig,
+    TracrDyck,
+    TracrFracPrevs,
+    TracrHist,
+    TracrReverse,
+    TracrSort,
+    program_output,
+    tracr_available,
+)
+from ._tracr_model import TRACR_FAMILY, CompiledResidual, CompiledTransformer, compiled_model
 from ._trojan import BuiltTrojan, TrojanBlend, TrojanConfig, TrojanNatural, TrojanPatch
 from ._truth import CircuitTruth, Edge
 from ._vision import SPECS, OrganismSpec, SmallCNN, SmallViT, VisionOrganism, vision_organism
 
 __all__ = [
     "FAMILIES",
+    "MISSING_TRACR",
     "SPECS",
+    "TRACR_FAMILY",
+    "TRACR_ORGANISMS",
     "BlockImages",
     "BlocksConfig",
     "Built",
     "BuiltBlocks",
+    "BuiltCompiled",
     "BuiltFeatures",
     "BuiltInduction",
     "BuiltModAdd",
@@ -52,6 +71,8 @@ __all__ = [
     "BuiltTMS",
     "BuiltTrojan",
     "CircuitTruth",
+    "CompiledResidual",
+    "CompiledTransformer",
     "Edge",
     "FeatureConfig",
     "Induction",
@@ -71,14 +92,23 @@ __all__ = [
     "SyntheticFeatures",
     "TMSConfig",
     "ToyModelOfSuperposition",
+    "TracrConfig",
+    "TracrDyck",
+    "TracrFracPrevs",
+    "TracrHist",
+    "TracrReverse",
+    "TracrSort",
     "TrojanBlend",
     "TrojanConfig",
     "TrojanNatural",
     "TrojanPatch",
     "VisionOrganism",
     "block_images",
+    "compiled_model",
     "obtain",
     "organism_dir",
+    "program_output",
     "read_card",
+    "tracr_available",
     "vision_organism",
 ]
