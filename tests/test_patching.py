@@ -17,12 +17,12 @@ from mechscope.circuits import (
     activation_patching,
     attribution_patching,
     direct_logit_attribution,
-    heatmap,
     pearson,
     spearman,
     verify,
 )
 from mechscope.circuits._contrast import Contrast
+from mechscope.report import heatmap
 from mechscope.data.tasks import Task, final_logits, logit_diff, tokenize_task
 
 CLEAN = ["Alice gave the key to B", "The cat sat on a mat.", "one two three four"]
