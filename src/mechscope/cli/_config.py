@@ -99,8 +99,9 @@ class _MethodCommand:
             if name in taken:
                 raise ValueError(f"{self._registry.family} config field {name!r} clashes with an option of the command")
             py = _cli_type(uses[0][1].type)
+            flag = name.replace("_", "-")
             option = typer.Option(
-                f"--{name.replace('_', '-')}",
+                f"--{flag}/--no-{flag}" if py is bool else f"--{flag}",
                 help=_help(uses, n_specs),
                 show_default=False,
                 rich_help_panel="Method settings",
