@@ -33,9 +33,9 @@ from mechscope.circuits import (
     verify_edges,
 )
 from mechscope.circuits._contrast import Contrast
-from mechscope.report import plot_faithfulness_curve
 from mechscope.circuits._edgerun import SenderActs, Wiring, run_edges
 from mechscope.data.tasks import Task, final_logits, kl_to_clean, logit_diff
+from mechscope.report import plot_faithfulness_curve
 
 CLEAN = ["Alice gave the key to B", "The cat sat on a mat.", "one two three four"]
 CORRUPT = ["Alice gave the key to T", "The cat sat on a hat.", "one two three fous"]

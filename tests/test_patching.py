@@ -22,8 +22,8 @@ from mechscope.circuits import (
     verify,
 )
 from mechscope.circuits._contrast import Contrast
-from mechscope.report import heatmap
 from mechscope.data.tasks import Task, final_logits, logit_diff, tokenize_task
+from mechscope.report import heatmap
 
 CLEAN = ["Alice gave the key to B", "The cat sat on a mat.", "one two three four"]
 CORRUPT = ["Alice gave the key to T", "The cat sat on a hat.", "one two three fous"]
