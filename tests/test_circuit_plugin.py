@@ -24,6 +24,7 @@ from mechscope.circuits import (
     EAPIGConfig,
     FindConfig,
     Graph,
+    Node,
     direct_logit_attribution,
     eap_ig,
     edge_ranking,
@@ -162,7 +163,9 @@ def test_the_bench_scores_a_declared_method_through_the_circuits_adapter(toy):
     scores = {s.metric: s for s in bench.score("circuits", output, organism, "top-dla")}
     assert set(scores) == {"node_auroc", "edge_auroc", "cpr", "cmd"} and len(scores["cpr"].curve) == 10
     truth = organism.circuit
-    kept = {f"head.{n[1]}.z[h{n.split('.h')[1]}]" for n in output.kept}
+    graph = Graph.of(organism.model.cfg)
+    kept = {Node("head.z", s.layer, s.head).label() for s in graph.senders if s.name in output.kept}
+    assert len(kept) == 2
     expected = auroc([float(n in kept) for n in truth.nodes], [n in truth.circuit for n in truth.nodes])
     assert scores["node_auroc"].value == expected
-    assert circuit_scores(output, organism).edges == dict.fromkeys(output.circuit().edge_names(), 1.0)
+    assert circuit_scores(output).edges == dict.fromkeys(output.circuit().edge_names(), 1.0)

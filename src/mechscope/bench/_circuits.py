@@ -32,7 +32,6 @@ from ..circuits._registry import METHODS as CIRCUIT_METHODS
 from ..circuits._registry import NODE_METHODS
 from ..circuits._result import PatchingResult
 from ..core._registry import MethodSpec as Declared
-from ..organisms._organism import Built
 from ._registry import MethodSpec, RunContext, register_provider
 from ._scorers import CircuitScores
 
@@ -49,10 +48,9 @@ def bench_config(spec: Declared[Any, Any], ctx: RunContext) -> Any:
     return spec.make_config(**values)
 
 
-def run_declared(spec: Declared[Any, Any], organism: Built, ctx: RunContext) -> Any:
-    """Run a declared circuit method on an organism; returns the method's own result."""
-    model, task = organism.model, organism.task  # type: ignore[attr-defined]  # circuits organisms have both
-    return run_method(spec, model, task, bench_config(spec, ctx), progress=False)
+def run_declared(spec: Declared[Any, Any], organism: Any, ctx: RunContext) -> Any:
+    """Run a declared circuit method on a circuits organism (its ``model`` and ``task``); returns its own result."""
+    return run_method(spec, organism.model, organism.task, bench_config(spec, ctx), progress=False)
 
 
 def circuit_methods() -> list[MethodSpec]:
@@ -64,7 +62,7 @@ def circuit_methods() -> list[MethodSpec]:
 register_provider(circuit_methods)
 
 
-def circuit_scores(output: Any, organism: Any) -> CircuitScores:
+def circuit_scores(output: Any) -> CircuitScores:
     """The node labels and edge names a circuit scorer compares with the truth, from a method's own result.
 
     Edge scores: ``|score|`` per edge, and per head the summed ``|score|`` of the edges it sends. ACDC: per head

@@ -103,7 +103,7 @@ def node_auroc(output: CircuitScores | Mapping[str, float] | Any, organism: Any,
     """Node-level AUROC of a circuit method (scores, or a ``mechscope.circuits`` result) against the truth."""
     from ._circuits import circuit_scores  # the circuits adapter reads the library's result types
 
-    output = circuit_scores(output, organism)
+    output = circuit_scores(output)
     truth = organism.circuit
     nodes = output.nodes if isinstance(output, CircuitScores) else output
     scores = [float(nodes.get(n, 0.0)) for n in truth.nodes]
@@ -114,7 +114,7 @@ def edge_auroc(output: CircuitScores | Mapping[str, float] | Any, organism: Any,
     """Edge-level AUROC against ``organism.circuit``; None for methods that score no edges."""
     from ._circuits import circuit_scores
 
-    output = circuit_scores(output, organism)
+    output = circuit_scores(output)
     truth = organism.circuit
     if not isinstance(output, CircuitScores) or output.edges is None or not truth.edges:
         return None
