@@ -81,8 +81,8 @@ def circuit_scores(output: Any) -> CircuitScores:
         return CircuitScores(nodes, _circuit_edges(output))
     if isinstance(output, NodeCircuit):
         kept = set(output.circuit().nodes())
-        heads = [s for s in output.graph.senders if s.kind == "head" and s.name in kept]
-        return CircuitScores({_head_label(s): 1.0 for s in heads}, _circuit_edges(output))
+        kept_heads = [s for s in output.graph.senders if s.kind == "head" and s.name in kept]
+        return CircuitScores({_head_label(s): 1.0 for s in kept_heads}, _circuit_edges(output))
     if isinstance(output, AttributionResult):
         return CircuitScores({k: v for grid in output.grids.values() for k, v in _importance(grid).items()})
     if isinstance(output, DLAResult):

@@ -37,7 +37,8 @@ DEFAULT_FRACTION = 0.005
 class NodeCircuit(Protocol):
     """What a node-level circuit method returns (e.g. ``ACDCResult``): its graph, its circuit, a JSON form."""
 
-    graph: Graph
+    @property
+    def graph(self) -> Graph: ...
 
     def circuit(self) -> Circuit: ...
 

@@ -16,6 +16,7 @@ from ..data._metrics import logit_diff
 from ..data._task import Task
 from ._acdc import ACDCResult, acdc
 from ._attribution import AttributionResult, attribution_patching
+from ._contrast import Metric
 from ._dla import DLAResult, direct_logit_attribution
 from ._eap import eap, eap_ig
 from ._graph import EdgeScores
@@ -104,7 +105,7 @@ class ACDCConfig:
 def acdc_method(model: Model, task: Task, config: ACDCConfig, *, progress: bool = False) -> ACDCResult:
     """ACDC (Conmy et al. 2023) over heads and MLPs: remove nodes, last layer first, while the output holds."""
     c = config
-    metric = "kl" if c.metric == "kl" else logit_diff
+    metric: Metric | Literal["kl"] = "kl" if c.metric == "kl" else logit_diff
     return acdc(model, task, tau=c.tau, metric=metric, ablation=c.ablation, seed=c.seed, progress=progress)
 
 

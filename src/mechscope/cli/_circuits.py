@@ -124,7 +124,7 @@ def circuit(
 
     with user_errors():
         spec = METHODS[method]
-        given = {"top": top, "threshold": threshold, "random": random, "curve": curve}
+        given: dict[str, Any] = {"top": top, "threshold": threshold, "random": random, "curve": curve}
         config = FindConfig(spec.name, _with_seed(config_for(spec, settings or {}, option_owner=METHODS), seed),
                             seed=seed, **{k: v for k, v in given.items() if v is not None})  # fmt: skip
         if "edges" not in spec.tags and (top is not None or threshold is not None):
