@@ -46,6 +46,7 @@ from mechscope.circuits._find import (
     edge_ranking,
     find_circuit,
     ranking_curve,
+    run_method,
 )
 from mechscope.circuits._graph import Circuit, EdgeScores, Graph, Receiver, Sender
 from mechscope.circuits._methods import (
@@ -117,6 +118,7 @@ __all__ = [
     "path_patching",
     "pearson",
     "ranking_curve",
+    "run_method",
     "spearman",
     "verify",
     "verify_edges",

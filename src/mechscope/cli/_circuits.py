@@ -1,7 +1,9 @@
 """Command line for circuits: ``mechscope patch`` and ``mechscope circuit``.
 
-``patch`` runs activation or attribution patching over a task; ``circuit`` finds a circuit (EAP, EAP-IG or
-node-level ACDC) and measures its faithfulness against random circuits of the same size.
+``patch`` runs activation or attribution patching over a task; ``circuit`` finds a circuit (EAP, EAP-IG,
+node-level ACDC or any other method declared in ``mechscope.circuits.METHODS``) with ``find_circuit`` and measures
+its faithfulness against random circuits of the same size. Both read their ``--method`` choices and method options
+from the circuits registries (``method_options``); ``mechscope.report`` writes their files and pictures.
 """
 
 from __future__ import annotations
@@ -43,14 +45,14 @@ def patch(
     n: Annotated[int, typer.Option(help="Prompt pairs.")] = 8,
     method: Annotated[str, typer.Option(help="activation (real patching) or attribution (gradient estimate).")] = (
         "activation"
-    ),
+    ),  # choices: the methods of NODE_METHODS tagged "patching"
     out: Annotated[Path, typer.Option(help="Folder for the heatmap PNG and the result JSON.")] = Path("out/patch"),
     seed: int = 0,
     as_json: JsonOpt = False,
     settings: dict[str, Any] | None = None,
 ) -> None:
     """Patch every node of KIND for a task's clean/corrupt pairs; save a heatmap and the effects (1 = clean)."""
-    from ..circuits import NODE_METHODS, PatchingResult
+    from ..circuits import NODE_METHODS, PatchingResult, run_method
     from ..report import heatmap
 
     with user_errors():
@@ -58,7 +60,7 @@ def patch(
         config = _with_seed(config_for(spec, {**(settings or {}), "kind": kind}, option_owner=NODE_METHODS), seed)
         m = open_model(model)
         t = build_task(task, m.tokenizer, n, seed)
-        found = spec.fn(m, t, config, progress=not as_json)
+        found = run_method(spec, m, t, config, progress=not as_json)
         result = found if isinstance(found, PatchingResult) else found[kind]
         check = getattr(found, "check", None)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,7 +104,7 @@ def circuit(
     model: Annotated[str, typer.Option("--model", help="Model (see `mechscope sites`).")] = DEFAULT_MODEL,
     task: Annotated[str, typer.Option(help=f"{' | '.join(TASKS)} or a .jsonl file.")] = "ioi",
     n: Annotated[int, typer.Option(help="Prompt pairs.")] = 16,
-    method: Annotated[str, typer.Option(help="Circuit method (edge scores: eap, eap-ig; nodes: acdc).")] = (
+    method: Annotated[str, typer.Option(help="Circuit method; its settings are under Method settings.")] = (
         FindConfig.method
     ),
     top: Annotated[int | None, typer.Option(help=_find_help("top"), show_default=False)] = None,
