@@ -73,3 +73,20 @@ def test_bad_options_are_one_line_errors(tmp_path, task_file):
     assert result.exit_code == 1 and "acdc finds its own circuit" in result.stderr
     result = circuit("--task", task_file, "--method", "eap", "--tau", "0.1", "--out", str(tmp_path))
     assert result.exit_code == 1 and "--tau is a setting of acdc, not of eap" in result.stderr
+
+
+def test_patch_reads_its_methods_and_options_from_the_registry(tmp_path, task_file):
+    def patch(*args: str):
+        return CliRunner().invoke(app, ["patch", *args, "--model", "tiny-llama", "--task", task_file, "--out",
+                                        str(tmp_path), "--json"])  # fmt: skip
+
+    result = patch("resid_pre", "--method", "attribution", "--no-by-pos", "--verify", "2", "--direction", "noising")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["result"]["axes"] == ["layer"] and payload["result"]["direction"] == "noising"
+    assert payload["check"]["n"] == 2
+    result = patch("head.z", "--by-pos")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["result"]["axes"] == ["layer", "head", "pos"]
+    result = patch("head.z", "--verify", "2")
+    assert result.exit_code == 1 and "--verify is a setting of attribution, not of activation" in result.stderr
