@@ -36,6 +36,7 @@ from mechscope.circuits._contrast import Contrast
 from mechscope.circuits._edgerun import SenderActs, Wiring, reference, run_edges
 from mechscope.core import ResidualModel, residual
 from mechscope.data.tasks import Task, final_logits, kl_to_clean, logit_diff
+from mechscope.report import plot_faithfulness_curve
 
 CLEAN = ["Alice gave the key to B", "The cat sat on a mat.", "one two three four"]
 CORRUPT = ["Alice gave the key to T", "The cat sat on a hat.", "one two three fous"]
@@ -427,7 +428,7 @@ def test_faithfulness_curve_and_areas(llama, tmp_path):
     first = next(i for i, v in enumerate(f) if v >= 0.8)  # the full graph (1.0) always qualifies
     assert curve.smallest_faithful(0.8) == (SIZES[first], curve.n_edges[first])
     assert curve.smallest_faithful(2.0) is None and "no circuit" in curve.reach(2.0)
-    curve.plot(tmp_path / "curve.png")
+    plot_faithfulness_curve(curve, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 1000
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..organisms._organism import Organism, OrganismVerificationError, obtain
-from . import _faithfulness, _methods, _vision_methods  # noqa: F401  (register the built-in methods and scorers)
+from . import _circuits, _faithfulness, _methods, _vision_methods  # noqa: F401  (register the built-in methods and scorers)
 from ._registry import ORGANISMS, UNAVAILABLE, RunContext, methods_for
 from ._scorers import Score, score
 

@@ -63,6 +63,9 @@ METHODS: dict[str, MethodSpec] = {}
 """Registered methods by name (names are unique within a family: ``family/name``)."""
 ORGANISMS: dict[str, Organism] = {}
 """Registered organism recipes by name."""
+PROVIDERS: list[Callable[[], list[MethodSpec]]] = []
+"""A method family's adapter: lists the family's declared methods as bench methods each time it is called (so a
+method declared after the bench was imported is run too); see ``bench/_circuits.py``."""
 UNAVAILABLE: dict[str, str] = {}
 """Organisms that cannot be built here (an optional extra is missing), by name -> what to install; runs list them
 as skipped."""
@@ -99,7 +102,14 @@ def register_scorer(family: str, scorer: Callable[[Any, Built, str], Score | lis
     SCORERS[family] = (*SCORERS.get(family, ()), scorer)
 
 
+def register_provider(provider: Callable[[], list[MethodSpec]]) -> Callable[[], list[MethodSpec]]:
+    """Add a method family's adapter (see ``PROVIDERS``)."""
+    PROVIDERS.append(provider)
+    return provider
+
+
 def methods_for(organism: Organism) -> list[MethodSpec]:
-    """Registered methods that run on ``organism``: methods under test first, then baselines."""
-    found = [m for m in METHODS.values() if m.applies(organism)]
+    """Registered and provided methods that run on ``organism``: methods under test first, then baselines."""
+    provided = [m for provider in PROVIDERS for m in provider()]
+    found = [m for m in [*METHODS.values(), *provided] if m.applies(organism)]
     return sorted(found, key=lambda m: (m.baseline, m.name))

@@ -100,16 +100,22 @@ def auroc(scores: Tensor | list[float], labels: Tensor | list[bool]) -> float:
     return float((greater + 0.5 * ties) / (n_pos * n_neg))
 
 
-def node_auroc(output: CircuitScores | Mapping[str, float], organism: Any, method: str) -> Score:
-    """Node-level AUROC of a circuit method against ``organism.circuit``."""
+def node_auroc(output: CircuitScores | Mapping[str, float] | Any, organism: Any, method: str) -> Score:
+    """Node-level AUROC of a circuit method (scores, or a ``mechscope.circuits`` result) against the truth."""
+    from ._circuits import circuit_scores  # the circuits adapter reads the library's result types
+
+    output = circuit_scores(output)
     truth = organism.circuit
     nodes = output.nodes if isinstance(output, CircuitScores) else output
     scores = [float(nodes.get(n, 0.0)) for n in truth.nodes]
     return _score(organism, method, "node_auroc", auroc(scores, [n in truth.circuit for n in truth.nodes]), 0.5)
 
 
-def edge_auroc(output: CircuitScores | Mapping[str, float], organism: Any, method: str) -> Score | None:
+def edge_auroc(output: CircuitScores | Mapping[str, float] | Any, organism: Any, method: str) -> Score | None:
     """Edge-level AUROC against ``organism.circuit``; None for methods that score no edges."""
+    from ._circuits import circuit_scores
+
+    output = circuit_scores(output)
     truth = organism.circuit
     if not isinstance(output, CircuitScores) or output.edges is None or not truth.edges:
         return None

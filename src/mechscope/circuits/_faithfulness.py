@@ -21,11 +21,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from matplotlib.figure import Figure
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -125,28 +123,6 @@ class FaithfulnessCurve:
             "model": self.model,
             "seconds": self.seconds,
         }
-
-    def plot(self, path: str | Path | None = None, *, title: str | None = None) -> Figure:
-        """Faithfulness against circuit size (log axis), with each random circuit and their mean."""
-        fig = Figure(figsize=(5.5, 3.5))
-        ax = fig.subplots()
-        pct = [100 * s for s in self.sizes]
-        for row in self.random:
-            ax.plot(pct, row, color="0.8", linewidth=0.8)
-        if self.random:
-            ax.plot(pct, self.random_mean, color="0.5", marker=".", label=f"random (CPR {self.random_cpr:.2f})")
-        ax.plot(pct, self.faithfulness, color="C0", marker="o", label=f"{self.method} (CPR {self.cpr:.2f})")
-        ax.axhline(1.0, color="k", linewidth=0.5)
-        ax.axhline(0.0, color="k", linewidth=0.5)
-        ax.set_xscale("log")
-        ax.set_xlabel("edges in circuit (%)")
-        ax.set_ylabel("faithfulness")
-        ax.set_title(title or f"{self.task}: circuit faithfulness ({self.ablation} ablation)", fontsize=9)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        if path is not None:
-            fig.savefig(path, dpi=120)
-        return fig
 
 
 def area_under(sizes: Sequence[float], values: Sequence[float]) -> float:

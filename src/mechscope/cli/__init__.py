@@ -96,7 +96,7 @@ def demo(
     as_json: JsonOpt = False,
 ) -> None:
     """IOI report on the built-in model: logit lens, heads by DLA and patching, EAP-IG circuit vs random (HTML)."""
-    from ..circuits._report import AnalysisConfig
+    from ..circuits._analysis import AnalysisConfig
     from ..demo import IOI_ANSWER, DemoConfig, run_demo, show_demo
 
     with user_errors():

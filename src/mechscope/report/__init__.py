@@ -2,8 +2,35 @@
 
 Result classes hold data; this layer turns them into pages (one file, nothing loaded from the network, every text
 escaped) and images. Method families, organisms and the bench never import it; the CLI, the demo and the app do.
+Circuits: ``heatmap``, ``draw_circuit``, ``plot_faithfulness_curve``, ``write_run_files`` / ``run_section`` for a
+``find_circuit`` run, ``analysis_sections`` for the demo's analysis.
 """
 
+from ._circuits import (
+    analysis_sections,
+    draw_circuit,
+    heatmap,
+    plot_faithfulness_curve,
+    render_dot,
+    run_section,
+    write_circuit_files,
+    write_run_files,
+)
 from ._page import Section, figure_html, png_html, render_report, table_html, write_report
 
-__all__ = ["Section", "figure_html", "png_html", "render_report", "table_html", "write_report"]
+__all__ = [
+    "Section",
+    "analysis_sections",
+    "draw_circuit",
+    "figure_html",
+    "heatmap",
+    "plot_faithfulness_curve",
+    "png_html",
+    "render_dot",
+    "render_report",
+    "run_section",
+    "table_html",
+    "write_circuit_files",
+    "write_report",
+    "write_run_files",
+]
