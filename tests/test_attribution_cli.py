@@ -8,7 +8,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mechscope import attribution as at
 from mechscope import organisms
 from mechscope.cli import app
 from mechscope.data import images as im
@@ -73,7 +72,9 @@ def test_cli_prompt_writes_self_contained_token_html(tmp_path):
 
 
 def test_demo_sections_are_self_contained(tiny_models, tmp_path):
-    sections = at.demo_sections(tiny_models["llama"], tmp_path)
+    from mechscope.report._attribution import attribution_sections
+
+    sections = attribution_sections(tiny_models["llama"], tmp_path)
     assert [t for t, _ in sections] == ["Input attribution on a small CNN", "Token attribution on SmolLM2"]
     for _, body in sections:
         assert "data:image/png;base64," in body and "src='http" not in body and 'src="http' not in body

@@ -73,8 +73,9 @@ def method_options(registry: Registry[Any, Any], *, skip: Sequence[str] = ()) ->
             if name in taken:
                 raise ValueError(f"{registry.family} config field {name!r} clashes with an option of the command")
             py = _cli_type(uses[0][1].type)
+            flag = name.replace("_", "-")
             option = typer.Option(
-                f"--{name.replace('_', '-')}",
+                f"--{flag}/--no-{flag}" if py is bool else f"--{flag}",  # a bool can be turned off as well as on
                 help=_help(uses, len(specs)),
                 show_default=False,
                 rich_help_panel="Method settings",
@@ -106,3 +107,19 @@ def config_for(spec: MethodSpec[Any, Any], settings: dict[str, Any], *, option_o
             owners = [s.name for s in option_owner.specs() if name in {f.name for f in s.fields()}]
             raise ValueError(f"--{name.replace('_', '-')} is a setting of {', '.join(owners)}, not of {spec.name}")
     return spec.make_config(**settings)
+
+
+def configs_for(
+    specs: Sequence[MethodSpec[Any, Any]], settings: dict[str, Any], *, option_owner: Registry[Any, Any]
+) -> list[Any]:
+    """One config per chosen method (a command that runs several): each takes the settings its config has.
+
+    A setting that none of the chosen methods has is an error saying whose it is.
+    """
+    names = {s.name for s in specs}
+    for name in settings:
+        if not any(name in {f.name for f in s.fields()} for s in specs):
+            owners = [s.name for s in option_owner.specs() if name in {f.name for f in s.fields()}]
+            raise ValueError(f"--{name.replace('_', '-')} is a setting of {', '.join(owners)}, not of "
+                             f"{', '.join(sorted(names))}")  # fmt: skip
+    return [s.make_config(**{k: v for k, v in settings.items() if k in {f.name for f in s.fields()}}) for s in specs]

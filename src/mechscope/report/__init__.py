@@ -5,5 +5,17 @@ escaped) and images. Method families, organisms and the bench never import it; t
 """
 
 from ._page import Section, figure_html, png_html, render_report, table_html, write_report
+from ._png import data_uri, grid, png_bytes, save_png
 
-__all__ = ["Section", "figure_html", "png_html", "render_report", "table_html", "write_report"]
+__all__ = [
+    "Section",
+    "data_uri",
+    "figure_html",
+    "grid",
+    "png_bytes",
+    "png_html",
+    "render_report",
+    "save_png",
+    "table_html",
+    "write_report",
+]

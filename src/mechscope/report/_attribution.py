@@ -1,67 +1,111 @@
-"""Demo sections for the HTML report: an attribution gallery with quality metrics, and token attribution."""
+"""Attribution in pictures and pages: a gallery (images by methods), per-image overlays, and the demo sections.
+
+The demo sections run every declared attribution method (``attribution.METHODS``) on the shapes CNN organism
+and show each with its quality metrics, and token attribution on a language model.
+"""
 
 from __future__ import annotations
 
-import functools
+import base64
 import html
 import io
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from .._cache import atomic_write_bytes
-from ..core._model import Model
-from ..organisms._vision import vision_organism
-from ._cam import eigen_cam, grad_cam, grad_cam_pp, layer_cam, score_cam
-from ._gradients import input_x_gradient, integrated_gradients, occlusion, saliency, smoothgrad
-from ._lrp import lrp
-from ._metrics import deletion_insertion, edge_detector, localisation, randomisation_check
-from ._render import gallery, img_tag
-from ._result import Attribution
-from ._tokens import token_attribution
+from ..data.images import overlay, to_rgb, write_png
+
+if TYPE_CHECKING:
+    from ..attribution import Attribution
+    from ..core import Model
 
 PROMPT = "The Eiffel Tower is in the city of"
 
 
-def image_methods(cam_site: str) -> dict[str, Callable[..., Attribution]]:
-    """Every image method by name, with the settings the demo and the CLI use (the CAMs at ``cam_site``)."""
-    return {
-        "saliency": saliency,
-        "input_x_gradient": input_x_gradient,
-        "integrated_gradients": integrated_gradients,
-        "smoothgrad": functools.partial(smoothgrad, samples=16),
-        "occlusion": occlusion,
-        "lrp": lrp,
-        "grad_cam": functools.partial(grad_cam, at=cam_site),
-        "grad_cam_pp": functools.partial(grad_cam_pp, at=cam_site),
-        "score_cam": functools.partial(score_cam, at=cam_site),
-        "layer_cam": functools.partial(layer_cam, at=cam_site),
-        "eigen_cam": lambda m, x, _y: eigen_cam(m, x, at=cam_site),
-        "edge_detector": edge_detector,
-    }
+def gallery(images: Float[Tensor, "batch c h w"], maps: Sequence[Attribution], *,
+            row_labels: Sequence[str] | None = None, dpi: int = 110) -> bytes:  # fmt: skip
+    """PNG of a grid: one row per image, the input then one overlay per attribution (titled by method)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    n, cols = images.shape[0], len(maps) + 1
+    heats = [a.heatmap() for a in maps]  # [batch h w] each
+    fig, axes = plt.subplots(n, cols, figsize=(1.15 * cols, 1.2 * n + 0.3), squeeze=False)
+    for i in range(n):
+        axes[i, 0].imshow(to_rgb(images[i]))
+        axes[i, 0].set_ylabel(row_labels[i] if row_labels else "", fontsize=7)
+        for j, heat in enumerate(heats, start=1):
+            axes[i, j].imshow(overlay(images[i], heat[i]))
+    for j, title in enumerate(["input", *(a.method.replace("_", " ") for a in maps)]):
+        axes[0, j].set_title(title, fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout(pad=0.2)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def save_overlays(images: Float[Tensor, "batch c h w"], attribution: Attribution, out_dir: str | Path, *,
+                  names: Sequence[str] | None = None, scale: int = 4) -> list[Path]:  # fmt: skip
+    """One PNG per image, ``<name>.<method>.png``: the attribution over the image, each pixel ``scale`` x ``scale``."""
+    out = Path(out_dir)
+    heat = attribution.heatmap()
+    names = names or [f"image{i:03d}" for i in range(images.shape[0])]
+    return [write_png(out / f"{name}.{attribution.method}.png", overlay(images[i], heat[i]), scale=scale)
+            for i, name in enumerate(names)]  # fmt: skip
+
+
+def img_tag(png: bytes, alt: str, **style: Any) -> str:
+    """A self-contained ``<img>`` (the PNG embedded as base64)."""
+    css = ";".join(f"{k.replace('_', '-')}:{v}" for k, v in style.items())
+    return (f"<img alt='{html.escape(alt, quote=True)}' style='{css}' "
+            f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>")  # fmt: skip
+
+
+# --- demo sections -----------------------------------------------------------------------------------------------
+
+SANITY = ("saliency", "integrated_gradients", "grad_cam", "edge_detector")
+"""Methods given the (slow) cascading randomisation check in the demo."""
 
 
 def image_section(out_dir: Path, n: int = 32, shown: int = 4) -> tuple[str, str]:
-    """Gallery of every method on the shapes CNN, with deletion/insertion AUC, localisation and randomisation."""
+    """Gallery of every declared method on the shapes CNN, with deletion/insertion AUC, localisation, randomisation."""
+    import torch
+
+    from ..attribution import METHODS, deletion_insertion, localisation, randomisation_check
+    from ..organisms import vision_organism
+
     org = vision_organism("shapes-cnn")
     data = org.test[:n]
     x, y = data.images, data.labels
-    methods = image_methods(org.cam_site)
+    specs = [s for s in METHODS.specs(tag="cnn")]
+    configs = {s.name: s.make_config(**({"layer": org.cam_site} if "cam" in s.tags else {})) for s in specs}
     maps, rows = {}, []
-    for name, method in methods.items():
+    for spec in specs:
         start = time.process_time()
-        a = method(org.model, x, y)
+        a = spec(org.model, x, y, config=configs[spec.name])
         seconds = time.process_time() - start
         auc = deletion_insertion(org.model, x, y, a, steps=12).auc()
         loc = localisation(a, data.masks)
-        maps[name] = a
-        rows.append((name, seconds, auc, loc, a))
-    sanity = {name: randomisation_check(org.model, x[:8], y[:8], methods[name]).final()
-              for name in ("saliency", "integrated_gradients", "grad_cam", "edge_detector")}  # fmt: skip
-    png = gallery(x[:shown], [maps[k] for k in methods], row_labels=[data.classes[int(c)] for c in y[:shown]])
+        maps[spec.name] = a
+        rows.append((spec.name, seconds, auc, loc, a))
+
+    def method(name: str):
+        return lambda m, xs, ys: METHODS[name](m, xs, ys, config=configs[name])
+
+    sanity = {name: randomisation_check(org.model, x[:8], y[:8], method(name)).final()
+              for name in SANITY if name in maps}  # fmt: skip
+    png = gallery(x[:shown], list(maps.values()), row_labels=[data.classes[int(c)] for c in y[:shown]])
     atomic_write_bytes(out_dir / "attribution_gallery.png", png)
     table = _metrics_table(rows, sanity, chance=localisation(torch.rand(data.masks.shape), data.masks)["chance"])
     body = (
@@ -89,7 +133,8 @@ def _metrics_table(rows: list[Any], sanity: dict[str, dict[str, float]], chance:
         )
         rand = f"{sanity[name]['spearman_abs']:.2f}" if name in sanity else ""
         lines.append(
-            f"<tr><td>{name}</td><td>{seconds:.2f}</td><td>{auc['deletion']:.3f} ({auc['deletion_chance']:.3f})</td>"
+            f"<tr><td>{html.escape(name)}</td><td>{seconds:.2f}</td>"
+            f"<td>{auc['deletion']:.3f} ({auc['deletion_chance']:.3f})</td>"
             f"<td>{auc['insertion']:.3f} ({auc['insertion_chance']:.3f})</td><td>{loc['mass_in_mask']:.2f}</td>"
             f"<td>{gap_s}</td><td>{rand}</td></tr>"
         )
@@ -100,6 +145,8 @@ def _metrics_table(rows: list[Any], sanity: dict[str, dict[str, float]], chance:
 def token_section(model: Model, out_dir: Path, prompt: str = PROMPT, max_new_tokens: int = 3,
                   steps: int = 32) -> tuple[str, str]:  # fmt: skip
     """Which prompt tokens drive each generated token (Integrated Gradients on the embeddings)."""
+    from ..attribution import token_attribution
+
     tok = token_attribution(model, prompt, max_new_tokens=max_new_tokens, steps=steps)
     fig = tok.heatmap()
     buf = io.BytesIO()
@@ -124,7 +171,7 @@ def token_section(model: Model, out_dir: Path, prompt: str = PROMPT, max_new_tok
     return "Token attribution on SmolLM2", body
 
 
-def demo_sections(model: Model, out_dir: str | Path) -> list[tuple[str, str]]:
+def attribution_sections(model: Model, out_dir: str | Path) -> list[tuple[str, str]]:
     """(title, self-contained HTML fragment) for the report: image attribution gallery and token attribution.
 
     ``model`` is the language model for the token section (the built-in SmolLM2); the image section uses the
