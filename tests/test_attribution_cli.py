@@ -47,6 +47,21 @@ def test_cli_organism_images_with_metrics_and_json(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
 
 
+def test_cli_settings_reach_each_method_that_has_them(tmp_path):
+    res = invoke("attribute", "-m", "integrated_gradients", "-m", "smoothgrad", "-m", "occlusion", "--steps", "6",
+                 "--samples", "3", "--no-abs", "--window", "8", "--stride", "8", "--n", "2", "--out", str(tmp_path),
+                 "--json")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    params = {m["method"]: m["params"] for m in json.loads(res.stdout)["methods"]}
+    assert params["integrated_gradients"]["steps"] == 6
+    assert params["smoothgrad"]["samples"] == 3 and params["smoothgrad"]["abs"] is False
+    assert params["occlusion"]["window"] == [1, 8, 8] and params["occlusion"]["stride"] == [1, 8, 8]
+    # CAMs get the organism's layer unless --layer names another.
+    cam = invoke("attribute", "-m", "layer_cam", "--layer", "relu2", "--n", "1", "--out", str(tmp_path), "--json")
+    assert cam.exit_code == 0, cam.output
+    assert json.loads(cam.stdout)["methods"][0]["at"] == "relu2"
+
+
 def test_cli_image_folder_and_errors(tmp_path):
     d = im.shapes(2, seed=4)
     for i in range(2):
@@ -55,7 +70,11 @@ def test_cli_image_folder_and_errors(tmp_path):
     assert res.exit_code == 0, res.output
     assert [i["name"] for i in json.loads(res.stdout)["images"]] == ["s0", "s1"]
     bad = invoke("attribute", "-m", "magic", "--n", "1", "--out", str(tmp_path / "o"))
-    assert bad.exit_code == 1 and "unknown method(s) magic" in bad.output
+    assert bad.exit_code == 1 and "unknown attribution method 'magic'" in bad.output
+    # A setting goes to every chosen method that has it; one that no chosen method has is an error naming its owner.
+    foreign = invoke("attribute", "-m", "saliency", "-m", "grad_cam", "--samples", "3", "--n", "1", "--out",
+                     str(tmp_path / "o"))  # fmt: skip
+    assert foreign.exit_code == 1 and "--samples is a setting of smoothgrad" in foreign.output
     missing = invoke("attribute", str(tmp_path / "nope.png"), "--out", str(tmp_path / "o"))
     assert missing.exit_code == 1 and "nope.png" in missing.output
 

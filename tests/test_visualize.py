@@ -263,12 +263,12 @@ def test_cli_visualize_writes_pngs_and_json(tmp_path, org):
     folder = tmp_path / "imgs"
     for i in range(3):
         report.save_png(folder / f"{i}.png", torch.rand(1, 32, 32, generator=torch.Generator().manual_seed(i)))
-    args = ["visualize", "conv2:3", "--model", "mechscope.attribution:SmallCNN", "--shape", "1,32,32", "--images",
+    args = ["visualize", "conv2:3", "--model", "mechscope.organisms:SmallCNN", "--shape", "1,32,32", "--images",
             str(folder), "--steps", "2", "--exemplars", "2", "--out", str(tmp_path / "m"), "--json"]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.stdout[result.stdout.index("{") :])["visualization"]["exemplars"]["indices"]) == 2
-    no_shape = runner.invoke(app, ["visualize", "conv2:3", "--model", "mechscope.attribution:SmallCNN"])
+    no_shape = runner.invoke(app, ["visualize", "conv2:3", "--model", "mechscope.organisms:SmallCNN"])
     assert no_shape.exit_code == 1 and "--shape" in no_shape.output
 
 
