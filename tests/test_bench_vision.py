@@ -154,8 +154,7 @@ def test_gradients_follow_the_block_the_model_reads(blocks):
 
 def test_a_trojan_that_misses_a_threshold_is_retrained_longer_once(monkeypatch):
     # Seeds that learn slowly get one deterministic retry with twice the epochs; a second miss is left to obtain().
-    from mechscope.organisms import _trojan
-    from mechscope.organisms import SmallCNN
+    from mechscope.organisms import SmallCNN, _trojan
 
     epochs: list[int] = []
 
@@ -178,8 +177,7 @@ def test_a_trojan_that_misses_a_threshold_is_retrained_longer_once(monkeypatch):
 
 
 def test_signal_blocks_that_miss_a_threshold_are_retrained_longer_once(monkeypatch):
-    from mechscope.organisms import _blocks
-    from mechscope.organisms import SmallCNN
+    from mechscope.organisms import SmallCNN, _blocks
 
     epochs: list[int] = []
 

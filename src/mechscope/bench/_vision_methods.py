@@ -48,7 +48,7 @@ def attribute(spec: MethodSpec[Any, Attribution], model: Model, images: Tensor, 
               quick: bool) -> Attribution:  # fmt: skip
     """Run a declared attribution method as the bench does (the vision families' one adapter)."""
     fields = {f.name for f in spec.fields()}
-    settings = {k: v for k, v in QUICK.items() if quick and k in fields}
+    settings: dict[str, Any] = {k: v for k, v in QUICK.items() if quick and k in fields}
     if "cam" in spec.tags:
         settings["layer"] = CAM_LAYER
     return spec(model, images, target, config=spec.make_config(**settings))

@@ -114,12 +114,12 @@ def _images(inputs: list[Path], model_name: str, methods: list[str], settings: d
         logits = model.module(x)
     pred = logits.argmax(-1)
     y = _targets(target, pred, labels)
-    results, files = [], []
+    results, written = [], []
     for spec, config in zip(specs, configs, strict=True):
         a = spec(model, x, y, config=config)
         if metrics and x.ndim == 4:
             a = at.evaluate(model, x, y, a, mask=masks)
-        files += [str(p) for p in save_overlays(x, a, out, names=names)]
+        written += [str(p) for p in save_overlays(x, a, out, names=names)]
         results.append(a)
     picture = out / "gallery.png"
     from .._cache import atomic_write_bytes
@@ -130,7 +130,7 @@ def _images(inputs: list[Path], model_name: str, methods: list[str], settings: d
         "images": [{"name": nm, "predicted": int(p), "target": int(t), "label": None if labels is None else int(lb)}
                    for nm, p, t, lb in zip(names, pred, y, labels if labels is not None else pred, strict=True)],
         "methods": [a.to_dict(maps=False) for a in results],
-        "files": [*files, str(picture)],
+        "files": [*written, str(picture)],
     }  # fmt: skip
 
 

@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -73,7 +73,10 @@ def harvest(
     _report(summary, as_json)
 
 
-KindOpt = Annotated[method_choice(KINDS), typer.Option(help="Dictionary kind (its settings: below).")]
+if TYPE_CHECKING:
+    KindOpt = str
+else:  # typer shows and checks the declared kinds as choices
+    KindOpt = Annotated[method_choice(KINDS), typer.Option(help="Dictionary kind (its settings: below).")]
 ExpansionOpt = Annotated[int, typer.Option(help="Latents per input dimension (d_sae = expansion * d_in).")]
 _T = TrainConfig
 LrOpt = Annotated[float, typer.Option(help=field_docs(_T)["lr"])]

@@ -156,9 +156,10 @@ def token_section(model: Model, out_dir: Path, prompt: str = PROMPT, max_new_tok
     plt.close(fig)
     atomic_write_bytes(out_dir / "token_attribution.png", buf.getvalue())
     tok.save_html(out_dir / "token_attribution.html")
-    gap = tok.completeness_gap.abs() / tok.output_change.abs().clamp_min(1e-12) if tok.completeness_gap is not None \
-        else None  # fmt: skip
-    gaps = ", ".join(f"{float(g):.3f}" for g in gap) if gap is not None else "n/a"
+    gaps = "n/a"
+    if tok.completeness_gap is not None and tok.output_change is not None:
+        gap = tok.completeness_gap.abs() / tok.output_change.abs().clamp_min(1e-12)
+        gaps = ", ".join(f"{float(g):.3f}" for g in gap)
     body = (
         f"<p>{html.escape(model.name)}, prompt {html.escape(repr(prompt))}: Integrated Gradients "
         f"({tok.params.get('steps')} adaptive steps from the zero embedding, the first position kept) of each "
