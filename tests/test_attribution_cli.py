@@ -8,6 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from mechscope import attribution as at
 from mechscope import organisms
 from mechscope.cli import app
 from mechscope.data import images as im
@@ -99,3 +100,19 @@ def test_demo_sections_are_self_contained(tiny_models, tmp_path):
         assert "data:image/png;base64," in body and "src='http" not in body and 'src="http' not in body
     assert "randomisation" in sections[0][1] and "<table" in sections[0][1]
     assert (tmp_path / "attribution_gallery.png").exists() and (tmp_path / "token_attribution.html").exists()
+
+
+def test_declared_configs_carry_the_library_functions_defaults():
+    import inspect
+
+    from mechscope.attribution import METHODS
+
+    checked = 0
+    for spec in METHODS:
+        fn = getattr(at, spec.name)
+        params = inspect.signature(fn).parameters
+        for field in spec.fields():
+            if field.name in params:
+                assert params[field.name].default == field.default, (spec.name, field.name)
+                checked += 1
+    assert checked >= 15  # steps, rule, baseline, samples, noise, window, epsilon, eps, ...
