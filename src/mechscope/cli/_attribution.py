@@ -174,12 +174,13 @@ def _tokens(model_name: str, prompt: str, max_new_tokens: int, steps: int | None
     import matplotlib.pyplot as plt
 
     from ..attribution import token_attribution
+    from ..report._attribution import save_token_html, token_heatmap
 
     m = open_model(model_name)
     tok = token_attribution(m, prompt, max_new_tokens=max_new_tokens, steps=steps)
     html_path, png_path = out / "tokens.html", out / "tokens.png"
-    tok.save_html(html_path)
-    plt.close(tok.heatmap(png_path))
+    save_token_html(tok, html_path)
+    plt.close(token_heatmap(tok, png_path))
     top = [{"token": t, "top": tok.top(i, k=3)} for i, t in enumerate(tok.new_tokens)]
     return {"model": tok.model, "prompt": prompt, "new_tokens": top, "attribution": tok.to_dict(),
             "files": [str(html_path), str(png_path)]}  # fmt: skip

@@ -1,4 +1,4 @@
-"""Attribution in pictures and pages: a gallery (images by methods), per-image overlays, and the demo sections.
+"""Attribution in pictures and pages: gallery, overlays, token attribution (text and heatmap), demo sections.
 
 The demo sections run every declared attribution method (``attribution.METHODS``) on the shapes CNN organism
 and show each with its quality metrics, and token attribution on a language model.
@@ -21,7 +21,7 @@ from .._cache import atomic_write_bytes
 from ..data.images import overlay, to_rgb, write_png
 
 if TYPE_CHECKING:
-    from ..attribution import Attribution
+    from ..attribution import Attribution, TokenAttribution
     from ..core import Model
 
 PROMPT = "The Eiffel Tower is in the city of"
@@ -70,6 +70,58 @@ def img_tag(png: bytes, alt: str, **style: Any) -> str:
     css = ";".join(f"{k.replace('_', '-')}:{v}" for k, v in style.items())
     return (f"<img alt='{html.escape(alt, quote=True)}' style='{css}' "
             f"src='data:image/png;base64,{base64.b64encode(png).decode()}'>")  # fmt: skip
+
+
+# --- token attribution -------------------------------------------------------------------------------------------
+
+
+def token_html(tok: TokenAttribution) -> str:
+    """Highlighted text: one line per new token, context tokens shaded red (positive) or blue (negative)."""
+    lines = []
+    for i, new in enumerate(tok.new_tokens):
+        row = tok.scores[i, : tok.n_prompt + i]
+        scale = float(row.abs().max()) or 1.0
+        spans = [_span(t, float(v) / scale) for t, v in zip(tok.tokens, row.tolist(), strict=False)]
+        lines.append(f'<div class="row">{"".join(spans)} <b>&rarr; {html.escape(new)}</b></div>')
+    style = ("<style>.row{font-family:monospace;white-space:pre-wrap;margin:4px 0}"
+             ".tok{border-radius:3px;padding:0 1px}</style>")  # fmt: skip
+    return f"<div class='mechscope-tokens'>{style}{''.join(lines)}</div>"
+
+
+def save_token_html(tok: TokenAttribution, path: str | Path) -> Path:
+    """A self-contained HTML page of :func:`token_html`, written atomically."""
+    path = Path(path)
+    page = f"<!doctype html><meta charset='utf-8'><title>token attribution</title><body>{token_html(tok)}</body>"
+    atomic_write_bytes(path, page.encode())
+    return path
+
+
+def token_heatmap(tok: TokenAttribution, path: str | Path | None = None) -> Any:
+    """Matplotlib figure: new tokens (rows) by context tokens (columns); saved as PNG when ``path`` is given."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    scores = tok.scores.clone()
+    scores = scores / scores.abs().amax(-1, keepdim=True).clamp_min(1e-12)  # each row scaled to [-1, 1]
+    fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(tok.tokens)), max(2, 0.4 * len(tok.new_tokens) + 1)))
+    ax.imshow(scores.numpy(), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(tok.tokens)), [repr(t)[1:-1] for t in tok.tokens], rotation=90, fontsize=7)
+    ax.set_yticks(range(len(tok.new_tokens)), [repr(t)[1:-1] for t in tok.new_tokens], fontsize=7)
+    ax.set_xlabel("context token")
+    ax.set_ylabel("new token")
+    ax.set_title(f"{tok.method} (each row scaled to its max |score|)", fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def _span(token: str, value: float) -> str:
+    alpha = min(1.0, abs(value))
+    colour = f"rgba(220,40,40,{alpha:.2f})" if value >= 0 else f"rgba(40,90,220,{alpha:.2f})"
+    return f'<span class="tok" style="background:{colour}" title="{value:+.3f}">{html.escape(token)}</span>'
 
 
 # --- demo sections -----------------------------------------------------------------------------------------------
@@ -148,14 +200,14 @@ def token_section(model: Model, out_dir: Path, prompt: str = PROMPT, max_new_tok
     from ..attribution import token_attribution
 
     tok = token_attribution(model, prompt, max_new_tokens=max_new_tokens, steps=steps)
-    fig = tok.heatmap()
+    fig = token_heatmap(tok)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
     atomic_write_bytes(out_dir / "token_attribution.png", buf.getvalue())
-    tok.save_html(out_dir / "token_attribution.html")
+    save_token_html(tok, out_dir / "token_attribution.html")
     gaps = "n/a"
     if tok.completeness_gap is not None and tok.output_change is not None:
         gap = tok.completeness_gap.abs() / tok.output_change.abs().clamp_min(1e-12)
@@ -166,7 +218,7 @@ def token_section(model: Model, out_dir: Path, prompt: str = PROMPT, max_new_tok
         "generated token's logit, "
         f"summed over the embedding. Red pushes the token up, blue down; each line is scaled to its largest "
         f"score. Relative completeness gap per token: {gaps}.</p>"
-        + tok.to_html()
+        + token_html(tok)
         + img_tag(buf.getvalue(), "token attribution heatmap", max_width="100%")
     )
     return "Token attribution on SmolLM2", body
