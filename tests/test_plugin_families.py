@@ -88,7 +88,7 @@ def cli_restored():
 
 
 def invoke(app: Any, *args: str) -> Any:
-    return CliRunner().invoke(app, list(args))
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "250"})  # help text on one line per option
 
 
 # --- attribution -------------------------------------------------------------------------------------------------

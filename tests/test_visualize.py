@@ -256,6 +256,14 @@ def test_cli_visualize_writes_pngs_and_json(tmp_path, org):
     assert payload["prototypes"][0]["class_name"] == "triangle"
     for name in ("relu3_5.png", "relu3_5_exemplars.png", "relu3_5_patches.png", "prototype_2.png", "summary.json"):
         assert (tmp_path / name).stat().st_size > 0
+    # Settings come from the declared configs: both methods take --steps/--n, only prototypes --path-weight.
+    assert payload["visualization"]["config"]["steps"] == 4 and payload["visualization"]["config"]["n"] == 2
+    assert payload["prototypes"][0]["path_weight"] == 10.0 == vz.PrototypeConfig().path_weight
+    assert payload["prototypes"][0]["config"]["n"] == 2
+    help_text = runner.invoke(app, ["visualize", "--help"], env={"COLUMNS": "250"}).output
+    assert "--path-weight" in help_text and "activation-path regulariser" in help_text
+    foreign = runner.invoke(app, ["visualize", "relu3:5", "--path-weight", "3", "--out", str(tmp_path)])
+    assert foreign.exit_code == 1 and "--path-weight is a setting of prototype, not of feature" in foreign.output
     bad = runner.invoke(app, ["visualize", "relu3:99", "--steps", "2", "--out", str(tmp_path)])
     assert bad.exit_code == 1
     assert "relu3" in bad.output and "[batch 32 16 16]" in bad.output
