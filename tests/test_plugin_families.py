@@ -21,8 +21,7 @@ import mechscope as ms
 from mechscope import attribution as at
 from mechscope import bench
 from mechscope.core._registry import MethodSpec
-from mechscope.features import Dictionary, load_dictionary, train
-from mechscope.features._kinds import KINDS, train_config
+from mechscope.features import KINDS, Dictionary, load_dictionary, train, train_config
 from mechscope.organisms import SmallCNN
 
 # --- the plug-ins: one declaration each --------------------------------------------------------------------------
