@@ -45,7 +45,6 @@ from mechscope.bench._scorers import (
     random_dictionary,
     score,
 )
-from mechscope.bench._vision_methods import ATTRIBUTIONS
 from mechscope.bench._vision_scorers import AttributionOutput, TrojanOutput
 from mechscope.organisms._blocks import BlockImages, BlocksConfig, BuiltBlocks, SignalBlocks, block_images
 from mechscope.organisms._induction import BuiltInduction, Induction, InductionConfig
@@ -96,7 +95,6 @@ for _organism in TRACR_ORGANISMS:  # compiled RASP programs: built only with the
         UNAVAILABLE[_organism.name] = MISSING_TRACR
 
 __all__ = [
-    "ATTRIBUTIONS",
     "FAMILIES",
     "FULL_SEEDS",
     "METHODS",

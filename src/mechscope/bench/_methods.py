@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from ..features._dictionary import DictionaryConfig
-from ..features._train import TrainConfig, train
+from ..features._kinds import KINDS, train_config
+from ..features._train import train
 from ..organisms._modadd import all_pairs, fourier_basis
 from ._registry import RunContext, register_method
 from ._scorers import CircuitScores, DictionaryOutput, random_dictionary, random_interval
@@ -52,9 +52,10 @@ def topk_sae(organism: Any, ctx: RunContext) -> Any:
     """TopK SAE (Gao et al. 2024) trained with ``mechscope.features.train`` on a small budget."""
     d = organism.data.x.shape[1]
     steps = 300 if ctx.quick else 2000
-    config = TrainConfig(
-        DictionaryConfig("topk", d_in=d, d_sae=SAE_EXPANSION * d, k=SAE_K), lr=3e-3, batch_size=256,
-        n_tokens=256 * steps, dead_after_tokens=256 * 50, seed=ctx.seed, checkpoint_every=10**9, log_every=10**9,
+    kind = KINDS["topk"]  # trained through the dictionary kinds registry, like ``mechscope dict train``
+    config = train_config(
+        kind.name, d, SAE_EXPANSION * d, kind.make_config(k=SAE_K), lr=3e-3, batch_size=256, n_tokens=256 * steps,
+        dead_after_tokens=256 * 50, seed=ctx.seed, checkpoint_every=10**9, log_every=10**9,
     )  # fmt: skip
     return train(config, organism.data.x, ctx.workdir / "sae", progress=False).dictionary
 

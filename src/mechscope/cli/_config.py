@@ -115,9 +115,16 @@ class _MethodCommand:
         if name != self._choice:
             return annotation
         names = method_choice(self._registry, tag=self._tag)
+        inner, meta = annotation, ()
         if typing.get_origin(annotation) is Annotated:
-            return Annotated[(names, *annotation.__metadata__)]
-        return names
+            inner, meta = typing.get_args(annotation)[0], annotation.__metadata__
+        base, optional = plain_type(inner)
+        if typing.get_origin(base) is list:  # typer takes no list of choices: the registry checks each name instead
+            return annotation
+        choice: Any = names
+        if optional:
+            choice = choice | None
+        return Annotated[(choice, *meta)] if meta else choice
 
     @property
     def __annotations__(self) -> dict[str, Any]:  # type: ignore[override]
@@ -139,3 +146,19 @@ def config_for(spec: MethodSpec[Any, Any], settings: dict[str, Any], *, option_o
             owners = [s.name for s in option_owner.specs() if name in {f.name for f in s.fields()}]
             raise ValueError(f"--{name.replace('_', '-')} is a setting of {', '.join(owners)}, not of {spec.name}")
     return spec.make_config(**settings)
+
+
+def configs_for(
+    specs: Sequence[MethodSpec[Any, Any]], settings: dict[str, Any], *, option_owner: Registry[Any, Any]
+) -> list[Any]:
+    """One config per chosen method (a command that runs several): each takes the settings its config has.
+
+    A setting that none of the chosen methods has is an error saying whose it is.
+    """
+    names = {s.name for s in specs}
+    for name in settings:
+        if not any(name in {f.name for f in s.fields()} for s in specs):
+            owners = [s.name for s in option_owner.specs() if name in {f.name for f in s.fields()}]
+            raise ValueError(f"--{name.replace('_', '-')} is a setting of {', '.join(owners)}, not of "
+                             f"{', '.join(sorted(names))}")  # fmt: skip
+    return [s.make_config(**{k: v for k, v in settings.items() if k in {f.name for f in s.fields()}}) for s in specs]

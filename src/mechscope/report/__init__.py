@@ -17,18 +17,23 @@ from ._circuits import (
     write_run_files,
 )
 from ._page import Section, figure_html, png_html, render_report, table_html, write_report
+from ._png import data_uri, grid, png_bytes, save_png
 
 __all__ = [
     "Section",
     "analysis_sections",
+    "data_uri",
     "draw_circuit",
     "figure_html",
+    "grid",
     "heatmap",
     "plot_faithfulness_curve",
+    "png_bytes",
     "png_html",
     "render_dot",
     "render_report",
     "run_section",
+    "save_png",
     "table_html",
     "write_circuit_files",
     "write_report",
