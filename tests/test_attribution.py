@@ -477,9 +477,11 @@ def test_token_attribution_is_causal_and_renders(tiny_models, tmp_path):
     for i in range(3):
         assert (tok.scores[i, n + i :] == 0).all()  # a token cannot be driven by itself or later ones
         assert tok.scores[i, : n + i].abs().sum() > 0
-    html = tok.to_html()
+    from mechscope.report._attribution import token_heatmap, token_html
+
+    html = token_html(tok)
     assert html.count('class="row"') == 3 and "hello"[0] in html
-    tok.heatmap(tmp_path / "tokens.png")
+    token_heatmap(tok, tmp_path / "tokens.png")
     assert (tmp_path / "tokens.png").stat().st_size > 1000
     json.dumps(tok.to_dict())
 

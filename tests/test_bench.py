@@ -303,16 +303,16 @@ def test_harness_scores_circuit_methods_on_the_induction_organism(induction, tmp
     board = bench.run_bench(quick=True, seeds=(0,), organisms=["induction"], progress=False)
     check_outputs(board, tmp_path)
     rows = {(r.metric, r.method): r for r in board.rows()}
-    assert rows["node_auroc", "activation_patching_heads"].mean == 1.0
+    assert rows["node_auroc", "activation"].mean == 1.0
     # Attribution patching finds the induction head, but its linear estimate of the previous-token head's effect
     # (through the induction head's softmax) varies between builds: AUROC 1.0 on one CPU, 0.83 on another.
-    ap = rows["node_auroc", "attribution_patching_heads"]
+    ap = rows["node_auroc", "attribution"]
     assert ap.mean > ap.chance
     assert rows["node_auroc", "oracle"].mean == 1.0 and rows["edge_auroc", "oracle"].mean == 1.0
-    assert rows["edge_auroc", "edge_attribution_patching"].mean > 0.85  # 0.93-0.97 across CPUs; chance 0.5
-    assert rows["node_auroc", "acdc_nodes"].mean == 1.0
+    assert rows["edge_auroc", "eap"].mean > 0.85  # 0.93-0.97 across CPUs; chance 0.5
+    assert rows["node_auroc", "acdc"].mean == 1.0
     # MIB's areas: random circuits at chance, EAP-IG's circuits carry the behaviour (measured CPR 0.92, CMD 0.08).
-    cpr, cmd = rows["cpr", "edge_attribution_patching_ig"], rows["cmd", "edge_attribution_patching_ig"]
+    cpr, cmd = rows["cpr", "eap-ig"], rows["cmd", "eap-ig"]
     assert abs(rows["cpr", "random"].mean - cpr.chance) < 0.15 and cpr.mean > cpr.chance + 0.3
     assert cmd.mean < cmd.chance - 0.3 and not cmd.higher_is_better
     assert board.organisms["induction"]["0"] == induction.verification

@@ -1,4 +1,5 @@
-"""Compiled-transformer organisms (tracr): the torch conversion, its verification, the ground truth and scorers.
+"""Compiled-transformer organisms (tracr): the torch conversion, its verification, the ground truth, the adapter to
+the residual-model contract (the library's circuit methods on compiled programs) and the bench's scorers.
 
 Needs the optional ``tracr`` extra (``pip install -e .[tracr]``, which ``make test`` installs, so CI runs these);
 skipped where it is missing. Uses ``frac_prevs`` at a small length (2 layers, 84 inputs) to stay fast.
@@ -11,11 +12,15 @@ pytest.importorskip("tracr")
 import torch
 
 import mechscope as ms
-from mechscope import bench, report
+from mechscope import bench, circuits, organisms, report
 from mechscope.bench import _tracr
 from mechscope.bench._registry import RunContext
 from mechscope.bench._scorers import node_auroc
-from mechscope.core._interventions import Patch
+from mechscope.circuits._edgerun import SenderActs, Wiring, reference, run_edges
+from mechscope.circuits._ids import EdgeId
+from mechscope.core import ResidualModel
+from mechscope.organisms import _tracr as _organism
+from mechscope.organisms._tracr import program_output
 
 SMALL = bench.TracrFracPrevs(bench.TracrConfig("frac_prevs", max_seq_len=3))
 
@@ -36,21 +41,24 @@ def test_torch_conversion_reproduces_tracr_and_the_rasp_program(organism):
     got = organism.model.run(tokens).logits[:, 1:, 0]
     assert torch.allclose(got, expected[:, 1:], atol=1e-4)
     assert torch.allclose(expected[tokens[:, 1:].eq(tokens[0, 1]).all(1)][0, 1:], torch.ones(3))
-    # mechscope sees the heads and MLPs as sites of a plain wrapped module
-    assert {"blocks.1.attn.heads.0", "blocks.0.mlp"} <= {s.name for s in organism.model.sites()}
+    # mechscope sees the heads and MLPs by their module paths, and the uniform sites of the residual stream
+    assert {"blocks.1.attn.heads.0", "blocks.0.mlp", "head.1.q", "resid_mid.0"} <= {
+        s.name for s in organism.model.sites()
+    }
 
 
 def test_ground_truth_is_the_emitted_components_and_their_edges(organism):
     truth = organism.circuit
-    assert set(truth.nodes) == {"blocks.0.attn.heads.0", "blocks.0.mlp", "blocks.1.attn.heads.0", "blocks.1.mlp"}
-    assert truth.circuit == {"blocks.0.mlp", "blocks.1.attn.heads.0"}  # the map tokens == 1, then a mean over i <= j
+    assert set(truth.nodes) == {"a0.h0", "m0", "a1.h0", "m1"}  # graph ids, as the library's results name them
+    assert truth.circuit == {"m0", "a1.h0"}  # the map tokens == 1, then a mean over i <= j
+    assert organism.site("a1.h0") == "blocks.1.attn.heads.0"
     assert truth.circuit_edges == {"input->m0", "m0->a1.h0<v>", "input->a1.h0<q>", "input->a1.h0<k>",
                                    "a1.h0->logits"}  # fmt: skip
     assert organism.truth["components"]["blocks.1.attn.heads.0"][0].startswith("frac_prevs")
 
 
 def test_cached_organism_loads_without_recompiling(organism, monkeypatch):
-    monkeypatch.setattr(_tracr._Compiled, "build", lambda self, seed: pytest.fail("recompiled"))
+    monkeypatch.setattr(_organism._Compiled, "build", lambda self, seed: pytest.fail("recompiled"))
     again = bench.obtain(SMALL, seed=0)
     assert again.accuracy() == 1.0 and again.circuit == organism.circuit
 
@@ -81,7 +89,7 @@ def test_scorer_gives_chance_to_random_and_one_to_the_oracle(organism):
 def test_ablation_methods_run_through_mechscope_interventions(organism):
     zero = _tracr.zero_ablation(organism, RunContext(0, True, None))
     assert node_auroc(zero, organism, "zero_ablation").value == 1.0
-    assert zero.nodes["blocks.0.attn.heads.0"] == zero.nodes["blocks.1.mlp"] == 0.0  # all-zero blocks
+    assert zero.nodes["a0.h0"] == zero.nodes["m1"] == 0.0  # all-zero blocks
     mean = _tracr.mean_ablation(organism, RunContext(0, True, None))
     assert set(mean.nodes) == set(organism.circuit.nodes)
 
@@ -89,11 +97,15 @@ def test_ablation_methods_run_through_mechscope_interventions(organism):
 def test_harness_scores_the_compiled_family(organism):
     suite = bench.default_suite()
     bench.register_organism(SMALL, suite=suite)  # the small variant, already in the cache
-    board = bench.run_bench(seeds=(0,), organisms=[SMALL.name], methods=["random", "oracle"], progress=False,
-                            suite=suite)  # fmt: skip
+    board = bench.run_bench(seeds=(0,), organisms=[SMALL.name], progress=False, suite=suite)
     assert not board.errors
     metrics = {(s.method, s.metric) for s in board.scores}
     assert {("oracle", "node_auroc"), ("oracle", "edge_auroc"), ("random", "node_auroc")} <= metrics
+    # the library's circuit methods run on the compiled program, with MIB's faithfulness areas
+    for method in ("edge_attribution_patching", "edge_attribution_patching_ig", "acdc"):
+        assert {(method, m) for m in ("node_auroc", "edge_auroc", "cpr", "cmd")} <= metrics
+    cpr = {s.method: s for s in board.scores if s.metric == "cpr"}
+    assert cpr["oracle"].value > cpr["oracle"].chance and len(cpr["oracle"].curve) == len(circuits.SIZES)
 
 
 def test_missing_extra_is_listed_as_skipped():
@@ -104,67 +116,100 @@ def test_missing_extra_is_listed_as_skipped():
     assert "Skipped organisms" in report.leaderboard_markdown(board)
 
 
-def test_attribution_patching_is_exact_where_the_model_is_linear(organism):
-    # The last head writes straight to the (numerical) output: its first-order estimate equals real mean ablation.
-    scores = _tracr.attribution_patching(organism, RunContext(0, True, None))
-    assert _tracr._node_auroc(scores, organism, "attribution_patching").value == 1.0
-    assert scores.nodes["blocks.0.attn.heads.0"] == scores.nodes["blocks.1.mlp"] == 0.0
-    site, real, count = "blocks.1.attn.heads.0", 0.0, 0
-    for tokens, _ in organism.groups():
-        clean = organism.model.run(tokens).logits[:, 1:, 0].sum(1)
-        with organism.model.intervene(ms.Ablate(site, how="mean", reference=tokens, over="batch_pos")):
-            ablated = organism.model.run(tokens).logits[:, 1:, 0].sum(1)
-        real, count = real + float((ablated - clean).abs().sum()), count + len(tokens)
-    assert scores.nodes[site] == pytest.approx(real / count, rel=1e-4)
+def test_the_adapter_satisfies_the_residual_model_contract(organism):
+    contract = organism.residual
+    assert isinstance(contract, ResidualModel) and contract.cfg.n_layers == 2 and not contract.cfg.parallel
+    head = organism.module.blocks[1].attn.heads[0]
+    weight, bias = contract.qkv(1, "k")  # [d_model head d_head], [head d_head]
+    torch.testing.assert_close(weight[:, 0], head.k.weight.T)
+    torch.testing.assert_close(bias[0], head.k.bias)
+    torch.testing.assert_close(contract.w_o(1)[0], head.o.weight.T)
+    # the uniform per-head sites are the heads' own tensors
+    tokens, _ = organism.groups()[-1]
+    run = organism.model.run(tokens, cache=["head.1.k", "head.*.z", "blocks.1.attn.heads.0", "attn_out.*"])
+    x = organism.model.run(tokens, cache=["resid_pre.1"]).cache["resid_pre.1"]
+    torch.testing.assert_close(run.cache["head.1.k"][:, :, 0], head.k(x))
+    torch.testing.assert_close(run.cache["blocks.1.attn.heads.0"], head.o(run.cache["head.1.z"][:, :, 0]))
+    # the graph's premise: attention output = its heads' outputs + a constant
+    wiring = Wiring.of(contract)
+    wiring.check_additive([(run.cache, torch.ones(tokens.shape, dtype=torch.long))])
+
+
+def test_edge_swaps_through_the_adapter_match_ablating_by_hand(organism):
+    # a1.h0's only reader with weights is the logits (m1 is all zero): swapping the edge a1.h0 -> logits for the
+    # mean over inputs and positions is mean-ablating the head's output, done by hand with ms.Ablate
+    task = organism.task()
+    tokens = task.clean
+    contract = organism.residual
+    wiring = Wiring.of(contract)
+    g = wiring.graph
+    cache = organism.model.run(tokens, cache=SenderActs.sites(g.n_layers)).cache
+    mean = reference(SenderActs.of(cache, g.n_layers), "global_mean", torch.ones_like(tokens),
+                                      len(tokens))  # fmt: skip
+    swap = torch.zeros(1, len(g.senders), len(g.receivers))
+    swap[0, g.head_index(1, 0), len(g.receivers) - 1] = 1.0
+    got = run_edges(wiring, tokens, torch.ones_like(tokens), mean, swap)
+    site = organism.site("a1.h0")
+    with organism.model.intervene(ms.Ablate(site, how="mean", reference=tokens, over="batch_pos")):
+        want = organism.model.run(tokens).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # and the library's faithfulness of the circuit without that edge is the metric of that run, normalised
+    keep = [e for e in g.edge_names() if e != "a1.h0->logits"]
+    circuit = circuits.Circuit.from_edge_names(g, keep)
+    full, empty, (value,) = circuits.circuit_metrics(contract, task, [circuit], ablation="global_mean",
+                                                     metric=program_output, progress=False)  # fmt: skip
+    assert value == pytest.approx(float(program_output(want, task).mean()), abs=1e-4)
+    assert full > value and value == pytest.approx(empty, abs=1e-5)  # the program's one path to the output is cut
+
+
+def test_library_eap_ig_walks_from_the_mean_input_to_the_real_one(organism):
+    task = organism.task()
+    inputs = []
+
+    def record(_module, args):
+        if args[0].shape[0] == _tracr.IG_STEPS * len(task):  # the stacked pass along the path
+            inputs.append(args[0].detach().clone())
+
+    handle = organism.module.blocks[0].attn.register_forward_pre_hook(record)  # sees the block input as replaced
+    try:
+        _tracr.edge_attribution_patching_ig(organism, RunContext(0, True, None))  # circuits.eap_ig on every length
+    finally:
+        handle.remove()
+    x = organism.model.run(task.clean, cache=["resid_pre.0"]).cache["resid_pre.0"]  # the real inputs
+    mean = x.mean(dim=(0, 1), keepdim=True)
+    (path,) = inputs
+    for k, point in enumerate(path.unflatten(0, (_tracr.IG_STEPS, -1))):  # left Riemann sum: k / steps of the way
+        torch.testing.assert_close(point, (mean + k / _tracr.IG_STEPS * (x - mean)).expand_as(point))
+
+
+def test_library_eap_ig_sees_what_flat_gradients_hide(organism):
+    ctx = RunContext(0, True, None)
+    eap = _tracr.edge_attribution_patching(organism, ctx)
+    ig = _tracr.edge_attribution_patching_ig(organism, ctx)
+    assert set(ig.edges) == set(eap.edges) == set(organism.circuit.edges)
+    # the output is exact at the real inputs, so the squared error's gradient vanishes there: EAP sees nothing ...
+    assert max(abs(v) for v in eap.edges.values()) < 1e-4
+    # ... while the path from the mean input crosses the region where the program's edges matter, the key edge
+    # of the last head (it reads positions) included
+    assert "input->a1.h0<k>" in organism.circuit.circuit_edges
+    assert ig.edges["input->a1.h0<k>"] > 1e-3 and ig.edges["a1.h0->logits"] > 0.1
+    assert all(v == 0.0 for e, v in ig.edges.items() if e.startswith(("a0.h0->", "m1->")))  # all-zero blocks
+    assert _tracr._edge_auroc(ig, organism, "ig").value == 1.0  # as the bench's own EAP-IG scored it before
+
+
+def test_library_acdc_finds_the_emitted_components(organism):
+    scores = _tracr.acdc_components(organism, RunContext(0, True, None))
+    assert _tracr._node_auroc(scores, organism, "acdc").value == 1.0
+    assert {str(EdgeId.parse(e).sender) for e in scores.edges} == {"input", "m0", "a1.h0"}  # kept nodes' out-edges
 
 
 def test_numerically_zero_scores_tie_with_unused_blocks(organism):
     # A circuit block scored 1e-12 (a vanished gradient) must not outrank the exact zeros of unused blocks.
-    vanished = {"blocks.0.mlp": 1e-12, "blocks.1.attn.heads.0": 1.0, "blocks.0.attn.heads.0": 0.0, "blocks.1.mlp": 0.0}
+    vanished = {"m0": 1e-12, "a1.h0": 1.0, "a0.h0": 0.0, "m1": 0.0}
     scores = _tracr.CircuitScores(vanished)
     assert node_auroc(scores, organism, "raw").value == 1.0  # the plain scorer is fooled by rounding
     assert _tracr._node_auroc(scores, organism, "tied").value == 0.75  # ties count half: (2 + 0.5 + 0.5) / 4
 
 
-def test_edge_attribution_patching_is_exact_on_a_linear_path(organism):
-    # a1.h0 -> logits is the last head's only live path (the MLP after it is all zero), and the output is linear in
-    # it: the edge's estimate equals the node's, which equals real mean ablation (the test above).
-    edges = _tracr.edge_attribution_patching(organism, RunContext(0, True, None))
-    nodes = _tracr.attribution_patching(organism, RunContext(0, True, None))
-    assert set(edges.edges) == set(organism.circuit.edges)
-    assert edges.edges["a1.h0->logits"] == pytest.approx(nodes.nodes["blocks.1.attn.heads.0"], rel=1e-5)
-    assert edges.edges["a1.h0->logits"] > 0.1
-    assert all(v == 0.0 for e, v in edges.edges.items() if e.startswith(("a0.h0->", "m1->")))  # all-zero blocks
-    assert _tracr._edge_auroc(edges, organism, "eap").value > 0.5
-
-
-def test_edge_attribution_patching_ig_sees_what_flat_gradients_hide(organism):
-    ctx = RunContext(0, True, None)
-    eap = _tracr.edge_attribution_patching(organism, ctx)
-    ig = _tracr.edge_attribution_patching_ig(organism, ctx)
-    assert set(ig.edges) == set(eap.edges)
-    # The output is linear in a1.h0's contribution, so the gradient is the same everywhere on the path.
-    assert ig.edges["a1.h0->logits"] == pytest.approx(eap.edges["a1.h0->logits"], rel=1e-6)
-    # The last head's key edge is in the circuit, but its softmax is flat at the real inputs: EAP sees ~0 there,
-    # and the path from the mean input crosses the region where the keys matter.
-    assert "input->a1.h0<k>" in organism.circuit.circuit_edges
-    assert eap.edges["input->a1.h0<k>"] < 1e-4 and ig.edges["input->a1.h0<k>"] > 1e-3
-    assert _tracr._edge_auroc(ig, organism, "ig").value >= _tracr._edge_auroc(eap, organism, "eap").value
-
-
-def test_edge_attribution_patching_ig_walks_from_the_mean_input_to_the_real_one(organism, monkeypatch):
-    patched = []
-
-    def spy(site, value, **kwargs):
-        patched.append(value)
-        return Patch(site, value, **kwargs)
-
-    monkeypatch.setattr(_tracr, "Patch", spy)
-    _tracr.edge_attribution_patching_ig(organism, RunContext(0, True, None))
-    tokens, _ = organism.groups()[0]
-    run = organism.model.run(tokens, cache=["token_embed", "pos_embed"])
-    x = run.cache["token_embed"] + run.cache["pos_embed"]  # the real input
-    mean = x.mean(dim=(0, 1), keepdim=True)
-    for k, value in enumerate(patched[: _tracr.IG_STEPS]):  # the first length's path, midpoints of the steps
-        alpha = (k + 0.5) / _tracr.IG_STEPS
-        torch.testing.assert_close(value + run.cache["pos_embed"], mean + alpha * (x - mean))
+def test_organisms_package_exports_the_compiled_programs():
+    assert organisms.TracrFracPrevs is bench.TracrFracPrevs and organisms.BuiltCompiled is bench.BuiltCompiled

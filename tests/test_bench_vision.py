@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mechscope import bench
+from mechscope.attribution import METHODS
 from mechscope.bench import _vision_methods as V
 from mechscope.bench._harness import derive_seed
 from mechscope.bench._registry import RunContext
@@ -137,15 +138,16 @@ def test_attribution_scorers_random_is_chance_and_oracle_is_perfect(blocks):
     oracle = scores(V.oracle_attribution, blocks, [0])
     assert oracle["signal_mass"][0] == 1.0 and oracle["top_k_precision"][0] == 1.0
     # The randomisation check: a map of the image alone fails it; a map that changes with the model passes.
-    assert scores(V.edge_detector_attribution, blocks, [0])["randomisation"][0] == pytest.approx(0.0, abs=1e-9)
+    edges = V.block_method(METHODS["edge_detector"])
+    assert scores(edges, blocks, [0])["randomisation"][0] == pytest.approx(0.0, abs=1e-9)
     assert random["randomisation"][0] > 0.9
 
 
 def test_gradients_follow_the_block_the_model_reads(blocks):
-    heat, _ = V.ATTRIBUTIONS["input_x_gradient"]
+    spec = METHODS["input_x_gradient"]
     p, q = blocks.probe(32), blocks.twin_probe(32)
-    mine = heat(blocks.model, p.images, p.labels, True)
-    twins = heat(blocks.twin, q.images, q.labels, True)
+    mine = V.attribute(spec, blocks.model, p.images, p.labels, quick=True).heatmap()
+    twins = V.attribute(spec, blocks.twin, q.images, q.labels, quick=True).heatmap()
     # Same images, different models: each model's map sits on its own block, far above the 0.25 share.
     assert mass_in(mine, p.masks) > 0.4 and mass_in(twins, q.masks) > 0.4
     assert mass_in(mine, p.masks) > mass_in(mine, q.masks)

@@ -29,7 +29,8 @@ def circuit(*args: str):
 @pytest.mark.parametrize("method", ["eap", "eap-ig"])
 def test_edge_methods_write_graph_curve_and_summary(tmp_path, task_file, method):
     out = tmp_path / "out"
-    result = circuit("--task", task_file, "--method", method, "--steps", "3", "--top", "20", "--random", "2",
+    steps = ("--steps", "3") if method == "eap-ig" else ()  # --steps is a setting of eap-ig only
+    result = circuit("--task", task_file, "--method", method, *steps, "--top", "20", "--random", "2",
                      "--out", str(out))  # fmt: skip
     assert result.exit_code == 0, result.output
     s = json.loads(result.stdout)
@@ -51,7 +52,7 @@ def test_threshold_keeps_edges_above_it(tmp_path, task_file):
     assert result.exit_code == 0, result.output
     s = json.loads(result.stdout)
     assert s["circuit"]["n_edges"] == s["circuit"]["of_edges"]  # |score| >= 0: every edge
-    assert s["circuit"]["faithfulness"] == pytest.approx(1.0, abs=1e-5) and "curve" not in s
+    assert s["circuit"]["faithfulness"] == pytest.approx(1.0, abs=1e-5) and s["curve"] is None
 
 
 def test_acdc_node_circuit(tmp_path, task_file):
@@ -59,14 +60,33 @@ def test_acdc_node_circuit(tmp_path, task_file):
                      "--out", str(tmp_path))  # fmt: skip
     assert result.exit_code == 0, result.output
     s = json.loads(result.stdout)
-    assert "curve" not in s and isinstance(s["acdc"]["kept"], list)
-    assert json.loads((tmp_path / "circuit.json").read_text())["acdc"]["tau"] == 0.0001
+    assert s["curve"] is None and isinstance(s["scores"]["kept"], list) and s["config"]["tau"] == 0.0001
+    assert json.loads((tmp_path / "circuit.json").read_text())["result"]["tau"] == 0.0001
 
 
 def test_bad_options_are_one_line_errors(tmp_path, task_file):
     result = circuit("--task", task_file, "--method", "magic", "--out", str(tmp_path))
-    assert result.exit_code == 1 and "--method must be" in result.stderr and "Traceback" not in result.output
+    assert result.exit_code == 2 and "'magic' is not one of" in result.output and "Traceback" not in result.output
     result = circuit("--task", task_file, "--top", "3", "--threshold", "0.1", "--out", str(tmp_path))
     assert result.exit_code == 1 and "not both" in result.stderr
     result = circuit("--task", task_file, "--method", "acdc", "--top", "3", "--out", str(tmp_path))
-    assert result.exit_code == 1 and "ACDC uses --tau" in result.stderr
+    assert result.exit_code == 1 and "acdc finds its own circuit" in result.stderr
+    result = circuit("--task", task_file, "--method", "eap", "--tau", "0.1", "--out", str(tmp_path))
+    assert result.exit_code == 1 and "--tau is a setting of acdc, not of eap" in result.stderr
+
+
+def test_patch_reads_its_methods_and_options_from_the_registry(tmp_path, task_file):
+    def patch(*args: str):
+        return CliRunner().invoke(app, ["patch", *args, "--model", "tiny-llama", "--task", task_file, "--out",
+                                        str(tmp_path), "--json"])  # fmt: skip
+
+    result = patch("resid_pre", "--method", "attribution", "--no-by-pos", "--verify", "2", "--direction", "noising")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["result"]["axes"] == ["layer"] and payload["result"]["direction"] == "noising"
+    assert payload["check"]["n"] == 2
+    result = patch("head.z", "--by-pos")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["result"]["axes"] == ["layer", "head", "pos"]
+    result = patch("head.z", "--verify", "2")
+    assert result.exit_code == 1 and "--verify is a setting of attribution, not of activation" in result.stderr

@@ -109,3 +109,16 @@ def test_train_live_reads_the_model_as_it_trains(tmp_path):
     again = invoke("dict", "train-live", str(run), "--site", "resid_post.1", "--model", "tiny-llama", "--ctx-len",
                    "32", "--expansion", "2", "--k", "4", "--batch-size", "64", "--n-tokens", "1280")  # fmt: skip
     assert again["steps"] == 20 and again["tokens"] == 1280  # the same run folder, continued to the larger budget
+
+
+def test_dict_train_defaults_are_the_libraries():
+    import inspect
+
+    from mechscope.cli import _features
+    from mechscope.features import TrainConfig
+
+    for command in (_features.dict_train, _features.dict_train_live):
+        params = inspect.signature(command).parameters
+        for name in ("lr", "batch_size", "n_tokens", "seed"):
+            assert params[name].default == getattr(TrainConfig, name), (command.__name__, name)
+        assert "k" in params and params["k"].default is None  # a kind setting: the kind's own default applies

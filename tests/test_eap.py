@@ -33,8 +33,10 @@ from mechscope.circuits import (
     verify_edges,
 )
 from mechscope.circuits._contrast import Contrast
-from mechscope.circuits._edgerun import SenderActs, Wiring, run_edges
+from mechscope.circuits._edgerun import SenderActs, Wiring, reference, run_edges
+from mechscope.core import ResidualModel, residual
 from mechscope.data.tasks import Task, final_logits, kl_to_clean, logit_diff
+from mechscope.report import plot_faithfulness_curve
 
 CLEAN = ["Alice gave the key to B", "The cat sat on a mat.", "one two three four"]
 CORRUPT = ["Alice gave the key to T", "The cat sat on a hat.", "one two three fous"]
@@ -81,6 +83,33 @@ def test_graph_nodes_edges_and_names():
     torch.testing.assert_close(llama.flat(llama.dense(values)), values)
     assert (llama.dense(values)[~llama.upstream] == 0).all()
     assert Graph.from_dict(json.loads(json.dumps(llama.to_dict()))) == llama
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "gemma", "gemma2"])
+def test_residual_contract_from_family_tables(family):
+    """The contract reads the model's own wiring: q/k/v and unembedding slices reproduce the sites they feed."""
+    model = ms.tiny(family, seed=0)
+    contract = residual(model)
+    assert isinstance(contract, ResidualModel) and contract.cfg == model.cfg
+    last = model.cfg.n_layers - 1
+    mlp_in = "resid_pre" if model.cfg.parallel else "resid_mid"
+    sites = ["resid_pre.*", f"{mlp_in}.*", "head.*.q", "head.*.k", "head.*.v", "ln2.*", f"resid_post.{last}"]
+    run = model.run("hello there", cache=sites)
+    for layer in range(model.cfg.n_layers):
+        normed = contract.attn_norm(layer).forward(run.cache[f"resid_pre.{layer}"])
+        for part in ("q", "k", "v"):
+            weight, bias = contract.qkv(layer, part)  # [d_model head d_head], [head d_head]
+            got = torch.einsum("bpd,dhe->bphe", normed, weight) + bias
+            torch.testing.assert_close(got, run.cache[f"head.{layer}.{part}"], atol=1e-5, rtol=1e-4)
+        mlp_normed = contract.mlp_norm(layer).forward(run.cache[f"{mlp_in}.{layer}"])
+        torch.testing.assert_close(mlp_normed, run.cache[f"ln2.{layer}"], atol=1e-5, rtol=1e-4)
+    assert contract.w_o(0).shape == (model.cfg.n_heads, model.cfg.d_head, model.cfg.d_model)
+    norm, w_u = contract.unembed()
+    logits = norm.forward(run.cache[f"resid_post.{last}"]) @ w_u
+    if family != "gemma2":  # Gemma 2 soft-caps its logits after the unembedding
+        torch.testing.assert_close(logits, run.logits, atol=1e-4, rtol=1e-4)
+    with pytest.raises(TypeError, match="ResidualModel"):
+        residual(ms.wrap(torch.nn.Linear(2, 2)))
 
 
 def test_circuits_from_scores(llama):
@@ -215,6 +244,46 @@ def test_eap_is_the_derivative_of_edge_patching(family, direction):
         metric.append(c.score(run_edges(wiring, base, c.attention_mask, moved, swap), copies=g.n_edges))
     derivative = (metric[0] - metric[1]) / (2 * eps)
     torch.testing.assert_close(scores.scores, derivative, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("ablation", ["mean", "global_mean", "resample"])
+def test_eap_toward_a_reference_is_the_derivative_of_edge_patching_to_it(ablation):
+    """Noising toward a reference (mean ablation...): EAP = d/dt M(clean run with edge u->r carrying
+    clean_u + t (ref_u - clean_u)), for every edge at once, ``ref`` built by ``reference`` from the corrupt runs."""
+    model = ms.tiny("llama", seed=1)
+    model.module.double()
+    task = toy_task(model)
+    scores = eap(model, task, direction="noising", ablation=ablation, seed=3, progress=False)
+    c = Contrast.of(model, task, logit_diff)
+    wiring = Wiring.of(model)
+    g, n_layers, mask = wiring.graph, model.cfg.n_layers, c.attention_mask
+    clean = SenderActs.of(model.run(c.clean, cache=SenderActs.sites(n_layers), attention_mask=mask).cache, n_layers)
+    corrupt = model.run(c.corrupt, cache=SenderActs.sites(n_layers), attention_mask=mask).cache
+    ref = reference(SenderActs.of(corrupt, n_layers), ablation, mask, c.n_prompts, seed=3)
+    swap = swap_one_edge(g, list(range(g.n_edges))).double()
+    eps, metric = 1e-2, []
+    for t in (eps, -eps):
+        moved = SenderActs(
+            clean.input + t * (ref.input - clean.input),
+            tuple(x + t * (y - x) for x, y in zip(clean.z, ref.z, strict=True)),
+            tuple(x + t * (y - x) for x, y in zip(clean.mlp, ref.mlp, strict=True)),
+        )
+        metric.append(c.score(run_edges(wiring, c.clean, mask, moved, swap), copies=g.n_edges))
+    derivative = (metric[0] - metric[1]) / (2 * eps)
+    torch.testing.assert_close(scores.scores, derivative, atol=2e-5, rtol=1e-4)
+    assert not torch.allclose(scores.scores, eap(model, task, direction="noising", progress=False).scores)
+
+
+def test_reference_means(llama):
+    acts = SenderActs(torch.arange(24.0).view(2, 3, 4), (), ())
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    per_pos = reference(acts, "mean", mask, rows=2).input
+    torch.testing.assert_close(per_pos[1, 0], (acts.input[0, 0] + acts.input[1, 0]) / 2)
+    torch.testing.assert_close(per_pos[0, 2], acts.input[0, 2])  # the padded position left out
+    overall = reference(acts, "global_mean", mask, rows=2).input
+    torch.testing.assert_close(overall[1, 2], acts.input[mask.bool()].mean(0))
+    with pytest.raises(ValueError, match="global_mean"):
+        reference(acts, "median", mask, rows=2)  # type: ignore[arg-type]
 
 
 def test_eap_ig_with_one_step_is_eap_and_batching_changes_nothing(llama):
@@ -359,7 +428,7 @@ def test_faithfulness_curve_and_areas(llama, tmp_path):
     first = next(i for i, v in enumerate(f) if v >= 0.8)  # the full graph (1.0) always qualifies
     assert curve.smallest_faithful(0.8) == (SIZES[first], curve.n_edges[first])
     assert curve.smallest_faithful(2.0) is None and "no circuit" in curve.reach(2.0)
-    curve.plot(tmp_path / "curve.png")
+    plot_faithfulness_curve(curve, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 1000
 
 

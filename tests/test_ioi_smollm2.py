@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mechscope.circuits import activation_patching, attribution_patching, direct_logit_attribution
+from mechscope.circuits._analysis import per_prompt_logit_diffs
 from mechscope.circuits._contrast import subtask
-from mechscope.circuits._report import per_prompt_logit_diffs
 from mechscope.data.tasks import ioi
 
 pytestmark = pytest.mark.real

@@ -17,13 +17,13 @@ from mechscope.circuits import (
     activation_patching,
     attribution_patching,
     direct_logit_attribution,
-    heatmap,
     pearson,
     spearman,
     verify,
 )
 from mechscope.circuits._contrast import Contrast
 from mechscope.data.tasks import Task, final_logits, logit_diff, tokenize_task
+from mechscope.report import heatmap
 
 CLEAN = ["Alice gave the key to B", "The cat sat on a mat.", "one two three four"]
 CORRUPT = ["Alice gave the key to T", "The cat sat on a hat.", "one two three fous"]

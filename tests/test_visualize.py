@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
+from mechscope import report
 from mechscope import visualize as vz
 from mechscope.cli import app
 from mechscope.data.images import shapes
@@ -232,13 +233,13 @@ def test_png_round_trip_and_folder(tmp_path, rng):
     from PIL import Image
 
     img = torch.rand(3, 5, 7)
-    vz.save_png(tmp_path / "a.png", img)
+    report.save_png(tmp_path / "a.png", img)
     back = torch.from_numpy(__import__("numpy").asarray(Image.open(tmp_path / "a.png"))).permute(2, 0, 1)
     assert torch.equal(back, (img * 255).round().to(torch.uint8))
-    grey = vz.grid([torch.rand(1, 4, 4), torch.rand(1, 4, 4)], scale=2)
+    grey = report.grid([torch.rand(1, 4, 4), torch.rand(1, 4, 4)], scale=2)
     assert grey.shape == (1, 10, 19)
-    assert vz.data_uri(grey).startswith("data:image/png;base64,")
-    vz.save_png(tmp_path / "b.png", torch.zeros(1, 8, 8))
+    assert report.data_uri(grey).startswith("data:image/png;base64,")
+    report.save_png(tmp_path / "b.png", torch.zeros(1, 8, 8))
     x, names = vz.read_folder(tmp_path, (1, 8, 8), rng)
     assert names == ["a.png", "b.png"] and x.shape == (2, 1, 8, 8)
     assert torch.allclose(x[1], torch.full((1, 8, 8), rng.lo))
@@ -258,13 +259,21 @@ def test_cli_visualize_writes_pngs_and_json(tmp_path, org):
     assert payload["prototypes"][0]["class_name"] == "triangle"
     for name in ("relu3_5.png", "relu3_5_exemplars.png", "relu3_5_patches.png", "prototype_2.png", "summary.json"):
         assert (tmp_path / name).stat().st_size > 0
+    # Settings come from the declared configs: both methods take --steps/--n, only prototypes --path-weight.
+    assert payload["visualization"]["config"]["steps"] == 4 and payload["visualization"]["config"]["n"] == 2
+    assert payload["prototypes"][0]["path_weight"] == 10.0 == vz.PrototypeConfig().path_weight
+    assert payload["prototypes"][0]["config"]["n"] == 2
+    help_text = runner.invoke(app, ["visualize", "--help"], env={"COLUMNS": "250"}).output
+    assert "--path-weight" in help_text and "activation-path regulariser" in help_text
+    foreign = runner.invoke(app, ["visualize", "relu3:5", "--path-weight", "3", "--out", str(tmp_path)])
+    assert foreign.exit_code == 1 and "--path-weight is a setting of prototype, not of feature" in foreign.output
     bad = runner.invoke(app, ["visualize", "relu3:99", "--steps", "2", "--out", str(tmp_path)])
     assert bad.exit_code == 1
     assert "relu3" in bad.output and "[batch 32 16 16]" in bad.output
     # Any module from a factory (random weights here), exemplars from a folder of PNGs.
     folder = tmp_path / "imgs"
     for i in range(3):
-        vz.save_png(folder / f"{i}.png", torch.rand(1, 32, 32, generator=torch.Generator().manual_seed(i)))
+        report.save_png(folder / f"{i}.png", torch.rand(1, 32, 32, generator=torch.Generator().manual_seed(i)))
     args = ["visualize", "conv2:3", "--model", "mechscope.organisms:SmallCNN", "--shape", "1,32,32", "--images",
             str(folder), "--steps", "2", "--exemplars", "2", "--out", str(tmp_path / "m"), "--json"]  # fmt: skip
     result = runner.invoke(app, args)
@@ -275,7 +284,9 @@ def test_cli_visualize_writes_pngs_and_json(tmp_path, org):
 
 
 def test_demo_sections_embed_images(tmp_path):
-    sections = vz.demo_sections(tmp_path, steps=8)
+    from mechscope.report._visualize import visualize_sections
+
+    sections = visualize_sections(tmp_path, steps=8)
     assert sections[0][0].startswith("Feature visualisation") and sections[1][0].startswith("Prototype")
     for _, html in sections:
         assert "data:image/png;base64," in html and "<script" not in html

@@ -27,12 +27,12 @@ from rich.table import Table
 from rich.text import Text
 
 from ._cache import atomic_write_bytes
-from .circuits._report import AnalysisConfig, CircuitAnalysis, analyse, report_sections
+from .circuits._analysis import AnalysisConfig, CircuitAnalysis, analyse
 from .core import Model
 from .data._task import Task
 from .data.tasks import ioi
 from .lenses import LogitLensResult, logit_lens, plot_logit_lens
-from .report import Section, png_html, table_html, write_report
+from .report import Section, analysis_sections, png_html, table_html, write_report
 
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 IOI_ANSWER = " Mary"
@@ -148,7 +148,7 @@ def run_demo(
     analysis = analyse(model, task, dataclasses.replace(config.analysis, seed=config.seed), progress=progress)
     out.mkdir(parents=True, exist_ok=True)
     plot = plot_logit_lens(lens, out / "logit_lens.png", title=f"Logit lens on IOI — {model.name}")
-    circuit_sections, files = report_sections(analysis, out)
+    circuit_sections, files = analysis_sections(analysis, out)
     lens_html = (f"<p>Prompt: <code>{html.escape(prompt)}</code>; answer <code>{html.escape(repr(answer))}</code>."
                  "</p>" + table_html(["#", "token", "probability"],
                                      [(i, repr(p.token), p.prob) for i, p in enumerate(predictions, 1)])

@@ -32,6 +32,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..core._model import Model
+from ._registry import GradCamPPConfig, ScoreCamConfig
 from ._result import Attribution
 from ._space import Space, site_pass, space
 
@@ -64,7 +65,8 @@ def grad_cam(model: Model, inputs: Any, target: Any, *, at: str) -> Attribution:
     return _gradient_cam(model, inputs, target, at, "grad_cam", lambda a, g: g.mean((2, 3), keepdim=True) * a)
 
 
-def grad_cam_pp(model: Model, inputs: Any, target: Any, *, at: str, eps: float = 1e-6) -> Attribution:
+def grad_cam_pp(model: Model, inputs: Any, target: Any, *, at: str,
+                eps: float = GradCamPPConfig.eps) -> Attribution:  # fmt: skip
     """Grad-CAM++ at site ``at``: channels weighted by positive gradients with per-location coefficients.
 
     ``eps`` is added to the coefficients' denominator, as pytorch-grad-cam does (the paper has none; 0 gives the
@@ -86,7 +88,8 @@ def layer_cam(model: Model, inputs: Any, target: Any, *, at: str) -> Attribution
     return _gradient_cam(model, inputs, target, at, "layer_cam", lambda a, g: g.clamp_min(0) * a)
 
 
-def score_cam(model: Model, inputs: Any, target: Any, *, at: str, batch_size: int | None = None) -> Attribution:
+def score_cam(model: Model, inputs: Any, target: Any, *, at: str,
+              batch_size: int | None = ScoreCamConfig.batch_size) -> Attribution:  # fmt: skip
     """Score-CAM at site ``at``: channels weighted by the target when their upsampled map masks the input."""
     start = time.perf_counter()
     layer, images = space(model, inputs, target, at), space(model, inputs, target, "input")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from captum.attr import InputXGradient, IntegratedGradients, NoiseTunnel, Occlusion, Saliency
@@ -24,13 +24,14 @@ from torch import Tensor
 
 from ..core._model import Model
 from ._adaptive import adaptive_ig
+from ._registry import IntegratedGradientsConfig as IG
+from ._registry import OcclusionConfig, Rule, SaliencyConfig, SmoothGradConfig
 from ._result import Attribution
 from ._space import Space, space
 
-Rule = Literal["adaptive", "gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle"]
 
-
-def saliency(model: Model, inputs: Any, target: Any, *, at: str | None = None, abs: bool = True) -> Attribution:
+def saliency(model: Model, inputs: Any, target: Any, *, at: str | None = None,
+             abs: bool = SaliencyConfig.abs) -> Attribution:  # fmt: skip
     """Gradient of the target with respect to the attributed tensor (its absolute value when ``abs``)."""
     start, sp = time.perf_counter(), space(model, inputs, target, at)
     attr = Saliency(sp).attribute(sp.leaf(), abs=abs)
@@ -50,10 +51,10 @@ def integrated_gradients(
     target: Any,
     *,
     at: str | None = None,
-    baseline: float | Tensor = 0.0,
-    steps: int | None = None,
-    rule: Rule = "adaptive",
-    batch_size: int | None = None,
+    baseline: float | Tensor = IG.baseline,
+    steps: int | None = IG.steps,
+    rule: Rule = IG.rule,
+    batch_size: int | None = IG.batch_size,
 ) -> Attribution:
     """Integrated Gradients along the straight path from ``baseline`` to the attributed tensor.
 
@@ -84,11 +85,11 @@ def smoothgrad(
     target: Any,
     *,
     at: str | None = None,
-    samples: int = 25,
-    noise: float = 0.15,
-    abs: bool = True,
-    seed: int = 0,
-    batch_size: int | None = None,
+    samples: int = SmoothGradConfig.samples,
+    noise: float = SmoothGradConfig.noise,
+    abs: bool = SmoothGradConfig.abs,
+    seed: int = SmoothGradConfig.seed,
+    batch_size: int | None = SmoothGradConfig.batch_size,
 ) -> Attribution:
     """Mean saliency over ``samples`` noisy copies; noise std is ``noise`` times the batch's value range."""
     start, sp = time.perf_counter(), space(model, inputs, target, at)
@@ -109,15 +110,16 @@ def occlusion(
     target: Any,
     *,
     at: str | None = None,
-    window: tuple[int, ...] | None = None,
-    stride: tuple[int, ...] | None = None,
-    baseline: float = 0.0,
-    batch_size: int | None = None,
+    window: int | tuple[int, ...] | None = OcclusionConfig.window,
+    stride: int | tuple[int, ...] | None = OcclusionConfig.stride,
+    baseline: float = OcclusionConfig.baseline,
+    batch_size: int | None = OcclusionConfig.batch_size,
 ) -> Attribution:
     """Drop in the target when a sliding window of the attributed tensor is set to ``baseline``.
 
     Defaults: for ``[batch c h w]`` all channels, 1/8 of height and width, stride half the window; for
-    ``[batch pos d]`` (tokens) one whole position at a time.
+    ``[batch pos d]`` (tokens) one whole position at a time. An int ``window`` / ``stride`` is a square of that
+    side over all channels (images) or that many whole positions (tokens); a tuple gives every axis.
     """
     start, sp = time.perf_counter(), space(model, inputs, target, at)
     window, stride = _window(tuple(sp.x.shape[1:]), window, stride)
@@ -142,16 +144,24 @@ def _interleaved(sp: Space) -> Callable[[Tensor], Tensor]:
 
 
 def _window(
-    shape: tuple[int, ...], window: tuple[int, ...] | None, stride: tuple[int, ...] | None
+    shape: tuple[int, ...], window: int | tuple[int, ...] | None, stride: int | tuple[int, ...] | None
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    image = len(shape) == 3
+    window, stride = _square(shape, window, image), _square(shape, stride, image)
     if window is None:
-        image = len(shape) == 3
         window = (shape[0], max(1, shape[1] // 8), max(1, shape[2] // 8)) if image else (1, *shape[1:])
     if stride is None:
         stride = tuple(w if i == 0 or len(shape) != 3 else max(1, w // 2) for i, w in enumerate(window))
     if len(window) != len(shape) or len(stride) != len(shape):
         raise ValueError(f"window {window} and stride {stride} need one entry per axis of {list(shape)}")
     return window, stride
+
+
+def _square(shape: tuple[int, ...], side: int | tuple[int, ...] | None, image: bool) -> tuple[int, ...] | None:
+    """An int side as a full window: ``(c, side, side)`` for images, ``(side, d...)`` for tokens."""
+    if not isinstance(side, int):
+        return side
+    return (shape[0], side, side) if image else (side, *shape[1:])
 
 
 def _describe(baseline: float | Tensor) -> Any:

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..core._model import Model
 from ._gradients import _result
+from ._registry import LRPConfig
 from ._result import Attribution
 from ._space import space
 from ._targets import Logit, _per_example
@@ -32,7 +33,7 @@ _EPSILON_LAYERS = (*SUPPORTED_LAYERS_WITH_RULES, nn.AdaptiveMaxPool1d, nn.Adapti
 """Leaf modules that take the epsilon rule: Captum's (all epsilon by default) plus adaptive max pools."""
 
 
-def lrp(model: Model, inputs: Any, target: Any, *, epsilon: float = 1e-9) -> Attribution:
+def lrp(model: Model, inputs: Any, target: Any, *, epsilon: float = LRPConfig.epsilon) -> Attribution:
     """Epsilon-rule LRP of a class logit on the model's input, for models built from conv/linear/norm/pool layers."""
     start, sp = time.perf_counter(), space(model, inputs, target, "input")
     if not isinstance(sp.target, Logit):

@@ -9,17 +9,14 @@ leaves positions at and after ``p_i`` with exactly zero attribution for row ``i`
 
 from __future__ import annotations
 
-import html
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .._cache import atomic_write_bytes
 from ..core._model import Model, RunResult
 from ._gradients import input_x_gradient, integrated_gradients
 from ._targets import _per_example
@@ -71,46 +68,6 @@ class TokenAttribution:
         row = self.scores[i, : self.n_prompt + i]
         order = row.argsort(descending=True)[:k].tolist()
         return [(self.tokens[j], float(row[j])) for j in order]
-
-    def to_html(self) -> str:
-        """Highlighted text: one line per new token, context tokens shaded red (positive) or blue (negative)."""
-        lines = []
-        for i, new in enumerate(self.new_tokens):
-            row = self.scores[i, : self.n_prompt + i]
-            scale = float(row.abs().max()) or 1.0
-            spans = [_span(tok, float(v) / scale) for tok, v in zip(self.tokens, row.tolist(), strict=False)]
-            lines.append(f'<div class="row">{"".join(spans)} <b>&rarr; {html.escape(new)}</b></div>')
-        style = ("<style>.row{font-family:monospace;white-space:pre-wrap;margin:4px 0}"
-                 ".tok{border-radius:3px;padding:0 1px}</style>")  # fmt: skip
-        return f"<div class='mechscope-tokens'>{style}{''.join(lines)}</div>"
-
-    def save_html(self, path: str | Path) -> Path:
-        """A self-contained HTML page of :meth:`to_html`, written atomically."""
-        path = Path(path)
-        page = f"<!doctype html><meta charset='utf-8'><title>token attribution</title><body>{self.to_html()}</body>"
-        atomic_write_bytes(path, page.encode())
-        return path
-
-    def heatmap(self, path: str | Path | None = None) -> Any:
-        """Matplotlib figure: new tokens (rows) by context tokens (columns); saved as PNG when ``path`` is given."""
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        scores = self.scores.clone()
-        scores = scores / scores.abs().amax(-1, keepdim=True).clamp_min(1e-12)  # each row scaled to [-1, 1]
-        fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(self.tokens)), max(2, 0.4 * len(self.new_tokens) + 1)))
-        ax.imshow(scores.numpy(), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
-        ax.set_xticks(range(len(self.tokens)), [repr(t)[1:-1] for t in self.tokens], rotation=90, fontsize=7)
-        ax.set_yticks(range(len(self.new_tokens)), [repr(t)[1:-1] for t in self.new_tokens], fontsize=7)
-        ax.set_xlabel("context token")
-        ax.set_ylabel("new token")
-        ax.set_title(f"{self.method} (each row scaled to its max |score|)", fontsize=8)
-        fig.tight_layout()
-        if path is not None:
-            fig.savefig(path, dpi=120)
-        return fig
 
     def to_dict(self) -> dict[str, Any]:
         def plain(t: Tensor | None) -> Any:
@@ -196,9 +153,3 @@ def _sequence(model: Model, prompt: str, continuation: str | None, max_new_token
     stop = {model.pad_id, getattr(model.tokenizer, "eos_token_id", None)}
     keep = next((i for i, t in enumerate(new.tolist()) if t in stop), len(new))  # up to the end of text
     return seq[: seq.shape[0] - len(new) + keep]
-
-
-def _span(token: str, value: float) -> str:
-    alpha = min(1.0, abs(value))
-    colour = f"rgba(220,40,40,{alpha:.2f})" if value >= 0 else f"rgba(40,90,220,{alpha:.2f})"
-    return f'<span class="tok" style="background:{colour}" title="{value:+.3f}">{html.escape(token)}</span>'

@@ -53,10 +53,13 @@ from ._suite import default_suite, score
 if TYPE_CHECKING:
     from ..organisms import (
         FAMILIES,
+        MISSING_TRACR,
+        TRACR_ORGANISMS,
         BlockImages,
         BlocksConfig,
         Built,
         BuiltBlocks,
+        BuiltCompiled,
         BuiltFeatures,
         BuiltInduction,
         BuiltModAdd,
@@ -64,6 +67,7 @@ if TYPE_CHECKING:
         BuiltTMS,
         BuiltTrojan,
         CircuitTruth,
+        CompiledTransformer,
         Edge,
         FeatureConfig,
         Induction,
@@ -80,6 +84,12 @@ if TYPE_CHECKING:
         SyntheticFeatures,
         TMSConfig,
         ToyModelOfSuperposition,
+        TracrConfig,
+        TracrDyck,
+        TracrFracPrevs,
+        TracrHist,
+        TracrReverse,
+        TracrSort,
         TrojanBlend,
         TrojanConfig,
         TrojanNatural,
@@ -88,21 +98,8 @@ if TYPE_CHECKING:
         obtain,
         organism_dir,
         read_card,
-    )
-    from ._tracr import (
-        MISSING_TRACR,
-        TRACR_ORGANISMS,
-        BuiltCompiled,
-        CompiledTransformer,
-        TracrConfig,
-        TracrDyck,
-        TracrFracPrevs,
-        TracrHist,
-        TracrReverse,
-        TracrSort,
         tracr_available,
     )
-    from ._vision_methods import ATTRIBUTIONS
     from ._vision_scorers import AttributionOutput, TrojanOutput
 
 _ORGANISM_NAMES = (
@@ -111,13 +108,11 @@ _ORGANISM_NAMES = (
     "InductionConfig", "ModAddConfig", "ModularAddition", "NumericConfig", "NumericFunction", "NumericFunctions",
     "Organism", "OrganismChecksumError", "OrganismVerificationError", "SignalBlocks", "SyntheticFeatures",
     "TMSConfig", "ToyModelOfSuperposition", "TrojanBlend", "TrojanConfig", "TrojanNatural", "TrojanPatch",
-    "block_images", "obtain", "organism_dir", "read_card",
+    "block_images", "obtain", "organism_dir", "read_card", "MISSING_TRACR", "TRACR_ORGANISMS", "BuiltCompiled",
+    "CompiledTransformer", "TracrConfig", "TracrDyck", "TracrFracPrevs", "TracrHist", "TracrReverse", "TracrSort",
+    "tracr_available",
 )  # fmt: skip
 _LAZY = {name: "mechscope.organisms" for name in _ORGANISM_NAMES} | {
-    **dict.fromkeys(("MISSING_TRACR", "TRACR_ORGANISMS", "BuiltCompiled", "CompiledTransformer", "TracrConfig",
-                     "TracrDyck", "TracrFracPrevs", "TracrHist", "TracrReverse", "TracrSort", "tracr_available"),
-                    "mechscope.bench._tracr"),
-    "ATTRIBUTIONS": "mechscope.bench._vision_methods",
     "AttributionOutput": "mechscope.bench._vision_scorers",
     "TrojanOutput": "mechscope.bench._vision_scorers",
 }  # fmt: skip
@@ -133,7 +128,6 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "ATTRIBUTIONS",
     "FAMILIES",
     "FULL_SEEDS",
     "MISSING_TRACR",

@@ -1,12 +1,9 @@
 """The methods the bench scores today, and the random and oracle baselines of every family.
 
-Circuits (on ``induction``, through mechscope's own circuit methods): attribution patching, activation patching
-and direct logit attribution of every head, scored by how much each head matters. Patching runs in the *noising*
-direction (clean run, one head's activation from the corrupt run): the induction circuit is an AND of two heads,
-which denoising a single head cannot reveal (Heimersheim & Nanda 2024, "How to use and interpret activation
-patching", section 3). Features: a TopK SAE (``mechscope.features.train``) on a small budget. Frequencies: the
-Fourier spectrum of the model's logits over its inputs (behaviour only, no weights). Descriptions: a jump detector
-that brackets the two largest discontinuities of the sampled function.
+Circuits: every method declared in ``mechscope.circuits`` runs through the family's adapter (``_circuits.py``);
+the random and oracle baselines are here. Features: a TopK SAE (``mechscope.features.train``) on a small budget.
+Frequencies: the Fourier spectrum of the model's logits over its inputs (behaviour only, no weights).
+Descriptions: a jump detector that brackets the two largest discontinuities of the sampled function.
 """
 
 from __future__ import annotations
@@ -15,66 +12,13 @@ from typing import Any
 
 import torch
 
-from ..circuits._attribution import attribution_patching
-from ..circuits._dla import direct_logit_attribution
-from ..circuits._eap import eap, eap_ig
-from ..circuits._graph import EdgeScores
-from ..circuits._nodes import Node
-from ..circuits._patching import activation_patching
-from ..circuits._result import PatchingResult
-from ..features._dictionary import DictionaryConfig
-from ..features._train import TrainConfig, train
+from ..features._kinds import KINDS, train_config
+from ..features._train import train
 from ..organisms._modadd import all_pairs, fourier_basis
 from ._registry import RunContext
 from ._scorers import CircuitScores, DictionaryOutput, random_dictionary, random_interval
 
 # --- circuits ----------------------------------------------------------------------------------------------------
-
-
-def _importance(grid: PatchingResult) -> dict[str, float]:
-    """Node label -> |effect - 1|: how far patching the node (noising) moves the metric from the clean run."""
-    return {n.label(): float(abs(1 - e)) for n, e in zip(grid.nodes(), grid.effect.flatten().tolist(), strict=True)}
-
-
-def attribution_patching_heads(organism: Any, ctx: RunContext) -> CircuitScores:
-    """Attribution patching (noising) of every head's output: one forward and backward pass."""
-    result = attribution_patching(organism.model, organism.task, ["head.z"], direction="noising", progress=False)
-    return CircuitScores(_importance(result["head.z"]))
-
-
-def activation_patching_heads(organism: Any, ctx: RunContext) -> CircuitScores:
-    """Activation patching (noising) of every head's output, one head at a time."""
-    grid = activation_patching(organism.model, organism.task, "head.z", direction="noising", progress=False)
-    return CircuitScores(_importance(grid))
-
-
-def direct_logit_attribution_heads(organism: Any, ctx: RunContext) -> CircuitScores:
-    """|Direct logit attribution| of every head (sees only direct effects on the logits)."""
-    dla = direct_logit_attribution(organism.model, organism.task)
-    layers, heads = dla.heads.shape
-    nodes = {Node("head.z", i, h).label(): float(abs(dla.heads[i, h])) for i in range(layers) for h in range(heads)}
-    return CircuitScores(nodes)
-
-
-def _edge_method(scores: EdgeScores) -> CircuitScores:
-    """|score| per edge, and per head node the summed |score| of the edges it sends."""
-    edges = dict(zip(scores.graph.edge_names(), scores.scores.abs().tolist(), strict=True))
-    nodes: dict[str, float] = {}
-    for (sender, _), value in zip(scores.graph.edges(), edges.values(), strict=True):
-        if sender.kind == "head":
-            label = Node("head.z", sender.layer, sender.head).label()
-            nodes[label] = nodes.get(label, 0.0) + value
-    return CircuitScores(nodes, edges)
-
-
-def edge_attribution_patching(organism: Any, ctx: RunContext) -> CircuitScores:
-    """EAP (Syed et al. 2023), noising, of every edge; a head's node score sums its outgoing edges."""
-    return _edge_method(eap(organism.model, organism.task, direction="noising", progress=False))
-
-
-def edge_attribution_patching_ig(organism: Any, ctx: RunContext) -> CircuitScores:
-    """EAP-IG (Hanna et al. 2024), noising, 5 steps; a head's node score sums its outgoing edges."""
-    return _edge_method(eap_ig(organism.model, organism.task, direction="noising", steps=5, progress=False))
 
 
 def random_circuit(organism: Any, ctx: RunContext) -> CircuitScores:
@@ -105,9 +49,10 @@ def topk_sae(organism: Any, ctx: RunContext) -> Any:
     """TopK SAE (Gao et al. 2024) trained with ``mechscope.features.train`` on a small budget."""
     d = organism.data.x.shape[1]
     steps = 300 if ctx.quick else 2000
-    config = TrainConfig(
-        DictionaryConfig("topk", d_in=d, d_sae=SAE_EXPANSION * d, k=SAE_K), lr=3e-3, batch_size=256,
-        n_tokens=256 * steps, dead_after_tokens=256 * 50, seed=ctx.seed, checkpoint_every=10**9, log_every=10**9,
+    kind = KINDS["topk"]  # trained through the dictionary kinds registry, like ``mechscope dict train``
+    config = train_config(
+        kind.name, d, SAE_EXPANSION * d, kind.make_config(k=SAE_K), lr=3e-3, batch_size=256, n_tokens=256 * steps,
+        dead_after_tokens=256 * 50, seed=ctx.seed, checkpoint_every=10**9, log_every=10**9,
     )  # fmt: skip
     return train(config, organism.data.x, ctx.workdir / "sae", progress=False).dictionary
 

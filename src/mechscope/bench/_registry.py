@@ -92,6 +92,11 @@ class Suite:
         self.methods[f"{family}/{spec.name}"] = spec
         return spec
 
+    def add(self, spec: MethodSpec) -> MethodSpec:
+        """Add a method spec as it is (a family adapter's; replacing one of the same family and name)."""
+        self.methods[f"{spec.family}/{spec.name}"] = spec
+        return spec
+
     def add_organism(self, organism: Organism) -> Organism:
         """Add an organism recipe (replacing one of the same name)."""
         self.organisms[organism.name] = organism

@@ -26,6 +26,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ..circuits._ids import EdgeId
 from ..features._dictionary import Dictionary
 from ..features._metrics import recovery
 from ..features._synthetic import SyntheticData
@@ -104,20 +105,27 @@ def auroc(scores: Tensor | list[float], labels: Tensor | list[bool]) -> float:
     return float((greater + 0.5 * ties) / (n_pos * n_neg))
 
 
-def node_auroc(output: CircuitScores | Mapping[str, float], organism: Any, method: str) -> Score:
-    """Node-level AUROC of a circuit method against ``organism.circuit``."""
+def node_auroc(output: CircuitScores | Mapping[str, float] | Any, organism: Any, method: str) -> Score:
+    """Node-level AUROC of a circuit method (scores, or a ``mechscope.circuits`` result) against the truth."""
+    from ._circuits import circuit_scores  # the circuits adapter reads the library's result types
+
+    output = circuit_scores(output)
     truth = organism.circuit
     nodes = output.nodes if isinstance(output, CircuitScores) else output
     scores = [float(nodes.get(n, 0.0)) for n in truth.nodes]
     return _score(organism, method, "node_auroc", auroc(scores, [n in truth.circuit for n in truth.nodes]), 0.5)
 
 
-def edge_auroc(output: CircuitScores | Mapping[str, float], organism: Any, method: str) -> Score | None:
+def edge_auroc(output: CircuitScores | Mapping[str, float] | Any, organism: Any, method: str) -> Score | None:
     """Edge-level AUROC against ``organism.circuit``; None for methods that score no edges."""
+    from ._circuits import circuit_scores
+
+    output = circuit_scores(output)
     truth = organism.circuit
     if not isinstance(output, CircuitScores) or output.edges is None or not truth.edges:
         return None
-    scores = [float(output.edges.get(e, 0.0)) for e in truth.edges]
+    by_id = {EdgeId.parse(e): float(v) for e, v in output.edges.items()}  # malformed names raise, with the format
+    scores = [by_id.get(EdgeId.parse(e), 0.0) for e in truth.edges]
     labels = [e in truth.circuit_edges for e in truth.edges]
     return _score(organism, method, "edge_auroc", auroc(scores, labels), 0.5)
 

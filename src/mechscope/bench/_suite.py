@@ -37,7 +37,7 @@ def _scorers(suite: Suite) -> None:
         for scorer in scorers:
             suite.add_scorer(family, scorer)
     suite.add_scorer("circuits", _faithfulness.faithfulness_areas)
-    for scorer in (_tracr._node_auroc, _tracr._edge_auroc):
+    for scorer in (_tracr._node_auroc, _tracr._edge_auroc, _tracr._faithfulness_areas):
         suite.add_scorer("compiled", scorer)
     for scorer in (_vision_scorers.trigger_pick, _vision_scorers.trigger_overlap, _vision_scorers.trojan_detection):
         suite.add_scorer("trojans", scorer)
@@ -46,27 +46,25 @@ def _scorers(suite: Suite) -> None:
 
 def _organisms(suite: Suite) -> None:
     from .. import organisms as o
-    from ._tracr import MISSING_TRACR, TRACR_ORGANISMS, tracr_available
 
     for organism in (
         o.Induction(), o.ModularAddition(), o.ToyModelOfSuperposition(), o.SyntheticFeatures(), o.NumericFunctions(),
         o.TrojanPatch(), o.TrojanBlend(), o.TrojanNatural(), o.SignalBlocks(),
     ):  # fmt: skip
         suite.add_organism(organism)
-    for compiled in TRACR_ORGANISMS:  # compiled RASP programs: built only with the tracr extra installed
-        if tracr_available():
+    for compiled in o.TRACR_ORGANISMS:  # compiled RASP programs: built only with the tracr extra installed
+        if o.tracr_available():
             suite.add_organism(compiled)
         else:
-            suite.unavailable[compiled.name] = MISSING_TRACR
+            suite.unavailable[compiled.name] = o.MISSING_TRACR
 
 
 def _circuit_methods(suite: Suite) -> None:
-    from . import _faithfulness as fa
+    from . import _circuits
     from . import _methods as m
 
-    for fn in (m.attribution_patching_heads, m.activation_patching_heads, m.direct_logit_attribution_heads,
-               m.edge_attribution_patching, m.edge_attribution_patching_ig, fa.acdc_nodes):  # fmt: skip
-        suite.add_method(fn, family="circuits", applies_to=("induction",))
+    for spec in _circuits.circuit_methods():  # every declared circuit and node method, through the one adapter
+        suite.add(spec)
     suite.add_method(m.random_circuit, family="circuits", name="random", baseline=True)
     suite.add_method(m.oracle_circuit, family="circuits", name="oracle", baseline=True)
 
@@ -88,24 +86,21 @@ def _other_methods(suite: Suite) -> None:
 def _vision_methods(suite: Suite) -> None:
     from . import _vision_methods as v
 
-    for name, (heat, description) in v.ATTRIBUTIONS.items():
-        suite.add_method(v._trojan_attribution(name, heat, description), family="trojans", name=name)
-        suite.add_method(v._block_attribution(name, heat, description), family="attribution", name=name)
+    for spec in v.attribution_methods():  # every declared attribution method tagged for the bench, one adapter
+        suite.add(spec)
     suite.add_method(v.insertion_probe, family="trojans")
     suite.add_method(v.feature_visualisation, family="trojans")
     suite.add_method(v.random_trojan, family="trojans", name="random", baseline=True)
-    suite.add_method(v.edge_detector_trojan, family="trojans", name="edge_detector", baseline=True)
     suite.add_method(v.oracle_trojan, family="trojans", name="oracle", baseline=True)
     suite.add_method(v.random_attribution, family="attribution", name="random", baseline=True)
-    suite.add_method(v.edge_detector_attribution, family="attribution", name="edge_detector", baseline=True)
     suite.add_method(v.oracle_attribution, family="attribution", name="oracle", baseline=True)
 
 
 def _compiled_methods(suite: Suite) -> None:
     from . import _tracr as t
 
-    for fn in (t.zero_ablation, t.mean_ablation, t.attribution_patching, t.edge_attribution_patching,
-               t.edge_attribution_patching_ig):  # fmt: skip
+    for fn in (t.zero_ablation, t.mean_ablation, t.edge_attribution_patching, t.edge_attribution_patching_ig):
         suite.add_method(fn, family="compiled")
+    suite.add_method(t.acdc_components, family="compiled", name="acdc")
     suite.add_method(t.random_components, family="compiled", name="random", baseline=True)
     suite.add_method(t.oracle_components, family="compiled", name="oracle", baseline=True)

@@ -1,10 +1,12 @@
 """Methods scored on the vision organisms: input attributions, two trojan scanners, and baselines.
 
-``mechscope.attribution``'s methods, ``insertion_probe`` and ``feature_visualisation``, and the random,
-edge-detector and oracle baselines.
+Every attribution method declared in ``mechscope.attribution.METHODS`` with the tags ``bench`` and ``cnn`` is scored
+through one adapter (``attribute``: CAMs at the CNNs' last ReLU, smaller budgets in quick runs), returning the
+library's ``Attribution``; declared baselines (the edge detector) are scored as baselines. Beside them: two trojan
+scanners, ``insertion_probe`` and ``feature_visualisation``, and the random and oracle baselines.
 
-Every attribution method (saliency, input x gradient, Integrated Gradients, SmoothGrad, Grad-CAM, occlusion)
-explains the target logit (trojans) or the label's logit (signal blocks). On a trojaned organism it gives
+Every attribution method explains the target logit (trojans) or the label's logit (signal blocks). On a trojaned
+organism it gives
 
 - maps on triggered probe images (scored by overlap with the trigger), from the model and from its clean twin;
 - a score per candidate trigger: each candidate is put into the same clean images and the score is how
@@ -28,38 +30,29 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attribution import (
-    edge_detector,
-    grad_cam,
-    input_x_gradient,
-    integrated_gradients,
-    occlusion,
-    saliency,
-    smoothgrad,
-)
+from ..attribution import METHODS, Attribution
 from ..core import Model
+from ..core._registry import MethodSpec
 from ..organisms._trojan import _wrap
-from ._registry import Method, RunContext
-from ._vision_scorers import AttributionOutput, TrojanOutput, mass_in
+from ._registry import MethodSpec as BenchMethod
+from ._registry import RunContext
+from ._vision_scorers import AttributionOutput, TrojanOutput, as_attribution, mass_in
 
-Heatmap = Callable[[Model, Tensor, Any, bool], Tensor]
-"""``(model, images, target, quick) -> [n h w]`` heatmap."""
+CAM_LAYER = "features"
+"""Where CAMs look in the bench's CNNs: the last ReLU (8 x 8)."""
+QUICK = {"steps": 16, "samples": 10}
+"""Quick runs: these settings for every method whose config has them (Integrated Gradients' steps, SmoothGrad's
+samples); full runs use the library's defaults."""
 
-ATTRIBUTIONS: dict[str, tuple[Heatmap, str]] = {
-    "saliency": (lambda m, x, t, q: saliency(m, x, t).heatmap(), "|gradient| (Simonyan et al. 2013)"),
-    "input_x_gradient": (lambda m, x, t, q: input_x_gradient(m, x, t).heatmap(), "input x gradient"),
-    "integrated_gradients": (
-        lambda m, x, t, q: integrated_gradients(m, x, t, steps=16 if q else 48).heatmap(),
-        "Integrated Gradients, zero baseline, adaptive steps (16 quick, 48 full)",
-    ),
-    "smoothgrad": (
-        lambda m, x, t, q: smoothgrad(m, x, t, samples=10 if q else 25).heatmap(),
-        "SmoothGrad, noise 0.15 of the range (10 samples quick, 25 full)",
-    ),
-    "grad_cam": (lambda m, x, t, q: grad_cam(m, x, t, at="features").heatmap(), "Grad-CAM at the last ReLU (8 x 8)"),
-    "occlusion": (lambda m, x, t, q: occlusion(m, x, t).heatmap(), "occlusion, 4 x 4 windows, stride 2"),
-}
-"""Attribution methods run on every vision organism: name -> (heatmap, description)."""
+
+def attribute(spec: MethodSpec[Any, Attribution], model: Model, images: Tensor, target: Any,
+              quick: bool) -> Attribution:  # fmt: skip
+    """Run a declared attribution method as the bench does (the vision families' one adapter)."""
+    fields = {f.name for f in spec.fields()}
+    settings: dict[str, Any] = {k: v for k, v in QUICK.items() if quick and k in fields}
+    if "cam" in spec.tags:
+        settings["layer"] = CAM_LAYER
+    return spec(model, images, target, config=spec.make_config(**settings))
 
 
 def _sizes(ctx: RunContext) -> tuple[int, int]:
@@ -70,27 +63,31 @@ def _sizes(ctx: RunContext) -> tuple[int, int]:
 # --- trojans -----------------------------------------------------------------------------------------------------
 
 
-def _concentration(organism: Any, model: Model, heat: Heatmap, k: int, quick: bool) -> list[float]:
+def _concentration(organism: Any, model: Model, spec: MethodSpec[Any, Attribution], k: int,
+                   quick: bool) -> list[float]:  # fmt: skip
     """Per candidate: the map's mass in the candidate's region over the region's share of the image."""
     out = []
     for i in range(len(organism.candidates)):
         x, masks = organism.inserted(i, k)
-        out.append(mass_in(heat(model, x, organism.target, quick), masks) / float(masks.float().mean()))
+        heat = attribute(spec, model, x, organism.target, quick).heatmap()
+        out.append(mass_in(heat, masks) / float(masks.float().mean()))
     return out
 
 
-def _trojan_attribution(name: str, heat: Heatmap, description: str) -> Method:
+def trojan_method(spec: MethodSpec[Any, Attribution]) -> Callable[[Any, RunContext], TrojanOutput]:
+    """The bench method of a declared attribution method on a trojaned organism and its clean twin."""
+
     def method(organism: Any, ctx: RunContext) -> TrojanOutput:
         n, k = _sizes(ctx)
         triggered, _, _ = organism.probe(n)
         return TrojanOutput(
-            candidates=_concentration(organism, organism.model, heat, k, ctx.quick),
-            twin_candidates=_concentration(organism, organism.twin, heat, k, ctx.quick),
-            maps=heat(organism.model, triggered, organism.target, ctx.quick).detach(),
-            twin_maps=heat(organism.twin, triggered, organism.target, ctx.quick).detach(),
+            candidates=_concentration(organism, organism.model, spec, k, ctx.quick),
+            twin_candidates=_concentration(organism, organism.twin, spec, k, ctx.quick),
+            maps=attribute(spec, organism.model, triggered, organism.target, ctx.quick),
+            twin_maps=attribute(spec, organism.twin, triggered, organism.target, ctx.quick),
         )
 
-    method.__doc__ = f"{description}: maps on triggered images; candidates by how much of the map they draw."
+    method.__doc__ = f"{spec.summary} Maps on triggered images; candidates by how much of the map they draw."
     return method
 
 
@@ -161,20 +158,8 @@ def random_trojan(organism: Any, ctx: RunContext) -> TrojanOutput:
     gen = torch.Generator().manual_seed(ctx.seed)
     n, m = len(organism.candidates), _sizes(ctx)[0]
     return TrojanOutput(torch.rand(n, generator=gen).tolist(), torch.rand(n, generator=gen).tolist(),
-                        torch.rand(m, 32, 32, generator=gen), torch.rand(m, 32, 32, generator=gen))  # fmt: skip
-
-
-def _edges(model: Model, x: Tensor, target: Any, quick: bool) -> Tensor:
-    return edge_detector(model, x).heatmap()
-
-
-def edge_detector_trojan(organism: Any, ctx: RunContext) -> TrojanOutput:
-    """Sobel edges of the input (ignores the model): maps, and candidates by the edge mass they draw."""
-    n, k = _sizes(ctx)
-    triggered, _, _ = organism.probe(n)
-    edges = _concentration(organism, organism.model, _edges, k, ctx.quick)
-    maps = _edges(organism.model, triggered, None, ctx.quick)
-    return TrojanOutput(edges, list(edges), maps, maps)
+                        as_attribution(torch.rand(m, 32, 32, generator=gen), "random"),
+                        as_attribution(torch.rand(m, 32, 32, generator=gen), "random"))  # fmt: skip
 
 
 def oracle_trojan(organism: Any, ctx: RunContext) -> TrojanOutput:
@@ -182,7 +167,8 @@ def oracle_trojan(organism: Any, ctx: RunContext) -> TrojanOutput:
     n = _sizes(ctx)[0]
     _, masks, _ = organism.probe(n)
     one_hot = [float(i == organism.answer) for i in range(len(organism.candidates))]
-    return TrojanOutput(one_hot, [0.0] * len(one_hot), masks.float(), torch.ones_like(masks, dtype=torch.float))
+    return TrojanOutput(one_hot, [0.0] * len(one_hot), as_attribution(masks.float(), "oracle"),
+                        as_attribution(torch.ones_like(masks, dtype=torch.float), "oracle"))  # fmt: skip
 
 
 # --- attribution (signal blocks) ---------------------------------------------------------------------------------
@@ -202,36 +188,47 @@ def randomised(model: Model, seed: int) -> Model:
     return _wrap(module.requires_grad_(False), f"{model.name}-randomised")
 
 
-def _block_attribution(name: str, heat: Heatmap, description: str) -> Method:
+def block_method(spec: MethodSpec[Any, Attribution]) -> Callable[[Any, RunContext], AttributionOutput]:
+    """The bench method of a declared attribution method on a signal-block organism, its twin and randomised."""
+
     def method(organism: Any, ctx: RunContext) -> AttributionOutput:
         n = _sizes(ctx)[0]
         p, q = organism.probe(n), organism.twin_probe(n)
         return AttributionOutput(
-            maps=heat(organism.model, p.images, p.labels, ctx.quick).detach(),
-            twin_maps=heat(organism.twin, q.images, q.labels, ctx.quick).detach(),
-            randomised_maps=heat(randomised(organism.model, ctx.seed), p.images, p.labels, ctx.quick).detach(),
+            maps=attribute(spec, organism.model, p.images, p.labels, ctx.quick),
+            twin_maps=attribute(spec, organism.twin, q.images, q.labels, ctx.quick),
+            randomised_maps=attribute(spec, randomised(organism.model, ctx.seed), p.images, p.labels, ctx.quick),
         )
 
-    method.__doc__ = f"{description}, for the label's logit."
+    method.__doc__ = f"{spec.summary} For the label's logit."
     return method
+
+
+def attribution_methods() -> list[BenchMethod]:
+    """Declared attribution methods tagged ``bench`` and ``cnn``, as bench methods on the trojan and block organisms.
+
+    Read from the registry when called, so a method declared later is scored too (the organisms are CNNs).
+    """
+    out = []
+    for spec in [s for s in METHODS.specs(tag="bench") if "cnn" in s.tags]:
+        baseline = "baseline" in spec.tags
+        for family, make in (("trojans", trojan_method), ("attribution", block_method)):
+            method = make(spec)
+            out.append(BenchMethod(spec.name, family, method, None, baseline, (method.__doc__ or "").strip()))
+    return out
 
 
 def random_attribution(organism: Any, ctx: RunContext) -> AttributionOutput:
     """Uniform random maps."""
     gen = torch.Generator().manual_seed(ctx.seed)
     n = _sizes(ctx)[0]
-    return AttributionOutput(*(torch.rand(n, 32, 32, generator=gen) for _ in range(3)))
-
-
-def edge_detector_attribution(organism: Any, ctx: RunContext) -> AttributionOutput:
-    """Sobel edges of the input: the same map for the model, its twin and the randomised model."""
-    maps = _edges(organism.model, organism.probe(_sizes(ctx)[0]).images, None, ctx.quick)
-    return AttributionOutput(maps, maps, maps)
+    return AttributionOutput(*(as_attribution(torch.rand(n, 32, 32, generator=gen), "random") for _ in range(3)))
 
 
 def oracle_attribution(organism: Any, ctx: RunContext) -> AttributionOutput:
     """Reads the ground truth: the signal block of each model; uniform noise for the randomised model."""
     n = _sizes(ctx)[0]
     gen = torch.Generator().manual_seed(ctx.seed)
-    return AttributionOutput(organism.probe(n).masks.float(), organism.twin_probe(n).masks.float(),
-                             torch.rand(n, 32, 32, generator=gen))  # fmt: skip
+    return AttributionOutput(as_attribution(organism.probe(n).masks.float(), "oracle"),
+                             as_attribution(organism.twin_probe(n).masks.float(), "oracle"),
+                             as_attribution(torch.rand(n, 32, 32, generator=gen), "oracle"))  # fmt: skip

@@ -37,6 +37,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from .._numerics import spearman
+from ..attribution._result import Attribution
 from ._scorers import Score, _score
 
 # --- method outputs ----------------------------------------------------------------------------------------------
@@ -50,22 +51,27 @@ class TrojanOutput:
     """A score per candidate trigger on the trojaned model (higher = more likely the trigger)."""
     twin_candidates: Sequence[float] | None = None
     """The same scores on the clean twin."""
-    maps: Float[Tensor, "n h w"] | None = None
-    """Attribution heatmaps of the target logit on ``organism.probe(n)``'s triggered images."""
-    twin_maps: Float[Tensor, "n h w"] | None = None
-    """The same maps from the clean twin."""
+    maps: Attribution | None = None
+    """Attribution of the target logit on ``organism.probe(n)``'s triggered images."""
+    twin_maps: Attribution | None = None
+    """The same from the clean twin."""
 
 
 @dataclass(frozen=True, eq=False)
 class AttributionOutput:
     """Heatmaps of an attribution method on a signal-block organism's probe images (``organism.probe(n)``)."""
 
-    maps: Float[Tensor, "n h w"]
+    maps: Attribution
     """On the organism's probe images, for their labels."""
-    twin_maps: Float[Tensor, "n h w"] | None = None
+    twin_maps: Attribution | None = None
     """On the moved-block twin's probe images (``organism.twin_probe(n)``)."""
-    randomised_maps: Float[Tensor, "n h w"] | None = None
+    randomised_maps: Attribution | None = None
     """On the organism's probe images, from the model with every weight layer re-initialised."""
+
+
+def as_attribution(maps: Float[Tensor, "n h w"], method: str) -> Attribution:
+    """Heatmaps that no attribution method made (random and oracle baselines) as an ``Attribution``."""
+    return Attribution(map=maps[:, None], method=method, target="none", at="input")
 
 
 # --- shared measures ---------------------------------------------------------------------------------------------
@@ -125,11 +131,12 @@ def trigger_overlap(output: TrojanOutput, organism: Any, method: str) -> Score |
     """Share of attribution mass on the trigger's region of triggered images (patch and natural triggers)."""
     if output.maps is None or organism.kind == "blend":
         return None
-    _, masks, _ = organism.probe(len(output.maps))
-    got = _score(organism, method, "trigger_overlap", mass_in(output.maps, masks), float(masks.float().mean()))
+    heat = output.maps.heatmap()
+    _, masks, _ = organism.probe(len(heat))
+    got = _score(organism, method, "trigger_overlap", mass_in(heat, masks), float(masks.float().mean()))
     if output.twin_maps is None:
         return got
-    return replace(got, baselines={"clean_twin": mass_in(output.twin_maps, masks)})
+    return replace(got, baselines={"clean_twin": mass_in(output.twin_maps.heatmap(), masks)})
 
 
 def trojan_detection(output: TrojanOutput, organism: Any, method: str) -> Score | None:
@@ -145,15 +152,17 @@ def trojan_detection(output: TrojanOutput, organism: Any, method: str) -> Score 
 
 def attribution_scores(output: AttributionOutput, organism: Any, method: str) -> list[Score]:
     """Signal-block mass and top-k precision (organism and moved-block twin), and the randomisation check."""
-    pairs = [(output.maps, organism.probe(len(output.maps)).masks)]
+    heat = output.maps.heatmap()
+    pairs = [(heat, organism.probe(len(heat)).masks)]
     if output.twin_maps is not None:
-        pairs.append((output.twin_maps, organism.twin_probe(len(output.twin_maps)).masks))
+        twin = output.twin_maps.heatmap()
+        pairs.append((twin, organism.twin_probe(len(twin)).masks))
     chance = sum(float(m.float().mean()) for _, m in pairs) / len(pairs)
     scores = [
         _score(organism, method, "signal_mass", sum(mass_in(a, m) for a, m in pairs) / len(pairs), chance),
         _score(organism, method, "top_k_precision", sum(top_k_precision(a, m) for a, m in pairs) / len(pairs), chance),
     ]
     if output.randomised_maps is not None:
-        value = 1 - max(0.0, spearman_abs(output.maps, output.randomised_maps))
+        value = 1 - max(0.0, spearman_abs(heat, output.randomised_maps.heatmap()))
         scores.append(_score(organism, method, "randomisation", value, 0.5))
     return scores

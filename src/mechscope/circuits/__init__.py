@@ -16,12 +16,17 @@ Example::
     curve = faithfulness_curve(model, task, scores)  # top-n circuits vs random, MIB's CPR and CMD
     found = acdc(model, task, tau=0.01)  # node-level ACDC
     study = analyse(model, task)  # all of the above on one task, as the demo's report shows it
+
+    run = find_circuit(model, task, FindConfig("eap-ig", EAPIGConfig(steps=10), top=200))  # circuit vs random
+    METHODS.names()  # ['eap', 'eap-ig', 'acdc']: every circuit method, declared once with its config
+
+Pictures and files of these results are drawn by ``mechscope.report`` (``heatmap``, ``draw_circuit``, …).
 """
 
 from mechscope.circuits._acdc import ACDCResult, ACDCStep, acdc
+from mechscope.circuits._analysis import AnalysisConfig, CircuitAnalysis, analyse
 from mechscope.circuits._attribution import AttributionResult, attribution_patching
 from mechscope.circuits._dla import DLAResult, FrozenNorm, direct_logit_attribution
-from mechscope.circuits._draw import draw_circuit, render_dot
 from mechscope.circuits._eap import CheckedEdge, EdgeCheck, eap, eap_ig, patch_edges, verify_edges
 from mechscope.circuits._faithfulness import (
     SIZES,
@@ -32,33 +37,66 @@ from mechscope.circuits._faithfulness import (
     faithfulness,
     faithfulness_curve,
 )
+from mechscope.circuits._find import (
+    CircuitRun,
+    FindConfig,
+    NodeCircuit,
+    choose_circuit,
+    curve_from_dict,
+    edge_ranking,
+    find_circuit,
+    ranking_curve,
+    run_method,
+)
 from mechscope.circuits._graph import Circuit, EdgeScores, Graph, Receiver, Sender
+from mechscope.circuits._ids import ComponentNameError, EdgeId, NodeId
+from mechscope.circuits._methods import (
+    ACDCConfig,
+    ActivationConfig,
+    AttributionConfig,
+    DLAConfig,
+    EAPConfig,
+    EAPIGConfig,
+)
 from mechscope.circuits._nodes import KINDS, Node
 from mechscope.circuits._patching import activation_patching
 from mechscope.circuits._path import PathPatchingResult, path_patching
-from mechscope.circuits._plot import heatmap
-from mechscope.circuits._report import AnalysisConfig, CircuitAnalysis, analyse, report_sections, write_circuit_files
+from mechscope.circuits._registry import METHODS, NODE_METHODS
 from mechscope.circuits._result import PatchingResult
 from mechscope.circuits._selfcheck import CheckedNode, SelfCheck, pearson, spearman, verify
 
 __all__ = [
     "KINDS",
+    "METHODS",
+    "NODE_METHODS",
     "SIZES",
+    "ACDCConfig",
     "ACDCResult",
     "ACDCStep",
+    "ActivationConfig",
     "AnalysisConfig",
+    "AttributionConfig",
     "AttributionResult",
     "CheckedEdge",
     "CheckedNode",
     "Circuit",
     "CircuitAnalysis",
+    "CircuitRun",
+    "ComponentNameError",
+    "DLAConfig",
     "DLAResult",
+    "EAPConfig",
+    "EAPIGConfig",
     "EdgeCheck",
+    "EdgeId",
     "EdgeScores",
     "FaithfulnessCurve",
+    "FindConfig",
     "FrozenNorm",
     "Graph",
     "Node",
+    "NodeCircuit",
+    "NodeId",
     "PatchingResult",
     "PathPatchingResult",
     "Receiver",
@@ -70,21 +108,22 @@ __all__ = [
     "area_from_one",
     "area_under",
     "attribution_patching",
+    "choose_circuit",
     "circuit_metrics",
+    "curve_from_dict",
     "direct_logit_attribution",
-    "draw_circuit",
     "eap",
     "eap_ig",
+    "edge_ranking",
     "faithfulness",
     "faithfulness_curve",
-    "heatmap",
+    "find_circuit",
     "patch_edges",
     "path_patching",
     "pearson",
-    "render_dot",
-    "report_sections",
+    "ranking_curve",
+    "run_method",
     "spearman",
     "verify",
     "verify_edges",
-    "write_circuit_files",
 ]

@@ -23,11 +23,11 @@ from tqdm.auto import tqdm
 
 from ..core._interventions import Patch
 from ..core._model import Model
+from ..core._residual import ResidualModel, model_of
 from ..data._metrics import final_logits, kl_to_clean, logit_diff
 from ..data._task import Task
 from ._contrast import Contrast, Metric
-from ._edgerun import SenderActs, reference
-from ._faithfulness import Ablation
+from ._edgerun import Ablation, SenderActs, reference
 from ._graph import Circuit, Graph
 
 
@@ -84,7 +84,7 @@ class ACDCResult:
 
 
 def acdc(
-    model: Model,
+    model: Model | ResidualModel,
     task: Task,
     *,
     tau: float = 0.01,
@@ -93,8 +93,12 @@ def acdc(
     seed: int = 0,
     progress: bool = True,
 ) -> ACDCResult:
-    """Run node-level ACDC on the clean prompts, ablating removed nodes to their corrupt (``ablation``) value."""
+    """Run node-level ACDC on the clean prompts, ablating removed nodes to their corrupt (``ablation``) value.
+
+    ``model``: a transformer language model or any ``ResidualModel`` adapter (only its sites are used).
+    """
     start = time.perf_counter()
+    model = model_of(model)
     assert model.cfg is not None, "ACDC needs a transformer language model"
     contrast = Contrast.of(model, task, metric if callable(metric) else logit_diff)  # KL: tokenises only
     graph = Graph.of(model.cfg)

@@ -23,7 +23,10 @@ from ..data._metrics import final_logits
 from ..data._task import Task, tokenize_task
 
 Metric = Callable[[Float[Tensor, "batch d_vocab"], Task], Tensor]
-"""Scores final-position logits against a task: one value per prompt (averaged over prompts), or a scalar."""
+"""Scores final-position logits against a task: one value per prompt (averaged over prompts), or a scalar. A task
+whose ``metadata["readout"]`` is ``EVERY_POSITION`` gets the logits of every position, ``[batch pos d_vocab]``."""
+EVERY_POSITION = "every_position"
+"""``Task.metadata["readout"]`` of tasks with an output at every position (compiled programs): metrics see all."""
 Direction = Literal["denoising", "noising"]
 
 
@@ -74,8 +77,11 @@ class Contrast:
         rows = rows or slice(None)
         mask = self.attention_mask[rows]
         task = subtask(self.task, rows)
-        last = final_logits(logits, einops.repeat(mask, "b p -> (c b) p", c=copies))
-        per_copy = einops.rearrange(last, "(c b) v -> c b v", c=copies)
+        if self.task.metadata.get("readout") == EVERY_POSITION:  # an output at every position: the metric reads all
+            per_copy = einops.rearrange(logits, "(c b) p v -> c b p v", c=copies)
+        else:
+            last = final_logits(logits, einops.repeat(mask, "b p -> (c b) p", c=copies))
+            per_copy = einops.rearrange(last, "(c b) v -> c b v", c=copies)
         return torch.stack([self.metric(x, task).float().mean() for x in per_copy])
 
     def run(self, model: Model, tokens: Tensor, cache: Sequence[str] = ()) -> tuple[float, dict[str, Tensor]]:

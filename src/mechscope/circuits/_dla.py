@@ -25,6 +25,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from ..core._model import Model
+from ..core._residual import affine_matrix as _affine_matrix
 from ..data._metrics import final_logits, logit_diff
 from ..data._task import PAD_ID, Task, tokenize_task
 
@@ -174,13 +175,6 @@ def _mean_rows(table: Tensor, ids: Tensor) -> Tensor:
     ids = ids[:, None] if ids.ndim == 1 else ids
     real = (ids != PAD_ID).to(table.dtype)[..., None]  # [batch k 1]
     return (table[ids.clamp(min=0)] * real).sum(1) / real.sum(1)
-
-
-def _affine_matrix(module: nn.Module, d_in: int) -> Float[Tensor, "d_in d_out"]:
-    """The linear part of an affine module: row ``i`` is ``module(e_i) - module(0)`` (hooks bypassed)."""
-    param = next(module.parameters())
-    eye = torch.eye(d_in, dtype=param.dtype, device=param.device)
-    return module.forward(eye) - module.forward(torch.zeros_like(eye[:1]))
 
 
 def _module(model: Model, site: str) -> nn.Module:

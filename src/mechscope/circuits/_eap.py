@@ -31,6 +31,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 import einops
@@ -40,19 +41,21 @@ from tqdm.auto import tqdm
 
 from ..core._interventions import Replace
 from ..core._model import Model, RunResult
+from ..core._residual import PARTS, ResidualModel, residual
 from ..data._metrics import logit_diff
 from ..data._task import Task
 from ._contrast import Contrast, Direction, Metric, chunks
-from ._edgerun import SenderActs, Wiring, run_edges
+from ._edgerun import Ablation, SenderActs, Wiring, reference, run_edges
 from ._graph import EdgeScores
 from ._selfcheck import pearson, spearman
 
 
 def eap(
-    model: Model,
+    model: Model | ResidualModel,
     task: Task,
     *,
     direction: Direction = "denoising",
+    ablation: Ablation = "patch",
     metric: Metric = logit_diff,
     batch_size: int = 32,
     verify: int = 0,
@@ -62,18 +65,23 @@ def eap(
     """Score every edge of the model's graph by edge attribution patching (Syed et al. 2023).
 
     ``direction="denoising"`` estimates, per edge, the corrupt run with that edge clean minus the corrupt run;
-    ``"noising"`` the clean run with that edge corrupted minus the clean run. ``batch_size`` prompts per pass.
-    ``verify=n`` really patches ``n`` edges drawn at random (``seed``) and reports the agreement in ``check``.
+    ``"noising"`` the clean run with that edge corrupted minus the clean run. ``ablation`` is the corrupt value
+    (``patch``: each prompt's corrupt run; ``mean``: the corrupt runs' mean per position, as mean ablation;
+    ``resample``: a random corrupt prompt, ``seed``); the corrupt side's gradients are taken at the model run on
+    the corrupt input of that kind. ``batch_size`` prompts per pass. ``verify=n`` really patches ``n`` edges drawn
+    at random (``seed``, ``patch`` ablation only) and reports the agreement in ``check``. ``model``: a model of a
+    known family or any ``ResidualModel`` adapter.
     """
-    return _edge_scores(model, task, 1, direction, metric, batch_size, verify, seed, progress)
+    return _edge_scores(model, task, 1, direction, ablation, metric, batch_size, verify, seed, progress)
 
 
 def eap_ig(
-    model: Model,
+    model: Model | ResidualModel,
     task: Task,
     *,
     steps: int = 5,
     direction: Direction = "denoising",
+    ablation: Ablation = "patch",
     metric: Metric = logit_diff,
     batch_size: int = 32,
     verify: int = 0,
@@ -82,19 +90,21 @@ def eap_ig(
 ) -> EdgeScores:
     """Score every edge by EAP with integrated gradients at the input embeddings (Hanna et al. 2024).
 
-    Like ``eap``, with the gradient averaged over ``steps`` points between the base and source inputs. A pass
+    Like ``eap``, with the gradient averaged over ``steps`` points between the base and source inputs (with
+    ``ablation="mean"`` in the denoising direction: from the mean corrupt input to each clean input). A pass
     holds ``steps`` copies of ``batch_size // steps`` prompts.
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
-    return _edge_scores(model, task, steps, direction, metric, batch_size, verify, seed, progress)
+    return _edge_scores(model, task, steps, direction, ablation, metric, batch_size, verify, seed, progress)
 
 
 def _edge_scores(
-    model: Model,
+    model: Model | ResidualModel,
     task: Task,
     steps: int,
     direction: Direction,
+    ablation: Ablation,
     metric: Metric,
     batch_size: int,
     verify: int,
@@ -102,15 +112,22 @@ def _edge_scores(
     progress: bool,
 ) -> EdgeScores:
     start = time.perf_counter()
-    contrast = Contrast.of(model, task, metric)
+    if verify and ablation != "patch":
+        raise ValueError(f"verify patches edges with each prompt's own corrupt run: it needs ablation='patch', "
+                         f"not {ablation!r}")  # fmt: skip
+    model = residual(model)
     wiring = Wiring.of(model)
+    contrast = Contrast.of(wiring.model, task, metric)
     g = wiring.graph
     base, source = contrast.base_and_source(direction)
     n = contrast.n_prompts
+    ref = _reference(wiring, contrast, ablation, seed)
     scores = torch.zeros(len(g.senders), len(g.receivers))
     totals = {"base": 0.0, "source": 0.0}
     for rows in tqdm(chunks(n, max(1, batch_size // steps)), desc="EAP", disable=not progress, leave=False):
-        part = _batch(wiring, contrast, base[rows], source[rows], rows, steps, totals, check=rows.start == 0)
+        ref_rows = None if ref is None else ref.map(itemgetter(rows))
+        sides = _Sides(base[rows], source[rows], ref_rows, corrupt_is_base=direction == "denoising")
+        part = _batch(wiring, contrast, sides, rows, steps, totals, check=rows.start == 0)
         scores += part.cpu()
     base_metric, source_metric = totals["base"] / n, totals["source"] / n
     clean, corrupt = (source_metric, base_metric) if direction == "denoising" else (base_metric, source_metric)
@@ -124,7 +141,7 @@ def _edge_scores(
         corrupt_metric=corrupt,
         metric=getattr(metric, "__name__", repr(metric)),
         task=task.name,
-        model=model.provenance,
+        model=wiring.model.provenance,
         seconds=time.perf_counter() - start,
     )
     if verify:
@@ -133,11 +150,36 @@ def _edge_scores(
     return result
 
 
+def _reference(wiring: Wiring, contrast: Contrast, ablation: Ablation, seed: int) -> SenderActs | None:
+    """The corrupt side's sender outputs and input under ``ablation`` (None for ``patch``: each prompt's run)."""
+    if ablation == "patch":
+        return None
+    n_layers, mask = wiring.graph.n_layers, contrast.attention_mask
+    cache = wiring.model.run(contrast.corrupt, cache=SenderActs.sites(n_layers), attention_mask=mask).cache
+    return reference(SenderActs.of(cache, n_layers), ablation, mask, contrast.n_prompts, seed)
+
+
+@dataclass(frozen=True)
+class _Sides:
+    """One batch's base and source token ids, and the corrupt side's reference (None: its own run)."""
+
+    base: Tensor
+    source: Tensor
+    corrupt: SenderActs | None
+    corrupt_is_base: bool
+    """Denoising: the base run is the corrupt side."""
+
+    def input_of(self, base: bool) -> Tensor | None:
+        """The input the base (or source) run starts from, when it is the reference's rather than its own."""
+        if self.corrupt is None or self.corrupt_is_base != base:
+            return None
+        return self.corrupt.input
+
+
 def _batch(
     wiring: Wiring,
     contrast: Contrast,
-    base: Tensor,
-    source: Tensor,
+    sides: _Sides,
     rows: slice,
     steps: int,
     totals: dict[str, float],
@@ -145,12 +187,15 @@ def _batch(
 ) -> Tensor:
     """``[sender receiver]`` scores of one batch of prompts (summing to the estimate over all prompts)."""
     model, g = wiring.model, wiring.graph
-    n_layers, b, n = g.n_layers, base.shape[0], contrast.n_prompts
+    n_layers, b, n = g.n_layers, sides.base.shape[0], contrast.n_prompts
     mask = contrast.attention_mask[rows]
     senders = SenderActs.sites(n_layers) + wiring.attn_out_sites()
-    src = model.run(source, cache=senders, attention_mask=mask)
+    start = sides.input_of(base=False)
+    with model.intervene(*([Replace("resid_pre.0", _fixed(start))] if start is not None else [])):
+        src = model.run(sides.source, cache=senders, attention_mask=mask)
     assert src.logits is not None
     totals["source"] += float(contrast.score(src.logits, rows=rows)[0]) * b
+    source = sides.corrupt if start is not None and sides.corrupt is not None else SenderActs.of(src.cache, n_layers)
 
     def mean_metric(out: RunResult) -> Tensor:  # gradient of the mean over prompts (and over IG steps)
         assert out.logits is not None
@@ -160,8 +205,10 @@ def _batch(
     grad_at = [f"head.{i}.{p}" for i in range(n_layers) for p in "qkv"]
     grad_at += [f"{s}.{i}" for i in range(n_layers) for s in (mlp_in, "resid_post")]
     cache = senders + [f"resid_pre.{i}" for i in range(n_layers)]
-    stacked = einops.repeat(base, "b p -> (c b) p", c=steps)
-    interpolate = [Replace("resid_pre.0", _interpolation(src.cache["resid_pre.0"], steps))] if steps > 1 else []
+    stacked = einops.repeat(sides.base, "b p -> (c b) p", c=steps)
+    begin = sides.input_of(base=True)
+    moved = steps > 1 or begin is not None
+    interpolate = [Replace("resid_pre.0", _interpolation(begin, source.input, steps))] if moved else []
     with model.intervene(*interpolate):
         run = model.run(stacked, cache=cache, grad_at=grad_at, grad_of=mean_metric,
                         attention_mask=einops.repeat(mask, "b p -> (c b) p", c=steps))  # fmt: skip
@@ -170,17 +217,27 @@ def _batch(
     base_cache = {k: v[:b] for k, v in run.cache.items()}
     if check:
         wiring.check_additive([(src.cache, mask), (base_cache, mask)])
-    diffs = _sender_diffs(wiring, SenderActs.of(src.cache, n_layers), SenderActs.of(base_cache, n_layers))
+    base = sides.corrupt if begin is not None and sides.corrupt is not None else SenderActs.of(base_cache, n_layers)
+    diffs = _sender_diffs(wiring, source, base)
     return _scores(wiring, run, diffs, steps)
 
 
-def _interpolation(source: Tensor, steps: int) -> Callable[[Tensor], Tensor]:
-    """``Replace`` function: copy ``k`` of the stacked base inputs moves ``k / steps`` of the way to the source."""
+def _fixed(value: Tensor) -> Callable[[Tensor], Tensor]:
+    """``Replace`` function: the run's input becomes ``value`` (a reference input instead of the prompts')."""
+    return lambda act: value.to(act.dtype).expand_as(act)
+
+
+def _interpolation(begin: Tensor | None, end: Tensor, steps: int) -> Callable[[Tensor], Tensor]:
+    """``Replace`` function: copy ``k`` of the stacked inputs is ``begin + (k / steps)(end - begin)``.
+
+    ``begin`` None: the run's own input (the base prompts').
+    """
 
     def fn(act: Tensor) -> Tensor:
         x = act.unflatten(0, (steps, -1))
+        start = x if begin is None else begin.to(x.dtype).expand_as(x)
         alpha = torch.arange(steps, dtype=x.dtype, device=x.device).view(-1, 1, 1, 1) / steps
-        return (x + alpha * (source - x)).flatten(0, 1)
+        return (start + alpha * (end - start)).flatten(0, 1)
 
     return fn
 
@@ -229,13 +286,13 @@ def _qkv_grads(wiring: Wiring, run: RunResult, layer: int) -> Tensor:
     """
     x = run.cache[f"resid_pre.{layer}"]
     at_norm = []
-    for part in "qkv":
-        weight = wiring.qkv[layer][part][0]  # [d_model head d_head]
+    for part in PARTS:
+        weight = wiring.residual.qkv(layer, part)[0]  # [d_model head d_head]
         at_norm.append(einops.einsum(run.grads[f"head.{layer}.{part}"], weight, "b s h e, d h e -> h b s d"))
     v = torch.cat(at_norm)
     with torch.enable_grad():
         copies = x.detach().expand(len(v), *x.shape).clone().requires_grad_(True)
-        normed = wiring.norms[layer].forward(copies)  # forward(): no hooks
+        normed = wiring.norm(layer).forward(copies)  # forward(): no hooks
         (grad,) = torch.autograd.grad(normed, copies, grad_outputs=v.to(normed.dtype))
     return grad.to(x.dtype)
 
@@ -276,7 +333,7 @@ class EdgeCheck:
 
 def verify_edges(
     scores: EdgeScores,
-    model: Model,
+    model: Model | ResidualModel,
     task: Task,
     *,
     sample: int = 32,
@@ -314,7 +371,7 @@ def verify_edges(
 
 
 def patch_edges(
-    model: Model,
+    model: Model | ResidualModel,
     task: Task,
     edges: list[int],
     direction: Direction = "denoising",
@@ -324,8 +381,9 @@ def patch_edges(
     progress: bool = True,
 ) -> tuple[Tensor, float, float]:
     """Mean metric after patching each edge (by index) alone, and the clean and corrupt metrics."""
-    contrast = Contrast.of(model, task, metric)
     wiring = Wiring.of(model)
+    model = wiring.model
+    contrast = Contrast.of(model, task, metric)
     g = wiring.graph
     base, source = contrast.base_and_source(direction)
     mask = contrast.attention_mask

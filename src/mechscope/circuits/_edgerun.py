@@ -14,8 +14,9 @@ No module is reimplemented. Receivers' inputs are written where the model reads 
 input (``resid_mid``, or ``resid_pre`` for parallel blocks), the logits' at the last ``resid_post``, the residual
 stream being put back right after so later blocks see the true sum. A head's query, key and value read the block's
 normed input through slices of the q/k/v projections; a receiver with its own input gets the model's own norm
-module applied to that input, then its head's slice of the projection (weights read by applying the projection
-to the identity, as in ``_dla``). Head outputs are ``z`` through the head's slice of the output projection.
+module applied to that input, then its head's slice of the projection. Head outputs are ``z`` through the head's
+slice of the output projection. Norms and slices come from the residual-model contract
+(``mechscope.core.ResidualModel``): a family table for Hugging Face models, an explicit adapter for anything else.
 """
 
 from __future__ import annotations
@@ -23,18 +24,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Literal, NamedTuple
 
 import einops
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from ..core._families import family_of
 from ..core._interventions import Replace
 from ..core._model import Model
-from ._dla import _affine_matrix
+from ..core._residual import PARTS, Part, ResidualModel, residual
 from ._graph import Graph
+
+Ablation = Literal["patch", "mean", "global_mean", "resample"]
+"""The value an ablated edge carries: each prompt's own corrupt run, the corrupt runs' mean per position, their
+mean over prompts and positions, or a seeded random corrupt prompt per row (see ``reference``)."""
 
 
 class SenderActs(NamedTuple):
@@ -63,55 +67,36 @@ class SenderActs(NamedTuple):
 
 @dataclass(frozen=True, eq=False)
 class Wiring:
-    """What the graph needs from a model, read once.
+    """The residual-model contract of a model and the graph of its edges, with the model it runs."""
 
-    Per layer: the attention's input norm, each head's slice of the q/k/v projections (weight
-    ``[d_model head d_head]`` and bias) and of the output projection.
-    """
-
-    model: Model
+    residual: ResidualModel
     graph: Graph
-    norms: tuple[nn.Module, ...]
-    qkv: tuple[dict[str, tuple[Tensor, Tensor]], ...]
-    w_o: tuple[Float[Tensor, "head d_head d_model"], ...]
 
     @classmethod
-    @torch.no_grad()
-    def of(cls, model: Model) -> Wiring:
-        cfg = model.cfg
-        if cfg is None:
-            raise TypeError(f"{model.name} is not a transformer language model; the edge graph needs its sites")
-        # The attention's input norm is the one module the site table does not name; the family's rename
-        # table does (the same table the sites come from).
-        config: Any = model.module.config
-        ln1 = family_of(config.model_type).ln1
-        norms, qkv, w_o = [], [], []
-        for layer in range(cfg.n_layers):
-            block = model.resolve(f"resid_pre.{layer}")[0].module
-            norms.append(model.module.get_submodule(f"{block}.{ln1}"))
-            parts = {}
-            for part in "qkv":
-                site = model.resolve(f"head.{layer}.{part}")[0]
-                proj = model.module.get_submodule(site.module)
-                weight, bias = _linear_part(proj, cfg.d_model)  # [d_model out], [out]
-                parts[part] = (site.view(weight), site.view(bias))  # [d_model n d_head], [n d_head]
-            qkv.append(parts)
-            o_proj = model.module.get_submodule(model.resolve(f"head.{layer}.z")[0].module)
-            w, _ = _linear_part(o_proj, cfg.n_heads * cfg.d_head)  # [head*d_head d_model]
-            w_o.append(w.unflatten(0, (cfg.n_heads, cfg.d_head)))
-        return cls(model, Graph.of(cfg), tuple(norms), tuple(qkv), tuple(w_o))
+    def of(cls, model: Model | ResidualModel) -> Wiring:
+        """Wiring of a model with a known family table, or of any ``ResidualModel`` adapter."""
+        contract = residual(model)
+        return cls(contract, Graph.of(contract.cfg))
+
+    @property
+    def model(self) -> Model:
+        return self.residual.model
+
+    def norm(self, layer: int) -> nn.Module:
+        """The norm attention reads the residual stream through (identity when there is none)."""
+        return self.residual.attn_norm(layer)
 
     def head_out(self, layer: int, z: Float[Tensor, "... head d_head"]) -> Float[Tensor, "... head d_model"]:
         """What each head adds to the residual stream (no bias): ``z_h W_O[h]``."""
-        return einops.einsum(z, self.w_o[layer], "... head e, head e d -> ... head d")
+        return einops.einsum(z, self.residual.w_o(layer), "... head e, head e d -> ... head d")
 
     def project(
-        self, layer: int, part: str, x: Float[Tensor, "copy recv batch pos d_model"], heads: Tensor
+        self, layer: int, part: Part, x: Float[Tensor, "copy recv batch pos d_model"], heads: Tensor
     ) -> Float[Tensor, "copy batch pos recv d_head"]:
         """Query/key/value of head ``heads[i]`` computed from its own residual input ``x[:, i]``."""
-        weight, bias = self.qkv[layer][part]
+        weight, bias = self.residual.qkv(layer, part)
         # forward() bypasses hooks (resid_mid captures its residual at this norm); the norm acts on the last axis.
-        normed = self.norms[layer].forward(x)
+        normed = self.norm(layer).forward(x)
         out = einops.einsum(normed, weight[:, heads], "c r b s d, d r e -> c b s r e")
         return out + bias[heads]
 
@@ -129,7 +114,7 @@ class Wiring:
             rests = []
             for cache, mask in acts:
                 z = cache[f"head.{layer}.z"][mask.bool()]  # [real_tokens head d_head]
-                heads_sum = z.flatten(-2) @ self.w_o[layer].flatten(0, 1)  # sum over heads of z_h W_O[h]
+                heads_sum = z.flatten(-2) @ self.residual.w_o(layer).flatten(0, 1)  # sum over heads of z_h W_O[h]
                 rests.append(cache[f"attn_out.{layer}"][mask.bool()] - heads_sum)  # [real_tokens d_model]
             scale = float(torch.cat(rests).abs().max()) + float(acts[0][0][f"attn_out.{layer}"].abs().max())
             spread = max(float((r - rests[0][:1]).abs().max()) for r in rests)
@@ -141,26 +126,30 @@ class Wiring:
                 )
 
 
-def reference(acts: SenderActs, how: str, mask: Tensor, rows: int, seed: int = 0) -> SenderActs:
+def reference(acts: SenderActs, how: Ablation, mask: Tensor, rows: int, seed: int = 0) -> SenderActs:
     """Values that ablated edges carry, from the corrupt runs ``acts``.
 
-    ``patch``: each prompt's own corrupt run; ``mean``: the mean per position (padding excluded); ``resample``:
-    a seeded random corrupt prompt per row.
+    ``patch``: each prompt's own corrupt run; ``mean``: the mean per position (padding excluded); ``global_mean``:
+    the mean over prompts and real positions, at every position (what a component would output knowing neither
+    the tokens nor their position: compiled programs read positions, which a per-position mean keeps);
+    ``resample``: a seeded random corrupt prompt per row.
     """
     if how == "patch":
         return acts
-    if how == "mean":
+    if how in ("mean", "global_mean"):
         w = mask.to(acts.input.dtype)
+        dims = (0, 1) if how == "global_mean" else (0,)
 
         def mean(t: Tensor) -> Tensor:
             ww = w.view(*w.shape, *([1] * (t.ndim - 2)))
-            return ((t * ww).sum(0) / ww.sum(0).clamp(min=1)).expand(rows, *t.shape[1:])
+            avg = (t * ww).sum(dims, keepdim=True) / ww.sum(dims, keepdim=True).clamp(min=1)  # [1 pos|1 ...]
+            return avg.expand(rows, *t.shape[1:])
 
         return acts.map(mean)
     if how == "resample":
         pick = torch.randint(acts.input.shape[0], (rows,), generator=torch.Generator().manual_seed(seed))
         return acts.map(lambda t: t[pick.to(t.device)])
-    raise ValueError(f"ablation must be 'patch', 'mean' or 'resample', got {how!r}")
+    raise ValueError(f"ablation must be 'patch', 'mean', 'global_mean' or 'resample', got {how!r}")
 
 
 def run_edges(
@@ -210,7 +199,7 @@ class _EdgeRun:
         out = []
         for layer in range(self.g.n_layers):
             out += [Replace(f"resid_pre.{layer}", partial(self.pre, layer=layer))]
-            out += [Replace(f"head.{layer}.{p}", partial(self.qkv, layer=layer, part=p)) for p in "qkv"]
+            out += [Replace(f"head.{layer}.{p}", partial(self.qkv, layer=layer, part=p)) for p in PARTS]
             out += [Replace(f"head.{layer}.z", partial(self.z, layer=layer))]
             if self.mlp_changed(layer) and not self.g.parallel:
                 out.append(Replace(f"resid_mid.{layer}", partial(self.mid, layer=layer)))
@@ -259,7 +248,7 @@ class _EdgeRun:
             return (x + self.mlp_shift).flatten(0, 1)
         return act
 
-    def qkv(self, act: Tensor, layer: int, part: str) -> Tensor:
+    def qkv(self, act: Tensor, layer: int, part: Part) -> Tensor:
         # in parallel blocks a changed MLP input changed the block input that every q/k/v reads: redo them all
         redo_all = self.g.parallel and self.mlp_changed(layer)
         redo = [i for i in self.by_kind[(layer, part)] if self.changed[i] or redo_all]
@@ -293,18 +282,3 @@ class _EdgeRun:
         if layer == self.g.n_layers - 1 and self.changed[-1]:
             x = x + self.shift([len(self.g.receivers) - 1])[:, 0]
         return x.flatten(0, 1)
-
-
-def _linear_part(module: nn.Module, d_in: int) -> tuple[Tensor, Tensor]:
-    """Weight ``[d_in d_out]`` and bias of an affine module.
-
-    A plain ``nn.Linear`` is read directly (applying a 576-wide projection to the identity costs as much as a
-    forward pass over all of SmolLM2's projections); anything else (GPT-2's ``Conv1D``...) is probed with the
-    identity, as in ``_dla``.
-    """
-    if type(module) is nn.Linear:
-        weight = module.weight.detach()
-        bias = module.bias.detach() if module.bias is not None else weight.new_zeros(weight.shape[0])
-        return weight.T, bias
-    weight = _affine_matrix(module, d_in)
-    return weight, module.forward(weight.new_zeros(1, d_in))[0]

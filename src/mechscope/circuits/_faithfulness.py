@@ -21,24 +21,22 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from matplotlib.figure import Figure
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..core._model import Model
+from ..core._residual import ResidualModel, residual
 from ..data._metrics import logit_diff
 from ..data._task import Task
 from ._contrast import Contrast, Metric, chunks
-from ._edgerun import SenderActs, Wiring, reference, run_edges
+from ._edgerun import Ablation, SenderActs, Wiring, reference, run_edges
 from ._graph import Circuit, EdgeScores
 
 SIZES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 """Circuit sizes of MIB's curves, as fractions of the graph's edges."""
-Ablation = Literal["patch", "mean", "resample"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,28 +124,6 @@ class FaithfulnessCurve:
             "seconds": self.seconds,
         }
 
-    def plot(self, path: str | Path | None = None, *, title: str | None = None) -> Figure:
-        """Faithfulness against circuit size (log axis), with each random circuit and their mean."""
-        fig = Figure(figsize=(5.5, 3.5))
-        ax = fig.subplots()
-        pct = [100 * s for s in self.sizes]
-        for row in self.random:
-            ax.plot(pct, row, color="0.8", linewidth=0.8)
-        if self.random:
-            ax.plot(pct, self.random_mean, color="0.5", marker=".", label=f"random (CPR {self.random_cpr:.2f})")
-        ax.plot(pct, self.faithfulness, color="C0", marker="o", label=f"{self.method} (CPR {self.cpr:.2f})")
-        ax.axhline(1.0, color="k", linewidth=0.5)
-        ax.axhline(0.0, color="k", linewidth=0.5)
-        ax.set_xscale("log")
-        ax.set_xlabel("edges in circuit (%)")
-        ax.set_ylabel("faithfulness")
-        ax.set_title(title or f"{self.task}: circuit faithfulness ({self.ablation} ablation)", fontsize=9)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        if path is not None:
-            fig.savefig(path, dpi=120)
-        return fig
-
 
 def area_under(sizes: Sequence[float], values: Sequence[float]) -> float:
     """Trapezoidal area under ``values`` over ``sizes`` (MIB's CPR when ``sizes`` are ``SIZES``)."""
@@ -163,7 +139,7 @@ def area_from_one(sizes: Sequence[float], values: Sequence[float]) -> float:
 
 
 def faithfulness(
-    model: Model,
+    model: Model | ResidualModel,
     task: Task,
     circuits: Circuit | Sequence[Circuit],
     *,
@@ -181,7 +157,7 @@ def faithfulness(
 
 
 def faithfulness_curve(
-    model: Model,
+    model: Model | ResidualModel,
     task: Task,
     scores: EdgeScores,
     *,
@@ -200,6 +176,7 @@ def faithfulness_curve(
     ``seed + i``.
     """
     start = time.perf_counter()
+    model = residual(model)  # read once, shared with circuit_metrics
     g = scores.graph
     counts = [int(s * g.n_edges) for s in sizes]
     circuits = [scores.top(n, absolute=absolute) for n in counts]
@@ -219,13 +196,13 @@ def faithfulness_curve(
         method=scores.method,
         metric=getattr(metric, "__name__", repr(metric)),
         task=task.name,
-        model=model.provenance,
+        model=model.model.provenance,
         seconds=time.perf_counter() - start,
     )
 
 
 def circuit_metrics(
-    model: Model,
+    model: Model | ResidualModel,
     task: Task,
     circuits: Sequence[Circuit],
     *,
@@ -239,8 +216,9 @@ def circuit_metrics(
 
     A pass holds ``batch_size`` rows: several circuits (one copy of the prompts each) or a slice of the prompts.
     """
-    contrast = Contrast.of(model, task, metric)
     wiring = Wiring.of(model)
+    model = wiring.model
+    contrast = Contrast.of(model, task, metric)
     g = wiring.graph
     for c in circuits:
         if c.graph != g:

@@ -27,6 +27,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from ..core._sites import ModelConfig
+from ._ids import EdgeId, NodeId, Part, receiver_name
 
 if TYPE_CHECKING:
     from ._eap import EdgeCheck
@@ -41,6 +42,12 @@ class Sender(NamedTuple):
     """-1 for the input."""
     head: int | None = None
 
+    @property
+    def node(self) -> NodeId:
+        if self.kind == "input":
+            return NodeId("input")
+        return NodeId(self.kind, self.layer, self.head)
+
 
 class Receiver(NamedTuple):
     """A node input that reads the residual stream; senders ``0 .. n_upstream - 1`` feed it."""
@@ -52,6 +59,21 @@ class Receiver(NamedTuple):
     head: int | None
     """Query head (``q``) or key/value head (``k``, ``v``)."""
     n_upstream: int
+    grouped: bool = False
+    """Keys and values are per key/value head (grouped-query attention): ``k``/``v`` receivers are ``a{L}.kv{K}``."""
+
+    @property
+    def node(self) -> NodeId:
+        """The receiving node (a head, a key/value head, an MLP or the logits), without the input it reads."""
+        if self.kind == "logits":
+            return NodeId("logits")
+        if self.kind == "mlp":
+            return NodeId.mlp(self.layer)
+        return NodeId("kv" if self.grouped and self.kind != "q" else "head", self.layer, self.head)
+
+    @property
+    def part(self) -> Part | None:
+        return self.kind if self.kind in ("q", "k", "v") else None  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -85,22 +107,28 @@ class Graph:
     def senders(self) -> tuple[Sender, ...]:
         out = [Sender("input", "input", -1)]
         for layer in range(self.n_layers):
-            out += [Sender(f"a{layer}.h{h}", "head", layer, h) for h in range(self.n_heads)]
-            out.append(Sender(f"m{layer}", "mlp", layer))
+            out += [Sender(NodeId.head(layer, h).format(), "head", layer, h) for h in range(self.n_heads)]
+            out.append(Sender(NodeId.mlp(layer).format(), "mlp", layer))
         return tuple(out)
 
     @cached_property
     def receivers(self) -> tuple[Receiver, ...]:
         grouped = self.n_kv_heads != self.n_heads
-        kv = "kv" if grouped else "h"
         out = []
+
+        def add(kind: Any, layer: int, head: int | None, n_up: int) -> None:
+            r = Receiver("", kind, layer, head, n_up, grouped)
+            out.append(r._replace(name=receiver_name(r.node, r.part)))
+
         for layer in range(self.n_layers):
             before = self.head_index(layer, 0)  # input and everything in earlier layers
-            out += [Receiver(f"a{layer}.h{h}<q>", "q", layer, h, before) for h in range(self.n_heads)]
+            for h in range(self.n_heads):
+                add("q", layer, h, before)
             for part in ("k", "v"):
-                out += [Receiver(f"a{layer}.{kv}{g}<{part}>", part, layer, g, before) for g in range(self.n_kv_heads)]
-            out.append(Receiver(f"m{layer}", "mlp", layer, None, before if self.parallel else self.mlp_index(layer)))
-        out.append(Receiver("logits", "logits", self.n_layers, None, len(self.senders)))
+                for g in range(self.n_kv_heads):
+                    add(part, layer, g, before)
+            add("mlp", layer, None, before if self.parallel else self.mlp_index(layer))
+        add("logits", self.n_layers, None, len(self.senders))
         return tuple(out)
 
     @cached_property
@@ -117,9 +145,13 @@ class Graph:
         """Every edge as ``(sender, receiver)``, in edge order."""
         return [(self.senders[u], r) for r in self.receivers for u in range(r.n_upstream)]
 
+    def edge_ids(self) -> list[EdgeId]:
+        """Every edge as a typed ``EdgeId``, in edge order."""
+        return [EdgeId(s.node, r.node, r.part) for s, r in self.edges()]
+
     def edge_names(self) -> list[str]:
-        """Every edge as ``"sender->receiver"`` (MIB's format), in edge order."""
-        return [f"{s.name}->{r.name}" for s, r in self.edges()]
+        """Every edge as ``"sender->receiver"`` (MIB's format, ``EdgeId.format``), in edge order."""
+        return [e.format() for e in self.edge_ids()]
 
     def dense(self, values: Tensor) -> Tensor:
         """``[edge ...]`` values as a ``[sender receiver ...]`` matrix, zero where there is no edge."""
@@ -173,14 +205,18 @@ class Circuit:
         return cls(graph, mask)
 
     @classmethod
-    def from_edge_names(cls, graph: Graph, names: list[str]) -> Circuit:
-        """A circuit from ``"sender->receiver"`` names (as ``to_dict`` writes them)."""
-        index = {name: i for i, name in enumerate(graph.edge_names())}
-        unknown = [n for n in names if n not in index]
+    def from_edge_names(cls, graph: Graph, names: list[str] | list[EdgeId]) -> Circuit:
+        """A circuit from edges, typed or named ``"sender->receiver"`` (as ``to_dict`` writes them).
+
+        A malformed name raises ``ComponentNameError``; an edge the graph lacks, ValueError.
+        """
+        index = {edge: i for i, edge in enumerate(graph.edge_ids())}
+        edges = [EdgeId.parse(n) if isinstance(n, str) else n for n in names]
+        unknown = [e.format() for e in edges if e not in index]
         if unknown:
             raise ValueError(f"not edges of this graph: {unknown[:5]} (e.g. {graph.edge_names()[0]!r})")
         mask = torch.zeros(graph.n_edges, dtype=torch.bool)
-        mask[[index[n] for n in names]] = True
+        mask[[index[e] for e in edges]] = True
         return cls(graph, mask)
 
     @classmethod
@@ -189,8 +225,8 @@ class Circuit:
 
         Removing a node means every reader sees its ablated output, which is exactly ablating all its out-edges.
         """
-        keep = {"input", *senders}
-        mask = torch.tensor([s.name in keep for s, _ in graph.edges()], dtype=torch.bool)
+        keep = {NodeId("input"), *(NodeId.parse(s) for s in senders)}
+        mask = torch.tensor([s.node in keep for s, _ in graph.edges()], dtype=torch.bool)
         return cls(graph, mask)
 
     @property
@@ -220,7 +256,7 @@ class Circuit:
         """The circuit as a Graphviz DOT graph (receivers of a head drawn as the head, edges labelled q/k/v)."""
         lines = ["digraph circuit {", "  rankdir=BT; node [shape=box, fontsize=10];"]
         for s, r in [e for e, keep in zip(self.graph.edges(), self.edges.tolist(), strict=True) if keep]:
-            target = r.name.split("<")[0]
+            target = r.node.format()
             label = f' [label="{r.kind}"]' if r.kind in ("q", "k", "v") else ""
             lines.append(f'  "{s.name}" -> "{target}"{label};')
         lines.append("}")

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..core._interventions import Patch
 from ..core._model import Model
+from ..core._residual import ResidualModel, model_of
 from ..data._metrics import logit_diff
 from ..data._task import Task
 from ._contrast import Contrast, Direction, Metric
@@ -61,7 +62,7 @@ class PathPatchingResult:
 
 
 def path_patching(
-    model: Model,
+    model: Model | ResidualModel,
     task: Task,
     senders: Sequence[tuple[int, int]],
     receivers: Sequence[str | HeadReceiver],
@@ -74,7 +75,9 @@ def path_patching(
 
     A receiver is ``(layer, head, "q" | "k" | "v")`` — for ``k`` and ``v`` ``head`` is the key/value head under
     grouped-query attention — or a site name (``"resid_post.5"``, ``"head.7.v"``...), patched whole.
+    ``model``: a transformer language model or any ``ResidualModel`` adapter (only its sites are used).
     """
+    model = model_of(model)
     cfg = model.cfg
     if cfg is None:
         raise TypeError(f"{model.name} is not a transformer language model")

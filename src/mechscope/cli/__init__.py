@@ -96,7 +96,7 @@ def demo(
     as_json: JsonOpt = False,
 ) -> None:
     """IOI report on the built-in model: logit lens, heads by DLA and patching, EAP-IG circuit vs random (HTML)."""
-    from ..circuits._report import AnalysisConfig
+    from ..circuits._analysis import AnalysisConfig
     from ..demo import IOI_ANSWER, DemoConfig, run_demo, show_demo
 
     with user_errors():
@@ -106,8 +106,8 @@ def demo(
         m.to_single_token(IOI_ANSWER)  # a model whose tokenizer splits the answer fails before anything is written
         extra: list[tuple[str, str]] = []
         if vision:
-            from ..attribution import demo_sections as attribution_sections
-            from ..visualize import demo_sections as visualize_sections
+            from ..report._attribution import attribution_sections
+            from ..report._visualize import visualize_sections
 
             with _err().status("Attribution gallery, token attribution, feature visualisation, prototypes…"):
                 extra = [*attribution_sections(m, out / "attribution"), *visualize_sections(out / "visualize")]

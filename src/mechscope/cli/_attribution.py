@@ -10,14 +10,17 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
+from ..attribution._registry import METHODS
 from ..core import DEFAULT_MODEL
 from ._common import JsonOpt, open_model, user_errors
 from ._common import err_console as _err
 from ._common import out_console as _out
+from ._config import configs_for, method_options
 
 DEFAULT_METHODS = ["integrated_gradients", "grad_cam"]
 
 
+@method_options(METHODS)
 def attribute(
     inputs: Annotated[
         list[Path] | None,
@@ -35,19 +38,11 @@ def attribute(
     ] = None,
     method: Annotated[
         list[str] | None,
-        typer.Option(
-            "--method",
-            "-m",
-            help="Method (repeatable): saliency, "
-            "input_x_gradient, integrated_gradients, smoothgrad, occlusion, "
-            "lrp, grad_cam, grad_cam_pp, score_cam, layer_cam, eigen_cam, "
-            "edge_detector.",
-        ),
+        typer.Option("--method", "-m", help=f"Method (repeatable): {', '.join(METHODS.names())}.", show_default=False),
     ] = None,
     target: Annotated[
         str, typer.Option(help="'pred' (the predicted class), 'label' (organism images only), or a class index.")
     ] = "pred",
-    layer: Annotated[str | None, typer.Option(help="Site the CAMs explain (default: the organism's).")] = None,
     n: Annotated[int, typer.Option(help="Organism images to use when no INPUTS are given.")] = 8,
     size: Annotated[int | None, typer.Option(help="Resize images to SIZE x SIZE (default: the organism's).")] = None,
     channels: Annotated[int, typer.Option(help="1 (grey) or 3 (RGB), for 'module:callable' models.")] = 1,
@@ -55,23 +50,33 @@ def attribute(
         bool, typer.Option(help="Add deletion/insertion AUC (and localisation on organism images).")
     ] = False,
     prompt: Annotated[
-        str | None, typer.Option(help="Attribute a language model's generated tokens to this prompt instead.")
+        str | None,
+        typer.Option(
+            help="Attribute a language model's generated tokens to this prompt instead (Integrated "
+            "Gradients; --steps sets its steps)."
+        ),
     ] = None,
     max_new_tokens: Annotated[int, typer.Option(help="With --prompt: tokens to generate and explain.")] = 4,
-    steps: Annotated[int | None, typer.Option(help="With --prompt: Integrated Gradients steps.")] = None,
     out: Annotated[Path, typer.Option(help="Folder for the PNG overlays / token HTML and summary.json.")] = Path(
         "out/attribute"
     ),
     as_json: JsonOpt = False,
+    settings: dict[str, Any] | None = None,
 ) -> None:
-    """Explain a vision model's decisions on images (PNG overlays), or a language model's tokens (HTML)."""
+    """Explain a vision model's decisions on images (PNG overlays), or a language model's tokens (HTML).
+
+    Method settings apply to every chosen method that has them (e.g. --steps to integrated_gradients).
+    """
+    settings = settings or {}
     with user_errors():
         out.mkdir(parents=True, exist_ok=True)
         if prompt is not None:
-            summary = _tokens(model or DEFAULT_MODEL, prompt, max_new_tokens, steps, out)
+            if extra := sorted(set(settings) - {"steps"}):
+                raise ValueError(f"with --prompt only --steps applies, not {', '.join(extra)}")
+            summary = _tokens(model or DEFAULT_MODEL, prompt, max_new_tokens, settings.get("steps"), out)
         else:
-            summary = _images(inputs or [], model or "shapes-cnn", method or DEFAULT_METHODS, target, layer, n, size,
-                              channels, metrics, out)  # fmt: skip
+            summary = _images(inputs or [], model or "shapes-cnn", method or DEFAULT_METHODS, settings, target, n,
+                              size, channels, metrics, out)  # fmt: skip
     from .._cache import atomic_write_bytes
 
     atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
@@ -82,15 +87,19 @@ def attribute(
     _err().print(f"saved {len(summary['files'])} files and summary.json in {escape(str(out))}")
 
 
-def _images(inputs: list[Path], model_name: str, methods: list[str], target: str, layer: str | None, n: int,
+def _images(inputs: list[Path], model_name: str, methods: list[str], settings: dict[str, Any], target: str, n: int,
             size: int | None, channels: int, metrics: bool, out: Path) -> dict[str, Any]:  # fmt: skip
     import torch
 
     from .. import attribution as at
-    from ..attribution._demo import image_methods
     from ..data import images as im
+    from ..report._attribution import gallery, save_overlays
 
-    model, cam_site, test, channels, size = _vision_model(model_name, layer, size, channels)
+    specs = [METHODS[m] for m in methods]  # unknown names: an error listing the declared ones
+    model, cam_site, test, channels, size = _vision_model(model_name, size, channels)
+    if cam_site is not None and "layer" not in settings and any("cam" in s.tags for s in specs):
+        settings = {**settings, "layer": cam_site}  # the organism's own CAM layer
+    configs = configs_for(specs, settings, option_owner=METHODS)
     if inputs:
         files = im.image_files(inputs)
         raw = im.read_images(files, size=size, channels=channels)
@@ -105,33 +114,27 @@ def _images(inputs: list[Path], model_name: str, methods: list[str], target: str
         logits = model.module(x)
     pred = logits.argmax(-1)
     y = _targets(target, pred, labels)
-    table = image_methods(cam_site or "")
-    unknown = [m for m in methods if m not in table]
-    if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(table)}")
-    if cam_site is None and any(m.endswith("cam") for m in methods):
-        raise ValueError("CAM methods need --layer (a site name; `mechscope sites` lists a model's sites)")
-    results, files = [], []
-    for name in methods:
-        a = table[name](model, x, y)
+    results, written = [], []
+    for spec, config in zip(specs, configs, strict=True):
+        a = spec(model, x, y, config=config)
         if metrics and x.ndim == 4:
             a = at.evaluate(model, x, y, a, mask=masks)
-        files += [str(p) for p in at.save_overlays(x, a, out, names=names)]
+        written += [str(p) for p in save_overlays(x, a, out, names=names)]
         results.append(a)
-    gallery = out / "gallery.png"
+    picture = out / "gallery.png"
     from .._cache import atomic_write_bytes
 
-    atomic_write_bytes(gallery, at.gallery(x[:16], results, row_labels=names[:16]))
+    atomic_write_bytes(picture, gallery(x[:16], results, row_labels=names[:16]))
     return {
         "model": model.provenance,
         "images": [{"name": nm, "predicted": int(p), "target": int(t), "label": None if labels is None else int(lb)}
                    for nm, p, t, lb in zip(names, pred, y, labels if labels is not None else pred, strict=True)],
         "methods": [a.to_dict(maps=False) for a in results],
-        "files": [*files, str(gallery)],
+        "files": [*written, str(picture)],
     }  # fmt: skip
 
 
-def _vision_model(name: str, layer: str | None, size: int | None, channels: int):
+def _vision_model(name: str, size: int | None, channels: int):
     """(model, CAM site, held-out images or None, channels, size) for an organism or a 'module:callable'."""
     import mechscope as ms
 
@@ -139,7 +142,7 @@ def _vision_model(name: str, layer: str | None, size: int | None, channels: int)
 
     if name in SPECS:
         org = vision_organism(name)
-        return org.model, layer or org.cam_site, org.test, 1, size or org.spec.size
+        return org.model, org.cam_site, org.test, 1, size or org.spec.size
     if ":" not in name:
         raise ValueError(f"--model must be a vision organism ({', '.join(SPECS)}) or 'module:callable', got {name!r}")
     module_name, _, attr = name.partition(":")
@@ -149,7 +152,7 @@ def _vision_model(name: str, layer: str | None, size: int | None, channels: int)
     if size is None:
         raise ValueError("--size is needed for a 'module:callable' model (the input's height and width)")
     module = factory().eval()
-    return ms.wrap(module, name=name), layer, None, channels, size
+    return ms.wrap(module, name=name), None, None, channels, size
 
 
 def _targets(target: str, pred, labels):
@@ -171,12 +174,13 @@ def _tokens(model_name: str, prompt: str, max_new_tokens: int, steps: int | None
     import matplotlib.pyplot as plt
 
     from ..attribution import token_attribution
+    from ..report._attribution import save_token_html, token_heatmap
 
     m = open_model(model_name)
     tok = token_attribution(m, prompt, max_new_tokens=max_new_tokens, steps=steps)
     html_path, png_path = out / "tokens.html", out / "tokens.png"
-    tok.save_html(html_path)
-    plt.close(tok.heatmap(png_path))
+    save_token_html(tok, html_path)
+    plt.close(token_heatmap(tok, png_path))
     top = [{"token": t, "top": tok.top(i, k=3)} for i, t in enumerate(tok.new_tokens)]
     return {"model": tok.model, "prompt": prompt, "new_tokens": top, "attribution": tok.to_dict(),
             "files": [str(html_path), str(png_path)]}  # fmt: skip

@@ -1,12 +1,14 @@
 """Command line for circuits: ``mechscope patch`` and ``mechscope circuit``.
 
-``patch`` runs activation or attribution patching over a task; ``circuit`` finds a circuit (EAP, EAP-IG or
-node-level ACDC) and measures its faithfulness against random circuits of the same size.
+``patch`` runs activation or attribution patching over a task; ``circuit`` finds a circuit (EAP, EAP-IG,
+node-level ACDC or any other method declared in ``mechscope.circuits.METHODS``) with ``find_circuit`` and measures
+its faithfulness against random circuits of the same size. Both read their ``--method`` choices and method options
+from the circuits registries (``method_options``); ``mechscope.report`` writes their files and pictures.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,11 +16,13 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from .._cache import atomic_write_bytes
+from ..circuits._find import FindConfig
 from ..core import DEFAULT_MODEL
+from ..core._registry import field_docs
 from ._common import JsonOpt, open_model, user_errors
 from ._common import err_console as _err
 from ._common import out_console as _out
+from ._config import config_for, method_options
 
 TASKS = ("ioi", "greater_than", "factual_recall", "gendered_pronoun", "subject_verb_agreement", "induction")
 
@@ -41,37 +45,26 @@ def patch(
     n: Annotated[int, typer.Option(help="Prompt pairs.")] = 8,
     method: Annotated[str, typer.Option(help="activation (real patching) or attribution (gradient estimate).")] = (
         "activation"
-    ),
-    direction: Annotated[str, typer.Option(help="denoising or noising.")] = "denoising",
-    by_pos: Annotated[bool | None, typer.Option("--by-pos/--all-pos", help="Separate positions or not.")] = None,
-    verify: Annotated[int, typer.Option(help="Attribution: re-check this many nodes by real patching.")] = 0,
+    ),  # choices: the methods of NODE_METHODS tagged "patching"
     out: Annotated[Path, typer.Option(help="Folder for the heatmap PNG and the result JSON.")] = Path("out/patch"),
     seed: int = 0,
     as_json: JsonOpt = False,
+    settings: dict[str, Any] | None = None,
 ) -> None:
     """Patch every node of KIND for a task's clean/corrupt pairs; save a heatmap and the effects (1 = clean)."""
-    from ..circuits import activation_patching, attribution_patching, heatmap
+    from ..circuits import NODE_METHODS, PatchingResult, run_method
+    from ..report import heatmap
 
     with user_errors():
-        if method not in ("activation", "attribution"):
-            raise ValueError(f"--method must be 'activation' or 'attribution', got {method!r}")
+        spec = NODE_METHODS[method]
+        config = _with_seed(config_for(spec, {**(settings or {}), "kind": kind}, option_owner=NODE_METHODS), seed)
         m = open_model(model)
         t = build_task(task, m.tokenizer, n, seed)
-        if method == "activation":
-            result = activation_patching(m, t, kind, direction=direction, by_pos=by_pos)  # type: ignore[arg-type]
-            check = None
-        else:
-            est = attribution_patching(
-                m,
-                t,
-                [kind],
-                direction=direction,
-                by_pos=by_pos,
-                verify=verify,  # type: ignore[arg-type]
-            )
-            result, check = est.grids[kind], est.check
+        found = run_method(spec, m, t, config, progress=not as_json)
+        result = found if isinstance(found, PatchingResult) else found[kind]
+        check = getattr(found, "check", None)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{task.removesuffix('.jsonl').replace('/', '_')}_{kind}_{method}_{direction}"
+    stem = f"{task.removesuffix('.jsonl').replace('/', '_')}_{kind}_{method}_{config.direction}"
     heatmap(result, out / f"{stem}.png")
     payload = {"result": result.to_dict(), "check": check.to_dict() if check is not None else None}
     (out / f"{stem}.json").write_text(json.dumps(payload, indent=2))
@@ -82,6 +75,12 @@ def patch(
     if check is not None:
         _out().print(f"self-check on {check.n} nodes: Pearson {check.pearson:.3f}, MAE {check.mean_abs_error:.3f}")
     _err().print(f"saved {out / stem}.png and .json")
+
+
+def _with_seed(config: Any, seed: int) -> Any:
+    """``config`` with the command's ``--seed`` where the method has a seed (one seed for task, method, baselines)."""
+    has_seed = any(f.name == "seed" for f in dataclasses.fields(config))
+    return dataclasses.replace(config, seed=seed) if has_seed else config
 
 
 def _show_top(result, k: int = 10) -> None:
@@ -95,115 +94,53 @@ def _show_top(result, k: int = 10) -> None:
         console.print(f"  {escape(nodes[i].label())}: {effect[i].item():+.3f}")
 
 
+def _find_help(name: str) -> str:
+    """An option's help: the ``FindConfig`` field's docstring, with its default."""
+    default = getattr(FindConfig, name)
+    return escape(f"{field_docs(FindConfig)[name]} [default: {default!r}]")
+
+
 def circuit(
     model: Annotated[str, typer.Option("--model", help="Model (see `mechscope sites`).")] = DEFAULT_MODEL,
     task: Annotated[str, typer.Option(help=f"{' | '.join(TASKS)} or a .jsonl file.")] = "ioi",
     n: Annotated[int, typer.Option(help="Prompt pairs.")] = 16,
-    method: Annotated[str, typer.Option(help="eap, eap-ig (edge scores) or acdc (nodes).")] = "eap-ig",
-    steps: Annotated[int, typer.Option(help="EAP-IG integration steps.")] = 5,
-    top: Annotated[int | None, typer.Option(help="Keep the top-N edges by |score| (default: 0.5 % of edges).")] = None,
-    threshold: Annotated[float | None, typer.Option(help="Keep edges with |score| >= T instead of --top.")] = None,
-    tau: Annotated[float, typer.Option(help="ACDC: removal threshold (KL).")] = 0.01,
-    random: Annotated[int, typer.Option(help="Random circuits per size (the baseline).")] = 2,
+    method: Annotated[str, typer.Option(help="Circuit method; its settings are under Method settings.")] = (
+        FindConfig.method
+    ),
+    top: Annotated[int | None, typer.Option(help=_find_help("top"), show_default=False)] = None,
+    threshold: Annotated[float | None, typer.Option(help=_find_help("threshold"), show_default=False)] = None,
+    random: Annotated[int | None, typer.Option(help=_find_help("random"), show_default=False)] = None,
     curve: Annotated[
-        bool, typer.Option("--curve/--no-curve", help="EAP/EAP-IG: faithfulness curve over MIB's sizes.")
-    ] = (True),
+        bool | None, typer.Option("--curve/--no-curve", help=_find_help("curve"), show_default=False)
+    ] = None,
     out: Annotated[Path, typer.Option(help="Folder for the circuit (JSON, DOT, SVG, PNG) and the curve.")] = Path(
         "out/circuit"
     ),
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the task, the random circuits and the method.")] = 0,
     as_json: JsonOpt = False,
+    settings: dict[str, Any] | None = None,
 ) -> None:
-    """Find a circuit for a task (EAP, EAP-IG or node ACDC) and measure its faithfulness against random circuits."""
-    import time
+    """Find a circuit for a task (EAP, EAP-IG, ACDC, …) and measure its faithfulness against random circuits."""
+    from ..circuits import METHODS, find_circuit
+    from ..report import write_run_files
 
-    from ..circuits import Circuit, draw_circuit, faithfulness, faithfulness_curve, write_circuit_files
-
-    start = time.perf_counter()
     with user_errors():
-        if method not in ("eap", "eap-ig", "acdc"):
-            raise ValueError(f"--method must be 'eap', 'eap-ig' or 'acdc', got {method!r}")
-        if top is not None and threshold is not None:
-            raise ValueError("give --top or --threshold, not both")
-        if method == "acdc" and (top is not None or threshold is not None):
-            raise ValueError("--top and --threshold pick edges from EAP/EAP-IG scores; ACDC uses --tau")
+        spec = METHODS[method]
+        given: dict[str, Any] = {"top": top, "threshold": threshold, "random": random, "curve": curve}
+        config = FindConfig(spec.name, _with_seed(config_for(spec, settings or {}, option_owner=METHODS), seed),
+                            seed=seed, **{k: v for k, v in given.items() if v is not None})  # fmt: skip
+        if "edges" not in spec.tags and (top is not None or threshold is not None):
+            raise ValueError(f"--top and --threshold pick edges from edge scores; {spec.name} finds its own circuit")
         m = open_model(model)
         t = build_task(task, m.tokenizer, n, seed)
-        summary: dict[str, Any] = {"task": t.name, "n_prompts": len(t), "method": method, "model": m.provenance}
-        chosen, scores, found, found_summary = _discover(m, t, method, steps, top, threshold, tau, seed, not as_json)
-        summary |= found_summary
-        randoms = [Circuit.random(chosen.graph, chosen.n_edges, seed=seed + i) for i in range(random)]
-        faith = faithfulness(m, t, [chosen, *randoms], seed=seed, progress=not as_json)
-        summary["circuit"] = {
-            "n_edges": chosen.n_edges,
-            "of_edges": chosen.graph.n_edges,
-            "n_nodes": len(chosen.nodes()),
-            "faithfulness": faith[0],
-            "random_faithfulness": faith[1:],
-        }
-        curve_result = None
-        if scores is not None and curve:
-            curve_result = faithfulness_curve(m, t, scores, random=random, seed=seed, progress=not as_json)
-            c = curve_result
-            summary["curve"] = {"sizes": list(c.sizes), "faithfulness": list(c.faithfulness),
-                                "random_mean": list(c.random_mean), "cpr": c.cpr, "cmd": c.cmd,
-                                "random_cpr": c.random_cpr, "random_cmd": c.random_cmd}  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    files = write_circuit_files(scores, chosen, out) if scores is not None else _node_circuit_files(found, chosen, out)
-    draw_circuit(chosen, scores, title=f"{t.name}: {method} circuit, faithfulness {faith[0]:.2f}").savefig(
-        out / "circuit.png", dpi=110
-    )
-    files["png"] = out / "circuit.png"
-    if curve_result is not None:
-        curve_result.plot(out / "faithfulness.png")
-        files["curve"] = out / "faithfulness.png"
-    summary["files"] = {k: str(v) for k, v in files.items()}
-    summary["svg"] = "written" if "svg" in files else "skipped: graphviz `dot` is not on PATH"
-    summary["seconds"] = time.perf_counter() - start
-    atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
+        run = find_circuit(m, t, config, progress=not as_json)
+    files = write_run_files(run, out)
+    summary = {**run.to_dict(), "files": {k: str(v) for k, v in files.items()},
+               "svg": "written" if "svg" in files else "skipped: graphviz `dot` is not on PATH"}  # fmt: skip
     if as_json:
         typer.echo(json.dumps(summary))
         return
     _show_circuit(summary)
-
-
-def _discover(
-    m: Any,
-    t: Any,
-    method: str,
-    steps: int,
-    top: int | None,
-    threshold: float | None,
-    tau: float,
-    seed: int,
-    progress: bool,
-) -> tuple[Any, Any, Any, dict[str, Any]]:
-    """The circuit, the edge scores (EAP/EAP-IG) or the ACDC result, and their part of the summary."""
-    from ..circuits import acdc, eap, eap_ig
-
-    if method == "acdc":
-        found = acdc(m, t, tau=tau, seed=seed, progress=progress)
-        return found.circuit(), None, found, {"acdc": {"tau": tau, "kept": list(found.kept),
-                                                       "final_kl": found.final_score}}  # fmt: skip
-    run = eap if method == "eap" else functools.partial(eap_ig, steps=steps)
-    scores = run(m, t, seed=seed, progress=progress)
-    if threshold is not None:
-        chosen = scores.threshold(threshold)
-    else:
-        chosen = scores.top(top if top is not None else max(1, int(0.005 * scores.graph.n_edges)))
-    return chosen, scores, None, {"scores": {"steps": scores.steps, "completeness": scores.completeness,
-                                             "top_edges": scores.top_edges(20), "seconds": scores.seconds}}  # fmt: skip
-
-
-def _node_circuit_files(found: Any, chosen: Any, out: Path) -> dict[str, Path]:
-    from ..circuits import render_dot
-
-    atomic_write_bytes(out / "circuit.json", json.dumps({**chosen.to_dict(), "acdc": found.to_dict()}).encode())
-    atomic_write_bytes(out / "circuit.dot", chosen.to_dot().encode())
-    files = {"json": out / "circuit.json", "dot": out / "circuit.dot"}
-    if (svg := render_dot(chosen.to_dot(), out / "circuit.svg")) is not None:
-        files["svg"] = svg
-    return files
 
 
 def _show_circuit(s: dict[str, Any]) -> None:
@@ -214,14 +151,14 @@ def _show_circuit(s: dict[str, Any]) -> None:
         f"{c['n_edges']} of {c['of_edges']} edges, {c['n_nodes']} nodes; faithfulness {c['faithfulness']:.3f} "
         f"(random circuits of the same size: {rand})"
     )
-    if "scores" in s:
-        console.print(f"completeness {s['scores']['completeness']:.2f}; top edges:")
-        for name, score in s["scores"]["top_edges"][:10]:
+    found = s["scores"]
+    if "completeness" in found:
+        console.print(f"completeness {found['completeness']:.2f}; top edges:")
+        for name, score in found["top_edges"][:10]:
             console.print(f"  {escape(name)}: {score:+.3f}")
-    if "acdc" in s:
-        console.print("kept: " + escape(", ".join(s["acdc"]["kept"])))
-    if "curve" in s:
-        k = s["curve"]
+    if "kept" in found:
+        console.print("kept: " + escape(", ".join(found["kept"])))
+    if (k := s["curve"]) is not None:
         console.print(f"curve: CPR {k['cpr']:.3f} (random {k['random_cpr']:.3f}), CMD {k['cmd']:.3f} "
                       f"(random {k['random_cmd']:.3f})")  # fmt: skip
     if s["svg"] != "written":
@@ -230,6 +167,8 @@ def _show_circuit(s: dict[str, Any]) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add the circuits commands to the main CLI."""
-    app.command()(patch)
-    app.command()(circuit)
+    """Add the circuits commands to the main CLI (their methods and options come from the circuits registries)."""
+    from ..circuits._registry import METHODS, NODE_METHODS
+
+    app.command(name="patch")(method_options(NODE_METHODS, skip=("kind", "seed"), tag="patching")(patch))
+    app.command(name="circuit")(method_options(METHODS, skip=("seed",))(circuit))

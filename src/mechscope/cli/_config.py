@@ -10,7 +10,6 @@ methods it does belong to. Fields whose type cannot be typed on a command line (
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 import typing
 from collections.abc import Callable, Sequence
@@ -58,44 +57,85 @@ def method_choice(registry: Registry[Any, Any], *, tag: str | None = None) -> An
     return typing.Literal[tuple(registry.names(tag=tag))]
 
 
-def method_options(registry: Registry[Any, Any], *, skip: Sequence[str] = ()) -> Callable[[Callable[..., Any]], Any]:
-    """Add the options of every method declared in ``registry`` to a command that takes ``settings``."""
+def method_options(
+    registry: Registry[Any, Any], *, skip: Sequence[str] = (), choice: str = "method", tag: str | None = None
+) -> Callable[[Callable[..., Any]], Any]:
+    """Add the options of every method declared in ``registry`` to a command that takes ``settings``.
 
-    def wrap(command: Callable[..., Any]) -> Callable[..., Any]:
-        specs = registry.specs()
-        by_name = _fields_by_name(specs, skip)
-        base = inspect.signature(command)
-        hints = typing.get_type_hints(command, include_extras=True)
-        params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in base.parameters.values()
-                  if p.name != "settings"]  # fmt: skip
+    The command's parameter named ``choice`` (if any) takes the declared names (those with ``tag`` when given) as
+    its choices. Options and choices are read from the registry each time typer builds the command line, so a
+    method declared after the command (a plug-in, a test's ``registry.added(spec)``) is offered too.
+    """
+
+    def wrap(command: Callable[..., Any]) -> Any:
+        return _MethodCommand(command, registry, tuple(skip), choice, tag)
+
+    return wrap
+
+
+class _MethodCommand:
+    """A command whose signature is the command's own plus one option per config field of the registry's methods."""
+
+    def __init__(
+        self, command: Callable[..., Any], registry: Registry[Any, Any], skip: tuple[str, ...], choice: str,
+        tag: str | None,
+    ) -> None:  # fmt: skip
+        self._command, self._registry, self._skip, self._choice, self._tag = command, registry, skip, choice, tag
+        self.__name__, self.__qualname__ = command.__name__, command.__qualname__
+        self.__doc__, self.__module__ = command.__doc__, command.__module__
+
+    def _fields(self) -> dict[str, list[tuple[str, ConfigField]]]:
+        return _fields_by_name(self._registry.specs(), self._skip)
+
+    @property
+    def __signature__(self) -> inspect.Signature:  # read by typer when it builds the command line
+        by_name, n_specs = self._fields(), len(self._registry)
+        base = inspect.signature(self._command)
+        hints = typing.get_type_hints(self._command, include_extras=True)
+        params = [p.replace(annotation=self._annotation(p.name, hints.get(p.name, p.annotation)))
+                  for p in base.parameters.values() if p.name != "settings"]  # fmt: skip
         taken = {p.name for p in params}
         for name, uses in by_name.items():
             if name in taken:
-                raise ValueError(f"{registry.family} config field {name!r} clashes with an option of the command")
+                raise ValueError(f"{self._registry.family} config field {name!r} clashes with an option of the command")
             py = _cli_type(uses[0][1].type)
+            flag = name.replace("_", "-")
             option = typer.Option(
-                f"--{name.replace('_', '-')}",
-                help=_help(uses, len(specs)),
+                f"--{flag}/--no-{flag}" if py is bool else f"--{flag}",
+                help=_help(uses, n_specs),
                 show_default=False,
                 rich_help_panel="Method settings",
             )
             params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
                                             annotation=Annotated[py | None, option]))  # fmt: skip
+        return base.replace(parameters=params)
 
-        @functools.wraps(command)
-        def run(**kwargs: Any) -> Any:
-            settings = {n: kwargs.pop(n) for n in by_name if kwargs.get(n) is not None}
-            for n in by_name:
-                kwargs.pop(n, None)
-            return command(settings=settings, **kwargs)
+    def _annotation(self, name: str, annotation: Any) -> Any:
+        """The choice parameter's annotation with today's method names; any other annotation unchanged."""
+        if name != self._choice:
+            return annotation
+        names = method_choice(self._registry, tag=self._tag)
+        inner, meta = annotation, ()
+        if typing.get_origin(annotation) is Annotated:
+            inner, meta = typing.get_args(annotation)[0], annotation.__metadata__
+        base, optional = plain_type(inner)
+        if typing.get_origin(base) is list:  # typer takes no list of choices: the registry checks each name instead
+            return annotation
+        choice: Any = names
+        if optional:
+            choice = choice | None
+        return Annotated[(choice, *meta)] if meta else choice
 
-        run.__signature__ = base.replace(parameters=params)  # type: ignore[attr-defined]
-        run.__annotations__ = {p.name: p.annotation for p in params}
-        run.__wrapped__ = None  # type: ignore[attr-defined]  # typer must read the new signature, not the wrapped one
-        del run.__wrapped__
-        return run
+    @property
+    def __annotations__(self) -> dict[str, Any]:  # type: ignore[override]
+        return {p.name: p.annotation for p in self.__signature__.parameters.values()}
 
-    return wrap
+    def __call__(self, **kwargs: Any) -> Any:
+        by_name = self._fields()
+        settings = {n: kwargs.pop(n) for n in by_name if kwargs.get(n) is not None}
+        for n in by_name:
+            kwargs.pop(n, None)
+        return self._command(settings=settings, **kwargs)
 
 
 def config_for(spec: MethodSpec[Any, Any], settings: dict[str, Any], *, option_owner: Registry[Any, Any]) -> Any:
@@ -106,3 +146,19 @@ def config_for(spec: MethodSpec[Any, Any], settings: dict[str, Any], *, option_o
             owners = [s.name for s in option_owner.specs() if name in {f.name for f in s.fields()}]
             raise ValueError(f"--{name.replace('_', '-')} is a setting of {', '.join(owners)}, not of {spec.name}")
     return spec.make_config(**settings)
+
+
+def configs_for(
+    specs: Sequence[MethodSpec[Any, Any]], settings: dict[str, Any], *, option_owner: Registry[Any, Any]
+) -> list[Any]:
+    """One config per chosen method (a command that runs several): each takes the settings its config has.
+
+    A setting that none of the chosen methods has is an error saying whose it is.
+    """
+    names = {s.name for s in specs}
+    for name in settings:
+        if not any(name in {f.name for f in s.fields()} for s in specs):
+            owners = [s.name for s in option_owner.specs() if name in {f.name for f in s.fields()}]
+            raise ValueError(f"--{name.replace('_', '-')} is a setting of {', '.join(owners)}, not of "
+                             f"{', '.join(sorted(names))}")  # fmt: skip
+    return [s.make_config(**{k: v for k, v in settings.items() if k in {f.name for f in s.fields()}}) for s in specs]

@@ -7,15 +7,19 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 
 from ..core import DEFAULT_MODEL
+from ..core._registry import field_docs
+from ..features._kinds import KINDS, train_config
+from ..features._train import TrainConfig
 from ._common import JsonOpt, open_model, user_errors
 from ._common import err_console as _err
 from ._common import out_console as _out
+from ._config import config_for, method_choice, method_options
 
 ModelOpt = Annotated[str, typer.Option("--model", help="Model (built-in name, HF id, path, or tiny-FAMILY).")]
 dict_app = typer.Typer(help="Train and evaluate sparse dictionaries on an activation store.", no_args_is_help=True)
@@ -69,22 +73,32 @@ def harvest(
     _report(summary, as_json)
 
 
-KindOpt = Annotated[str, typer.Option(help="relu | topk | batchtopk | jumprelu")]
+if TYPE_CHECKING:
+    KindOpt = str
+else:  # typer shows and checks the declared kinds as choices
+    KindOpt = Annotated[method_choice(KINDS), typer.Option(help="Dictionary kind (its settings: below).")]
+ExpansionOpt = Annotated[int, typer.Option(help="Latents per input dimension (d_sae = expansion * d_in).")]
+_T = TrainConfig
+LrOpt = Annotated[float, typer.Option(help=field_docs(_T)["lr"])]
+BatchOpt = Annotated[int, typer.Option(help=field_docs(_T)["batch_size"])]
+TokensOpt = Annotated[int, typer.Option(help=field_docs(_T)["n_tokens"])]
+SeedOpt = Annotated[int, typer.Option(help=field_docs(_T)["seed"])]
 
 
 @dict_app.command("train")
+@method_options(KINDS)
 def dict_train(
     store_dir: Annotated[Path, typer.Argument(help="Activation store folder.")],
     out: Annotated[Path, typer.Argument(help="Run folder (checkpoints; resumed if present).")],
     site: Annotated[str | None, typer.Option(help="Store site (default: its only site).")] = None,
     kind: KindOpt = "topk",
-    expansion: int = 16,
-    k: int = 32,
-    lr: float = 1e-3,
-    batch_size: int = 1024,
-    n_tokens: int = 1_000_000,
-    seed: int = 0,
+    expansion: ExpansionOpt = 16,
+    lr: LrOpt = _T.lr,
+    batch_size: BatchOpt = _T.batch_size,
+    n_tokens: TokensOpt = _T.n_tokens,
+    seed: SeedOpt = _T.seed,
     as_json: JsonOpt = False,
+    settings: dict[str, Any] | None = None,
 ) -> None:
     """Train a sparse dictionary on a store's activations (checkpointed, resumable).
 
@@ -97,10 +111,12 @@ def dict_train(
         store = ActivationStore(store_dir)
         site = site or _only_site(store)
         data = _Epochs(store, site, batch_size)
-        _train(data, store.width(site), site, out, kind, expansion, k, lr, batch_size, n_tokens, seed, as_json)
+        config = _config(kind, settings, store.width(site), expansion, site, lr, batch_size, n_tokens, seed)
+        _train(data, config, out, as_json)
 
 
 @dict_app.command("train-live")
+@method_options(KINDS)
 def dict_train_live(
     out: Annotated[Path, typer.Argument(help="Run folder (checkpoints; resumed if present).")],
     site: Annotated[str, typer.Option("--site", "-s", help="The one site to read, e.g. resid_post.15.")],
@@ -108,13 +124,13 @@ def dict_train_live(
     corpus: Annotated[str, typer.Option(help="python-docs, a .txt/.jsonl file, or a HF dataset.")] = "python-docs",
     ctx_len: int = 128,
     kind: KindOpt = "topk",
-    expansion: int = 16,
-    k: int = 32,
-    lr: float = 1e-3,
-    batch_size: int = 1024,
-    n_tokens: int = 1_000_000,
-    seed: int = 0,
+    expansion: ExpansionOpt = 16,
+    lr: LrOpt = _T.lr,
+    batch_size: BatchOpt = _T.batch_size,
+    n_tokens: TokensOpt = _T.n_tokens,
+    seed: SeedOpt = _T.seed,
     as_json: JsonOpt = False,
+    settings: dict[str, Any] | None = None,
 ) -> None:
     """Train a sparse dictionary on activations computed as it trains (no store on disk; resumable).
 
@@ -124,21 +140,30 @@ def dict_train_live(
     from ..store import LiveActivations
 
     with user_errors():
+        spec = KINDS[kind]  # an unknown kind fails before the model loads
+        config_for(spec, settings or {}, option_owner=KINDS)
         m = open_model(model)
         data = LiveActivations(m, site, batch_size, corpus=corpus, ctx_len=ctx_len, seed=seed)
         d_in = m.resolve(site)[0].sizes[-1] or int(
             m.run(data.contexts[:1, :2], cache=data.site).cache[data.site].shape[-1]
         )
-        _train(data, d_in, data.site, out, kind, expansion, k, lr, batch_size, n_tokens, seed, as_json)
+        config = _config(kind, settings, d_in, expansion, data.site, lr, batch_size, n_tokens, seed)
+        _train(data, config, out, as_json)
 
 
-def _train(data, d_in: int, site: str, out: Path, kind: str, expansion: int, k: int, lr: float, batch_size: int,
-           n_tokens: int, seed: int, as_json: bool) -> None:  # fmt: skip
-    """Train one dictionary on ``data`` (batches of ``site``) and report (rank 0 only under torchrun)."""
-    from ..features import DictionaryConfig, TrainConfig, train
+def _config(kind: str, settings: dict[str, Any] | None, d_in: int, expansion: int, site: str, lr: float,
+            batch_size: int, n_tokens: int, seed: int) -> TrainConfig:  # fmt: skip
+    """The run's config: the kind's settings from the command line, the rest at ``TrainConfig``'s defaults."""
+    spec = KINDS[kind]
+    own = config_for(spec, settings or {}, option_owner=KINDS)
+    return train_config(kind, d_in, d_in * expansion, own, site=site, lr=lr, batch_size=batch_size,
+                        n_tokens=n_tokens, seed=seed)  # fmt: skip
 
-    dictionary = DictionaryConfig(kind, d_in=d_in, d_sae=d_in * expansion, k=k, site=site)  # type: ignore[arg-type]
-    config = TrainConfig(dictionary, lr=lr, batch_size=batch_size, n_tokens=n_tokens, seed=seed)
+
+def _train(data, config: TrainConfig, out: Path, as_json: bool) -> None:
+    """Train one dictionary on ``data`` and report (rank 0 only under torchrun)."""
+    from ..features import train
+
     result = train(config, data, out)
     last = result.history[-1]._asdict() if result.history else {}
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process trains; one reports

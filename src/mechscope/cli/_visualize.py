@@ -11,9 +11,11 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
+from ..visualize._registry import METHODS
 from ._common import JsonOpt, user_errors
 from ._common import err_console as _err
 from ._common import out_console as _out
+from ._config import configs_for, method_options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +90,7 @@ def _subject(organism: str, model: str | None, weights: Path | None, shape: str 
     return _Subject(wrapped, (c, h, w), rng, found, None, None)
 
 
+@method_options(METHODS)
 def visualize(
     unit: Annotated[str | None, typer.Argument(help="Unit: SITE:CHANNEL or SITE:CHANNEL@Y,X, e.g. 'relu3:5'.")] = None,
     organism: Annotated[str, typer.Option(help="Built-in vision organism (shapes-cnn, shapes-vit, blocks-cnn).")] = (
@@ -97,13 +100,7 @@ def visualize(
     weights: Annotated[Path | None, typer.Option(help="safetensors state dict for --model.")] = None,
     shape: Annotated[str | None, typer.Option(help="Input shape C,H,W for --model.")] = None,
     input_range: Annotated[str | None, typer.Option(help="LO,HI: model inputs that black and white stand for.")] = None,
-    param: Annotated[str, typer.Option(help="Image parametrisation: fourier | pixel.")] = "fourier",
-    steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 256,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 0.05,
-    n: Annotated[int, typer.Option("--n", help="Images per unit (distinct facets with --diversity).")] = 1,
-    diversity: Annotated[float, typer.Option(help="Weight of the Gram-matrix diversity term (try 1).")] = 0.0,
     transforms: Annotated[bool, typer.Option("--transforms/--no-transforms", help="Jitter, scale, rotate.")] = True,
-    seed: int = 0,
     exemplars: Annotated[int, typer.Option(help="Top-K dataset exemplars (0: none).")] = 8,
     images: Annotated[
         Path | None, typer.Option(help="Folder of images for exemplars (default: organism's test set).")
@@ -111,25 +108,32 @@ def visualize(
     prototype: Annotated[
         list[int] | None, typer.Option(help="Class prototype(s) vs activation max; repeatable.")
     ] = None,
-    path_weight: Annotated[float, typer.Option(help="Weight of the prototype's activation-path regulariser.")] = 10.0,
     out: Annotated[Path, typer.Option(help="Folder for the PNGs and summary.json.")] = Path("out/visualize"),
     as_json: JsonOpt = False,
+    settings: dict[str, Any] | None = None,
 ) -> None:
-    """Feature visualisation of UNIT (and its dataset exemplars), and/or class prototypes; PNGs + JSON."""
-    from mechscope.visualize import Transforms, VisualizeConfig
+    """Feature visualisation of UNIT (and its dataset exemplars), and/or class prototypes; PNGs + JSON.
 
+    Method settings apply to both when both run (--path-weight to prototypes only).
+    """
     with user_errors():
         if unit is None and not prototype:
             raise ValueError("give a UNIT (e.g. 'relu3:5') and/or --prototype CLASS")
+        specs = [METHODS[name] for name, wanted in (("feature", unit is not None), ("prototype", bool(prototype)))
+                 if wanted]  # fmt: skip
+        configs = dict(zip([s.name for s in specs], configs_for(specs, settings or {}, option_owner=METHODS),
+                           strict=True))  # fmt: skip
+        if not transforms:
+            from mechscope.visualize import Transforms
+
+            off = Transforms(0.0, (1.0, 1.0), 0.0)
+            configs = {k: dataclasses.replace(c, transforms=off) for k, c in configs.items()}
         subject = _subject(organism, model, weights, shape, input_range, images)
-        tf = Transforms() if transforms else Transforms(0.0, (1.0, 1.0), 0.0)
-        cfg = VisualizeConfig(param=param, steps=steps, lr=lr, n=n, diversity=diversity, transforms=tf,  # type: ignore[arg-type]
-                              seed=seed)  # fmt: skip
         summary: dict[str, Any] = {"model": subject.model.provenance, "outputs": []}
         if unit is not None:
-            summary["visualization"] = _feature(subject, unit, cfg, exemplars, out, summary["outputs"])
+            summary["visualization"] = _feature(subject, unit, configs["feature"], exemplars, out, summary["outputs"])
         if prototype:
-            summary["prototypes"] = _prototypes(subject, prototype, cfg, path_weight, out, summary["outputs"])
+            summary["prototypes"] = _prototypes(subject, prototype, configs["prototype"], out, summary["outputs"])
         from .._cache import atomic_write_bytes
 
         atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
@@ -141,10 +145,10 @@ def visualize(
 
 
 def _feature(subject: _Subject, unit: str, cfg: Any, k: int, out: Path, outputs: list[str]) -> dict[str, Any]:
-    from mechscope.visualize import exemplars, grid, save_png
-    from mechscope.visualize import visualize as run_visualize
+    from mechscope.report import grid, save_png
+    from mechscope.visualize import exemplars
 
-    vis = run_visualize(subject.model, unit, subject.shape, input_range=subject.input_range, config=cfg)
+    vis = METHODS["feature"](subject.model, unit, subject.shape, subject.input_range, config=cfg)
     stem = unit.replace(":", "_").replace("@", "_at_").replace(",", "_")
     outputs.append(str(save_png(out / f"{stem}.png", grid(list(vis.images), scale=4))))
     result: dict[str, Any] = vis.to_dict()
@@ -160,9 +164,9 @@ def _feature(subject: _Subject, unit: str, cfg: Any, k: int, out: Path, outputs:
     return result
 
 
-def _prototypes(subject: _Subject, classes: list[int], cfg: Any, path_weight: float, out: Path,
-                outputs: list[str]) -> list[dict[str, Any]]:  # fmt: skip
-    from mechscope.visualize import class_paths, grid, path_sites, prototype, save_png
+def _prototypes(subject: _Subject, classes: list[int], cfg: Any, out: Path, outputs: list[str]) -> list[dict[str, Any]]:
+    from mechscope.report import grid, save_png
+    from mechscope.visualize import class_paths, path_sites
 
     if subject.organism is None or subject.labels is None:
         raise ValueError("--prototype needs labelled real images of each class: use a built-in --organism "
@@ -180,9 +184,9 @@ def _prototypes(subject: _Subject, classes: list[int], cfg: Any, path_weight: fl
             raise ValueError(
                 f"--prototype {c}: {org.name} has classes 0..{n_classes - 1} ({', '.join(org.test.classes)})"
             )
-        r = prototype(subject.model, c, paths, held_out=(subject.images, subject.labels), shape=subject.shape,
-                      input_range=subject.input_range, config=cfg, path_weight=path_weight,
-                      logit_site="head" if org.spec.arch == "cnn" else "logits")  # fmt: skip
+        r = METHODS["prototype"](subject.model, c, paths, (subject.images, subject.labels), subject.shape,
+                                 subject.input_range, "head" if org.spec.arch == "cnn" else "logits",
+                                 config=cfg)  # fmt: skip
         picture = grid([*r.prototype.images, *r.activation_max.images], cols=len(r.prototype.images), scale=4)
         outputs.append(str(save_png(out / f"prototype_{c}.png", picture)))
         results.append({"class_name": org.test.classes[c], **r.to_dict()})

@@ -10,6 +10,7 @@ from ._interventions import Ablate, Add, Intervention, Patch, Replace
 from ._load import BUILTIN, DEFAULT_MODEL, from_hf, load, wrap
 from ._model import Batch, GenerateResult, Model, RunResult
 from ._registry import ConfigField, MethodSpec, Registry, UnknownMethodError, config_fields
+from ._residual import FamilyResidual, ResidualModel, residual
 from ._sites import ModelConfig, Site, SiteInfo
 from ._tiny import TINY_CONFIGS, byte_tokenizer, tiny
 
@@ -23,6 +24,7 @@ __all__ = [
     "Batch",
     "ConfigField",
     "Family",
+    "FamilyResidual",
     "GenerateResult",
     "HookSet",
     "Intervention",
@@ -32,6 +34,7 @@ __all__ = [
     "Patch",
     "Registry",
     "Replace",
+    "ResidualModel",
     "RunResult",
     "Site",
     "SiteInfo",
@@ -40,6 +43,7 @@ __all__ = [
     "config_fields",
     "from_hf",
     "load",
+    "residual",
     "tiny",
     "wrap",
 ]

@@ -20,8 +20,8 @@ class Family:
     """The ModuleList of decoder blocks."""
     embed: str
     """Token embedding (its output is the ``embed`` site)."""
-    final_norm: str
-    """The norm applied before the unembedding."""
+    final_norm: str | None
+    """The norm applied before the unembedding (None: the unembedding reads the residual stream itself)."""
     unembed: str
     """The linear map to vocabulary logits."""
     attn: str
@@ -38,10 +38,11 @@ class Family:
     """separate: three modules; concat: one output ``[q | k | v]``; interleaved: ``[head, (q k v), d_head]``."""
     mlp_down: str
     """The MLP's output projection; its input is the neuron activations (``mlp.L.post``)."""
-    ln1: str
-    """The block's first norm; its input is the residual stream after any edits to ``resid_pre``."""
-    ln2: str
-    """The norm in front of the MLP (its output is the ``ln2`` site)."""
+    ln1: str | None
+    """The block's first norm; its input is the residual stream after any edits to ``resid_pre`` (None: no norm,
+    attention reads the residual stream itself)."""
+    ln2: str | None
+    """The norm in front of the MLP (its output is the ``ln2`` site; None: no norm)."""
     parallel_attr: str | None = None
     """Config attribute that, when true, makes attention and MLP read the same residual (no ``resid_mid``)."""
 
@@ -127,5 +128,5 @@ def family_of(model_type: str) -> Family:
         raise ValueError(
             f"mechscope has no site table for model_type {model_type!r} (known: {known}). "
             "Wrap it with ms.wrap(module) to use its module paths as sites, or add a Family to "
-            "mechscope/models/_families.py."
+            "mechscope/core/_families.py."
         ) from None

@@ -135,9 +135,10 @@ def lm_sites(family: Family, cfg: ModelConfig) -> dict[str, Site]:
     sites = [Site("embed", f.embed, "out", axes=res, sizes=res_sizes, meaning="token embeddings", order=-1)]
     for layer in range(c.n_layers):
         sites += _layer_sites(f, c, layer)
+    if f.final_norm is not None:
+        sites.append(Site("final_norm", f.final_norm, "out", axes=res, sizes=res_sizes,
+                          meaning="residual after the final norm", order=1e9))  # fmt: skip
     sites += [
-        Site("final_norm", f.final_norm, "out", axes=res, sizes=res_sizes, meaning="residual after the final norm",
-             order=1e9),
         Site("logits", f.unembed, "out", axes=("batch", "pos", "d_vocab"), sizes=(None, None, c.d_vocab),
              meaning="unembedding output (before any soft-capping)", order=1e9 + 1),
     ]  # fmt: skip
@@ -155,9 +156,11 @@ def _layer_sites(f: Family, c: ModelConfig, layer: int) -> list[Site]:
     sites = [
         Site(f"resid_pre.{layer}", block, "in", axes=res, sizes=res_sizes, meaning="residual stream into the block",
              order=o + 1),
-        Site(f"ln1.{layer}", f"{block}.{f.ln1}", "out", axes=res, sizes=res_sizes,
-             meaning="normalised residual stream that attention reads (the block's first norm)", order=o + 1.5),
     ]  # fmt: skip
+    if f.ln1 is not None:
+        sites.append(Site(f"ln1.{layer}", f"{block}.{f.ln1}", "out", axes=res, sizes=res_sizes,
+                          meaning="normalised residual stream that attention reads (the block's first norm)",
+                          order=o + 1.5))  # fmt: skip
     qkv_views = _qkv_views(f, c)
     for part, (module, view) in zip("qkv", qkv_views, strict=True):
         sizes = q_sizes if part == "q" else kv_sizes
@@ -176,10 +179,12 @@ def _layer_sites(f: Family, c: ModelConfig, layer: int) -> list[Site]:
     if not c.parallel:
         sites.append(Site(f"resid_mid.{layer}", f"{block}.{f.attn_out}", "out", axes=res, sizes=res_sizes,
                           meaning="residual stream between attention and MLP (resid_pre + attn_out)", order=o + 6,
-                          residual_from=f"{block}.{f.ln1}"))  # fmt: skip
+                          residual_from=f"{block}.{f.ln1 or f.attn}"))  # fmt: skip
+    if f.ln2 is not None:
+        sites.append(Site(f"ln2.{layer}", f"{block}.{f.ln2}", "out", axes=res, sizes=res_sizes,
+                          meaning="normalised residual stream that the MLP reads (the norm in front of the MLP)",
+                          order=o + 6.5))  # fmt: skip
     sites += [
-        Site(f"ln2.{layer}", f"{block}.{f.ln2}", "out", axes=res, sizes=res_sizes,
-             meaning="normalised residual stream that the MLP reads (the norm in front of the MLP)", order=o + 6.5),
         Site(f"mlp.{layer}.post", f"{block}.{f.mlp_down}", "in", axes=("batch", "pos", "d_mlp"),
              sizes=(None, None, c.d_mlp), meaning="MLP neuron activations (input of the down projection)",
              order=o + 7),

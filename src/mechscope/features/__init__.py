@@ -1,4 +1,7 @@
-"""Sparse dictionaries (SAEs, transcoders): training, metrics, ground truth, I/O, splicing, feature interventions."""
+"""Sparse dictionaries (SAEs, transcoders): training, metrics, ground truth, I/O, splicing, feature interventions.
+
+Dictionary kinds are declared in one registry, ``KINDS`` (see ``_kinds``).
+"""
 
 from mechscope.features._dictionary import (
     BatchTopKDictionary,
@@ -13,6 +16,14 @@ from mechscope.features._dictionary import (
 )
 from mechscope.features._intervene import LatentEdit, clamp, scale, zero
 from mechscope.features._io import export_saelens, load_dictionary, save_dictionary
+from mechscope.features._kinds import (
+    KINDS,
+    BatchTopKConfig,
+    JumpReLUConfig,
+    ReLUConfig,
+    TopKConfig,
+    train_config,
+)
 from mechscope.features._metrics import (
     AbsorptionScores,
     ReconstructionMetrics,
@@ -35,14 +46,18 @@ from mechscope.features._synthetic import SyntheticConfig, SyntheticData, make_s
 from mechscope.features._train import NonFiniteLossError, TrainConfig, TrainLog, TrainResult, train
 
 __all__ = [
+    "KINDS",
     "AbsorptionScores",
+    "BatchTopKConfig",
     "BatchTopKDictionary",
     "Dictionary",
     "DictionaryConfig",
     "DictionaryOutput",
+    "JumpReLUConfig",
     "JumpReLUDictionary",
     "LatentEdit",
     "NonFiniteLossError",
+    "ReLUConfig",
     "ReLUDictionary",
     "ReconstructionMetrics",
     "RecoveryMetrics",
@@ -50,6 +65,7 @@ __all__ = [
     "SpliceMetrics",
     "SyntheticConfig",
     "SyntheticData",
+    "TopKConfig",
     "TopKDictionary",
     "TrainConfig",
     "TrainLog",
@@ -76,5 +92,6 @@ __all__ = [
     "splice",
     "splice_eval",
     "train",
+    "train_config",
     "zero",
 ]

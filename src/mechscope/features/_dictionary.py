@@ -14,6 +14,10 @@ sparsity penalty differ between kinds:
   straight-through estimators of the threshold's gradient, penalised by L0 (Rajamanoharan et al. 2024,
   "Jumping Ahead: Improving Reconstruction Fidelity with JumpReLU Sparse Autoencoders", §3-4).
 
+Each kind is declared once in the kinds registry (``_kinds.KINDS``), on its class, with a config of its own
+settings; ``build_dictionary`` and loading read the registry, so a kind declared elsewhere trains, saves and loads
+like a built-in one.
+
 Distributed training (``train`` under torchrun) sets ``process_group``: the training batch is then the union
 of every rank's rows, BatchTopK's cutoff and threshold are taken over all of them, and the FVU and AuxK terms are
 normalised by the global batch's variance and scaled so that their mean over ranks is the global term.
@@ -31,8 +35,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, NamedTuple, get_args
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple
 
 import einops
 import torch
@@ -41,9 +45,21 @@ from torch import Tensor, nn
 
 from mechscope.core import _distributed as distributed
 from mechscope.features import _sparse as sparse_ops
+from mechscope.features._kinds import (
+    KINDS,
+    BatchTopKConfig,
+    JumpReLUConfig,
+    ReLUConfig,
+    TopKConfig,
+    kind_settings,
+)
 from mechscope.features._sparse import SparseLatents
 
-Kind = Literal["relu", "topk", "batchtopk", "jumprelu"]
+if TYPE_CHECKING:
+    from mechscope.features._train import TrainConfig
+
+Kind = str
+"""A dictionary kind: a name declared in ``KINDS`` (``relu``, ``topk``, ``batchtopk``, ``jumprelu`` built in)."""
 BDecInit = Literal["zeros", "mean", "geometric_median"]
 
 
@@ -52,36 +68,39 @@ class DictionaryConfig:
     """Shape and activation rule of a sparse dictionary (autoencoder or transcoder)."""
 
     kind: Kind
-    """Activation rule: ``relu``, ``topk``, ``batchtopk`` or ``jumprelu`` (see the module docstring)."""
+    """Activation rule: a kind declared in ``KINDS`` (``relu``, ``topk``, ``batchtopk``, ``jumprelu``; see the module
+    docstring)."""
     d_in: int
     """Width of the input activations."""
     d_sae: int
     """Number of latents (dictionary size)."""
     d_out: int | None = None
     """Width of the target for a transcoder (reads one site, predicts another); None for an autoencoder."""
-    k: int = 32
+    k: int = TopKConfig.k
     """Active latents per row (``topk``), or on average per row over a training batch (``batchtopk``)."""
     apply_b_dec_to_input: bool = True
     """Subtract ``b_dec`` from the input before encoding. Must be False for transcoders (``b_dec`` lives in
     the target space) and is False in some released SAEs (Gemma Scope)."""
-    jumprelu_init_threshold: float = 0.001
+    jumprelu_init_threshold: float = JumpReLUConfig.jumprelu_init_threshold
     """Initial JumpReLU threshold (Rajamanoharan et al. 2024 use 0.001 on inputs scaled to E|x|² = d_in)."""
-    jumprelu_bandwidth: float = 0.001
+    jumprelu_bandwidth: float = JumpReLUConfig.jumprelu_bandwidth
     """Width ε of the rectangle kernel in JumpReLU's straight-through estimators (pre-activation units)."""
-    batchtopk_threshold_lr: float = 0.01
+    batchtopk_threshold_lr: float = BatchTopKConfig.batchtopk_threshold_lr
     """Step of the moving average that estimates the BatchTopK inference threshold from the smallest
     positive latent of each training batch."""
     site: str | None = None
     """Site the dictionary reads (e.g. ``resid_post.6``); metadata only."""
     target_site: str | None = None
     """Site a transcoder predicts (e.g. ``mlp_out.6``); metadata only."""
+    options: dict[str, Any] = field(default_factory=dict, hash=False)
+    """Settings of a kind that are not fields here (kinds declared outside mechscope), by name; saved with it."""
 
     def __post_init__(self) -> None:
-        if self.kind not in get_args(Kind):
-            raise ValueError(f"kind must be one of {get_args(Kind)}, got {self.kind!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {tuple(KINDS.names())}, got {self.kind!r}")
         if min(self.d_in, self.d_sae) < 1 or (self.d_out is not None and self.d_out < 1):
             raise ValueError(f"widths must be positive: d_in={self.d_in} d_sae={self.d_sae} d_out={self.d_out}")
-        if self.kind in ("topk", "batchtopk") and not 1 <= self.k <= self.d_sae:
+        if "k" in {f.name for f in KINDS[self.kind].fields()} and not 1 <= self.k <= self.d_sae:
             raise ValueError(f"k must be in [1, d_sae={self.d_sae}], got {self.k}")
         if self.d_out is not None and self.apply_b_dec_to_input:
             raise ValueError("a transcoder's b_dec lives in the target space: set apply_b_dec_to_input=False")
@@ -156,6 +175,15 @@ class Dictionary(nn.Module, ABC):
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.W_dec = nn.Parameter(w_dec)
         self.b_dec = nn.Parameter(torch.zeros(cfg.width_out))
+
+    @property
+    def settings(self) -> Any:
+        """The kind's config (its declared settings), read from ``cfg``."""
+        return kind_settings(self.cfg)
+
+    def penalty_coeff(self, config: TrainConfig) -> float:
+        """Weight of ``sparsity_penalty`` in the training loss (0 unless overridden)."""
+        return 0.0
 
     @abstractmethod
     def activate(self, pre_acts: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_sae"]:
@@ -318,6 +346,7 @@ class Dictionary(nn.Module, ABC):
         self.b_dec.copy_(inits[method](data.to(self.b_dec.dtype)))
 
 
+@KINDS.declare("relu", config=ReLUConfig)
 class ReLUDictionary(Dictionary):
     """ReLU latents with an L1 penalty weighted by decoder norms.
 
@@ -328,6 +357,9 @@ class ReLUDictionary(Dictionary):
     def activate(self, pre_acts: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_sae"]:
         return pre_acts.relu()
 
+    def penalty_coeff(self, config: TrainConfig) -> float:
+        return config.l1_coeff
+
     def sparsity_penalty(
         self, pre_acts: Float[Tensor, "batch d_sae"], latents: Float[Tensor, "batch d_sae"]
     ) -> Float[Tensor, ""]:
@@ -335,6 +367,7 @@ class ReLUDictionary(Dictionary):
         return weighted.mean()
 
 
+@KINDS.declare("topk", config=TopKConfig)
 class TopKDictionary(Dictionary):
     """Exactly the k largest pre-activations of each row survive (then a ReLU); Gao et al. 2024, §2.3."""
 
@@ -349,6 +382,7 @@ class TopKDictionary(Dictionary):
         return sparse_ops.from_topk(sparse_ops.topk_indices(pre_acts, self.cfg.k))
 
 
+@KINDS.declare("batchtopk", config=BatchTopKConfig)
 class BatchTopKDictionary(Dictionary):
     """The ``k * batch`` largest activations of the whole batch survive while training.
 
@@ -443,6 +477,7 @@ class _Step(torch.autograd.Function):
         return None, grad_theta, None
 
 
+@KINDS.declare("jumprelu", config=JumpReLUConfig)
 class JumpReLUDictionary(Dictionary):
     """Latents ``pre * (pre > θ)`` with a learned per-latent threshold and an L0 penalty.
 
@@ -462,19 +497,14 @@ class JumpReLUDictionary(Dictionary):
     def activate(self, pre_acts: Float[Tensor, "batch d_sae"]) -> Float[Tensor, "batch d_sae"]:
         return _JumpReLU.apply(pre_acts, self.threshold, self.cfg.jumprelu_bandwidth)
 
+    def penalty_coeff(self, config: TrainConfig) -> float:
+        return config.l0_coeff
+
     def sparsity_penalty(
         self, pre_acts: Float[Tensor, "batch d_sae"], latents: Float[Tensor, "batch d_sae"]
     ) -> Float[Tensor, ""]:
         fired = _Step.apply(pre_acts, self.threshold, self.cfg.jumprelu_bandwidth)
         return fired.sum(-1).mean()
-
-
-_KINDS: dict[str, type[Dictionary]] = {
-    "relu": ReLUDictionary,
-    "topk": TopKDictionary,
-    "batchtopk": BatchTopKDictionary,
-    "jumprelu": JumpReLUDictionary,
-}
 
 
 def check_widths(cfg: DictionaryConfig, x: Tensor, target: Tensor | None = None) -> None:
@@ -489,7 +519,7 @@ def check_widths(cfg: DictionaryConfig, x: Tensor, target: Tensor | None = None)
 
 def build_dictionary(cfg: DictionaryConfig, *, seed: int = 0) -> Dictionary:
     """Build a fresh dictionary of ``cfg.kind`` (unit-norm decoder rows; deterministic in ``seed``)."""
-    return _KINDS[cfg.kind](cfg, seed=seed)
+    return KINDS[cfg.kind].fn(cfg, seed=seed)
 
 
 def geometric_median(points: Float[Tensor, "n d"], *, max_iter: int = 200, tol: float = 1e-7) -> Float[Tensor, " d"]:

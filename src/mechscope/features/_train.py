@@ -5,9 +5,9 @@ The loop is split into ``step`` (one optimiser update), ``log`` (progress bar an
 seed and the step, and the loop draws no other random numbers, so a run killed at any point and resumed from
 its last checkpoint ends in the same state as one that never stopped.
 
-Objective: ``fvu + coeff * sparsity + auxk_coeff * auxk`` (terms of ``DictionaryOutput``), with ``coeff`` =
-``l1_coeff`` (relu), ``l0_coeff`` (jumprelu) or 0 (topk, batchtopk), under Adam. Decoder rows are kept at
-unit norm with the parallel part of their gradient removed before each update.
+Objective: ``fvu + coeff * sparsity + auxk_coeff * auxk`` (terms of ``DictionaryOutput``), with ``coeff`` the
+dictionary's ``penalty_coeff``: ``l1_coeff`` (relu), ``l0_coeff`` (jumprelu) or 0 (topk, batchtopk), under Adam.
+Decoder rows are kept at unit norm with the parallel part of their gradient removed before each update.
 
 Distributed (``torchrun --nproc_per_node N``; see ``_distributed``): every rank runs this loop on the same
 data and takes its own block of each global batch (``_shard``); the dictionary is wrapped in
@@ -48,6 +48,7 @@ from mechscope.features._dictionary import (
     check_widths,
 )
 from mechscope.features._io import load_dictionary, save_dictionary
+from mechscope.features._kinds import JumpReLUConfig, ReLUConfig
 
 Batch = tuple[Tensor, Tensor | None]  # (input rows, target rows or None for an autoencoder)
 Data = Tensor | tuple[Tensor, Tensor] | Iterable[Tensor | tuple[Tensor, Tensor]]
@@ -72,9 +73,9 @@ class TrainConfig:
     """Rows to train on in total; ``n_tokens // batch_size`` steps (fewer if the data run out)."""
     seed: int = 0
     """Seeds the initialisation and the order in which tensor data are visited."""
-    l1_coeff: float = 1e-2
+    l1_coeff: float = ReLUConfig.l1_coeff
     """Weight of the decoder-norm-weighted L1 penalty (relu only); in units of 1 / activation norm."""
-    l0_coeff: float = 1e-3
+    l0_coeff: float = JumpReLUConfig.l0_coeff
     """Weight of the straight-through L0 penalty (jumprelu only)."""
     auxk_coeff: float = 1 / 32
     """Weight of the AuxK dead-latent loss (Gao et al. 2024 use 1/32); 0 disables it."""
@@ -246,7 +247,7 @@ def step(
     dictionary = state.model
     dead = state.since_fired >= config.dead_after_tokens if config.auxk_coeff > 0 else None
     out: DictionaryOutput = model(x, y, dead_mask=dead, k_aux=config.k_aux, pre_out=_pre_buffer(state, len(x)))
-    coeff = {"relu": config.l1_coeff, "jumprelu": config.l0_coeff}.get(dictionary.cfg.kind, 0.0)
+    coeff = dictionary.penalty_coeff(config)
     loss = out.fvu + coeff * out.sparsity + config.auxk_coeff * out.auxk
     stats, fired = _reduce_stats(out, loss, dictionary.process_group)
     if not math.isfinite(stats.loss):

@@ -7,7 +7,8 @@ Every organism is obtained the same way::
     built = organisms.obtain(organisms.Induction(), seed=0)   # seeded build + causal verification, then cached
     built.circuit                                              # the ground truth the bench scores against
 
-Families: circuits (a planted induction circuit), modular addition, toy superposition and synthetic features,
+Families: circuits (a planted induction circuit), compiled RASP programs (tracr; built with the ``tracr`` extra),
+modular addition, toy superposition and synthetic features,
 FIND-style numeric functions, trojaned CNNs with clean twins, signal-block CNNs with moved-block twins, and the
 small vision models of the attribution gallery (``Vision``; ``vision_organism(name)`` obtains one). The image
 classifiers among them train with one loop (``train_classifier``). Method packages never import this package; the
@@ -35,6 +36,20 @@ from ._superposition import (
     TMSConfig,
     ToyModelOfSuperposition,
 )
+from ._tracr import (
+    MISSING_TRACR,
+    TRACR_ORGANISMS,
+    BuiltCompiled,
+    TracrConfig,
+    TracrDyck,
+    TracrFracPrevs,
+    TracrHist,
+    TracrReverse,
+    TracrSort,
+    program_output,
+    tracr_available,
+)
+from ._tracr_model import TRACR_FAMILY, CompiledResidual, CompiledTransformer, compiled_model
 from ._train import Schedule, train_classifier
 from ._trojan import BuiltTrojan, TrojanBlend, TrojanConfig, TrojanNatural, TrojanPatch
 from ._truth import CircuitTruth, Edge
@@ -42,11 +57,15 @@ from ._vision import SPECS, OrganismSpec, SmallCNN, SmallViT, Vision, VisionOrga
 
 __all__ = [
     "FAMILIES",
+    "MISSING_TRACR",
     "SPECS",
+    "TRACR_FAMILY",
+    "TRACR_ORGANISMS",
     "BlockImages",
     "BlocksConfig",
     "Built",
     "BuiltBlocks",
+    "BuiltCompiled",
     "BuiltFeatures",
     "BuiltInduction",
     "BuiltModAdd",
@@ -54,6 +73,8 @@ __all__ = [
     "BuiltTMS",
     "BuiltTrojan",
     "CircuitTruth",
+    "CompiledResidual",
+    "CompiledTransformer",
     "Edge",
     "FeatureConfig",
     "Induction",
@@ -74,6 +95,12 @@ __all__ = [
     "SyntheticFeatures",
     "TMSConfig",
     "ToyModelOfSuperposition",
+    "TracrConfig",
+    "TracrDyck",
+    "TracrFracPrevs",
+    "TracrHist",
+    "TracrReverse",
+    "TracrSort",
     "TrojanBlend",
     "TrojanConfig",
     "TrojanNatural",
@@ -81,9 +108,12 @@ __all__ = [
     "Vision",
     "VisionOrganism",
     "block_images",
+    "compiled_model",
     "obtain",
     "organism_dir",
+    "program_output",
     "read_card",
+    "tracr_available",
     "train_classifier",
     "vision_organism",
 ]

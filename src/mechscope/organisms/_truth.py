@@ -5,18 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..circuits._ids import EdgeId
+
 Edge = str
-"""An edge named as ``mechscope.circuits.Graph.edge_names()`` names it (MIB's format), e.g. ``a0.h1->a1.h3<k>``:
-head 1 of layer 0 into the key of head 3 of layer 1."""
+"""An edge named by ``mechscope.circuits.EdgeId.format`` (MIB's format, as ``Graph.edge_names()``), e.g.
+``a0.h1->a1.h3<k>``: head 1 of layer 0 into the key of head 3 of layer 1."""
 
 
 @dataclass(frozen=True)
 class CircuitTruth:
     """The candidate nodes and edges of a model, and which of them form the true circuit.
 
-    Nodes are named by ``mechscope.circuits.Node.label()`` (``head.0.z[h1]``: head 1 of layer 0, all positions),
-    as patching grids name them; edges as ``mechscope.circuits.Graph.edge_names()`` (``a0.h1->a1.h3<k>``), as
-    edge attribution patching names them.
+    Nodes are named as the methods scored on the organism name them: graph nodes (``mechscope.circuits.NodeId``:
+    ``a1.h0``, ``m0``) for compiled programs, patching-grid cells (``mechscope.circuits.Node.label()``:
+    ``head.0.z[h1]``, head 1 of layer 0, all positions) for the induction organism; edges are always
+    ``mechscope.circuits.EdgeId`` names (``a0.h1->a1.h3<k>``), checked when the truth is made.
     """
 
     nodes: tuple[str, ...]
@@ -31,6 +34,9 @@ class CircuitTruth:
     def __post_init__(self) -> None:
         if not self.circuit <= set(self.nodes) or not self.circuit_edges <= set(self.edges):
             raise ValueError("the true circuit must be a subset of the candidate nodes and edges")
+        for edge in self.edges:
+            if EdgeId.parse(edge).format() != edge:  # one spelling per edge: scorers compare the names
+                raise ValueError(f"edge {edge!r} is not written as EdgeId formats it: {EdgeId.parse(edge).format()!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""

@@ -2,19 +2,44 @@
 
 Result classes hold data; this layer turns them into pages (one file, nothing loaded from the network, every text
 escaped) and images. Method families, organisms and the bench never import it; the CLI, the demo and the app do.
+Circuits: ``heatmap``, ``draw_circuit``, ``plot_faithfulness_curve``, ``write_run_files`` / ``run_section`` for a
+``find_circuit`` run, ``analysis_sections`` for the demo's analysis.
 """
 
 from ._bench import leaderboard_html, leaderboard_markdown, write_leaderboard
+from ._circuits import (
+    analysis_sections,
+    draw_circuit,
+    heatmap,
+    plot_faithfulness_curve,
+    render_dot,
+    run_section,
+    write_circuit_files,
+    write_run_files,
+)
 from ._page import Section, figure_html, png_html, render_report, table_html, write_report
+from ._png import data_uri, grid, png_bytes, save_png
 
 __all__ = [
     "Section",
+    "analysis_sections",
+    "data_uri",
+    "draw_circuit",
     "figure_html",
+    "grid",
+    "heatmap",
     "leaderboard_html",
     "leaderboard_markdown",
+    "plot_faithfulness_curve",
+    "png_bytes",
     "png_html",
+    "render_dot",
     "render_report",
+    "run_section",
+    "save_png",
     "table_html",
+    "write_circuit_files",
     "write_leaderboard",
     "write_report",
+    "write_run_files",
 ]

@@ -16,19 +16,30 @@ Example::
     rng = vz.InputRange.of(org.test.images)
     vis = vz.visualize(org.model, "relu3:5", (1, 32, 32), input_range=rng, config=vz.VisualizeConfig(n=3, diversity=1))
     top = vz.exemplars(org.model, "relu3:5", org.test.images, k=8)
-    vz.save_png("relu3_5.png", vz.grid([*vis.images, *top.patches()]))
+    vz.METHODS["prototype"]  # the declared methods and their configs (what ``mechscope visualize`` offers)
+
+Pictures (PNG grids, pages) are drawn by ``mechscope.report``: ``report.save_png(path, report.grid(vis.images))``.
 """
 
-from ._demo import demo_sections
 from ._exemplars import Exemplars, exemplars, receptive_fields
-from ._objectives import Channel, Direction, Latent, Objective, Sum, as_objective, parse_unit
+from ._folder import read_folder
+from ._objectives import Channel, Direction, Latent, Objective, SparseDictionary, Sum, as_objective, parse_unit
 from ._optimize import Visualization, VisualizeConfig, gram_cosine, visualize
 from ._param import FourierImage, InputRange, PixelImage, colour_matrix, make_param, spectrum_slope
-from ._png import data_uri, grid, png_bytes, read_folder, save_png
-from ._prototype import ClassPaths, PrototypeResult, class_paths, path_similarity, path_sites, prototype
+from ._prototype import (
+    ClassPaths,
+    PrototypeConfig,
+    PrototypeResult,
+    class_paths,
+    path_similarity,
+    path_sites,
+    prototype,
+)
+from ._registry import METHODS
 from ._transforms import Transforms
 
 __all__ = [
+    "METHODS",
     "Channel",
     "ClassPaths",
     "Direction",
@@ -38,7 +49,9 @@ __all__ = [
     "Latent",
     "Objective",
     "PixelImage",
+    "PrototypeConfig",
     "PrototypeResult",
+    "SparseDictionary",
     "Sum",
     "Transforms",
     "Visualization",
@@ -46,20 +59,15 @@ __all__ = [
     "as_objective",
     "class_paths",
     "colour_matrix",
-    "data_uri",
-    "demo_sections",
     "exemplars",
     "gram_cosine",
-    "grid",
     "make_param",
     "parse_unit",
     "path_similarity",
     "path_sites",
-    "png_bytes",
     "prototype",
     "read_folder",
     "receptive_fields",
-    "save_png",
     "spectrum_slope",
     "visualize",
 ]

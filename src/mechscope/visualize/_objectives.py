@@ -15,15 +15,36 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..features import Dictionary
-
 LOGITS = "logits"
 """Pseudo-site: the model's output (used when the model has no module of that name)."""
+
+
+class DictionaryShape(Protocol):
+    """The widths of a sparse dictionary (``features.DictionaryConfig`` has them)."""
+
+    @property
+    def d_in(self) -> int: ...
+
+    @property
+    def d_sae(self) -> int: ...
+
+
+class SparseDictionary(Protocol):
+    """What a ``Latent`` objective needs of a dictionary: its widths and its encoder before the activation rule.
+
+    ``features.Dictionary`` is one; visualize depends on this interface, not on the features package.
+    """
+
+    @property
+    def cfg(self) -> DictionaryShape: ...
+
+    def pre_activations(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_sae"]: ...
 
 
 class Objective(ABC):
@@ -160,7 +181,7 @@ class Latent(Objective):
     """
 
     site: str
-    dictionary: Dictionary
+    dictionary: SparseDictionary
     index: int
 
     @property

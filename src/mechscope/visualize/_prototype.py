@@ -140,6 +140,19 @@ def path_penalty(paths: ClassPaths, cls: int, weight: float):
     return penalty
 
 
+@dataclass(frozen=True)
+class PrototypeConfig(VisualizeConfig):
+    """How a class prototype is optimised: a feature visualisation of the class logit, plus the path term."""
+
+    path_weight: float = 10.0
+    """Weight of the activation-path regulariser (0: plain activation maximisation)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.path_weight < 0:
+            raise ValueError(f"path_weight must be >= 0, got {self.path_weight}")
+
+
 KINDS = ("prototype", "activation_max", "real", "other_classes")
 """Images scored on the path: prototypes, plain activation maximisation, held-out real images of the class (the
 level a natural path reaches) and of the other classes against this class's mean (the level of a wrong-class
@@ -195,7 +208,7 @@ def prototype(
     shape: tuple[int, int, int],
     input_range: InputRange,
     config: VisualizeConfig | None = None,
-    path_weight: float = 10.0,
+    path_weight: float = PrototypeConfig.path_weight,
     logit_site: str = "logits",
     score: ClassPaths | None = None,
 ) -> PrototypeResult:

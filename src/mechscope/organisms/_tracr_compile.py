@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._tracr import BOS, CompiledTransformer, Dims, TracrConfig, _programs, all_inputs, edge_node
+from ..circuits._ids import EdgeId, NodeId
+from ._tracr import BOS, TracrConfig, _programs, all_inputs
+from ._tracr_model import CompiledTransformer, Dims, node_of
 
 PAD = "PAD"
 
@@ -165,26 +167,26 @@ def _edges(module: CompiledTransformer, emitted: set[str]) -> tuple[list[str], l
     def rows(w: Tensor) -> set[int]:  # residual dimensions a [d_model in] weight writes
         return set(torch.nonzero(w.abs().sum(1)).flatten().tolist())
 
-    senders: list[tuple[str, int, set[int], bool]] = [
-        ("input", -1, rows(module.token_embed.weight.T) | rows(module.pos_embed.weight.T), True)
+    senders: list[tuple[NodeId, int, set[int], bool]] = [
+        (NodeId("input"), -1, rows(module.token_embed.weight.T) | rows(module.pos_embed.weight.T), True)
     ]
-    receivers: list[tuple[str, int, set[int], bool]] = []
+    receivers: list[tuple[NodeId, Any, int, set[int], bool]] = []  # node, part, position, reads, emitted
     for site, component in module.components().items():
         mod: Any = component  # a Head or an MLP
-        layer, on = int(site.split(".")[1]), site in emitted
-        name = edge_node(site)
-        if site.endswith("mlp"):
-            senders.append((name, 2 * layer + 1, rows(mod.down.weight), on))
-            receivers.append((name, 2 * layer + 1, cols(mod.up.weight), on))
+        node, on = node_of(site), site in emitted
+        assert node.layer is not None
+        if node.kind == "mlp":
+            senders.append((node, 2 * node.layer + 1, rows(mod.down.weight), on))
+            receivers.append((node, None, 2 * node.layer + 1, cols(mod.up.weight), on))
             continue
-        senders.append((name, 2 * layer, rows(mod.o.weight), on))
-        receivers += [(f"{name}<{x}>", 2 * layer, cols(getattr(mod, x).weight), on) for x in "qkv"]
-    receivers.append(("logits", 10**9, cols(module.unembed.weight), True))
+        senders.append((node, 2 * node.layer, rows(mod.o.weight), on))
+        receivers += [(node, x, 2 * node.layer, cols(getattr(mod, x).weight), on) for x in "qkv"]
+    receivers.append((NodeId("logits"), None, 10**9, cols(module.unembed.weight), True))
     edges, true = [], set()
-    for r_name, r_at, reads, r_on in receivers:
-        for s_name, s_at, writes, s_on in senders:
+    for r_node, part, r_at, reads, r_on in receivers:
+        for s_node, s_at, writes, s_on in senders:
             if s_at < r_at:
-                edges.append(f"{s_name}->{r_name}")
+                edges.append(EdgeId(s_node, r_node, part).format())
                 if s_on and r_on and writes & reads:
                     true.add(edges[-1])
     return list(module.components()), edges, true

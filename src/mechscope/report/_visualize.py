@@ -1,6 +1,7 @@
-"""Demo sections for the HTML report: a feature visualisation with its exemplars, and class prototypes.
+"""Feature visualisations in pages: the demo sections (the PNG helpers are in ``_png``).
 
-Both run on the ``shapes-cnn`` vision organism (trained in seconds, cached) in about 20 s on one CPU thread.
+The demo sections (a feature visualisation with its exemplars, and class prototypes) run on the ``shapes-cnn``
+vision organism (trained in seconds, cached) in about 20 s on one CPU thread.
 """
 
 from __future__ import annotations
@@ -13,11 +14,21 @@ from typing import Any
 import torch
 
 from .._cache import atomic_write_bytes
-from ._exemplars import exemplars
-from ._optimize import VisualizeConfig, visualize
-from ._param import InputRange
+from ..visualize import (
+    InputRange,
+    PrototypeResult,
+    VisualizeConfig,
+    class_paths,
+    exemplars,
+    path_sites,
+    prototype,
+    visualize,
+)
+from ..visualize._prototype import KINDS
 from ._png import data_uri, grid, save_png
-from ._prototype import KINDS, PrototypeResult, class_paths, path_sites, prototype
+
+# --- demo sections -----------------------------------------------------------------------------------------------
+
 
 HEADER = [
     "class",
@@ -137,7 +148,7 @@ def prototype_section(org: Any, out: Path, *, steps: int = 128, seed: int = 0) -
     return "Prototype Generation vs activation maximisation (shapes-cnn)", html, summary
 
 
-def demo_sections(out_dir: str | Path, *, steps: int = 128) -> list[tuple[str, str]]:
+def visualize_sections(out_dir: str | Path, *, steps: int = 128) -> list[tuple[str, str]]:
     """Feature visualisation (with exemplars) and class prototypes on ``shapes-cnn``: ``(title, html)`` pairs.
 
     PNGs and ``visualize.json`` are written to ``out_dir`` too; the HTML embeds its images (base64). ``steps`` per
