@@ -3,6 +3,10 @@
 MODEL is the built-in ``smollm2-135m`` unless given; it may be a Hugging Face id or local directory, or
 ``tiny-FAMILY`` (``tiny-llama``, ``tiny-gpt2``, ``tiny-gpt-neox``, optionally ``-sSEED``) for a tiny random model.
 Results go to stdout (tables, or JSON with ``--json``); status and errors go to stderr.
+
+Start-up: this module imports neither torch nor any method family, so ``mechscope --help`` is quick. The commands
+here import what they need when they run; the method families' commands live in their own modules (``_circuits``,
+``_features``, ...), which are imported only when one of their commands runs or its own ``--help`` is asked.
 """
 
 from __future__ import annotations
@@ -15,14 +19,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..core import DEFAULT_MODEL
-from ._common import JsonOpt, ModelArg, open_model, user_errors
+from ._common import DEFAULT_MODEL, JsonOpt, ModelArg, open_model, user_errors
 from ._common import err_console as _err
 from ._common import out_console as _out
+from ._lazy import LazyGroup
 
 app = typer.Typer(
     name="mechscope",
     help="A microscope for neural networks: name a model's internals, run it, read its residual stream.",
+    cls=LazyGroup,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -134,16 +139,6 @@ def bench(
     typer.echo(leaderboard_markdown(board))
     typer.echo(f"\nleaderboard written to {out}/leaderboard.{{md,json,html}} in {board.seconds:.0f} s")
 
-
-from ._attribution import register as _register_attribution  # noqa: E402
-from ._circuits import register as _register_circuits  # noqa: E402  (commands live in their own modules)
-from ._features import register as _register_features  # noqa: E402
-from ._visualize import register as _register_visualize  # noqa: E402
-
-_register_features(app)
-_register_attribution(app)
-_register_circuits(app)
-_register_visualize(app)
 
 if __name__ == "__main__":
     app()

@@ -6,19 +6,24 @@ import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..core import TINY_CONFIGS, Model
-from ..core._sites import UnknownSiteError
+if TYPE_CHECKING:
+    from ..core import Model
+
+# This module is imported for `mechscope --help`, which must not import torch: nothing here imports the core at
+# module level. The core's DEFAULT_MODEL, repeated (tests/test_startup.py checks that the two agree).
+DEFAULT_MODEL = "smollm2-135m"
 
 _TINY = re.compile(r"tiny-(?P<family>[a-z0-9_-]+?)(?:-s(?P<seed>\d+))?")
 
-# Errors whose message is the whole story for a CLI user (the core words them to say what to do instead).
-_USER_ERRORS = (UnknownSiteError, KeyError, ValueError, FileNotFoundError, TypeError)
+# Errors whose message is the whole story for a CLI user (the core words them to say what to do instead; its
+# UnknownSiteError is a KeyError).
+_USER_ERRORS = (KeyError, ValueError, FileNotFoundError, TypeError)
 
 ModelArg = Annotated[str, typer.Argument(help="Built-in name, Hugging Face id, local path, or tiny-FAMILY.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -46,6 +51,8 @@ def user_errors() -> Iterator[None]:
 def open_model(name: str) -> Model:
     """Open MODEL as the CLI understands it: ``tiny-FAMILY[-sSEED]`` or anything ``ms.load`` accepts."""
     import mechscope as ms
+
+    from ..core import TINY_CONFIGS
 
     if (m := _TINY.fullmatch(name)) and (family := m["family"].replace("-", "_")) in TINY_CONFIGS:
         return ms.tiny(family, seed=int(m["seed"] or 0))

@@ -1,0 +1,84 @@
+"""The method families' commands, registered by name and imported only when used.
+
+Each family's commands live in their own module with a ``register(app)`` function, and those modules import torch
+and the family. The top-level group lists them by the one-line summaries below without importing anything; a
+command's module is imported when the command runs, when its own ``--help`` is asked, or when the shell completes
+its options. ``tests/test_startup.py`` checks that this table names every command the modules register, with the
+first paragraph of each command's own help.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+import typer
+import typer.main
+from typer.core import TyperGroup
+
+# command -> (module that registers it, the first paragraph of its help); in the order the top-level help lists them
+COMMANDS: dict[str, tuple[str, str]] = {
+    "harvest": ("_features", "Harvest activations at SITES over a corpus into a sharded, resumable safetensors store."),
+    "dict": ("_features", "Train and evaluate sparse dictionaries on an activation store."),
+    "features": ("_features", "Build and browse a feature database."),
+    "attribute": (
+        "_attribution",
+        "Explain a vision model's decisions on images (PNG overlays), or a language model's tokens (HTML).",
+    ),
+    "patch": (
+        "_circuits",
+        "Patch every node of KIND for a task's clean/corrupt pairs; save a heatmap and the effects (1 = clean).",
+    ),
+    "circuit": (
+        "_circuits",
+        "Find a circuit for a task (EAP, EAP-IG or node ACDC) and measure its faithfulness against random circuits.",
+    ),
+    "visualize": (
+        "_visualize",
+        "Feature visualisation of UNIT (and its dataset exemplars), and/or class prototypes; PNGs + JSON.",
+    ),
+}
+
+
+def load(module: str) -> dict[str, click.Command]:
+    """The click commands that ``mechscope.cli.<module>.register`` adds, by name."""
+    registers = typer.Typer()
+    importlib.import_module(f"{__package__}.{module}").register(registers)
+    return dict(typer.main.get_group(registers).commands)
+
+
+class _Deferred(click.Command):
+    """Stands for a command whose module is not imported yet: lists with its summary, loads when used."""
+
+    def __init__(self, name: str, summary: str, group: LazyGroup) -> None:
+        super().__init__(name, help=summary)
+        self._group = group
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:  # fmt: skip
+        # Every way in (running, its --help, shell completion) makes a context first: hand it the real command's.
+        real = self._group.real_command(self.name or "")
+        return real.make_context(info_name, args, parent=parent, **extra)
+
+
+class LazyGroup(TyperGroup):
+    """The top-level group: its own commands, plus the families' commands of ``COMMANDS``, imported when used."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        for name, (_, summary) in COMMANDS.items():
+            self.commands.setdefault(name, _Deferred(name, summary, self))
+
+    def real_command(self, name: str) -> click.Command:
+        """The command ``name``, importing its module (and registering all of that module's commands) if needed."""
+        command = self.commands[name]
+        if isinstance(command, _Deferred):
+            loaded = load(COMMANDS[name][0])
+            for other, real in loaded.items():
+                if isinstance(self.commands.get(other), _Deferred):
+                    self.commands[other] = real
+            command = self.commands[name]
+            if isinstance(command, _Deferred):
+                raise RuntimeError(f"mechscope.cli.{COMMANDS[name][0]} registers no command {name!r}")
+        return command
