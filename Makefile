@@ -1,5 +1,5 @@
 # Two entry points for a fresh machine: `make demo` (set up, then run the main job offline on the built-in
-# model) and `make test` (set up, then lint, type-check and run the whole test suite).
+# model) and `make test` (set up, then lint, check the import layering, type-check and run the whole test suite).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -26,7 +26,8 @@ demo: setup
 lint: setup
 	$(BIN)/ruff format --check src tests $(wildcard benchmarks)
 	$(BIN)/ruff check src tests $(wildcard benchmarks)
-	$(BIN)/mypy src/mechscope/__init__.py src/mechscope/models src/mechscope/hooks
+	$(BIN)/lint-imports
+	$(BIN)/mypy src/mechscope
 
 # The tests also build the compiled-RASP organisms, so they add the optional tracr extra (jax, pinned).
 $(VENV)/.mechscope-tracr: $(VENV)/.mechscope-setup
