@@ -119,8 +119,8 @@ def space(model: Model, inputs: Any, target: Any, at: str | None = None) -> Spac
     site = model.resolve(at)
     if len(site) != 1:
         raise ValueError(f"at={at!r} matches {len(site)} sites; name exactly one")
-    x = model.run(batch.tokens, cache=[site[0].name], attention_mask=batch.attention_mask, logits=False)
-    x = x.cache[site[0].name]
+    cached = model.run(batch.tokens, cache=[site[0].name], attention_mask=batch.attention_mask, logits=False)
+    x = cached.cache[site[0].name]
     return Space(model, batch.tokens, batch.attention_mask, site[0], x.detach(), as_target(target, model))
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-import click
 import typer
 import typer.main
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
+
+# Click's classes are typed loosely (Any) here: typer 0.29 vendors its own click (typer._click), older ones use click.
 
 # command -> (module that registers it, the first paragraph of its help); in the order the top-level help lists them
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -41,22 +42,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def load(module: str) -> dict[str, click.Command]:
+def load(module: str) -> dict[str, Any]:
     """The click commands that ``mechscope.cli.<module>.register`` adds, by name."""
     registers = typer.Typer()
     importlib.import_module(f"{__package__}.{module}").register(registers)
     return dict(typer.main.get_group(registers).commands)
 
 
-class _Deferred(click.Command):
+class _Deferred(TyperCommand):
     """Stands for a command whose module is not imported yet: lists with its summary, loads when used."""
 
     def __init__(self, name: str, summary: str, group: LazyGroup) -> None:
         super().__init__(name, help=summary)
         self._group = group
 
-    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
-                     **extra: Any) -> click.Context:  # fmt: skip
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
         # Every way in (running, its --help, shell completion) makes a context first: hand it the real command's.
         real = self._group.real_command(self.name or "")
         return real.make_context(info_name, args, parent=parent, **extra)
@@ -70,7 +70,7 @@ class LazyGroup(TyperGroup):
         for name, (_, summary) in COMMANDS.items():
             self.commands.setdefault(name, _Deferred(name, summary, self))
 
-    def real_command(self, name: str) -> click.Command:
+    def real_command(self, name: str) -> Any:
         """The command ``name``, importing its module (and registering all of that module's commands) if needed."""
         command = self.commands[name]
         if isinstance(command, _Deferred):

@@ -163,8 +163,8 @@ def read_images(files: Sequence[Path], *, size: int, channels: int = 1) -> Float
     out = []
     for f in files:
         try:
-            with Image.open(f) as im:
-                im = im.convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BILINEAR)
+            with Image.open(f) as opened:
+                im = opened.convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BILINEAR)
                 out.append(np.asarray(im, dtype=np.float32) / 255.0)
         except OSError as e:
             raise ValueError(f"cannot read image {f}: {e}") from None
@@ -203,8 +203,8 @@ def overlay(image: Float[Tensor, "c h w"], heat: Float[Tensor, "h w"], *, alpha:
     if h.shape != image.shape[-2:]:
         h = torch.nn.functional.interpolate(h[None, None], size=image.shape[-2:], mode="bilinear")[0, 0]
     h = h.abs() if (h < 0).any() else h
-    h = (h / h.max().clamp_min(1e-12)).numpy()
-    colour = matplotlib.colormaps[cmap](h)[..., :3]  # [h w 3] in [0, 1]
+    level = (h / h.max().clamp_min(1e-12)).numpy()
+    colour = matplotlib.colormaps[cmap](level)[..., :3]  # [h w 3] in [0, 1]
     grey = to_rgb(image).mean(-1, keepdims=True) / 255.0
     mixed = ((1 - alpha) * grey + alpha * colour).clip(0, 1)
     return (mixed * 255).round().astype(np.uint8)

@@ -30,7 +30,14 @@ from safetensors.torch import load_file, save
 from torch import Tensor
 
 from mechscope._cache import atomic_write_bytes
-from mechscope.features._dictionary import Dictionary, DictionaryConfig, Kind, build_dictionary
+from mechscope.features._dictionary import (
+    BatchTopKDictionary,
+    Dictionary,
+    DictionaryConfig,
+    JumpReLUDictionary,
+    Kind,
+    build_dictionary,
+)
 
 FORMAT = "mechscope.dictionary"
 FORMAT_VERSION = 1
@@ -168,6 +175,7 @@ def export_saelens(dictionary: Dictionary, path: str | Path) -> Path:
         arch = {"standard": "transcoder", "jumprelu": "jumprelu_transcoder"}[arch]
     tensors = {n: getattr(dictionary, n).detach().to("cpu").contiguous() for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
     if cfg.kind in ("jumprelu", "batchtopk"):
+        assert isinstance(dictionary, JumpReLUDictionary | BatchTopKDictionary)  # the kinds with a threshold
         threshold = dictionary.threshold.detach().to("cpu")  # [d_sae] (jumprelu) or [] (batchtopk)
         tensors["threshold"] = threshold.expand(cfg.d_sae).contiguous()
     out = {
