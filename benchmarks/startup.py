@@ -7,9 +7,11 @@ working tree). Every measurement is a fresh interpreter (``sys.executable`` with
 - ``torch+transformers``: inside one process, the time of ``import torch, transformers``;
 - ``import mechscope (beyond torch+transformers)``: in the same process, the time of ``import mechscope`` after
   those two, i.e. what mechscope itself adds;
+- ``first use: mechscope.Model``: the same for ``import mechscope; mechscope.Model`` (what opening a model needs);
 - ``import mechscope.X (beyond torch+transformers)``: with ``--families``, the same for each method family;
 - ``import mechscope (process)``: wall time of ``python -c "import mechscope"``;
-- ``mechscope --help``: wall time of the command line's top-level help (the entry point ``mechscope.cli:app``).
+- ``mechscope --help``: wall time of the command line's top-level help (the entry point ``mechscope.cli:app``);
+- ``mechscope circuit --help``: the same for one method family's command.
 
 Rounds alternate the trees (before, after, before, ...) so that other processes' load spreads over both; the
 figures are medians over rounds. Each metric also comes as CPU seconds (``[CPU]``: the child's user + system time,
@@ -41,13 +43,13 @@ HEAVY = ("torch", "transformers.modeling_utils", "captum", "matplotlib", "jax", 
 FAMILIES = ("circuits", "features", "attribution", "visualize", "lenses", "store", "bench")
 GOALS = {"import mechscope (beyond torch+transformers)": 0.3, "mechscope --help": 1.5}
 
-# Runs in the child: times ``import torch, transformers`` then the target, and says which heavy modules are loaded.
+# Runs in the child: times ``import torch, transformers``, then the statement ``target``.
 _INCREMENT = """
 import sys, time, json
 t0, c0 = time.perf_counter(), time.process_time()
 import torch, transformers
 t1, c1 = time.perf_counter(), time.process_time()
-import {target}
+{target}
 t2, c2 = time.perf_counter(), time.process_time()
 print(json.dumps([t1 - t0, t2 - t1, c1 - c0, c2 - c1]))
 """
@@ -110,16 +112,18 @@ def one_round(src: Path, families: tuple[str, ...]) -> dict[str, tuple[float, fl
     def increment(metric: str, target: str) -> None:
         _, _, others, stdout = run(src, ["-c", _INCREMENT.format(target=target)])
         base, wall, base_cpu, cpu = json.loads(stdout)
-        if target == "mechscope":
+        if target == "import mechscope":
             out["torch+transformers"], out["torch+transformers [CPU]"] = (base, others), (base_cpu, others)
         out[metric], out[f"{metric} [CPU]"] = (wall, others), (cpu, others)
 
     process("python", ["-c", "pass"])
-    increment("import mechscope (beyond torch+transformers)", "mechscope")
+    increment("import mechscope (beyond torch+transformers)", "import mechscope")
+    increment("first use: mechscope.Model (beyond torch+transformers)", "import mechscope; mechscope.Model")
     process("import mechscope (process)", ["-c", "import mechscope"])
     process("mechscope --help", ["-c", _HELP, "--help"])
+    process("mechscope circuit --help", ["-c", _HELP, "circuit", "--help"])
     for family in families:
-        increment(f"import mechscope.{family} (beyond torch+transformers)", f"mechscope.{family}")
+        increment(f"import mechscope.{family} (beyond torch+transformers)", f"import mechscope.{family}")
     return out
 
 
@@ -238,7 +242,7 @@ def main() -> None:
             "number of cores other processes kept busy during the measurement (the machine is shared)",
             "'[CPU]' rows are the child process's user+system CPU seconds (less sensitive to other processes)",
             "'beyond torch+transformers' is measured inside one process: import torch and transformers first, "
-            "then time the import of the target",
+            "then time the target statement (an import, or a first attribute access)",
         ],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
