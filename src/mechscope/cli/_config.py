@@ -99,6 +99,7 @@ class _MethodCommand:
             if name in taken:
                 raise ValueError(f"{self._registry.family} config field {name!r} clashes with an option of the command")
             py = _cli_type(uses[0][1].type)
+            assert py is not None  # _fields_by_name keeps only the fields that have a CLI type
             flag = name.replace("_", "-")
             option = typer.Option(
                 f"--{flag}/--no-{flag}" if py is bool else f"--{flag}",

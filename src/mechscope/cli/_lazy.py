@@ -33,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "circuit": (
         "_circuits",
-        "Find a circuit for a task (EAP, EAP-IG or node ACDC) and measure its faithfulness against random circuits.",
+        "Find a circuit for a task (EAP, EAP-IG, ACDC, …) and measure its faithfulness against random circuits.",
     ),
     "visualize": (
         "_visualize",
