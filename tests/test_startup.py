@@ -33,6 +33,12 @@ def test_import_mechscope_imports_no_heavy_dependency():
     assert _heavy(modules) == set()
 
 
+def test_method_families_import_no_plotting_or_heavy_optional_dependency():
+    families = ("circuits", "features", "attribution", "visualize", "lenses", "organisms", "bench")
+    modules, _ = _modules_after("; ".join(f"import mechscope.{f}" for f in families))
+    assert {m.split(".")[0] for m in modules} & {"captum", "matplotlib", "jax", "tracr", "scipy", "sklearn"} == set()
+
+
 def test_top_level_help_imports_no_torch_and_lists_every_command():
     from mechscope.cli._lazy import COMMANDS
 
