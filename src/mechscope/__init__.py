@@ -81,4 +81,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    # What `ms.<tab>` offers: the public names (loaded or not) and the module's own dunders, not its helpers.
+    return sorted({*__all__, *(name for name in globals() if name.startswith("__"))})
