@@ -155,3 +155,45 @@ def test_bench_writes_the_leaderboard_through_report(tmp_path, monkeypatch):
     assert {s.method for s in board.scores} == {"jump_detector", "random", "oracle"}
     assert "| jump_detector |" in (tmp_path / "out" / "leaderboard.md").read_text()
     assert "data:image/png;base64," in (tmp_path / "out" / "leaderboard.html").read_text()
+
+
+def _small_suite(bench, full, *, broken: bool = False, bad_organism: bool = False):
+    small = bench.Suite(scorers=full.scorers)
+    config = bench.NumericConfig(width=(0.0, 0.0)) if bad_organism else bench.NumericConfig()
+    small.add_organism(bench.NumericFunctions(config))
+    small.methods = {k: m for k, m in full.methods.items() if m.family == "descriptions"}
+    if broken:
+
+        @bench.register_method(family="descriptions", name="test_broken", suite=small)
+        def boom(organism, ctx):
+            raise RuntimeError("boom")
+
+    return small
+
+
+@pytest.mark.parametrize("keep_going", [False, True])
+def test_bench_exits_nonzero_when_a_method_fails(tmp_path, monkeypatch, keep_going):
+    from mechscope import bench
+
+    small = _small_suite(bench, bench.default_suite(), broken=True)
+    monkeypatch.setattr(bench, "default_suite", lambda: small)
+    monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    result = invoke("bench", "--quick", "--out", str(out), *(["--keep-going"] if keep_going else []))
+    assert result.exit_code == 1, result.output
+    assert "test_broken: RuntimeError: boom" in result.stderr
+    # keep-going finishes and writes the table (the other methods' rows are there); fail-fast writes nothing
+    assert (out / "leaderboard.md").exists() == keep_going
+    if keep_going:
+        assert "| jump_detector |" in (out / "leaderboard.md").read_text()
+
+
+def test_bench_exits_nonzero_when_an_organism_fails_verification(tmp_path, monkeypatch):
+    from mechscope import bench
+
+    small = _small_suite(bench, bench.default_suite(), bad_organism=True)
+    monkeypatch.setattr(bench, "default_suite", lambda: small)
+    monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path / "cache"))
+    result = invoke("bench", "--quick", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 1, result.output
+    assert "organism failed its verification: numeric_functions/seed0" in result.stderr

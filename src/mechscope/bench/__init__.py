@@ -25,7 +25,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._harness import FULL_SEEDS, QUICK_SEEDS, Leaderboard, Row, default_seeds, derive_seed, run_bench
+from ._harness import FULL_SEEDS, QUICK_SEEDS, BenchFailure, Leaderboard, Row, default_seeds, derive_seed, run_bench
 from ._registry import (
     PLUGINS,
     MethodSpec,
@@ -135,6 +135,7 @@ __all__ = [
     "QUICK_SEEDS",
     "TRACR_ORGANISMS",
     "AttributionOutput",
+    "BenchFailure",
     "BlockImages",
     "BlocksConfig",
     "Built",

@@ -28,6 +28,12 @@ if TYPE_CHECKING:
     from ..organisms._organism import Organism
 
 QUICK_SEEDS = (0, 1, 2)
+
+
+class BenchFailure(RuntimeError):
+    """An organism failed its verification or a method raised, in a run that does not keep going."""
+
+
 FULL_SEEDS = (0, 1, 2, 3, 4)
 
 
@@ -115,12 +121,15 @@ def run_bench(
     methods: Sequence[str] | None = None,
     progress: bool = True,
     suite: Suite | None = None,
+    keep_going: bool = True,
 ) -> Leaderboard:
     """Run every method of ``suite`` (default ``default_suite()``) on every organism it applies to, for each seed.
 
     ``seeds`` defaults to 0-2 (``quick``; an organism's own ``quick_seeds`` where it sets them) or 0-4.
     ``organisms`` and ``methods`` restrict the run by name (method names as declared, e.g. ``oracle`` or
     ``topk_sae``). ``mechscope.report.write_leaderboard`` writes the result as markdown, JSON and HTML.
+    With ``keep_going=False`` the first organism that fails its verification or method that raises stops the run
+    with ``BenchFailure``; otherwise failures are recorded in ``Leaderboard.errors`` and the run goes on.
     """
     from tqdm.auto import tqdm
 
@@ -141,11 +150,15 @@ def run_bench(
             built = obtain(organism, seed)
         except OrganismVerificationError as err:  # never score an organism whose mechanism is absent
             errors.append(f"{organism.name}/seed{seed}: {err}")
+            if not keep_going:
+                raise BenchFailure(f"organism failed its verification: {errors[-1]}") from err
             continue
         verified[organism.name][str(seed)] = built.verification
         got, failed = _run_methods(suite, organism, built, seed, quick, methods)
         scores += got
         errors += failed
+        if failed and not keep_going:
+            raise BenchFailure(f"method failed: {failed[0]}")
     return Leaderboard(tuple(_with_baselines(scores, suite.baselines())), dict(verified), tuple(errors), quick,
                        time.perf_counter() - start, skipped)  # fmt: skip
 

@@ -128,16 +128,34 @@ def demo(
 def bench(
     quick: Annotated[bool, typer.Option("--quick/--full", help="Small organisms and budgets (CI scale).")] = True,
     out: Annotated[Path, typer.Option("--out", help="Folder for leaderboard.md, .json and .html.")] = Path("out/bench"),
+    keep_going: Annotated[
+        bool,
+        typer.Option(
+            "--keep-going/--fail-fast",
+            help="On a failed organism or method: finish and write the table, then exit 1 (default: stop at once).",
+        ),
+    ] = False,
 ) -> None:
-    """Score every method of the bench's suite on model organisms whose mechanism is known; write the leaderboard."""
-    from ..bench import default_suite, run_bench
+    """Score every method of the bench's suite on model organisms whose mechanism is known; write the leaderboard.
+
+    Exits with status 1 when any organism fails its build-time verification or any method raises.
+    """
+    from ..bench import BenchFailure, default_suite, run_bench
     from ..report import leaderboard_markdown, write_leaderboard
 
+    try:
+        board = run_bench(quick=quick, suite=default_suite(), keep_going=keep_going)
+    except BenchFailure as err:
+        _err().print(f"[bold red]error:[/] {escape(str(err))} (--keep-going finishes the table)", soft_wrap=True)
+        raise typer.Exit(1) from None
     with user_errors():
-        board = run_bench(quick=quick, suite=default_suite())
         write_leaderboard(board, out)
     typer.echo(leaderboard_markdown(board))
     typer.echo(f"\nleaderboard written to {out}/leaderboard.{{md,json,html}} in {board.seconds:.0f} s")
+    if board.errors:
+        for line in board.errors:
+            _err().print(f"[bold red]failed:[/] {escape(line)}", soft_wrap=True)
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":
