@@ -33,7 +33,7 @@ from ..data._metrics import logit_diff
 from ..data._task import Task
 from ._contrast import Contrast, Metric, chunks
 from ._edgerun import Ablation, SenderActs, Wiring, reference, run_edges
-from ._graph import Circuit, EdgeScores
+from ._graph import Circuit, EdgeScores, Graph
 
 SIZES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 """Circuit sizes of MIB's curves, as fractions of the graph's edges."""
@@ -175,12 +175,40 @@ def faithfulness_curve(
     ``absolute``: rank edges by ``|score|`` (default) or by signed score. Random circuit ``i`` uses seed
     ``seed + i``.
     """
+    return ranking_curve(model, task, scores.graph, scores.ranking(absolute), scores.method, sizes=sizes,
+                         random=random, ablation=ablation, metric=metric, seed=seed, batch_size=batch_size,
+                         progress=progress)  # fmt: skip
+
+
+def ranking_curve(
+    model: Model | ResidualModel,
+    task: Task,
+    graph: Graph,
+    ranking: Tensor,
+    method: str,
+    *,
+    sizes: Sequence[float] = SIZES,
+    random: int = 3,
+    ablation: Ablation = "patch",
+    metric: Metric = logit_diff,
+    seed: int = 0,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> FaithfulnessCurve:
+    """Faithfulness of the first ``int(size * n_edges)`` edges of ``ranking`` at each size, and of random circuits.
+
+    Any ranking of the graph's edges: edge scores' (``faithfulness_curve``), or a node circuit's edges first.
+    Random circuit ``i`` uses seed ``seed + i``.
+    """
     start = time.perf_counter()
     model = residual(model)  # read once, shared with circuit_metrics
-    g = scores.graph
-    counts = [int(s * g.n_edges) for s in sizes]
-    circuits = [scores.top(n, absolute=absolute) for n in counts]
-    circuits += [Circuit.random(g, n, seed=seed + i) for i in range(random) for n in counts]
+    counts = [int(s * graph.n_edges) for s in sizes]
+    circuits = []
+    for n in counts:
+        mask = torch.zeros(graph.n_edges, dtype=torch.bool)
+        mask[ranking[: max(0, n)]] = True
+        circuits.append(Circuit(graph, mask))
+    circuits += [Circuit.random(graph, n, seed=seed + i) for i in range(random) for n in counts]
     full, empty, values = circuit_metrics(model, task, circuits, ablation=ablation, metric=metric, seed=seed,
                                           batch_size=batch_size, progress=progress)  # fmt: skip
     faith = [_normalise(v, full, empty) for v in values]
@@ -193,7 +221,7 @@ def faithfulness_curve(
         full_metric=full,
         empty_metric=empty,
         ablation=ablation,
-        method=scores.method,
+        method=method,
         metric=getattr(metric, "__name__", repr(metric)),
         task=task.name,
         model=model.model.provenance,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -23,9 +22,8 @@ from torch import Tensor
 
 from ..core._model import Model
 from ..core._registry import MethodSpec
-from ..data._metrics import logit_diff
 from ..data._task import Task
-from ._faithfulness import SIZES, FaithfulnessCurve, circuit_metrics, faithfulness
+from ._faithfulness import SIZES, FaithfulnessCurve, faithfulness, ranking_curve
 from ._graph import Circuit, EdgeScores, Graph
 from ._registry import METHODS
 
@@ -201,55 +199,6 @@ def edge_ranking(result: EdgeScores | NodeCircuit) -> Tensor:
     if isinstance(result, EdgeScores):
         return result.ranking()
     return torch.sort(result.circuit().edges.float(), descending=True, stable=True).indices
-
-
-def ranking_curve(
-    model: Model,
-    task: Task,
-    graph: Graph,
-    ranking: Tensor,
-    method: str,
-    *,
-    sizes: Sequence[float] = SIZES,
-    random: int = 3,
-    ablation: Literal["patch", "mean", "resample"] = "patch",
-    seed: int = 0,
-    batch_size: int = 32,
-    progress: bool = False,
-) -> FaithfulnessCurve:
-    """Faithfulness of the first ``int(size * n_edges)`` edges of ``ranking`` at each size, and of random circuits.
-
-    For edge scores this is ``faithfulness_curve`` (the tests check they agree); it also takes any other ranking,
-    such as a node circuit's edges.
-    """
-    start = time.perf_counter()
-    counts = [int(s * graph.n_edges) for s in sizes]
-    circuits = []
-    for n in counts:
-        mask = torch.zeros(graph.n_edges, dtype=torch.bool)
-        mask[ranking[:n]] = True
-        circuits.append(Circuit(graph, mask))
-    circuits += [Circuit.random(graph, n, seed=seed + i) for i in range(random) for n in counts]
-    full, empty, values = circuit_metrics(model, task, circuits, ablation=ablation, seed=seed, batch_size=batch_size,
-                                          progress=progress)  # fmt: skip
-    if full == empty:
-        raise ValueError(f"the full and the empty graph score the same ({full}): faithfulness is undefined")
-    faith = [(v - empty) / (full - empty) for v in values]
-    k = len(sizes)
-    return FaithfulnessCurve(
-        sizes=tuple(sizes),
-        n_edges=tuple(counts),
-        faithfulness=tuple(faith[:k]),
-        random=tuple(tuple(faith[k * (i + 1) : k * (i + 2)]) for i in range(random)),
-        full_metric=full,
-        empty_metric=empty,
-        ablation=ablation,
-        method=method,
-        metric=logit_diff.__name__,
-        task=task.name,
-        model=model.provenance,
-        seconds=time.perf_counter() - start,
-    )
 
 
 def summarise(result: Any) -> dict[str, Any]:
