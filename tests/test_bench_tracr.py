@@ -102,7 +102,7 @@ def test_harness_scores_the_compiled_family(organism):
     metrics = {(s.method, s.metric) for s in board.scores}
     assert {("oracle", "node_auroc"), ("oracle", "edge_auroc"), ("random", "node_auroc")} <= metrics
     # the library's circuit methods run on the compiled program, with MIB's faithfulness areas
-    for method in ("edge_attribution_patching", "edge_attribution_patching_ig", "acdc"):
+    for method in ("eap", "eap-ig", "acdc"):
         assert {(method, m) for m in ("node_auroc", "edge_auroc", "cpr", "cmd")} <= metrics
     cpr = {s.method: s for s in board.scores if s.metric == "cpr"}
     assert cpr["oracle"].value > cpr["oracle"].chance and len(cpr["oracle"].curve) == len(circuits.SIZES)
