@@ -3,11 +3,12 @@
 The organisms live in ``mechscope.organisms`` (``_tracr``); their ``residual`` adapter gives the library's circuit
 methods what they need, so the methods here are the library's own, run the same way on every program:
 
-- ``eap`` (``edge_attribution_patching``): ``circuits.eap`` (noising: the gradient at the real inputs, each sender moved to
-  its mean) and ``eap-ig`` (``edge_attribution_patching_ig``): ``circuits.eap_ig`` (denoising from the mean: the path walks from
-  the mean input to each real one), both toward mean ablation (``global_mean``: over the inputs and positions of
-  one length, since compiled programs read positions), on every length; an edge scores the input-weighted mean of
-  its ``|score|`` over lengths, a node the sum of its outgoing edges;
+- ``eap`` (function ``edge_attribution_patching``): ``circuits.eap`` (noising: the gradient at the real inputs,
+  each sender moved to its mean) and ``eap-ig`` (``edge_attribution_patching_ig``): ``circuits.eap_ig``
+  (denoising from the mean: the path walks from the mean input to each real one), both toward mean ablation
+  (``global_mean``: over the inputs and positions of one length, since compiled programs read positions), on every
+  length; an edge scores the input-weighted mean of its ``|score|`` over lengths, a node the sum of its outgoing
+  edges;
 - ``acdc``: ``circuits.acdc`` over heads and MLPs with the same ablation, on the inputs of the longest length;
 - ``zero_ablation`` / ``mean_ablation``: accuracy lost when one component is ablated (``ms.Ablate``).
 
