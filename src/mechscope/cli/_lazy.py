@@ -39,6 +39,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "_visualize",
         "Feature visualisation of UNIT (and its dataset exemplars), and/or class prototypes; PNGs + JSON.",
     ),
+    "lens": (
+        "_lenses",
+        "Read every layer's residual stream after PROMPT as a next-token prediction; top tokens per layer + heatmap.",
+    ),
+    "methods": (
+        "_methods",
+        "List every declared method of every family: summary, tags, result type and settings (with --json, a schema).",
+    ),
 }
 
 
