@@ -41,11 +41,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "lens": (
         "_lenses",
-        "Read every layer's residual stream after PROMPT as a next-token prediction; top tokens per layer + heatmap.",
+        "Every layer's top next tokens after PROMPT, read through a lens (table or JSON), and their heatmap PNG.",
     ),
     "methods": (
         "_methods",
-        "List every declared method of every family: summary, tags, result type and settings (with --json, a schema).",
+        "List every family's declared methods: summary, tags, result type and settings (--json: config schemas).",
     ),
 }
 

@@ -29,7 +29,7 @@ def lens(
     as_json: JsonOpt = False,
     settings: dict[str, Any] | None = None,
 ) -> None:
-    """Read every layer's residual stream after PROMPT as a next-token prediction; top tokens per layer + heatmap."""
+    """Every layer's top next tokens after PROMPT, read through a lens (table or JSON), and their heatmap PNG."""
     from ..lenses import METHODS
     from ..report import logit_lens_heatmap
 

@@ -46,7 +46,7 @@ def methods(
     family: Annotated[str | None, typer.Argument(help=f"Only this family: {', '.join(FAMILIES)}.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List every declared method of every family: summary, tags, result type and settings (with --json, a schema)."""
+    """List every family's declared methods: summary, tags, result type and settings (--json: config schemas)."""
     with user_errors():
         document = describe([family] if family is not None else None)
     if as_json:
