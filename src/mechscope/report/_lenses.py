@@ -74,7 +74,7 @@ def logit_lens_heatmap(result: LogitLensResult, path: str | Path, *, prompt: int
     ax.set(xlabel="rank under the layer's lens", ylabel="layer (resid_post)")
     fig.colorbar(image, ax=ax, label="probability", shrink=0.8)
     where = _short(result.prompts[prompt]) if result.prompts else f"input {prompt}"
-    fig.suptitle(title or f"Logit lens — {result.provenance.get('model', '')}: top tokens after {where!r}")
+    fig.suptitle(title or f"Logit lens — {result.provenance.get('model', '')}\ntop tokens after {where!r}", fontsize=10)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
