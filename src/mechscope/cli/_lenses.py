@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -20,6 +20,9 @@ from ._common import DEFAULT_MODEL, JsonOpt, open_model, user_errors
 from ._common import err_console as _err
 from ._common import out_console as _out
 from ._config import config_for, method_options
+
+if TYPE_CHECKING:
+    from ..lenses import LogitLensResult
 
 
 def lens(
@@ -45,14 +48,14 @@ def lens(
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
         return
-    _out().print(_lens_table(result, m.name), soft_wrap=True)
+    _out().print(_lens_table(result, m.name, prompt), soft_wrap=True)
     _err().print(f"saved {escape(str(png))}")
 
 
-def _lens_table(result: Any, model: str) -> Table:
+def _lens_table(result: LogitLensResult, model: str, prompt: str) -> Table:
     """The top tokens of every layer at the position read, with the tracked answer's probability and rank."""
     answer = escape(repr(result.answer_tokens[0]))
-    table = Table(title=f"{escape(model)}: logit lens after {escape(repr(result.prompts[0]))} "
+    table = Table(title=f"{escape(model)}: logit lens after {escape(repr(prompt))} "
                         f"(position {int(result.positions[0])})", title_justify="left")  # fmt: skip
     table.add_column("layer", justify="right")
     for rank in range(result.top_ids.shape[-1]):
