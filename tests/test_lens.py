@@ -11,7 +11,8 @@ from torch import nn
 import mechscope as ms
 from mechscope.core import TINY_CONFIGS
 from mechscope.core._unembed import unembed
-from mechscope.lenses import logit_lens, plot_logit_lens
+from mechscope.lenses import logit_lens
+from mechscope.report import plot_logit_lens
 
 PROMPTS = ["hello world", "hi"]  # different lengths: right padding is exercised
 IOI = "When Mary and John went to the store, John gave a drink to"
@@ -110,3 +111,64 @@ def test_to_json_round_trips(llama):
 def test_plot_writes_a_png(llama, tmp_path, prompts):
     path = plot_logit_lens(logit_lens(llama, prompts), tmp_path / "sub" / "lens.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+# --- the registry and `mechscope lens` --------------------------------------------------------------------------
+
+
+def test_declared_lens_is_the_library_call(llama):
+    from mechscope.lenses import METHODS, LogitLensConfig
+
+    spec = METHODS["logit-lens"]
+    assert spec.config is LogitLensConfig and spec.result.__name__ == "LogitLensResult"
+    # the declaration and the library function share their defaults
+    assert [(f.name, f.default) for f in spec.fields()] == [("answer", None), ("pos", -1), ("top_k", 5)]
+    by_name = spec(llama, PROMPTS, answer="o", pos=-2, top_k=4)
+    direct = logit_lens(llama, PROMPTS, "o", pos=-2, top_k=4)
+    torch.testing.assert_close(by_name.answer_probs, direct.answer_probs)
+    torch.testing.assert_close(by_name.top_probs, direct.top_probs)
+    assert logit_lens(llama, PROMPTS).top_ids.shape[-1] == LogitLensConfig().top_k
+    with pytest.raises(ValueError, match="top_k must be at least 1"):
+        LogitLensConfig(top_k=0)
+
+
+def _lens_cli(*args):
+    from typer.testing import CliRunner
+
+    from mechscope.cli import app
+
+    return CliRunner().invoke(app, ["lens", *args])
+
+
+def test_lens_cli_json_matches_the_library_call(llama, tmp_path):
+    result = _lens_cli("tiny-llama", "hello world", "--top-k", "4", "--pos", "-2", "--answer", "o", "--json",
+                       "--out", str(tmp_path))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    expected = logit_lens(llama, "hello world", "o", pos=-2, top_k=4)
+    assert data["method"] == "logit_lens" and data["prompts"] == ["hello world"] and data["positions"] == [9]
+    torch.testing.assert_close(torch.tensor(data["answer_probs"]), expected.answer_probs)
+    assert [[t["id"] for t in layer] for layer in data["top"][0]] == expected.top_ids[0].tolist()
+    torch.testing.assert_close(torch.tensor([[t["prob"] for t in layer] for layer in data["top"][0]]),
+                               expected.top_probs[0])  # fmt: skip
+    png = tmp_path / "logit_lens.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_lens_cli_table_shows_each_layers_top_tokens(llama, tmp_path):
+    result = _lens_cli("tiny-llama", "abc", "--top-k", "2", "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    expected = logit_lens(llama, "abc", top_k=2)
+    lines = result.stdout.splitlines()
+    for i, layer in enumerate(expected.layers):
+        row = next(line for line in lines if line.lstrip("│ ").startswith(f"{layer} "))
+        for tok, p in zip(expected.top_tokens[0][i], expected.top_probs[0, i], strict=True):
+            assert f"{tok!r} {float(p):.3f}" in row
+    assert "saved" in result.stderr and (tmp_path / "logit_lens.png").exists()
+
+
+def test_lens_cli_errors_name_the_problem(tmp_path):
+    wrong = _lens_cli("tiny-llama", "abc", "--method", "tuned-lens", "--out", str(tmp_path))
+    assert wrong.exit_code == 2 and "logit-lens" in wrong.output
+    bad = _lens_cli("tiny-llama", "abc", "--answer", " Mary", "--out", str(tmp_path))
+    assert bad.exit_code == 1 and "single token is required" in bad.stderr and "Traceback" not in bad.output

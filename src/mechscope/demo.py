@@ -31,8 +31,8 @@ from .circuits._analysis import AnalysisConfig, CircuitAnalysis, analyse
 from .core import Model
 from .data._task import Task
 from .data.tasks import ioi
-from .lenses import LogitLensResult, logit_lens, plot_logit_lens
-from .report import Section, analysis_sections, png_html, table_html, write_report
+from .lenses import LogitLensResult, logit_lens
+from .report import Section, analysis_sections, plot_logit_lens, png_html, table_html, write_report
 
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 IOI_ANSWER = " Mary"

@@ -39,6 +39,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "_visualize",
         "Feature visualisation of UNIT (and its dataset exemplars), and/or class prototypes; PNGs + JSON.",
     ),
+    "lens": (
+        "_lenses",
+        "Every layer's top next tokens after PROMPT, read through a lens (table or JSON), and their heatmap PNG.",
+    ),
+    "methods": (
+        "_methods",
+        "List every family's declared methods: summary, tags, result type and settings (--json: config schemas).",
+    ),
 }
 
 

@@ -23,9 +23,11 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import enum
 import functools
 import importlib
 import inspect
+import math
 import textwrap
 import types
 import typing
@@ -124,6 +126,22 @@ class MethodSpec(Generic[C, R]):
                 f"its settings are: {', '.join(sorted(known)) or '(none)'}"
             )
         return self.config(**values)
+
+    def describe(self) -> dict[str, Any]:
+        """The declaration as plain JSON-able data: name, summary, tags, result type and the config's schema."""
+        return {
+            "family": self.family,
+            "name": self.name,
+            "summary": self.summary,
+            "tags": sorted(self.tags),
+            "result": self.result.__name__ if self.result is not None else None,
+            "config": self.config.__name__,
+            "fields": [
+                {"name": f.name, "type": type_name(f.type), "required": f.default is dataclasses.MISSING,
+                 "default": None if f.default is dataclasses.MISSING else plain_value(f.default), "help": f.help}
+                for f in self.fields()
+            ],
+        }  # fmt: skip
 
     def __call__(self, *args: Any, config: C | None = None, **settings: Any) -> R:
         """Run the method: ``spec(model, task, steps=5)`` or ``spec(model, task, config=cfg)``."""
@@ -227,6 +245,10 @@ class Registry(Generic[C, R]):
     def __len__(self) -> int:
         return len(self.names())
 
+    def describe(self) -> dict[str, Any]:
+        """Every declared method as plain JSON-able data (see ``MethodSpec.describe``), in declaration order."""
+        return {"family": self.family, "methods": [spec.describe() for spec in self.specs()]}
+
 
 def plain_type(annotation: Any) -> tuple[Any, bool]:
     """``(inner type, optional)`` of an annotation: ``int | None`` -> ``(int, True)``, ``Literal[...]`` unchanged."""
@@ -236,3 +258,45 @@ def plain_type(annotation: Any) -> tuple[Any, bool]:
         if len(args) == 1:
             return args[0], True
     return annotation, False
+
+
+def type_name(annotation: Any) -> str:
+    """An annotation as a person writes it: ``int``, ``float | None``, ``Literal['zero', 'mean']``, ``list[str]``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is type(None):
+        return "None"
+    if annotation is Ellipsis:
+        return "..."
+    if isinstance(annotation, list):  # the parameters of a Callable
+        return "[" + ", ".join(map(type_name, annotation)) + "]"
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(map(type_name, args))
+    if origin is typing.Literal:
+        return "Literal[" + ", ".join(map(repr, args)) + "]"
+    if origin is typing.Annotated:
+        return type_name(args[0])
+    if origin is not None:
+        name = getattr(origin, "__name__", None) or repr(origin).removeprefix("typing.")
+        return f"{name}[{', '.join(map(type_name, args))}]" if args else name
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return repr(annotation).removeprefix("typing.")
+
+
+def plain_value(value: Any) -> Any:
+    """A config default as JSON-able data.
+
+    Numbers, strings, booleans and None stay as they are, sequences become lists, mappings dicts, enums their value;
+    non-finite floats and anything else become their ``repr``.
+    """
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, enum.Enum):
+        return plain_value(value.value)
+    if isinstance(value, list | tuple | set | frozenset):
+        return [plain_value(v) for v in (sorted(value, key=repr) if isinstance(value, set | frozenset) else value)]
+    if isinstance(value, dict):
+        return {str(k): plain_value(v) for k, v in value.items()}
+    return repr(value)

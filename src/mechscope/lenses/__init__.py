@@ -1,5 +1,19 @@
-"""Lenses: read intermediate residual streams as next-token predictions."""
+"""Lenses: read intermediate residual streams as next-token predictions.
 
-from mechscope.lenses.logit_lens import LogitLensResult, logit_lens, plot_logit_lens
+Example::
 
-__all__ = ["LogitLensResult", "logit_lens", "plot_logit_lens"]
+    import mechscope as ms
+    from mechscope.lenses import METHODS, logit_lens
+
+    model = ms.load("smollm2-135m")
+    lens = logit_lens(model, "When Mary and John went to the store, John gave a drink to", " Mary")
+    lens.answer_probs  # [batch layer]: P(" Mary") read from every layer's resid_post
+    METHODS["logit-lens"](model, "The capital of France is", top_k=10)  # the same method, by its declared name
+
+Pictures of these results are drawn by ``mechscope.report`` (``plot_logit_lens``, ``logit_lens_heatmap``).
+"""
+
+from mechscope.lenses._registry import METHODS
+from mechscope.lenses.logit_lens import LogitLensConfig, LogitLensResult, logit_lens
+
+__all__ = ["METHODS", "LogitLensConfig", "LogitLensResult", "logit_lens"]

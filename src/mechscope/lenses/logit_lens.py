@@ -3,6 +3,9 @@
 Each layer's ``resid_post`` is passed through the model's own final norm and unembedding, giving the next-token
 distribution the model would predict if the remaining layers were skipped (nostalgebraist 2020, "interpreting
 GPT: the logit lens"). The last layer's lens is the model's real output, which the tests check.
+
+The lens is declared as ``logit-lens`` in ``mechscope.lenses.METHODS`` with its settings in ``LogitLensConfig``
+(whose defaults the library call ``logit_lens`` shares); ``mechscope.report`` draws its results.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +21,25 @@ from torch import Tensor
 
 from ..core._model import Inputs, Model, RunResult
 from ..core._unembed import unembed
+from ._registry import METHODS
+
+
+@dataclass(frozen=True)
+class LogitLensConfig:
+    """Settings of the logit lens (``mechscope lens --method logit-lens``)."""
+
+    answer: str | None = None
+    """Token whose probability is tracked, a single token such as " Mary" (default: the model's own prediction, the
+    last layer's top token)."""
+    pos: int = -1
+    """Position read: negative counts back from each prompt's last real token (-1: the last), non-negative indexes
+    the padded batch."""
+    top_k: int = 5
+    """How many of the most probable tokens to keep per layer."""
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
 
 
 @dataclass(frozen=True)
@@ -79,8 +100,8 @@ def logit_lens(
     inputs: Inputs,
     answer: str | int | None = None,
     *,
-    pos: int = -1,
-    top_k: int = 5,
+    pos: int = LogitLensConfig.pos,
+    top_k: int = LogitLensConfig.top_k,
 ) -> LogitLensResult:
     """Apply the final norm and unembedding to every layer's ``resid_post`` at one position per prompt.
 
@@ -128,41 +149,10 @@ def logit_lens(
     )
 
 
-def plot_logit_lens(result: LogitLensResult, path: str | Path, *, title: str | None = None) -> Path:
-    """Save a PNG of the answer's probability against layer: one line per prompt, plus their mean when several.
-
-    The left panel is linear; the right is logarithmic, where the answer's rise in the middle layers shows even
-    while its probability is still far below one percent.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    probs = result.answer_probs.numpy()
-    n, layers = probs.shape[0], result.layers
-    fig = Figure(figsize=(11, 4.2), dpi=120, layout="constrained")
-    FigureCanvasAgg(fig)
-    linear, log = fig.subplots(1, 2)
-    for ax in (linear, log):
-        for i in range(n):
-            prompt = _short(result.prompts[i]) if result.prompts else f"input {i}"
-            ax.plot(layers, probs[i], marker="o" if n == 1 else None, markersize=3, lw=2 if n == 1 else 1,
-                    alpha=1 if n == 1 else 0.45, label=f"{prompt} → {result.answer_tokens[i]!r}")  # fmt: skip
-        if n > 1:
-            ax.plot(layers, probs.mean(0), color="black", lw=2.5, label=f"mean of {n} prompts")
-        ax.set(xlabel="layer (resid_post → final norm → unembedding)", xlim=(layers[0] - 0.5, layers[-1] + 0.5))
-        ax.grid(alpha=0.3)
-    linear.set(ylabel="P(answer)", ylim=(-0.02, 1.02))
-    log.set(ylabel="P(answer), log scale", yscale="log", ylim=(None, 1.5))
-    handles, labels = linear.get_legend_handles_labels()
-    if n <= 8:  # beyond a handful of prompts, one legend entry per line is noise
-        linear.legend(handles, labels, loc="upper left", fontsize=8, frameon=False)
-    elif n > 1:
-        linear.legend(handles[-1:], labels[-1:], loc="upper left", fontsize=8, frameon=False)
-    fig.suptitle(title or f"Logit lens — {result.provenance.get('model', '')}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+@METHODS.declare("logit-lens", config=LogitLensConfig, result=LogitLensResult)
+def logit_lens_method(model: Model, inputs: Inputs, config: LogitLensConfig) -> LogitLensResult:
+    """Read every layer's residual stream through the final norm and unembedding (nostalgebraist 2020)."""
+    return logit_lens(model, inputs, config.answer, pos=config.pos, top_k=config.top_k)
 
 
 def _positions(run: RunResult, pos: int) -> Int[Tensor, " batch"]:
@@ -183,7 +173,3 @@ def _decoder(model: Model) -> Callable[[int], str]:
     if tok is None:
         return str
     return lambda i: tok.decode([i])
-
-
-def _short(text: str, width: int = 40) -> str:
-    return text if len(text) <= width else "…" + text[-(width - 1) :]
