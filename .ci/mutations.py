@@ -1,0 +1,86 @@
+"""Mutation check of the scorers and metrics: every deliberate bug below must make the test suite fail.
+
+A test that cannot fail is a defect. Each mutation replaces one exact piece of source (it must occur exactly once,
+so a refactor that moves the code fails this check loudly until the list is updated), runs the tests that guard
+it, and restores the file whatever happens. A mutation the tests survive fails CI with its name.
+
+Run: ``.venv/bin/python .ci/mutations.py`` (from the repository root; about a minute).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "mechscope"
+GUARDS = ["tests/test_scorer_definitions.py"]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """One deliberate bug: replace ``old`` by ``new`` in ``file`` (under src/mechscope); ``tests`` must fail."""
+
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...] = tuple(GUARDS)
+
+
+MUTATIONS = [
+    Mutation("CMD without |.|", "circuits/_faithfulness.py",
+             "[abs(1.0 - v) for v in values]", "[(1.0 - v) for v in values]"),
+    Mutation("CPR as a left Riemann sum", "circuits/_faithfulness.py",
+             "(x2 - x1) * (y1 + y2) / 2", "(x2 - x1) * y1"),
+    Mutation("AUROC labels flipped", "bench/_scorers.py",
+             "greater = (s[y][:, None] > s[~y][None, :])", "greater = (s[y][:, None] < s[~y][None, :])"),
+    Mutation("AUROC ties count as wins", "bench/_scorers.py",
+             "(greater + 0.5 * ties)", "(greater + ties)"),
+    Mutation("trigger pick: a tie counts as a hit", "bench/_vision_scorers.py",
+             "return float(top[answer]) / int(top.sum())", "return float(top[answer])"),
+    Mutation("trojan detection: a tie counts as a win", "bench/_vision_scorers.py",
+             "1.0 if mine > twin else 0.5 if mine == twin else 0.0", "1.0 if mine >= twin else 0.0"),
+    Mutation("randomisation check mutates the caller's model", "attribution/_metrics.py",
+             "twin = copy.deepcopy(model)", "twin = model"),
+]  # fmt: skip
+
+
+def run(m: Mutation) -> tuple[bool, float]:
+    """Apply ``m``, run its guards, restore; True when the tests failed (the mutation was caught)."""
+    path = SRC / m.file
+    source = path.read_text()
+    if source.count(m.old) != 1:
+        raise SystemExit(f"mutation {m.name!r}: {m.old!r} occurs {source.count(m.old)} times in {path} (expected "
+                         "once); update .ci/mutations.py to follow the code")  # fmt: skip
+    start = time.perf_counter()
+    try:
+        path.write_text(source.replace(m.old, m.new))
+        cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *m.tests]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    finally:
+        path.write_text(source)
+    return done.returncode != 0, time.perf_counter() - start
+
+
+def main() -> int:
+    """Run every mutation; exit status 1 if any survives or the guards fail on the real code."""
+    survived = []
+    for m in MUTATIONS:
+        caught, seconds = run(m)
+        print(f"{'caught ' if caught else 'SURVIVED'}  {m.name}  ({m.file}, {seconds:.1f} s)", flush=True)
+        if not caught:
+            survived.append(m.name)
+    clean = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *GUARDS], cwd=ROOT)
+    if clean.returncode != 0:
+        print("the guard tests fail on the unmutated code")
+        return 1
+    print(f"mutations: {len(MUTATIONS) - len(survived)} caught, {len(survived)} survived")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
