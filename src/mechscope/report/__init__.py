@@ -3,7 +3,8 @@
 Result classes hold data; this layer turns them into pages (one file, nothing loaded from the network, every text
 escaped) and images. Method families, organisms and the bench never import it; the CLI, the demo and the app do.
 Circuits: ``heatmap``, ``draw_circuit``, ``plot_faithfulness_curve``, ``write_run_files`` / ``run_section`` for a
-``find_circuit`` run, ``analysis_sections`` for the demo's analysis.
+``find_circuit`` run, ``analysis_sections`` for the demo's analysis. Features: ``dictionary_section`` for a trained
+dictionary (any kind), its training run and its bench scores.
 """
 
 from ._bench import leaderboard_html, leaderboard_markdown, write_leaderboard
@@ -17,6 +18,7 @@ from ._circuits import (
     write_circuit_files,
     write_run_files,
 )
+from ._features import dictionary_section
 from ._page import Section, figure_html, png_html, render_report, table_html, write_report
 from ._png import data_uri, grid, png_bytes, save_png
 
@@ -24,6 +26,7 @@ __all__ = [
     "Section",
     "analysis_sections",
     "data_uri",
+    "dictionary_section",
     "draw_circuit",
     "figure_html",
     "grid",
