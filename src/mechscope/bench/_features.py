@@ -6,7 +6,7 @@ becomes one bench method, ``<kind>_sae``, that trains a dictionary of that kind 
 organism dictates:
 
 - ``d_in`` = the data's width, ``d_sae`` = ``SAE_EXPANSION`` × ``d_in``;
-- ``k`` = ``SAE_K`` wherever the kind has a ``k`` (TopK, BatchTopK), the width of the random-dictionary baseline;
+- ``k`` = ``SAE_K`` wherever the kind has a ``k`` (TopK, BatchTopK), as many as the random-dictionary baseline fires;
 - the training budget from the run's ``RunContext``: ``QUICK_STEPS`` or ``FULL_STEPS`` steps of 256 rows at
   ``lr`` 3e-3, seeded with ``ctx.seed``.
 
