@@ -1,8 +1,8 @@
 """Plug-ins: an attribution method and a dictionary kind, each added with one declaration and no other edit.
 
 Each appears in the command line's help with its option, runs from the command line with a config option, and
-reaches the bench (the attribution method is scored by the vision bench's adapter; the kind trains through the
-kinds registry) and the report.
+reaches the bench (the attribution method is scored by the vision bench's adapter, the kind by the features
+family's adapter, which trains it through the kinds registry) and the report.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import mechscope as ms
 from mechscope import attribution as at
 from mechscope import bench
 from mechscope.core._registry import MethodSpec
-from mechscope.features import KINDS, Dictionary, load_dictionary, train, train_config
-from mechscope.organisms import SmallCNN
+from mechscope.features import KINDS, Dictionary, TrainResult, load_dictionary, recovery, train, train_config
+from mechscope.organisms import FeatureConfig, SmallCNN, SyntheticFeatures
 
 # --- the plug-ins: one declaration each --------------------------------------------------------------------------
 
@@ -167,6 +167,40 @@ def test_a_declared_dictionary_kind_reaches_cli_and_training(tmp_path, cli_resto
         assert t.exit_code == 0, t.output
         trained = load_dictionary(run)
         assert type(trained) is CappedReLUDictionary and trained.settings.cap == 0.25
+        page = (run / "report.html").read_text()  # the run's report: the dictionary's section
+        assert "capped_relu" in page and "<td>cap</td><td>0.25</td>" in page and json.loads(t.stdout)["report"]
         wrong = invoke(app, "dict", "train", str(store), str(tmp_path / "r2"), "--kind", "topk", "--cap", "1")
         assert wrong.exit_code == 1 and "--cap is a setting of capped_relu, not of topk" in wrong.output
     assert "capped_relu" not in KINDS
+
+
+def test_a_declared_dictionary_kind_is_scored_by_the_bench_and_renders(tmp_path):
+    from mechscope.report import dictionary_section, render_report
+
+    with KINDS.added(CAPPED):
+        suite = bench.default_suite()  # reads the declared kinds when built: the plug-in is in it
+        method = suite.methods["features/capped_relu_sae"]
+        assert not method.baseline and "features/topk_sae" in suite.methods
+        organism = SyntheticFeatures(FeatureConfig(n_samples=2048)).build(0)
+        out = method.fn(organism, bench.RunContext(seed=0, quick=True, workdir=tmp_path))
+        # The library's own result: the kind trained at its defaults, at the bench's width and quick budget.
+        assert isinstance(out, TrainResult) and type(out.dictionary) is CappedReLUDictionary
+        assert out.dictionary.settings == CappedConfig() and out.steps == 300 and out.history
+        assert (out.dictionary.cfg.d_in, out.dictionary.cfg.d_sae) == (24, 96)
+        scores = suite.score("features", out, organism, method.name)
+        got = {s.metric: s for s in scores}
+        assert set(got) == {"mmcs", "f1", "absorption"}
+        rec = recovery(out.dictionary, organism.data)
+        assert got["mmcs"].value == pytest.approx(rec.mmcs) and got["f1"].value == pytest.approx(rec.mean_f1)
+
+        # The report renders the trained dictionary, its training and its scores; every cell escaped.
+        odd = dataclasses.replace(scores[0], method="<toy>")
+        title, body = dictionary_section(out, [*scores, odd])
+        assert title == "Dictionary: capped_relu, 96 latents"
+        assert "<td>cap</td><td>6.0</td>" in body and "<td>l1_coeff</td><td>0.05</td>" in body
+        assert '<td>capped_relu_sae</td><td>synthetic_features</td><td class="num">0</td><td>mmcs</td>' in body
+        assert "&lt;toy&gt;" in body and "<toy>" not in body
+        assert body.count("<tr>") == 7 + 1 + len(out.history) + 1 + 4  # config, history, scores (+ headers)
+        page = render_report("features", [(title, body)])
+        assert "<script" not in page and "http" not in page
+    assert "features/capped_relu_sae" not in bench.default_suite().methods

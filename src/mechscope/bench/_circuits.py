@@ -32,6 +32,7 @@ from ..circuits._registry import METHODS as CIRCUIT_METHODS
 from ..circuits._registry import NODE_METHODS
 from ..circuits._result import PatchingResult
 from ..core._registry import MethodSpec as Declared
+from ..organisms._protocols import CircuitsOrganism
 from ._registry import MethodSpec, RunContext
 from ._scorers import CircuitScores
 
@@ -48,7 +49,7 @@ def bench_config(spec: Declared[Any, Any], ctx: RunContext) -> Any:
     return spec.make_config(**values)
 
 
-def run_declared(spec: Declared[Any, Any], organism: Any, ctx: RunContext) -> Any:
+def run_declared(spec: Declared[Any, Any], organism: CircuitsOrganism, ctx: RunContext) -> Any:
     """Run a declared circuit method on a circuits organism (its ``model`` and ``task``); returns its own result."""
     return run_method(spec, organism.model, organism.task, bench_config(spec, ctx), progress=False)
 
@@ -118,7 +119,11 @@ def _importance(grid: PatchingResult) -> dict[str, float]:
     return {n.label(): float(abs(e - base)) for n, e in zip(grid.nodes(), grid.effect.flatten().tolist(), strict=True)}
 
 
-def graph_of(output: Any, organism: Any) -> Graph:
+def graph_of(output: Any, organism: CircuitsOrganism) -> Graph:
     """The graph a method's edges live on: its result's own, or the organism model's."""
     graph = getattr(output, "graph", None)
-    return graph if isinstance(graph, Graph) else Graph.of(organism.model.cfg)
+    if isinstance(graph, Graph):
+        return graph
+    if organism.model.cfg is None:
+        raise TypeError(f"{organism.organism}'s model has no ModelConfig: its circuit graph cannot be built")
+    return Graph.of(organism.model.cfg)

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ..circuits._find import NodeCircuit, edge_ranking, ranking_curve
 from ..circuits._graph import EdgeScores
+from ..organisms._protocols import CircuitsOrganism
 from ._circuits import graph_of
 from ._scorers import CircuitScores, Score, _score
 
@@ -27,7 +28,7 @@ RANDOM_CIRCUITS = 2
 """Random circuits per size behind the chance level."""
 
 
-def ranking_of(output: Any, organism: Any) -> Tensor | None:
+def ranking_of(output: Any, organism: CircuitsOrganism) -> Tensor | None:
     """Edge indices of the organism's graph, most important first; None for an output that ranks no edges.
 
     Bench methods' edge scores rank by ``|score|`` (edges they do not score count 0), ties in edge order.
@@ -41,7 +42,7 @@ def ranking_of(output: Any, organism: Any) -> Tensor | None:
     return torch.sort(values.abs(), descending=True, stable=True).indices
 
 
-def faithfulness_areas(output: Any, organism: Any, method: str) -> list[Score] | None:
+def faithfulness_areas(output: Any, organism: CircuitsOrganism, method: str) -> list[Score] | None:
     """CPR and CMD of the method's top-ranked circuits, with random circuits' areas as chance."""
     ranking = ranking_of(output, organism)
     if ranking is None:

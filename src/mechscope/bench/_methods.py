@@ -1,27 +1,26 @@
 """The methods the bench scores today, and the random and oracle baselines of every family.
 
 Circuits: every method declared in ``mechscope.circuits`` runs through the family's adapter (``_circuits.py``);
-the random and oracle baselines are here. Features: a TopK SAE (``mechscope.features.train``) on a small budget.
+the random and oracle baselines are here. Features: every declared dictionary kind trains through the family's
+adapter (``_features.py``); the random and oracle dictionaries are here.
 Frequencies: the Fourier spectrum of the model's logits over its inputs (behaviour only, no weights).
 Descriptions: a jump detector that brackets the two largest discontinuities of the sampled function.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from ..features._kinds import KINDS, train_config
-from ..features._train import train
 from ..organisms._modadd import all_pairs, fourier_basis
+from ..organisms._protocols import CircuitsOrganism, DescriptionsOrganism, FeaturesOrganism, FrequenciesOrganism
+from ._features import SAE_EXPANSION, SAE_K
 from ._registry import RunContext
 from ._scorers import CircuitScores, DictionaryOutput, random_dictionary, random_interval
 
 # --- circuits ----------------------------------------------------------------------------------------------------
 
 
-def random_circuit(organism: Any, ctx: RunContext) -> CircuitScores:
+def random_circuit(organism: CircuitsOrganism, ctx: RunContext) -> CircuitScores:
     """Uniform random score for every candidate node and edge."""
     gen = torch.Generator().manual_seed(ctx.seed)
     truth = organism.circuit
@@ -30,7 +29,7 @@ def random_circuit(organism: Any, ctx: RunContext) -> CircuitScores:
     return CircuitScores(nodes, edges)
 
 
-def oracle_circuit(organism: Any, ctx: RunContext) -> CircuitScores:
+def oracle_circuit(organism: CircuitsOrganism, ctx: RunContext) -> CircuitScores:
     """Reads the ground truth: 1 for circuit nodes and edges, 0 for the rest."""
     truth = organism.circuit
     return CircuitScores({n: float(n in truth.circuit) for n in truth.nodes},
@@ -39,31 +38,14 @@ def oracle_circuit(organism: Any, ctx: RunContext) -> CircuitScores:
 
 # --- features ----------------------------------------------------------------------------------------------------
 
-SAE_EXPANSION = 4
-"""Latents per input dimension of the bench's dictionaries (and of the random-dictionary baseline)."""
-SAE_K = 3
-"""Active latents per row (TopK) of the bench's dictionaries and of the random-dictionary baseline."""
 
-
-def topk_sae(organism: Any, ctx: RunContext) -> Any:
-    """TopK SAE (Gao et al. 2024) trained with ``mechscope.features.train`` on a small budget."""
-    d = organism.data.x.shape[1]
-    steps = 300 if ctx.quick else 2000
-    kind = KINDS["topk"]  # trained through the dictionary kinds registry, like ``mechscope dict train``
-    config = train_config(
-        kind.name, d, SAE_EXPANSION * d, kind.make_config(k=SAE_K), lr=3e-3, batch_size=256, n_tokens=256 * steps,
-        dead_after_tokens=256 * 50, seed=ctx.seed, checkpoint_every=10**9, log_every=10**9,
-    )  # fmt: skip
-    return train(config, organism.data.x, ctx.workdir / "sae", progress=False).dictionary
-
-
-def random_dictionary_method(organism: Any, ctx: RunContext) -> DictionaryOutput:
+def random_dictionary_method(organism: FeaturesOrganism, ctx: RunContext) -> DictionaryOutput:
     """Random unit decoder rows, each row of data firing ``SAE_K`` random latents."""
     d = organism.data.x.shape[1]
     return random_dictionary(SAE_EXPANSION * d, organism.data, SAE_K, seed=ctx.seed)
 
 
-def oracle_dictionary(organism: Any, ctx: RunContext) -> DictionaryOutput:
+def oracle_dictionary(organism: FeaturesOrganism, ctx: RunContext) -> DictionaryOutput:
     """Reads the ground truth: decoder = true directions, latents = true coefficients."""
     return DictionaryOutput(organism.data.features, organism.data.coefficients)
 
@@ -71,24 +53,27 @@ def oracle_dictionary(organism: Any, ctx: RunContext) -> DictionaryOutput:
 # --- frequencies -------------------------------------------------------------------------------------------------
 
 
-def logit_fourier(organism: Any, ctx: RunContext) -> dict[int, float]:
+def logit_fourier(organism: FrequenciesOrganism, ctx: RunContext) -> dict[int, float]:
     """Power of the logits' Fourier transform along the first input, summed over everything else (behaviour only)."""
     p = organism.p
     pairs, _ = all_pairs(p)
     with torch.no_grad():
-        logits = organism.model.run(pairs).logits.reshape(p, p * p)  # [a (b c)]
+        out = organism.model.run(pairs).logits
+    if out is None:
+        raise ValueError(f"{organism.organism}'s model returned no logits")
+    logits = out.reshape(p, p * p)  # [a (b c)]
     coeffs = fourier_basis(p)[:, 1:].T @ logits  # [2*freq (b c)]: cos/sin pairs per frequency
     power = coeffs.pow(2).sum(-1).unflatten(0, (-1, 2)).sum(-1)
     return dict(zip(organism.frequencies, power.tolist(), strict=True))
 
 
-def random_frequencies(organism: Any, ctx: RunContext) -> dict[int, float]:
+def random_frequencies(organism: FrequenciesOrganism, ctx: RunContext) -> dict[int, float]:
     """Uniform random score per frequency."""
     gen = torch.Generator().manual_seed(ctx.seed)
     return dict(zip(organism.frequencies, torch.rand(len(organism.frequencies), generator=gen).tolist(), strict=True))
 
 
-def oracle_frequencies(organism: Any, ctx: RunContext) -> dict[int, float]:
+def oracle_frequencies(organism: FrequenciesOrganism, ctx: RunContext) -> dict[int, float]:
     """Reads the ground truth: 1 for key frequencies."""
     return {k: float(k in organism.key_frequencies) for k in organism.frequencies}
 
@@ -96,7 +81,7 @@ def oracle_frequencies(organism: Any, ctx: RunContext) -> dict[int, float]:
 # --- descriptions ------------------------------------------------------------------------------------------------
 
 
-def jump_detector(organism: Any, ctx: RunContext) -> dict[str, tuple[float, float]]:
+def jump_detector(organism: DescriptionsOrganism, ctx: RunContext) -> dict[str, tuple[float, float]]:
     """Bracket the two largest jumps of each function sampled on a grid (black-box access only)."""
     lo, hi = organism.domain
     x = torch.linspace(lo, hi, 2001, dtype=torch.float64)
@@ -111,12 +96,12 @@ def jump_detector(organism: Any, ctx: RunContext) -> dict[str, tuple[float, floa
     return out
 
 
-def random_descriptions(organism: Any, ctx: RunContext) -> dict[str, tuple[float, float]]:
+def random_descriptions(organism: DescriptionsOrganism, ctx: RunContext) -> dict[str, tuple[float, float]]:
     """A uniformly random interval per function."""
     gen = torch.Generator().manual_seed(ctx.seed)
     return {f.name: random_interval(organism.domain, gen) for f in organism.functions}
 
 
-def oracle_descriptions(organism: Any, ctx: RunContext) -> dict[str, tuple[float, float]]:
+def oracle_descriptions(organism: DescriptionsOrganism, ctx: RunContext) -> dict[str, tuple[float, float]]:
     """Reads the ground truth: each function's corrupted interval."""
     return {f.name: f.interval for f in organism.functions}

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..organisms._organism import Built, Organism
+    from ..organisms._organism import Organism
+    from ..organisms._protocols import BuiltOrganism
     from ._scorers import Score
 
 
@@ -44,7 +45,10 @@ class RunContext:
     """An empty scratch folder for this run, deleted afterwards."""
 
 
-Method = Callable[["Built", RunContext], Any]
+Method = Callable[[Any, RunContext], Any]
+"""``(built organism, ctx) -> output``. Methods type their organism with their family's protocol
+(``mechscope.organisms.CircuitsOrganism``, ``FeaturesOrganism``, …), so the suite, which holds every family's
+methods, takes any."""
 Scorer = Callable[[Any, Any, str], "Score | list[Score] | None"]
 """``(output, built organism, method name) -> score(s)``; None where the output has nothing this scorer reads."""
 
@@ -136,7 +140,7 @@ class Suite:
         """Names of the baseline methods."""
         return {m.name for m in self.methods.values() if m.baseline}
 
-    def score(self, family: str, output: Any, organism: Built, method: str) -> list[Score]:
+    def score(self, family: str, output: Any, organism: BuiltOrganism, method: str) -> list[Score]:
         """Every applicable score of ``output`` for an organism of ``family``."""
         if family not in self.scorers:
             raise KeyError(f"no scorers for organism family {family!r}; known: {', '.join(self.scorers)}")

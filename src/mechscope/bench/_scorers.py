@@ -30,9 +30,17 @@ from ..circuits._ids import EdgeId
 from ..features._dictionary import Dictionary
 from ..features._metrics import recovery
 from ..features._synthetic import SyntheticData
+from ..features._train import TrainResult
 
 if TYPE_CHECKING:
-    from ..organisms._organism import Built
+    from ..organisms._protocols import (
+        BuiltOrganism,
+        CircuitsOrganism,
+        CompiledOrganism,
+        DescriptionsOrganism,
+        FeaturesOrganism,
+        FrequenciesOrganism,
+    )
     from ..organisms._truth import Edge
 
 
@@ -86,7 +94,9 @@ class DictionaryOutput:
     latents: Float[Tensor, "n d_sae"]
 
 
-def _score(organism: Built, method: str, metric: str, value: float, chance: float, higher: bool = True) -> Score:
+def _score(
+    organism: BuiltOrganism, method: str, metric: str, value: float, chance: float, higher: bool = True
+) -> Score:
     return Score(method, organism.organism, organism.seed, metric, float(value), float(chance), higher)
 
 
@@ -105,7 +115,8 @@ def auroc(scores: Tensor | list[float], labels: Tensor | list[bool]) -> float:
     return float((greater + 0.5 * ties) / (n_pos * n_neg))
 
 
-def node_auroc(output: CircuitScores | Mapping[str, float] | Any, organism: Any, method: str) -> Score:
+def node_auroc(output: CircuitScores | Mapping[str, float] | Any, organism: CircuitsOrganism | CompiledOrganism,
+               method: str) -> Score:  # fmt: skip
     """Node-level AUROC of a circuit method (scores, or a ``mechscope.circuits`` result) against the truth."""
     from ._circuits import circuit_scores  # the circuits adapter reads the library's result types
 
@@ -116,7 +127,8 @@ def node_auroc(output: CircuitScores | Mapping[str, float] | Any, organism: Any,
     return _score(organism, method, "node_auroc", auroc(scores, [n in truth.circuit for n in truth.nodes]), 0.5)
 
 
-def edge_auroc(output: CircuitScores | Mapping[str, float] | Any, organism: Any, method: str) -> Score | None:
+def edge_auroc(output: CircuitScores | Mapping[str, float] | Any, organism: CircuitsOrganism | CompiledOrganism,
+               method: str) -> Score | None:  # fmt: skip
     """Edge-level AUROC against ``organism.circuit``; None for methods that score no edges."""
     from ._circuits import circuit_scores
 
@@ -139,9 +151,11 @@ class _Recovered(NamedTuple):
     absorption: float
 
 
-def _as_output(output: DictionaryOutput | Dictionary, data: SyntheticData) -> DictionaryOutput:
+def _as_output(output: DictionaryOutput | Dictionary | TrainResult, data: SyntheticData) -> DictionaryOutput:
     if isinstance(output, DictionaryOutput):
         return output
+    if isinstance(output, TrainResult):  # a dictionary kind's bench method (``_features``): score what it trained
+        output = output.dictionary
     with torch.no_grad():
         return DictionaryOutput(output.W_dec.detach(), output.eval().encode(data.x))
 
@@ -181,8 +195,11 @@ def _features_chance(out: DictionaryOutput, data: SyntheticData) -> _Recovered:
     return _Recovered(*(sum(v) / len(draws) for v in zip(*draws, strict=True)))
 
 
-def features_scores(output: DictionaryOutput | Dictionary, organism: Any, method: str) -> list[Score]:
+def features_scores(output: DictionaryOutput | Dictionary | TrainResult, organism: FeaturesOrganism,
+                    method: str) -> list[Score]:  # fmt: skip
     """MMCS, F1 and absorption of a dictionary against ``organism.data``, each with its random-dictionary chance.
+
+    ``output`` is a trained dictionary (or its ``TrainResult``), or fixed decoder rows and latents (baselines).
 
     Absorption is scored only where the truth has a parent/child hierarchy; without one every dictionary scores
     0 and the row would say nothing.
@@ -202,7 +219,7 @@ def features_scores(output: DictionaryOutput | Dictionary, organism: Any, method
 # --- frequencies and descriptions --------------------------------------------------------------------------------
 
 
-def frequency_auroc(output: Mapping[int, float], organism: Any, method: str) -> Score:
+def frequency_auroc(output: Mapping[int, float], organism: FrequenciesOrganism, method: str) -> Score:
     """AUROC of per-frequency scores against ``organism.key_frequencies``."""
     key = set(organism.key_frequencies)
     freqs = organism.frequencies
@@ -223,7 +240,7 @@ def random_interval(domain: tuple[float, float], gen: torch.Generator) -> tuple[
     return float(ends[0]), float(ends[1])
 
 
-def interval_iou(output: Mapping[str, tuple[float, float]], organism: Any, method: str) -> Score:
+def interval_iou(output: Mapping[str, tuple[float, float]], organism: DescriptionsOrganism, method: str) -> Score:
     """Mean IoU of predicted corrupted intervals (by function name) with the true ones; missing ones score 0."""
     fns = organism.functions
     found = [(float(output[f.name][0]), float(output[f.name][1])) if f.name in output else None for f in fns]

@@ -7,9 +7,13 @@ wants another selection builds or edits its own suite.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._registry import PLUGINS, Suite
+
+if TYPE_CHECKING:
+    from ..organisms._protocols import BuiltOrganism
+    from ._scorers import Score
 
 
 def default_suite() -> Suite:
@@ -18,13 +22,15 @@ def default_suite() -> Suite:
     _scorers(suite)
     _organisms(suite)
     _circuit_methods(suite)
+    _dictionary_methods(suite)
     _other_methods(suite)
     _vision_methods(suite)
     _compiled_methods(suite)
     return suite.include(PLUGINS).check()
 
 
-def score(family: str, output: Any, organism: Any, method: str, *, suite: Suite | None = None) -> list[Any]:
+def score(family: str, output: Any, organism: BuiltOrganism, method: str, *,
+          suite: Suite | None = None) -> list[Score]:  # fmt: skip
     """Every applicable score of ``output`` for an organism of ``family`` (by ``suite``, default the built-in one)."""
     return (suite or default_suite()).score(family, output, organism, method)
 
@@ -69,12 +75,19 @@ def _circuit_methods(suite: Suite) -> None:
     suite.add_method(m.oracle_circuit, family="circuits", name="oracle", baseline=True)
 
 
+def _dictionary_methods(suite: Suite) -> None:
+    from . import _features
+    from . import _methods as m
+
+    for spec in _features.dictionary_methods():  # every declared dictionary kind, through the one adapter
+        suite.add(spec)
+    suite.add_method(m.random_dictionary_method, family="features", name="random_dictionary", baseline=True)
+    suite.add_method(m.oracle_dictionary, family="features", name="oracle", baseline=True)
+
+
 def _other_methods(suite: Suite) -> None:
     from . import _methods as m
 
-    suite.add_method(m.topk_sae, family="features")
-    suite.add_method(m.random_dictionary_method, family="features", name="random_dictionary", baseline=True)
-    suite.add_method(m.oracle_dictionary, family="features", name="oracle", baseline=True)
     suite.add_method(m.logit_fourier, family="frequencies")
     suite.add_method(m.random_frequencies, family="frequencies", name="random", baseline=True)
     suite.add_method(m.oracle_frequencies, family="frequencies", name="oracle", baseline=True)

@@ -31,7 +31,8 @@ from ..circuits._faithfulness import SIZES, area_from_one, area_under, faithfuln
 from ..circuits._graph import Circuit, EdgeScores, Graph
 from ..circuits._ids import EdgeId
 from ..core._interventions import Ablate, Intervention
-from ..organisms._tracr import BuiltCompiled, program_output
+from ..organisms._protocols import CompiledOrganism
+from ..organisms._tracr import program_output
 from ._registry import RunContext
 from ._scorers import CircuitScores, Score, _score, edge_auroc, node_auroc
 
@@ -58,7 +59,7 @@ def _tied(values: dict[Any, float]) -> dict[Any, float]:
     return {k: v if abs(v) > NUMERICALLY_ZERO * top else 0.0 for k, v in values.items()}
 
 
-def _node_auroc(output: CircuitScores, organism: Any, method: str) -> Score | None:
+def _node_auroc(output: CircuitScores, organism: CompiledOrganism, method: str) -> Score | None:
     """Node AUROC (``_scorers.node_auroc``) with numerically-zero scores tied at zero.
 
     None when every candidate is in the circuit (``hist``: nothing to rank).
@@ -69,14 +70,14 @@ def _node_auroc(output: CircuitScores, organism: Any, method: str) -> Score | No
     return node_auroc(CircuitScores(_tied(dict(output.nodes)), output.edges), organism, method)
 
 
-def _edge_auroc(output: CircuitScores, organism: Any, method: str) -> Score | None:
+def _edge_auroc(output: CircuitScores, organism: CompiledOrganism, method: str) -> Score | None:
     """Edge AUROC (``_scorers.edge_auroc``) with numerically-zero scores tied at zero, as for nodes."""
     if output.edges is None:
         return None
     return edge_auroc(CircuitScores(output.nodes, _tied(dict(output.edges))), organism, method)
 
 
-def _faithfulness_areas(output: Any, organism: Any, method: str) -> list[Score] | None:
+def _faithfulness_areas(output: Any, organism: CompiledOrganism, method: str) -> list[Score] | None:
     """CPR and CMD of the top-|score| circuits at MIB's sizes under mean ablation; random circuits as chance."""
     if not isinstance(output, CircuitScores) or output.edges is None:
         return None
@@ -108,7 +109,7 @@ def _faithfulness_areas(output: Any, organism: Any, method: str) -> list[Score] 
 # --- methods ------------------------------------------------------------------------------------------------------
 
 
-def _ablation_scores(organism: BuiltCompiled, how: Literal["zero", "mean"]) -> CircuitScores:
+def _ablation_scores(organism: CompiledOrganism, how: Literal["zero", "mean"]) -> CircuitScores:
     """Node score = accuracy lost when the component is ablated (mean: over the batch and positions of each length)."""
     nodes = {}
     for node in organism.circuit.nodes:
@@ -121,17 +122,17 @@ def _ablation_scores(organism: BuiltCompiled, how: Literal["zero", "mean"]) -> C
     return CircuitScores(nodes)
 
 
-def zero_ablation(organism: Any, ctx: RunContext) -> CircuitScores:
+def zero_ablation(organism: CompiledOrganism, ctx: RunContext) -> CircuitScores:
     """Accuracy lost when each head or MLP output is set to zero (``ms.Ablate``)."""
     return _ablation_scores(organism, "zero")
 
 
-def mean_ablation(organism: Any, ctx: RunContext) -> CircuitScores:
+def mean_ablation(organism: CompiledOrganism, ctx: RunContext) -> CircuitScores:
     """Accuracy lost when each head or MLP output is replaced by its mean over inputs and positions."""
     return _ablation_scores(organism, "mean")
 
 
-def edge_scores(organism: BuiltCompiled, steps: int) -> list[EdgeScores]:
+def edge_scores(organism: CompiledOrganism, steps: int) -> list[EdgeScores]:
     """The library's EAP (``steps=1``) or EAP-IG on the inputs of every length, toward mean ablation."""
     out = []
     for task in organism.tasks():
@@ -145,7 +146,7 @@ def edge_scores(organism: BuiltCompiled, steps: int) -> list[EdgeScores]:
     return out
 
 
-def _combined(organism: BuiltCompiled, per_length: list[EdgeScores]) -> CircuitScores:
+def _combined(organism: CompiledOrganism, per_length: list[EdgeScores]) -> CircuitScores:
     """Edge score: the input-weighted mean of ``|score|`` over lengths; node score: the sum of its out-edges."""
     sizes = torch.tensor([float(len(t)) for t in organism.tasks()])
     values = torch.stack([s.scores.abs() for s in per_length]).T @ (sizes / sizes.sum())  # [edge]
@@ -158,17 +159,17 @@ def _combined(organism: BuiltCompiled, per_length: list[EdgeScores]) -> CircuitS
     return CircuitScores(nodes, edges)
 
 
-def edge_attribution_patching(organism: Any, ctx: RunContext) -> CircuitScores:
+def edge_attribution_patching(organism: CompiledOrganism, ctx: RunContext) -> CircuitScores:
     """``circuits.eap`` toward mean ablation (Syed et al. 2023), on every input length."""
     return _combined(organism, edge_scores(organism, 1))
 
 
-def edge_attribution_patching_ig(organism: Any, ctx: RunContext) -> CircuitScores:
+def edge_attribution_patching_ig(organism: CompiledOrganism, ctx: RunContext) -> CircuitScores:
     """``circuits.eap_ig`` from the mean input to each real one (Hanna et al. 2024), ``IG_STEPS`` steps."""
     return _combined(organism, edge_scores(organism, IG_STEPS))
 
 
-def acdc_components(organism: Any, ctx: RunContext) -> CircuitScores:
+def acdc_components(organism: CompiledOrganism, ctx: RunContext) -> CircuitScores:
     """``circuits.acdc`` (Conmy et al. 2023) over heads and MLPs, mean ablation, task metric, tau ``ACDC_TAU``.
 
     Node score: how much the metric moved when the node was tried; edges: 1 for the edges of the found circuit.
@@ -180,7 +181,7 @@ def acdc_components(organism: Any, ctx: RunContext) -> CircuitScores:
     return CircuitScores(nodes, dict.fromkeys(result.circuit().edge_names(), 1.0))
 
 
-def random_components(organism: Any, ctx: RunContext) -> CircuitScores:
+def random_components(organism: CompiledOrganism, ctx: RunContext) -> CircuitScores:
     """Uniform random score for every candidate node and edge."""
     gen = torch.Generator().manual_seed(ctx.seed)
     truth = organism.circuit
@@ -189,7 +190,7 @@ def random_components(organism: Any, ctx: RunContext) -> CircuitScores:
     return CircuitScores(dict(zip(truth.nodes, nodes, strict=True)), dict(zip(truth.edges, edges, strict=True)))
 
 
-def oracle_components(organism: Any, ctx: RunContext) -> CircuitScores:
+def oracle_components(organism: CompiledOrganism, ctx: RunContext) -> CircuitScores:
     """Reads the ground truth: 1 for the emitted components and the program's edges, 0 for the rest."""
     truth = organism.circuit
     return CircuitScores({n: float(n in truth.circuit) for n in truth.nodes},

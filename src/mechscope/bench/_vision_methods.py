@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from ..attribution import METHODS, Attribution
 from ..core import Model
 from ..core._registry import MethodSpec
+from ..organisms._protocols import AttributionOrganism, TrojanOrganism
 from ..organisms._trojan import _wrap
 from ._registry import MethodSpec as BenchMethod
 from ._registry import RunContext
@@ -63,7 +64,7 @@ def _sizes(ctx: RunContext) -> tuple[int, int]:
 # --- trojans -----------------------------------------------------------------------------------------------------
 
 
-def _concentration(organism: Any, model: Model, spec: MethodSpec[Any, Attribution], k: int,
+def _concentration(organism: TrojanOrganism, model: Model, spec: MethodSpec[Any, Attribution], k: int,
                    quick: bool) -> list[float]:  # fmt: skip
     """Per candidate: the map's mass in the candidate's region over the region's share of the image."""
     out = []
@@ -74,10 +75,10 @@ def _concentration(organism: Any, model: Model, spec: MethodSpec[Any, Attributio
     return out
 
 
-def trojan_method(spec: MethodSpec[Any, Attribution]) -> Callable[[Any, RunContext], TrojanOutput]:
+def trojan_method(spec: MethodSpec[Any, Attribution]) -> Callable[[TrojanOrganism, RunContext], TrojanOutput]:
     """The bench method of a declared attribution method on a trojaned organism and its clean twin."""
 
-    def method(organism: Any, ctx: RunContext) -> TrojanOutput:
+    def method(organism: TrojanOrganism, ctx: RunContext) -> TrojanOutput:
         n, k = _sizes(ctx)
         triggered, _, _ = organism.probe(n)
         return TrojanOutput(
@@ -92,7 +93,7 @@ def trojan_method(spec: MethodSpec[Any, Attribution]) -> Callable[[Any, RunConte
 
 
 @torch.no_grad()
-def _insertion(organism: Any, model: Model, k: int) -> list[float]:
+def _insertion(organism: TrojanOrganism, model: Model, k: int) -> list[float]:
     base = F.softmax(model.module(organism.probe(k)[2]), -1)[:, organism.target]  # the same clean images
     gains = []
     for i in range(len(organism.candidates)):
@@ -101,7 +102,7 @@ def _insertion(organism: Any, model: Model, k: int) -> list[float]:
     return gains
 
 
-def insertion_probe(organism: Any, ctx: RunContext) -> TrojanOutput:
+def insertion_probe(organism: TrojanOrganism, ctx: RunContext) -> TrojanOutput:
     """Black box: each candidate's mean gain in the target's probability when put into clean images."""
     k = _sizes(ctx)[1] * 2
     return TrojanOutput(_insertion(organism, organism.model, k), _insertion(organism, organism.twin, k))
@@ -142,7 +143,7 @@ def similarity(images: Tensor, pattern: Tensor, kind: str) -> float:
     return float((dots / norms.clamp_min(1e-6)).flatten(1).max(1).values.mean())
 
 
-def feature_visualisation(organism: Any, ctx: RunContext) -> TrojanOutput:
+def feature_visualisation(organism: TrojanOrganism, ctx: RunContext) -> TrojanOutput:
     """Synthesise inputs for the target class; candidates ranked by similarity to them."""
     steps = 60 if ctx.quick else 200
 
@@ -153,7 +154,7 @@ def feature_visualisation(organism: Any, ctx: RunContext) -> TrojanOutput:
     return TrojanOutput(scores(organism.model), scores(organism.twin))
 
 
-def random_trojan(organism: Any, ctx: RunContext) -> TrojanOutput:
+def random_trojan(organism: TrojanOrganism, ctx: RunContext) -> TrojanOutput:
     """Uniform random candidate scores and maps, for the model and its twin."""
     gen = torch.Generator().manual_seed(ctx.seed)
     n, m = len(organism.candidates), _sizes(ctx)[0]
@@ -162,7 +163,7 @@ def random_trojan(organism: Any, ctx: RunContext) -> TrojanOutput:
                         as_attribution(torch.rand(m, 32, 32, generator=gen), "random"))  # fmt: skip
 
 
-def oracle_trojan(organism: Any, ctx: RunContext) -> TrojanOutput:
+def oracle_trojan(organism: TrojanOrganism, ctx: RunContext) -> TrojanOutput:
     """Reads the ground truth: the planted trigger, its regions, and that the twin has none."""
     n = _sizes(ctx)[0]
     _, masks, _ = organism.probe(n)
@@ -188,10 +189,10 @@ def randomised(model: Model, seed: int) -> Model:
     return _wrap(module.requires_grad_(False), f"{model.name}-randomised")
 
 
-def block_method(spec: MethodSpec[Any, Attribution]) -> Callable[[Any, RunContext], AttributionOutput]:
+def block_method(spec: MethodSpec[Any, Attribution]) -> Callable[[AttributionOrganism, RunContext], AttributionOutput]:
     """The bench method of a declared attribution method on a signal-block organism, its twin and randomised."""
 
-    def method(organism: Any, ctx: RunContext) -> AttributionOutput:
+    def method(organism: AttributionOrganism, ctx: RunContext) -> AttributionOutput:
         n = _sizes(ctx)[0]
         p, q = organism.probe(n), organism.twin_probe(n)
         return AttributionOutput(
@@ -218,14 +219,14 @@ def attribution_methods() -> list[BenchMethod]:
     return out
 
 
-def random_attribution(organism: Any, ctx: RunContext) -> AttributionOutput:
+def random_attribution(organism: AttributionOrganism, ctx: RunContext) -> AttributionOutput:
     """Uniform random maps."""
     gen = torch.Generator().manual_seed(ctx.seed)
     n = _sizes(ctx)[0]
     return AttributionOutput(*(as_attribution(torch.rand(n, 32, 32, generator=gen), "random") for _ in range(3)))
 
 
-def oracle_attribution(organism: Any, ctx: RunContext) -> AttributionOutput:
+def oracle_attribution(organism: AttributionOrganism, ctx: RunContext) -> AttributionOutput:
     """Reads the ground truth: the signal block of each model; uniform noise for the randomised model."""
     n = _sizes(ctx)[0]
     gen = torch.Generator().manual_seed(ctx.seed)

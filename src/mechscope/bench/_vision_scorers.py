@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import torch
 from jaxtyping import Bool, Float
@@ -38,6 +37,7 @@ from torch import Tensor
 
 from .._numerics import spearman
 from ..attribution._result import Attribution
+from ..organisms._protocols import AttributionOrganism, TrojanOrganism
 from ._scorers import Score, _score
 
 # --- method outputs ----------------------------------------------------------------------------------------------
@@ -114,7 +114,7 @@ def spearman_abs(a: Tensor, b: Tensor) -> float:
 # --- trojans -----------------------------------------------------------------------------------------------------
 
 
-def trigger_pick(output: TrojanOutput, organism: Any, method: str) -> Score | None:
+def trigger_pick(output: TrojanOutput, organism: TrojanOrganism, method: str) -> Score | None:
     """Whether the method's top candidate is the planted trigger (chance 1/8)."""
     if output.candidates is None:
         return None
@@ -127,7 +127,7 @@ def trigger_pick(output: TrojanOutput, organism: Any, method: str) -> Score | No
     return replace(got, baselines={"clean_twin": pick(output.twin_candidates, answer)})
 
 
-def trigger_overlap(output: TrojanOutput, organism: Any, method: str) -> Score | None:
+def trigger_overlap(output: TrojanOutput, organism: TrojanOrganism, method: str) -> Score | None:
     """Share of attribution mass on the trigger's region of triggered images (patch and natural triggers)."""
     if output.maps is None or organism.kind == "blend":
         return None
@@ -139,7 +139,7 @@ def trigger_overlap(output: TrojanOutput, organism: Any, method: str) -> Score |
     return replace(got, baselines={"clean_twin": mass_in(output.twin_maps.heatmap(), masks)})
 
 
-def trojan_detection(output: TrojanOutput, organism: Any, method: str) -> Score | None:
+def trojan_detection(output: TrojanOutput, organism: TrojanOrganism, method: str) -> Score | None:
     """Whether the method finds a stronger trigger candidate in the trojaned model than in its twin (chance 0.5)."""
     if output.candidates is None or output.twin_candidates is None:
         return None
@@ -150,7 +150,7 @@ def trojan_detection(output: TrojanOutput, organism: Any, method: str) -> Score 
 # --- attribution -------------------------------------------------------------------------------------------------
 
 
-def attribution_scores(output: AttributionOutput, organism: Any, method: str) -> list[Score]:
+def attribution_scores(output: AttributionOutput, organism: AttributionOrganism, method: str) -> list[Score]:
     """Signal-block mass and top-k precision (organism and moved-block twin), and the randomisation check."""
     heat = output.maps.heatmap()
     pairs = [(heat, organism.probe(len(heat)).masks)]

@@ -167,7 +167,11 @@ def _train(data, config: TrainConfig, out: Path, as_json: bool) -> None:
     result = train(config, data, out)
     last = result.history[-1]._asdict() if result.history else {}
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process trains; one reports
-        _report({"run": str(out), "steps": result.steps, "tokens": result.tokens, "last": last}, as_json)
+        from ..report import dictionary_section, write_report
+
+        page = write_report(out / "report.html", f"Dictionary {out.name}", [dictionary_section(result)])
+        summary = {"run": str(out), "steps": result.steps, "tokens": result.tokens, "last": last, "report": str(page)}
+        _report(summary, as_json)
 
 
 @dict_app.command("eval")

@@ -5,6 +5,8 @@ escaped) and images. Method families, organisms and the bench never import it; t
 Circuits: ``heatmap``, ``draw_circuit``, ``plot_faithfulness_curve``, ``write_run_files`` / ``run_section`` for a
 ``find_circuit`` run, ``analysis_sections`` for the demo's analysis. Lenses: ``plot_logit_lens``,
 ``logit_lens_heatmap``.
+``find_circuit`` run, ``analysis_sections`` for the demo's analysis. Features: ``dictionary_section`` for a trained
+dictionary (any kind), its training run and its bench scores.
 """
 
 from ._bench import leaderboard_html, leaderboard_markdown, write_leaderboard
@@ -19,6 +21,7 @@ from ._circuits import (
     write_run_files,
 )
 from ._lenses import logit_lens_heatmap, plot_logit_lens
+from ._features import dictionary_section
 from ._page import Section, figure_html, png_html, render_report, table_html, write_report
 from ._png import data_uri, grid, png_bytes, save_png
 
@@ -26,6 +29,7 @@ __all__ = [
     "Section",
     "analysis_sections",
     "data_uri",
+    "dictionary_section",
     "draw_circuit",
     "figure_html",
     "grid",
