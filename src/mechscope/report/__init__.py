@@ -20,8 +20,8 @@ from ._circuits import (
     write_circuit_files,
     write_run_files,
 )
-from ._lenses import logit_lens_heatmap, plot_logit_lens
 from ._features import dictionary_section
+from ._lenses import logit_lens_heatmap, plot_logit_lens
 from ._page import Section, figure_html, png_html, render_report, table_html, write_report
 from ._png import data_uri, grid, png_bytes, save_png
 
