@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mechscope import bench, report
+from mechscope import bench, organisms, report
 from mechscope.bench import _methods as M
 from mechscope.bench._harness import derive_seed
 from mechscope.bench._registry import RunContext
@@ -22,12 +22,12 @@ pytestmark = pytest.mark.usefixtures("organism_cache")  # a fresh organism cache
 
 @pytest.fixture(scope="module")
 def built():
-    return {name: bench.obtain(SUITE.organisms[name], 0) for name in ALL_CHEAP}
+    return {name: organisms.obtain(SUITE.organisms[name], 0) for name in ALL_CHEAP}
 
 
 @pytest.fixture(scope="module")
 def induction():
-    return bench.obtain(bench.Induction(), 0)
+    return organisms.obtain(organisms.Induction(), 0)
 
 
 def ctx(seed: int, tmp: Path = Path("/nonexistent")) -> RunContext:
@@ -70,10 +70,10 @@ def test_modular_addition_verifies_and_fails_when_its_frequencies_are_removed(bu
     v = org.verification
     assert v["test_accuracy"] >= 0.9 and v["accuracy_key_ablated"] < 0.25 and v["accuracy_others_ablated"] >= 0.9
     assert 1 <= len(org.key_frequencies) <= 7
-    broken = bench.ModularAddition().load(0, org.tensors())
+    broken = organisms.ModularAddition().load(0, org.tensors())
     torch.manual_seed(0)
     broken.net.embed.weight.data = broken.net.embed.weight.data[torch.randperm(org.p)]  # tokens scrambled
-    with pytest.raises(bench.OrganismVerificationError, match="held-out accuracy"):
+    with pytest.raises(organisms.OrganismVerificationError, match="held-out accuracy"):
         broken.verify()
 
 
@@ -83,8 +83,8 @@ def test_superposition_verifies_and_fails_without_superposition(built):
     assert org.verification["loss"] < 0.8 * org.verification["loss_without_superposition"]
     w = org.W.clone()
     w[:, org.cfg.m :] = 0  # only m features kept: no superposition left
-    broken = bench.BuiltTMS(org.cfg, 0, w, org.b, org.inputs)
-    with pytest.raises(bench.OrganismVerificationError, match="more features represented"):
+    broken = organisms.BuiltTMS(org.cfg, 0, w, org.b, org.inputs)
+    with pytest.raises(organisms.OrganismVerificationError, match="more features represented"):
         broken.verify()
 
 
@@ -95,8 +95,8 @@ def test_synthetic_features_verify_and_fail_when_the_hierarchy_is_broken(built):
     perm = torch.randperm(len(d.mask), generator=torch.Generator().manual_seed(0))
     mask = d.mask.clone()
     mask[:, 7] = mask[perm, 7]  # child 7 now fires regardless of its parent 6
-    broken = bench.BuiltFeatures(org.cfg, 0, d._replace(mask=mask))
-    with pytest.raises(bench.OrganismVerificationError, match="only with its parent"):
+    broken = organisms.BuiltFeatures(org.cfg, 0, d._replace(mask=mask))
+    with pytest.raises(organisms.OrganismVerificationError, match="only with its parent"):
         broken.verify()
 
 
@@ -105,16 +105,16 @@ def test_numeric_functions_verify_and_fail_without_their_corruption(built):
     assert org.verification["max_error_outside"] == 0 and org.verification["min_change_inside"] >= 1.0
     f = org.functions[0]
     assert f(torch.tensor([f.interval[0] - 0.5])) == f.clean(torch.tensor([f.interval[0] - 0.5]))
-    clean = bench.NumericFunction(f.name, f.family, f.params, f.interval, "shift", 0.0)
-    broken = bench.BuiltNumeric(org.cfg, 0, (clean, *org.functions[1:]))
-    with pytest.raises(bench.OrganismVerificationError, match="corruption moves every point"):
+    clean = organisms.NumericFunction(f.name, f.family, f.params, f.interval, "shift", 0.0)
+    broken = organisms.BuiltNumeric(org.cfg, 0, (clean, *org.functions[1:]))
+    with pytest.raises(organisms.OrganismVerificationError, match="corruption moves every point"):
         broken.verify()
 
 
 def test_untrained_induction_model_fails_verification():
-    cfg = bench.InductionConfig(steps=0, distractor_steps=0, circuit_steps=0)
-    with pytest.raises(bench.OrganismVerificationError, match="clean accuracy"):
-        bench.Induction(cfg).build(0).verify()
+    cfg = organisms.InductionConfig(steps=0, distractor_steps=0, circuit_steps=0)
+    with pytest.raises(organisms.OrganismVerificationError, match="clean accuracy"):
+        organisms.Induction(cfg).build(0).verify()
 
 
 @pytest.mark.slow
@@ -125,11 +125,11 @@ def test_induction_verifies_and_fails_when_its_induction_head_is_removed(inducti
     assert v["accuracy_k_edge_ablated"] < 0.4 * v["accuracy"]
     assert v["accuracy_others_ablated"] >= 0.8 * v["accuracy"]
     assert len(induction.circuit.circuit) == 2
-    broken = bench.Induction().load(0, induction.tensors())
+    broken = organisms.Induction().load(0, induction.tensors())
     d = broken.cfg.d_head
     o_proj = broken.model.module.model.layers[1].self_attn.o_proj.weight
     o_proj.data[:, broken.ind_head * d : (broken.ind_head + 1) * d] = 0
-    with pytest.raises(bench.OrganismVerificationError, match="clean accuracy"):
+    with pytest.raises(organisms.OrganismVerificationError, match="clean accuracy"):
         broken.verify()
 
 
@@ -137,43 +137,43 @@ def test_induction_verifies_and_fails_when_its_induction_head_is_removed(inducti
 
 
 def test_cache_round_trip_and_checksum(built):
-    organism = bench.SyntheticFeatures()
-    again = bench.obtain(organism, 0)  # from the cache
+    organism = organisms.SyntheticFeatures()
+    again = organisms.obtain(organism, 0)  # from the cache
     assert torch.equal(again.data.x, built["synthetic_features"].data.x)
     assert again.verification == built["synthetic_features"].verification
-    folder = bench.organism_dir(organism, 0)
-    card = bench.read_card(folder)
+    folder = organisms.organism_dir(organism, 0)
+    card = organisms.read_card(folder)
     assert card["seed"] == 0 and card["config"] == organism.config() and len(card["sha256"]) == 64
     assert card["truth"]["hierarchy"] == [[6, 7], [6, 8], [9, 10], [9, 11]]
     weights = folder / "organism.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(bench.OrganismChecksumError, match="does not match"):
-        bench.obtain(organism, 0)
-    rebuilt = bench.obtain(organism, 0, rebuild=True)
+    with pytest.raises(organisms.OrganismChecksumError, match="does not match"):
+        organisms.obtain(organism, 0)
+    rebuilt = organisms.obtain(organism, 0, rebuild=True)
     assert torch.equal(rebuilt.data.x, again.data.x)
 
 
 def test_variant_configs_get_their_own_cache_folder():
-    assert bench.SyntheticFeatures().key == "synthetic_features"
-    variant = bench.SyntheticFeatures(bench.FeatureConfig(n_features=32))
+    assert organisms.SyntheticFeatures().key == "synthetic_features"
+    variant = organisms.SyntheticFeatures(organisms.FeatureConfig(n_features=32))
     assert variant.key.startswith("synthetic_features-") and variant.key != "synthetic_features"
 
 
 def test_a_failed_build_caches_nothing():
-    cfg = bench.NumericConfig(width=(0.0, 0.0))  # an empty corrupted interval: nothing is corrupted
-    organism = bench.NumericFunctions(cfg)
-    with pytest.raises(bench.OrganismVerificationError):
-        bench.obtain(organism, 0)
-    assert not (bench.organism_dir(organism, 0) / "card.json").exists()
+    cfg = organisms.NumericConfig(width=(0.0, 0.0))  # an empty corrupted interval: nothing is corrupted
+    organism = organisms.NumericFunctions(cfg)
+    with pytest.raises(organisms.OrganismVerificationError):
+        organisms.obtain(organism, 0)
+    assert not (organisms.organism_dir(organism, 0) / "card.json").exists()
 
 
 # --- scorers: chance for a random method, ~1 for an oracle ------------------------------------------------------
 
 
 def test_circuit_scorers_random_is_chance_and_oracle_is_one():
-    cfg = bench.InductionConfig()
+    cfg = organisms.InductionConfig()
     organism = BuiltInduction(cfg, 0, _llama(cfg), prev_head=1, ind_head=2)  # the truth needs no training
     for metric in ("node_auroc", "edge_auroc"):
         value, chance = mean_score(M.random_circuit, organism, metric, seeds=range(200))
@@ -227,7 +227,7 @@ def test_one_declaration_registers_a_method_and_a_broken_method_is_reported(buil
     def broken(organism, ctx):
         raise RuntimeError("boom")
 
-    assert "test_lowest_first" in [m.name for m in suite.methods_for(bench.ModularAddition())]
+    assert "test_lowest_first" in [m.name for m in suite.methods_for(organisms.ModularAddition())]
     assert "frequencies/test_lowest_first" not in bench.default_suite().methods  # the suite's own, not global
     methods = ["test_lowest_first", "test_broken", "random"]
     board = bench.run_bench(seeds=(0,), organisms=["modular_addition"], methods=methods, progress=False, suite=suite)
@@ -264,7 +264,7 @@ def test_importing_the_bench_registers_nothing_and_imports_no_organism_or_method
 
 def test_an_organism_failing_verification_is_reported_not_scored():
     suite = bench.default_suite()
-    bench.register_organism(bench.NumericFunctions(bench.NumericConfig(width=(0.0, 0.0))), suite=suite)
+    bench.register_organism(organisms.NumericFunctions(organisms.NumericConfig(width=(0.0, 0.0))), suite=suite)
     board = bench.run_bench(seeds=(0,), organisms=["numeric_functions"], progress=False, suite=suite)
     assert board.scores == () and len(board.errors) == 1
     assert board.errors[0].startswith("numeric_functions/seed0: organism 'numeric_functions' seed 0: planted")

@@ -22,7 +22,7 @@ from mechscope.core import ResidualModel
 from mechscope.organisms import _tracr as _organism
 from mechscope.organisms._tracr import program_output
 
-SMALL = bench.TracrFracPrevs(bench.TracrConfig("frac_prevs", max_seq_len=3))
+SMALL = organisms.TracrFracPrevs(organisms.TracrConfig("frac_prevs", max_seq_len=3))
 
 
 pytestmark = pytest.mark.usefixtures("organism_cache")  # a fresh organism cache (conftest.py)
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("organism_cache")  # a fresh organism cache
 
 @pytest.fixture(scope="module")
 def organism():
-    return bench.obtain(SMALL, seed=0)
+    return organisms.obtain(SMALL, seed=0)
 
 
 def test_torch_conversion_reproduces_tracr_and_the_rasp_program(organism):
@@ -59,7 +59,7 @@ def test_ground_truth_is_the_emitted_components_and_their_edges(organism):
 
 def test_cached_organism_loads_without_recompiling(organism, monkeypatch):
     monkeypatch.setattr(_organism._Compiled, "build", lambda self, seed: pytest.fail("recompiled"))
-    again = bench.obtain(SMALL, seed=0)
+    again = organisms.obtain(SMALL, seed=0)
     assert again.accuracy() == 1.0 and again.circuit == organism.circuit
 
 
@@ -74,7 +74,7 @@ def test_a_broken_organism_fails_verification(organism, break_it):
             q, k = head.q.weight.clone(), head.k.weight.clone()
             head.q.weight.copy_(k)
             head.k.weight.copy_(q)
-    with pytest.raises(bench.OrganismVerificationError, match="reproduces the RASP program"):
+    with pytest.raises(organisms.OrganismVerificationError, match="reproduces the RASP program"):
         broken.verify()
 
 
@@ -110,7 +110,7 @@ def test_harness_scores_the_compiled_family(organism):
 
 def test_missing_extra_is_listed_as_skipped():
     suite = bench.default_suite()
-    suite.unavailable["tracr_fake"] = bench.MISSING_TRACR
+    suite.unavailable["tracr_fake"] = organisms.MISSING_TRACR
     board = bench.run_bench(seeds=(0,), organisms=["tracr_fake"], progress=False, suite=suite)
     assert board.skipped == ("tracr_fake: needs tracr and jax to build: pip install -e .[tracr]",)
     assert "Skipped organisms" in report.leaderboard_markdown(board)
@@ -212,4 +212,4 @@ def test_numerically_zero_scores_tie_with_unused_blocks(organism):
 
 
 def test_organisms_package_exports_the_compiled_programs():
-    assert organisms.TracrFracPrevs is bench.TracrFracPrevs and organisms.BuiltCompiled is bench.BuiltCompiled
+    assert organisms.TracrFracPrevs is organisms.TracrFracPrevs and organisms.BuiltCompiled is organisms.BuiltCompiled

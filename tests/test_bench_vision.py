@@ -3,7 +3,7 @@ import statistics
 import pytest
 import torch
 
-from mechscope import bench
+from mechscope import bench, organisms
 from mechscope.attribution import METHODS
 from mechscope.bench import _vision_methods as V
 from mechscope.bench._harness import derive_seed
@@ -18,13 +18,13 @@ SUITE = bench.default_suite()
 @pytest.fixture(scope="module")
 def trojan():
     torch.set_num_threads(1)
-    return bench.obtain(bench.TrojanPatch(), 0)
+    return organisms.obtain(organisms.TrojanPatch(), 0)
 
 
 @pytest.fixture(scope="module")
 def blocks():
     torch.set_num_threads(1)
-    return bench.obtain(bench.SignalBlocks(), 0)
+    return organisms.obtain(organisms.SignalBlocks(), 0)
 
 
 def ctx(seed: int) -> RunContext:
@@ -86,13 +86,13 @@ def test_trojan_verifies_and_fails_when_the_trojan_is_removed(trojan):
     v = trojan.verification
     assert v["clean_accuracy"] >= 0.85 and v["attack_success"] >= 0.9
     assert v["twin_attack_success"] <= 0.3 and v["max_decoy_attack_success"] <= 0.5
-    card = bench.read_card(bench.organism_dir(bench.TrojanPatch(), 0))
+    card = organisms.read_card(organisms.organism_dir(organisms.TrojanPatch(), 0))
     assert card["truth"]["trigger"] == trojan.trigger.name and len(card["sha256"]) == 64
     # A deliberately broken organism: the "trojaned" model is the clean twin.
     tensors = trojan.tensors()
-    broken = bench.TrojanPatch().load(0, {**tensors, **{k.replace("twin.", "trojan."): v for k, v in tensors.items()
+    broken = organisms.TrojanPatch().load(0, {**tensors, **{k.replace("twin.", "trojan."): v for k, v in tensors.items()
                                                         if k.startswith("twin.")}})  # fmt: skip
-    with pytest.raises(bench.OrganismVerificationError, match=r"attack success >= 0\.9"):
+    with pytest.raises(organisms.OrganismVerificationError, match=r"attack success >= 0\.9"):
         broken.verify()
 
 
@@ -115,19 +115,19 @@ def test_the_insertion_probe_finds_the_trigger_and_the_trojaned_model(trojan):
 
 
 def test_block_images_put_the_signal_in_its_block():
-    d = bench.block_images(64, 2, seed=0, distractor=1)
+    d = organisms.block_images(64, 2, seed=0, distractor=1)
     assert d.masks[:, 16:, :16].all() and d.masks.float().mean() == 0.25
     assert (d.labels != d.distractors).any() and d.images.shape == (64, 1, 32, 32)
     with pytest.raises(ValueError, match="must differ"):
-        bench.block_images(4, 2, seed=0, distractor=2)
+        organisms.block_images(4, 2, seed=0, distractor=2)
 
 
 def test_signal_blocks_verify_and_fail_when_the_twin_is_swapped(blocks):
     v = blocks.verification
     assert min(v["accuracy"], v["twin_accuracy"]) >= 0.85
     assert max(v["distractor_agreement"], v["twin_distractor_agreement"]) <= 0.4
-    broken = bench.BuiltBlocks(blocks.cfg, 0, blocks.twin, blocks.model)  # each model reads the other's block
-    with pytest.raises(bench.OrganismVerificationError, match="accuracy of both models"):
+    broken = organisms.BuiltBlocks(blocks.cfg, 0, blocks.twin, blocks.model)  # each model reads the other's block
+    with pytest.raises(organisms.OrganismVerificationError, match="accuracy of both models"):
         broken.verify()
 
 
@@ -165,16 +165,16 @@ def test_a_trojan_that_misses_a_threshold_is_retrained_longer_once(monkeypatch):
 
     def fake_verify(self):
         if self.cfg.epochs < 12:
-            raise bench.OrganismVerificationError("attack success too low")
+            raise organisms.OrganismVerificationError("attack success too low")
         return {"attack_success": 1.0}
 
     monkeypatch.setattr(_trojan, "train_cnn", fake_train)
     monkeypatch.setattr(_trojan.BuiltTrojan, "verify", fake_verify)
-    built = bench.TrojanBlend().build(seed=4)
+    built = organisms.TrojanBlend().build(seed=4)
     assert epochs == [6, 6, 12, 12] and built.cfg.epochs == 12
     epochs.clear()
     monkeypatch.setattr(_trojan.BuiltTrojan, "verify", lambda self: _trojan.require("t", 0, {}, {"never": False}))
-    assert bench.TrojanPatch().build(seed=0).cfg.epochs == 12 and epochs == [6, 6, 12, 12]  # no third attempt
+    assert organisms.TrojanPatch().build(seed=0).cfg.epochs == 12 and epochs == [6, 6, 12, 12]  # no third attempt
 
 
 def test_signal_blocks_that_miss_a_threshold_are_retrained_longer_once(monkeypatch):
@@ -188,9 +188,9 @@ def test_signal_blocks_that_miss_a_threshold_are_retrained_longer_once(monkeypat
 
     def fake_verify(self):
         if self.cfg.epochs < 16:
-            raise bench.OrganismVerificationError("accuracy 0.8496 < 0.85")
+            raise organisms.OrganismVerificationError("accuracy 0.8496 < 0.85")
         return {"accuracy": 0.9}
 
     monkeypatch.setattr(_blocks, "train_blocks", fake_train)
     monkeypatch.setattr(_blocks.BuiltBlocks, "verify", fake_verify)
-    assert bench.SignalBlocks().build(seed=0).cfg.epochs == 16 and epochs == [8, 8, 16, 16]
+    assert organisms.SignalBlocks().build(seed=0).cfg.epochs == 16 and epochs == [8, 8, 16, 16]

@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 import mechscope as ms
-from mechscope import bench
+from mechscope import bench, organisms
 from mechscope.bench._circuits import circuit_scores
 from mechscope.bench._registry import RunContext
 from mechscope.bench._scorers import auroc
@@ -154,10 +154,10 @@ def test_edge_runs_round_trip_and_their_curve_is_faithfulness_curve(llama, task)
 
 
 def test_the_bench_scores_a_declared_method_through_the_circuits_adapter(toy):
-    cfg = bench.InductionConfig()
+    cfg = organisms.InductionConfig()
     organism = BuiltInduction(cfg, 0, _llama(cfg), prev_head=1, ind_head=2)  # the truth needs no training
     suite = bench.default_suite()  # built now: the toy method declared by the fixture is in it
-    specs = {m.name: m for m in suite.methods_for(bench.Induction())}
+    specs = {m.name: m for m in suite.methods_for(organisms.Induction())}
     assert {"top-dla", "eap", "eap-ig", "acdc", "activation", "attribution", "dla", "random"} <= set(specs)
     output = specs["top-dla"].fn(organism, RunContext(0, True, None))
     assert isinstance(output, TopDLAResult)  # the method's own result type

@@ -9,6 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 import mechscope as ms
+from mechscope import organisms
 from mechscope.circuits import AnalysisConfig
 from mechscope.cli import app, open_model
 from mechscope.data.tasks import induction
@@ -159,8 +160,8 @@ def test_bench_writes_the_leaderboard_through_report(tmp_path, monkeypatch):
 
 def _small_suite(bench, full, *, broken: bool = False, bad_organism: bool = False):
     small = bench.Suite(scorers=full.scorers)
-    config = bench.NumericConfig(width=(0.0, 0.0)) if bad_organism else bench.NumericConfig()
-    small.add_organism(bench.NumericFunctions(config))
+    config = organisms.NumericConfig(width=(0.0, 0.0)) if bad_organism else organisms.NumericConfig()
+    small.add_organism(organisms.NumericFunctions(config))
     small.methods = {k: m for k, m in full.methods.items() if m.family == "descriptions"}
     if broken:
 

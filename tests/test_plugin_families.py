@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 import mechscope as ms
 from mechscope import attribution as at
-from mechscope import bench
+from mechscope import bench, organisms
 from mechscope.core._registry import MethodSpec
 from mechscope.features import KINDS, Dictionary, TrainResult, load_dictionary, recovery, train, train_config
 from mechscope.organisms import FeatureConfig, SmallCNN, SyntheticFeatures
@@ -114,7 +114,7 @@ def test_a_declared_attribution_method_reaches_cli_bench_and_report(tmp_path, cl
         method = suite.methods["attribution/grad_power"]
         assert not method.baseline and "trojans/grad_power" in suite.methods
         model, twin = (ms.wrap(SmallCNN(width=8).eval(), name=n) for n in ("a", "b"))
-        organism = bench.BuiltBlocks(bench.BlocksConfig(), 0, model, twin)
+        organism = organisms.BuiltBlocks(organisms.BlocksConfig(), 0, model, twin)
         ctx = bench.RunContext(seed=0, quick=True, workdir=tmp_path)
         out = method.fn(organism, ctx)
         assert isinstance(out.maps, at.Attribution) and out.maps.method == "grad_power"

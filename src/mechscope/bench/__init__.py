@@ -2,12 +2,12 @@
 
 Example::
 
-    from mechscope import bench, report
+    from mechscope import bench, organisms, report
 
     board = bench.run_bench(quick=True, seeds=(0,))   # builds (once, cached) and verifies every organism
     report.write_leaderboard(board, "bench-results")  # leaderboard.md / .json / .html
 
-    organism = bench.obtain(bench.Induction(), seed=0)   # a verified organism, from the cache
+    organism = organisms.obtain(organisms.Induction(), seed=0)   # a verified organism, from the cache
     organism.circuit.circuit                              # {'head.0.z[h..]', 'head.1.z[h..]'}
 
 What a run runs is a ``Suite``: ``default_suite()`` builds the built-in one when called, so importing this package
@@ -17,7 +17,7 @@ scorers with ``register_scorer``. Built-in families: circuits, features, frequen
 (trojaned CNNs and their clean twins), attribution (signal-block CNNs and their moved-block twins) and compiled
 (RASP programs compiled by tracr, with the ``tracr`` extra).
 
-The organisms live in ``mechscope.organisms``; their names are re-exported here, loaded on first use.
+The organisms live in ``mechscope.organisms``.
 """
 
 from __future__ import annotations
@@ -51,72 +51,13 @@ from ._scorers import (
 from ._suite import default_suite, score
 
 if TYPE_CHECKING:
-    from ..organisms import (
-        FAMILIES,
-        MISSING_TRACR,
-        TRACR_ORGANISMS,
-        BlockImages,
-        BlocksConfig,
-        Built,
-        BuiltBlocks,
-        BuiltCompiled,
-        BuiltFeatures,
-        BuiltInduction,
-        BuiltModAdd,
-        BuiltNumeric,
-        BuiltTMS,
-        BuiltTrojan,
-        CircuitTruth,
-        CompiledTransformer,
-        Edge,
-        FeatureConfig,
-        Induction,
-        InductionConfig,
-        ModAddConfig,
-        ModularAddition,
-        NumericConfig,
-        NumericFunction,
-        NumericFunctions,
-        Organism,
-        OrganismChecksumError,
-        OrganismVerificationError,
-        SignalBlocks,
-        SyntheticFeatures,
-        TMSConfig,
-        ToyModelOfSuperposition,
-        TracrConfig,
-        TracrDyck,
-        TracrFracPrevs,
-        TracrHist,
-        TracrReverse,
-        TracrSort,
-        TrojanBlend,
-        TrojanConfig,
-        TrojanNatural,
-        TrojanPatch,
-        block_images,
-        obtain,
-        organism_dir,
-        read_card,
-        tracr_available,
-    )
     from ._vision_scorers import AttributionOutput, TrojanOutput
 
-_ORGANISM_NAMES = (
-    "FAMILIES", "BlockImages", "BlocksConfig", "Built", "BuiltBlocks", "BuiltFeatures", "BuiltInduction",
-    "BuiltModAdd", "BuiltNumeric", "BuiltTMS", "BuiltTrojan", "CircuitTruth", "Edge", "FeatureConfig", "Induction",
-    "InductionConfig", "ModAddConfig", "ModularAddition", "NumericConfig", "NumericFunction", "NumericFunctions",
-    "Organism", "OrganismChecksumError", "OrganismVerificationError", "SignalBlocks", "SyntheticFeatures",
-    "TMSConfig", "ToyModelOfSuperposition", "TrojanBlend", "TrojanConfig", "TrojanNatural", "TrojanPatch",
-    "block_images", "obtain", "organism_dir", "read_card", "MISSING_TRACR", "TRACR_ORGANISMS", "BuiltCompiled",
-    "CompiledTransformer", "TracrConfig", "TracrDyck", "TracrFracPrevs", "TracrHist", "TracrReverse", "TracrSort",
-    "tracr_available",
-)  # fmt: skip
-_LAZY = {name: "mechscope.organisms" for name in _ORGANISM_NAMES} | {
+_LAZY = {
     "AttributionOutput": "mechscope.bench._vision_scorers",
     "TrojanOutput": "mechscope.bench._vision_scorers",
 }  # fmt: skip
-"""Names re-exported on first use (PEP 562): the organisms and the adapters import nothing until asked for."""
+"""Names re-exported on first use (PEP 562): the adapters import nothing until asked for."""
 
 
 def __getattr__(name: str) -> Any:
@@ -128,64 +69,21 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "FAMILIES",
     "FULL_SEEDS",
-    "MISSING_TRACR",
     "PLUGINS",
     "QUICK_SEEDS",
-    "TRACR_ORGANISMS",
     "AttributionOutput",
     "BenchFailure",
-    "BlockImages",
-    "BlocksConfig",
-    "Built",
-    "BuiltBlocks",
-    "BuiltCompiled",
-    "BuiltFeatures",
-    "BuiltInduction",
-    "BuiltModAdd",
-    "BuiltNumeric",
-    "BuiltTMS",
-    "BuiltTrojan",
     "CircuitScores",
-    "CircuitTruth",
-    "CompiledTransformer",
     "DictionaryOutput",
-    "Edge",
-    "FeatureConfig",
-    "Induction",
-    "InductionConfig",
     "Leaderboard",
     "MethodSpec",
-    "ModAddConfig",
-    "ModularAddition",
-    "NumericConfig",
-    "NumericFunction",
-    "NumericFunctions",
-    "Organism",
-    "OrganismChecksumError",
-    "OrganismVerificationError",
     "Row",
     "RunContext",
     "Score",
-    "SignalBlocks",
     "Suite",
-    "SyntheticFeatures",
-    "TMSConfig",
-    "ToyModelOfSuperposition",
-    "TracrConfig",
-    "TracrDyck",
-    "TracrFracPrevs",
-    "TracrHist",
-    "TracrReverse",
-    "TracrSort",
-    "TrojanBlend",
-    "TrojanConfig",
-    "TrojanNatural",
     "TrojanOutput",
-    "TrojanPatch",
     "auroc",
-    "block_images",
     "default_seeds",
     "default_suite",
     "derive_seed",
@@ -195,14 +93,10 @@ __all__ = [
     "interval_iou",
     "iou",
     "node_auroc",
-    "obtain",
-    "organism_dir",
     "random_dictionary",
-    "read_card",
     "register_method",
     "register_organism",
     "register_scorer",
     "run_bench",
     "score",
-    "tracr_available",
 ]
