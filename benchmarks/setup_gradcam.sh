@@ -3,8 +3,10 @@
 # of the goldens benchmarks/make_gradcam_goldens.py writes). pytorch-grad-cam imports torchvision, which needs a
 # torch other than the project's, hence a venv of its own. Idempotent; --force rebuilds.
 #
-# torch and torchvision are installed first (CPU wheels, pinned together) and held for every later step: a loose
-# resolve would fetch a multi-GB CUDA build instead of the CPU wheels this machine has on local disk.
+# torch and torchvision are installed first (pinned together) and held for every later step. On these machines the
+# only torchvision that installs beside a torch this package supports is 0.29.1 with torch 2.14.1, and PyPI's torch
+# 2.14.1 wheel is the CUDA build (about 5.5 GB, from local disk here): the peer runs on the CPU all the same, but it
+# is not the project's CPU torch 2.13.0, so the Grad-CAM ratio compares two torch builds (see benchmarks/README.md).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,7 +43,7 @@ torch==$TORCH_VERSION
 torchvision==$TORCHVISION_VERSION
 CEOF
 
-# 1. torch + torchvision, CPU builds, first (the local wheels here; elsewhere the PyTorch CPU index).
+# 1. torch + torchvision first (the local wheels here; elsewhere the PyTorch CPU index if PyPI's fails).
 if ! "${PIP[@]}" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" -c "$CONSTRAINTS"; then
     "${PIP[@]}" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" --index-url https://download.pytorch.org/whl/cpu
 fi

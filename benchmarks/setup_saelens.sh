@@ -12,6 +12,8 @@ VENV="$ROOT/.venv-saelens"
 PY="${PYTHON:-python3.11}"
 TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 SAELENS_VERSION="${SAELENS_VERSION:-6.54.12}"
+TRANSFORMERS_VERSION="${TRANSFORMERS_VERSION:-5.23.0}"
+TRANSFORMER_LENS_VERSION="${TRANSFORMER_LENS_VERSION:-3.9.0}"
 SPARSIFY_VERSION="${SPARSIFY_VERSION:-1.3.3}"
 
 want_check() {
@@ -36,7 +38,10 @@ fi
 PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check)
 
 CONSTRAINTS="$VENV/saelens-constraints.txt"
-echo "torch==$TORCH_VERSION" >"$CONSTRAINTS"
+# transformers and transformer-lens pinned at the versions the committed results were measured with
+# (benchmarks/results/dictionaries.json "versions"): an unpinned resolve moves the peer's code under the numbers.
+printf 'torch==%s\ntransformers==%s\ntransformer-lens==%s\n' "$TORCH_VERSION" "$TRANSFORMERS_VERSION" \
+    "$TRANSFORMER_LENS_VERSION" >"$CONSTRAINTS"
 
 # 1. torch, CPU build, first (pip's config on these machines points --find-links at the local CPU wheel;
 #    elsewhere the CPU index is the one to use).
