@@ -316,3 +316,36 @@ def test_harness_scores_circuit_methods_on_the_induction_organism(induction, tmp
     assert abs(rows["cpr", "random"].mean - cpr.chance) < 0.15 and cpr.mean > cpr.chance + 0.3
     assert cmd.mean < cmd.chance - 0.3 and not cmd.higher_is_better
     assert board.organisms["induction"]["0"] == induction.verification
+
+
+def test_a_cached_organism_is_verified_again_when_its_verification_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path))
+    from mechscope.organisms import _numeric
+
+    organism = organisms.NumericFunctions()
+    first = organisms.obtain(organism, 0)
+    card = organisms.read_card(organisms.organism_dir(organism, 0))
+    assert card["verification_id"] == organisms.verification_id(first)
+    calls = []
+    original = _numeric.BuiltNumeric.verify
+
+    def stricter(self):
+        calls.append(1)
+        return original(self) | {"stricter": 1.0}
+
+    organisms.obtain(organism, 0)  # unchanged verification: loaded as cached, not verified again
+    monkeypatch.setattr(_numeric.BuiltNumeric, "verify", stricter)
+    again = organisms.obtain(organism, 0)  # the check changed: the cached copy is verified again
+    assert calls == [1] and again.verification["stricter"] == 1.0
+    assert organisms.read_card(organisms.organism_dir(organism, 0))["verification_id"] == organisms.verification_id(
+        again
+    )
+    organisms.obtain(organism, 0)
+    assert calls == [1]  # the card now records the new check
+
+    def failing(self):
+        raise organisms.OrganismVerificationError("fails the new check")
+
+    monkeypatch.setattr(_numeric.BuiltNumeric, "verify", failing)
+    with pytest.raises(organisms.OrganismVerificationError, match="fails the new check"):
+        organisms.obtain(organism, 0)

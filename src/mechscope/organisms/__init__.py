@@ -27,6 +27,7 @@ from ._organism import (
     obtain,
     organism_dir,
     read_card,
+    verification_id,
 )
 from ._protocols import (
     AttributionOrganism,
@@ -133,5 +134,6 @@ __all__ = [
     "read_card",
     "tracr_available",
     "train_classifier",
+    "verification_id",
     "vision_organism",
 ]

@@ -14,13 +14,17 @@ Cache layout (outside git, ``mechscope._cache.cache_dir``)::
                                                       ground truth, versions
 
 ``key`` is the organism's name, suffixed with a hash of its config when the config is not the default one, so
-variants never overwrite each other.
+variants never overwrite each other. The card also records which verification passed (``verification_id``: the
+built class's ``verification_version`` and a hash of its ``verify`` source); a cached organism whose verification
+has changed since is verified again on load (its card updated when it passes, ``OrganismVerificationError`` when
+it does not), so a stricter check never lets an old cache through.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
 import time
 from abc import ABC, abstractmethod
@@ -32,7 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .._cache import atomic_dir, cache_dir, sha256_file
+from .._cache import atomic_dir, atomic_write_bytes, cache_dir, sha256_file
 
 CARD = "card.json"
 WEIGHTS = "organism.safetensors"
@@ -59,6 +63,8 @@ class Built(ABC):
     """sha256 of the cached weights file (filled in by ``obtain``)."""
     seconds: float = 0.0
     """Build time (filled in by ``obtain``; 0 when loaded from the cache)."""
+    verification_version: ClassVar[int] = 1
+    """Bump when ``verify`` changes through code it calls (its own source is hashed into ``verification_id``)."""
 
     @abstractmethod
     def tensors(self) -> dict[str, Tensor]:
@@ -167,6 +173,7 @@ def obtain(organism: Organism, seed: int, *, rebuild: bool = False) -> Built:
             "config": organism.config(),
             "sha256": built.sha256,
             "verification": built.verification,
+            "verification_id": verification_id(built),
             "truth": built.truth,
             "build_seconds": round(built.seconds, 3),
             "versions": _versions(),
@@ -188,7 +195,18 @@ def load_cached(organism: Organism, seed: int, folder: Path) -> Built:
         )
     built = organism.load(seed, load_file(str(folder / WEIGHTS)))
     built.verification, built.sha256 = dict(card["verification"]), actual
+    if card.get("verification_id") != verification_id(built):  # the check changed since this copy was verified
+        built.verification = built.verify()  # raises OrganismVerificationError when the cached copy fails it now
+        card |= {"verification": built.verification, "verification_id": verification_id(built)}
+        atomic_write_bytes(folder / CARD, json.dumps(card, indent=2).encode())
     return built
+
+
+def verification_id(built: Built) -> str:
+    """Which verification a built organism passes: its class's ``verification_version`` and ``verify`` source hash."""
+    cls = type(built)
+    source = inspect.getsource(cls.verify)
+    return f"{cls.verification_version}-{hashlib.sha256(source.encode()).hexdigest()[:12]}"
 
 
 def read_card(folder: Path) -> dict[str, Any]:
