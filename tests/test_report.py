@@ -70,3 +70,15 @@ def test_demo_report_is_self_contained_with_every_section(tmp_path):
     assert a.circuit.n_edges == int(0.1 * a.scores.graph.n_edges) > 0
     assert (tmp_path / "circuit.dot").read_text().count("->") == a.circuit.n_edges
     assert "svg" in result.files or "Graphviz <code>dot</code> is not installed" in page
+
+
+def test_leaderboard_marks_single_seed_rows_instead_of_a_zero_spread():
+    from mechscope import bench, report
+
+    scores = [bench.Score("a", "org", s, "m", v, 0.5) for s, v in ((0, 0.6), (1, 0.8))] + [
+        bench.Score("b", "org", 0, "m", 0.7, 0.5)
+    ]
+    lines = report.leaderboard_markdown(bench.Leaderboard(tuple(scores))).splitlines()
+    row = {line.split("|")[1].strip(): line for line in lines if line.startswith("| a ") or line.startswith("| b ")}
+    assert "0.700 ± 0.141" in row["a"] and "one seed" not in row["a"]
+    assert "0.700 (one seed)" in row["b"] and "±" not in row["b"]

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 
 def _fmt(row: Row) -> str:
-    return f"{row.mean:.3f} ± {row.std:.3f}"
+    """Mean ± spread over seeds; a single seed's score is marked as such (it has no spread to show)."""
+    return f"{row.mean:.3f} ± {row.std:.3f}" if row.n > 1 else f"{row.mean:.3f} (one seed)"
 
 
 def _tables(board: Leaderboard) -> dict[tuple[str, str], list[Row]]:
