@@ -278,7 +278,9 @@ def check_outputs(board, out: Path) -> None:
     assert data["rows"] and data["scores"] and not data["errors"]
     again = bench.Leaderboard.from_dict(data)
     assert again == board.__class__(board.scores, board.organisms, board.errors, board.quick, round(board.seconds, 2),
-                                    board.skipped)  # fmt: skip
+                                    board.skipped, board.run)  # fmt: skip
+    assert data["run"]["torch_threads"] == bench.THREADS and set(data["run"]["seeds"]) == set(board.organisms)
+    assert data["run"]["versions"]["torch"] == torch.__version__
     assert report.leaderboard_markdown(again).split("\n")[3:] == report.leaderboard_markdown(board).split("\n")[3:]
     page = (out / "leaderboard.html").read_text()
     assert "<script" not in page and "http" not in page and "data:image/png;base64," in page

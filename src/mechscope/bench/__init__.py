@@ -25,7 +25,18 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._harness import FULL_SEEDS, QUICK_SEEDS, BenchFailure, Leaderboard, Row, default_seeds, derive_seed, run_bench
+from ._harness import (
+    FULL_SEEDS,
+    QUICK_SEEDS,
+    THREADS,
+    BenchFailure,
+    Leaderboard,
+    Row,
+    default_seeds,
+    derive_seed,
+    run_bench,
+    run_info,
+)
 from ._registry import (
     PLUGINS,
     MethodSpec,
@@ -72,6 +83,7 @@ __all__ = [
     "FULL_SEEDS",
     "PLUGINS",
     "QUICK_SEEDS",
+    "THREADS",
     "AttributionOutput",
     "BenchFailure",
     "CircuitScores",
@@ -98,5 +110,6 @@ __all__ = [
     "register_organism",
     "register_scorer",
     "run_bench",
+    "run_info",
     "score",
 ]

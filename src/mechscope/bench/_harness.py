@@ -11,6 +11,7 @@ renders it as markdown and HTML.
 from __future__ import annotations
 
 import hashlib
+import os
 import statistics
 import tempfile
 import time
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from ._registry import RunContext, Suite
 from ._scorers import Score
 
@@ -28,6 +31,8 @@ if TYPE_CHECKING:
     from ..organisms._organism import Organism
 
 QUICK_SEEDS = (0, 1, 2)
+THREADS = 2
+"""torch threads a bench run pins by default (CI's machines have two cores)."""
 
 
 class BenchFailure(RuntimeError):
@@ -73,6 +78,8 @@ class Leaderboard:
     """Wall time of the run."""
     skipped: tuple[str, ...] = ()
     """``organism: why`` for each organism that cannot be built here (``UNAVAILABLE``)."""
+    run: dict[str, Any] = field(default_factory=dict)
+    """How the run was made: machine, CPU kernel path, torch threads, package versions, seeds per organism."""
 
     def rows(self) -> list[Row]:
         """Scores aggregated over seeds, per organism, metric and method (methods under test first)."""
@@ -103,6 +110,7 @@ class Leaderboard:
             "organisms": self.organisms,
             "errors": list(self.errors),
             "skipped": list(self.skipped),
+            "run": self.run,
         }
 
     @classmethod
@@ -110,7 +118,7 @@ class Leaderboard:
         """The leaderboard ``to_dict`` wrote (rows are recomputed from the scores)."""
         return cls(tuple(Score.from_dict(s) for s in data["scores"]), dict(data.get("organisms", {})),
                    tuple(data.get("errors", ())), bool(data.get("quick", True)), float(data.get("seconds", 0.0)),
-                   tuple(data.get("skipped", ())))  # fmt: skip
+                   tuple(data.get("skipped", ())), dict(data.get("run", {})))  # fmt: skip
 
 
 def run_bench(
@@ -122,6 +130,7 @@ def run_bench(
     progress: bool = True,
     suite: Suite | None = None,
     keep_going: bool = True,
+    threads: int | None = THREADS,
 ) -> Leaderboard:
     """Run every method of ``suite`` (default ``default_suite()``) on every organism it applies to, for each seed.
 
@@ -130,13 +139,35 @@ def run_bench(
     ``topk_sae``). ``mechscope.report.write_leaderboard`` writes the result as markdown, JSON and HTML.
     With ``keep_going=False`` the first organism that fails its verification or method that raises stops the run
     with ``BenchFailure``; otherwise failures are recorded in ``Leaderboard.errors`` and the run goes on.
+    ``threads`` pins torch's intra-op threads for the run (restored afterwards; None keeps the current setting):
+    reductions split over another number of threads round differently, so a pinned count keeps scores comparable
+    between machines. The leaderboard records it with the machine, versions and seeds (``Leaderboard.run``).
     """
-    from tqdm.auto import tqdm
-
-    from ..organisms._organism import OrganismVerificationError, obtain
     from ._suite import default_suite
 
     suite = (suite or default_suite()).check()
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run(suite, quick, seeds, organisms, methods, progress, keep_going)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(
+    suite: Suite,
+    quick: bool,
+    seeds: Sequence[int] | None,
+    organisms: Sequence[str] | None,
+    methods: Sequence[str] | None,
+    progress: bool,
+    keep_going: bool,
+) -> Leaderboard:
+    from tqdm.auto import tqdm
+
+    from ..organisms._organism import OrganismVerificationError, obtain
+
     start = time.perf_counter()
     names = list(organisms) if organisms is not None else [*suite.organisms, *suite.unavailable]
     skipped = tuple(f"{n}: {suite.unavailable[n]}" for n in names if n in suite.unavailable)
@@ -159,8 +190,35 @@ def run_bench(
         errors += failed
         if failed and not keep_going:
             raise BenchFailure(f"method failed: {failed[0]}")
+    run = {**run_info(), "seeds": {o.name: sorted({s for p, s in jobs if p is o}) for o in chosen}}
     return Leaderboard(tuple(_with_baselines(scores, suite.baselines())), dict(verified), tuple(errors), quick,
-                       time.perf_counter() - start, skipped)  # fmt: skip
+                       time.perf_counter() - start, skipped, run)  # fmt: skip
+
+
+def run_info() -> dict[str, Any]:
+    """The machine and software a bench run used (recorded in its leaderboard)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    found = {}
+    for package in ("mechscope", "torch", "transformers", "numpy", "captum", "tracr-pypi", "jax"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return {
+        "machine": f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "versions": found,
+    }
 
 
 def default_seeds(organism: Organism, quick: bool) -> tuple[int, ...]:
