@@ -101,7 +101,9 @@ def _vision_methods(suite: Suite) -> None:
 
     for spec in v.attribution_methods():  # every declared attribution method tagged for the bench, one adapter
         suite.add(spec)
-    suite.add_method(v.insertion_probe, family="trojans")
+    # an upper reference, not a method under test: it scores the candidates on the same kind of images and placements
+    # that the organism's own build-time verification accepted, so its pick is right by construction
+    suite.add_method(v.insertion_probe, family="trojans", baseline=True)
     suite.add_method(v.feature_visualisation, family="trojans")
     suite.add_method(v.random_trojan, family="trojans", name="random", baseline=True)
     suite.add_method(v.oracle_trojan, family="trojans", name="oracle", baseline=True)

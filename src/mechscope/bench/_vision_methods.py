@@ -103,7 +103,11 @@ def _insertion(organism: TrojanOrganism, model: Model, k: int) -> list[float]:
 
 
 def insertion_probe(organism: TrojanOrganism, ctx: RunContext) -> TrojanOutput:
-    """Black box: each candidate's mean gain in the target's probability when put into clean images."""
+    """Baseline (an upper reference): each candidate's mean gain in the target's probability in clean images.
+
+    It repeats the organism's build-time verification (the trigger put into clean images raises the target), so its
+    pick is right by construction; the leaderboard shows it beside the methods, as it shows the oracle.
+    """
     k = _sizes(ctx)[1] * 2
     return TrojanOutput(_insertion(organism, organism.model, k), _insertion(organism, organism.twin, k))
 
