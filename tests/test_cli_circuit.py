@@ -62,6 +62,18 @@ def test_acdc_node_circuit(tmp_path, task_file):
     s = json.loads(result.stdout)
     assert s["curve"] is None and isinstance(s["scores"]["kept"], list) and s["config"]["tau"] == 0.0001
     assert json.loads((tmp_path / "circuit.json").read_text())["result"]["tau"] == 0.0001
+    # the same numbers as the library: ACDC's kept nodes, and the faithfulness of their circuit under patching
+    import mechscope as ms
+    from mechscope import circuits
+    from mechscope.data import tasks
+
+    model = ms.tiny("llama")
+    task = tasks.from_jsonl(task_file, model.tokenizer)
+    found = circuits.acdc(model, task, tau=0.0001, progress=False)
+    assert s["scores"]["kept"] == list(found.kept)
+    faith = circuits.faithfulness(model, task, [found.circuit()], progress=False)[0]
+    assert s["circuit"]["faithfulness"] == pytest.approx(faith, abs=1e-6)
+    assert s["circuit"]["n_edges"] == found.circuit().n_edges
 
 
 def test_bad_options_are_one_line_errors(tmp_path, task_file):

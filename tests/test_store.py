@@ -343,3 +343,11 @@ def test_store_feeds_dictionary_training(model, corpus_file, tmp_path):
     cfg = mf.TrainConfig(mf.DictionaryConfig("topk", d_in=64, d_sae=128, k=4), batch_size=64, n_tokens=64 * 6)
     result = mf.train(cfg, store.batches("resid_post.1", 64), tmp_path / "dict", progress=False)
     assert result.steps == 6
+    # it trained on exactly the store's rows: the same batches handed over directly give the same dictionary, and
+    # the same number of other rows (the store's rows in another order) gives another one
+    batches = list(store.batches("resid_post.1", 64))
+    same = mf.train(cfg, iter(batches), tmp_path / "same", progress=False)
+    other = mf.train(cfg, iter(batches[::-1]), tmp_path / "other", progress=False)
+    weights = [d.state_dict() for d in (result.dictionary, same.dictionary, other.dictionary)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
