@@ -32,7 +32,6 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -42,21 +41,9 @@ from typing import Any
 
 import torch
 
+from mechscope._machine import machine
+
 HERE = Path(__file__).resolve().parent
-
-
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (
-        f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, torch threads {torch.get_num_threads()}, "
-        f"{platform.system()} {platform.release()}"
-    )
 
 
 def _busy() -> tuple[float, float, float]:

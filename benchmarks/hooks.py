@@ -45,7 +45,6 @@ import ctypes
 import gc
 import importlib.util
 import json
-import platform
 import statistics
 import sys
 import threading
@@ -357,17 +356,9 @@ def wait_quiet(max_wait: float, window: float = 3.0, threshold: float = 0.1) -> 
 
 
 def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (
-        f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, torch threads {torch.get_num_threads()}, "
-        f"{platform.system()} {platform.release()}"
-    )
+    from mechscope._machine import machine as describe  # every benchmark env installs mechscope (the setup scripts)
+
+    return describe()
 
 
 def versions() -> dict[str, str]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -37,6 +36,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from mechscope._machine import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "transformers.modeling_utils", "captum", "matplotlib", "jax", "scipy", "sklearn", "sqlite3")
@@ -54,17 +55,6 @@ t2, c2 = time.perf_counter(), time.process_time()
 print(json.dumps([t1 - t0, t2 - t1, c1 - c0, c2 - c1]))
 """
 _HELP = "import sys; sys.argv[0] = 'mechscope'; from mechscope.cli import app; app()"
-
-
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
 
 
 def _busy_cpu() -> float:
@@ -232,7 +222,7 @@ def main() -> None:
             print(f"  {e['module']:45} self {e['self_ms']:8.1f} ms  cumulative {e['cumulative_ms']:8.1f} ms")
     result = {
         "benchmark": "startup: import mechscope and mechscope --help (fresh interpreters, wall seconds)",
-        "machine": machine(),
+        "machine": machine(threads=False),
         "rows": rows,
         "ratios": ratios,
         "config": {"before": before_label, "after": "working tree", "rounds": args.rounds, "python": sys.version},

@@ -11,7 +11,6 @@ renders it as markdown and HTML.
 from __future__ import annotations
 
 import hashlib
-import os
 import statistics
 import tempfile
 import time
@@ -200,12 +199,8 @@ def run_info() -> dict[str, Any]:
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from .._machine import machine
+
     found = {}
     for package in ("mechscope", "torch", "transformers", "numpy", "captum", "tracr-pypi", "jax"):
         try:
@@ -213,7 +208,7 @@ def run_info() -> dict[str, Any]:
         except PackageNotFoundError:
             continue
     return {
-        "machine": f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
+        "machine": machine(threads=False),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
