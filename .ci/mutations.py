@@ -46,6 +46,12 @@ MUTATIONS = [
              "1.0 if mine > twin else 0.5 if mine == twin else 0.0", "1.0 if mine >= twin else 0.0"),
     Mutation("randomisation check mutates the caller's model", "attribution/_metrics.py",
              "twin = copy.deepcopy(model)", "twin = model"),
+    Mutation("reproduction check: every row passes", "bench/_reproduce.py",
+             "return abs(measured - reference) > tolerance + 1e-12", "return False",
+             ("tests/test_reproduce.py",)),
+    Mutation("reproduction check: rows missing from the run pass", "bench/_reproduce.py",
+             "return not (self.drifts or self.missing or self.extra)", "return not (self.drifts or self.extra)",
+             ("tests/test_reproduce.py",)),
 ]  # fmt: skip
 
 

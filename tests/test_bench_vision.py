@@ -96,6 +96,27 @@ def test_trojan_verifies_and_fails_when_the_trojan_is_removed(trojan):
         broken.verify()
 
 
+@pytest.mark.parametrize("recipe", [organisms.TrojanBlend(), organisms.TrojanNatural()], ids=lambda r: r.name)
+def test_blend_and_natural_trojans_build_verify_and_fail_without_their_trojan(recipe):
+    """The two other trigger kinds are built here too (from an empty cache), not only by the bench."""
+    torch.set_num_threads(1)
+    built = organisms.obtain(recipe, 0)
+    v, c = built.verification, recipe.cfg
+    assert v["clean_accuracy"] >= c.min_clean_accuracy and v["twin_clean_accuracy"] >= c.min_clean_accuracy
+    assert v["attack_success"] >= c.min_attack_success and v["twin_attack_success"] <= c.max_twin_attack_success
+    assert v["max_decoy_attack_success"] <= c.max_decoy_attack_success
+    card = organisms.read_card(organisms.organism_dir(recipe, 0))
+    assert card["truth"]["trigger"] == built.trigger.name and built.kind == card["truth"]["kind"] == recipe.kind
+    # the planted trigger is the one the trojaned model answers to: oracle picks score 1 on the built organism
+    oracle = scores(V.oracle_trojan, built, [0])
+    assert oracle["trigger_pick"][0] == 1.0 and oracle["trojan_detection"][0] == 1.0
+    tensors = built.tensors()
+    broken = recipe.load(0, {**tensors, **{k.replace("twin.", "trojan."): v for k, v in tensors.items()
+                                          if k.startswith("twin.")}})  # fmt: skip
+    with pytest.raises(organisms.OrganismVerificationError, match="attack success"):
+        broken.verify()
+
+
 def test_trojan_scorers_random_is_chance_and_oracle_is_perfect(trojan):
     random = scores(V.random_trojan, trojan, range(120))
     for metric in ("trigger_pick", "trigger_overlap", "trojan_detection"):

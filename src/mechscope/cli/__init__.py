@@ -135,13 +135,34 @@ def bench(
             help="On a failed organism or method: finish and write the table, then exit 1 (default: stop at once).",
         ),
     ] = False,
+    check: Annotated[
+        Path | None,
+        typer.Option(
+            "--check",
+            help="A committed leaderboard.json to reproduce: exit 1 when any row moves beyond its tolerance.",
+        ),
+    ] = None,
+    tolerances: Annotated[
+        Path | None,
+        typer.Option(
+            "--tolerances",
+            help="Per-row tolerances measured across CPUs (default: leaderboard-tolerances.json beside --check).",
+        ),
+    ] = None,
 ) -> None:
     """Score every method of the bench's suite on model organisms whose mechanism is known; write the leaderboard.
 
-    Exits with status 1 when any organism fails its build-time verification or any method raises.
+    Exits with status 1 when any organism fails its build-time verification or any method raises, and with
+    --check when a row differs from the committed leaderboard by more than its tolerance.
     """
-    from ..bench import BenchFailure, default_suite, run_bench
+    from ..bench import BenchFailure, default_suite, load_tolerances, run_bench
     from ..report import leaderboard_markdown, write_leaderboard
+
+    reference = table = None
+    if check is not None:
+        with user_errors():
+            reference = json.loads(check.read_text())
+            table = load_tolerances(tolerances or check.with_name("leaderboard-tolerances.json"))
 
     try:
         board = run_bench(quick=quick, suite=default_suite(), keep_going=keep_going)
@@ -156,6 +177,23 @@ def bench(
         for line in board.errors:
             _err().print(f"[bold red]failed:[/] {escape(line)}", soft_wrap=True)
         raise typer.Exit(1)
+    if reference is not None and table is not None:
+        _check_reproduces(board.to_dict(), reference, table, check)
+
+
+def _check_reproduces(measured: dict, reference: dict, table: dict, path: Path | None) -> None:
+    """Print how the run compares with the committed leaderboard; exit 1 when a row moved beyond its tolerance."""
+    from ..bench import compare
+
+    with user_errors():
+        result = compare(measured, reference, table)
+    for line in result.lines():
+        _err().print(f"[bold red]{escape(line)}[/]", soft_wrap=True)
+    note = f"; {len(result.untabled)} not in the tolerance table" if result.untabled else ""
+    if not result.ok:
+        _err().print(f"[bold red]error:[/] the run does not reproduce {path} ({result.checked} rows compared{note})")
+        raise typer.Exit(1)
+    typer.echo(f"reproduces {path}: {result.checked} rows within their tolerances{note}")
 
 
 if __name__ == "__main__":
