@@ -1,0 +1,372 @@
+"""The explorer's ASGI app: the page, its static files, and the JSON API of ``ENDPOINTS``.
+
+``create_app(Explorer(...))`` builds a Starlette app wrapped in the security guard (``_security.Guard``). The model
+is given once; every endpoint that touches it runs on the one model worker (``_worker.Worker``). Errors come back
+as ``{"error": sentence}`` with 400 (bad input), 401/403 (refused), 404 (no such file or method) or 500 (a job
+failed); the server keeps serving either way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ..core._model import Model
+from . import _lab, _views
+from ._api import Endpoint, Param, openapi, parse
+from ._files import PathRefused, Roots
+from ._lab import BadRequest
+from ._security import Guard, allowed_hosts, is_loopback
+from ._worker import Worker
+
+STATIC = Path(__file__).parent / "static"
+
+
+@dataclass
+class Explorer:
+    """What the server holds: the model (loaded once), the run directories, the worker, and the access rules."""
+
+    model: Model | None = None
+    roots: Roots = field(default_factory=lambda: Roots([]))
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None
+    """Required on every request when set; ``mechscope serve`` generates one for a non-loopback host."""
+    max_tokens: int = _lab.DEFAULT_MAX_TOKENS
+    worker: Worker = field(default_factory=Worker)
+
+    def __post_init__(self) -> None:
+        if not is_loopback(self.host) and self.token is None:
+            raise ValueError(f"--host {self.host} reaches beyond this machine: an access token is required")
+
+    def need_model(self) -> Model:
+        if self.model is None:
+            raise BadRequest("this server has no model loaded (start it with --model NAME)")
+        return self.model
+
+    async def on_model(self, name: str, fn: Any, *args: Any) -> Any:
+        model = self.need_model()
+        return await self.worker.run(name, fn, model, *args)
+
+
+# --- handlers: each takes the explorer and its parsed arguments ----------------------------------------------------
+
+
+async def _status(x: Explorer) -> dict[str, Any]:
+    import mechscope
+
+    model = _lab.model_info(x.model, x.max_tokens) if x.model is not None else None
+    return {
+        "version": mechscope.__version__,
+        "model": model,
+        "worker": x.worker.stats.to_dict(),
+        "roots": x.roots.describe(),
+        "token_required": x.token is not None,
+    }
+
+
+async def _methods(x: Explorer) -> dict[str, Any]:
+    from ..cli._methods import describe
+
+    return describe()
+
+
+async def _method(x: Explorer, family: str, name: str) -> dict[str, Any]:
+    from ..cli._methods import registry
+
+    return dict(registry(family)[name].describe())
+
+
+async def _runs(x: Explorer) -> dict[str, Any]:
+    import asyncio
+
+    found = await asyncio.to_thread(x.roots.scan)
+    return {"roots": x.roots.describe(), "found": [f.to_dict() for f in found]}
+
+
+def _prompt_job(model: Model, prompt: str, top_k: int, max_tokens: int) -> dict[str, Any]:
+    _lab.check_prompt(model, prompt, max_tokens)
+    return _lab.predictions(model, prompt, top_k)
+
+
+async def _prompt(x: Explorer, prompt: str, top_k: int) -> dict[str, Any]:
+    return await x.on_model("prompt", _prompt_job, prompt, top_k, x.max_tokens)
+
+
+def _lens_job(model: Model, prompt: str, top_k: int, max_tokens: int) -> dict[str, Any]:
+    _lab.check_prompt(model, prompt, max_tokens)
+    return _lab.lens_grid(model, prompt, top_k)
+
+
+async def _lens(x: Explorer, prompt: str, top_k: int) -> dict[str, Any]:
+    return await x.on_model("lens", _lens_job, prompt, top_k, x.max_tokens)
+
+
+def _attention_job(model: Model, prompt: str, layer: int, max_tokens: int) -> dict[str, Any]:
+    _lab.check_prompt(model, prompt, max_tokens)
+    return _lab.attention(model, prompt, layer)
+
+
+async def _attention(x: Explorer, prompt: str, layer: int) -> dict[str, Any]:
+    return await x.on_model("attention", _attention_job, prompt, layer, x.max_tokens)
+
+
+def _dla_job(model: Model, prompt: str, answer: str, wrong: str, max_tokens: int) -> dict[str, Any]:
+    _lab.check_prompt(model, prompt, max_tokens)
+    return _lab.dla(model, prompt, answer, wrong)
+
+
+async def _dla(x: Explorer, prompt: str, answer: str, wrong: str) -> dict[str, Any]:
+    return await x.on_model("dla", _dla_job, prompt, answer, wrong, x.max_tokens)
+
+
+def _sites_job(model: Model, pattern: str) -> list[dict[str, str]]:
+    return [row._asdict() for row in model.sites(pattern)]
+
+
+async def _sites(x: Explorer, pattern: str) -> dict[str, Any]:
+    return {"pattern": pattern, "sites": await x.on_model("sites", _sites_job, pattern)}
+
+
+def _lens_method_job(model: Model, name: str, prompt: str, settings: dict[str, Any], max_tokens: int) -> Any:
+    from ..lenses import METHODS
+
+    _lab.check_prompt(model, prompt, max_tokens)
+    spec = METHODS[name]
+    return spec(model, prompt, config=spec.make_config(**settings)).to_dict()
+
+
+async def _run_lens(x: Explorer, name: str, prompt: str, settings: dict[str, Any]) -> Any:
+    return await x.on_model(f"lens {name}", _lens_method_job, name, prompt, settings, x.max_tokens)
+
+
+async def _circuit(x: Explorer, ref: str) -> dict[str, Any]:
+    import asyncio
+
+    return await asyncio.to_thread(_views.circuit_view, x.roots.resolve(ref))
+
+
+async def _bench(x: Explorer, ref: str) -> dict[str, Any]:
+    import asyncio
+
+    return await asyncio.to_thread(_views.bench_view, x.roots.resolve(ref))
+
+
+async def _features(x: Explorer, ref: str, by: str, n: int) -> dict[str, Any]:
+    import asyncio
+
+    return await asyncio.to_thread(_views.feature_list, x.roots.resolve(ref), by, n)
+
+
+async def _feature(x: Explorer, ref: str, latent: int) -> dict[str, Any]:
+    import asyncio
+
+    return await asyncio.to_thread(_views.feature_card, x.roots.resolve(ref), latent)
+
+
+async def _feature_search(x: Explorer, ref: str, token: str, n: int) -> dict[str, Any]:
+    import asyncio
+
+    return await asyncio.to_thread(_views.feature_search, x.roots.resolve(ref), token, n)
+
+
+_PROMPT = Param("prompt", "body", str, "The prompt (at most the server's token limit; see /api/status).", required=True)
+_REF = Param("ref", "query", str, "A file reference ROOT/PATH, as /api/runs lists them.", required=True)
+
+ENDPOINTS: list[Endpoint] = [
+    Endpoint("GET", "/api/status", "The model, the worker's queue and the run directories.", _status),
+    Endpoint("GET", "/api/methods", "Every family's declared methods (the registries' describe()).", _methods),
+    Endpoint(
+        "GET",
+        "/api/methods/{family}/{name}",
+        "One declared method: summary, tags, result and settings.",
+        _method,
+        (Param("family", "path", str, "Method family (see /api/methods)."), Param("name", "path", str, "Method name.")),
+    ),
+    Endpoint("GET", "/api/runs", "Circuit runs, leaderboards and feature databases under the run directories.", _runs),
+    Endpoint(
+        "POST",
+        "/api/prompt",
+        "The prompt's tokens and the top-k next tokens with probabilities.",
+        _prompt,
+        (_PROMPT, Param("top_k", "body", int, "How many next tokens.", 10, minimum=1, maximum=100)),
+        True,
+    ),
+    Endpoint(
+        "POST",
+        "/api/lens",
+        "Logit lens at every layer and position: the top tokens of each cell.",
+        _lens,
+        (_PROMPT, Param("top_k", "body", int, "Top tokens per cell.", 3, minimum=1, maximum=20)),
+        True,
+    ),
+    Endpoint(
+        "POST",
+        "/api/attention",
+        "Every head's attention pattern at one layer: patterns[head][query][key].",
+        _attention,
+        (_PROMPT, Param("layer", "body", int, "Layer.", required=True)),
+        True,
+    ),
+    Endpoint(
+        "POST",
+        "/api/dla",
+        "Direct logit attribution of every head and MLP to answer minus wrong.",
+        _dla,
+        (
+            _PROMPT,
+            Param("answer", "body", str, "Answer token, e.g. ' Mary'.", required=True),
+            Param("wrong", "body", str, "Alternative token, e.g. ' John'.", required=True),
+        ),
+        True,
+    ),
+    Endpoint(
+        "GET",
+        "/api/sites",
+        "The model's sites matching a name or glob (unknown names get suggestions).",
+        _sites,
+        (Param("pattern", "query", str, "Site name or glob, e.g. 'head.0.*'.", "*"),),
+        True,
+    ),
+    Endpoint(
+        "POST",
+        "/api/lenses/{name}",
+        "Run any declared lens on a prompt, with its settings.",
+        _run_lens,
+        (
+            Param("name", "path", str, "Lens name (see /api/methods)."),
+            _PROMPT,
+            Param("settings", "body", dict, "The lens's settings by name (its config fields).", {}),
+        ),
+        True,
+    ),
+    Endpoint(
+        "GET",
+        "/api/circuit",
+        "A circuit run as a layered graph with its edges' scores and the curve.",
+        _circuit,
+        (_REF,),
+    ),
+    Endpoint("GET", "/api/bench", "A leaderboard's rows with families, chance and baselines.", _bench, (_REF,)),
+    Endpoint(
+        "GET",
+        "/api/features",
+        "A feature database's latents ranked by a statistic.",
+        _features,
+        (
+            _REF,
+            Param("by", "query", str, "frequency | mean_activation | max_activation | n_active.", "frequency"),
+            Param("n", "query", int, "How many latents.", 50, minimum=1, maximum=1000),
+        ),
+    ),
+    Endpoint(
+        "GET",
+        "/api/feature",
+        "One latent's page: statistics, histogram, top contexts, logit effects.",
+        _feature,
+        (_REF, Param("latent", "query", int, "Latent index.", required=True, minimum=0)),
+    ),
+    Endpoint(
+        "GET",
+        "/api/features/search",
+        "Latents that promote a token most.",
+        _feature_search,
+        (
+            _REF,
+            Param("token", "query", str, "Token text or id.", required=True),
+            Param("n", "query", int, "How many latents.", 20, minimum=1, maximum=1000),
+        ),
+    ),
+]
+"""The JSON API: the router, ``/api`` and ``/api/openapi.json`` are made from this table."""
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _status_of(err: BaseException) -> tuple[int, str]:
+    if isinstance(err, PathRefused):
+        return 403, str(err)
+    if isinstance(err, FileNotFoundError):
+        return 404, str(err.args[0] if err.args else err)
+    if isinstance(err, KeyError):  # unknown site or method: the message names the closest ones
+        return (404 if type(err).__name__ == "UnknownMethodError" else 400), str(err.args[0] if err.args else err)
+    if isinstance(err, BadRequest | ValueError | TypeError | IndexError):
+        return 400, str(err)
+    return 500, f"the job failed: {type(err).__name__}: {err}"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):
+        return _jsonable(value.tolist())
+    return value
+
+
+def _route(x: Explorer, endpoint: Endpoint) -> Route:
+    async def call(request: Request) -> Response:
+        try:
+            args = await parse(endpoint, request)
+            out = await endpoint.handler(x, **args)
+        except Exception as err:  # every failure is the caller's answer; the server goes on
+            return _error(*_status_of(err))
+        return Response(json.dumps(_jsonable(out), allow_nan=False), media_type="application/json")
+
+    return Route(endpoint.path, call, methods=[endpoint.method], name=endpoint.path)
+
+
+def create_app(x: Explorer) -> Guard:
+    """The explorer's ASGI app over ``x`` (page, static files, JSON API), behind the security guard."""
+    import mechscope
+
+    async def index(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", media_type="text/html", headers={"cache-control": "no-store"})
+
+    async def listing(request: Request) -> Response:
+        return JSONResponse(
+            {
+                "endpoints": [e.describe() for e in ENDPOINTS],
+                "openapi": "/api/openapi.json",
+                "errors": 'every error is {"error": sentence} with status 400/401/403/404/500',
+            }
+        )
+
+    async def schema(request: Request) -> Response:
+        return JSONResponse(openapi(ENDPOINTS, "mechscope explorer", mechscope.__version__))
+
+    async def not_found(request: Request) -> Response:
+        return _error(404, f"no endpoint {request.method} {request.url.path}; the API is listed at /api")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        x.worker.close()
+
+    routes = [
+        Route("/", index),
+        Route("/api", listing),
+        Route("/api/openapi.json", schema),
+        *(_route(x, e) for e in ENDPOINTS),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        Route("/api/{rest:path}", not_found, methods=["GET", "POST"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    hosts = allowed_hosts(x.host, x.port)
+    return Guard(app, hosts=hosts, token=x.token, any_host=x.host in ("0.0.0.0", "::"))
