@@ -175,10 +175,10 @@ async def _feature(x: Explorer, ref: str, latent: int) -> dict[str, Any]:
     return await asyncio.to_thread(_views.feature_card, x.roots.resolve(ref), latent)
 
 
-async def _feature_search(x: Explorer, ref: str, token: str, n: int) -> dict[str, Any]:
+async def _feature_search(x: Explorer, ref: str, text: str, n: int) -> dict[str, Any]:
     import asyncio
 
-    return await asyncio.to_thread(_views.feature_search, x.roots.resolve(ref), token, n)
+    return await asyncio.to_thread(_views.feature_search, x.roots.resolve(ref), text, n)
 
 
 _PROMPT = Param("prompt", "body", str, "The prompt (at most the server's token limit; see /api/status).", required=True)
@@ -284,7 +284,7 @@ ENDPOINTS: list[Endpoint] = [
         _feature_search,
         (
             _REF,
-            Param("token", "query", str, "Token text or id.", required=True),
+            Param("text", "query", str, "Token text (with or without its leading space).", required=True),
             Param("n", "query", int, "How many latents.", 20, minimum=1, maximum=1000),
         ),
     ),
@@ -351,6 +351,9 @@ def create_app(x: Explorer) -> Guard:
     async def schema(request: Request) -> Response:
         return JSONResponse(openapi(ENDPOINTS, "mechscope explorer", mechscope.__version__))
 
+    async def no_icon(request: Request) -> Response:
+        return Response(status_code=204)
+
     async def not_found(request: Request) -> Response:
         return _error(404, f"no endpoint {request.method} {request.url.path}; the API is listed at /api")
 
@@ -361,6 +364,7 @@ def create_app(x: Explorer) -> Guard:
 
     routes = [
         Route("/", index),
+        Route("/favicon.ico", no_icon),
         Route("/api", listing),
         Route("/api/openapi.json", schema),
         *(_route(x, e) for e in ENDPOINTS),

@@ -51,13 +51,15 @@ class Worker:
     """A queue of jobs run one at a time on one thread (see the module docstring)."""
 
     def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mechscope-model")
+        self._pool: ThreadPoolExecutor | None = None
         self.stats = WorkerStats()
 
     async def run(self, name: str, fn: Callable[..., T], *args: Any) -> T:
         """Queue ``fn(*args)``, wait for it, return its result or raise its error (cancelled if the caller leaves)."""
         with self.stats.lock:
             self.stats.submitted += 1
+        if self._pool is None:  # started on first use (and again after ``close``, for an app served anew)
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mechscope-model")
         future = self._pool.submit(self._job, name, fn, *args)
         try:
             return await asyncio.wrap_future(future)
@@ -87,5 +89,7 @@ class Worker:
                 self.stats.busy_seconds += time.perf_counter() - t0
 
     def close(self) -> None:
-        """Stop taking jobs; queued jobs are cancelled, a running one finishes."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Cancel the queued jobs and let the running one finish; a later ``run`` starts a fresh thread."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None

@@ -1,6 +1,6 @@
 // mechscope explorer: plain JS, no dependencies, no build step.
-// Every piece of data reaches the page through textContent, text nodes or SVG attributes set with setAttribute:
-// never innerHTML, so text from prompts, corpora and results cannot become markup (and the server's
+// Every piece of data reaches the page through textContent, text nodes or attributes set with setAttribute, never
+// as markup, so text from prompts, corpora and results cannot become elements (and the server's
 // Content-Security-Policy forbids inline script anyway).
 "use strict";
 
@@ -46,7 +46,11 @@ function showError(target, err) {
   target.replaceChildren(el("p", { class: "error", role: "alert", text: String(err && err.message || err) }));
 }
 
-const fmt = (x, digits = 3) => (x === null || x === undefined ? "–" : Number(x).toFixed(digits));
+const fmt = (x, digits = 3) => {
+  if (x === null || x === undefined) return "–";
+  const text = Number(x).toFixed(digits);
+  return Number(text) === 0 ? (0).toFixed(digits) : text;  // no "-0.000"
+};
 const visible = (t) => t.replace(/ /g, "·").replace(/\n/g, "↵");
 
 // --- tooltip -------------------------------------------------------------------------------------------------------
@@ -213,7 +217,7 @@ function drawPattern(h) {
   const att = attention;
   const pattern = att.patterns[h];
   const n = att.tokens.length;
-  const cell = Math.max(6, Math.min(22, Math.floor(480 / n)));
+  const cell = Math.max(10, Math.min(22, Math.floor(480 / n)));
   const label = 110;
   const s = svg("svg", { width: label + n * cell, height: label + n * cell, class: "pattern", id: "pattern-svg",
     "data-head": h });
@@ -361,8 +365,13 @@ function circuitSvg(c, edges, edgeInfo) {
     const b = pos[e.receiver];
     if (!a || !b) return;
     const w = 1 + 7 * Math.abs(e.score || 0) / max;
-    const line = svg("line", { x1: a.x, y1: a.y, x2: b.x, y2: b.y, "stroke-width": w.toFixed(2),
-      stroke: (e.score || 0) >= 0 ? "#2563eb" : "#dc2626", class: "edge", "data-edge": e.name });
+    // a head's q, k and v inputs bend apart, so three edges between the same nodes stay three clickable lines
+    const bend = { q: -18, k: 0, v: 18 }[e.part] || 0;
+    const mx = (a.x + b.x) / 2 + bend;
+    const my = (a.y + b.y) / 2;
+    const line = svg("path", { d: `M ${a.x} ${a.y} Q ${mx} ${my} ${b.x} ${b.y}`, fill: "none",
+      "stroke-width": w.toFixed(2), stroke: (e.score || 0) >= 0 ? "#2563eb" : "#dc2626", class: "edge",
+      "data-edge": e.name });
     line.addEventListener("click", () => {
       for (const other of s.querySelectorAll(".edge.selected")) other.classList.remove("selected");
       line.classList.add("selected");
@@ -488,7 +497,7 @@ async function openLatent(latent) {
 async function searchToken() {
   try {
     const token = $("feature-token").value;
-    const d = await api(`/api/features/search?ref=${encodeURIComponent(featureRef)}&token=${encodeURIComponent(token)}`);
+    const d = await api(`/api/features/search?ref=${encodeURIComponent(featureRef)}&text=${encodeURIComponent(token)}`);
     $("latents").replaceChildren(el("p", { class: "dim", text: `latents promoting ${JSON.stringify(token)}:` }),
       ...d.matches.map((m) => latentButton(m.latent, `effect ${fmt(m.effect)}`)));
   } catch (err) { showError($("feature-error"), err); }
