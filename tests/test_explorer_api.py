@@ -17,14 +17,20 @@ import torch
 pytest.importorskip("starlette", reason="the explorer's extra is not installed: pip install -e '.[serve,browser]'")
 pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx: pip install -e '.[serve,browser]'")
 
-from _explorer_data import XSS, circuit_run, feature_db, leaderboard  # noqa: E402
-from starlette.testclient import TestClient  # noqa: E402
+from _explorer_data import XSS, circuit_run, feature_db, leaderboard
+from starlette.testclient import TestClient
 
-import mechscope as ms  # noqa: E402
-from mechscope.core._registry import MethodSpec  # noqa: E402
-from mechscope.ui import ENDPOINTS, Explorer, PathRefused, Roots, create_app  # noqa: E402
-from mechscope.ui import _lab  # noqa: E402
-from mechscope.ui._worker import Worker  # noqa: E402
+import mechscope as ms
+from mechscope.core._registry import MethodSpec
+from mechscope.ui import (
+    ENDPOINTS,
+    Explorer,
+    PathRefused,
+    Roots,
+    _lab,
+    create_app,
+)
+from mechscope.ui._worker import Worker
 
 BASE = "http://127.0.0.1:8000"
 IOI = "When Mary and John went to the store, John gave a drink to"

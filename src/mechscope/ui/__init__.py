@@ -12,14 +12,16 @@ Example::
     from mechscope.ui import Explorer, create_app
 
     app = create_app(Explorer(ms.tiny("llama")))  # an ASGI app: serve it with uvicorn, or test it with TestClient
+    with running(Explorer(ms.tiny("llama"), port=0)) as url:  # or serve it on a background thread
+        print(url)
 
 Security (see ``docs/explorer.md``): loopback by default, an access token beyond it, foreign ``Host``/``Origin``
 refused, file reads confined to the directories given, a strict Content-Security-Policy, and text always written
 as text.
 """
 
-from mechscope.ui._app import ENDPOINTS, Explorer, create_app
+from mechscope.ui._app import ENDPOINTS, Explorer, create_app, running
 from mechscope.ui._files import PathRefused, Roots
 from mechscope.ui._security import is_loopback, new_token
 
-__all__ = ["ENDPOINTS", "Explorer", "PathRefused", "Roots", "create_app", "is_loopback", "new_token"]
+__all__ = ["ENDPOINTS", "Explorer", "PathRefused", "Roots", "create_app", "is_loopback", "new_token", "running"]

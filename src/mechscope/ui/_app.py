@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -374,3 +374,36 @@ def create_app(x: Explorer) -> Guard:
     app = Starlette(routes=routes, lifespan=lifespan)
     hosts = allowed_hosts(x.host, x.port)
     return Guard(app, hosts=hosts, token=x.token, any_host=x.host in ("0.0.0.0", "::"))
+
+
+@contextlib.contextmanager
+def running(x: Explorer) -> Iterator[str]:
+    """Serve ``x`` with uvicorn on a background thread for the block; yields the page's URL (with the token).
+
+    ``x.port`` 0 picks a free port (and sets it). For notebooks, tests and benchmarks; ``mechscope serve`` runs
+    the same app in the foreground.
+    """
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    if x.port == 0:
+        with socket.socket() as s:
+            s.bind((x.host, 0))
+            x.port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(x), host=x.host, port=x.port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="mechscope-explorer", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the explorer did not start on {x.host}:{x.port}")
+        time.sleep(0.02)
+    host = "127.0.0.1" if x.host in ("0.0.0.0", "::") else x.host
+    try:
+        yield f"http://{host}:{x.port}/" + (f"?token={x.token}" if x.token else "")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
