@@ -436,3 +436,9 @@ def test_smollm2_predicts_mary_first_on_ioi(smol):
     with TestClient(create_app(Explorer(smol)), base_url=BASE) as c:
         out = c.post("/api/prompt", json={"prompt": IOI, "top_k": 5}).json()
     assert out["predictions"][0]["token"] == " Mary" and out["predictions"][0]["prob"] > 0.5
+
+
+def test_docs_list_every_endpoint():
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "explorer.md").read_text()
+    for e in ENDPOINTS:
+        assert f"`{e.method} {e.path}`" in docs, f"docs/explorer.md does not list {e.method} {e.path}"
