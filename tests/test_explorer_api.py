@@ -442,3 +442,37 @@ def test_docs_list_every_endpoint():
     docs = (Path(__file__).resolve().parent.parent / "docs" / "explorer.md").read_text()
     for e in ENDPOINTS:
         assert f"`{e.method} {e.path}`" in docs, f"docs/explorer.md does not list {e.method} {e.path}"
+
+
+def test_a_request_whose_client_leaves_is_cancelled_before_it_runs(model, monkeypatch):
+    import socket
+
+    import httpx
+
+    from mechscope.ui import running
+
+    gate, ran = threading.Event(), []
+
+    def slow(model, prompt, top_k):
+        ran.append(prompt)
+        gate.wait(10)
+        return {"prompt": prompt}
+
+    monkeypatch.setattr(_lab, "predictions", slow)
+    x = Explorer(model, port=0)
+    with running(x) as url:
+        first = threading.Thread(target=lambda: httpx.post(url + "api/prompt", json={"prompt": "first"}, timeout=30))
+        first.start()
+        while not ran:
+            time.sleep(0.01)
+        body = json.dumps({"prompt": "second"}).encode()
+        with socket.create_connection(("127.0.0.1", x.port)) as s:  # queued behind "first", then the client leaves
+            s.sendall(b"POST /api/prompt HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n%s" % (x.port, len(body), body))  # fmt: skip
+            time.sleep(0.1)
+        time.sleep(0.6)  # the server polls for the disconnect every 0.2 s
+        gate.set()
+        first.join()
+        ok = httpx.post(url + "api/prompt", json={"prompt": "third"}, timeout=30)
+    assert ok.status_code == 200 and ran == ["first", "third"]
+    assert x.worker.stats.to_dict()["cancelled"] == 1

@@ -8,6 +8,7 @@ failed); the server keeps serving either way.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
@@ -31,6 +32,8 @@ from ._security import Guard, allowed_hosts, is_loopback
 from ._worker import Worker
 
 STATIC = Path(__file__).parent / "static"
+DISCONNECT_POLL = 0.2
+"""Seconds between checks, while a model job waits or runs, that its caller is still connected."""
 
 
 @dataclass
@@ -89,8 +92,6 @@ async def _method(x: Explorer, family: str, name: str) -> dict[str, Any]:
 
 
 async def _runs(x: Explorer) -> dict[str, Any]:
-    import asyncio
-
     found = await asyncio.to_thread(x.roots.scan)
     return {"roots": x.roots.describe(), "found": [f.to_dict() for f in found]}
 
@@ -152,32 +153,22 @@ async def _run_lens(x: Explorer, name: str, prompt: str, settings: dict[str, Any
 
 
 async def _circuit(x: Explorer, ref: str) -> dict[str, Any]:
-    import asyncio
-
     return await asyncio.to_thread(_views.circuit_view, x.roots.resolve(ref))
 
 
 async def _bench(x: Explorer, ref: str) -> dict[str, Any]:
-    import asyncio
-
     return await asyncio.to_thread(_views.bench_view, x.roots.resolve(ref))
 
 
 async def _features(x: Explorer, ref: str, by: str, n: int) -> dict[str, Any]:
-    import asyncio
-
     return await asyncio.to_thread(_views.feature_list, x.roots.resolve(ref), by, n)
 
 
 async def _feature(x: Explorer, ref: str, latent: int) -> dict[str, Any]:
-    import asyncio
-
     return await asyncio.to_thread(_views.feature_card, x.roots.resolve(ref), latent)
 
 
 async def _feature_search(x: Explorer, ref: str, text: str, n: int) -> dict[str, Any]:
-    import asyncio
-
     return await asyncio.to_thread(_views.feature_search, x.roots.resolve(ref), text, n)
 
 
@@ -324,7 +315,13 @@ def _route(x: Explorer, endpoint: Endpoint) -> Route:
     async def call(request: Request) -> Response:
         try:
             args = await parse(endpoint, request)
-            out = await endpoint.handler(x, **args)
+            job = asyncio.ensure_future(endpoint.handler(x, **args))
+            if endpoint.model:  # a queued job whose caller has gone is cancelled (the worker then skips it)
+                while not (await asyncio.wait({job}, timeout=DISCONNECT_POLL))[0]:
+                    if await request.is_disconnected():
+                        job.cancel()
+                        return _error(499, "the client went away; the job was cancelled")
+            out = await job
         except Exception as err:  # every failure is the caller's answer; the server goes on
             return _error(*_status_of(err))
         return Response(json.dumps(_jsonable(out), allow_nan=False), media_type="application/json")
