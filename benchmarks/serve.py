@@ -35,8 +35,7 @@ import torch
 
 import mechscope as ms
 from mechscope._machine import machine
-from mechscope.ui import Explorer, Roots, running
-from mechscope.ui import _lab
+from mechscope.ui import Explorer, Roots, _lab, running
 
 ROOT = Path(__file__).resolve().parent.parent
 IOI = "When Mary and John went to the store, John gave a drink to"
@@ -98,7 +97,24 @@ def big_feature_db(out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     corpus = out / "docs.jsonl"
     rng = random.Random(0)
-    words = "the cat sat on a mat while dogs ran far into old green hills and rivers".split()
+    words = [
+        "the",
+        "cat",
+        "sat",
+        "on",
+        "a",
+        "mat",
+        "while",
+        "dogs",
+        "ran",
+        "far",
+        "into",
+        "old",
+        "green",
+        "hills",
+        "and",
+        "rivers",
+    ]
     corpus.write_text("".join(json.dumps({"text": " ".join(rng.choices(words, k=40))}) + "\n" for _ in range(300)))
     store = harvest(model, HarvestConfig(("resid_post.1",), corpus=str(corpus), ctx_len=32, batch_size=32,
                                          shard_size=32 * 200), out / "store", progress=False)  # fmt: skip
