@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def circuit_run(model: ms.Model, out: Path) -> Path:
-    """``mechscope circuit``'s files for EAP on the induction task of a tiny model, its task name poisoned."""
+    """``mechscope circuit``'s files for EAP on the induction task of a tiny model, its method name poisoned."""
     from mechscope.circuits import EAPConfig, FindConfig, find_circuit
     from mechscope.data import tasks
     from mechscope.report import write_run_files
@@ -26,7 +26,7 @@ def circuit_run(model: ms.Model, out: Path) -> Path:
     run = find_circuit(model, task, FindConfig("eap", EAPConfig(), top=6, random=2))
     write_run_files(run, out)
     summary = json.loads((out / "summary.json").read_text())
-    summary["task"] = f"induction {XSS}"
+    summary["method"] = f"eap {XSS}"
     (out / "summary.json").write_text(json.dumps(summary))
     return out / "summary.json"
 

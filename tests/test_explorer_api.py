@@ -38,13 +38,13 @@ IOI = "When Mary and John went to the store, John gave a drink to"
 
 @pytest.fixture(scope="module")
 def model() -> ms.Model:
-    return ms.tiny("llama")
+    return ms.tiny("gpt2")  # the circuit run's model too, so its edges can be verified
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, model) -> Path:
     root = tmp_path_factory.mktemp("runs")
-    circuit_run(ms.tiny("gpt2"), root / "circuit")
+    circuit_run(model, root / "circuit")
     leaderboard(root / "bench")
     feature_db(model, root / "features")
     return root
@@ -334,7 +334,7 @@ def test_the_page_has_no_inline_script_and_writes_no_markup(client):
 
 def test_the_xss_payload_comes_back_as_data(client):
     c = client.get("/api/circuit", params={"ref": "0/circuit/summary.json"}).json()
-    assert c["task"].endswith(XSS)  # JSON carries it verbatim; the page writes it with textContent
+    assert c["method"].endswith(XSS)  # JSON carries it verbatim; the page writes it with textContent
 
 
 def test_openapi_and_listing_cover_every_endpoint(client):
@@ -476,3 +476,25 @@ def test_a_request_whose_client_leaves_is_cancelled_before_it_runs(model, monkey
         ok = httpx.post(url + "api/prompt", json={"prompt": "third"}, timeout=30)
     assert ok.status_code == 200 and ran == ["first", "third"]
     assert x.worker.stats.to_dict()["cancelled"] == 1
+
+
+def test_verify_an_edge_by_real_patching(client, model, run_dir):
+    from mechscope.circuits import Graph, patch_edges
+    from mechscope.data import tasks
+
+    summary = json.loads((run_dir / "circuit" / "summary.json").read_text())
+    edge, score = summary["scores"]["top_edges"][1]
+    out = client.post("/api/circuit/verify", json={"ref": "0/circuit/summary.json", "edge": edge}).json()
+    task = tasks.induction(model.tokenizer, n=4, seed=0)  # as the run built it
+    index = Graph.from_dict(summary["circuit"]["graph"]).edge_names().index(edge)
+    actual, clean, corrupt = patch_edges(model, task, [index], "denoising", progress=False)
+    assert out["actual"] == pytest.approx((float(actual[0]) - corrupt) / (clean - corrupt), abs=1e-5)
+    assert out["estimate"] == pytest.approx(score / (clean - corrupt), abs=1e-5)
+    assert out["clean_metric"] == pytest.approx(summary["scores"]["clean_metric"], abs=1e-4)
+    message = error_of(
+        client.post("/api/circuit/verify", json={"ref": "0/circuit/summary.json", "edge": "a9.h0->m9"}), 400
+    )
+    assert "no saved score" in message
+    with TestClient(create_app(Explorer(ms.tiny("llama"), Roots([run_dir]))), base_url=BASE) as other:
+        r = other.post("/api/circuit/verify", json={"ref": "0/circuit/summary.json", "edge": edge})
+        assert "computed on 'tiny-gpt2-s0'" in error_of(r, 400)

@@ -46,8 +46,8 @@ SHOTS = Path(__file__).resolve().parent.parent / "out" / "explorer"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    model = ms.tiny("llama")
-    circuit_run(ms.tiny("gpt2"), root / "circuit")
+    model = ms.tiny("gpt2")  # the circuit run's model too, so its edges can be verified
+    circuit_run(model, root / "circuit")
     leaderboard(root / "bench")
     feature_db(model, root / "features")
     with running(Explorer(model, Roots([root]), port=0)) as url:
@@ -148,6 +148,16 @@ def test_circuit_edge_click_shows_its_score(page, server):
     page.click(f"#circuit-svg .edge[data-edge='{top['name']}']", force=True)
     assert page.text_content("#edge-info h3") == top["name"]
     assert float(page.text_content("#edge-score").split()[1]) == pytest.approx(top["score"], rel=1e-3)
+    page.click("#verify")  # the edge patched for real, beside its score's estimate
+    page.wait_for_selector("#verify-actual")
+    verified = page.evaluate(
+        """fetch('/api/circuit/verify', {method: 'POST', headers: {'content-type': 'application/json'},
+           body: JSON.stringify({ref: document.querySelector('#circuit-list button').dataset.ref,
+                                 edge: document.querySelector('#edge-info h3').textContent})}).then(r => r.json())"""
+    )
+    assert page.text_content("#verify-actual") == f"patched for real: effect {verified['actual']:.3f}".replace(
+        "-0.000", "0.000"
+    )
     # the slider: the largest size draws every saved edge, the label reads the curve at that size
     page.fill("#size", str(len(data["curve"]["sizes"]) - 1))
     page.dispatch_event("#size", "input")
@@ -156,7 +166,7 @@ def test_circuit_edge_click_shows_its_score(page, server):
     page.fill("#size", "0")
     page.dispatch_event("#size", "input")
     assert page.locator("#circuit-svg .edge").count() == min(data["curve"]["n_edges"][0], len(data["edges"]))
-    assert XSS in page.text_content("#circuit p")  # the poisoned task name, shown as text
+    assert XSS in page.text_content("#circuit p")  # the poisoned method name, shown as text
     page.screenshot(path=str(SHOTS / "circuit.png"), full_page=True)
 
 

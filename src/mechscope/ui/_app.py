@@ -156,6 +156,10 @@ async def _circuit(x: Explorer, ref: str) -> dict[str, Any]:
     return await asyncio.to_thread(_views.circuit_view, x.roots.resolve(ref))
 
 
+async def _verify(x: Explorer, ref: str, edge: str) -> dict[str, Any]:
+    return await x.on_model("verify edge", _views.verify_edge, x.roots.resolve(ref), edge)
+
+
 async def _bench(x: Explorer, ref: str) -> dict[str, Any]:
     return await asyncio.to_thread(_views.bench_view, x.roots.resolve(ref))
 
@@ -248,6 +252,17 @@ ENDPOINTS: list[Endpoint] = [
         "A circuit run as a layered graph with its edges' scores and the curve.",
         _circuit,
         (_REF,),
+    ),
+    Endpoint(
+        "POST",
+        "/api/circuit/verify",
+        "Patch one edge of a saved run for real: its effect beside its score's estimate (normalised).",
+        _verify,
+        (
+            Param("ref", "body", str, "The run's reference (see /api/runs).", required=True),
+            Param("edge", "body", str, "Edge name, e.g. 'a0.h1->a1.h3<k>'.", required=True),
+        ),
+        True,
     ),
     Endpoint("GET", "/api/bench", "A leaderboard's rows with families, chance and baselines.", _bench, (_REF,)),
     Endpoint(

@@ -147,3 +147,60 @@ def feature_card(path: Path, latent: int) -> dict[str, Any]:
                 f"latent {latent} is out of range: the dictionary has {len(db)} latents (0..{len(db) - 1})"
             )
         return db.latent(latent).to_dict()
+
+
+_BUILT_IN_TASKS = ("ioi", "greater_than", "factual_recall", "gendered_pronoun", "subject_verb_agreement", "induction")
+
+
+def verify_edge(model: Any, path: Path, edge: str) -> dict[str, Any]:
+    """Patch one edge of a saved circuit run for real and compare with its score (the self-check, for one edge).
+
+    The run's task is rebuilt as ``mechscope circuit`` built it (the built-in task by name, ``n_prompts`` pairs, the
+    method's ``seed``); the rebuilt clean and corrupt metrics must equal the saved ones, and the model must be the
+    run's (same weights checksum), or the request is refused. Effects are normalised: 1 = clean, 0 = corrupt.
+    """
+    from ..circuits import EdgeId, Graph, patch_edges
+    from ..data import tasks
+
+    doc = read_json(path)
+    if not isinstance(doc, dict) or "circuit" not in doc:
+        raise BadRequest(f"{path.name} is not the summary.json of a `mechscope circuit` run")
+    saved = doc.get("model", {}).get("weights_sha256")
+    if saved != model.provenance["weights_sha256"]:
+        raise BadRequest(
+            f"this run was computed on {doc.get('model', {}).get('model')!r} (weights {str(saved)[:12]}…); "
+            f"the server's model is {model.name!r}: start the server with the run's model to verify"
+        )
+    scores = doc.get("scores", {})
+    known = {**dict(scores.get("top_edges") or []), **(doc.get("edge_scores") or {})}
+    if edge not in known:
+        raise BadRequest(f"edge {edge!r} has no saved score in this run (it saved {len(known)}; see /api/circuit)")
+    if doc.get("task") not in _BUILT_IN_TASKS or "clean_metric" not in scores:
+        raise BadRequest(
+            f"only edge-method runs on a built-in task ({', '.join(_BUILT_IN_TASKS)}) can be rebuilt "
+            f"and verified; this run's task is {doc.get('task')!r}"
+        )
+    config = doc.get("config", {})
+    task = getattr(tasks, doc["task"])(model.tokenizer, n=doc["n_prompts"], seed=config.get("seed", 0))
+    graph = Graph.from_dict(doc["circuit"]["graph"])
+    index = graph.edge_names().index(EdgeId.parse(edge).format())
+    direction = config.get("direction", "denoising")
+    actual, clean, corrupt = patch_edges(model, task, [index], direction, progress=False)
+    if abs(clean - scores["clean_metric"]) > 1e-3 * max(1.0, abs(clean)) or abs(
+        corrupt - scores["corrupt_metric"]
+    ) > 1e-3 * max(1.0, abs(corrupt)):
+        raise BadRequest(
+            f"the rebuilt task does not reproduce the run's metrics (clean {clean:.4f} vs saved "
+            f"{scores['clean_metric']:.4f}): cannot verify this run here"
+        )
+    gap = clean - corrupt
+    base = corrupt if direction == "denoising" else clean
+    return {
+        "edge": edge,
+        "score": known[edge],
+        "direction": direction,
+        "clean_metric": clean,
+        "corrupt_metric": corrupt,
+        "estimate": (base + known[edge] - corrupt) / gap,
+        "actual": (float(actual[0]) - corrupt) / gap,
+    }

@@ -310,7 +310,7 @@ async function openCircuits() {
 
 async function openCircuit(ref) {
   try {
-    drawCircuit(await api(`/api/circuit?ref=${encodeURIComponent(ref)}`));
+    drawCircuit({ ...(await api(`/api/circuit?ref=${encodeURIComponent(ref)}`)), ref });
   } catch (err) { showError($("circuit-error"), err); }
 }
 
@@ -346,6 +346,16 @@ function drawCircuit(c) {
   update();
 }
 
+async function verifyEdge(ref, edge) {
+  const out = $("verify-result");
+  out.replaceChildren(el("p", { class: "dim", text: "patching…" }));
+  try {
+    const v = await api("/api/circuit/verify", { ref, edge });
+    out.replaceChildren(el("p", { id: "verify-actual", text: `patched for real: effect ${fmt(v.actual)}` }),
+      el("p", { text: `its score's estimate: ${fmt(v.estimate)} (1 = clean, 0 = corrupt; ${v.direction})` }));
+  } catch (err) { showError(out, err); }
+}
+
 function mean(xs) { return xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : null; }
 
 function circuitSvg(c, edges, edgeInfo) {
@@ -379,7 +389,9 @@ function circuitSvg(c, edges, edgeInfo) {
         el("p", { id: "edge-score", text: `score ${e.score === null ? "not saved" : Number(e.score).toPrecision(4)}` }),
         el("p", { text: `rank ${rank + 1} of ${c.edges.length} saved scores by |score|` }),
         el("p", { text: e.in_circuit ? "in the saved circuit" : "not in the saved circuit" }),
-        el("p", { class: "dim", text: `reads ${e.sender} into ${e.receiver}${e.part ? ` (${e.part} input)` : ""}` }));
+        el("p", { class: "dim", text: `reads ${e.sender} into ${e.receiver}${e.part ? ` (${e.part} input)` : ""}` }),
+        el("button", { type: "button", id: "verify", onclick: () => verifyEdge(c.ref, e.name) }, "verify by patching"),
+        el("div", { id: "verify-result" }));
     });
     hoverTip(line, () => [e.name, `score ${e.score === null ? "–" : Number(e.score).toPrecision(4)}`]);
     s.append(line);
