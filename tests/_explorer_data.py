@@ -77,6 +77,7 @@ def feature_db(model: ms.Model, out: Path) -> Path:
         store, d.eval(), out / "features.db", config, W_U=W_U, tokenizer=model.tokenizer, progress=False
     ).path
     shutil.rmtree(out / "store")
+    mf.save_dictionary(d.eval(), out / "dictionary")
     con = sqlite3.connect(path)
     with con:
         con.execute("UPDATE vocab SET text = ? WHERE token_id = ?", (XSS, model.tokenizer.encode("t")[0]))

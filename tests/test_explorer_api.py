@@ -52,7 +52,11 @@ def run_dir(tmp_path_factory, model) -> Path:
 
 @pytest.fixture(scope="module")
 def explorer(model, run_dir) -> Explorer:
-    return Explorer(model, Roots([run_dir]), max_tokens=64)
+    from mechscope.features import load_dictionary
+
+    return Explorer(
+        model, Roots([run_dir]), max_tokens=64, dictionary=load_dictionary(run_dir / "features" / "dictionary")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -425,8 +429,13 @@ def test_serve_command_prints_a_token_url_beyond_loopback(monkeypatch, run_dir):
     with TestClient(served["app"], base_url="http://10.0.0.5:8000") as c:
         assert c.get("/api/status").status_code == 401
         assert c.get("/api/runs", headers={"authorization": f"Bearer {token}"}).json()["found"]
-    result = CliRunner().invoke(app, ["serve", "--model", "tiny-llama"])
+    db, dictionary = run_dir / "features" / "features.db", run_dir / "features" / "dictionary"
+    result = CliRunner().invoke(app, ["serve", "--model", "tiny-gpt2", "--features", str(db), "--dictionary",
+                                      str(dictionary)])  # fmt: skip
     assert "http://127.0.0.1:8000/" in result.output and "token" not in result.output
+    with TestClient(served["app"], base_url=BASE) as c:
+        assert c.get("/api/status").json()["dictionary"] == {"site": "resid_post.1", "d_sae": 32}
+        assert [f["kind"] for f in c.get("/api/runs").json()["found"]] == ["features"]
     result = CliRunner().invoke(app, ["serve", "/no/such/dir", "--model", "tiny-llama"])
     assert result.exit_code == 1 and "no such run directory" in result.output
 
@@ -498,3 +507,27 @@ def test_verify_an_edge_by_real_patching(client, model, run_dir):
     with TestClient(create_app(Explorer(ms.tiny("llama"), Roots([run_dir]))), base_url=BASE) as other:
         r = other.post("/api/circuit/verify", json={"ref": "0/circuit/summary.json", "edge": edge})
         assert "computed on 'tiny-gpt2-s0'" in error_of(r, 400)
+
+
+def test_try_a_feature_on_text(client, explorer, model):
+    out = client.post("/api/feature/try", json={"text": "the cat sat", "latent": 5}).json()
+    acts = model.run("the cat sat", cache="resid_post.1").cache["resid_post.1"][0]
+    with torch.no_grad():
+        real = explorer.dictionary.encode(acts)[:, 5]
+    assert out["tokens"] == list("the cat sat") and out["activations"] == pytest.approx(real.tolist(), abs=1e-6)
+    assert "out of range" in error_of(client.post("/api/feature/try", json={"text": "x", "latent": 32}), 400)
+
+
+def test_steer_a_feature(client):
+    body = {"prompt": "the dog", "latent": 3, "max_new_tokens": 8}
+    same = client.post("/api/feature/steer", json={**body, "how": "scale", "value": 1.0}).json()
+    assert same["steered"] == same["plain"]  # scaling by 1 leaves the model unchanged (the error term is kept)
+    moved = client.post("/api/feature/steer", json={**body, "how": "clamp", "value": 200.0}).json()
+    assert moved["plain"] == same["plain"] and moved["steered"] != moved["plain"]
+    assert "clamp" in moved["intervention"]
+    assert "between -1000" in error_of(client.post("/api/feature/steer", json={**body, "value": 1e6}), 400)
+    assert "clamp' or 'scale'" in error_of(
+        client.post("/api/feature/steer", json={**body, "how": "add", "value": 1}), 400
+    )
+    with TestClient(create_app(Explorer(ms.tiny("gpt2"))), base_url=BASE) as c:
+        assert "--dictionary" in error_of(c.post("/api/feature/steer", json={**body, "value": 1.0}), 400)

@@ -50,7 +50,10 @@ def server(tmp_path_factory):
     circuit_run(model, root / "circuit")
     leaderboard(root / "bench")
     feature_db(model, root / "features")
-    with running(Explorer(model, Roots([root]), port=0)) as url:
+    from mechscope.features import load_dictionary
+
+    dictionary = load_dictionary(root / "features" / "dictionary")
+    with running(Explorer(model, Roots([root]), port=0, dictionary=dictionary)) as url:
         yield url
 
 
@@ -199,6 +202,14 @@ def test_feature_page_highlights_contexts_as_text(page, server):
     assert XSS.replace(" ", "·") in texts  # the poisoned vocabulary entry, as the text of one token
     assert page.locator("#contexts img, #contexts script").count() == 0
     assert page.locator("svg.hist rect").count() > 0
+    page.fill("#try-text", "the cat sat")  # try it: the latent on the user's own text
+    page.click("#try-go")
+    page.wait_for_selector("#try-out .try-tok")
+    assert page.locator("#try-out .try-tok").count() == len("the cat sat")
+    page.fill("#steer-value", "200")  # steer: the continuation changes beside the plain one
+    page.click("#steer-go")
+    page.wait_for_selector("#steer-steered")
+    assert page.text_content("#steer-steered") != page.text_content("#steer-plain")
     page.screenshot(path=str(SHOTS / "feature.png"), full_page=True)
 
 

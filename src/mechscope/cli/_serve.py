@@ -35,6 +35,12 @@ def serve(
     ),
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     max_tokens: Annotated[int, typer.Option(help="Longest prompt accepted, in tokens.")] = 128,
+    features: Annotated[
+        list[Path] | None, typer.Option("--features", help="A feature database to browse (repeatable).")
+    ] = None,
+    dictionary: Annotated[
+        Path | None, typer.Option(help="The dictionary behind the feature pages' *try it* and *steer*.")
+    ] = None,
 ) -> None:
     """Start the explorer, a local web app: prompt lab, attention, logit lens, circuits, bench, features."""
     try:
@@ -51,10 +57,18 @@ def serve(
             raise ValueError(f"--port must be 1..65535, got {port}")
         if max_tokens < 1:
             raise ValueError(f"--max-tokens must be at least 1, got {max_tokens}")
-        roots = Roots(run_dirs or [])
+        roots = Roots([*(run_dirs or []), *(features or [])])
         token = None if is_loopback(host) else new_token()
         m = open_model(model)
-    explorer = Explorer(m, roots, host=host, port=port, token=token, max_tokens=max_tokens)
+        loaded = None
+        if dictionary is not None:
+            from ..features import load_dictionary
+
+            loaded = load_dictionary(dictionary)
+            if loaded.cfg.site is None:
+                raise ValueError(f"the dictionary in {dictionary} names no site: save it with its site set")
+            m.resolve(str(loaded.cfg.site))  # a dictionary of another model's site is an error now, not per request
+    explorer = Explorer(m, roots, host=host, port=port, token=token, max_tokens=max_tokens, dictionary=loaded)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{port}/"
     if token is not None:

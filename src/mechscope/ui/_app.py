@@ -47,6 +47,8 @@ class Explorer:
     token: str | None = None
     """Required on every request when set; ``mechscope serve`` generates one for a non-loopback host."""
     max_tokens: int = _lab.DEFAULT_MAX_TOKENS
+    dictionary: Any = None
+    """A sparse dictionary (``features.load_dictionary``) for the feature pages' *try it* and *steer*."""
     worker: Worker = field(default_factory=Worker)
 
     def __post_init__(self) -> None:
@@ -70,9 +72,11 @@ async def _status(x: Explorer) -> dict[str, Any]:
     import mechscope
 
     model = _lab.model_info(x.model, x.max_tokens) if x.model is not None else None
+    dictionary = None if x.dictionary is None else {"site": x.dictionary.cfg.site, "d_sae": x.dictionary.cfg.d_sae}
     return {
         "version": mechscope.__version__,
         "model": model,
+        "dictionary": dictionary,
         "worker": x.worker.stats.to_dict(),
         "roots": x.roots.describe(),
         "token_required": x.token is not None,
@@ -158,6 +162,25 @@ async def _circuit(x: Explorer, ref: str) -> dict[str, Any]:
 
 async def _verify(x: Explorer, ref: str, edge: str) -> dict[str, Any]:
     return await x.on_model("verify edge", _views.verify_edge, x.roots.resolve(ref), edge)
+
+
+def _try_job(model: Model, dictionary: Any, text: str, latent: int, max_tokens: int) -> dict[str, Any]:
+    _lab.check_prompt(model, text, max_tokens)
+    return _lab.try_feature(model, dictionary, text, latent)
+
+
+async def _try(x: Explorer, text: str, latent: int) -> dict[str, Any]:
+    return await x.on_model("try feature", _try_job, x.dictionary, text, latent, x.max_tokens)
+
+
+def _steer_job(model: Model, dictionary: Any, args: tuple[Any, ...], max_tokens: int) -> dict[str, Any]:
+    _lab.check_prompt(model, args[0], max_tokens)
+    return _lab.steer(model, dictionary, *args)
+
+
+async def _steer(x: Explorer, prompt: str, latent: int, how: str, value: float, max_new_tokens: int) -> Any:
+    args = (prompt, latent, how, value, max_new_tokens)
+    return await x.on_model("steer", _steer_job, x.dictionary, args, x.max_tokens)
 
 
 async def _bench(x: Explorer, ref: str) -> dict[str, Any]:
@@ -261,6 +284,31 @@ ENDPOINTS: list[Endpoint] = [
         (
             Param("ref", "body", str, "The run's reference (see /api/runs).", required=True),
             Param("edge", "body", str, "Edge name, e.g. 'a0.h1->a1.h3<k>'.", required=True),
+        ),
+        True,
+    ),
+    Endpoint(
+        "POST",
+        "/api/feature/try",
+        "A latent's activation on every token of a text (needs --dictionary).",
+        _try,
+        (
+            Param("text", "body", str, "Text to run.", required=True),
+            Param("latent", "body", int, "Latent index.", required=True, minimum=0),
+        ),
+        True,
+    ),
+    Endpoint(
+        "POST",
+        "/api/feature/steer",
+        "Greedy continuations with a latent clamped or scaled, beside the plain one (needs --dictionary).",
+        _steer,
+        (
+            _PROMPT,
+            Param("latent", "body", int, "Latent index.", required=True, minimum=0),
+            Param("how", "body", str, "clamp (set the latent to value) or scale (multiply it by value).", "clamp"),
+            Param("value", "body", float, "The value or factor.", required=True, minimum=-1000, maximum=1000),
+            Param("max_new_tokens", "body", int, "Tokens to generate.", 20, minimum=1, maximum=64),
         ),
         True,
     ),

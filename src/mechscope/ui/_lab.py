@@ -123,3 +123,60 @@ def dla(model: Model, prompt: str, answer: Any, wrong: Any) -> dict[str, Any]:
     result = NODE_METHODS["dla"](model, task).to_dict()
     result.pop("neurons", None)
     return {"answer": answer, "wrong": wrong, **result}
+
+
+def _dictionary_site(model: Model, dictionary: Any) -> str:
+    if dictionary is None:
+        raise BadRequest("no dictionary is loaded: start the server with --dictionary DIR to try and steer features")
+    if dictionary.cfg.site is None:
+        raise BadRequest("the loaded dictionary names no site, so the app cannot tell where it reads the model")
+    site = str(dictionary.cfg.site)
+    model.resolve(site)  # the dictionary reads a site this model has (UnknownSiteError names the closest)
+    return site
+
+
+def _check_latent(dictionary: Any, latent: int) -> None:
+    if not 0 <= latent < dictionary.cfg.d_sae:
+        raise BadRequest(f"latent {latent} is out of range: the dictionary has {dictionary.cfg.d_sae} latents")
+
+
+@torch.no_grad()
+def try_feature(model: Model, dictionary: Any, text: str, latent: int) -> dict[str, Any]:
+    """The latent's activation on every token of ``text`` (the dictionary's encoder on the model's own run)."""
+    site = _dictionary_site(model, dictionary)
+    _check_latent(dictionary, latent)
+    run = model.run(text, cache=site, logits=False)
+    assert run.tokens is not None
+    acts = run.cache[site][0].to(dictionary.W_dec)  # [pos d_in]
+    z = dictionary.encode(acts)[:, latent]  # [pos]
+    return {
+        "latent": latent,
+        "site": site,
+        "tokens": [_decode(model, int(i)) for i in run.tokens[0]],
+        "activations": [float(a) for a in z],
+    }
+
+
+def steer(model: Model, dictionary: Any, prompt: str, latent: int, how: str, value: float, n: int) -> dict[str, Any]:
+    """Greedy continuations of ``prompt`` with the latent clamped to / scaled by ``value``, and without.
+
+    The edit keeps the dictionary's error term (``features.clamp`` / ``features.scale``).
+    """
+    from .. import features
+
+    _dictionary_site(model, dictionary)
+    _check_latent(dictionary, latent)
+    if how not in ("clamp", "scale"):
+        raise BadRequest(f"how must be 'clamp' or 'scale', got {how!r}")
+    edit = (features.clamp if how == "clamp" else features.scale)(dictionary, latent, value)
+    plain = model.generate(prompt, max_new_tokens=n).texts[0]
+    with model.intervene(edit):
+        steered = model.generate(prompt, max_new_tokens=n).texts[0]
+    return {
+        "latent": latent,
+        "how": how,
+        "value": value,
+        "intervention": repr(edit),
+        "plain": plain,
+        "steered": steered,
+    }

@@ -88,6 +88,7 @@ async function loadStatus() {
   try {
     const s = await api("/api/status");
     state.model = s.model;
+    state.dictionary = s.dictionary;
     const m = s.model ? `${s.model.name} (${s.model.n_layers} layers × ${s.model.n_heads} heads)` : "no model";
     $("status").textContent = `${m} · worker: ${s.worker.done} done, ${s.worker.queued} queued`;
     const layer = $("att-layer");
@@ -535,7 +536,45 @@ function drawLatent(f) {
       `max ${fmt(f.max_activation)}` }),
     histogram(f.hist_edges, f.hist_counts),
     effects("promotes", f.promoted), effects("suppresses", f.suppressed),
-    el("h3", { text: "top contexts" }), el("div", { id: "contexts" }, ...f.top_examples.map(context)));
+    el("h3", { text: "top contexts" }), el("div", { id: "contexts" }, ...f.top_examples.map(context)),
+    ...(state.dictionary ? featureLab(f.latent) : [el("p", { class: "dim",
+      text: "Start the server with --dictionary DIR to try this feature on your own text and steer with it." })]));
+}
+
+function featureLab(latent) {
+  const text = el("input", { id: "try-text", size: 50, value: "the cat sat on the mat" });
+  const tryOut = el("div", { id: "try-out", class: "tokens" });
+  const tryIt = async () => {
+    try {
+      const t = await api("/api/feature/try", { text: text.value, latent });
+      const peak = Math.max(1e-9, ...t.activations);
+      tryOut.replaceChildren(...t.tokens.map((tok, i) => {
+        const span = el("span", { class: "tok try-tok", title: `activation ${fmt(t.activations[i])}`,
+          text: visible(tok) });
+        if (t.activations[i] > 0) span.style.backgroundColor = `rgba(234, 88, 12, ${(t.activations[i] / peak).toFixed(3)})`;
+        return span;
+      }));
+    } catch (err) { showError(tryOut, err); }
+  };
+  const prompt = el("input", { id: "steer-prompt", size: 40, value: "the dog" });
+  const how = el("select", { id: "steer-how" }, el("option", { value: "clamp", text: "clamp to" }),
+    el("option", { value: "scale", text: "scale by" }));
+  const value = el("input", { id: "steer-value", type: "number", step: "any", value: "20" });
+  const steerOut = el("div", { id: "steer-out" });
+  const steerIt = async () => {
+    steerOut.replaceChildren(el("p", { class: "dim", text: "generating…" }));
+    try {
+      const s = await api("/api/feature/steer", { prompt: prompt.value, latent, how: how.value,
+        value: Number(value.value), max_new_tokens: 20 });
+      steerOut.replaceChildren(el("div", { class: "columns" },
+        el("div", {}, el("h4", { text: "without" }), el("pre", { id: "steer-plain", text: s.plain })),
+        el("div", {}, el("h4", { text: s.intervention }), el("pre", { id: "steer-steered", text: s.steered }))));
+    } catch (err) { showError(steerOut, err); }
+  };
+  return [el("h3", { text: "try it" }), el("div", { class: "row" }, text,
+    el("button", { type: "button", id: "try-go", onclick: tryIt }, "run")), tryOut,
+  el("h3", { text: "steer" }), el("div", { class: "row" }, prompt, how, value,
+    el("button", { type: "button", id: "steer-go", onclick: steerIt }, "generate")), steerOut];
 }
 
 function histogram(edges, counts) {
