@@ -531,3 +531,19 @@ def test_steer_a_feature(client):
     )
     with TestClient(create_app(Explorer(ms.tiny("gpt2"))), base_url=BASE) as c:
         assert "--dictionary" in error_of(c.post("/api/feature/steer", json={**body, "value": 1.0}), 400)
+
+
+def test_token_attribution_is_the_librarys(client, model):
+    from mechscope.attribution import token_attribution
+
+    body = {"prompt": "hello", "continuation": " wo", "method": "input_x_gradient"}
+    out = client.post("/api/tokens/attribute", json=body).json()
+    real = token_attribution(model, "hello", continuation=" wo", method="input_x_gradient")
+    assert out["tokens"] == real.tokens and out["n_prompt"] == 5
+    torch.testing.assert_close(torch.tensor(out["scores"]), real.scores.float(), atol=1e-5, rtol=1e-4)
+    greedy = client.post("/api/tokens/attribute", json={"prompt": "hello", "max_new_tokens": 2}).json()
+    assert len(greedy["scores"]) == 2 and greedy["completeness_gap"] is not None
+    assert "between 1 and 16" in error_of(
+        client.post("/api/tokens/attribute", json={**body, "max_new_tokens": 99}), 400
+    )
+    assert "method must be" in error_of(client.post("/api/tokens/attribute", json={**body, "method": "lime"}), 400)

@@ -132,6 +132,12 @@ def test_direct_logit_attribution_grid(page, server):
     page.click("#dla-run")
     page.wait_for_selector("rect.dla-head")
     assert page.locator("rect.dla-head").count() == 8 and page.locator("rect.dla-mlp").count() == 2
+    page.fill("#attr-continuation", " wo")  # token attribution: one row per new token, context highlighted
+    page.select_option("#attr-method", "input_x_gradient")
+    page.click("#attr-run")
+    page.wait_for_selector("#attribution .attr-row")
+    assert page.locator("#attribution .attr-row").count() == 3
+    assert page.locator("#attribution .attr-row >> nth=2").locator(".attr-tok").count() == len("hello wo") - 1
     page.fill("#dla-answer", "two")  # several tokens: the error is shown, nothing breaks
     page.click("#dla-run")
     page.wait_for_selector("#dla .error")

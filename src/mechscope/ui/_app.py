@@ -183,6 +183,16 @@ async def _steer(x: Explorer, prompt: str, latent: int, how: str, value: float, 
     return await x.on_model("steer", _steer_job, x.dictionary, args, x.max_tokens)
 
 
+def _attribute_job(model: Model, args: tuple[Any, ...], max_tokens: int) -> dict[str, Any]:
+    _lab.check_prompt(model, args[0] + (args[1] or ""), max_tokens)
+    return _lab.token_attribution(model, *args)
+
+
+async def _attribute(x: Explorer, prompt: str, continuation: str | None, max_new_tokens: int, method: str) -> Any:
+    args = (prompt, continuation, max_new_tokens, method)
+    return await x.on_model("token attribution", _attribute_job, args, x.max_tokens)
+
+
 async def _bench(x: Explorer, ref: str) -> dict[str, Any]:
     return await asyncio.to_thread(_views.bench_view, x.roots.resolve(ref))
 
@@ -246,6 +256,21 @@ ENDPOINTS: list[Endpoint] = [
             _PROMPT,
             Param("answer", "body", str, "Answer token, e.g. ' Mary'.", required=True),
             Param("wrong", "body", str, "Alternative token, e.g. ' John'.", required=True),
+        ),
+        True,
+    ),
+    Endpoint(
+        "POST",
+        "/api/tokens/attribute",
+        "Token attribution: each new token's attribution to every context token (IG or input x gradient).",
+        _attribute,
+        (
+            _PROMPT,
+            Param("continuation", "body", str, "Text to attribute (default: the model's greedy continuation)."),
+            Param(
+                "max_new_tokens", "body", int, "Greedy tokens when no continuation is given.", 4, minimum=1, maximum=16
+            ),
+            Param("method", "body", str, "integrated_gradients | input_x_gradient.", "integrated_gradients"),
         ),
         True,
     ),

@@ -180,3 +180,13 @@ def steer(model: Model, dictionary: Any, prompt: str, latent: int, how: str, val
         "plain": plain,
         "steered": steered,
     }
+
+
+def token_attribution(model: Model, prompt: str, continuation: str | None, n: int, method: str) -> dict[str, Any]:
+    """Which context tokens drive each new token (``attribution.token_attribution``: IG or input x gradient)."""
+    from ..attribution import token_attribution as attribute
+
+    if method not in ("integrated_gradients", "input_x_gradient"):
+        raise BadRequest(f"method must be 'integrated_gradients' or 'input_x_gradient', got {method!r}")
+    result = attribute(model, prompt, continuation=continuation, max_new_tokens=n, method=method)  # type: ignore[arg-type]
+    return result.to_dict()

@@ -294,6 +294,32 @@ function drawDLA(d) {
   $("dla").replaceChildren(summary, s);
 }
 
+async function runAttribution(event) {
+  event.preventDefault();
+  const box = $("attribution");
+  box.replaceChildren(el("p", { class: "dim", text: "attributing…" }));
+  try {
+    const continuation = $("attr-continuation").value;
+    const a = await api("/api/tokens/attribute", { prompt: $("prompt").value, method: $("attr-method").value,
+      ...(continuation ? { continuation } : {}) });
+    const rows = a.scores.map((row, i) => {
+      const max = Math.max(1e-9, ...row.map(Math.abs));
+      const line = el("div", { class: "context attr-row" },
+        el("span", { class: "act", text: visible(a.tokens[a.n_prompt + i]) }));
+      row.slice(0, a.n_prompt + i).forEach((v, j) => {
+        const span = el("span", { class: "tok attr-tok", title: `attribution ${fmt(v)}`, text: visible(a.tokens[j]) });
+        span.style.backgroundColor = signed(v, max);
+        line.append(span);
+      });
+      return line;
+    });
+    const gap = a.completeness_gap ? ` Completeness gap per token: ${a.completeness_gap.map((g) => fmt(g)).join(", ")}` +
+      ` (output change ${a.output_change.map((g) => fmt(g)).join(", ")}).` : "";
+    box.replaceChildren(el("p", { class: "dim", text: `${a.method}: each row is a new token; blue tokens raise its ` +
+      `logit, red lower it.${gap}` }), ...rows);
+  } catch (err) { showError(box, err); }
+}
+
 // --- circuits ------------------------------------------------------------------------------------------------------
 
 async function openCircuits() {
@@ -611,6 +637,7 @@ async function openApi() {
 document.addEventListener("DOMContentLoaded", () => {
   $("prompt-form").addEventListener("submit", runPrompt);
   $("dla-form").addEventListener("submit", runDLA);
+  $("attr-form").addEventListener("submit", runAttribution);
   $("att-layer").addEventListener("change", loadAttention);
   $("feature-search").addEventListener("submit", (e) => { e.preventDefault(); openLatent(Number($("feature-id").value)); });
   $("feature-token-go").addEventListener("click", searchToken);
