@@ -21,7 +21,7 @@ def serve(
     run_dirs: Annotated[
         list[Path] | None,
         typer.Argument(
-            metavar="[RUN_DIR ...]",
+            metavar="RUN_DIR",
             help="Folders (or files) the app may read: circuit runs, "
             "leaderboards, feature databases. Nothing outside them is readable.",
             show_default=False,
