@@ -212,7 +212,7 @@ def test_declared_logit_lens_runs_with_its_settings(client, model):
 
 
 def test_runs_lists_what_the_directories_hold(client):
-    found = {f["kind"]: f["ref"] for f in client.get("/api/runs").json()["found"]}
+    found = {f["kind"]: f["ref"] for f in client.get("/api/runs").json()["found"] if not f["ref"].startswith("run:")}
     assert found == {"circuit": "0/circuit/summary.json", "leaderboard": "0/bench/leaderboard.json",
                      "features": "0/features/features.db"}  # fmt: skip
 
@@ -547,3 +547,28 @@ def test_token_attribution_is_the_librarys(client, model):
         client.post("/api/tokens/attribute", json={**body, "max_new_tokens": 99}), 400
     )
     assert "method must be" in error_of(client.post("/api/tokens/attribute", json={**body, "method": "lime"}), 400)
+
+
+def test_run_a_circuit_from_the_app(client, model):
+    from mechscope.circuits import EAPConfig, FindConfig, find_circuit
+    from mechscope.data import tasks
+
+    body = {"task": "induction", "n": 4, "method": "eap", "settings": {"batch_size": 8}}
+    c = client.post("/api/circuit/run", json=body).json()
+    real = find_circuit(model, tasks.induction(model.tokenizer, n=4, seed=0),
+                        FindConfig("eap", EAPConfig(batch_size=8, seed=0), random=2, seed=0))  # fmt: skip
+    assert c["faithfulness"] == pytest.approx(real.faithfulness, abs=1e-6)
+    assert c["curve"]["faithfulness"] == pytest.approx(list(real.curve.faithfulness), abs=1e-6)
+    assert {"ref": c["ref"], "kind": "circuit", "title": f"{c['ref']}: eap on induction"} in client.get(
+        "/api/runs"
+    ).json()["found"]
+    assert client.get("/api/circuit", params={"ref": c["ref"]}).json()["edges"] == c["edges"]
+    edge = c["edges"][0]["name"]
+    v = client.post("/api/circuit/verify", json={"ref": c["ref"], "edge": edge}).json()
+    assert v["edge"] == edge and "actual" in v
+    assert "did you mean 'eap'" in error_of(client.post("/api/circuit/run", json={**body, "method": "eapp"}), 404)
+    assert "has no setting 'steps'" in error_of(
+        client.post("/api/circuit/run", json={**body, "settings": {"steps": 3}}), 400
+    )
+    assert "unknown task" in error_of(client.post("/api/circuit/run", json={**body, "task": "sorting"}), 400)
+    assert "no circuit run 'run:99'" in error_of(client.get("/api/circuit", params={"ref": "run:99"}), 404)

@@ -179,6 +179,18 @@ def test_circuit_edge_click_shows_its_score(page, server):
     page.screenshot(path=str(SHOTS / "circuit.png"), full_page=True)
 
 
+def test_run_a_circuit_from_the_app(page, server):
+    page.goto(server + "#circuits")
+    page.wait_for_selector("#run-method option[value='eap-ig']", state="attached")  # from the registry
+    page.select_option("#run-task", "induction")
+    page.select_option("#run-method", "eap")
+    page.fill("#run-n", "4")
+    page.click("#run-circuit")
+    page.wait_for_selector("#circuit-list button[data-ref='run:0']", timeout=120_000)
+    page.wait_for_selector("#circuit-svg .edge")
+    assert page.text_content("#circuit p").startswith("eap on induction (4 prompt pairs")
+
+
 def test_bench_filters(page, server):
     page.goto(server + "#bench")
     page.wait_for_selector("tr.bench-row")

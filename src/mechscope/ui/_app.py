@@ -50,10 +50,20 @@ class Explorer:
     dictionary: Any = None
     """A sparse dictionary (``features.load_dictionary``) for the feature pages' *try it* and *steer*."""
     worker: Worker = field(default_factory=Worker)
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Circuit runs started from the app (``run:N``), kept in memory for this server's life."""
 
     def __post_init__(self) -> None:
         if not is_loopback(self.host) and self.token is None:
             raise ValueError(f"--host {self.host} reaches beyond this machine: an access token is required")
+
+    def circuit(self, ref: str) -> dict[str, Any]:
+        """A circuit run's summary: one started from the app (``run:N``) or a file under the roots."""
+        if ref.startswith("run:"):
+            if ref not in self.runs:
+                raise FileNotFoundError(f"no circuit run {ref!r} on this server (see /api/runs)")
+            return self.runs[ref]
+        return _views.circuit_doc(self.roots.resolve(ref))
 
     def need_model(self) -> Model:
         if self.model is None:
@@ -96,8 +106,11 @@ async def _method(x: Explorer, family: str, name: str) -> dict[str, Any]:
 
 
 async def _runs(x: Explorer) -> dict[str, Any]:
-    found = await asyncio.to_thread(x.roots.scan)
-    return {"roots": x.roots.describe(), "found": [f.to_dict() for f in found]}
+    found = [f.to_dict() for f in await asyncio.to_thread(x.roots.scan)]
+    ran = [
+        {"ref": ref, "kind": "circuit", "title": f"{ref}: {d['method']} on {d['task']}"} for ref, d in x.runs.items()
+    ]
+    return {"roots": x.roots.describe(), "found": found + ran}
 
 
 def _prompt_job(model: Model, prompt: str, top_k: int, max_tokens: int) -> dict[str, Any]:
@@ -157,11 +170,20 @@ async def _run_lens(x: Explorer, name: str, prompt: str, settings: dict[str, Any
 
 
 async def _circuit(x: Explorer, ref: str) -> dict[str, Any]:
-    return await asyncio.to_thread(_views.circuit_view, x.roots.resolve(ref))
+    doc = await asyncio.to_thread(x.circuit, ref)
+    return _views.circuit_view(doc)
+
+
+async def _run_circuit(x: Explorer, task: str, n: int, method: str, settings: dict[str, Any]) -> dict[str, Any]:
+    doc = await x.on_model(f"circuit {method}", _views.run_circuit, task, n, method, settings)
+    ref = f"run:{len(x.runs)}"
+    x.runs[ref] = doc
+    return {"ref": ref, **_views.circuit_view(doc)}
 
 
 async def _verify(x: Explorer, ref: str, edge: str) -> dict[str, Any]:
-    return await x.on_model("verify edge", _views.verify_edge, x.roots.resolve(ref), edge)
+    doc = await asyncio.to_thread(x.circuit, ref)
+    return await x.on_model("verify edge", _views.verify_edge, doc, edge)
 
 
 def _try_job(model: Model, dictionary: Any, text: str, latent: int, max_tokens: int) -> dict[str, Any]:
@@ -300,6 +322,25 @@ ENDPOINTS: list[Endpoint] = [
         "A circuit run as a layered graph with its edges' scores and the curve.",
         _circuit,
         (_REF,),
+    ),
+    Endpoint(
+        "POST",
+        "/api/circuit/run",
+        "Find a circuit on a built-in task with any declared circuit method (kept in memory as run:N).",
+        _run_circuit,
+        (
+            Param(
+                "task",
+                "body",
+                str,
+                "ioi | greater_than | factual_recall | gendered_pronoun | subject_verb_agreement | induction.",
+                required=True,
+            ),
+            Param("n", "body", int, "Prompt pairs.", 8, minimum=1, maximum=64),
+            Param("method", "body", str, "Circuit method (see /api/methods, family circuits).", "eap"),
+            Param("settings", "body", dict, "The method's settings by name (its config fields).", {}),
+        ),
+        True,
     ),
     Endpoint(
         "POST",

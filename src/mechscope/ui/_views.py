@@ -13,18 +13,39 @@ from typing import Any
 from ._files import read_json
 from ._lab import BadRequest
 
+_BUILT_IN_TASKS = ("ioi", "greater_than", "factual_recall", "gendered_pronoun", "subject_verb_agreement", "induction")
 
-def circuit_view(path: Path) -> dict[str, Any]:
-    """A ``mechscope circuit`` run laid out as a layered graph, with every edge whose score the run saved.
+
+def circuit_doc(path: Path) -> dict[str, Any]:
+    """The summary a ``mechscope circuit`` run saved (``CircuitRun.to_dict()`` plus its files)."""
+    doc = read_json(path)
+    if not isinstance(doc, dict) or "circuit" not in doc:
+        raise BadRequest(f"{path.name} is not the summary.json of a `mechscope circuit` run")
+    return doc
+
+
+def run_circuit(model: Any, task: str, n: int, method: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """``circuits.find_circuit`` on a built-in task, as ``mechscope circuit`` runs it (one seed, 0, for all)."""
+    from ..circuits import METHODS, FindConfig, find_circuit
+    from ..data import tasks
+
+    if task not in _BUILT_IN_TASKS:
+        raise BadRequest(f"unknown task {task!r}: choose one of {', '.join(_BUILT_IN_TASKS)}")
+    spec = METHODS[method]
+    names = {f.name for f in spec.fields()}
+    config = spec.make_config(**({"seed": 0} if "seed" in names else {}), **settings)
+    built = getattr(tasks, task)(model.tokenizer, n=n, seed=0)
+    return find_circuit(model, built, FindConfig(spec.name, config, random=2, seed=0)).to_dict()
+
+
+def circuit_view(doc: dict[str, Any]) -> dict[str, Any]:
+    """A circuit run (``circuit_doc``) laid out as a layered graph, with every edge whose score the run saved.
 
     ``edges`` are the circuit's edges and the method's top edges (``scores.top_edges``), strongest first; the
     ``curve`` gives faithfulness at fixed sizes beside random circuits of the same size.
     """
     from ..circuits import EdgeId, Graph, NodeId
 
-    doc = read_json(path)
-    if not isinstance(doc, dict) or "circuit" not in doc:
-        raise BadRequest(f"{path.name} is not the summary.json of a `mechscope circuit` run")
     c = doc["circuit"]
     graph = Graph.from_dict(c["graph"])
     scores: dict[str, float] = {name: float(s) for name, s in (doc.get("scores", {}).get("top_edges") or [])}
@@ -149,10 +170,7 @@ def feature_card(path: Path, latent: int) -> dict[str, Any]:
         return db.latent(latent).to_dict()
 
 
-_BUILT_IN_TASKS = ("ioi", "greater_than", "factual_recall", "gendered_pronoun", "subject_verb_agreement", "induction")
-
-
-def verify_edge(model: Any, path: Path, edge: str) -> dict[str, Any]:
+def verify_edge(model: Any, doc: dict[str, Any], edge: str) -> dict[str, Any]:
     """Patch one edge of a saved circuit run for real and compare with its score (the self-check, for one edge).
 
     The run's task is rebuilt as ``mechscope circuit`` built it (the built-in task by name, ``n_prompts`` pairs, the
@@ -162,9 +180,6 @@ def verify_edge(model: Any, path: Path, edge: str) -> dict[str, Any]:
     from ..circuits import EdgeId, Graph, patch_edges
     from ..data import tasks
 
-    doc = read_json(path)
-    if not isinstance(doc, dict) or "circuit" not in doc:
-        raise BadRequest(f"{path.name} is not the summary.json of a `mechscope circuit` run")
     saved = doc.get("model", {}).get("weights_sha256")
     if saved != model.provenance["weights_sha256"]:
         raise BadRequest(

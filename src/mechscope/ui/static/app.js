@@ -324,6 +324,29 @@ async function runAttribution(event) {
 
 async function openCircuits() {
   try {
+    const methods = (await api("/api/methods")).families.circuits.methods;  // every declared circuit method
+    $("run-method").replaceChildren(...methods.map((m) => el("option", { value: m.name, title: m.summary,
+      text: m.name })));
+  } catch (err) { showError($("circuit-error"), err); }
+  await listCircuits();
+}
+
+async function runCircuit(event) {
+  event.preventDefault();
+  $("run-busy").textContent = "running (the faithfulness curve takes a while)…";
+  $("circuit-error").replaceChildren();
+  try {
+    const c = await api("/api/circuit/run", { task: $("run-task").value, method: $("run-method").value,
+      n: Number($("run-n").value) });
+    state.runs = null;
+    await listCircuits();
+    drawCircuit(c);
+  } catch (err) { showError($("circuit-error"), err); }
+  $("run-busy").textContent = "";
+}
+
+async function listCircuits() {
+  try {
     const found = (await runs()).filter((f) => f.kind === "circuit");
     if (!found.length) {
       $("circuit-list").replaceChildren(el("p", { class: "dim",
@@ -638,6 +661,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("prompt-form").addEventListener("submit", runPrompt);
   $("dla-form").addEventListener("submit", runDLA);
   $("attr-form").addEventListener("submit", runAttribution);
+  $("circuit-run-form").addEventListener("submit", runCircuit);
   $("att-layer").addEventListener("change", loadAttention);
   $("feature-search").addEventListener("submit", (e) => { e.preventDefault(); openLatent(Number($("feature-id").value)); });
   $("feature-token-go").addEventListener("click", searchToken);
