@@ -121,6 +121,12 @@ def test_attention_head_pattern_is_drawn(page, server):
     assert lit == [True] * 6 + [False] * (n - 6)
     page.select_option("#att-layer", "1")
     page.wait_for_selector("button.head canvas[title='head 1.0']")  # (wait_for_function would need unsafe-eval)
+    page.select_option("#att-layer", "all")  # the head grid: every layer's heads
+    page.wait_for_selector(".head-row button.head[data-layer='1'][data-head='3']")
+    assert page.locator(".head-row").count() == 2 and page.locator(".head-row button.head").count() == 8
+    page.click(".head-row button.head[data-layer='1'][data-head='0']")
+    page.wait_for_selector("#pattern h3")
+    assert page.text_content("#pattern h3").startswith("head 1.0")
     page.screenshot(path=str(SHOTS / "attention.png"), full_page=True)
 
 

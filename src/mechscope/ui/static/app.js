@@ -94,6 +94,7 @@ async function loadStatus() {
     const layer = $("att-layer");
     if (s.model && layer.options.length === 0) {
       for (let l = 0; l < s.model.n_layers; l++) layer.append(el("option", { value: l, text: String(l) }));
+      layer.append(el("option", { value: "all", text: "all layers" }));
     }
   } catch (err) { $("status").textContent = String(err.message); }
 }
@@ -133,10 +134,10 @@ async function runPrompt(event) {
     drawPredictions(p.predictions);
     const [lens, att] = await Promise.all([
       api("/api/lens", { prompt, top_k: 5 }),
-      api("/api/attention", { prompt, layer: Number($("att-layer").value || 0) }),
+      api("/api/attention", { prompt, layer: $("att-layer").value === "all" ? 0 : Number($("att-layer").value || 0) }),
     ]);
     drawLens(lens);
-    drawHeads(att);
+    if ($("att-layer").value === "all") loadAttention(); else drawHeads(att);
     $("lab-busy").textContent = "";
   } catch (err) {
     $("lab-busy").textContent = "";
@@ -186,17 +187,22 @@ function drawLens(lens) {
   $("lens").replaceChildren(table);
 }
 
-let attention = null;
-
 async function loadAttention() {
   if (lastPrompt === null) return;
   try {
-    drawHeads(await api("/api/attention", { prompt: lastPrompt, layer: Number($("att-layer").value) }));
+    if ($("att-layer").value !== "all") {
+      drawHeads(await api("/api/attention", { prompt: lastPrompt, layer: Number($("att-layer").value) }));
+      return;
+    }
+    $("heads").replaceChildren();  // every layer's heads, one row per layer (one request each, in turn)
+    $("pattern").replaceChildren();
+    for (let l = 0; l < state.model.n_layers; l++) {
+      drawHeads(await api("/api/attention", { prompt: lastPrompt, layer: l }), true);
+    }
   } catch (err) { showError($("lab-error"), err); }
 }
 
-function drawHeads(att) {
-  attention = att;
+function drawHeads(att, append = false) {
   const n = att.tokens.length;
   const size = 72;
   const heads = att.patterns.map((pattern, h) => {
@@ -207,15 +213,19 @@ function drawHeads(att) {
       ctx.fillStyle = blue(w);
       ctx.fillRect(k * cell, q * cell, Math.ceil(cell), Math.ceil(cell));
     }));
-    return el("button", { class: "head", type: "button", "data-head": h, onclick: () => drawPattern(h) }, canvas,
-      el("div", { text: `${att.layer}.${h}` }));
+    return el("button", { class: "head", type: "button", "data-head": h, "data-layer": att.layer,
+      onclick: () => drawPattern(att, h) }, canvas, el("div", { text: `${att.layer}.${h}` }));
   });
-  $("heads").replaceChildren(...heads);
-  $("pattern").replaceChildren();
+  if (append) {
+    $("heads").append(el("div", { class: "head-row" }, el("span", { class: "dim", text: `layer ${att.layer}` }),
+      ...heads));
+  } else {
+    $("heads").replaceChildren(...heads);
+    $("pattern").replaceChildren();
+  }
 }
 
-function drawPattern(h) {
-  const att = attention;
+function drawPattern(att, h) {
   const pattern = att.patterns[h];
   const n = att.tokens.length;
   const cell = Math.max(10, Math.min(22, Math.floor(480 / n)));
