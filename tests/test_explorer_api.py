@@ -453,6 +453,13 @@ def test_docs_list_every_endpoint():
         assert f"`{e.method} {e.path}`" in docs, f"docs/explorer.md does not list {e.method} {e.path}"
 
 
+def wait_until(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 def test_a_request_whose_client_leaves_is_cancelled_before_it_runs(model, monkeypatch):
     import socket
 
@@ -478,8 +485,8 @@ def test_a_request_whose_client_leaves_is_cancelled_before_it_runs(model, monkey
         with socket.create_connection(("127.0.0.1", x.port)) as s:  # queued behind "first", then the client leaves
             s.sendall(b"POST /api/prompt HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
                       b"Content-Length: %d\r\n\r\n%s" % (x.port, len(body), body))  # fmt: skip
-            time.sleep(0.1)
-        time.sleep(0.6)  # the server polls for the disconnect every 0.2 s
+            wait_until(lambda: x.worker.stats.submitted == 2)  # queued
+        wait_until(lambda: x.worker.stats.cancelled == 1)  # the server polls for the disconnect every 0.2 s
         gate.set()
         first.join()
         ok = httpx.post(url + "api/prompt", json={"prompt": "third"}, timeout=30)
