@@ -20,7 +20,9 @@ refused, file reads confined to the directories given, a strict Content-Security
 as text.
 """
 
-from mechscope.ui._app import ENDPOINTS, Explorer, create_app, running
+from mechscope.ui._app import create_app, running
+from mechscope.ui._endpoints import ENDPOINTS
+from mechscope.ui._explorer import Explorer
 from mechscope.ui._files import PathRefused, Roots
 from mechscope.ui._security import is_loopback, new_token
 
