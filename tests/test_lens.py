@@ -172,3 +172,22 @@ def test_lens_cli_errors_name_the_problem(tmp_path):
     assert wrong.exit_code == 2 and "logit-lens" in wrong.output
     bad = _lens_cli("tiny-llama", "abc", "--answer", " Mary", "--out", str(tmp_path))
     assert bad.exit_code == 1 and "single token is required" in bad.stderr and "Traceback" not in bad.output
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_lens_grid_is_the_lens_at_every_position(family):
+    from mechscope.lenses import logit_lens_grid
+
+    model = ms.tiny(family)
+    grid = logit_lens_grid(model, "hello world", top_k=4)
+    n = len("hello world")  # the tiny models' tokenizer has one token per byte
+    assert grid.tokens == tuple("hello world") and grid.top_ids.shape == (2, n, 4)
+    # the last layer's row is the model's own next-token distribution at every position ...
+    real = model.run("hello world").logits[0].softmax(-1)
+    torch.testing.assert_close(grid.top_probs[-1], real.topk(4).values)
+    # ... and every column is what the one-position logit lens reads at that position
+    for pos in (0, 5, n - 1):
+        one = logit_lens(model, "hello world"[: pos + 1], top_k=4)
+        torch.testing.assert_close(grid.top_probs[:, pos], one.top_probs[0])
+        assert grid.top_tokens[0][pos] == one.top_tokens[0][0]
+    assert json.loads(json.dumps(grid.to_dict()))["top"][1][n - 1][0]["prob"] == pytest.approx(float(real[-1].max()))

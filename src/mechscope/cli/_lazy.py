@@ -43,6 +43,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "_lenses",
         "Every layer's top next tokens after PROMPT, read through a lens (table or JSON), and their heatmap PNG.",
     ),
+    "serve": (
+        "_serve",
+        "Start the explorer, a local web app: prompt lab, attention, logit lens, circuits, bench, features.",
+    ),
     "methods": (
         "_methods",
         "List every family's declared methods: summary, tags, result type and settings (--json: config schemas).",

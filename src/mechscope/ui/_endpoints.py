@@ -1,0 +1,352 @@
+"""The explorer's JSON endpoints: one handler per endpoint and the table (``ENDPOINTS``) that declares them.
+
+Each handler takes the explorer and its parsed arguments (``_api.parse``) and returns JSON-able data; those that
+touch the model hand a ``*_job`` function to the one model worker. The router, ``/api`` and the OpenAPI document
+are made from the table (``_app.create_app``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ..core._model import Model
+from . import _lab, _views
+from ._api import Endpoint, Param
+from ._explorer import Explorer
+
+# --- handlers: each takes the explorer and its parsed arguments ----------------------------------------------------
+
+
+async def _status(x: Explorer) -> dict[str, Any]:
+    import mechscope
+
+    model = _lab.model_info(x.model, x.max_tokens) if x.model is not None else None
+    dictionary = None if x.dictionary is None else {"site": x.dictionary.cfg.site, "d_sae": x.dictionary.cfg.d_sae}
+    return {
+        "version": mechscope.__version__,
+        "model": model,
+        "dictionary": dictionary,
+        "worker": x.worker.stats.to_dict(),
+        "roots": x.roots.describe(),
+        "token_required": x.token is not None,
+    }
+
+
+async def _methods(x: Explorer) -> dict[str, Any]:
+    from ..cli._methods import describe
+
+    return describe()
+
+
+async def _method(x: Explorer, family: str, name: str) -> dict[str, Any]:
+    from ..cli._methods import registry
+
+    return dict(registry(family)[name].describe())
+
+
+async def _runs(x: Explorer) -> dict[str, Any]:
+    found = [f.to_dict() for f in await asyncio.to_thread(x.roots.scan)]
+    ran = [
+        {"ref": ref, "kind": "circuit", "title": f"{ref}: {d['method']} on {d['task']}"} for ref, d in x.runs.items()
+    ]
+    return {"roots": x.roots.describe(), "found": found + ran}
+
+
+def _prompt_job(model: Model, prompt: str, top_k: int, max_tokens: int) -> dict[str, Any]:
+    _lab.check_prompt(model, prompt, max_tokens)
+    return _lab.predictions(model, prompt, top_k)
+
+
+async def _prompt(x: Explorer, prompt: str, top_k: int) -> dict[str, Any]:
+    return await x.on_model("prompt", _prompt_job, prompt, top_k, x.max_tokens)
+
+
+def _lens_job(model: Model, prompt: str, top_k: int, max_tokens: int) -> dict[str, Any]:
+    _lab.check_prompt(model, prompt, max_tokens)
+    return _lab.lens_grid(model, prompt, top_k)
+
+
+async def _lens(x: Explorer, prompt: str, top_k: int) -> dict[str, Any]:
+    return await x.on_model("lens", _lens_job, prompt, top_k, x.max_tokens)
+
+
+def _attention_job(model: Model, prompt: str, layer: int, max_tokens: int) -> dict[str, Any]:
+    _lab.check_prompt(model, prompt, max_tokens)
+    return _lab.attention(model, prompt, layer)
+
+
+async def _attention(x: Explorer, prompt: str, layer: int) -> dict[str, Any]:
+    return await x.on_model("attention", _attention_job, prompt, layer, x.max_tokens)
+
+
+def _dla_job(model: Model, prompt: str, answer: str, wrong: str, max_tokens: int) -> dict[str, Any]:
+    _lab.check_prompt(model, prompt, max_tokens)
+    return _lab.dla(model, prompt, answer, wrong)
+
+
+async def _dla(x: Explorer, prompt: str, answer: str, wrong: str) -> dict[str, Any]:
+    return await x.on_model("dla", _dla_job, prompt, answer, wrong, x.max_tokens)
+
+
+def _sites_job(model: Model, pattern: str) -> list[dict[str, str]]:
+    return [row._asdict() for row in model.sites(pattern)]
+
+
+async def _sites(x: Explorer, pattern: str) -> dict[str, Any]:
+    return {"pattern": pattern, "sites": await x.on_model("sites", _sites_job, pattern)}
+
+
+def _lens_method_job(model: Model, name: str, prompt: str, settings: dict[str, Any], max_tokens: int) -> Any:
+    from ..lenses import METHODS
+
+    _lab.check_prompt(model, prompt, max_tokens)
+    spec = METHODS[name]
+    return spec(model, prompt, config=spec.make_config(**settings)).to_dict()
+
+
+async def _run_lens(x: Explorer, name: str, prompt: str, settings: dict[str, Any]) -> Any:
+    return await x.on_model(f"lens {name}", _lens_method_job, name, prompt, settings, x.max_tokens)
+
+
+async def _circuit(x: Explorer, ref: str) -> dict[str, Any]:
+    doc = await asyncio.to_thread(x.circuit, ref)
+    return _views.circuit_view(doc)
+
+
+async def _run_circuit(x: Explorer, task: str, n: int, method: str, settings: dict[str, Any]) -> dict[str, Any]:
+    doc = await x.on_model(f"circuit {method}", _views.run_circuit, task, n, method, settings)
+    ref = f"run:{len(x.runs)}"
+    x.runs[ref] = doc
+    return {"ref": ref, **_views.circuit_view(doc)}
+
+
+async def _verify(x: Explorer, ref: str, edge: str) -> dict[str, Any]:
+    doc = await asyncio.to_thread(x.circuit, ref)
+    return await x.on_model("verify edge", _views.verify_edge, doc, edge)
+
+
+def _try_job(model: Model, dictionary: Any, text: str, latent: int, max_tokens: int) -> dict[str, Any]:
+    _lab.check_prompt(model, text, max_tokens)
+    return _lab.try_feature(model, dictionary, text, latent)
+
+
+async def _try(x: Explorer, text: str, latent: int) -> dict[str, Any]:
+    return await x.on_model("try feature", _try_job, x.dictionary, text, latent, x.max_tokens)
+
+
+def _steer_job(model: Model, dictionary: Any, args: tuple[Any, ...], max_tokens: int) -> dict[str, Any]:
+    _lab.check_prompt(model, args[0], max_tokens)
+    return _lab.steer(model, dictionary, *args)
+
+
+async def _steer(x: Explorer, prompt: str, latent: int, how: str, value: float, max_new_tokens: int) -> Any:
+    args = (prompt, latent, how, value, max_new_tokens)
+    return await x.on_model("steer", _steer_job, x.dictionary, args, x.max_tokens)
+
+
+def _attribute_job(model: Model, args: tuple[Any, ...], max_tokens: int) -> dict[str, Any]:
+    _lab.check_prompt(model, args[0] + (args[1] or ""), max_tokens)
+    return _lab.token_attribution(model, *args)
+
+
+async def _attribute(x: Explorer, prompt: str, continuation: str | None, max_new_tokens: int, method: str) -> Any:
+    args = (prompt, continuation, max_new_tokens, method)
+    return await x.on_model("token attribution", _attribute_job, args, x.max_tokens)
+
+
+async def _bench(x: Explorer, ref: str) -> dict[str, Any]:
+    return await asyncio.to_thread(_views.bench_view, x.roots.resolve(ref))
+
+
+async def _features(x: Explorer, ref: str, by: str, n: int) -> dict[str, Any]:
+    return await asyncio.to_thread(_views.feature_list, x.roots.resolve(ref), by, n)
+
+
+async def _feature(x: Explorer, ref: str, latent: int) -> dict[str, Any]:
+    return await asyncio.to_thread(_views.feature_card, x.roots.resolve(ref), latent)
+
+
+async def _feature_search(x: Explorer, ref: str, text: str, n: int) -> dict[str, Any]:
+    return await asyncio.to_thread(_views.feature_search, x.roots.resolve(ref), text, n)
+
+
+_PROMPT = Param("prompt", "body", str, "The prompt (at most the server's token limit; see /api/status).", required=True)
+_REF = Param("ref", "query", str, "A file reference ROOT/PATH, as /api/runs lists them.", required=True)
+
+ENDPOINTS: list[Endpoint] = [
+    Endpoint("GET", "/api/status", "The model, the worker's queue and the run directories.", _status),
+    Endpoint("GET", "/api/methods", "Every family's declared methods (the registries' describe()).", _methods),
+    Endpoint(
+        "GET",
+        "/api/methods/{family}/{name}",
+        "One declared method: summary, tags, result and settings.",
+        _method,
+        (Param("family", "path", str, "Method family (see /api/methods)."), Param("name", "path", str, "Method name.")),
+    ),
+    Endpoint("GET", "/api/runs", "Circuit runs, leaderboards and feature databases under the run directories.", _runs),
+    Endpoint(
+        "POST",
+        "/api/prompt",
+        "The prompt's tokens and the top-k next tokens with probabilities.",
+        _prompt,
+        (_PROMPT, Param("top_k", "body", int, "How many next tokens.", 10, minimum=1, maximum=100)),
+        True,
+    ),
+    Endpoint(
+        "POST",
+        "/api/lens",
+        "Logit lens at every layer and position: the top tokens of each cell.",
+        _lens,
+        (_PROMPT, Param("top_k", "body", int, "Top tokens per cell.", 3, minimum=1, maximum=20)),
+        True,
+    ),
+    Endpoint(
+        "POST",
+        "/api/attention",
+        "Every head's attention pattern at one layer: patterns[head][query][key].",
+        _attention,
+        (_PROMPT, Param("layer", "body", int, "Layer.", required=True)),
+        True,
+    ),
+    Endpoint(
+        "POST",
+        "/api/dla",
+        "Direct logit attribution of every head and MLP to answer minus wrong.",
+        _dla,
+        (
+            _PROMPT,
+            Param("answer", "body", str, "Answer token, e.g. ' Mary'.", required=True),
+            Param("wrong", "body", str, "Alternative token, e.g. ' John'.", required=True),
+        ),
+        True,
+    ),
+    Endpoint(
+        "POST",
+        "/api/tokens/attribute",
+        "Token attribution: each new token's attribution to every context token (IG or input x gradient).",
+        _attribute,
+        (
+            _PROMPT,
+            Param("continuation", "body", str, "Text to attribute (default: the model's greedy continuation)."),
+            Param(
+                "max_new_tokens", "body", int, "Greedy tokens when no continuation is given.", 4, minimum=1, maximum=16
+            ),
+            Param("method", "body", str, "integrated_gradients | input_x_gradient.", "integrated_gradients"),
+        ),
+        True,
+    ),
+    Endpoint(
+        "GET",
+        "/api/sites",
+        "The model's sites matching a name or glob (unknown names get suggestions).",
+        _sites,
+        (Param("pattern", "query", str, "Site name or glob, e.g. 'head.0.*'.", "*"),),
+        True,
+    ),
+    Endpoint(
+        "POST",
+        "/api/lenses/{name}",
+        "Run any declared lens on a prompt, with its settings.",
+        _run_lens,
+        (
+            Param("name", "path", str, "Lens name (see /api/methods)."),
+            _PROMPT,
+            Param("settings", "body", dict, "The lens's settings by name (its config fields).", {}),
+        ),
+        True,
+    ),
+    Endpoint(
+        "GET",
+        "/api/circuit",
+        "A circuit run as a layered graph with its edges' scores and the curve.",
+        _circuit,
+        (_REF,),
+    ),
+    Endpoint(
+        "POST",
+        "/api/circuit/run",
+        "Find a circuit on a built-in task with any declared circuit method (kept in memory as run:N).",
+        _run_circuit,
+        (
+            Param(
+                "task",
+                "body",
+                str,
+                "ioi | greater_than | factual_recall | gendered_pronoun | subject_verb_agreement | induction.",
+                required=True,
+            ),
+            Param("n", "body", int, "Prompt pairs.", 8, minimum=1, maximum=64),
+            Param("method", "body", str, "Circuit method (see /api/methods, family circuits).", "eap"),
+            Param("settings", "body", dict, "The method's settings by name (its config fields).", {}),
+        ),
+        True,
+    ),
+    Endpoint(
+        "POST",
+        "/api/circuit/verify",
+        "Patch one edge of a saved run for real: its effect beside its score's estimate (normalised).",
+        _verify,
+        (
+            Param("ref", "body", str, "The run's reference (see /api/runs).", required=True),
+            Param("edge", "body", str, "Edge name, e.g. 'a0.h1->a1.h3<k>'.", required=True),
+        ),
+        True,
+    ),
+    Endpoint(
+        "POST",
+        "/api/feature/try",
+        "A latent's activation on every token of a text (needs --dictionary).",
+        _try,
+        (
+            Param("text", "body", str, "Text to run.", required=True),
+            Param("latent", "body", int, "Latent index.", required=True, minimum=0),
+        ),
+        True,
+    ),
+    Endpoint(
+        "POST",
+        "/api/feature/steer",
+        "Greedy continuations with a latent clamped or scaled, beside the plain one (needs --dictionary).",
+        _steer,
+        (
+            _PROMPT,
+            Param("latent", "body", int, "Latent index.", required=True, minimum=0),
+            Param("how", "body", str, "clamp (set the latent to value) or scale (multiply it by value).", "clamp"),
+            Param("value", "body", float, "The value or factor.", required=True, minimum=-1000, maximum=1000),
+            Param("max_new_tokens", "body", int, "Tokens to generate.", 20, minimum=1, maximum=64),
+        ),
+        True,
+    ),
+    Endpoint("GET", "/api/bench", "A leaderboard's rows with families, chance and baselines.", _bench, (_REF,)),
+    Endpoint(
+        "GET",
+        "/api/features",
+        "A feature database's latents ranked by a statistic.",
+        _features,
+        (
+            _REF,
+            Param("by", "query", str, "frequency | mean_activation | max_activation | n_active.", "frequency"),
+            Param("n", "query", int, "How many latents.", 50, minimum=1, maximum=1000),
+        ),
+    ),
+    Endpoint(
+        "GET",
+        "/api/feature",
+        "One latent's page: statistics, histogram, top contexts, logit effects.",
+        _feature,
+        (_REF, Param("latent", "query", int, "Latent index.", required=True, minimum=0)),
+    ),
+    Endpoint(
+        "GET",
+        "/api/features/search",
+        "Latents that promote a token most.",
+        _feature_search,
+        (
+            _REF,
+            Param("text", "query", str, "Token text (with or without its leading space).", required=True),
+            Param("n", "query", int, "How many latents.", 20, minimum=1, maximum=1000),
+        ),
+    ),
+]
+"""The JSON API: the router, ``/api`` and ``/api/openapi.json`` are made from this table."""

@@ -1,0 +1,52 @@
+"""The explorer's state: the model (loaded once), the run directories, the worker and the access rules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..core._model import Model
+from . import _lab, _views
+from ._files import Roots
+from ._lab import BadRequest
+from ._security import is_loopback
+from ._worker import Worker
+
+
+@dataclass
+class Explorer:
+    """What the server holds: the model (loaded once), the run directories, the worker, and the access rules."""
+
+    model: Model | None = None
+    roots: Roots = field(default_factory=lambda: Roots([]))
+    host: str = "127.0.0.1"
+    port: int = 8000
+    token: str | None = None
+    """Required on every request when set; ``mechscope serve`` generates one for a non-loopback host."""
+    max_tokens: int = _lab.DEFAULT_MAX_TOKENS
+    dictionary: Any = None
+    """A sparse dictionary (``features.load_dictionary``) for the feature pages' *try it* and *steer*."""
+    worker: Worker = field(default_factory=Worker)
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Circuit runs started from the app (``run:N``), kept in memory for this server's life."""
+
+    def __post_init__(self) -> None:
+        if not is_loopback(self.host) and self.token is None:
+            raise ValueError(f"--host {self.host} reaches beyond this machine: an access token is required")
+
+    def circuit(self, ref: str) -> dict[str, Any]:
+        """A circuit run's summary: one started from the app (``run:N``) or a file under the roots."""
+        if ref.startswith("run:"):
+            if ref not in self.runs:
+                raise FileNotFoundError(f"no circuit run {ref!r} on this server (see /api/runs)")
+            return self.runs[ref]
+        return _views.circuit_doc(self.roots.resolve(ref))
+
+    def need_model(self) -> Model:
+        if self.model is None:
+            raise BadRequest("this server has no model loaded (start it with --model NAME)")
+        return self.model
+
+    async def on_model(self, name: str, fn: Any, *args: Any) -> Any:
+        model = self.need_model()
+        return await self.worker.run(name, fn, model, *args)

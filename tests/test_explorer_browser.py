@@ -1,0 +1,256 @@
+"""The explorer in a real Chromium (Debian's ``chromium`` package driven by Playwright for Python): each view opens
+and draws what its API returned, clicks and hovers work, and XSS payloads in every kind of text stay text.
+
+Screenshots of each view go to ``out/explorer/`` (not committed). Locally the tests skip, with the reason, when
+chromium or playwright is missing; ``.ci/run`` installs both, and under CI (``CI`` set) a missing browser fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("starlette", reason="the explorer's extra is not installed: pip install -e '.[serve,browser]'")
+pytest.importorskip("uvicorn", reason="the explorer's extra is not installed: pip install -e '.[serve,browser]'")
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # pragma: no cover - depends on the machine
+    sync_playwright = None
+
+_MISSING = (
+    "playwright is not installed (pip install -e '.[browser]')"
+    if sync_playwright is None
+    else "Debian's chromium is not installed (apt-get install -y chromium)"
+    if CHROMIUM is None
+    else None
+)
+if _MISSING is not None:
+    if os.environ.get("CI"):
+        pytest.fail(f"browser tests must run in CI: {_MISSING}", pytrace=False)
+    pytest.skip(_MISSING, allow_module_level=True)
+
+from _explorer_data import XSS, circuit_run, feature_db, leaderboard  # noqa: E402
+
+import mechscope as ms  # noqa: E402
+from mechscope.ui import Explorer, Roots, running  # noqa: E402
+
+pytestmark = pytest.mark.slow
+SHOTS = Path(__file__).resolve().parent.parent / "out" / "explorer"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    model = ms.tiny("gpt2")  # the circuit run's model too, so its edges can be verified
+    circuit_run(model, root / "circuit")
+    leaderboard(root / "bench")
+    feature_db(model, root / "features")
+    from mechscope.features import load_dictionary
+
+    dictionary = load_dictionary(root / "features" / "dictionary")
+    with running(Explorer(model, Roots([root]), port=0, dictionary=dictionary)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    assert sync_playwright is not None and CHROMIUM is not None
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    problems: list[str] = []
+    page.on("pageerror", lambda err: problems.append(f"page error: {err}"))
+    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+    page.on("dialog", lambda dialog: problems.append(f"dialog opened: {dialog.message}"))
+    page.problems = problems
+    yield page
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    assert page.evaluate("window.__xss") is None, "an XSS payload ran"
+    assert not problems, problems
+    context.close()
+
+
+def test_prompt_lab_predicts_and_draws_the_lens(page, server):
+    page.goto(server)
+    page.fill("#prompt", "When Mary and John went to the store, John gave a drink to")
+    page.click("#run")
+    page.wait_for_selector("#lens td.cell")
+    api = page.evaluate(
+        """fetch('/api/prompt', {method: 'POST', headers: {'content-type': 'application/json'},
+           body: JSON.stringify({prompt: document.getElementById('prompt').value, top_k: 10})}).then(r => r.json())"""
+    )
+    first = page.locator("#predictions tr").first
+    assert first.locator(".pred-token").text_content() == api["predictions"][0]["token"].replace(" ", "·")
+    assert page.locator("#predictions tr").count() == 10
+    n_tokens = len(api["tokens"])
+    assert page.locator("#tokens .tok").count() == n_tokens
+    assert page.locator("#lens td.cell").count() == 2 * n_tokens  # the tiny model's 2 layers x every position
+    page.hover("#lens td.cell[data-layer='1'][data-pos='3']")
+    assert page.is_visible("#tip") and "layer 1" in page.text_content("#tip")
+    page.screenshot(path=str(SHOTS / "prompt_lab.png"), full_page=True)
+
+
+def test_attention_head_pattern_is_drawn(page, server):
+    page.goto(server)
+    page.fill("#prompt", "hello world")
+    page.click("#run")
+    page.wait_for_selector("button.head")
+    assert page.locator("button.head").count() == 4
+    page.click("button.head[data-head='2']")
+    page.wait_for_selector("#pattern-svg")
+    n = len("hello world")
+    assert page.locator("#pattern-svg rect.att").count() == n * (n + 1) // 2  # causal: keys up to the query
+    assert page.get_attribute("#pattern-svg", "data-head") == "2"
+    page.hover("#pattern .attn-tokens .tok >> nth=5")  # the query's keys light up
+    lit = page.evaluate(
+        "[...document.querySelectorAll('#pattern .attn-tokens .tok')].map(s => s.style.backgroundColor !== '')"
+    )
+    assert lit == [True] * 6 + [False] * (n - 6)
+    page.select_option("#att-layer", "1")
+    page.wait_for_selector("button.head canvas[title='head 1.0']")  # (wait_for_function would need unsafe-eval)
+    page.select_option("#att-layer", "all")  # the head grid: every layer's heads
+    page.wait_for_selector(".head-row button.head[data-layer='1'][data-head='3']")
+    assert page.locator(".head-row").count() == 2 and page.locator(".head-row button.head").count() == 8
+    page.click(".head-row button.head[data-layer='1'][data-head='0']")
+    page.wait_for_selector("#pattern h3")
+    assert page.text_content("#pattern h3").startswith("head 1.0")
+    page.screenshot(path=str(SHOTS / "attention.png"), full_page=True)
+
+
+def test_direct_logit_attribution_grid(page, server):
+    page.goto(server)
+    page.fill("#prompt", "hello")
+    page.fill("#dla-answer", " ")
+    page.fill("#dla-wrong", "x")
+    page.click("#dla-run")
+    page.wait_for_selector("rect.dla-head")
+    assert page.locator("rect.dla-head").count() == 8 and page.locator("rect.dla-mlp").count() == 2
+    page.fill("#attr-continuation", " wo")  # token attribution: one row per new token, context highlighted
+    page.select_option("#attr-method", "input_x_gradient")
+    page.click("#attr-run")
+    page.wait_for_selector("#attribution .attr-row")
+    assert page.locator("#attribution .attr-row").count() == 3
+    assert page.locator("#attribution .attr-row >> nth=2").locator(".attr-tok").count() == len("hello wo") - 1
+    page.fill("#dla-answer", "two")  # several tokens: the error is shown, nothing breaks
+    page.click("#dla-run")
+    page.wait_for_selector("#dla .error")
+    assert "single token" in page.text_content("#dla .error")
+    page.problems.clear()  # the 400 of that request is logged by the browser as a failed resource
+
+
+def test_circuit_edge_click_shows_its_score(page, server):
+    page.goto(server + "#circuits")
+    page.click("#circuit-list button")
+    page.wait_for_selector("#circuit-svg .edge")
+    data = page.evaluate(
+        "fetch('/api/circuit?ref=' + encodeURIComponent(document.querySelector('#circuit-list button').dataset.ref))"
+        ".then(r => r.json())"
+    )
+    top = data["edges"][0]
+    page.click(f"#circuit-svg .edge[data-edge='{top['name']}']", force=True)
+    assert page.text_content("#edge-info h3") == top["name"]
+    assert float(page.text_content("#edge-score").split()[1]) == pytest.approx(top["score"], rel=1e-3)
+    page.click("#verify")  # the edge patched for real, beside its score's estimate
+    page.wait_for_selector("#verify-actual")
+    verified = page.evaluate(
+        """fetch('/api/circuit/verify', {method: 'POST', headers: {'content-type': 'application/json'},
+           body: JSON.stringify({ref: document.querySelector('#circuit-list button').dataset.ref,
+                                 edge: document.querySelector('#edge-info h3').textContent})}).then(r => r.json())"""
+    )
+    assert page.text_content("#verify-actual") == f"patched for real: effect {verified['actual']:.3f}".replace(
+        "-0.000", "0.000"
+    )
+    # the slider: the largest size draws every saved edge, the label reads the curve at that size
+    page.fill("#size", str(len(data["curve"]["sizes"]) - 1))
+    page.dispatch_event("#size", "input")
+    assert page.locator("#circuit-svg .edge").count() == len(data["edges"])
+    assert "faithfulness 1.000" in page.text_content("#size-label")
+    page.fill("#size", "0")
+    page.dispatch_event("#size", "input")
+    assert page.locator("#circuit-svg .edge").count() == min(data["curve"]["n_edges"][0], len(data["edges"]))
+    assert XSS in page.text_content("#circuit p")  # the poisoned method name, shown as text
+    page.screenshot(path=str(SHOTS / "circuit.png"), full_page=True)
+
+
+def test_run_a_circuit_from_the_app(page, server):
+    page.goto(server + "#circuits")
+    page.wait_for_selector("#run-method option[value='eap-ig']", state="attached")  # from the registry
+    page.select_option("#run-task", "induction")
+    page.select_option("#run-method", "eap")
+    page.fill("#run-n", "4")
+    page.click("#run-circuit")
+    page.wait_for_selector("#circuit-list button[data-ref='run:0']", timeout=120_000)
+    page.wait_for_selector("#circuit-svg .edge")
+    assert page.text_content("#circuit p").startswith("eap on induction (4 prompt pairs")
+
+
+def test_bench_filters(page, server):
+    page.goto(server + "#bench")
+    page.wait_for_selector("tr.bench-row")
+    total = page.locator("tr.bench-row").count()
+    page.select_option("#f-family", "circuits")
+    families = page.eval_on_selector_all("tr.bench-row td:first-child", "tds => tds.map(t => t.textContent)")
+    assert families and set(families) == {"circuits"} and len(families) < total
+    page.select_option("#f-method", "eap-ig")
+    methods = page.eval_on_selector_all("tr.bench-row td:nth-child(3)", "tds => tds.map(t => t.textContent)")
+    assert set(methods) == {"eap-ig"}
+    assert all(c != "–" for c in page.eval_on_selector_all("tr.bench-row td.chance", "t => t.map(x => x.textContent)"))
+    page.select_option("#f-family", "")
+    page.select_option("#f-method", "")
+    page.select_option("#f-organism", XSS)  # the poisoned organism name is an option's text, and a cell's
+    assert page.locator("tr.bench-row").count() == 1 and page.text_content("tr.bench-row td:nth-child(2)") == XSS
+    page.screenshot(path=str(SHOTS / "bench.png"), full_page=True)
+
+
+def test_feature_page_highlights_contexts_as_text(page, server):
+    page.goto(server + "#features")
+    page.wait_for_selector("button.latent")
+    page.click("button.latent >> nth=0")
+    page.wait_for_selector("#contexts .context")
+    lit = page.eval_on_selector_all("#contexts .ctx-tok", "s => s.filter(x => x.style.backgroundColor).length")
+    assert lit > 0
+    texts = page.eval_on_selector_all("#contexts .ctx-tok", "s => s.map(x => x.textContent)")
+    assert XSS.replace(" ", "·") in texts  # the poisoned vocabulary entry, as the text of one token
+    assert page.locator("#contexts img, #contexts script").count() == 0
+    assert page.locator("svg.hist rect").count() > 0
+    page.fill("#try-text", "the cat sat")  # try it: the latent on the user's own text
+    page.click("#try-go")
+    page.wait_for_selector("#try-out .try-tok")
+    assert page.locator("#try-out .try-tok").count() == len("the cat sat")
+    page.fill("#steer-value", "200")  # steer: the continuation changes beside the plain one
+    page.click("#steer-go")
+    page.wait_for_selector("#steer-steered")
+    assert page.text_content("#steer-steered") != page.text_content("#steer-plain")
+    page.screenshot(path=str(SHOTS / "feature.png"), full_page=True)
+
+
+def test_api_view_lists_the_registries(page, server):
+    page.goto(server + "#api")
+    page.wait_for_selector("tr.method[data-method='logit-lens']")
+    assert page.locator("tr.method[data-method='eap-ig']").count() == 1
+    assert page.locator("#endpoints tr").count() > 10
+
+
+def test_xss_in_the_prompt_is_inert(page, server):
+    page.goto(server)
+    page.fill("#prompt", "<img src=x onerror=window.__xss=1>")
+    page.click("#run")
+    page.wait_for_selector("#lens td.cell")
+    assert page.locator("#tokens img, #lens img, #predictions img").count() == 0
+    assert "".join(page.eval_on_selector_all("#tokens .tok", "s => s.map(x => x.textContent)")) == (
+        "<img·src=x·onerror=window.__xss=1>"
+    )
+    page.wait_for_timeout(200)  # an onerror would have fired by now
