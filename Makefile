@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test lint bench-peers
+.PHONY: setup demo test lint bench-peers chromium
 
 setup: $(VENV)/.mechscope-setup
 
@@ -23,18 +23,24 @@ $(VENV)/.mechscope-setup: pyproject.toml
 demo: setup
 	$(BIN)/mechscope demo
 
-lint: setup
+lint: $(VENV)/.mechscope-tracr
 	$(BIN)/ruff format --check src tests $(wildcard benchmarks)
 	$(BIN)/ruff check src tests $(wildcard benchmarks)
 	$(BIN)/lint-imports
 	$(BIN)/mypy src/mechscope
 
-# The tests also build the compiled-RASP organisms, so they add the optional tracr extra (jax, pinned).
+# The tests also build the compiled-RASP organisms (the optional tracr extra: jax, pinned) and drive the explorer
+# (the serve and browser extras) in Debian's chromium, installed here when missing and allowed (root); without it
+# the browser tests skip with the reason, except under CI, where they fail.
 $(VENV)/.mechscope-tracr: $(VENV)/.mechscope-setup
-	$(BIN)/pip install --quiet -e ".[dev,tracr]"
+	$(BIN)/pip install --quiet -e ".[dev,tracr,serve,browser]"
 	touch $@
 
-test: lint $(VENV)/.mechscope-tracr
+chromium:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || echo "chromium not installed: browser tests skip"
+
+test: lint $(VENV)/.mechscope-tracr chromium
 	$(BIN)/pytest -q -p no:cacheprovider
 
 bench-peers:
