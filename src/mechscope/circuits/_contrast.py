@@ -94,6 +94,12 @@ class Contrast:
         """``score`` given only each row's last-real-token logits (a run with ``logits="final"``)."""
         return self._per_copy(einops.rearrange(final, "(c b) v -> c b v", c=copies), rows or slice(None))
 
+    def score_readout(self, logits: Tensor, copies: int = 1, rows: slice | None = None) -> Tensor:
+        """``score`` of logits as ``self.readout`` gives them: ``[rows d_vocab]`` final rows or full logits."""
+        if self.readout == "final":
+            return self.score_final(logits, copies, rows)
+        return self.score(logits, copies, rows)
+
     def score_run(self, out: RunResult, copies: int = 1, rows: slice | None = None) -> Tensor:
         """``score`` of a run made with ``logits=self.readout`` (or full logits)."""
         if out.final is not None:

@@ -158,21 +158,23 @@ def run_edges(
     attention_mask: Tensor,
     fixed: SenderActs,
     swap: Float[Tensor, "copy sender receiver"],
-) -> Float[Tensor, "rows pos d_vocab"]:
+    *,
+    final: bool = False,
+) -> Float[Tensor, "rows pos d_vocab"] | Float[Tensor, "rows d_vocab"]:
     """Logits of ``tokens`` (stacked once per copy) where copy ``c`` swaps edge ``(u, r)`` if ``swap[c, u, r]``.
 
     A swapped edge carries ``fixed``'s output of ``u`` (``[batch pos ...]``, the prompts' other run or a
     reference) instead of the live one. Receivers none of whose edges are swapped are left untouched, so an
-    all-zero ``swap`` is the plain run.
+    all-zero ``swap`` is the plain run. ``final=True``: only each row's last-real-token logits, ``[rows d_vocab]``
+    (the unembedding runs on those rows alone).
     """
     copies = swap.shape[0]
     run = _EdgeRun(wiring, fixed, swap.to(fixed.input), tokens.shape[0])
     stacked = einops.repeat(tokens, "b p -> (c b) p", c=copies)
     mask = einops.repeat(attention_mask, "b p -> (c b) p", c=copies)
     with wiring.model.intervene(*run.interventions()):
-        logits = wiring.model.run(stacked, attention_mask=mask).logits
-    assert logits is not None
-    return logits
+        out = wiring.model.run(stacked, attention_mask=mask, logits="final" if final else True)
+    return out.final_logits() if final else out.logits  # type: ignore[return-value]
 
 
 class _EdgeRun:
