@@ -199,3 +199,34 @@ def test_contrast_scores_final_rows_like_full_logits(deep):
     full = model.run(contrast.corrupt, attention_mask=contrast.attention_mask)
     got = contrast.forward(model, contrast.corrupt)
     torch.testing.assert_close(got, contrast.score(full.logits), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("freeze_mlps", [False, True])
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+def test_path_patching_equals_its_three_full_runs(deep, direction, freeze_mlps):
+    """Path patching starts step 1 at the lowest sender and step 3 at the lowest receiver: same score as the three
+    steps done with full runs from the embedding (Wang et al. 2022, appendix B)."""
+    model = deep["llama"]
+    task = toy_task(model)
+    senders, receivers = [(1, 3), (2, 1)], [(2, 0, "q"), (3, 1, "v"), "mlp_out.3"]
+    got = ms.circuits.path_patching(model, task, senders, receivers, direction=direction, freeze_mlps=freeze_mlps)
+    toks = tokenize_task(task, model.tokenizer)
+    base, source = (toks.corrupt, toks.clean) if direction == "denoising" else (toks.clean, toks.corrupt)
+    run = {"attention_mask": toks.attention_mask}
+    heads = [f"head.{i}.z" for i in range(4)]
+    mlps = [f"mlp_out.{i}" for i in range(4)] if freeze_mlps else []
+    src, frozen = model.run(source, cache=heads, **run).cache, model.run(base, cache=heads + mlps, **run).cache
+    step1 = [ms.Patch(site, frozen[site]) for site in heads + mlps]
+    step1 += [ms.Patch(f"head.{layer}.z", src[f"head.{layer}.z"], heads=[h]) for layer, h in senders]
+    with model.intervene(*step1):
+        recorded = model.run(base, cache=["head.2.q", "head.3.v", "mlp_out.3"], **run).cache
+    step2 = [
+        ms.Patch("head.2.q", recorded["head.2.q"], heads=[0]),
+        ms.Patch("head.3.v", recorded["head.3.v"], heads=[1]),
+        ms.Patch("mlp_out.3", recorded["mlp_out.3"]),
+    ]
+    with model.intervene(*step2):
+        logits = model.run(base, **run).logits
+    want = float(logit_diff(final_logits(logits, toks.attention_mask), task).mean())
+    assert got.score == pytest.approx(want, abs=1e-6)
+    assert abs(got.score - got.corrupt_metric) > 1e-4  # the paths carry something
