@@ -230,3 +230,30 @@ def test_path_patching_equals_its_three_full_runs(deep, direction, freeze_mlps):
     want = float(logit_diff(final_logits(logits, toks.attention_mask), task).mean())
     assert got.score == pytest.approx(want, abs=1e-6)
     assert abs(got.score - got.corrupt_metric) > 1e-4  # the paths carry something
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
+def test_edge_runs_started_late_equal_full_edge_runs(deep, family):
+    """An edge run starts at its lowest swapped receiver, the senders below taken from the unpatched run."""
+    from mechscope.circuits._edgerun import EdgePrefix, SenderActs, Wiring, run_edges
+
+    model = deep[family]
+    wiring, contrast = Wiring.of(model), Contrast.of(model, toy_task(model), logit_diff)
+    g, mask = wiring.graph, contrast.attention_mask
+    fixed = SenderActs.of(model.run(contrast.clean, cache=SenderActs.sites(4), attention_mask=mask).cache, 4)
+    base = contrast.corrupt
+    prefix = EdgePrefix.of(model.run(base, cache=EdgePrefix.sites(model, base), attention_mask=mask).cache, 4)
+    pairs = torch.nonzero(g.upstream.T).flip(1)  # (sender, receiver) in edge order
+    swap = torch.zeros(6, len(g.senders), len(g.receivers))
+    late = [i for i, (s, r) in enumerate(pairs.tolist()) if g.receivers[r].layer >= 2]
+    for c, e in enumerate([late[0], late[len(late) // 2], late[-1], late[-2]]):  # into blocks 2, 3 and the logits
+        swap[c, pairs[e, 0], pairs[e, 1]] = 1.0
+    swap[4, pairs[late, 0], pairs[late, 1]] = 1.0  # every edge into blocks 2 and 3 and the logits
+    some = torch.rand(g.upstream.shape, generator=torch.Generator().manual_seed(0)) < 0.3
+    swap[5] = g.upstream.float() * some  # a random circuit's complement: edges out of the input included
+    assert [(prefix.start(g, swap[c : c + 1]) or (0,))[0] for c in range(6)] == [2, 3, 3, 3, 2, 0]
+    want = run_edges(wiring, base, mask, fixed, swap)
+    for c in range(6):
+        got = run_edges(wiring, base, mask, fixed, swap[c : c + 1], prefix=prefix)
+        torch.testing.assert_close(got, want[c * 3 : (c + 1) * 3], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(want[:3], model.run(base, attention_mask=mask).logits, atol=1e-4)  # swaps matter

@@ -45,7 +45,7 @@ from ..core._residual import PARTS, ResidualModel, residual
 from ..data._metrics import logit_diff
 from ..data._task import Task
 from ._contrast import Contrast, Direction, Metric, chunks
-from ._edgerun import Ablation, SenderActs, Wiring, reference, run_edges
+from ._edgerun import Ablation, EdgePrefix, SenderActs, Wiring, reference, run_edges
 from ._graph import EdgeScores
 from ._selfcheck import pearson, spearman
 
@@ -385,7 +385,8 @@ def patch_edges(
     base, source = contrast.base_and_source(direction)
     mask = contrast.attention_mask
     n_layers = g.n_layers
-    base_metric, _ = contrast.run(model, base)
+    base_metric, base_cache = contrast.run(model, base, cache=EdgePrefix.sites(model, base))
+    prefix = EdgePrefix.of(base_cache, n_layers)
     source_metric, cache = contrast.run(model, source, cache=SenderActs.sites(n_layers) + wiring.attn_out_sites())
     wiring.check_additive([(cache, mask)])
     fixed = SenderActs.of(cache, n_layers)
@@ -398,7 +399,7 @@ def patch_edges(
             swap = torch.zeros(len(chunk), len(g.senders), len(g.receivers))
             for c, e in enumerate(chunk):
                 swap[c, pairs[e, 0], pairs[e, 1]] = 1.0
-            logits = run_edges(wiring, base, mask, fixed, swap, final=contrast.readout == "final")
+            logits = run_edges(wiring, base, mask, fixed, swap, final=contrast.readout == "final", prefix=prefix)
             out[i : i + len(chunk)] = contrast.score_readout(logits, copies=len(chunk)).cpu()
             bar.update(len(chunk))
     clean, corrupt = (source_metric, base_metric) if direction == "denoising" else (base_metric, source_metric)
