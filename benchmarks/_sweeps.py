@@ -127,12 +127,15 @@ def suite() -> None:
     p.add_argument("--n", type=int, default=16, help="IOI pairs for per-head patching")
     p.add_argument("--n-small", type=int, default=8, help="IOI pairs for residual patching, ACDC and faithfulness")
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--workdir", type=Path, help="keep worker outputs here; outputs already there are reused")
+    p.add_argument("--merge", type=Path, help="an earlier result JSON whose other sweeps are carried over")
     p.add_argument("--out", type=Path, default=HERE / "results" / "circuit_sweeps.json")
     args = p.parse_args()
     import torch
 
     torch.set_num_threads(1)
-    tmp = Path(tempfile.mkdtemp(prefix="sweeps-"))
+    tmp = args.workdir or Path(tempfile.mkdtemp(prefix="sweeps-"))
+    tmp.mkdir(parents=True, exist_ok=True)
     paths = {"before": _extract(args.before, tmp / "before")}
     paths["after"] = ROOT / "src" if args.after == "worktree" else _extract(args.after, tmp / "after")
     after_rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -145,6 +148,9 @@ def suite() -> None:
                 if who == "floor" and sweep in FLOORLESS:
                     continue
                 out = tmp / f"{sweep}-{who}-{repeat}.json"
+                if out.exists():  # a worker of an earlier, interrupted invocation with the same settings
+                    runs.setdefault((sweep, who), []).append(json.loads(out.read_text()))
+                    continue
                 env = {**os.environ, "PYTHONPATH": str(paths["after" if who == "floor" else who])}
                 impl = "floor" if who == "floor" else "mechscope"
                 cmd = [sys.executable, str(HERE / "circuits.py"), "--worker", sweep, "--impl", impl, "--n", str(n),
@@ -155,6 +161,22 @@ def suite() -> None:
                 runs.setdefault((sweep, who), []).append(record)
                 print(f"    {record['cpu_s']:.1f} CPU s (forward {record['fwd_cpu_s']:.3f})", flush=True)
     _write(args, runs, after_rev, machine())
+
+
+def _merge(result: dict[str, Any], old: dict[str, Any], fresh: list[str], source: str) -> None:
+    """Carry over the rows, ratios, goals and details of ``old``'s sweeps that this invocation did not run."""
+
+    def sweep_of(key: str) -> str:
+        return key.split("/")[0].split(":")[0]
+
+    kept = {sweep_of(r["name"]) for r in old["rows"]} - set(fresh)
+    if not kept:
+        return
+    result["rows"] += [r for r in old["rows"] if sweep_of(r["name"]) in kept]
+    for field in ("ratios", "goal", "details"):
+        result[field].update({k: v for k, v in old[field].items() if sweep_of(k) in kept})
+    result["settings"]["carried_over"] = {"sweeps": sorted(kept), "from": source, "machine": old["machine"],
+                                          "settings": old["settings"]}  # fmt: skip
 
 
 def _write(args: Any, runs: dict[tuple[str, str], list[dict[str, Any]]], after_rev: str, where: str) -> None:
@@ -203,6 +225,8 @@ def _write(args: Any, runs: dict[tuple[str, str], list[dict[str, Any]]], after_r
         "details": details,
         "versions": {k: version(k) for k in ("torch", "transformers")},
     }
+    if args.merge is not None:
+        _merge(result, json.loads(args.merge.read_text()), args.sweeps, str(args.merge))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2))
