@@ -21,6 +21,23 @@ times (after one warm-up call for the cheap ones); the median is reported.
 
 Run: ``.venv/bin/python benchmarks/circuits.py [--n 32] [--patch-n 8]``. No peer library: the issue names none
 for this comparison (TransformerLens and auto-circuit could be added in ``.venv-bench``).
+
+``--suite sweeps`` (issue 13, "fewer passes") writes ``results/circuit_sweeps.json`` instead: the sweeps that
+patch for real, each done three ways on the same IOI pairs and checked to give the same numbers:
+
+- ``before``: mechscope at ``--before`` (a git revision, extracted with ``git archive``): every pass runs from the
+  embedding and unembeds every position;
+- ``after``: mechscope as it is now (``--after worktree``, or a revision): passes start at their lowest patched
+  block from a cached prefix and unembed only each prompt's last real token;
+- ``floor``: a plain-PyTorch loop over the model's own modules doing the same (``benchmarks/_floor.py``).
+
+Sweeps: per-head patching (``head.z``, 270 heads, denoising), residual patching (``resid_pre``, layer x position),
+node ACDC (KL, tau 0.01, 300 nodes) and a faithfulness curve (10 sizes + 3 random circuits each, edges ranked by
+EAP; no floor: evaluating edge circuits by hand is the edge engine itself). Each contender runs in its own
+process (one torch thread; CPU time of the whole sweep call, its unpatched runs included, model loading not),
+the three interleaved per repeat; medians over ``--repeats``. The
+unit for "forward-pass equivalents per patch" is one plain forward of the same prompts (full logits), timed in
+the same process. TransformerLens is not run here (no peer venv on this machine).
 """
 
 from __future__ import annotations
@@ -33,6 +50,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import argparse
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from importlib.metadata import version
@@ -70,6 +88,16 @@ def timed(fn: Callable[[], Any], clock: str, repeats: int, warmup: int) -> tuple
 
 
 def main() -> None:
+    if "--worker" in sys.argv:
+        from _sweeps import worker
+
+        worker()
+        return
+    if "--suite" in sys.argv:
+        from _sweeps import suite
+
+        suite()
+        return
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=32, help="IOI pairs for fwd_bwd, EAP and EAP-IG")
     p.add_argument("--patch-n", type=int, default=8, help="IOI pairs for activation patching and ACDC")

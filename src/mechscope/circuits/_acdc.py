@@ -10,7 +10,10 @@ circuit's missing edges (``Circuit.from_nodes``), applied with ``Patch`` on ``he
 With ``metric="kl"`` the score is the mean KL divergence of the next-token distribution from the clean model's
 (Conmy et al.'s default) and a removal is kept when it raises the KL by less than ``tau``; with a task metric
 (e.g. ``logit_diff``) it is kept when the mean metric moves by less than ``tau`` either way. One forward pass per
-node: meant for small graphs (SmolLM2's 300 nodes take minutes on a CPU).
+node: meant for small graphs (SmolLM2's 300 nodes take minutes on a CPU). Because nodes are visited from the last
+layer down, every node removed so far sits at or above the one being tried, at layer ``L``: below ``L`` the run is
+the clean run, so each pass starts at block ``L`` from the clean run's residual stream (a ``Prefix``) and
+unembeds only each prompt's last real token.
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from tqdm.auto import tqdm
 from ..core._interventions import Patch
 from ..core._model import Model
 from ..core._residual import ResidualModel, model_of
-from ..data._metrics import final_logits, kl_to_clean, logit_diff
+from ..data._metrics import kl_to_clean, logit_diff
 from ..data._task import Task
 from ._contrast import Contrast, Metric
 from ._edgerun import Ablation, SenderActs, reference
 from ._graph import Circuit, Graph
+from ._prefix import Prefix
 
 
 @dataclass(frozen=True)
@@ -105,24 +109,25 @@ def acdc(
     mask = contrast.attention_mask
     corrupt = model.run(contrast.corrupt, cache=SenderActs.sites(graph.n_layers), attention_mask=mask).cache
     ref = reference(SenderActs.of(corrupt, graph.n_layers), ablation, mask, contrast.n_prompts, seed)
-    clean_logits = model.run(contrast.clean, attention_mask=mask).logits
-    assert clean_logits is not None
-    clean_last = final_logits(clean_logits, mask)
+    clean_run = model.run(contrast.clean, attention_mask=mask, cache=Prefix.sites(model, contrast.clean),
+                          logits="final")  # fmt: skip
+    clean_last, prefix = clean_run.final_logits(), Prefix.of(clean_run.cache)
 
-    def score(removed: set[str]) -> float:
+    def score(removed: set[str], layer: int) -> float:
+        """Score with ``removed`` ablated; none of them is below ``layer``."""
         with model.intervene(*_ablations(graph, removed, ref)):
-            logits = model.run(contrast.clean, attention_mask=mask).logits
-        assert logits is not None
+            out = contrast.forward_run(model, contrast.clean, start=prefix.start(layer))
         if metric == "kl":
-            return float(kl_to_clean(final_logits(logits, mask), clean_last).mean())
-        return float(contrast.score(logits)[0])
+            return float(kl_to_clean(out.final_logits(), clean_last).mean())
+        return float(contrast.score_run(out)[0])
 
+    senders = {s.name: s for s in graph.senders}
     order = [s.name for s in reversed(graph.senders) if s.kind != "input"]
     removed: set[str] = set()
     steps = []
-    current = clean = score(removed)
+    current = clean = score(removed, graph.n_layers - 1)
     for node in tqdm(order, desc="ACDC", disable=not progress, leave=False):
-        after = score(removed | {node})
+        after = score(removed | {node}, senders[node].layer)
         change = after - current if metric == "kl" else abs(after - current)
         drop = change < tau
         steps.append(ACDCStep(node, current, after, drop))

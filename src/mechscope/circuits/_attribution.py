@@ -121,18 +121,16 @@ def _contributions(
     base_total = source_total = 0.0
     for rows in tqdm(chunks(n, batch_size), desc="attribution", disable=not progress, leave=False):
         mask = contrast.attention_mask[rows]
-        src = model.run(source[rows], cache=sites, attention_mask=mask)
-        assert src.logits is not None
+        src = model.run(source[rows], cache=sites, attention_mask=mask, logits=contrast.readout)
         size = rows.stop - rows.start
-        source_total += float(contrast.score(src.logits, rows=rows)[0]) * size
+        source_total += float(contrast.score_run(src, rows=rows)[0]) * size
 
         def mean_metric(out: RunResult, rows: slice = rows, size: int = size) -> Tensor:
-            assert out.logits is not None
-            return contrast.score(out.logits, rows=rows)[0] * (size / n)
+            return contrast.score_run(out, rows=rows)[0] * (size / n)
 
-        run = model.run(base[rows], cache=sites, grad_at=sites, grad_of=mean_metric, attention_mask=mask)
-        assert run.logits is not None
-        base_total += float(contrast.score(run.logits, rows=rows)[0]) * size
+        run = model.run(base[rows], cache=sites, grad_at=sites, grad_of=mean_metric, attention_mask=mask,
+                        logits=contrast.readout)  # fmt: skip
+        base_total += float(contrast.score_run(run, rows=rows)[0]) * size
         for site in sites:
             delta = src.cache[site] - run.cache[site]
             part = einops.reduce(run.grads[site] * delta, "batch pos ... d -> pos ...", "sum")

@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ..core._model import Model
+from ..core._model import Model, RunResult
 from ..data._metrics import final_logits
 from ..data._task import Task, tokenize_task
 
@@ -28,6 +28,8 @@ whose ``metadata["readout"]`` is ``EVERY_POSITION`` gets the logits of every pos
 EVERY_POSITION = "every_position"
 """``Task.metadata["readout"]`` of tasks with an output at every position (compiled programs): metrics see all."""
 Direction = Literal["denoising", "noising"]
+Start = tuple[int, Float[Tensor, "batch pos d_model"]]
+"""Where a patched run starts: a block and the residual stream entering it (see ``Prefix``)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,23 +74,64 @@ class Contrast:
             out.append(f"{p}:{text}")
         return out
 
+    @property
+    def readout(self) -> Literal[True, "final"]:
+        """What a scoring run unembeds (``Model.run``'s ``logits``).
+
+        Each prompt's last real token, unless the task is read at every position.
+        """
+        return True if self.task.metadata.get("readout") == EVERY_POSITION else "final"
+
     def score(self, logits: Float[Tensor, "rows pos d_vocab"], copies: int = 1, rows: slice | None = None) -> Tensor:
         """Mean metric of each of ``copies`` stacked copies of the prompts (``rows`` picks a prompt subset)."""
         rows = rows or slice(None)
-        mask = self.attention_mask[rows]
-        task = subtask(self.task, rows)
         if self.task.metadata.get("readout") == EVERY_POSITION:  # an output at every position: the metric reads all
-            per_copy = einops.rearrange(logits, "(c b) p v -> c b p v", c=copies)
-        else:
-            last = final_logits(logits, einops.repeat(mask, "b p -> (c b) p", c=copies))
-            per_copy = einops.rearrange(last, "(c b) v -> c b v", c=copies)
+            return self._per_copy(einops.rearrange(logits, "(c b) p v -> c b p v", c=copies), rows)
+        mask = einops.repeat(self.attention_mask[rows], "b p -> (c b) p", c=copies)
+        return self.score_final(final_logits(logits, mask), copies, rows)
+
+    def score_final(self, final: Float[Tensor, "rows d_vocab"], copies: int = 1, rows: slice | None = None) -> Tensor:
+        """``score`` given only each row's last-real-token logits (a run with ``logits="final"``)."""
+        return self._per_copy(einops.rearrange(final, "(c b) v -> c b v", c=copies), rows or slice(None))
+
+    def score_readout(self, logits: Tensor, copies: int = 1, rows: slice | None = None) -> Tensor:
+        """``score`` of logits as ``self.readout`` gives them: ``[rows d_vocab]`` final rows or full logits."""
+        if self.readout == "final":
+            return self.score_final(logits, copies, rows)
+        return self.score(logits, copies, rows)
+
+    def score_run(self, out: RunResult, copies: int = 1, rows: slice | None = None) -> Tensor:
+        """``score`` of a run made with ``logits=self.readout`` (or full logits)."""
+        if out.final is not None:
+            return self.score_final(out.final, copies, rows)
+        assert out.logits is not None, "score_run needs a run with logits"
+        return self.score(out.logits, copies, rows)
+
+    def _per_copy(self, per_copy: Tensor, rows: slice) -> Tensor:
+        task = subtask(self.task, rows)
         return torch.stack([self.metric(x, task).float().mean() for x in per_copy])
 
     def run(self, model: Model, tokens: Tensor, cache: Sequence[str] = ()) -> tuple[float, dict[str, Tensor]]:
         """One unpatched run of ``tokens`` (all prompts): its mean metric and the cached sites."""
-        out = model.run(tokens, cache=list(cache), attention_mask=self.attention_mask)
-        assert out.logits is not None
-        return float(self.score(out.logits)[0]), out.cache
+        out = model.run(tokens, cache=list(cache), attention_mask=self.attention_mask, logits=self.readout)
+        return float(self.score_run(out)[0]), out.cache
+
+    def forward(self, model: Model, tokens: Tensor, copies: int = 1, start: Start | None = None) -> Tensor:
+        """Mean metric of each copy of ``tokens`` stacked ``copies`` times, run under the active interventions.
+
+        ``start``: ``(layer, resid)`` from a ``Prefix`` of an unpatched run of ``tokens``, when nothing below
+        ``layer`` changes: the run starts there. Only the scored rows are unembedded.
+        """
+        return self.score_run(self.forward_run(model, tokens, copies, start), copies)
+
+    def forward_run(self, model: Model, tokens: Tensor, copies: int = 1, start: Start | None = None) -> RunResult:
+        """The run behind ``forward`` (logits as ``self.readout`` asks)."""
+        stacked = einops.repeat(tokens, "b p -> (c b) p", c=copies)
+        mask = einops.repeat(self.attention_mask, "b p -> (c b) p", c=copies)
+        if start is None:
+            return model.run(stacked, attention_mask=mask, logits=self.readout)
+        resid = einops.repeat(start[1], "b p d -> (c b) p d", c=copies)
+        return model.run(stacked, attention_mask=mask, logits=self.readout, start_at=start[0], resid=resid)
 
 
 def subtask(task: Task, rows: slice) -> Task:

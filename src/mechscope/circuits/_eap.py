@@ -45,7 +45,7 @@ from ..core._residual import PARTS, ResidualModel, residual
 from ..data._metrics import logit_diff
 from ..data._task import Task
 from ._contrast import Contrast, Direction, Metric, chunks
-from ._edgerun import Ablation, SenderActs, Wiring, reference, run_edges
+from ._edgerun import Ablation, EdgePrefix, SenderActs, Wiring, reference, run_edges
 from ._graph import EdgeScores
 from ._selfcheck import pearson, spearman
 
@@ -192,14 +192,12 @@ def _batch(
     senders = SenderActs.sites(n_layers) + wiring.attn_out_sites()
     start = sides.input_of(base=False)
     with model.intervene(*([Replace("resid_pre.0", _fixed(start))] if start is not None else [])):
-        src = model.run(sides.source, cache=senders, attention_mask=mask)
-    assert src.logits is not None
-    totals["source"] += float(contrast.score(src.logits, rows=rows)[0]) * b
+        src = model.run(sides.source, cache=senders, attention_mask=mask, logits=contrast.readout)
+    totals["source"] += float(contrast.score_run(src, rows=rows)[0]) * b
     source = sides.corrupt if start is not None and sides.corrupt is not None else SenderActs.of(src.cache, n_layers)
 
     def mean_metric(out: RunResult) -> Tensor:  # gradient of the mean over prompts (and over IG steps)
-        assert out.logits is not None
-        return contrast.score(out.logits, copies=steps, rows=rows).mean() * (b / n)
+        return contrast.score_run(out, copies=steps, rows=rows).mean() * (b / n)
 
     mlp_in = "resid_pre" if g.parallel else "resid_mid"
     grad_at = [f"head.{i}.{p}" for i in range(n_layers) for p in "qkv"]
@@ -210,10 +208,9 @@ def _batch(
     moved = steps > 1 or begin is not None
     interpolate = [Replace("resid_pre.0", _interpolation(begin, source.input, steps))] if moved else []
     with model.intervene(*interpolate):
-        run = model.run(stacked, cache=cache, grad_at=grad_at, grad_of=mean_metric,
+        run = model.run(stacked, cache=cache, grad_at=grad_at, grad_of=mean_metric, logits=contrast.readout,
                         attention_mask=einops.repeat(mask, "b p -> (c b) p", c=steps))  # fmt: skip
-    assert run.logits is not None
-    totals["base"] += float(contrast.score(run.logits[:b], rows=rows)[0]) * b  # copy 0 is the base run
+    totals["base"] += float(contrast.score_run(run, copies=steps, rows=rows)[0]) * b  # copy 0 is the base run
     base_cache = {k: v[:b] for k, v in run.cache.items()}
     if check:
         wiring.check_additive([(src.cache, mask), (base_cache, mask)])
@@ -388,7 +385,8 @@ def patch_edges(
     base, source = contrast.base_and_source(direction)
     mask = contrast.attention_mask
     n_layers = g.n_layers
-    base_metric, _ = contrast.run(model, base)
+    base_metric, base_cache = contrast.run(model, base, cache=EdgePrefix.sites(model, base))
+    prefix = EdgePrefix.of(base_cache, n_layers)
     source_metric, cache = contrast.run(model, source, cache=SenderActs.sites(n_layers) + wiring.attn_out_sites())
     wiring.check_additive([(cache, mask)])
     fixed = SenderActs.of(cache, n_layers)
@@ -401,8 +399,8 @@ def patch_edges(
             swap = torch.zeros(len(chunk), len(g.senders), len(g.receivers))
             for c, e in enumerate(chunk):
                 swap[c, pairs[e, 0], pairs[e, 1]] = 1.0
-            logits = run_edges(wiring, base, mask, fixed, swap)
-            out[i : i + len(chunk)] = contrast.score(logits, copies=len(chunk)).cpu()
+            logits = run_edges(wiring, base, mask, fixed, swap, final=contrast.readout == "final", prefix=prefix)
+            out[i : i + len(chunk)] = contrast.score_readout(logits, copies=len(chunk)).cpu()
             bar.update(len(chunk))
     clean, corrupt = (source_metric, base_metric) if direction == "denoising" else (base_metric, source_metric)
     return out, clean, corrupt

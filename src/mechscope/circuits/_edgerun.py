@@ -17,6 +17,10 @@ normed input through slices of the q/k/v projections; a receiver with its own in
 module applied to that input, then its head's slice of the projection. Head outputs are ``z`` through the head's
 slice of the output projection. Norms and slices come from the residual-model contract
 (``mechscope.core.ResidualModel``): a family table for Hugging Face models, an explicit adapter for anything else.
+
+Below the lowest receiver with a swapped edge the run is the unpatched run. Given that run's sender outputs and
+residual stream (an ``EdgePrefix``), a pass starts at that block, with the differences ``fixed - live`` of the
+senders below it taken from the cache (edge patching: a pass of edges into layer 20 of 30 runs 10 blocks).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from ..core._interventions import Replace
 from ..core._model import Model
 from ..core._residual import PARTS, Part, ResidualModel, residual
 from ._graph import Graph
+from ._prefix import Prefix
 
 Ablation = Literal["patch", "mean", "global_mean", "resample"]
 """The value an ablated edge carries: each prompt's own corrupt run, the corrupt runs' mean per position, their
@@ -152,27 +157,60 @@ def reference(acts: SenderActs, how: Ablation, mask: Tensor, rows: int, seed: in
     raise ValueError(f"ablation must be 'patch', 'mean', 'global_mean' or 'resample', got {how!r}")
 
 
+@dataclass(frozen=True)
+class EdgePrefix:
+    """What an edge run needs to start late: the unpatched run's sender outputs and its residual stream."""
+
+    live: SenderActs
+    prefix: Prefix
+
+    @staticmethod
+    def sites(model: Model, tokens: Tensor) -> list[str]:
+        """Sites to cache in the unpatched run of ``tokens`` (bounded by ``Prefix``'s memory budget)."""
+        assert model.cfg is not None
+        return SenderActs.sites(model.cfg.n_layers) + Prefix.sites(model, tokens)
+
+    @classmethod
+    def of(cls, cache: dict[str, Tensor], n_layers: int) -> EdgePrefix:
+        return cls(SenderActs.of(cache, n_layers), Prefix.of(cache))
+
+    def start(self, graph: Graph, swap: Tensor) -> tuple[int, Tensor] | None:
+        """Where a run swapping ``swap`` can start: at or below its lowest receiver with a swapped edge."""
+        changed = torch.nonzero(swap.flatten(0, 1).ne(0).any(0)).flatten().tolist()
+        lowest = min((graph.receivers[i].layer for i in changed), default=graph.n_layers)
+        return self.prefix.start(min(lowest, graph.n_layers - 1))
+
+
 def run_edges(
     wiring: Wiring,
     tokens: Tensor,
     attention_mask: Tensor,
     fixed: SenderActs,
     swap: Float[Tensor, "copy sender receiver"],
-) -> Float[Tensor, "rows pos d_vocab"]:
+    *,
+    final: bool = False,
+    prefix: EdgePrefix | None = None,
+) -> Float[Tensor, "rows pos d_vocab"] | Float[Tensor, "rows d_vocab"]:
     """Logits of ``tokens`` (stacked once per copy) where copy ``c`` swaps edge ``(u, r)`` if ``swap[c, u, r]``.
 
     A swapped edge carries ``fixed``'s output of ``u`` (``[batch pos ...]``, the prompts' other run or a
     reference) instead of the live one. Receivers none of whose edges are swapped are left untouched, so an
-    all-zero ``swap`` is the plain run.
+    all-zero ``swap`` is the plain run. ``final=True``: only each row's last-real-token logits, ``[rows d_vocab]``
+    (the unembedding runs on those rows alone). ``prefix``: the unpatched run of ``tokens``, to start late.
     """
     copies = swap.shape[0]
+    start = prefix.start(wiring.graph, swap) if prefix is not None else None
     run = _EdgeRun(wiring, fixed, swap.to(fixed.input), tokens.shape[0])
+    if start is not None:
+        assert prefix is not None
+        run.skip_to(start[0], prefix.live)
     stacked = einops.repeat(tokens, "b p -> (c b) p", c=copies)
     mask = einops.repeat(attention_mask, "b p -> (c b) p", c=copies)
+    resid = einops.repeat(start[1], "b p d -> (c b) p d", c=copies) if start is not None else None
     with wiring.model.intervene(*run.interventions()):
-        logits = wiring.model.run(stacked, attention_mask=mask).logits
-    assert logits is not None
-    return logits
+        out = wiring.model.run(stacked, attention_mask=mask, logits="final" if final else True,
+                               start_at=start[0] if start is not None else None, resid=resid)  # fmt: skip
+    return out.final_logits() if final else out.logits  # type: ignore[return-value]
 
 
 class _EdgeRun:
@@ -206,6 +244,20 @@ class _EdgeRun:
             out += [Replace(f"mlp_out.{layer}", partial(self.mlp_out, layer=layer))]
             out += [Replace(f"resid_post.{layer}", partial(self.post, layer=layer))]
         return out
+
+    def skip_to(self, layer: int, live: SenderActs) -> None:
+        """Record the senders below block ``layer`` from the unpatched run ``live``, in the order the hooks would.
+
+        Every copy's live outputs there equal the unpatched run's (no receiver below ``layer`` is swapped).
+        """
+        if layer == 0:
+            return
+        self.record(0, (self.fixed.input - live.input)[None, None])
+        for i in range(layer):
+            fixed = self.wiring.head_out(i, self.fixed.z[i]).permute(2, 0, 1, 3)  # [head batch pos d_model]
+            here = self.wiring.head_out(i, live.z[i]).permute(2, 0, 1, 3)
+            self.record(self.g.head_index(i, 0), (fixed - here)[None])
+            self.record(self.g.mlp_index(i), (self.fixed.mlp[i] - live.mlp[i])[None, None])
 
     def split(self, act: Tensor) -> Tensor:
         return act.unflatten(0, (-1, self.batch))  # [copy*batch ...] -> [copy batch ...]

@@ -264,9 +264,9 @@ def circuit_metrics(
     for rows, i in tqdm(passes, desc="circuits", disable=not progress, leave=False):
         swap = torch.stack(swaps[i : i + copies]).to(mask.device)
         fixed = ref.map(itemgetter(rows))
-        logits = run_edges(wiring, contrast.clean[rows], mask[rows], fixed, swap)
+        logits = run_edges(wiring, contrast.clean[rows], mask[rows], fixed, swap, final=contrast.readout == "final")
         size = rows.stop - rows.start
-        totals[i : i + len(swap)] += contrast.score(logits, copies=len(swap), rows=rows).cpu() * size
+        totals[i : i + len(swap)] += contrast.score_readout(logits, copies=len(swap), rows=rows).cpu() * size
     means = (totals / n).tolist()
     return means[0], means[1], means[2:]
 

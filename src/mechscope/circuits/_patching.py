@@ -8,6 +8,10 @@ Sweeps are batched without changing what is measured: a chunk of nodes runs as o
 stacks one copy of the prompts per node, and each node is a ``Replace`` intervention that overwrites its site's
 region only in its own copy's rows. Every other entry keeps the value the patched run computes, so a node's copy
 is exactly the single-node patched run (up to floating-point differences between batch sizes).
+
+A pass computes only what patching changes. Below the chunk's lowest layer every copy equals the unpatched run,
+so the pass starts there from that run's residual stream (a ``Prefix``, cached once), and only each prompt's last
+real token is unembedded (``Model.run(logits="final")``).
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from ..core._interventions import Replace
 from ..core._model import Model
 from ..data._metrics import logit_diff
 from ..data._task import Task
-from ._contrast import Contrast, Direction, Metric
+from ._contrast import Contrast, Direction, Metric, Start
 from ._nodes import Node, layout
+from ._prefix import Prefix
 from ._result import PatchingResult
 
 
@@ -89,21 +94,25 @@ def patch_nodes(
     """Metric after patching each node on its own, plus the clean and corrupt metrics of the unpatched runs."""
     base, source = contrast.base_and_source(direction)
     sites = sorted({n.site for n in nodes})
-    base_metric, _ = contrast.run(model, base)
+    base_metric, prefix_cache = contrast.run(model, base, cache=Prefix.sites(model, base))
+    prefix = Prefix.of(prefix_cache)
     source_metric, cache = contrast.run(model, source, cache=sites)
     per_pass = max(1, batch_size // contrast.n_prompts)
     out = torch.empty(len(nodes))
     with tqdm(total=len(nodes), desc=desc, disable=not progress, leave=False) as bar:
         for i in range(0, len(nodes), per_pass):
             chunk = nodes[i : i + per_pass]
-            out[i : i + len(chunk)] = _patch_chunk(model, contrast, base, cache, chunk)
+            start = prefix.start(min(n.layer for n in chunk))
+            out[i : i + len(chunk)] = _patch_chunk(model, contrast, base, cache, chunk, start)
             bar.update(len(chunk))
     clean, corrupt = (source_metric, base_metric) if direction == "denoising" else (base_metric, source_metric)
     return out, clean, corrupt
 
 
-def _patch_chunk(model: Model, contrast: Contrast, base: Tensor, cache: dict[str, Tensor], chunk: list[Node]) -> Tensor:
-    """One forward pass: copy ``c`` of the prompts has node ``chunk[c]`` patched from ``cache``."""
+def _patch_chunk(
+    model: Model, contrast: Contrast, base: Tensor, cache: dict[str, Tensor], chunk: list[Node], start: Start | None
+) -> Tensor:
+    """One forward pass (from ``start``): copy ``c`` of the prompts has node ``chunk[c]`` patched from ``cache``."""
     copies, b = len(chunk), contrast.n_prompts
     by_site: dict[str, list[tuple[int, Node]]] = defaultdict(list)
     for c, node in enumerate(chunk):
@@ -116,12 +125,8 @@ def _patch_chunk(model: Model, contrast: Contrast, base: Tensor, cache: dict[str
             mask[(slice(c * b, (c + 1) * b), *node.region())] = True
         stacked = einops.repeat(source, "b ... -> (c b) ...", c=copies)
         interventions.append(Replace(site, _splice(mask, stacked)))
-    tokens = einops.repeat(base, "b p -> (c b) p", c=copies)
-    mask = einops.repeat(contrast.attention_mask, "b p -> (c b) p", c=copies)
     with model.intervene(*interventions):
-        logits = model.run(tokens, attention_mask=mask).logits
-    assert logits is not None
-    return contrast.score(logits, copies)
+        return contrast.forward(model, base, copies, start)
 
 
 def _splice(mask: Bool[Tensor, "rows ..."], source: Tensor) -> Callable[[Tensor], Tensor]:

@@ -11,6 +11,8 @@ Model Behavior with Path Patching", section 3) restricts the change to paths tha
 3. run the base prompts with only the receivers patched to those values, and measure the metric.
 
 In the denoising direction (default) the base prompts are the corrupt ones and the source the clean ones.
+Below the lowest sender (step 1) and the lowest receiver (step 3) both runs equal the base run, so they start
+there from its residual stream (a ``Prefix``); step 3 unembeds only each prompt's last real token.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..core._residual import ResidualModel, model_of
 from ..data._metrics import logit_diff
 from ..data._task import Task
 from ._contrast import Contrast, Direction, Metric
+from ._prefix import Prefix
 
 HeadReceiver = tuple[int, int, str]
 
@@ -88,7 +91,8 @@ def path_patching(
     mlps = [f"mlp_out.{layer}" for layer in range(cfg.n_layers)] if freeze_mlps else []
     targets = [_receiver(model, r) for r in receivers]
     source_metric, src = contrast.run(model, source, cache=heads)
-    base_metric, frozen = contrast.run(model, base, cache=heads + mlps)
+    base_metric, frozen = contrast.run(model, base, cache=heads + mlps + Prefix.sites(model, base))
+    prefix = Prefix.of(frozen)
 
     by_layer: dict[int, list[int]] = {}
     for layer, head in senders:
@@ -102,11 +106,14 @@ def path_patching(
             value[:, :, h] = src[site][:, :, h]
         step1.append(Patch(site, value))
     step1 += [Patch(site, frozen[site]) for site in mlps]
+    first_receiver = min(_layer(model, site) for site, _ in targets)
+    start_at, resid = prefix.start(min([first_receiver, *by_layer])) or (None, None)
     with model.intervene(*step1):
-        recorded = model.run(base, cache=sorted({site for site, _ in targets}), attention_mask=mask).cache
+        recorded = model.run(base, cache=sorted({site for site, _ in targets}), attention_mask=mask, logits=False,
+                             start_at=start_at, resid=resid).cache  # fmt: skip
     step2 = [Patch(site, recorded[site], heads=sel) for site, sel in targets]
     with model.intervene(*step2):
-        score, _ = contrast.run(model, base)
+        score = float(contrast.forward(model, base, start=prefix.start(first_receiver))[0])
     clean, corrupt = (source_metric, base_metric) if direction == "denoising" else (base_metric, source_metric)
     return PathPatchingResult(
         senders=tuple((int(a), int(b)) for a, b in senders),
@@ -120,6 +127,15 @@ def path_patching(
         task=task.name,
         model=model.provenance,
     )
+
+
+def _layer(model: Model, site: str) -> int:
+    """The block a site belongs to (0 for the embedding, the last block for ``final_norm`` and ``logits``)."""
+    assert model.cfg is not None
+    numbers = [int(part) for part in site.split(".") if part.isdigit()]
+    if numbers:
+        return numbers[0]
+    return 0 if model.resolve(site)[0].order < 0 else model.cfg.n_layers - 1
 
 
 def _receiver(model: Model, receiver: str | HeadReceiver) -> tuple[str, list[int] | None]:

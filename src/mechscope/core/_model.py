@@ -7,10 +7,10 @@ The wrapped module runs unchanged. ``Model`` owns no numerics: every method inst
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -21,6 +21,7 @@ from .._numerics import pad
 from ._bind import bind
 from ._hookset import HookSet, StopForward, eager_attention
 from ._interventions import Intervention
+from ._shortcut import start_at_block, unembed_rows
 from ._sites import ModelConfig, Site, SiteInfo, resolve
 
 Inputs = str | Sequence[str] | Tensor
@@ -53,26 +54,27 @@ class RunResult:
     """What ``Model.run`` returns."""
 
     logits: Float[Tensor, "batch pos d_vocab"] | None
-    """Model output (None when ``logits=False``: the forward pass stopped after the deepest cached site)."""
+    """Model output (None when ``logits=False``: the forward pass stopped after the deepest cached site; None
+    when ``logits="final"``: see ``final``)."""
     cache: dict[str, Tensor] = field(default_factory=dict)
     """Requested sites' tensors, keyed by site name."""
     grads: dict[str, Tensor] = field(default_factory=dict)
     """Gradients of ``grad_of`` with respect to the ``grad_at`` sites."""
     tokens: Int[Tensor, "batch pos"] | None = None
     attention_mask: Int[Tensor, "batch pos"] | None = None
+    final: Float[Tensor, "batch d_vocab"] | None = None
+    """Logits at each prompt's last real token only (``logits="final"``: the unembedding ran on those rows)."""
 
     def last_pos(self) -> Int[Tensor, " batch"]:
         """Index of each prompt's last real token (works for left and right padding)."""
         assert self.tokens is not None, "last_pos needs token inputs"
-        if self.attention_mask is None:
-            return torch.full((self.tokens.shape[0],), self.tokens.shape[1] - 1, device=self.tokens.device)
-        pos = torch.arange(self.attention_mask.shape[1], device=self.attention_mask.device)
-        pos = pos.expand_as(self.attention_mask)
-        return (pos * self.attention_mask).argmax(-1)
+        return last_real(self.tokens, self.attention_mask)
 
     def final_logits(self) -> Float[Tensor, "batch d_vocab"]:
         """Logits at each prompt's last real token: the next-token prediction."""
-        assert self.logits is not None, "run with logits=True to get final logits"
+        if self.final is not None:
+            return self.final
+        assert self.logits is not None, "run with logits=True or logits='final' to get final logits"
         return self.logits[torch.arange(self.logits.shape[0], device=self.logits.device), self.last_pos()]
 
 
@@ -186,14 +188,24 @@ class Model:
         cache: str | Sequence[str] = (),
         grad_at: str | Sequence[str] = (),
         grad_of: Callable[[RunResult], Tensor] | None = None,
-        logits: bool = True,
+        logits: bool | Literal["final"] = True,
         padding_side: str = "right",
         attention_mask: Tensor | None = None,
+        start_at: int | None = None,
+        resid: Float[Tensor, "batch pos d_model"] | None = None,
     ) -> RunResult:
         """One forward pass, caching ``cache`` sites and (optionally) gradients of ``grad_of`` at ``grad_at``.
 
         Without ``grad_of`` no autograd graph is built. With ``logits=False`` the pass stops after the deepest
-        cached site. Attention patterns require eager attention; the model is switched to it for this call only.
+        cached site; with ``logits="final"`` the unembedding runs only on each prompt's last real token, whose
+        logits come back as ``RunResult.final`` (``[batch d_vocab]``; a ``logits`` site hook sees
+        ``[batch 1 d_vocab]``). Attention patterns require eager attention; the model is switched to it for this
+        call only.
+
+        ``start_at=L`` with ``resid`` (``[batch pos d_model]``, the residual stream entering block ``L``, i.e.
+        ``resid_pre.L`` of a run of the same tokens) skips blocks ``0 .. L-1``: block ``L`` and everything after it
+        see bitwise what the full run gives them (the model's own forward still builds the mask and positions).
+        Sites below block ``L`` cannot be cached, and interventions on them do not run.
         """
         batch = self.encode(inputs, padding_side, attention_mask)
         cache_sites, grad_sites = (
@@ -202,6 +214,8 @@ class Model:
         )
         if grad_sites and grad_of is None:
             raise ValueError("grad_at needs grad_of: a function of the RunResult returning a scalar")
+        if logits not in (True, False, "final"):
+            raise ValueError(f"logits must be True, False or 'final', got {logits!r}")
         store: dict[str, Tensor] = {}
         tracked: list[tuple[Site, Tensor]] = []
         wants_grad = grad_of is not None
@@ -210,7 +224,13 @@ class Model:
             HookSet(self.module) as hooks,
             eager_attention(self.module, patterns),
             torch.set_grad_enabled(wants_grad),
+            ExitStack() as shortcuts,
         ):
+            if start_at is not None or resid is not None:
+                blocks = self._start(start_at, resid, batch, cache_sites + grad_sites)
+                shortcuts.enter_context(start_at_block(blocks, start_at, resid))  # type: ignore[arg-type]
+            if logits == "final":
+                shortcuts.enter_context(unembed_rows(self._head(), last_real(batch.tokens, batch.attention_mask)))
             for s in cache_sites:
                 hooks.add(s, _cacher(store, s.name, detach=wants_grad))
             for s in grad_sites:
@@ -221,10 +241,42 @@ class Model:
                 out = self._forward(batch)
             except StopForward:
                 out = None
-            result = RunResult(_logits_of(out), store, {}, batch.tokens, batch.attention_mask)
+            full = _logits_of(out)
+            final = full[:, 0] if logits == "final" and full is not None else None
+            result = RunResult(None if final is not None else full, store, {}, batch.tokens, batch.attention_mask,
+                               final)  # fmt: skip
             if grad_of is None:
                 return result
-            return self._with_grads(result, grad_of, tracked, keep_logits=logits)
+            return self._with_grads(result, grad_of, tracked, keep_logits=bool(logits))
+
+    def _start(self, start_at: int | None, resid: Tensor | None, batch: Batch, sites: list[Site]) -> nn.ModuleList:
+        """The block list that ``start_at`` indexes, after checking the layer, the residual and the sites."""
+        if self.cfg is None:
+            raise TypeError(f"{self.name}: start_at needs a transformer language model with known blocks")
+        if start_at is None or resid is None:
+            raise ValueError("start_at and resid go together: the layer to start at and the residual entering it")
+        if not 0 <= start_at < self.cfg.n_layers:
+            raise ValueError(f"start_at={start_at} is not a block of {self.name} (0 .. {self.cfg.n_layers - 1})")
+        want = (*batch.tokens.shape, self.cfg.d_model)
+        if tuple(resid.shape) != want:
+            raise ValueError(
+                f"resid has shape {list(resid.shape)}; start_at={start_at} needs the residual stream entering "
+                f"block {start_at} for these inputs, [batch pos d_model] = {list(want)}"
+            )
+        first = self.resolve(f"resid_pre.{start_at}")[0]
+        below = [s.name for s in sites if s.order < first.order]
+        if below:
+            raise ValueError(f"sites {below} are computed before block {start_at}, which start_at={start_at} "
+                             "skips: cache them from the run that produced resid")  # fmt: skip
+        path, _ = first.module.rsplit(".", 1)
+        blocks = self.module.get_submodule(path)
+        assert isinstance(blocks, nn.ModuleList), f"{path} is not a list of blocks"
+        return blocks
+
+    def _head(self) -> nn.Module:
+        if self.cfg is None:
+            raise TypeError(f"{self.name}: logits='final' needs a transformer language model with an unembedding")
+        return self.module.get_submodule(self.resolve("logits")[0].module)
 
     def _with_grads(self, result: RunResult, grad_of: Callable, tracked: list, keep_logits: bool) -> RunResult:
         metric = grad_of(result)
@@ -236,7 +288,8 @@ class Model:
             g = torch.zeros_like(raw) if g is None else g
             grads[site.name] = g if site.residual_from else site.view(g)
         logits = result.logits.detach() if keep_logits and result.logits is not None else None
-        return RunResult(logits, result.cache, grads, result.tokens, result.attention_mask)
+        final = result.final.detach() if keep_logits and result.final is not None else None
+        return RunResult(logits, result.cache, grads, result.tokens, result.attention_mask, final)
 
     def _forward(self, batch: Batch) -> Any:
         if self.cfg is None:
@@ -298,6 +351,15 @@ def _logits_of(out: Any) -> Tensor | None:
     if getattr(out, "logits", None) is not None:
         return out.logits
     return out[0] if isinstance(out, tuple | list) else None
+
+
+def last_real(tokens: Tensor, attention_mask: Tensor | None) -> Int[Tensor, " batch"]:
+    """Index of each row's last real token: the highest position whose mask is nonzero (either padding side)."""
+    batch, pos = tokens.shape[:2]
+    if attention_mask is None:
+        return torch.full((batch,), pos - 1, device=tokens.device)
+    positions = torch.arange(pos, device=attention_mask.device).expand(batch, pos)
+    return torch.where(attention_mask != 0, positions, -1).amax(-1).clamp(min=0)
 
 
 def _pad(ids: list[list[int]], pad_id: int, side: str) -> Batch:
