@@ -14,6 +14,7 @@ import re
 
 import pytest
 import torch
+from matplotlib.patches import FancyArrowPatch
 
 import mechscope as ms
 from mechscope.circuits import (
@@ -198,5 +199,6 @@ def test_node_links_sum_the_circuit_edges(analysis):
     s, r = edges[i][0].name, edges[i][1].node.format()
     same = [int(j) for j in kept if edges[int(j)][0].name == s and edges[int(j)][1].node.format() == r]
     assert links[(s, r)] == pytest.approx(float(a.scores.scores[same].sum()), abs=1e-7)
-    fig = draw_node_circuit(a.circuit, a.scores, max_links=3)
-    assert len(fig.axes[0].lines) == 3 + 2  # three links, two legend entries
+    ax = draw_node_circuit(a.circuit, a.scores, max_links=3).axes[0]
+    arcs = [p for p in ax.patches if isinstance(p, FancyArrowPatch)]  # links between nodes one above the other
+    assert len(ax.lines) - 2 + len(arcs) == 3  # three links (lines or arcs), two legend entries

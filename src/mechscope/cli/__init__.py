@@ -93,8 +93,14 @@ def demo(
     model: Annotated[str, typer.Option("--model", help="Model to run (see MODEL above).")] = DEFAULT_MODEL,
     prompts: Annotated[int, typer.Option(help="IOI prompt pairs.")] = 8,
     patch_prompts: Annotated[int, typer.Option(help="Pairs for real per-head patching (0: all).")] = 4,
-    steps: Annotated[int, typer.Option(help="EAP-IG steps.")] = 5,
+    steps: Annotated[
+        int | None,
+        typer.Option(help="EAP-IG steps to start from, doubled while completeness is over 0.1 from 1 (default 10)."),
+    ] = None,
     random: Annotated[int, typer.Option(help="Random circuits per size.")] = 2,
+    faithful_at: Annotated[
+        float, typer.Option(help="Draw the smallest circuit on the curve with at least this faithfulness.")
+    ] = 0.8,
     vision: Annotated[
         bool, typer.Option(help="Add the attribution gallery, token attribution, a feature visualisation, a prototype.")
     ] = True,
@@ -105,8 +111,9 @@ def demo(
     from ..demo import IOI_ANSWER, DemoConfig, run_demo, show_demo
 
     with user_errors():
-        config = DemoConfig(prompts, analysis=AnalysisConfig(patch_prompts=patch_prompts, ig_steps=steps,
-                                                             random=random))  # fmt: skip
+        start = {} if steps is None else {"ig_steps": steps}
+        config = DemoConfig(prompts, analysis=AnalysisConfig(patch_prompts=patch_prompts, random=random,
+                                                             faithful_at=faithful_at, **start))  # fmt: skip
         m = open_model(model)
         m.to_single_token(IOI_ANSWER)  # a model whose tokenizer splits the answer fails before anything is written
         extra: list[tuple[str, str]] = []

@@ -182,6 +182,7 @@ def draw_node_circuit(
 def _draw_links(links: list[_Link], n_layers: int, title: str, styles: list[tuple[str, str]], what: str) -> Figure:
     """Input at the bottom, each layer's heads on one row and its MLP above them, logits on top; one line a link."""
     from matplotlib.figure import Figure
+    from matplotlib.patches import FancyArrowPatch
 
     nodes = sorted({n for s, r, _, _ in links for n in (s, r)}, key=lambda n: (_row(n, n_layers), _column(n)))
     by_row: dict[float, list[str]] = defaultdict(list)
@@ -199,7 +200,12 @@ def _draw_links(links: list[_Link], n_layers: int, title: str, styles: list[tupl
         (x0, y0), (x1, y1) = pos[s], pos[r]
         colour = "0.4" if v is None else ("tab:red" if v > 0 else "tab:blue")
         width = 0.4 + 2.6 * abs(v if v is not None else biggest) / biggest
-        ax.plot([x0, x1], [y0, y1], color=colour, linewidth=width, linestyle=style, alpha=0.6, zorder=1)
+        if abs(x1 - x0) > 0.02:
+            ax.plot([x0, x1], [y0, y1], color=colour, linewidth=width, linestyle=style, alpha=0.6, zorder=1)
+        else:  # one above the other (MLP to MLP): an arc, so links of different lengths do not hide each other
+            arc = FancyArrowPatch((x0, y0), (x1, y1), connectionstyle="arc3,rad=0.25", arrowstyle="-",
+                                  color=colour, linewidth=width, linestyle=style, alpha=0.6, zorder=1)  # fmt: skip
+            ax.add_patch(arc)
     for n, (x, y) in pos.items():
         face = "#fde9c9" if n.startswith("m") else "#d7e8f7" if n.startswith("a") else "#e0e0e0"
         box = {"boxstyle": "round,pad=0.2", "facecolor": face, "edgecolor": "0.5", "linewidth": 0.5}
@@ -424,7 +430,7 @@ def _steps_sentence(a: CircuitAnalysis) -> str:
     return (f"EAP-IG with <b>{s.steps} integration steps</b>: completeness <b>{s.completeness:.2f}</b> (the edges "
             f"out of the input sum to that share of the clean–corrupt change; 1 = the integral is exact). Steps "
             f"rule: {rule} (tries: {tries}); all tries together cost {rows:,} forward-and-backward prompt rows "
-            f"and {seconds:.1f} s.")  # fmt: skip
+            f"and {seconds:.1f} s (wall).")  # fmt: skip
 
 
 def _circuit_html(a: CircuitAnalysis, out: Path, files: dict[str, Path], max_edges: int) -> str:
@@ -436,7 +442,8 @@ def _circuit_html(a: CircuitAnalysis, out: Path, files: dict[str, Path], max_edg
         total = sum(abs(v) for v in links.values()) or 1.0
         held = sum(abs(v) for v in list(links.values())[:max_edges]) / total
         drawing = draw_node_circuit(c, a.scores, max_links=max_edges, title=f"{head}; grouped by node")
-        how = (f"It has {c.n_edges:,} edges ({len(c.nodes())} nodes), too many to read one by one, so it is "
+        nodes = {n for link in links for n in link}
+        how = (f"It has {c.n_edges:,} edges between {len(nodes)} nodes, too many to read one by one, so it is "
                f"<b>drawn grouped by node</b>: its edges make {len(links):,} node-to-node links (a link's score is "
                f"the sum of its edges'), and the {min(max_edges, len(links))} strongest by |summed score| are drawn, "
                f"holding {100 * held:.0f} % of the links' total |score|. ")  # fmt: skip
