@@ -22,17 +22,19 @@ from mechscope.circuits import (
     Circuit,
     EAPIGConfig,
     FaithfulnessCurve,
+    FindConfig,
     Graph,
     analyse,
     eap_ig,
     eap_ig_until_complete,
     faithfulness,
+    find_circuit,
     pick_size,
 )
 from mechscope.circuits._contrast import Contrast
 from mechscope.core._interventions import Replace
 from mechscope.data.tasks import Task, logit_diff
-from mechscope.report import analysis_sections, draw_node_circuit, faithfulness_sentence, node_links
+from mechscope.report import analysis_sections, draw_node_circuit, faithfulness_sentence, node_links, run_section
 
 CLEAN = ["Alice gave the key to B", "The cat sat on a mat.", "one two three four"]
 CORRUPT = ["Alice gave the key to T", "The cat sat on a hat.", "one two three fous"]
@@ -202,3 +204,11 @@ def test_node_links_sum_the_circuit_edges(analysis):
     ax = draw_node_circuit(a.circuit, a.scores, max_links=3).axes[0]
     arcs = [p for p in ax.patches if isinstance(p, FancyArrowPatch)]  # links between nodes one above the other
     assert len(ax.lines) - 2 + len(arcs) == 3  # three links (lines or arcs), two legend entries
+
+
+def test_find_circuit_report_states_completeness(llama):
+    task = toy_task(llama)
+    run = find_circuit(llama, task, FindConfig("eap-ig", EAPIGConfig(steps=3), top=5, random=1, curve=False))
+    _, body = run_section(run)
+    expected = eap_ig(llama, task, steps=3, progress=False).completeness
+    assert f"3 integration step(s): completeness {expected:.2f}" in body

@@ -97,6 +97,9 @@ def demo(
         int | None,
         typer.Option(help="EAP-IG steps to start from, doubled while completeness is over 0.1 from 1 (default 10)."),
     ] = None,
+    steps_rule: Annotated[
+        bool, typer.Option(help="Double EAP-IG's steps until completeness is within 0.1 of 1 (no: exactly --steps).")
+    ] = True,
     random: Annotated[int, typer.Option(help="Random circuits per size.")] = 2,
     faithful_at: Annotated[
         float, typer.Option(help="Draw the smallest circuit on the curve with at least this faithfulness.")
@@ -107,13 +110,18 @@ def demo(
     as_json: JsonOpt = False,
 ) -> None:
     """IOI report on the built-in model: logit lens, heads by DLA and patching, EAP-IG circuit vs random (HTML)."""
+    import dataclasses
+
     from ..circuits._analysis import AnalysisConfig
     from ..demo import IOI_ANSWER, DemoConfig, run_demo, show_demo
 
     with user_errors():
-        start = {} if steps is None else {"ig_steps": steps}
-        config = DemoConfig(prompts, analysis=AnalysisConfig(patch_prompts=patch_prompts, random=random,
-                                                             faithful_at=faithful_at, **start))  # fmt: skip
+        analysis = AnalysisConfig(patch_prompts=patch_prompts, random=random, faithful_at=faithful_at)
+        if steps is not None:
+            analysis = dataclasses.replace(analysis, ig_steps=steps, max_ig_steps=max(steps, analysis.max_ig_steps))
+        if not steps_rule:
+            analysis = dataclasses.replace(analysis, completeness_tolerance=None)
+        config = DemoConfig(prompts, analysis=analysis)
         m = open_model(model)
         m.to_single_token(IOI_ANSWER)  # a model whose tokenizer splits the answer fails before anything is written
         extra: list[tuple[str, str]] = []

@@ -338,6 +338,9 @@ def run_section(run: CircuitRun) -> Section:
     body = (f"<p>{html.escape(run.method)} on {html.escape(run.task)} ({run.n_prompts} prompt pairs): a circuit of "
             f"{c.n_edges:,} of {c.graph.n_edges:,} edges ({len(c.nodes())} nodes) with faithfulness "
             f"<b>{run.faithfulness:.3f}</b>; random circuits of the same size: {rand}.</p>")  # fmt: skip
+    if (complete := run.scores.get("completeness")) is not None:
+        body += (f"<p>{run.scores['steps']} integration step(s): completeness {complete:.2f} (the edges out of the "
+                 "input over the clean–corrupt change; 1 when the integral is exact).</p>")  # fmt: skip
     title = f"{run.task}: {run.method} circuit, faithfulness {run.faithfulness:.2f}"
     body += figure_html(draw_circuit(c, run.edge_scores or None, title=title), f"{run.method} circuit")
     if run.curve is not None:
