@@ -91,6 +91,7 @@ class IGTry:
     steps: int
     completeness: float
     seconds: float
+    """Wall time of the run."""
     rows: int
     """Rows through the forward and backward pass (``steps`` copies of every prompt)."""
 
