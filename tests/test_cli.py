@@ -115,7 +115,8 @@ def test_builtin_model_end_to_end(tmp_path):
     assert top[0]["token"] == " Mary" and top[0]["prob"] == pytest.approx(0.92, abs=0.02)
 
     # Small settings: the full demo's settings take minutes (see tests/test_ioi_smollm2.py for the analysis itself).
-    small = ("--prompts", "4", "--patch-prompts", "1", "--steps", "2", "--random", "1", "--no-vision")
+    small = ("--prompts", "4", "--patch-prompts", "1", "--steps", "2", "--no-steps-rule", "--random", "1",
+             "--no-vision")  # fmt: skip
     result = invoke("demo", "--out", str(tmp_path), *small)
     assert result.exit_code == 0, result.output
     assert "' Mary'" in result.stdout and "0.92" in result.stdout and "CPR" in result.stdout

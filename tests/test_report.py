@@ -53,7 +53,7 @@ def test_report_rejects_malformed_sections(tmp_path):
 def test_demo_report_is_self_contained_with_every_section(tmp_path):
     model = ms.tiny("llama")
     task = induction(model.tokenizer, n=4, seq_len=6)
-    config = DemoConfig(4, analysis=AnalysisConfig(patch_prompts=2, ig_steps=2, random=1, circuit_size=0.1))
+    config = DemoConfig(4, analysis=AnalysisConfig(patch_prompts=2, ig_steps=2, random=1, faithful_at=0.5))
     extra = [("Extra section", "<p>from another method family</p>")]
     result = run_demo(model, tmp_path, prompt="ab ab", answer=" ", task=task, config=config, sections=extra)
     page = result.report.read_text()
@@ -67,7 +67,11 @@ def test_demo_report_is_self_contained_with_every_section(tmp_path):
     assert len(pngs) >= 6 and all(p[:4] == b"\x89PNG" for p in pngs)  # lens, histogram, 2 heatmaps, circuit, curve
     assert "CPR" in page and "CMD" in page and "from another method family" in page
     a = result.analysis
-    assert a.circuit.n_edges == int(0.1 * a.scores.graph.n_edges) > 0
+    hit = a.curve.smallest_faithful(0.5)
+    assert hit is not None and a.circuit_size == hit[0] and a.circuit.n_edges == hit[1] > 0
+    assert (
+        f"The drawn circuit ({a.circuit.n_edges:,} edges" in page and f"recovers {a.circuit_faithfulness:.2f}" in page
+    )
     assert (tmp_path / "circuit.dot").read_text().count("->") == a.circuit.n_edges
     assert "svg" in result.files or "Graphviz <code>dot</code> is not installed" in page
 

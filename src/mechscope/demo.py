@@ -32,7 +32,15 @@ from .core import Model
 from .data._task import Task
 from .data.tasks import ioi
 from .lenses import LogitLensResult, logit_lens
-from .report import Section, analysis_sections, plot_logit_lens, png_html, table_html, write_report
+from .report import (
+    Section,
+    analysis_sections,
+    faithfulness_sentence,
+    plot_logit_lens,
+    png_html,
+    table_html,
+    write_report,
+)
 
 IOI_PROMPT = "When Mary and John went to the store, John gave a drink to"
 IOI_ANSWER = " Mary"
@@ -174,16 +182,19 @@ def _settings_html(
     model: Model, task: Task, config: DemoConfig, analysis: CircuitAnalysis, timing: tuple[float, float]
 ) -> str:
     a = config.analysis
+    tol = a.completeness_tolerance
+    rule = "fixed" if tol is None else f"doubled while |completeness - 1| > {tol:g}, at most {a.max_ig_steps}"
     rows = [
         ("model", model.name),
         ("weights sha256", str(model.provenance.get("weights_sha256", "n/a"))),
         ("task", f"{task.name}, {len(task)} prompt pairs, seed {config.seed}"),
         ("pairs for real per-head patching", analysis.n_patched),
-        ("EAP-IG steps", a.ig_steps),
+        ("EAP-IG steps", f"{analysis.scores.steps} (from {a.ig_steps}; {rule})"),
         ("random circuits per size", a.random),
-        ("drawn circuit size", f"{100 * a.circuit_size:g} % of edges"),
+        ("drawn circuit", f"smallest on the curve with faithfulness >= {a.faithful_at:g}: "
+                          f"{100 * analysis.circuit_size:g} % of edges"),
         ("torch threads", torch.get_num_threads()),
-    ]
+    ]  # fmt: skip
     rows += [(f"time: {k}", f"{v:.1f} s") for k, v in analysis.seconds.items()]
     rows.append(("time: whole demo (before this page)", f"{timing[0]:.1f} s wall, {timing[1]:.1f} s CPU"))
     return table_html(["setting", "value"], rows)  # fmt: skip
@@ -238,8 +249,9 @@ def show_demo(result: DemoResult, console: Console) -> None:
     console.print(f"  top-{k} overlap: DLA & patching {ov['dla&patching']}, attribution & patching "
                   f"{ov['attribution&patching']} (chance {a.chance_overlap:.2f})")  # fmt: skip
     c = a.curve
-    console.print(f"EAP-IG ({a.scores.steps} steps) circuit of {a.circuit.n_edges} edges: faithfulness "
-                  f"{a.circuit_faithfulness:.2f}; curve CPR {c.cpr:.3f} (random {c.random_cpr:.3f}), CMD {c.cmd:.3f} "
-                  f"(random {c.random_cmd:.3f}); {c.reach()}")  # fmt: skip
+    console.print(f"EAP-IG: {a.scores.steps} steps, completeness {a.scores.completeness:.2f}; curve CPR {c.cpr:.3f} "
+                  f"(random {c.random_cpr:.3f}), CMD {c.cmd:.3f} (random {c.random_cmd:.3f}); "
+                  f"{c.reach(a.config.faithful_at)}")  # fmt: skip
+    console.print(escape(faithfulness_sentence(a)))
     console.print(f"Saved {escape(str(result.report))}, {escape(str(result.summary))} and the plots "
                   f"({result.seconds:.0f} s)")  # fmt: skip

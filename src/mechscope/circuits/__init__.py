@@ -24,7 +24,14 @@ Pictures and files of these results are drawn by ``mechscope.report`` (``heatmap
 """
 
 from mechscope.circuits._acdc import ACDCResult, ACDCStep, acdc
-from mechscope.circuits._analysis import AnalysisConfig, CircuitAnalysis, analyse
+from mechscope.circuits._analysis import (
+    AnalysisConfig,
+    CircuitAnalysis,
+    IGTry,
+    analyse,
+    eap_ig_until_complete,
+    pick_size,
+)
 from mechscope.circuits._attribution import AttributionResult, attribution_patching
 from mechscope.circuits._dla import DLAResult, FrozenNorm, direct_logit_attribution
 from mechscope.circuits._eap import CheckedEdge, EdgeCheck, eap, eap_ig, patch_edges, verify_edges
@@ -94,6 +101,7 @@ __all__ = [
     "FindConfig",
     "FrozenNorm",
     "Graph",
+    "IGTry",
     "Node",
     "NodeCircuit",
     "NodeId",
@@ -114,6 +122,7 @@ __all__ = [
     "direct_logit_attribution",
     "eap",
     "eap_ig",
+    "eap_ig_until_complete",
     "edge_ranking",
     "faithfulness",
     "faithfulness_curve",
@@ -121,6 +130,7 @@ __all__ = [
     "patch_edges",
     "path_patching",
     "pearson",
+    "pick_size",
     "ranking_curve",
     "run_method",
     "spearman",

@@ -93,20 +93,35 @@ def demo(
     model: Annotated[str, typer.Option("--model", help="Model to run (see MODEL above).")] = DEFAULT_MODEL,
     prompts: Annotated[int, typer.Option(help="IOI prompt pairs.")] = 8,
     patch_prompts: Annotated[int, typer.Option(help="Pairs for real per-head patching (0: all).")] = 4,
-    steps: Annotated[int, typer.Option(help="EAP-IG steps.")] = 5,
+    steps: Annotated[
+        int | None,
+        typer.Option(help="EAP-IG steps to start from, doubled while completeness is over 0.1 from 1 (default 10)."),
+    ] = None,
+    steps_rule: Annotated[
+        bool, typer.Option(help="Double EAP-IG's steps until completeness is within 0.1 of 1 (no: exactly --steps).")
+    ] = True,
     random: Annotated[int, typer.Option(help="Random circuits per size.")] = 2,
+    faithful_at: Annotated[
+        float, typer.Option(help="Draw the smallest circuit on the curve with at least this faithfulness.")
+    ] = 0.8,
     vision: Annotated[
         bool, typer.Option(help="Add the attribution gallery, token attribution, a feature visualisation, a prototype.")
     ] = True,
     as_json: JsonOpt = False,
 ) -> None:
     """IOI report on the built-in model: logit lens, heads by DLA and patching, EAP-IG circuit vs random (HTML)."""
+    import dataclasses
+
     from ..circuits._analysis import AnalysisConfig
     from ..demo import IOI_ANSWER, DemoConfig, run_demo, show_demo
 
     with user_errors():
-        config = DemoConfig(prompts, analysis=AnalysisConfig(patch_prompts=patch_prompts, ig_steps=steps,
-                                                             random=random))  # fmt: skip
+        analysis = AnalysisConfig(patch_prompts=patch_prompts, random=random, faithful_at=faithful_at)
+        if steps is not None:
+            analysis = dataclasses.replace(analysis, ig_steps=steps, max_ig_steps=max(steps, analysis.max_ig_steps))
+        if not steps_rule:
+            analysis = dataclasses.replace(analysis, completeness_tolerance=None)
+        config = DemoConfig(prompts, analysis=analysis)
         m = open_model(model)
         m.to_single_token(IOI_ANSWER)  # a model whose tokenizer splits the answer fails before anything is written
         extra: list[tuple[str, str]] = []

@@ -11,9 +11,13 @@ dictionary (any kind), its training run and its bench scores.
 
 from ._bench import leaderboard_html, leaderboard_markdown, write_leaderboard
 from ._circuits import (
+    MAX_DRAWN_EDGES,
     analysis_sections,
     draw_circuit,
+    draw_node_circuit,
+    faithfulness_sentence,
     heatmap,
+    node_links,
     plot_faithfulness_curve,
     render_dot,
     run_section,
@@ -26,17 +30,21 @@ from ._page import Section, figure_html, png_html, render_report, table_html, wr
 from ._png import data_uri, grid, png_bytes, save_png
 
 __all__ = [
+    "MAX_DRAWN_EDGES",
     "Section",
     "analysis_sections",
     "data_uri",
     "dictionary_section",
     "draw_circuit",
+    "draw_node_circuit",
+    "faithfulness_sentence",
     "figure_html",
     "grid",
     "heatmap",
     "leaderboard_html",
     "leaderboard_markdown",
     "logit_lens_heatmap",
+    "node_links",
     "plot_faithfulness_curve",
     "plot_logit_lens",
     "png_bytes",

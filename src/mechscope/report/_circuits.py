@@ -122,56 +122,115 @@ def _kept_scores(circuit: Circuit, scores: EdgeScores | Mapping[str, float] | No
     return {i: float(scores.get(names[i], 0.0)) for i in kept}
 
 
+MAX_DRAWN_EDGES = 60
+"""Circuits with more edges than this are drawn grouped by node (``draw_node_circuit``): more lines are not read."""
+
+_Link = tuple[str, str, str, float | None]
+"""One line of a drawing: sender node, receiver node, line style, score (None: no scores)."""
+
+
 def draw_circuit(
     circuit: Circuit, scores: EdgeScores | Mapping[str, float] | None = None, *, title: str | None = None
 ) -> Figure:
-    """A layered drawing of ``circuit``.
+    """A layered drawing of ``circuit``, one line per edge.
 
     Edge colours and widths come from ``scores`` when given: edge scores, or edge name -> score as
     ``CircuitRun.edge_scores`` holds them.
     """
-    from matplotlib.figure import Figure
-
     g = circuit.graph
     kept = torch.nonzero(circuit.edges).flatten().tolist()
     values = _kept_scores(circuit, scores)
     edges = g.edges()
-    pairs = [(edges[i][0].name, edges[i][1].node.format(), edges[i][1].kind, i) for i in kept]
-    nodes = sorted({n for s, r, _, _ in pairs for n in (s, r)}, key=lambda n: (_row(n, g.n_layers), _column(n)))
+    styles = {"q": "-", "k": "--", "v": ":"}
+    links = [(edges[i][0].name, edges[i][1].node.format(), styles.get(edges[i][1].kind, "-"),
+              None if values is None else values[i]) for i in kept]  # fmt: skip
+    legend = [(f"into {kind}", style) for kind, style in styles.items()]
+    return _draw_links(links, g.n_layers, title or f"{circuit!r}", legend, "score")
+
+
+def node_links(circuit: Circuit, scores: EdgeScores | Mapping[str, float]) -> dict[tuple[str, str], float]:
+    """The circuit's edges grouped by node: ``(sender, receiver node) -> sum of their edges' scores``.
+
+    A head's q, k and v edges from one sender become one link (under grouped-query attention k/v go to the key/value
+    head ``a{L}.kv{K}``); links come strongest (largest |sum|) first.
+    """
+    values = _kept_scores(circuit, scores)
+    assert values is not None
+    edges = circuit.graph.edges()
+    sums: dict[tuple[str, str], float] = defaultdict(float)
+    for i, v in values.items():
+        sums[(edges[i][0].name, edges[i][1].node.format())] += v
+    return dict(sorted(sums.items(), key=lambda kv: -abs(kv[1])))
+
+
+def draw_node_circuit(
+    circuit: Circuit,
+    scores: EdgeScores | Mapping[str, float],
+    *,
+    max_links: int = MAX_DRAWN_EDGES,
+    title: str | None = None,
+) -> Figure:
+    """A circuit too large to draw edge by edge, grouped by node: its ``max_links`` strongest node links.
+
+    Each line is one ``node_links`` link (every edge of the circuit between two nodes, scores summed); only the
+    strongest ``max_links`` are drawn, so the title should say how much of the circuit they hold.
+    """
+    links: list[_Link] = [(s, r, "-", v) for (s, r), v in list(node_links(circuit, scores).items())[:max_links]]
+    return _draw_links(links, circuit.graph.n_layers, title or f"{circuit!r}, grouped by node", [], "summed score")
+
+
+def _draw_links(links: list[_Link], n_layers: int, title: str, styles: list[tuple[str, str]], what: str) -> Figure:
+    """Input at the bottom, each layer's heads on one row and its MLP above them, logits on top; one line a link."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import FancyArrowPatch
+
+    nodes = sorted({n for s, r, _, _ in links for n in (s, r)}, key=lambda n: (_row(n, n_layers), _column(n)))
     by_row: dict[float, list[str]] = defaultdict(list)
     for n in nodes:
-        by_row[_row(n, g.n_layers)].append(n)
+        by_row[_row(n, n_layers)].append(n)
     pos = {}
     for y, row in by_row.items():
         for i, n in enumerate(row):
             pos[n] = ((i + 1) / (len(row) + 1), y)
-    fig = Figure(figsize=(7.5, max(4.0, 0.28 * (g.n_layers + 2))))
+    fig = Figure(figsize=(7.5, max(4.0, 0.28 * (n_layers + 2))))
     ax = fig.subplots()
-    biggest = max((abs(v) for v in values.values()), default=1.0) if values is not None else 1.0
-    for s, r, kind, i in pairs:
+    signed = bool(links) and links[0][3] is not None
+    biggest = max((abs(v) for *_, v in links if v is not None), default=1.0) or 1.0
+    for s, r, style, v in links:
         (x0, y0), (x1, y1) = pos[s], pos[r]
-        value = values[i] if values is not None else 1.0
-        colour = "0.4" if values is None else ("tab:red" if value > 0 else "tab:blue")
-        width = 0.4 + 2.6 * abs(value) / (biggest or 1.0)
-        style = {"q": "-", "k": "--", "v": ":"}.get(kind, "-")
-        ax.plot([x0, x1], [y0, y1], color=colour, linewidth=width, linestyle=style, alpha=0.6, zorder=1)
+        colour = "0.4" if v is None else ("tab:red" if v > 0 else "tab:blue")
+        width = 0.4 + 2.6 * abs(v if v is not None else biggest) / biggest
+        if abs(x1 - x0) > 0.02:
+            ax.plot([x0, x1], [y0, y1], color=colour, linewidth=width, linestyle=style, alpha=0.6, zorder=1)
+        else:  # one above the other (MLP to MLP): an arc, so links of different lengths do not hide each other
+            arc = FancyArrowPatch((x0, y0), (x1, y1), connectionstyle="arc3,rad=0.25", arrowstyle="-",
+                                  color=colour, linewidth=width, linestyle=style, alpha=0.6, zorder=1)  # fmt: skip
+            ax.add_patch(arc)
     for n, (x, y) in pos.items():
         face = "#fde9c9" if n.startswith("m") else "#d7e8f7" if n.startswith("a") else "#e0e0e0"
         box = {"boxstyle": "round,pad=0.2", "facecolor": face, "edgecolor": "0.5", "linewidth": 0.5}
         ax.text(x, y, n, ha="center", va="center", fontsize=6.5, zorder=2, bbox=box)
     ax.set_xlim(0, 1)
-    ax.set_ylim(-1.7, g.n_layers + 0.7)
+    ax.set_ylim(-1.7, n_layers + 0.7)
     ax.set_xticks([])
     ax.set_ylabel("layer")
-    ax.set_title(title or f"{circuit!r}", fontsize=9)
-    if values is not None:
-        ax.plot([], [], color="tab:red", label="score > 0")
-        ax.plot([], [], color="tab:blue", label="score < 0")
-    for kind, style in (("q", "-"), ("k", "--"), ("v", ":")):
-        ax.plot([], [], color="0.3", linestyle=style, label=f"into {kind}")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title(title, fontsize=9)
+    if signed:
+        ax.plot([], [], color="tab:red", label=f"{what} > 0")
+        ax.plot([], [], color="tab:blue", label=f"{what} < 0")
+    for label, style in styles:
+        ax.plot([], [], color="0.3", linestyle=style, label=label)
+    if signed or styles:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return fig
+
+
+def node_dot(links: Mapping[tuple[str, str], float]) -> str:
+    """Node links (``node_links``) as a Graphviz DOT graph, each edge labelled with its summed score."""
+    lines = ["digraph circuit_nodes {", "  rankdir=BT; node [shape=box, fontsize=10];"]
+    lines += [f'  "{s}" -> "{r}" [label="{v:.3g}"];' for (s, r), v in links.items()]
+    return "\n".join([*lines, "}"])
 
 
 def render_dot(dot: str, path: str | Path, *, fmt: str = "svg", timeout: float = 60.0) -> Path | None:
@@ -230,8 +289,9 @@ def write_circuit_files(
     scores: EdgeScores | Mapping[str, float] | None = None,
     info: Mapping[str, Any] | None = None,
     stem: str = "circuit",
+    svg: bool = True,
 ) -> dict[str, Path]:
-    """Write ``{stem}.json``, ``{stem}.dot`` and, with Graphviz installed, ``{stem}.svg``.
+    """Write ``{stem}.json``, ``{stem}.dot`` and, with Graphviz installed and ``svg``, ``{stem}.svg``.
 
     The JSON holds the circuit's edges, their ``scores`` when given, and ``info``.
     """
@@ -242,9 +302,9 @@ def write_circuit_files(
         payload["scores"] = {names[i]: v for i, v in values.items()}
     files = {"json": _write_text(out / f"{stem}.json", json.dumps(payload, indent=2)),
              "dot": _write_text(out / f"{stem}.dot", circuit.to_dot())}  # fmt: skip
-    svg = render_dot(circuit.to_dot(), out / f"{stem}.svg")
-    if svg is not None:
-        files["svg"] = svg
+    drawn = render_dot(circuit.to_dot(), out / f"{stem}.svg") if svg else None
+    if drawn is not None:
+        files["svg"] = drawn
     return files
 
 
@@ -278,6 +338,9 @@ def run_section(run: CircuitRun) -> Section:
     body = (f"<p>{html.escape(run.method)} on {html.escape(run.task)} ({run.n_prompts} prompt pairs): a circuit of "
             f"{c.n_edges:,} of {c.graph.n_edges:,} edges ({len(c.nodes())} nodes) with faithfulness "
             f"<b>{run.faithfulness:.3f}</b>; random circuits of the same size: {rand}.</p>")  # fmt: skip
+    if (complete := run.scores.get("completeness")) is not None:
+        body += (f"<p>{run.scores['steps']} integration step(s): completeness {complete:.2f} (the edges out of the "
+                 "input over the clean–corrupt change; 1 when the integral is exact).</p>")  # fmt: skip
     title = f"{run.task}: {run.method} circuit, faithfulness {run.faithfulness:.2f}"
     body += figure_html(draw_circuit(c, run.edge_scores or None, title=title), f"{run.method} circuit")
     if run.curve is not None:
@@ -312,18 +375,99 @@ def _histogram(a: CircuitAnalysis) -> Figure:
     return fig
 
 
-def analysis_sections(a: CircuitAnalysis, out: Path) -> tuple[list[Section], dict[str, Path]]:
-    """The analysis as report sections; writes the circuit files and the curve PNG to ``out`` (returned too)."""
+def analysis_sections(
+    a: CircuitAnalysis, out: Path, *, max_edges: int = MAX_DRAWN_EDGES
+) -> tuple[list[Section], dict[str, Path]]:
+    """The analysis as report sections; writes the circuit files and the curve PNG to ``out`` (returned too).
+
+    A drawn circuit of more than ``max_edges`` edges is drawn grouped by node (``draw_node_circuit``), and its SVG
+    is rendered from the node links (``circuit_nodes.dot``); ``circuit.json`` and ``circuit.dot`` keep every edge.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    info = {"method": a.scores.method, "steps": a.scores.steps, "task": a.scores.task, "model": a.scores.model}
-    files = write_circuit_files(a.circuit, out, scores=a.scores, info=info)
+    info = {"method": a.scores.method, "steps": a.scores.steps, "task": a.scores.task, "model": a.scores.model,
+            "size": a.circuit_size, "faithfulness": a.circuit_faithfulness,
+            "random_faithfulness": list(a.circuit_random), "faithful_at": a.config.faithful_at,
+            "reached": a.circuit_reached}  # fmt: skip
+    grouped = a.circuit.n_edges > max_edges
+    files = write_circuit_files(a.circuit, out, scores=a.scores, info=info, svg=not grouped)
+    if grouped:
+        links = dict(list(node_links(a.circuit, a.scores).items())[:max_edges])
+        files["nodes_dot"] = _write_text(out / "circuit_nodes.dot", node_dot(links))
+        svg = render_dot(node_dot(links), out / "circuit_nodes.svg")
+        if svg is not None:
+            files["svg"] = svg
     sections = [
         (f"Logit difference over the {a.task.name} prompts", _logit_diff_html(a)),
         ("Heads: DLA vs activation patching", _heads_html(a)),
-        ("EAP-IG circuit", _circuit_html(a, out, files)),
+        ("EAP-IG circuit", _circuit_html(a, out, files, max_edges)),
         ("Faithfulness vs random circuits", _faithfulness_html(a, out, files)),
     ]
     return sections, files
+
+
+def faithfulness_sentence(a: CircuitAnalysis) -> str:
+    """How faithful the drawn circuit is, in one plain sentence (and whether it reaches the stated goal)."""
+    c, f, goal = a.circuit, a.circuit_faithfulness, a.config.faithful_at
+    rand = ", ".join(f"{x:.2f}" for x in a.circuit_random) or "none measured"
+    metric = {"logit_diff": "logit difference"}.get(a.curve.metric, a.curve.metric)
+    text = (f"The drawn circuit ({c.n_edges:,} edges, {100 * c.fraction:.3g} % of the graph) recovers {f:.2f} of "
+            f"the clean–corrupt {metric} (faithfulness {f:.2f}; 1 = the whole model, 0 = the corrupted run); "
+            f"random circuits of the same size: {rand}.")  # fmt: skip
+    if a.circuit_reached:
+        return text + f" It is the smallest circuit on the faithfulness curve that reaches faithfulness {goal:g}."
+    return (text + f" No circuit on the faithfulness curve reaches faithfulness {goal:g}: the drawn circuit is the "
+            "most faithful one on it, not a faithful one.")  # fmt: skip
+
+
+def _steps_sentence(a: CircuitAnalysis) -> str:
+    s, cfg = a.scores, a.config
+    rows, seconds = a.ig_cost
+    tries = ", ".join(f"{t.steps} steps → {t.completeness:.2f}" for t in a.ig_tries)
+    if cfg.completeness_tolerance is None:
+        rule = f"steps fixed at {cfg.ig_steps}"
+    else:
+        lo, hi = 1 - cfg.completeness_tolerance, 1 + cfg.completeness_tolerance
+        met = "met" if a.ig_tries[-1].close_enough(cfg.completeness_tolerance) else (
+            f"<b>not met</b> at the cap of {cfg.max_ig_steps} steps")  # fmt: skip
+        rule = f"steps doubled from {cfg.ig_steps} until completeness is within [{lo:g}, {hi:g}]: {met}"
+    return (f"EAP-IG with <b>{s.steps} integration steps</b>: completeness <b>{s.completeness:.2f}</b> (the edges "
+            f"out of the input sum to that share of the clean–corrupt change; 1 = the integral is exact). Steps "
+            f"rule: {rule} (tries: {tries}); all tries together cost {rows:,} forward-and-backward prompt rows "
+            f"and {seconds:.1f} s (wall).")  # fmt: skip
+
+
+def _circuit_html(a: CircuitAnalysis, out: Path, files: dict[str, Path], max_edges: int) -> str:
+    c = a.circuit
+    head = (f"EAP-IG circuit: top {c.n_edges:,} edges ({100 * a.circuit_size:g} %), "
+            f"faithfulness {a.circuit_faithfulness:.2f}")  # fmt: skip
+    if c.n_edges > max_edges:
+        links = node_links(c, a.scores)
+        total = sum(abs(v) for v in links.values()) or 1.0
+        held = sum(abs(v) for v in list(links.values())[:max_edges]) / total
+        drawing = draw_node_circuit(c, a.scores, max_links=max_edges, title=f"{head}; grouped by node")
+        nodes = {n for link in links for n in link}
+        how = (f"It has {c.n_edges:,} edges between {len(nodes)} nodes, too many to read one by one, so it is "
+               f"<b>drawn grouped by node</b>: its edges make {len(links):,} node-to-node links (a link's score is "
+               f"the sum of its edges'), and the {min(max_edges, len(links))} strongest by |summed score| are drawn, "
+               f"holding {100 * held:.0f} % of the links' total |score|. ")  # fmt: skip
+        table = table_html(["sender", "receiver node", "summed score"], [(s, r, v) for (s, r), v in
+                                                                         list(links.items())[:15]])  # fmt: skip
+    else:
+        drawing = draw_circuit(c, a.scores, title=head)
+        how = f"It has {c.n_edges} edges ({len(c.nodes())} nodes), drawn one by one. "
+        table = table_html(["edge", "score"], a.scores.top_edges(15))
+    files["circuit_png"] = _save(drawing, out / "circuit.png")
+    svg = "an SVG drawing (<code>" + files["svg"].name + "</code>)" if "svg" in files else (
+        "no SVG (Graphviz <code>dot</code> is not installed)")  # fmt: skip
+    return (
+        f"<p><b>{html.escape(faithfulness_sentence(a))}</b></p>"
+        f"<p>{_steps_sentence(a)} EAP-IG scored all {a.scores.graph.n_edges:,} edges of the graph "
+        f"(input, {a.dla.heads.numel()} heads, {a.dla.heads.shape[0]} MLPs, logits; receivers are each head's "
+        f"q/k/v inputs, each MLP and the logits). The circuit keeps the highest-|score| edges. {how}It is written "
+        f"as <code>circuit.json</code> (every edge and its score), <code>circuit.dot</code> and {svg}.</p>"
+        + figure_html(drawing, "circuit drawing")
+        + table
+    )  # fmt: skip
 
 
 def _logit_diff_html(a: CircuitAnalysis) -> str:
@@ -352,38 +496,20 @@ def _heads_html(a: CircuitAnalysis) -> str:
     )  # fmt: skip
 
 
-def _circuit_html(a: CircuitAnalysis, out: Path, files: dict[str, Path]) -> str:
-    title = f"EAP-IG circuit: top {a.circuit.n_edges} edges ({100 * a.config.circuit_size:g} %)"
-    drawing = draw_circuit(a.circuit, a.scores, title=f"{title}, faithfulness {a.circuit_faithfulness:.2f}")
-    files["circuit_png"] = _save(drawing, out / "circuit.png")
-    svg = "an SVG drawing (<code>circuit.svg</code>)" if "svg" in files else (
-        "no SVG (Graphviz <code>dot</code> is not installed)")  # fmt: skip
-    return (
-        f"<p>EAP-IG ({a.scores.steps} steps) scored all {a.scores.graph.n_edges:,} edges of the graph "
-        f"(input, {a.dla.heads.numel()} heads, {a.dla.heads.shape[0]} MLPs, logits; receivers are each head's "
-        f"q/k/v inputs, each MLP and the logits) in {a.scores.seconds:.1f} s. Completeness (input edges' scores "
-        f"over the clean-corrupt change): {a.scores.completeness:.2f}. The circuit below keeps the "
-        f"{a.circuit.n_edges} highest-|score| edges ({len(a.circuit.nodes())} nodes) and has faithfulness "
-        f"{a.circuit_faithfulness:.2f} (next section: {a.curve.reach()}; a circuit small enough to draw "
-        f"is for reading, not a claim that it carries the behaviour); it is written as <code>circuit.json</code>, "
-        f"<code>circuit.dot</code> and {svg}.</p>"
-        + figure_html(drawing, "circuit drawing")
-        + table_html(["edge", "score"], a.scores.top_edges(15))
-    )
-
-
 def _faithfulness_html(a: CircuitAnalysis, out: Path, files: dict[str, Path]) -> str:
     c = a.curve
     fig = plot_faithfulness_curve(c, title=f"{a.task.name}: faithfulness of EAP-IG circuits vs random")
     files["curve_png"] = _save(fig, out / "faithfulness.png")
     random = c.random_mean or tuple(float("nan") for _ in c.sizes)
-    rows = [(f"{100 * s:g} %", m, f, r) for s, m, f, r in zip(c.sizes, c.n_edges, c.faithfulness, random, strict=True)]
+    rows = [(f"{100 * s:g} %", m, f, r, "drawn" if s == a.circuit_size else "")
+            for s, m, f, r in zip(c.sizes, c.n_edges, c.faithfulness, random, strict=True)]  # fmt: skip
     return (
         f"<p>Faithfulness = (m(circuit) - m(empty)) / (m(full) - m(empty)) with every edge outside the circuit "
         f"carrying its corrupt value ({c.ablation} ablation), at MIB's fixed sizes; {a.config.random} random "
         f"circuits per size as the baseline. <b>CPR {c.cpr:.3f}</b> (area under the curve, higher is better; "
         f"random {c.random_cpr:.3f}), <b>CMD {c.cmd:.3f}</b> (area between the curve and 1, lower is better; "
-        f"random {c.random_cmd:.3f}).</p>"
+        f"random {c.random_cmd:.3f}). {html.escape(c.reach(a.config.faithful_at)).capitalize()}; the circuit drawn "
+        f"above is the one at {100 * a.circuit_size:g} %.</p>"
         + figure_html(fig, "faithfulness curve")
-        + table_html(["size", "edges", "EAP-IG", "random (mean)"], rows)
+        + table_html(["size", "edges", "EAP-IG", "random (mean)", ""], rows)
     )  # fmt: skip
