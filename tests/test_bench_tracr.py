@@ -110,11 +110,10 @@ def test_harness_scores_the_compiled_family(organism):
     for method, fn in (("oracle", _tracr.oracle_components), ("eap", _tracr.edge_attribution_patching)):
         cpr, cmd = _tracr._faithfulness_areas(fn(organism, RunContext(0, True, None)), organism, method)
         for mine, theirs in ((cpr, got[method, "cpr"]), (cmd, got[method, "cmd"])):
-            assert (mine.value, mine.chance, mine.spread, mine.curve) == pytest.approx(
-                (theirs.value, theirs.chance, theirs.spread, theirs.curve), abs=1e-9
-            )
-    oracle = got["oracle", "cpr"]
-    assert oracle.value > oracle.chance + 0.2 and oracle.chance_spread > 0 and got["oracle", "cmd"].value < 0.1
+            numbers = [(s.value, s.chance, s.spread, s.chance_spread, *(y for _, y in s.curve)) for s in (mine, theirs)]
+            assert numbers[0] == pytest.approx(numbers[1], abs=1e-9)
+    oracle, oracle_cmd = got["oracle", "cpr"], got["oracle", "cmd"]  # random circuits: 0 until the full graph
+    assert oracle.value > oracle.chance + 0.2 and oracle_cmd.value < oracle_cmd.chance - 0.2
     sizes = circuits.usable_sizes(circuits.SIZES, circuits.Graph.of(organism.model.cfg).n_edges)[0]
     assert [x for x, _ in oracle.curve] == list(sizes) and oracle.curve[-1][1] == pytest.approx(1.0, abs=1e-6)
 

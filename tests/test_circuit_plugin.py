@@ -32,6 +32,7 @@ from mechscope.circuits import (
     faithfulness_curve,
     find_circuit,
     ranking_curve,
+    tie_orders,
 )
 from mechscope.cli import app
 from mechscope.core._registry import MethodSpec
@@ -149,8 +150,11 @@ def test_edge_runs_round_trip_and_their_curve_is_faithfulness_curve(llama, task)
     scores = eap_ig(llama, task, steps=2, progress=False)
     assert torch.equal(run.circuit.edges, scores.top(12).edges)
     direct = faithfulness_curve(llama, task, scores, random=2, seed=5, progress=False)
-    ranked = ranking_curve(llama, task, scores.graph, edge_ranking(scores), "eap-ig", random=2, seed=5)
-    assert ranked.to_dict() | {"seconds": 0} == direct.to_dict() | {"seconds": 0}  # no ties: one order, the same
+    orders = tie_orders(scores.scores.abs(), seed=5)  # the tiny model's zero scores tie: five random orders
+    ranked = ranking_curve(llama, task, scores.graph, orders, "eap-ig", random=2, seed=5)
+    assert ranked.to_dict() | {"seconds": 0} == direct.to_dict() | {"seconds": 0}
+    by_index = ranking_curve(llama, task, scores.graph, edge_ranking(scores), "eap-ig", random=0)
+    assert by_index.faithfulness == pytest.approx(direct.faithfulness, abs=1e-6)  # the tied edges carry nothing
     assert run.curve.faithfulness == pytest.approx(direct.faithfulness, abs=1e-6)  # the curve find_circuit draws
 
 
