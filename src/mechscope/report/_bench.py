@@ -22,15 +22,16 @@ if TYPE_CHECKING:
 def _fmt(row: Row) -> str:
     """Mean ± spread over seeds; a single seed's score is marked as such (it has no spread to show).
 
-    A score that averages within a seed (CPR/CMD over tie orders) adds that spread.
+    A score that averages within a seed (CPR/CMD over tie orders) adds that spread where it shows at three decimals
+    (tied edges that carry nothing, such as a zero MLP's, differ only by rounding).
     """
     text = f"{row.mean:.3f} ± {row.std:.3f}" if row.n > 1 else f"{row.mean:.3f} (one seed)"
-    return text + (f" [ties ± {row.spread:.3f}]" if row.spread else "")
+    return text + (f" [ties ± {row.spread:.3f}]" if row.spread >= 0.0005 else "")
 
 
 def _chance(row: Row) -> str:
     """The chance level, with the spread of its random draws where it has one (CPR/CMD's random circuits)."""
-    return f"{row.chance:.3f} ± {row.chance_spread:.3f}" if row.chance_spread else f"{row.chance:.3f}"
+    return f"{row.chance:.3f} ± {row.chance_spread:.3f}" if row.chance_spread >= 0.0005 else f"{row.chance:.3f}"
 
 
 def _tables(board: Leaderboard) -> dict[tuple[str, str], list[Row]]:
