@@ -313,10 +313,16 @@ def test_harness_scores_circuit_methods_on_the_induction_organism(induction, tmp
     assert rows["node_auroc", "oracle"].mean == 1.0 and rows["edge_auroc", "oracle"].mean == 1.0
     assert rows["edge_auroc", "eap"].mean > 0.85  # 0.93-0.97 across CPUs; chance 0.5
     assert rows["node_auroc", "acdc"].mean == 1.0
-    # MIB's areas: random circuits at chance, EAP-IG's circuits carry the behaviour (measured CPR 0.92, CMD 0.08).
+    # the full truth adds the query edge no patching method sees: the oracle (reading the seen truth) ties it at 0
+    assert rows["edge_auroc_full", "oracle"].mean == 7.5 / 8 and rows["edge_auroc_full", "eap"].mean < 0.95
+    # MIB's areas: random circuits at chance, EAP-IG's circuits carry the behaviour (measured on seed 0: CPR 0.52
+    # by signed score against chance 0.26 ± 0.06, CMD 0.09 by |score| against 0.73 ± 0.06), and the oracle, its ties
+    # in random orders, is the upper reference on CPR (0.78) that edge order once pushed below EAP-IG
     cpr, cmd = rows["cpr", "eap-ig"], rows["cmd", "eap-ig"]
-    assert abs(rows["cpr", "random"].mean - cpr.chance) < 0.15 and cpr.mean > cpr.chance + 0.3
-    assert cmd.mean < cmd.chance - 0.3 and not cmd.higher_is_better
+    assert abs(rows["cpr", "random"].mean - cpr.chance) < 0.15 and cpr.mean > cpr.chance + 0.15
+    assert cmd.mean < cmd.chance - 0.3 and not cmd.higher_is_better and cpr.chance_spread > 0
+    oracle = rows["cpr", "oracle"]
+    assert oracle.mean > cpr.mean and oracle.spread > 0  # its seven tied edges straddle sizes: orders differ
     assert board.organisms["induction"]["0"] == induction.verification
 
 

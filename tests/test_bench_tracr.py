@@ -104,8 +104,18 @@ def test_harness_scores_the_compiled_family(organism):
     # the library's circuit methods run on the compiled program, with MIB's faithfulness areas
     for method in ("eap", "eap-ig", "acdc"):
         assert {(method, m) for m in ("node_auroc", "edge_auroc", "cpr", "cmd")} <= metrics
-    cpr = {s.method: s for s in board.scores if s.metric == "cpr"}
-    assert cpr["oracle"].value > cpr["oracle"].chance and len(cpr["oracle"].curve) == len(circuits.SIZES)
+    got = {(s.method, s.metric): s for s in board.scores}
+    assert got["oracle", "node_auroc"].value == got["oracle", "edge_auroc"].value == 1.0
+    # the harness's areas are MIB's for the method's own output: recomputed here, they agree number for number
+    for method, fn in (("oracle", _tracr.oracle_components), ("eap", _tracr.edge_attribution_patching)):
+        cpr, cmd = _tracr._faithfulness_areas(fn(organism, RunContext(0, True, None)), organism, method)
+        for mine, theirs in ((cpr, got[method, "cpr"]), (cmd, got[method, "cmd"])):
+            numbers = [(s.value, s.chance, s.spread, s.chance_spread, *(y for _, y in s.curve)) for s in (mine, theirs)]
+            assert numbers[0] == pytest.approx(numbers[1], abs=1e-9)
+    oracle, oracle_cmd = got["oracle", "cpr"], got["oracle", "cmd"]  # random circuits: 0 until the full graph
+    assert oracle.value > oracle.chance + 0.2 and oracle_cmd.value < oracle_cmd.chance - 0.2
+    sizes = circuits.usable_sizes(circuits.SIZES, circuits.Graph.of(organism.model.cfg).n_edges)[0]
+    assert [x for x, _ in oracle.curve] == list(sizes) and oracle.curve[-1][1] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_missing_extra_is_listed_as_skipped():

@@ -32,6 +32,7 @@ from mechscope.circuits import (
     faithfulness_curve,
     find_circuit,
     ranking_curve,
+    tie_orders,
 )
 from mechscope.cli import app
 from mechscope.core._registry import MethodSpec
@@ -149,8 +150,12 @@ def test_edge_runs_round_trip_and_their_curve_is_faithfulness_curve(llama, task)
     scores = eap_ig(llama, task, steps=2, progress=False)
     assert torch.equal(run.circuit.edges, scores.top(12).edges)
     direct = faithfulness_curve(llama, task, scores, random=2, seed=5, progress=False)
-    ranked = ranking_curve(llama, task, scores.graph, edge_ranking(scores), "eap-ig", random=2, seed=5)
+    orders = tie_orders(scores.scores.abs(), seed=5)  # the tiny model's zero scores tie: five random orders
+    ranked = ranking_curve(llama, task, scores.graph, orders, "eap-ig", random=2, seed=5)
     assert ranked.to_dict() | {"seconds": 0} == direct.to_dict() | {"seconds": 0}
+    by_index = ranking_curve(llama, task, scores.graph, edge_ranking(scores), "eap-ig", random=0)
+    assert by_index.faithfulness == pytest.approx(direct.faithfulness, abs=1e-6)  # the tied edges carry nothing
+    assert run.curve.faithfulness == pytest.approx(direct.faithfulness, abs=1e-6)  # the curve find_circuit draws
 
 
 def test_the_bench_scores_a_declared_method_through_the_circuits_adapter(toy):
@@ -162,7 +167,9 @@ def test_the_bench_scores_a_declared_method_through_the_circuits_adapter(toy):
     output = specs["top-dla"].fn(organism, RunContext(0, True, None))
     assert isinstance(output, TopDLAResult)  # the method's own result type
     scores = {s.metric: s for s in suite.score("circuits", output, organism, "top-dla")}
-    assert set(scores) == {"node_auroc", "edge_auroc", "cpr", "cmd"} and len(scores["cpr"].curve) == 10
+    assert set(scores) == {"node_auroc", "edge_auroc", "edge_auroc_full", "cpr", "cmd"}
+    assert [x for x, _ in scores["cpr"].curve] == [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]  # sizes holding an edge
+    assert scores["cpr"].curve[-1][1] == pytest.approx(1.0, abs=1e-6) and scores["cmd"].chance_spread > 0
     truth = organism.circuit
     graph = Graph.of(organism.model.cfg)
     kept = {Node("head.z", s.layer, s.head).label() for s in graph.senders if s.name in output.kept}

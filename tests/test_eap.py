@@ -413,20 +413,25 @@ def test_faithfulness_curve_and_areas(llama, tmp_path):
     task = toy_task(llama)
     scores = eap_ig(llama, task, progress=False)
     curve = faithfulness_curve(llama, task, scores, random=2, batch_size=7, progress=False)
-    assert curve.sizes == SIZES and curve.n_edges == tuple(int(s * scores.graph.n_edges) for s in SIZES)
+    n = scores.graph.n_edges  # 82: MIB's 0.1 to 1 % hold no edge and are dropped
+    sizes = tuple(s for s in SIZES if int(s * n) >= 1)
+    assert curve.sizes == sizes == SIZES[4:] and curve.n_edges == tuple(int(s * n) for s in sizes)
+    assert curve.ranked_by == "absolute" and len(curve.orders) == 1  # no tied scores: one order
     assert curve.faithfulness[-1] == pytest.approx(1.0, abs=1e-6)
     assert len(curve.random) == 2 and all(r[-1] == pytest.approx(1.0, abs=1e-6) for r in curve.random)
-    top10 = faithfulness(llama, task, scores.top(curve.n_edges[6]), progress=False)[0]
+    top10 = faithfulness(llama, task, scores.top(curve.n_edges[sizes.index(0.1)]), progress=False)[0]
     assert curve.at(0.1) == pytest.approx(top10, abs=1e-5)  # normalised by a small gap (0.02): float noise
+    with pytest.raises(ValueError, match="not a size of this curve"):
+        curve.at(0.001)
     f = curve.faithfulness
-    trapz = sum((SIZES[i + 1] - SIZES[i]) * (f[i] + f[i + 1]) / 2 for i in range(len(SIZES) - 1))
-    assert curve.cpr == pytest.approx(trapz) and curve.cpr == pytest.approx(area_under(SIZES, curve.faithfulness))
+    trapz = sum((sizes[i + 1] - sizes[i]) * (f[i] + f[i + 1]) / 2 for i in range(len(sizes) - 1))
+    assert curve.cpr == pytest.approx(trapz) and curve.cpr == pytest.approx(area_under(sizes, curve.faithfulness))
     assert area_under([0, 1], [1, 1]) == 1.0 and area_from_one([0, 0.5, 1], [0, 1, 1]) == pytest.approx(0.25)
-    assert curve.cmd == pytest.approx(area_from_one(SIZES, curve.faithfulness))
+    assert curve.cmd == pytest.approx(area_from_one(sizes, curve.faithfulness))
     payload = json.loads(json.dumps(curve.to_dict()))
-    assert payload["cpr"] == curve.cpr and len(payload["random_mean"]) == len(SIZES)
+    assert payload["cpr"] == curve.cpr and len(payload["random_mean"]) == len(sizes)
     first = next(i for i, v in enumerate(f) if v >= 0.8)  # the full graph (1.0) always qualifies
-    assert curve.smallest_faithful(0.8) == (SIZES[first], curve.n_edges[first])
+    assert curve.smallest_faithful(0.8) == (sizes[first], curve.n_edges[first])
     assert curve.smallest_faithful(2.0) is None and "no circuit" in curve.reach(2.0)
     plot_faithfulness_curve(curve, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 1000

@@ -86,3 +86,20 @@ def test_leaderboard_marks_single_seed_rows_instead_of_a_zero_spread():
     row = {line.split("|")[1].strip(): line for line in lines if line.startswith("| a ") or line.startswith("| b ")}
     assert "0.700 ± 0.141" in row["a"] and "one seed" not in row["a"]
     assert "0.700 (one seed)" in row["b"] and "±" not in row["b"]
+
+
+def test_leaderboard_shows_tie_order_and_chance_spreads_of_cpr_rows():
+    from dataclasses import replace
+
+    from mechscope import bench, report
+
+    base = bench.Score("acdc", "org", 0, "cpr", 0.3, 0.25)
+    scores = [replace(base, spread=0.08, chance_spread=0.06), replace(base, seed=1, spread=0.02, chance_spread=0.04),
+              replace(base, method="eap", spread=1e-9)]  # fmt: skip
+    board = bench.Leaderboard(tuple(scores))
+    row = next(r for r in board.rows() if r.method == "acdc")
+    assert row.spread == pytest.approx(0.05) and row.chance_spread == pytest.approx(0.05)  # means over seeds
+    lines = {line.split("|")[1].strip(): line for line in report.leaderboard_markdown(board).splitlines()
+             if line.startswith("| acdc ") or line.startswith("| eap ")}  # fmt: skip
+    assert "0.300 ± 0.000 [ties ± 0.050]" in lines["acdc"] and "| 0.250 ± 0.050 |" in lines["acdc"]
+    assert "ties" not in lines["eap"]  # a spread that is rounding only is not shown

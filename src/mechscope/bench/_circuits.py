@@ -12,7 +12,7 @@ organism of the ``circuits`` family with its own config, at its defaults but for
 No circuit method has a training budget, so quick and full runs use the same settings. The method returns the
 library's own result (``EdgeScores``, ``ACDCResult``, ``PatchingResult``, ``AttributionResult``, ``DLAResult``, or
 any other type with a ``circuit()``); ``circuit_scores`` turns it into the node and edge scores the AUROC scorers
-read, and ``_faithfulness`` takes its edge ranking (``mechscope.circuits.edge_ranking``) for MIB's areas. The
+read, and ``_faithfulness`` ranks its edges (signed and by magnitude, ``edge_keys``) for MIB's areas. The
 methods are listed from the registries each time the bench asks, so a method declared later is scored too.
 """
 

@@ -61,6 +61,10 @@ class Row:
     """Mean score of each baseline method on the same organism and metric."""
     seconds: float
     """Mean wall time of the method per seed."""
+    spread: float = 0.0
+    """Mean over seeds of each score's own spread (CPR/CMD: over random orders of tied scores); 0 when none."""
+    chance_spread: float = 0.0
+    """Mean over seeds of the chance level's spread (CPR/CMD: over random circuits); 0 when exact."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +99,8 @@ class Leaderboard:
                 statistics.stdev(values) if len(values) > 1 else 0.0, len(values),
                 statistics.fmean(s.chance for s in group), group[0].higher_is_better,
                 {b: statistics.fmean(s.baselines[b] for s in group if b in s.baselines) for b in names},
-                statistics.fmean(s.seconds for s in group),
+                statistics.fmean(s.seconds for s in group), statistics.fmean(s.spread for s in group),
+                statistics.fmean(s.chance_spread for s in group),
             ))  # fmt: skip
         return sorted(rows, key=lambda r: (r.organism, r.metric, r.baseline, -r.mean if r.higher_is_better else r.mean))
 

@@ -7,7 +7,9 @@ the floor it must beat:
 - **circuits** — ``node_auroc`` / ``edge_auroc``: area under the ROC curve of the method's scores (higher = more
   in the circuit) against membership in the true circuit, over every candidate node / edge (the node- and
   edge-level AUROC of Conmy et al. 2023, "Towards Automated Circuit Discovery", section 4.1). Chance is 0.5;
-  candidates a method does not score count as 0.
+  candidates a method does not score count as 0. Where the truth leaves out edges its task cannot reveal
+  (``CircuitTruth.unseen_edges``), ``full_edge_auroc`` adds a row against the full mechanism,
+  ``edge_auroc_full``.
 - **features** — ``mmcs``, ``f1`` and ``absorption`` of a dictionary against the true features
   (``mechscope.features.recovery``). Chance is the same metric for a random dictionary of the method's width and
   L0 (``random_dictionary``), which depends on both.
@@ -41,7 +43,7 @@ if TYPE_CHECKING:
         FeaturesOrganism,
         FrequenciesOrganism,
     )
-    from ..organisms._truth import Edge
+    from ..organisms._truth import CircuitTruth, Edge
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,11 @@ class Score:
     """Wall time of the method."""
     curve: tuple[tuple[float, float], ...] = ()
     """``(x, y)`` points of a curve behind the score, when there is one (faithfulness over circuit size)."""
+    spread: float = 0.0
+    """Standard deviation of ``value`` over what it averages within this seed (CPR/CMD: random orders of tied
+    scores); 0 when it averages nothing."""
+    chance_spread: float = 0.0
+    """Standard deviation of the chance level's draws (CPR/CMD: the random circuits' areas); 0 when exact."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
@@ -84,6 +91,9 @@ class CircuitScores:
 
     nodes: Mapping[str, float]
     edges: Mapping[Edge, float] | None = None
+    signed_edges: Mapping[Edge, float] | None = None
+    """Edge scores with their sign, positive where keeping the edge raises the metric (MIB ranks CPR's curve by
+    them); None when ``edges`` are already that (non-negative scores such as an oracle's or a circuit's)."""
 
 
 @dataclass(frozen=True)
@@ -136,10 +146,30 @@ def edge_auroc(output: CircuitScores | Mapping[str, float] | Any, organism: Circ
     truth = organism.circuit
     if not isinstance(output, CircuitScores) or output.edges is None or not truth.edges:
         return None
-    by_id = {EdgeId.parse(e): float(v) for e, v in output.edges.items()}  # malformed names raise, with the format
+    return _score(organism, method, "edge_auroc", _edge_auroc(output.edges, truth), 0.5)
+
+
+def full_edge_auroc(output: CircuitScores | Mapping[str, float] | Any, organism: CircuitsOrganism | CompiledOrganism,
+                    method: str) -> Score | None:  # fmt: skip
+    """Edge AUROC against the full mechanism (``CircuitTruth.full()``), as the metric ``edge_auroc_full``.
+
+    None where the truth leaves out no edge (``unseen_edges``) or the method scores no edges. The truth scored by
+    ``edge_auroc`` holds only what the organism's task lets a patching method see; this row beside it shows how far
+    that choice flatters the methods (and the oracle, which reads the seen truth).
+    """
+    from ._circuits import circuit_scores
+
+    output = circuit_scores(output)
+    truth = organism.circuit
+    if not truth.unseen_edges or not isinstance(output, CircuitScores) or output.edges is None:
+        return None
+    return _score(organism, method, "edge_auroc_full", _edge_auroc(output.edges, truth.full()), 0.5)
+
+
+def _edge_auroc(edges: Mapping[Edge, float], truth: CircuitTruth) -> float:
+    by_id = {EdgeId.parse(e): float(v) for e, v in edges.items()}  # malformed names raise, with the format
     scores = [by_id.get(EdgeId.parse(e), 0.0) for e in truth.edges]
-    labels = [e in truth.circuit_edges for e in truth.edges]
-    return _score(organism, method, "edge_auroc", auroc(scores, labels), 0.5)
+    return auroc(scores, [e in truth.circuit_edges for e in truth.edges])
 
 
 # --- features ----------------------------------------------------------------------------------------------------
@@ -260,7 +290,7 @@ def interval_iou(output: Mapping[str, tuple[float, float]], organism: Descriptio
 
 
 SCORERS: dict[str, tuple[Callable[..., Score | list[Score] | None], ...]] = {
-    "circuits": (node_auroc, edge_auroc),
+    "circuits": (node_auroc, edge_auroc, full_edge_auroc),
     "features": (features_scores,),
     "frequencies": (frequency_auroc,),
     "descriptions": (interval_iou,),

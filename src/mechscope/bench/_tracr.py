@@ -14,27 +14,26 @@ methods what they need, so the methods here are the library's own, run the same 
 
 Scorers: node and edge AUROC against the emitted components and the program's data flow, with numerically-zero
 scores tied at zero; and for every method that scores edges, MIB's CPR and CMD (Mueller et al. 2025, section 4)
-of its top-scoring circuits under mean ablation (``circuits.faithfulness``), random circuits of the same sizes as
-chance.
+of its top-scoring circuits under mean ablation (``circuits.mib_curves``: CPR ranks by signed score, CMD by
+``|score|``, ties in random orders), the mean area of random circuits of the same sizes as chance.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, Literal
 
 import torch
 
 from ..circuits._acdc import acdc
 from ..circuits._eap import eap, eap_ig
-from ..circuits._faithfulness import SIZES, area_from_one, area_under, faithfulness
-from ..circuits._graph import Circuit, EdgeScores, Graph
-from ..circuits._ids import EdgeId
+from ..circuits._faithfulness import TIE_ORDERS, mib_curves
+from ..circuits._graph import EdgeScores, Graph
 from ..core._interventions import Ablate, Intervention
 from ..organisms._protocols import CompiledOrganism
 from ..organisms._tracr import program_output
+from ._faithfulness import area_scores, edge_keys
 from ._registry import RunContext
-from ._scorers import CircuitScores, Score, _score, edge_auroc, node_auroc
+from ._scorers import CircuitScores, Score, edge_auroc, node_auroc
 
 NUMERICALLY_ZERO = 1e-6
 """Node scores below this fraction of a method's largest count as zero (ties) when ranked: the unused blocks of a
@@ -47,8 +46,8 @@ IG_STEPS = 8
 ACDC_TAU = 0.01
 """ACDC keeps a removal when the task metric moves by less than this (log-probability or output units)."""
 
-RANDOM_CIRCUITS = 2
-"""Random circuits per size behind the CPR/CMD chance level."""
+RANDOM_CIRCUITS = 5
+"""Random circuits per size behind the CPR/CMD chance level (its spread is theirs)."""
 
 
 # --- scorers ------------------------------------------------------------------------------------------------------
@@ -78,32 +77,23 @@ def _edge_auroc(output: CircuitScores, organism: CompiledOrganism, method: str) 
 
 
 def _faithfulness_areas(output: Any, organism: CompiledOrganism, method: str) -> list[Score] | None:
-    """CPR and CMD of the top-|score| circuits at MIB's sizes under mean ablation; random circuits as chance."""
-    if not isinstance(output, CircuitScores) or output.edges is None:
-        return None
+    """MIB's CPR (signed ranking) and CMD (``|score|`` ranking) under mean ablation; random circuits as chance.
+
+    As for the circuits family (``_faithfulness``): sizes that hold an edge, ties in ``TIE_ORDERS`` random orders
+    (numerically-zero scores tie at zero, as for AUROC), chance as the mean of ``RANDOM_CIRCUITS`` random circuits'
+    areas.
+    """
     assert organism.model.cfg is not None
     graph = Graph.of(organism.model.cfg)
-    by_id = {EdgeId.parse(e): abs(float(v)) for e, v in output.edges.items()}
-    values = torch.tensor([by_id.get(e, 0.0) for e in graph.edge_ids()])
-    order = torch.sort(values, descending=True, stable=True).indices
-    counts = [int(s * graph.n_edges) for s in SIZES]
-    circuits = [Circuit(graph, torch.zeros(graph.n_edges, dtype=torch.bool).index_fill_(0, order[:n], True))
-                for n in counts]  # fmt: skip
-    circuits += [Circuit.random(graph, n, seed=organism.seed + i) for i in range(RANDOM_CIRCUITS) for n in counts]
+    keys = edge_keys(output, graph)
+    if keys is None:
+        return None
+    signed, magnitude = (torch.where(k.abs() > NUMERICALLY_ZERO * k.abs().max(), k, 0.0) for k in keys)  # as AUROC
     task = organism.task()
-    faith = faithfulness(organism.residual, task, circuits, ablation="global_mean", metric=program_output,
-                         batch_size=4 * len(task), progress=False)  # fmt: skip
-    k = len(SIZES)
-    top = faith[:k]
-    rand = [sum(faith[k * (i + 1) + j] for i in range(RANDOM_CIRCUITS)) / RANDOM_CIRCUITS for j in range(k)]
-    points = tuple(zip(SIZES, top, strict=True))
-    return [
-        replace(_score(organism, method, "cpr", area_under(SIZES, top), area_under(SIZES, rand)), curve=points),
-        replace(
-            _score(organism, method, "cmd", area_from_one(SIZES, top), area_from_one(SIZES, rand), higher=False),
-            curve=points,
-        ),
-    ]
+    curves = mib_curves(organism.residual, task, graph, signed, method, magnitude=magnitude, ties=TIE_ORDERS,
+                        random=RANDOM_CIRCUITS, ablation="global_mean", metric=program_output, seed=organism.seed,
+                        batch_size=4 * len(task))  # fmt: skip
+    return area_scores(curves, organism, method)
 
 
 # --- methods ------------------------------------------------------------------------------------------------------
@@ -147,16 +137,18 @@ def edge_scores(organism: CompiledOrganism, steps: int) -> list[EdgeScores]:
 
 
 def _combined(organism: CompiledOrganism, per_length: list[EdgeScores]) -> CircuitScores:
-    """Edge score: the input-weighted mean of ``|score|`` over lengths; node score: the sum of its out-edges."""
+    """Edge score: the input-weighted mean of ``|score|`` (signed: of ``gain``) over lengths; node: its out-edges'."""
     sizes = torch.tensor([float(len(t)) for t in organism.tasks()])
-    values = torch.stack([s.scores.abs() for s in per_length]).T @ (sizes / sizes.sum())  # [edge]
+    weights = sizes / sizes.sum()
+    values = torch.stack([s.scores.abs() for s in per_length]).T @ weights  # [edge]
+    gains = torch.stack([s.gain for s in per_length]).T @ weights  # [edge]
     graph = per_length[0].graph
     edges = dict(zip(graph.edge_names(), values.tolist(), strict=True))
     nodes = dict.fromkeys(organism.circuit.nodes, 0.0)
     for (sender, _), v in zip(graph.edges(), values.tolist(), strict=True):
         if sender.name in nodes:
             nodes[sender.name] += v
-    return CircuitScores(nodes, edges)
+    return CircuitScores(nodes, edges, dict(zip(graph.edge_names(), gains.tolist(), strict=True)))
 
 
 def edge_attribution_patching(organism: CompiledOrganism, ctx: RunContext) -> CircuitScores:

@@ -13,7 +13,8 @@ Example::
     dla = direct_logit_attribution(model, task)  # per head and MLP, sums to the logit diff
 
     scores = eap_ig(model, task)  # every edge of the graph (embeddings, heads' q/k/v, MLPs, logits)
-    curve = faithfulness_curve(model, task, scores)  # top-n circuits vs random, MIB's CPR and CMD
+    curve = faithfulness_curve(model, task, scores)  # top-n circuits by |score| vs random circuits
+    mib = mib_curves(model, task, scores.graph, scores.gain, "eap-ig")  # MIB's CPR (signed) and CMD (|score|)
     found = acdc(model, task, tau=0.01)  # node-level ACDC
     study = analyse(model, task)  # all of the above on one task, as the demo's report shows it
 
@@ -37,12 +38,18 @@ from mechscope.circuits._dla import DLAResult, FrozenNorm, direct_logit_attribut
 from mechscope.circuits._eap import CheckedEdge, EdgeCheck, eap, eap_ig, patch_edges, verify_edges
 from mechscope.circuits._faithfulness import (
     SIZES,
+    TIE_ORDERS,
     FaithfulnessCurve,
+    MIBCurves,
     area_from_one,
     area_under,
     circuit_metrics,
     faithfulness,
     faithfulness_curve,
+    mib_curves,
+    ranking_curves,
+    tie_orders,
+    usable_sizes,
 )
 from mechscope.circuits._find import (
     CircuitRun,
@@ -77,6 +84,7 @@ __all__ = [
     "METHODS",
     "NODE_METHODS",
     "SIZES",
+    "TIE_ORDERS",
     "ACDCConfig",
     "ACDCResult",
     "ACDCStep",
@@ -102,6 +110,7 @@ __all__ = [
     "FrozenNorm",
     "Graph",
     "IGTry",
+    "MIBCurves",
     "Node",
     "NodeCircuit",
     "NodeId",
@@ -127,13 +136,17 @@ __all__ = [
     "faithfulness",
     "faithfulness_curve",
     "find_circuit",
+    "mib_curves",
     "patch_edges",
     "path_patching",
     "pearson",
     "pick_size",
     "ranking_curve",
+    "ranking_curves",
     "run_method",
     "spearman",
+    "tie_orders",
+    "usable_sizes",
     "verify",
     "verify_edges",
 ]

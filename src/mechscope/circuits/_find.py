@@ -23,7 +23,7 @@ from torch import Tensor
 from ..core._model import Model
 from ..core._registry import MethodSpec
 from ..data._task import Task
-from ._faithfulness import SIZES, FaithfulnessCurve, faithfulness, ranking_curve
+from ._faithfulness import SIZES, FaithfulnessCurve, faithfulness, ranking_curve, tie_orders
 from ._graph import Circuit, EdgeScores, Graph
 from ._registry import METHODS
 
@@ -60,7 +60,7 @@ class FindConfig:
     curve: bool = True
     """Edge methods: faithfulness curve over MIB's sizes, against random circuits."""
     sizes: tuple[float, ...] = SIZES
-    """Circuit sizes of the curve, as fractions of the graph's edges."""
+    """Circuit sizes of the curve, as fractions of the graph's edges (those holding no edge are dropped)."""
     ablation: Literal["patch", "mean", "resample"] = "patch"
     """What edges outside a circuit carry: their corrupt run, the corrupt runs' mean, or a random corrupt prompt."""
     seed: int = 0
@@ -134,6 +134,7 @@ def curve_from_dict(d: dict[str, Any]) -> FaithfulnessCurve:
     for k in ("sizes", "n_edges", "faithfulness"):
         values[k] = tuple(values[k])
     values["random"] = tuple(tuple(r) for r in values["random"])
+    values["orders"] = tuple(tuple(r) for r in values.get("orders", ()))
     return FaithfulnessCurve(**values)
 
 
@@ -156,7 +157,8 @@ def find_circuit(model: Model, task: Task, config: FindConfig = FindConfig(), *,
     curve = None
     if config.curve and isinstance(result, EdgeScores):
         tick = time.perf_counter()
-        curve = ranking_curve(model, task, result.graph, edge_ranking(result), spec.name, sizes=config.sizes,
+        orders = tie_orders(result.scores.abs(), seed=config.seed)  # ties in random orders, as the bench does
+        curve = ranking_curve(model, task, result.graph, orders, spec.name, sizes=config.sizes,
                               random=config.random, ablation=config.ablation, seed=config.seed,
                               batch_size=config.batch_size, progress=progress)  # fmt: skip
         seconds["curve"] = time.perf_counter() - tick
@@ -194,7 +196,8 @@ def choose_circuit(result: EdgeScores | NodeCircuit, config: FindConfig) -> Circ
 def edge_ranking(result: EdgeScores | NodeCircuit) -> Tensor:
     """Edge indices, most important first: by |score| for edge scores; a node circuit's edges first otherwise.
 
-    Ties keep edge order (a stable sort), so a node circuit's curve takes its edges in graph order.
+    Ties keep edge order (a stable sort), so a node circuit's curve takes its edges in graph order; for curves
+    that should not favour the graph's order, rank by ``tie_orders`` (as ``find_circuit`` and the bench do).
     """
     if isinstance(result, EdgeScores):
         return result.ranking()

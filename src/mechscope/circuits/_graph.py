@@ -304,20 +304,30 @@ class EdgeScores:
         """Scores as a ``[sender receiver]`` matrix (zero where there is no edge)."""
         return self.graph.dense(self.scores)
 
+    @property
+    def gain(self) -> Float[Tensor, " edge"]:
+        """Signed scores oriented so that positive means keeping the edge raises the metric.
+
+        Denoising scores already are (restoring the edge's clean value moves the corrupt run toward the clean
+        one); noising scores are negated (corrupting an edge that carries the behaviour lowers the metric). MIB
+        ranks edges by this for CPR (Mueller et al. 2025, section 4).
+        """
+        return self.scores if self.direction == "denoising" else -self.scores
+
     def ranking(self, absolute: bool = True) -> Tensor:
-        """Edge indices from the highest score (``absolute``: highest ``|score|``) down; ties by edge order."""
-        key = self.scores.abs() if absolute else self.scores
+        """Edge indices from the highest ``|score|`` down (``absolute=False``: highest ``gain``); ties by edge order."""
+        key = self.scores.abs() if absolute else self.gain
         return torch.sort(key, descending=True, stable=True).indices
 
     def top(self, n: int, *, absolute: bool = True) -> Circuit:
-        """The circuit of the ``n`` highest-scoring edges (by ``|score|`` unless ``absolute=False``)."""
+        """The circuit of the ``n`` highest-scoring edges (by ``|score|``; by ``gain`` when ``absolute=False``)."""
         mask = torch.zeros(self.graph.n_edges, dtype=torch.bool)
         mask[self.ranking(absolute)[: max(0, n)]] = True
         return Circuit(self.graph, mask)
 
     def threshold(self, t: float, *, absolute: bool = True) -> Circuit:
-        """The circuit of every edge scoring at least ``t`` (``|score| >= t`` unless ``absolute=False``)."""
-        key = self.scores.abs() if absolute else self.scores
+        """The circuit of every edge scoring at least ``t`` (``|score| >= t``; ``gain >= t`` if not ``absolute``)."""
+        key = self.scores.abs() if absolute else self.gain
         return Circuit(self.graph, key >= t)
 
     def top_edges(self, n: int = 10) -> list[tuple[str, float]]:

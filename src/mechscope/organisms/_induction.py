@@ -147,9 +147,11 @@ class BuiltInduction(Built):
         The candidates are every edge of ``mechscope.circuits.Graph``. The true edges are the previous-token
         head's query, key and value inputs from the embeddings; the induction head's key input from the
         embeddings and from the previous-token head (K-composition) and its value input (the token it copies);
-        and the induction head's output to the logits. The induction head's query input is left out: the task's
-        clean and corrupt prompts end in the same token, so no patching method can see it. ``verify`` checks that
-        these edges alone carry the behaviour.
+        and the induction head's output to the logits. The induction head's query input from the embeddings is
+        part of the mechanism but left out of ``circuit_edges``: the task's clean and corrupt prompts end in the
+        same token, so no patching method can see it. It is the truth's ``unseen_edges``, and the bench also
+        scores edges against the full truth (``edge_auroc_full``), so what this choice hides stays visible.
+        ``verify`` checks that the seven edges alone carry the behaviour.
         """
         n_heads = self.cfg.n_heads
         nodes = tuple(Node("head.z", layer, h).label() for layer in range(2) for h in range(n_heads))
@@ -159,7 +161,7 @@ class BuiltInduction(Built):
         p, i = f"a0.h{self.prev_head}", f"a1.h{self.ind_head}"
         true_edges = {f"input->{p}<q>", f"input->{p}<k>", f"input->{p}<v>", f"input->{i}<k>", f"input->{i}<v>",
                       f"{p}->{i}<k>", f"{i}->logits"}  # fmt: skip
-        return CircuitTruth(nodes, frozenset({prev, ind}), edges, frozenset(true_edges))
+        return CircuitTruth(nodes, frozenset({prev, ind}), edges, frozenset(true_edges), frozenset({f"input->{i}<q>"}))
 
     @property
     def truth(self) -> dict[str, Any]:

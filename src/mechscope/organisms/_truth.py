@@ -29,14 +29,23 @@ class CircuitTruth:
     edges: tuple[Edge, ...] = ()
     """Every candidate edge."""
     circuit_edges: frozenset[Edge] = frozenset()
-    """The edges of the true circuit."""
+    """The edges of the true circuit: those the organism's task lets a patching method see."""
+    unseen_edges: frozenset[Edge] = frozenset()
+    """Edges of the mechanism that the task cannot reveal (e.g. an input that clean and corrupt prompts share),
+    left out of ``circuit_edges``; ``full()`` adds them back, and the bench scores against both."""
 
     def __post_init__(self) -> None:
         if not self.circuit <= set(self.nodes) or not self.circuit_edges <= set(self.edges):
             raise ValueError("the true circuit must be a subset of the candidate nodes and edges")
+        if not self.unseen_edges <= set(self.edges) or self.unseen_edges & self.circuit_edges:
+            raise ValueError("unseen edges must be candidate edges outside circuit_edges")
         for edge in self.edges:
             if EdgeId.parse(edge).format() != edge:  # one spelling per edge: scorers compare the names
                 raise ValueError(f"edge {edge!r} is not written as EdgeId formats it: {EdgeId.parse(edge).format()!r}")
+
+    def full(self) -> CircuitTruth:
+        """The whole mechanism: ``circuit_edges`` with the ``unseen_edges`` added."""
+        return CircuitTruth(self.nodes, self.circuit, self.edges, self.circuit_edges | self.unseen_edges)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
@@ -45,4 +54,5 @@ class CircuitTruth:
             "circuit": sorted(self.circuit),
             "edges": list(self.edges),
             "circuit_edges": sorted(self.circuit_edges),
+            "unseen_edges": sorted(self.unseen_edges),
         }

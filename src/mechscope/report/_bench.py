@@ -20,8 +20,18 @@ if TYPE_CHECKING:
 
 
 def _fmt(row: Row) -> str:
-    """Mean ± spread over seeds; a single seed's score is marked as such (it has no spread to show)."""
-    return f"{row.mean:.3f} ± {row.std:.3f}" if row.n > 1 else f"{row.mean:.3f} (one seed)"
+    """Mean ± spread over seeds; a single seed's score is marked as such (it has no spread to show).
+
+    A score that averages within a seed (CPR/CMD over tie orders) adds that spread where it shows at three decimals
+    (tied edges that carry nothing, such as a zero MLP's, differ only by rounding).
+    """
+    text = f"{row.mean:.3f} ± {row.std:.3f}" if row.n > 1 else f"{row.mean:.3f} (one seed)"
+    return text + (f" [ties ± {row.spread:.3f}]" if row.spread >= 0.0005 else "")
+
+
+def _chance(row: Row) -> str:
+    """The chance level, with the spread of its random draws where it has one (CPR/CMD's random circuits)."""
+    return f"{row.chance:.3f} ± {row.chance_spread:.3f}" if row.chance_spread >= 0.0005 else f"{row.chance:.3f}"
 
 
 def _tables(board: Leaderboard) -> dict[tuple[str, str], list[Row]]:
@@ -46,7 +56,9 @@ def leaderboard_markdown(board: Leaderboard) -> str:
     """Markdown: one table per organism and metric, then the organisms' verification numbers and any errors."""
     mode = "quick" if board.quick else "full"
     lines = [f"# mechscope bench ({mode})", "", f"Run time {board.seconds:.0f} s. Scores are mean ± standard "
-             "deviation over seeds; chance is what a method with no information scores.", ""]  # fmt: skip
+             "deviation over seeds; chance is what a method with no information scores. CPR/CMD rows add "
+             "[ties ± s], the spread over random orders of tied scores, and their chance the spread over random "
+             "circuits.", ""]  # fmt: skip
     for (organism, metric), rows in _tables(board).items():
         better = "higher" if rows[0].higher_is_better else "lower"
         names = sorted({b for r in rows for b in r.baselines})
@@ -56,7 +68,7 @@ def leaderboard_markdown(board: Leaderboard) -> str:
         for r in rows:
             name = f"{r.method} (baseline)" if r.baseline else r.method
             refs = " | ".join(f"{r.baselines[b]:.3f}" if b in r.baselines else "" for b in names)
-            lines.append(f"| {name} | {_fmt(r)} | {r.n} | {r.chance:.3f} | {refs} | {r.seconds:.2f} |")
+            lines.append(f"| {name} | {_fmt(r)} | {r.n} | {_chance(r)} | {refs} | {r.seconds:.2f} |")
         lines.append("")
     lines += ["## Organisms (verification numbers per seed)", ""]
     for organism, seeds in board.organisms.items():
@@ -140,7 +152,7 @@ def leaderboard_html(board: Leaderboard) -> str:
         for r in rows:
             refs = "".join(f"<td>{r.baselines[b]:.3f}</td>" if b in r.baselines else "<td></td>" for b in names)
             cls = " class='baseline'" if r.baseline else ""
-            parts.append(f"<tr{cls}><td>{esc(r.method)}</td><td>{_fmt(r)}</td><td>{r.n}</td><td>{r.chance:.3f}</td>"
+            parts.append(f"<tr{cls}><td>{esc(r.method)}</td><td>{_fmt(r)}</td><td>{r.n}</td><td>{_chance(r)}</td>"
                          f"{refs}<td>{r.seconds:.2f}</td></tr>")  # fmt: skip
         parts.append("</table>")
     parts.append("<h2>Organisms (verification numbers per seed)</h2><ul>")
