@@ -11,5 +11,14 @@ from typing import Any
 
 from ..core._registry import Registry
 
-METHODS: Registry[Any, Any] = Registry("lenses", builtins=["mechscope.lenses.logit_lens"])
+METHODS: Registry[Any, Any] = Registry(
+    "lenses",
+    builtins=[
+        "mechscope.lenses.logit_lens",
+        "mechscope.lenses._weights",
+        "mechscope.lenses._heads",
+        "mechscope.lenses._similarity",
+        "mechscope.lenses._probes",
+    ],
+)
 """Lenses by name: ``logit-lens``."""
