@@ -3,6 +3,7 @@ composition scores against their formula, head-type scores against the induction
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -244,3 +245,37 @@ def test_weight_methods_are_declared() -> None:
     assert METHODS.names()[0] == "logit-lens"
     model = ms.tiny("gpt2")
     assert METHODS["weights"](model, layer=0, head=1, directions=1).heads == ((0, 1),)
+
+
+def test_cli_weights_similarity_and_probe(tmp_path) -> None:
+    """The commands print what the library returns (--json), and each offers only its own methods' options."""
+    from typer.testing import CliRunner
+
+    from mechscope.cli import app
+    from mechscope.lenses import ProbeConfig, probe
+
+    runner = CliRunner()
+    out = runner.invoke(app, ["weights", "tiny-gpt2", "--layer", "0", "--head", "1", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout) == head_spectra(ms.tiny("gpt2"), WeightsConfig(layer=0, head=1)).to_dict()
+    out = runner.invoke(app, ["weights", "tiny-llama", "--method", "composition", "--json"])
+    assert json.loads(out.stdout)["k"] == composition_scores(ms.tiny("llama")).k.tolist()
+    assert runner.invoke(app, ["weights", "tiny-gpt2", "--sites", "embed"]).exit_code != 0  # not a weights option
+    table = runner.invoke(app, ["weights", "tiny-gpt2", "--method", "head-types"])
+    assert table.exit_code == 0 and "induction" in table.stdout
+
+    out = runner.invoke(app, ["similarity", "tiny-gpt2", "--sites", "embed,resid_post.*", "--contexts", "2",
+                              "--ctx-len", "16", "--out", str(tmp_path), "--json"])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    got = json.loads(out.stdout)
+    assert got["rows"] == ["embed", "resid_post.0", "resid_post.1"] and got["n"] == 32
+    assert (tmp_path / "cka.png").is_file()
+
+    words = [f"{a}{b}" for a in "abcdefgh" for b in "xyz"]
+    data = tmp_path / "probe.jsonl"
+    data.write_text("".join(json.dumps({"text": w, "label": int(w.endswith("x"))}) + "\n" for w in words))
+    out = runner.invoke(app, ["probe", str(data), "--model", "tiny-llama", "--site", "embed", "--folds", "3", "--json"])
+    assert out.exit_code == 0, out.output
+    expected = probe(ms.tiny("llama"), words, [int(w.endswith("x")) for w in words], ProbeConfig(site="embed", folds=3))
+    assert json.loads(out.stdout)["accuracy"] == expected.accuracy == 1.0
+    assert "--directions" not in runner.invoke(app, ["lens", "--help"]).stdout  # lens shows only lens options

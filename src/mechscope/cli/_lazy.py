@@ -43,6 +43,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "_lenses",
         "Every layer's top next tokens after PROMPT, read through a lens (table or JSON), and their heatmap PNG.",
     ),
+    "weights": (
+        "_weights",
+        "Read attention heads from the weights: OV/QK singular directions as tokens, composition, or head types.",
+    ),
+    "similarity": (
+        "_weights",
+        "Linear CKA (debiased) or SVCCA between every pair of sites, over the tokens of a corpus; heatmap PNG.",
+    ),
+    "probe": (
+        "_weights",
+        "Cross-validated linear probe at a site for labelled texts, with a control task and selectivity.",
+    ),
     "methods": (
         "_methods",
         "List every family's declared methods: summary, tags, result type and settings (--json: config schemas).",
