@@ -249,24 +249,23 @@ def head_spectra(model: Model, config: WeightsConfig = WeightsConfig()) -> HeadS
     heads = list(range(cfg.n_heads)) if config.head is None else [config.head]
     if any(not 0 <= h < cfg.n_heads for h in heads):
         raise ValueError(f"head {config.head} is outside 0..{cfg.n_heads - 1}")
-    w_e, w_u = embedding(model), unembedding(model, fold_norm=config.fold_norm)
+    res = residual(model)  # weights read once
+    w_e, w_u = embedding(model), unembedding(res, fold_norm=config.fold_norm)
     k = min(config.directions, cfg.d_head)
     found: dict[str, list[Tensor]] = {n: [] for n in ("ov_s", "qk_s", "ov_out", "ov_in", "qk_query", "qk_key")}
     for layer in layers:
-        w = head_weights(model, layer, fold_norm=config.fold_norm)
-        w = HeadWeights(layer, w.w_q[heads], w.w_k[heads], w.w_v[heads], w.w_o[heads], w.folded)
-        u, s, v = _factored_svd(w.w_v, w.w_o)  # OV: reads u, writes v
-        out_scores = v[..., :k].transpose(-1, -2) @ w_u  # [head direction d_vocab]
-        sign = _sign(out_scores)
-        found["ov_s"].append(s)
-        found["ov_out"].append((out_scores * sign).topk(config.top_k, -1).indices)
-        found["ov_in"].append(((u[..., :k].transpose(-1, -2) @ w_e.T) * sign).topk(config.top_k, -1).indices)
-        u, s, v = _factored_svd(w.w_q, w.w_k.transpose(-1, -2))  # QK: query side u, key side v
-        key_scores = v[..., :k].transpose(-1, -2) @ w_e.T
-        sign = _sign(key_scores)
-        found["qk_s"].append(s)
-        found["qk_key"].append((key_scores * sign).topk(config.top_k, -1).indices)
-        found["qk_query"].append(((u[..., :k].transpose(-1, -2) @ w_e.T) * sign).topk(config.top_k, -1).indices)
+        w = head_weights(res, layer, fold_norm=config.fold_norm)
+        ov_u, ov_s, ov_v = _factored_svd(w.w_v[heads], w.w_o[heads])  # OV: reads u, writes v
+        qk_u, qk_s, qk_v = _factored_svd(w.w_q[heads], w.w_k[heads].transpose(-1, -2))  # QK: query u, key v
+        out_scores = ov_v[..., :k].transpose(-1, -2) @ w_u  # [head direction d_vocab]
+        # the three embedding-side readings in one product: [3 head direction d_vocab]
+        in_scores = (torch.stack([ov_u, qk_v, qk_u])[..., :k].transpose(-1, -2) @ w_e.T).unbind()
+        ov_sign, qk_sign = _sign(out_scores), _sign(in_scores[1])
+        found["ov_s"].append(ov_s)
+        found["qk_s"].append(qk_s)
+        for name, scores, sign in [("ov_out", out_scores, ov_sign), ("ov_in", in_scores[0], ov_sign),
+                                   ("qk_key", in_scores[1], qk_sign), ("qk_query", in_scores[2], qk_sign)]:  # fmt: skip
+            found[name].append((scores * sign).topk(config.top_k, -1).indices)
     ids = {n: torch.cat(found[n]) for n in ("ov_out", "ov_in", "qk_query", "qk_key")}
     decode = _decoder(model)
     return HeadSpectra(
