@@ -73,11 +73,25 @@ class HeadWeights:
         return self.w_q @ self.w_k.transpose(-1, -2)
 
 
-@torch.no_grad()
 def norm_matrix(norm: nn.Module, d_model: int) -> Float[Tensor, "d_model d_model"] | None:
     """The linear part of a norm, up to its per-position scale; None for ``nn.Identity``.
 
-    ``diag(g)``, or ``(I - 11^T/d) diag(g)`` when the norm centers (LayerNorm).
+    ``diag(g)``, or ``(I - 11^T/d) diag(g)`` when the norm centers (LayerNorm); see :func:`norm_gain`.
+    """
+    read = norm_gain(norm, d_model)
+    return None if read is None else fold(read, torch.eye(d_model, device=read[0].device))
+
+
+def fold(norm: tuple[Tensor, bool], weight: Float[Tensor, "d_model ..."]) -> Float[Tensor, "d_model ..."]:
+    """``N @ weight`` for a norm's linear part ``N`` (``norm_gain``), without forming ``N``: scale rows, center."""
+    gain, centers = norm
+    weight = weight * gain.reshape(-1, *[1] * (weight.ndim - 1))
+    return weight - weight.mean(0, keepdim=True) if centers else weight  # (I - 11^T/d) diag(g) W
+
+
+@torch.no_grad()
+def norm_gain(norm: nn.Module, d_model: int) -> tuple[Float[Tensor, " d_model"], bool] | None:
+    """A norm's gain ``g`` and whether it centers (LayerNorm); None for ``nn.Identity``.
 
     Read by probing the module (so RMSNorm, Gemma's ``1 + w`` and LayerNorm need no table): on a large alternating
     ``±s`` vector every norm's scale is ``s``, so ``(norm(s a) - norm(-s a)) / 2 * a`` is the gain; a norm that
@@ -94,10 +108,7 @@ def norm_matrix(norm: nn.Module, d_model: int) -> Float[Tensor, "d_model d_model
     s = 1e3
     gain = ((norm.forward(s * a) - norm.forward(-s * a)) / 2 * a).float()
     shifted, plain = norm.forward(s * (a + 1)).float(), norm.forward(s * a).float()
-    matrix = torch.diag(gain)
-    if torch.allclose(shifted, plain, atol=1e-4 * float(gain.abs().max()), rtol=1e-4):
-        matrix = matrix - matrix.mean(0, keepdim=True)  # (I - 11^T/d) diag(g)
-    return matrix
+    return gain, torch.allclose(shifted, plain, atol=1e-4 * float(gain.abs().max()), rtol=1e-4)
 
 
 def head_weights(model: Model | ResidualModel, layer: int, *, fold_norm: bool = True) -> HeadWeights:
@@ -115,9 +126,8 @@ def head_weights(model: Model | ResidualModel, layer: int, *, fold_norm: bool = 
     kv = torch.tensor([cfg.kv_head_of(h) for h in range(cfg.n_heads)])
     w_q, w_k, w_v = (res.qkv(layer, part)[0].float() for part in ("q", "k", "v"))  # [d_model n d_head]
     w_k, w_v = w_k[:, kv], w_v[:, kv]  # key/value head of each query head
-    if fold_norm and (n := norm_matrix(res.attn_norm(layer), cfg.d_model)) is not None:
-        n = n.to(w_q.device)
-        w_q, w_k, w_v = (torch.einsum("mn,nhd->mhd", n, w) for w in (w_q, w_k, w_v))
+    if fold_norm and (n := norm_gain(res.attn_norm(layer), cfg.d_model)) is not None:
+        w_q, w_k, w_v = (fold(n, w) for w in (w_q, w_k, w_v))
     w_q, w_k, w_v = (w.permute(1, 0, 2).contiguous() for w in (w_q, w_k, w_v))  # [head d_model d_head]
     return HeadWeights(layer, w_q, w_k, w_v, res.w_o(layer).float(), fold_norm)
 
@@ -142,8 +152,8 @@ def unembedding(model: Model | ResidualModel, *, fold_norm: bool = True) -> Floa
     res = residual(model)
     norm, w_u = res.unembed()
     w_u = w_u.float()
-    if fold_norm and (n := norm_matrix(norm, res.cfg.d_model)) is not None:
-        w_u = n.to(w_u.device) @ w_u
+    if fold_norm and (n := norm_gain(norm, res.cfg.d_model)) is not None:
+        w_u = fold(n, w_u)
     return w_u
 
 
