@@ -267,9 +267,9 @@ def head_spectra(model: Model, config: WeightsConfig = WeightsConfig()) -> HeadS
         w = head_weights(res, layer, fold_norm=config.fold_norm)
         ov_u, ov_s, ov_v = _factored_svd(w.w_v[heads], w.w_o[heads])  # OV: reads u, writes v
         qk_u, qk_s, qk_v = _factored_svd(w.w_q[heads], w.w_k[heads].transpose(-1, -2))  # QK: query u, key v
-        out_scores = ov_v[..., :k].transpose(-1, -2) @ w_u  # [head direction d_vocab]
+        out_scores = _project(ov_v[..., :k].transpose(-1, -2), w_u)  # [head direction d_vocab]
         # the three embedding-side readings in one product: [3 head direction d_vocab]
-        in_scores = (torch.stack([ov_u, qk_v, qk_u])[..., :k].transpose(-1, -2) @ w_e.T).unbind()
+        in_scores = _project(torch.stack([ov_u, qk_v, qk_u])[..., :k].transpose(-1, -2), w_e.T).unbind()
         ov_sign, qk_sign = _sign(out_scores), _sign(in_scores[1])
         found["ov_s"].append(ov_s)
         found["qk_s"].append(qk_s)
@@ -296,6 +296,11 @@ def head_spectra(model: Model, config: WeightsConfig = WeightsConfig()) -> HeadS
 def weights_method(model: Model, config: WeightsConfig) -> HeadSpectra:
     """SVD of every head's OV and QK circuit, singular directions read as tokens (Millidge & Black 2022)."""
     return head_spectra(model, config)
+
+
+def _project(vectors: Float[Tensor, "... d_model"], matrix: Float[Tensor, "d_model d_vocab"]) -> Tensor:
+    """``vectors @ matrix`` as one 2-d product (a batched product would stream the vocabulary matrix per batch)."""
+    return (vectors.reshape(-1, vectors.shape[-1]) @ matrix).reshape(*vectors.shape[:-1], matrix.shape[-1])
 
 
 def _sign(scores: Float[Tensor, "head direction d_vocab"]) -> Float[Tensor, "head direction 1"]:
