@@ -103,10 +103,13 @@ def main() -> None:
     movers = {}
     for layer, head in NAME_MOVERS:
         result = ov_tokens(model, layer, head, ids, top_k=5)
+        block0 = ov_tokens(model, layer, head, ids, top_k=5, after_block0=True)
         i = spectra.row(layer, head)
         movers[f"{layer}.{head}"] = {
             "names_self_rank": dict(zip(names, result.self_rank.tolist(), strict=True)),
             "names_ranked_first": int((result.self_rank == 0).sum()),
+            "after_block0_self_rank": dict(zip(names, block0.self_rank.tolist(), strict=True)),
+            "after_block0_ranked_first": int((block0.self_rank == 0).sum()),
             "top_tokens_per_name": {n: list(t) for n, t in zip(names, result.top_tokens, strict=True)},
             "ov_top_direction_out_tokens": list(spectra.tokens["ov_out"][i][0]),
             "ov_top_direction_in_tokens": list(spectra.tokens["ov_in"][i][0]),
@@ -117,6 +120,14 @@ def main() -> None:
                 "name": f"OV circuit of head {layer}.{head}: IOI names ranked first (of {len(names)})",
                 "metric": "count",
                 "value": movers[f"{layer}.{head}"]["names_ranked_first"],
+                "unit": "names",
+            }
+        )
+        rows.append(
+            {
+                "name": f"OV circuit of head {layer}.{head} after block 0: IOI names ranked first (of {len(names)})",
+                "metric": "count",
+                "value": movers[f"{layer}.{head}"]["after_block0_ranked_first"],
                 "unit": "names",
             }
         )

@@ -153,6 +153,13 @@ def test_ov_tokens_of_a_hand_built_copying_head() -> None:
     assert result.top_ids[:, 0].tolist() == tokens and result.self_rank.tolist() == [0, 0, 0, 0]
     other = ov_tokens(model, 1, 1, tokens, top_k=3, fold_norm=False)  # an untouched random head does not copy
     assert other.self_rank.float().mean() > 5
+    # through block 0: the input is each token's resid_post.0 on its own, then the same OV circuit and unembedding
+    after = ov_tokens(model, 1, 1, tokens, top_k=3, fold_norm=False, after_block0=True)
+    x = torch.stack([model.run(torch.tensor([[t]]), cache="resid_post.0").cache["resid_post.0"][0, 0] for t in tokens])
+    w = head_weights(model, 1, fold_norm=False)
+    logits = (x / x.pow(2).mean(-1, keepdim=True).sqrt()) @ w.ov()[1] @ model.module.lm_head.weight.detach().T
+    assert after.top_ids.tolist() == logits.topk(3).indices.tolist()
+    torch.testing.assert_close(after.top_logits, logits.topk(3).values, atol=1e-5, rtol=1e-4)
 
 
 def test_neuron_vocab_is_the_down_projection_through_the_unembedding() -> None:

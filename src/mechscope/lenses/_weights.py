@@ -338,21 +338,28 @@ class OVTokens:
 
 @torch.no_grad()
 def ov_tokens(
-    model: Model, layer: int, head: int, tokens: Sequence[int] | Tensor, *, top_k: int = 5, fold_norm: bool = True
-) -> OVTokens:
+    model: Model, layer: int, head: int, tokens: Sequence[int] | Tensor, *, top_k: int = 5, fold_norm: bool = True,
+    after_block0: bool = False,
+) -> OVTokens:  # fmt: skip
     """The full OV circuit ``W_E W_OV W_U`` (Elhage et al. 2021) for some input tokens, as logits.
 
     What the head writes when it attends to each token; a copying head (a name mover) ranks the token itself first.
 
-    Each embedding is scaled to unit RMS, the scale the attention norm divides out (positional embeddings and
-    earlier layers are ignored: this is the direct path).
+    Each input is scaled to unit RMS, the scale the attention norm divides out. By default the input is the token's
+    embedding (the direct path; positional embeddings and earlier layers ignored). ``after_block0=True`` uses the
+    token's residual stream after block 0 when it is the only token of its sequence (``resid_post.0``: the
+    embedding plus block 0's attention, which can only attend to the token itself, and MLP 0), the "effective
+    embedding" Wang et al. 2022 read name movers' OV circuits through.
     """
     cfg = _lm_cfg(model)
     if not 0 <= head < cfg.n_heads:
         raise ValueError(f"head {head} is outside 0..{cfg.n_heads - 1}")
     ids = torch.as_tensor(tokens, dtype=torch.long).flatten()
     w = head_weights(model, layer, fold_norm=fold_norm)
-    x = embedding(model)[ids]
+    if after_block0:
+        x = model.run(ids[:, None], cache="resid_post.0", logits=False).cache["resid_post.0"][:, 0].float()
+    else:
+        x = embedding(model)[ids]
     x = x / x.pow(2).mean(-1, keepdim=True).sqrt()
     logits = x @ w.w_v[head] @ w.w_o[head] @ unembedding(model, fold_norm=fold_norm)  # [n d_vocab]
     top = logits.topk(top_k, -1)
