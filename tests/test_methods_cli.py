@@ -68,6 +68,7 @@ def test_a_plugin_method_appears_with_its_fields():
     with registry("lenses").added(ECHO):
         lenses = _methods_json("lenses")["families"]
         table = runner.invoke(app, ["methods", "lenses"])
+        n_methods = len(registry("lenses"))
     assert list(lenses) == ["lenses"]
     echo = next(m for m in lenses["lenses"]["methods"] if m["name"] == "echo-lens")
     assert echo == {
@@ -82,7 +83,7 @@ def test_a_plugin_method_appears_with_its_fields():
              "help": "Layers to read."},
         ],
     }  # fmt: skip
-    assert table.exit_code == 0 and "lenses (2 methods)" in table.stdout and "│ echo-lens " in table.stdout
+    assert table.exit_code == 0 and f"lenses ({n_methods} methods)" in table.stdout and "│ echo-lens " in table.stdout
     assert "echo-lens" not in json.dumps(_methods_json("lenses"))  # gone after the block
 
 

@@ -47,6 +47,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "_serve",
         "Start the explorer, a local web app: prompt lab, attention, logit lens, circuits, bench, features.",
     ),
+    "weights": (
+        "_weights",
+        "Read attention heads from the weights: OV/QK singular directions as tokens, composition, or head types.",
+    ),
+    "similarity": (
+        "_weights",
+        "Linear CKA (debiased) or SVCCA between every pair of sites, over the tokens of a corpus; heatmap PNG.",
+    ),
+    "probe": (
+        "_weights",
+        "Cross-validated linear probe at a site for labelled texts, with a control task and selectivity.",
+    ),
     "methods": (
         "_methods",
         "List every family's declared methods: summary, tags, result type and settings (--json: config schemas).",

@@ -73,5 +73,7 @@ def _lens_table(result: LogitLensResult, model: str, prompt: str) -> Table:
 def register(app: typer.Typer) -> None:
     """Add the lenses command to the main CLI (its methods and options come from the lenses registry)."""
     from ..lenses._registry import METHODS
+    from ._weights import COMMAND_TAGS, only
 
-    app.command(name="lens", no_args_is_help=True)(method_options(METHODS)(lens))
+    # The family also declares weight, similarity and probe methods (their own commands, in cli/_weights.py).
+    app.command(name="lens", no_args_is_help=True)(method_options(only(METHODS, exclude=COMMAND_TAGS))(lens))

@@ -11,11 +11,97 @@ Example::
     METHODS["logit-lens"](model, "The capital of France is", top_k=10)  # the same method, by its declared name
     logit_lens_grid(model, "The capital of France is").top_tokens  # [layer][pos][k]: every position at once
 
+Beside the lenses, the family reads weights (``head_spectra``: SVD of every head's OV and QK circuit read as tokens;
+``composition_scores``; ``neuron_vocab``; ``head_type_scores``), compares representations (``linear_cka``, ``svcca``,
+``site_similarity``) and trains linear probes with a control task (``probe``, ``train_probe``); see docs/weights.md.
+
 Pictures of these results are drawn by ``mechscope.report`` (``plot_logit_lens``, ``logit_lens_heatmap``).
 """
 
-from mechscope.lenses._grid import LensGrid, logit_lens_grid
-from mechscope.lenses._registry import METHODS
+# The logit lens first: registries list methods in declaration order, and it leads the family.
 from mechscope.lenses.logit_lens import LogitLensConfig, LogitLensResult, logit_lens
 
-__all__ = ["METHODS", "LensGrid", "LogitLensConfig", "LogitLensResult", "logit_lens", "logit_lens_grid"]
+# isort: split
+from mechscope.lenses._grid import LensGrid, logit_lens_grid
+from mechscope.lenses._heads import (
+    HEAD_TYPES,
+    CompositionConfig,
+    CompositionScores,
+    HeadTypesConfig,
+    HeadTypeScores,
+    composition_score,
+    composition_scores,
+    detection_patterns,
+    head_type_scores,
+    repeated_tokens,
+)
+from mechscope.lenses._probes import ProbeConfig, ProbeResult, control_labels, probe, train_probe
+from mechscope.lenses._registry import METHODS
+from mechscope.lenses._similarity import (
+    SimilarityConfig,
+    SimilarityMatrix,
+    linear_cka,
+    similarity,
+    site_activations,
+    site_similarity,
+    svcca,
+)
+from mechscope.lenses._weights import (
+    HeadSpectra,
+    HeadWeights,
+    NeuronVocab,
+    OVTokens,
+    WeightsConfig,
+    embedding,
+    head_spectra,
+    head_weights,
+    neuron_vocab,
+    norm_gain,
+    norm_matrix,
+    ov_tokens,
+    unembedding,
+)
+
+__all__ = [
+    "HEAD_TYPES",
+    "METHODS",
+    "CompositionConfig",
+    "CompositionScores",
+    "HeadSpectra",
+    "HeadTypeScores",
+    "HeadTypesConfig",
+    "HeadWeights",
+    "LensGrid",
+    "LogitLensConfig",
+    "LogitLensResult",
+    "NeuronVocab",
+    "OVTokens",
+    "ProbeConfig",
+    "ProbeResult",
+    "SimilarityConfig",
+    "SimilarityMatrix",
+    "WeightsConfig",
+    "composition_score",
+    "composition_scores",
+    "control_labels",
+    "detection_patterns",
+    "embedding",
+    "head_spectra",
+    "head_type_scores",
+    "head_weights",
+    "linear_cka",
+    "logit_lens",
+    "logit_lens_grid",
+    "neuron_vocab",
+    "norm_gain",
+    "norm_matrix",
+    "ov_tokens",
+    "probe",
+    "repeated_tokens",
+    "similarity",
+    "site_activations",
+    "site_similarity",
+    "svcca",
+    "train_probe",
+    "unembedding",
+]
