@@ -258,8 +258,8 @@ def test_importing_the_bench_registers_nothing_and_imports_no_organism_or_method
         "print(loaded, len(b.PLUGINS.methods), len(b.PLUGINS.organisms))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    assert out == "['mechscope.bench._harness', 'mechscope.bench._registry', 'mechscope.bench._scorers', " \
-                  "'mechscope.bench._suite'] 0 0"  # fmt: skip
+    assert out == "['mechscope.bench._harness', 'mechscope.bench._registry', 'mechscope.bench._reproduce', " \
+                  "'mechscope.bench._scorers', 'mechscope.bench._suite'] 0 0"  # fmt: skip
 
 
 def test_an_organism_failing_verification_is_reported_not_scored():
