@@ -42,6 +42,10 @@ def test_rows_missing_or_new_fail_and_untabled_rows_use_the_floor():
     result = bench.compare(_board(("a", 0.8, 0.5), ("c", 0.1, 0.5)), reference, {})
     assert result.missing == ("o/m/b",) and result.extra == ("o/m/c",) and not result.ok
     assert result.untabled == ("o/m/a",)
+    only_missing = bench.compare(_board(("a", 0.8, 0.5)), reference, {})
+    assert only_missing.missing == ("o/m/b",) and not only_missing.extra and not only_missing.ok
+    only_new = bench.compare(_board(("a", 0.8, 0.5), ("b", 0.4, 0.5), ("c", 0.1, 0.5)), reference, {})
+    assert only_new.extra == ("o/m/c",) and not only_new.missing and not only_new.ok
     floor = bench.compare(_board(("a", 0.8 + 0.02, 0.5)), _board(("a", 0.8, 0.5)), {})
     beyond = bench.compare(_board(("a", 0.8 + 0.04, 0.5)), _board(("a", 0.8, 0.5)), {})
     assert floor.ok and not beyond.ok
