@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ class Comparison:
     """Rows of the run the reference does not have."""
     checked: int = 0
     """Rows compared."""
-    untabled: tuple[str, ...] = field(default=())
+    untabled: tuple[str, ...] = ()
     """Rows compared with ``DEFAULT_TOLERANCE`` because the tolerance table does not list them."""
 
     @property
