@@ -411,6 +411,77 @@ def test_a_cancelled_queued_job_never_runs():
     worker.close()
 
 
+def test_a_running_job_is_stopped_at_its_next_forward_pass():
+    from mechscope.ui._worker import JobCancelled, checkpoint_modules
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ModuleList([torch.nn.Linear(4, 4)]))
+    worker, started, passes = Worker(), threading.Event(), []
+
+    def job():
+        started.set()
+        for _ in range(2000):  # ~20 s unless stopped
+            net[0](torch.ones(4))
+            passes.append(1)
+            time.sleep(0.01)
+        return "finished"
+
+    async def main():
+        task = asyncio.ensure_future(worker.run("loop", job, modules=checkpoint_modules(net)))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        assert [j["state"] for j in worker.jobs()] == ["running"]
+        assert worker.cancel(worker.jobs()[0]["id"]) == "running"
+        with pytest.raises(JobCancelled, match="loop"):
+            await task
+        return await worker.run("next", lambda: "next runs")
+
+    t0 = time.perf_counter()
+    assert asyncio.run(main()) == "next runs"
+    assert time.perf_counter() - t0 < 5 and len(passes) < 500  # stopped, not run to the end
+    assert all(not m._forward_pre_hooks for m in net.modules())  # the checkpoints are gone
+    stats = worker.stats.to_dict()
+    assert stats["cancelled"] == 1 and stats["failed"] == 0 and stats["done"] == 1 and worker.jobs() == []
+    with pytest.raises(KeyError, match="no job 99"):
+        worker.cancel(99)
+    worker.close()
+
+
+def test_cancel_endpoint_stops_a_running_request_and_the_server_goes_on(model, monkeypatch):
+    import httpx
+
+    from mechscope.ui import running
+
+    started, answers = threading.Event(), []
+
+    def endless(model, prompt, top_k):  # a model job that keeps running forward passes until stopped
+        started.set()
+        for _ in range(5000):
+            model.run(prompt, logits=False)
+        return {"prompt": prompt}
+
+    monkeypatch.setattr(_lab, "predictions", endless)
+    x = Explorer(model, port=0)
+    with running(x) as url:
+        first = threading.Thread(target=lambda: answers.append(httpx.post(url + "api/prompt",
+                                                                          json={"prompt": "hi"}, timeout=60)))  # fmt: skip
+        first.start()
+        assert started.wait(20)
+        jobs = httpx.get(url + "api/status").json()["worker"]["jobs"]
+        assert [(j["name"], j["state"]) for j in jobs] == [("prompt", "running")]
+        out = httpx.post(url + "api/jobs/cancel", json={"id": jobs[0]["id"]})
+        assert out.json() == {"id": jobs[0]["id"], "was": "running"}
+        first.join(20)
+        assert answers[0].status_code == 409 and "was cancelled" in answers[0].json()["error"]
+        assert httpx.post(url + "api/jobs/cancel", json={"id": jobs[0]["id"]}).status_code == 400
+        monkeypatch.undo()
+        again = httpx.post(url + "api/prompt", json={"prompt": "hi"}, timeout=30)
+        status = httpx.get(url + "api/status").json()["worker"]
+    assert again.status_code == 200 and status["cancelled"] == 1 and status["jobs"] == []
+    assert all(not m._forward_pre_hooks for m in model.module.modules())
+    plain = model.module(torch.tensor([[1, 2, 3]])).logits
+    assert torch.equal(model.run(torch.tensor([[1, 2, 3]])).logits, plain)
+
+
 # --- the command ---------------------------------------------------------------------------------------------------
 
 

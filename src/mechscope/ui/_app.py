@@ -28,6 +28,7 @@ from ._explorer import Explorer
 from ._files import PathRefused
 from ._lab import BadRequest
 from ._security import Guard, allowed_hosts
+from ._worker import JobCancelled
 
 STATIC = Path(__file__).parent / "static"
 DISCONNECT_POLL = 0.2
@@ -39,6 +40,8 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def _status_of(err: BaseException) -> tuple[int, str]:
+    if isinstance(err, JobCancelled):
+        return 409, str(err)
     if isinstance(err, PathRefused):
         return 403, str(err)
     if isinstance(err, FileNotFoundError):

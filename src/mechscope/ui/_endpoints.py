@@ -27,10 +27,14 @@ async def _status(x: Explorer) -> dict[str, Any]:
         "version": mechscope.__version__,
         "model": model,
         "dictionary": dictionary,
-        "worker": x.worker.stats.to_dict(),
+        "worker": {**x.worker.stats.to_dict(), "jobs": x.worker.jobs()},
         "roots": x.roots.describe(),
         "token_required": x.token is not None,
     }
+
+
+async def _cancel(x: Explorer, id: int) -> dict[str, Any]:
+    return {"id": id, "was": x.worker.cancel(id)}
 
 
 async def _methods(x: Explorer) -> dict[str, Any]:
@@ -176,6 +180,13 @@ _REF = Param("ref", "query", str, "A file reference ROOT/PATH, as /api/runs list
 
 ENDPOINTS: list[Endpoint] = [
     Endpoint("GET", "/api/status", "The model, the worker's queue and the run directories.", _status),
+    Endpoint(
+        "POST",
+        "/api/jobs/cancel",
+        "Cancel a queued or running model job (its caller gets a 409 error); ids are in /api/status.",
+        _cancel,
+        (Param("id", "body", int, "The job's id (/api/status lists worker.jobs).", required=True, minimum=1),),
+    ),
     Endpoint("GET", "/api/methods", "Every family's declared methods (the registries' describe()).", _methods),
     Endpoint(
         "GET",

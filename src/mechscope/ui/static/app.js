@@ -341,9 +341,19 @@ async function openCircuits() {
   await listCircuits();
 }
 
+// A button that cancels the model jobs whose names start with `prefix` (queued or already running).
+function cancelButton(prefix) {
+  return el("button", { type: "button", class: "cancel", onclick: async () => {
+    try {
+      const jobs = (await api("/api/status")).worker.jobs.filter((j) => j.name.startsWith(prefix));
+      for (const j of jobs) await api("/api/jobs/cancel", { id: j.id });
+    } catch (err) { $("status").textContent = String(err.message); }
+  } }, "cancel");
+}
+
 async function runCircuit(event) {
   event.preventDefault();
-  $("run-busy").textContent = "running (the faithfulness curve takes a while)…";
+  $("run-busy").replaceChildren("running (the faithfulness curve takes a while)… ", cancelButton("circuit"));
   $("circuit-error").replaceChildren();
   try {
     const c = await api("/api/circuit/run", { task: $("run-task").value, method: $("run-method").value,
@@ -352,7 +362,7 @@ async function runCircuit(event) {
     await listCircuits();
     drawCircuit(c);
   } catch (err) { showError($("circuit-error"), err); }
-  $("run-busy").textContent = "";
+  $("run-busy").replaceChildren();
 }
 
 async function listCircuits() {
