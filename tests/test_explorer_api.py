@@ -252,11 +252,39 @@ def test_feature_endpoints_read_the_database(client, run_dir):
         assert listed["n_latents"] == len(db)
         assert [r["latent"] for r in listed["latents"]] == [r.latent for r in db.top_latents("frequency", 5)]
         card = client.get("/api/feature", params={"ref": ref, "latent": 3}).json()
-        assert card == json.loads(json.dumps(db.latent(3).to_dict()))
+        assert card == json.loads(json.dumps({**db.latent(3).to_dict(), "explanations": []}))
         found = client.get("/api/features/search", params={"ref": ref, "text": "e"}).json()
         assert [m["latent"] for m in found["matches"]] == [m.latent for m in db.search_token("e", 20)]
     assert "out of range" in error_of(client.get("/api/feature", params={"ref": ref, "latent": 999}), 400)
     assert "by must be one of" in error_of(client.get("/api/features", params={"ref": ref, "by": "x"}), 400)
+
+
+def test_feature_search_by_explanation_text(model, run_dir, tmp_path):
+    import shutil
+
+    from mechscope.store import Explanation, add_explanations
+
+    shutil.copy(run_dir / "features" / "features.db", tmp_path / "features.db")
+    add_explanations(tmp_path / "features.db", [
+        Explanation(3, "digits at the end of a number", "llm", 0.8, "detection"),
+        Explanation(5, f"the word 'number' {XSS}", "top_tokens", 0.3, "detection"),
+        Explanation(3, "numbers", "human"),
+    ])  # fmt: skip
+    with TestClient(create_app(Explorer(model, Roots([tmp_path]))), base_url=BASE) as c:
+        search = lambda text: c.get("/api/features/search", params={"ref": "0/features.db", "text": text,  # noqa: E731
+                                                                     "by": "explanation"})  # fmt: skip
+        found = search("NUMBER").json()
+        assert found["by"] == "explanation"
+        assert [(m["latent"], m["explainer"], m["score"]) for m in found["matches"]] == [
+            (3, "llm", 0.8), (5, "top_tokens", 0.3), (3, "human", None)]  # fmt: skip
+        assert [m["latent"] for m in search("digits number").json()["matches"]] == [3]
+        assert search("no such words").json()["matches"] == []
+        assert "search text is empty" in error_of(search(" "), 400)
+        card = c.get("/api/feature", params={"ref": "0/features.db", "latent": 3}).json()
+        assert [(e["text"], e["scorer"]) for e in card["explanations"]] == [
+            ("digits at the end of a number", "detection"), ("numbers", None)]  # fmt: skip
+        bad = c.get("/api/features/search", params={"ref": "0/features.db", "text": "x", "by": "colour"})
+        assert "by must be 'token' or 'explanation'" in error_of(bad, 400)
 
 
 @pytest.mark.parametrize(
@@ -462,8 +490,8 @@ def test_cancel_endpoint_stops_a_running_request_and_the_server_goes_on(model, m
     monkeypatch.setattr(_lab, "predictions", endless)
     x = Explorer(model, port=0)
     with running(x) as url:
-        first = threading.Thread(target=lambda: answers.append(httpx.post(url + "api/prompt",
-                                                                          json={"prompt": "hi"}, timeout=60)))  # fmt: skip
+        post = lambda: answers.append(httpx.post(url + "api/prompt", json={"prompt": "hi"}, timeout=60))  # noqa: E731
+        first = threading.Thread(target=post)
         first.start()
         assert started.wait(20)
         jobs = httpx.get(url + "api/status").json()["worker"]["jobs"]

@@ -171,8 +171,8 @@ async def _feature(x: Explorer, ref: str, latent: int) -> dict[str, Any]:
     return await asyncio.to_thread(_views.feature_card, x.roots.resolve(ref), latent)
 
 
-async def _feature_search(x: Explorer, ref: str, text: str, n: int) -> dict[str, Any]:
-    return await asyncio.to_thread(_views.feature_search, x.roots.resolve(ref), text, n)
+async def _feature_search(x: Explorer, ref: str, text: str, n: int, by: str) -> dict[str, Any]:
+    return await asyncio.to_thread(_views.feature_search, x.roots.resolve(ref), text, n, by)
 
 
 _PROMPT = Param("prompt", "body", str, "The prompt (at most the server's token limit; see /api/status).", required=True)
@@ -351,11 +351,18 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint(
         "GET",
         "/api/features/search",
-        "Latents that promote a token most.",
+        "Latents that promote a token most, or whose explanation contains some words.",
         _feature_search,
         (
             _REF,
-            Param("text", "query", str, "Token text (with or without its leading space).", required=True),
+            Param("text", "query", str, "A token (with or without its leading space), or words.", required=True),
+            Param(
+                "by",
+                "query",
+                str,
+                "token (latents promoting it) | explanation (explanations with every word).",
+                "token",
+            ),
             Param("n", "query", int, "How many latents.", 20, minimum=1, maximum=1000),
         ),
     ),

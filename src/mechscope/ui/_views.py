@@ -150,16 +150,22 @@ def feature_list(path: Path, by: str, n: int) -> dict[str, Any]:
         }
 
 
-def feature_search(path: Path, token: str, n: int) -> dict[str, Any]:
-    """Latents that promote ``token`` most."""
+def feature_search(path: Path, text: str, n: int, by: str = "token") -> dict[str, Any]:
+    """Latents that promote the token ``text`` most (``by="token"``), or whose explanation holds its words."""
     from ..store import FeatureDB
 
+    if by not in ("token", "explanation"):
+        raise BadRequest(f"by must be 'token' or 'explanation', got {by!r}")
     with FeatureDB(path) as db:
-        return {"token": token, "matches": [m._asdict() for m in db.search_token(token, n)]}
+        if by == "explanation":
+            matches = [e._asdict() for e in db.search_explanations(text, n)]
+        else:
+            matches = [m._asdict() for m in db.search_token(text, n)]
+        return {"by": by, "text": text, "token": text, "matches": matches}
 
 
 def feature_card(path: Path, latent: int) -> dict[str, Any]:
-    """Everything the database holds about one latent (``FeatureDB.latent``)."""
+    """Everything the database holds about one latent (``FeatureDB.latent``), with its explanations."""
     from ..store import FeatureDB
 
     with FeatureDB(path) as db:
@@ -167,7 +173,7 @@ def feature_card(path: Path, latent: int) -> dict[str, Any]:
             raise BadRequest(
                 f"latent {latent} is out of range: the dictionary has {len(db)} latents (0..{len(db) - 1})"
             )
-        return db.latent(latent).to_dict()
+        return {**db.latent(latent).to_dict(), "explanations": [e._asdict() for e in db.explanations(latent)]}
 
 
 def verify_edge(model: Any, doc: dict[str, Any], edge: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ makes no forward pass after the cancel finishes, and its result is thrown away: 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
@@ -166,10 +167,8 @@ class Worker:
     def close(self) -> None:
         """Cancel the queued jobs, stop the running one at its next checkpoint; a later ``run`` starts afresh."""
         for job_id in [j["id"] for j in self.jobs()]:
-            try:
+            with contextlib.suppress(KeyError):  # finished meanwhile
                 self.cancel(job_id)
-            except KeyError:  # finished meanwhile
-                pass
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None

@@ -585,6 +585,26 @@ async function searchToken() {
   } catch (err) { showError($("feature-error"), err); }
 }
 
+async function searchExplanations() {
+  try {
+    const words = $("feature-words").value;
+    const d = await api(`/api/features/search?ref=${encodeURIComponent(featureRef)}&by=explanation&` +
+      `text=${encodeURIComponent(words)}`);
+    $("latents").replaceChildren(el("p", { class: "dim", text: `explanations with ${JSON.stringify(words)}:` }),
+      ...(d.matches.length ? d.matches.map((m) => el("div", { class: "explained" },
+        latentButton(m.latent, m.score === null ? m.explainer : `${m.scorer || "score"} ${fmt(m.score)}`),
+        el("span", { class: "explanation-text", text: m.text }))) :
+        [el("p", { class: "dim", text: "none (the database holds explanations once latents are explained)" })]));
+  } catch (err) { showError($("feature-error"), err); }
+}
+
+function explanationList(list) {
+  if (!list || !list.length) return el("p", { class: "dim", text: "no explanations in the database" });
+  return el("table", { id: "explanations" }, el("tbody", {}, ...list.map((e) => el("tr", {},
+    el("td", { class: "explanation-text", text: e.text }), el("td", { class: "dim", text: e.explainer }),
+    el("td", { class: "num", text: e.score === null ? "not scored" : `${e.scorer || "score"} ${fmt(e.score)}` })))));
+}
+
 function drawLatent(f) {
   const context = (e) => {
     const peak = Math.max(1e-9, f.max_activation);
@@ -603,6 +623,7 @@ function drawLatent(f) {
     el("h3", { text: `latent ${f.latent}` }),
     el("p", { text: `fires on ${fmt(100 * f.frequency, 3)}% of tokens (${f.n_active}); mean ${fmt(f.mean_activation)}, ` +
       `max ${fmt(f.max_activation)}` }),
+    el("h3", { text: "explanations" }), explanationList(f.explanations),
     histogram(f.hist_edges, f.hist_counts),
     effects("promotes", f.promoted), effects("suppresses", f.suppressed),
     el("h3", { text: "top contexts" }), el("div", { id: "contexts" }, ...f.top_examples.map(context)),
@@ -685,6 +706,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("att-layer").addEventListener("change", loadAttention);
   $("feature-search").addEventListener("submit", (e) => { e.preventDefault(); openLatent(Number($("feature-id").value)); });
   $("feature-token-go").addEventListener("click", searchToken);
+  $("feature-words-go").addEventListener("click", searchExplanations);
   window.addEventListener("hashchange", route);
   route();
   loadStatus();
