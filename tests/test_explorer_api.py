@@ -223,8 +223,9 @@ def test_circuit_view_matches_the_saved_run(client, run_dir):
     assert c["task"] == summary["task"] and c["faithfulness"] == summary["circuit"]["faithfulness"]
     scores = [e["score"] for e in c["edges"]]
     assert [abs(s) for s in scores] == sorted((abs(s) for s in scores), reverse=True)
-    saved = {**dict(summary["scores"]["top_edges"]), **summary["edge_scores"]}
+    saved = {**dict(summary["ranked_edges"]), **summary["edge_scores"]}
     assert {e["name"]: e["score"] for e in c["edges"]} == pytest.approx(saved)
+    assert len(c["edges"]) == c["n_scored"] == c["of_edges"]  # every edge of the tiny graph: any size can be drawn
     assert {e["name"] for e in c["edges"] if e["in_circuit"]} == set(summary["circuit"]["edges"])
     assert c["curve"]["faithfulness"] == summary["curve"]["faithfulness"]
     ids = {n["id"] for n in c["nodes"]}

@@ -38,18 +38,26 @@ def run_circuit(model: Any, task: str, n: int, method: str, settings: dict[str, 
     return find_circuit(model, built, FindConfig(spec.name, config, random=2, seed=0)).to_dict()
 
 
+def saved_scores(doc: dict[str, Any]) -> dict[str, float]:
+    """Every edge score a run saved: its ranked edges (``ranked_edges``, up to ``circuits.SAVED_EDGES``), its top
+    edges (``scores.top_edges``; runs saved before ``ranked_edges`` existed hold only these) and its circuit's."""
+    scores = {str(name): float(s) for name, s in (doc.get("scores", {}).get("top_edges") or [])}
+    scores.update({str(name): float(s) for name, s in (doc.get("ranked_edges") or [])})
+    scores.update({k: float(v) for k, v in (doc.get("edge_scores") or {}).items()})
+    return scores
+
+
 def circuit_view(doc: dict[str, Any]) -> dict[str, Any]:
     """A circuit run (``circuit_doc``) laid out as a layered graph, with every edge whose score the run saved.
 
-    ``edges`` are the circuit's edges and the method's top edges (``scores.top_edges``), strongest first; the
-    ``curve`` gives faithfulness at fixed sizes beside random circuits of the same size.
+    ``edges`` are the scored edges (``saved_scores``) and the circuit's, strongest first; ``n_scored`` how many of
+    the graph's edges have a saved score; the ``curve`` gives faithfulness at fixed sizes beside random circuits.
     """
     from ..circuits import EdgeId, Graph, NodeId
 
     c = doc["circuit"]
     graph = Graph.from_dict(c["graph"])
-    scores: dict[str, float] = {name: float(s) for name, s in (doc.get("scores", {}).get("top_edges") or [])}
-    scores.update({k: float(v) for k, v in (doc.get("edge_scores") or {}).items()})
+    scores = saved_scores(doc)
     in_circuit = set(c.get("edges", []))
     edges = []
     for name in sorted(set(scores) | in_circuit, key=lambda n: (-abs(scores.get(n, 0.0)), n)):
@@ -81,6 +89,7 @@ def circuit_view(doc: dict[str, Any]) -> dict[str, Any]:
         "config": doc.get("config", {}),
         "n_edges": c.get("n_edges"),
         "of_edges": c.get("of_edges", graph.n_edges),
+        "n_scored": len(scores),
         "faithfulness": c.get("faithfulness"),
         "random_faithfulness": c.get("random_faithfulness", []),
         "nodes": nodes,
@@ -193,7 +202,7 @@ def verify_edge(model: Any, doc: dict[str, Any], edge: str) -> dict[str, Any]:
             f"the server's model is {model.name!r}: start the server with the run's model to verify"
         )
     scores = doc.get("scores", {})
-    known = {**dict(scores.get("top_edges") or []), **(doc.get("edge_scores") or {})}
+    known = saved_scores(doc)
     if edge not in known:
         raise BadRequest(f"edge {edge!r} has no saved score in this run (it saved {len(known)}; see /api/circuit)")
     if doc.get("task") not in _BUILT_IN_TASKS or "clean_metric" not in scores:
