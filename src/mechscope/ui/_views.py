@@ -39,8 +39,11 @@ def run_circuit(model: Any, task: str, n: int, method: str, settings: dict[str, 
 
 
 def saved_scores(doc: dict[str, Any]) -> dict[str, float]:
-    """Every edge score a run saved: its ranked edges (``ranked_edges``, up to ``circuits.SAVED_EDGES``), its top
-    edges (``scores.top_edges``; runs saved before ``ranked_edges`` existed hold only these) and its circuit's."""
+    """Every edge score a run saved, by edge name.
+
+    Its ranked edges (``ranked_edges``, up to ``circuits._find.SAVED_EDGES``), its top edges (``scores.top_edges``;
+    runs saved before ``ranked_edges`` existed hold only these) and its circuit's (``edge_scores``).
+    """
     scores = {str(name): float(s) for name, s in (doc.get("scores", {}).get("top_edges") or [])}
     scores.update({str(name): float(s) for name, s in (doc.get("ranked_edges") or [])})
     scores.update({k: float(v) for k, v in (doc.get("edge_scores") or {}).items()})
