@@ -127,9 +127,9 @@ def test_sites_unknown_name_gets_suggestions(client):
         ({"prompt": "x" * 65}, "65 tokens; at most 64"),
         ({"prompt": ""}, "non-empty string"),
         ({"prompt": 3}, "must be a string"),
-        ({"prompt": "hi", "top_k": "ten"}, "must be a integer"),
+        ({"prompt": "hi", "top_k": "ten"}, "must be an integer"),
         ({"prompt": "hi", "top_k": 0}, "between 1"),
-        ({"prompt": "hi", "top_k": True}, "must be a integer"),
+        ({"prompt": "hi", "top_k": True}, "must be an integer"),
         ({"prompt": "hi", "temperature": 2}, "no body argument 'temperature'"),
         ({}, "missing argument 'prompt'"),
     ],
@@ -309,6 +309,96 @@ def test_a_link_out_of_the_run_directory_is_refused(tmp_path):
         assert "outside" in error_of(c.get("/api/bench", params={"ref": "0/link.json"}), 403)
         assert "no file" in error_of(c.get("/api/bench", params={"ref": "0/missing.json"}), 404)
         assert "no model" in error_of(c.post("/api/prompt", json={"prompt": "hi"}), 400)
+
+
+# --- attribution & vision ------------------------------------------------------------------------------------------
+
+
+def _png_b64(pixels) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_vision_gallery_lists_the_organisms_images_and_declared_methods(client):
+    import base64
+
+    from mechscope.attribution import METHODS
+    from mechscope.organisms import vision_organism
+
+    g = client.get("/api/vision", params={"organism": "blocks-cnn", "n": 3}).json()
+    org = vision_organism("blocks-cnn")
+    assert g["classes"] == list(org.test.classes) and g["accuracy"] == org.accuracy
+    assert [m["name"] for m in g["methods"]] == [s.name for s in METHODS if "cnn" in s.tags]
+    assert [i["label"] for i in g["images"]] == org.test.labels[:3].tolist()
+    assert all(base64.b64decode(i["png"].split(",")[1])[:4] == b"\x89PNG" for i in g["images"])
+    assert "unknown vision organism" in error_of(client.get("/api/vision", params={"organism": "nope"}), 400)
+
+
+def test_image_attribution_carries_the_librarys_metrics(client):
+    from mechscope import attribution as at
+    from mechscope.organisms import vision_organism
+
+    body = {"organism": "blocks-cnn", "image": 2, "methods": ["saliency", "edge_detector"], "target": "label"}
+    d = client.post("/api/vision/attribute", json=body).json()
+    org = vision_organism("blocks-cnn")
+    x, y, mask = org.test.images[2:3], org.test.labels[2:3], org.test.masks[2:3]
+    assert d["label"] == d["target"] == int(y[0]) and d["mask"]["area"] == pytest.approx(float(mask.float().mean()))
+    assert d["probs"] == pytest.approx(org.module(x).softmax(-1)[0].tolist(), abs=1e-6)
+    mine = at.evaluate(org.model, x, y, at.saliency(org.model, x, y), mask=mask).metrics
+    got = {m["method"]: m for m in d["methods"]}
+    assert got["saliency"]["metrics"]["deletion_auc"] == pytest.approx(mine["deletion_auc"], abs=1e-6)
+    assert got["saliency"]["metrics"]["localisation"] == pytest.approx(mine["localisation"], abs=1e-6)
+    assert got["saliency"]["overlay"].startswith("data:image/png;base64,")
+    # the sanity check: the edge detector ignores the model, so its map survives randomised weights; saliency's not
+    assert got["edge_detector"]["randomisation"]["final"]["spearman_abs"] > 0.99
+    assert got["saliency"]["randomisation"]["final"]["spearman_abs"] < 0.9
+    assert len(got["saliency"]["randomisation"]["stages"]) == 5  # 4 convs and the head, output side first
+
+
+def test_an_uploaded_png_is_attributed_and_bad_uploads_are_refused(client):
+    import base64
+
+    import numpy as np
+
+    from mechscope.data.images import to_pixels
+    from mechscope.organisms import vision_organism
+
+    org = vision_organism("shapes-cnn")
+    grey = (to_pixels(org.test.images[0, 0]).numpy() * 255).round().astype(np.uint8)
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)
+
+    def post(**kw):
+        return client.post("/api/vision/attribute", json={"organism": "shapes-cnn", "methods": ["saliency"],
+                                                          "sanity": False, **kw})  # fmt: skip
+
+    d = post(png="data:image/png;base64," + _png_b64(rgb)).json()
+    assert d["image"]["upload"]["note"] == "3 channels (RGB) converted to grey" and d["mask"] is None
+    assert d["predicted"] == int(org.module(org.test.images[:1]).argmax()) and d["label"] is None
+    assert "localisation" not in d["methods"][0]["metrics"]
+    big = np.random.default_rng(0).integers(0, 255, (220, 220, 3), dtype=np.uint8)  # noise: does not compress
+    sixteen = _png_b64(np.full((8, 8), 300, dtype=np.uint16))
+    for kwargs, message in [
+        ({"png": "not base64!"}, "base64"),
+        ({"png": base64.b64encode(b"\xff\xd8\xff\xe0 jpeg").decode()}, "a JPEG: only PNG"),
+        ({"png": "data:image/jpeg;base64,AAAA"}, "image/jpeg data URI"),
+        ({"png": _png_b64(big)}, "at most 131,072 are accepted"),
+        ({"png": sixteen}, "mode is I;16"),
+        ({"png": base64.b64encode(b"\x89PNG\r\n\x1a\ngarbage").decode()}, "cannot be read"),
+        ({"png": _png_b64(rgb), "target": "label"}, "an upload carries no label"),
+        ({"png": _png_b64(rgb), "image": 0}, "either image"),
+        ({}, "either image"),
+        ({"image": 9999}, "out of range"),
+        ({"image": 0, "methods": ["nope"]}, "choose from"),
+        ({"image": 0, "methods": "saliency"}, "must be an array"),
+        ({"image": 0, "target": "7"}, "class index 0..3"),
+    ]:
+        assert message in error_of(post(**kwargs), 400), kwargs
 
 
 # --- security ------------------------------------------------------------------------------------------------------

@@ -11,9 +11,10 @@ import asyncio
 from typing import Any
 
 from ..core._model import Model
-from . import _lab, _views
+from . import _lab, _views, _vision
 from ._api import Endpoint, Param
 from ._explorer import Explorer
+from ._worker import checkpoint_modules
 
 # --- handlers: each takes the explorer and its parsed arguments ----------------------------------------------------
 
@@ -157,6 +158,18 @@ def _attribute_job(model: Model, args: tuple[Any, ...], max_tokens: int) -> dict
 async def _attribute(x: Explorer, prompt: str, continuation: str | None, max_new_tokens: int, method: str) -> Any:
     args = (prompt, continuation, max_new_tokens, method)
     return await x.on_model("token attribution", _attribute_job, args, x.max_tokens)
+
+
+async def _vision_gallery(x: Explorer, organism: str, n: int) -> dict[str, Any]:
+    return await x.worker.run(f"vision {organism}", _vision.gallery, organism, n)
+
+
+async def _vision_attribute(
+    x: Explorer, organism: str, image: int | None, png: str | None, methods: list[Any], target: str, sanity: bool
+) -> dict[str, Any]:
+    org = await x.worker.run(f"vision {organism}", _vision.organism, organism)
+    args = (organism, image, png, methods, target, sanity)
+    return await x.worker.run("image attribution", _vision.attribute, *args, modules=checkpoint_modules(org.module))
 
 
 async def _bench(x: Explorer, ref: str) -> dict[str, Any]:
@@ -326,6 +339,32 @@ ENDPOINTS: list[Endpoint] = [
             Param("how", "body", str, "clamp (set the latent to value) or scale (multiply it by value).", "clamp"),
             Param("value", "body", float, "The value or factor.", required=True, minimum=-1000, maximum=1000),
             Param("max_new_tokens", "body", int, "Tokens to generate.", 20, minimum=1, maximum=64),
+        ),
+        True,
+    ),
+    Endpoint(
+        "GET",
+        "/api/vision",
+        "A vision organism: its held-out images (PNG), classes, accuracy and the attribution methods declared for it.",
+        _vision_gallery,
+        (
+            Param("organism", "query", str, "shapes-cnn | shapes-vit | blocks-cnn.", "shapes-cnn"),
+            Param("n", "query", int, "How many held-out images.", 12, minimum=1, maximum=256),
+        ),
+        True,
+    ),
+    Endpoint(
+        "POST",
+        "/api/vision/attribute",
+        "Attribution maps of one image (an organism's or an uploaded PNG) with their quality metrics.",
+        _vision_attribute,
+        (
+            Param("organism", "body", str, "shapes-cnn | shapes-vit | blocks-cnn.", "shapes-cnn"),
+            Param("image", "body", int, "Index of a held-out image (see GET /api/vision).", minimum=0),
+            Param("png", "body", str, "Or an uploaded PNG: base64 or a data:image/png;base64 URI (<= 128 KB)."),
+            Param("methods", "body", list, "Attribution methods (see GET /api/vision).", ["saliency", "grad_cam"]),
+            Param("target", "body", str, "The class explained: pred | label | a class index.", "pred"),
+            Param("sanity", "body", bool, "Also run the randomisation sanity check (slower).", True),
         ),
         True,
     ),
