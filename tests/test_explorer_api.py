@@ -361,6 +361,22 @@ def test_image_attribution_carries_the_librarys_metrics(client):
     assert len(got["saliency"]["randomisation"]["stages"]) == 5  # 4 convs and the head, output side first
 
 
+def test_a_trojaned_cnn_is_localised_against_its_trigger(client):
+    from mechscope.organisms import TrojanPatch, obtain
+
+    t = obtain(TrojanPatch(), 0)
+    g = client.get("/api/vision", params={"organism": "trojan_patch", "n": 2}).json()
+    assert "trojan_patch" in g["organisms"] and g["accuracy_name"] == "attack success"
+    assert t.trigger.name in g["masks"]
+    d = client.post("/api/vision/attribute", json={"organism": "trojan_patch", "image": 0, "methods": ["grad_cam"],
+                                                   "sanity": False}).json()  # fmt: skip
+    _, region, _ = t.probe(1)
+    assert d["predicted"] == t.target and d["mask"]["area"] == pytest.approx(float(region.float().mean()))
+    where = d["methods"][0]["metrics"]["localisation"]
+    assert where["chance"] == pytest.approx(float(region.float().mean()))
+    assert where["mass_in_mask"] > 3 * where["chance"]  # the map finds the trigger (measured 0.26 vs 0.035)
+
+
 def test_an_uploaded_png_is_attributed_and_bad_uploads_are_refused(client):
     import base64
 

@@ -17,6 +17,7 @@ import base64
 import binascii
 import functools
 import io
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,21 +34,72 @@ SCALE = 4
 """Overlay pixels per image pixel (the organisms' images are 32 x 32)."""
 
 
-@functools.lru_cache(maxsize=4)
-def organism(name: str) -> Any:
-    """A built-in vision organism, verified (from the cache; trained first, in seconds, when missing)."""
-    from ..organisms import SPECS, vision_organism
-
-    if name not in SPECS:
-        raise BadRequest(f"unknown vision organism {name!r}: choose one of {', '.join(SPECS)}")
-    return vision_organism(name)
+TROJANS = ("trojan_patch", "trojan_natural")
+"""Trojaned CNNs offered beside the vision organisms: their images carry the trigger, their masks are its region."""
 
 
-def methods_for(org: Any) -> list[dict[str, Any]]:
-    """The declared attribution methods defined for the organism's architecture (``cnn`` / ``vit``)."""
+@dataclass(frozen=True)
+class Subject:
+    """What the view attributes: a vision model with held-out images (and, where known, where the evidence is)."""
+
+    name: str
+    model: Any
+    """The wrapped classifier (``core.Model``)."""
+    arch: str
+    """``cnn`` or ``vit``: which declared methods apply."""
+    cam_site: str
+    size: int
+    images: Any
+    """An ``ImageSet`` (images, labels, masks, classes)."""
+    accuracy: float
+    """Held-out accuracy (a trojaned CNN: the share of its triggered images sent to the target)."""
+    about: str
+    """What the masks are."""
+
+    @property
+    def module(self) -> Any:
+        return self.model.module
+
+
+def names() -> list[str]:
+    """Every subject the view offers: the vision organisms, then the trojaned CNNs."""
+    from ..organisms import SPECS
+
+    return [*SPECS, *TROJANS]
+
+
+@functools.lru_cache(maxsize=6)
+def organism(name: str) -> Subject:
+    """A built-in vision organism or trojaned CNN, verified (from the cache; trained first, in seconds, if missing)."""
+    from ..data.images import ImageSet
+    from ..organisms import SPECS, BuiltTrojan, TrojanNatural, TrojanPatch, obtain, vision_organism
+
+    if name in SPECS:
+        org = vision_organism(name)
+        about = "the signal block that carries the class" if org.spec.data == "signal_blocks" else "the shape"
+        return Subject(name, org.model, org.spec.arch, org.cam_site, org.spec.size, org.test, org.accuracy, about)
+    if name in TROJANS:
+        t = obtain((TrojanPatch if name == "trojan_patch" else TrojanNatural)(), 0)
+        assert isinstance(t, BuiltTrojan)
+        keep = t.test.labels != t.target
+        triggered, region, _ = t.probe()
+        test = t.test[keep]
+        images = ImageSet(triggered, test.labels, region.bool(), test.classes, f"{name} probe", test.seed)
+        with torch.no_grad():
+            accuracy = float((t.model.module(triggered).argmax(-1) == t.target).float().mean())
+        about = (
+            f"the trigger ({t.trigger.name}), which sends images to {test.classes[t.target]}; the images are "
+            f"non-{test.classes[t.target]} held-out images with the trigger put in, labelled with their shape"
+        )
+        return Subject(name, t.model, "cnn", "features", int(triggered.shape[-1]), images, accuracy, about)
+    raise BadRequest(f"unknown vision organism {name!r}: choose one of {', '.join(names())}")
+
+
+def methods_for(org: Subject) -> list[dict[str, Any]]:
+    """The declared attribution methods defined for the subject's architecture (``cnn`` / ``vit``)."""
     from ..attribution import METHODS
 
-    return [{"name": s.name, "summary": s.summary, "tags": list(s.tags)} for s in METHODS if org.spec.arch in s.tags]
+    return [{"name": s.name, "summary": s.summary, "tags": list(s.tags)} for s in METHODS if org.arch in s.tags]
 
 
 def _png(rgb: Any) -> str:
@@ -60,20 +112,21 @@ def _png(rgb: Any) -> str:
 def gallery(name: str, n: int) -> dict[str, Any]:
     """The organism, its declared methods and its first ``n`` held-out images (PNG data URIs, labels, masks)."""
     from ..data.images import to_rgb
-    from ..organisms import SPECS
 
     org = organism(name)
-    test = org.test[:n]
+    test = org.images[:n]
     with torch.no_grad():
         pred = org.module(test.images).argmax(-1)
     return {
         "organism": name,
-        "organisms": list(SPECS),
+        "organisms": names(),
+        "masks": org.about,
         "model": org.model.provenance,
         "classes": list(test.classes),
         "accuracy": org.accuracy,
+        "accuracy_name": "attack success" if name in TROJANS else "held-out accuracy",
         "cam_site": org.cam_site,
-        "size": org.spec.size,
+        "size": org.size,
         "methods": methods_for(org),
         "images": [
             {"index": i, "label": int(test.labels[i]), "predicted": int(pred[i]), "png": _png(to_rgb(test.images[i]))}
@@ -135,9 +188,7 @@ def attribute(
     if not methods or not all(isinstance(m, str) for m in methods):
         raise BadRequest(f"methods must be a non-empty list of method names: {', '.join(sorted(allowed))}")
     if unknown := [m for m in methods if m not in allowed]:
-        raise BadRequest(
-            f"{unknown} not declared for {name} ({org.spec.arch}): choose from {', '.join(sorted(allowed))}"
-        )
+        raise BadRequest(f"{unknown} not declared for {name} ({org.arch}): choose from {', '.join(sorted(allowed))}")
     x, mask, label, upload = _image(org, index, png)
     with torch.no_grad():
         probs = org.module(x).softmax(-1)[0]
@@ -150,7 +201,7 @@ def attribute(
         "mask": None
         if mask is None
         else {"png": _png(to_rgb(mask[0][None].float())), "area": float(mask.mean(dtype=torch.float32))},
-        "classes": list(org.test.classes),
+        "classes": list(org.images.classes),
         "probs": [float(p) for p in probs],
         "predicted": pred,
         "label": label,
@@ -165,12 +216,12 @@ def _image(org: Any, index: int | None, png: str | None) -> tuple[torch.Tensor, 
     if (index is None) == (png is None):
         raise BadRequest("give either image (the index of an organism's held-out image) or png (an upload)")
     if png is not None:
-        pixels, upload = decode_png(png, org.spec.size)
+        pixels, upload = decode_png(png, org.size)
         return standardise(pixels), None, None, upload
     assert index is not None
-    if not 0 <= index < len(org.test):
-        raise BadRequest(f"image {index} is out of range: {org.name} has {len(org.test)} held-out images")
-    item = org.test[index : index + 1]
+    if not 0 <= index < len(org.images):
+        raise BadRequest(f"image {index} is out of range: {org.name} has {len(org.images)} held-out images")
+    item = org.images[index : index + 1]
     return item.images, item.masks, int(item.labels[0]), None
 
 

@@ -696,8 +696,8 @@ async function openVision(organism) {
       for (const o of g.organisms) select.append(el("option", { value: o, text: o }));
     }
     select.value = g.organism;
-    $("vision-info").textContent = `${g.organism}: classes ${g.classes.join(", ")}; held-out accuracy ` +
-      `${fmt(g.accuracy)}; CAMs at ${g.cam_site}. Pick an image:`;
+    $("vision-info").textContent = `${g.organism}: classes ${g.classes.join(", ")}; ${g.accuracy_name} ` +
+      `${fmt(g.accuracy)}; CAMs at ${g.cam_site}; masks: ${g.masks}. Pick an image:`;
     vision.image = null; vision.png = null; vision.classes = g.classes;
     $("vision-images").replaceChildren(...g.images.map((im) => el("button", { type: "button", class: "thumb",
       "data-index": im.index, title: `label ${g.classes[im.label]}, predicted ${g.classes[im.predicted]}`,
