@@ -298,6 +298,32 @@ def test_attribution_view_shows_overlays_with_their_metrics(page, server, tmp_pa
     page.problems.clear()  # the 400 of that request is logged by the browser as a failed resource
 
 
+def test_cancel_a_running_image_attribution(page, server):
+    import time
+
+    page.goto(server + "#vision")
+    page.wait_for_selector("#vision-images button.thumb")
+    for box in page.query_selector_all(".vision-method"):  # every method with the sanity check: about a minute
+        box.check()
+    page.click("#vision-run")
+    page.wait_for_selector("#vision-busy button.cancel")
+    status = "fetch('/api/status').then(r => r.json()).then(s => s.worker.jobs.map(j => j.name + ':' + j.state))"
+    deadline = time.monotonic() + 60
+    while "image attribution:running" not in page.evaluate(status):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    page.click("#vision-busy button.cancel")
+    page.wait_for_selector("#vision-error .error")
+    assert "was cancelled" in page.text_content("#vision-error")
+    assert page.evaluate(status) == []
+    for box in page.query_selector_all(".vision-method"):
+        box.uncheck()
+    page.check(".vision-method[value='saliency']")
+    page.click("#vision-run")  # the server goes on
+    page.wait_for_selector(".vision-card[data-method='saliency'] img.overlay")
+    page.problems.clear()  # the 409 of the cancelled request is logged by the browser as a failed resource
+
+
 def test_api_view_lists_the_registries(page, server):
     page.goto(server + "#api")
     page.wait_for_selector("tr.method[data-method='logit-lens']")
