@@ -700,6 +700,37 @@ def test_a_request_whose_client_leaves_is_cancelled_before_it_runs(model, monkey
     assert x.worker.stats.to_dict()["cancelled"] == 1
 
 
+def test_a_running_request_whose_client_leaves_is_stopped(model, monkeypatch):
+    import socket
+
+    import httpx
+
+    from mechscope.ui import running
+
+    started, passes = threading.Event(), []
+
+    def endless(model, prompt, top_k):
+        started.set()
+        for _ in range(5000):
+            model.run(prompt, logits=False)
+            passes.append(1)
+        return {"prompt": prompt}
+
+    monkeypatch.setattr(_lab, "predictions", endless)
+    x = Explorer(model, port=0)
+    with running(x) as url:
+        body = json.dumps({"prompt": "hi"}).encode()
+        with socket.create_connection(("127.0.0.1", x.port)) as s:
+            s.sendall(b"POST /api/prompt HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n%s" % (x.port, len(body), body))  # fmt: skip
+            assert started.wait(20)
+        wait_until(lambda: x.worker.stats.cancelled == 1)  # noticed within a poll (0.2 s), stopped at a checkpoint
+        stopped_at = len(passes)
+        monkeypatch.undo()
+        assert httpx.post(url + "api/prompt", json={"prompt": "hi"}, timeout=30).status_code == 200
+    assert stopped_at < 5000 and len(passes) == stopped_at and x.worker.stats.to_dict()["failed"] == 0
+
+
 def test_verify_an_edge_by_real_patching(client, model, run_dir):
     from mechscope.circuits import Graph, patch_edges
     from mechscope.data import tasks

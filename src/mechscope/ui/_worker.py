@@ -123,7 +123,8 @@ class Worker:
         except asyncio.CancelledError:
             if job.cancelled.is_set():  # cancelled by ``cancel`` while queued: an error for the caller
                 raise JobCancelled(f"job {job.id} ({name}) was cancelled before it started") from None
-            self.cancel(job.id)  # the caller left: drop the job, or stop it at its next checkpoint
+            with contextlib.suppress(KeyError):  # (unless it has just finished)
+                self.cancel(job.id)  # the caller left: drop the job, or stop it at its next checkpoint
             raise
 
     def cancel(self, job_id: int) -> str:
