@@ -394,7 +394,7 @@ def test_an_uploaded_png_is_attributed_and_bad_uploads_are_refused(client):
                                                           "sanity": False, **kw})  # fmt: skip
 
     d = post(png="data:image/png;base64," + _png_b64(rgb)).json()
-    assert d["image"]["upload"]["note"] == "3 channels (RGB) converted to grey" and d["mask"] is None
+    assert d["image"]["upload"]["note"] == "3 channel(s) (RGB) converted to grey" and d["mask"] is None
     assert d["predicted"] == int(org.module(org.test.images[:1]).argmax()) and d["label"] is None
     assert "localisation" not in d["methods"][0]["metrics"]
     big = np.random.default_rng(0).integers(0, 255, (220, 220, 3), dtype=np.uint8)  # noise: does not compress

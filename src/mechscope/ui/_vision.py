@@ -173,7 +173,7 @@ def decode_png(data: str, size: int) -> tuple[torch.Tensor, dict[str, Any]]:
         raise
     except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for a damaged file
         raise BadRequest(f"the PNG cannot be read: {err}") from None
-    note = "grey" if channels == 1 else f"{channels} channels ({im.mode}) converted to grey"
+    note = "grey" if im.mode in ("1", "L") else f"{channels} channel(s) ({im.mode}) converted to grey"
     return pixels, {"width": w, "height": h, "channels": channels, "mode": im.mode, "note": note}
 
 
