@@ -61,6 +61,8 @@ class HookSet:
         def apply(raw: Tensor) -> Tensor | None:
             res = residual.get("x")
             act = raw + res if res is not None else site.view(raw)  # resid_mid = resid_pre + attn_out
+            if site.modified_later:
+                act = act.clone()  # the value the module returned, before the model adds to it in place
             new = handler(act)
             if new is None:
                 return None
@@ -89,7 +91,7 @@ class HookSet:
                 return None
             leaf = raw.detach().requires_grad_(True)  # nothing upstream needs gradients
             store.append((site, leaf))
-            return leaf
+            return leaf.clone() if site.modified_later else leaf  # a leaf cannot be added to in place
 
         self._register(site, apply)
 
