@@ -42,7 +42,8 @@ class _ReshapeRule(PropagationRule):
     """Identity rule for a module that only moves entries (its relevance sum is kept).
 
     It installs no hooks, so the relevance flowing backwards as Captum's modified gradient is reshaped by autograd
-    like the tensor itself. (Captum's own ``IdentityRule`` hands the output's relevance to the input unchanged, which needs equal shapes.)
+    like the tensor itself. (Captum's own ``IdentityRule`` hands the output's relevance to the input unchanged,
+    which needs equal shapes.)
     """
 
     def forward_hook(self, module: nn.Module, inputs: Any, outputs: Any) -> None:
