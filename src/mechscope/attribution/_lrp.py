@@ -76,7 +76,8 @@ def lrp(model: Model, inputs: Any, target: Any, *, epsilon: float = LRPConfig.ep
                     "methods in forward). Use integrated_gradients or input_x_gradient for this model"
                 )
             # Captum reads the rule from this attribute
-            m.rule = _ReshapeRule() if isinstance(m, _RESHAPES) else EpsilonRule(epsilon)
+            rule: Any = _ReshapeRule() if isinstance(m, _RESHAPES) else EpsilonRule(epsilon)
+            m.rule = rule
             ruled.append(m)
         idx = _per_example(sp.target.index, sp.n, sp.x.device)
         with torch.enable_grad():
