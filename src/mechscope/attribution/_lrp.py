@@ -69,15 +69,15 @@ def lrp(model: Model, inputs: Any, target: Any, *, epsilon: float = LRPConfig.ep
         for name, m in model.module.named_modules():
             if list(m.children()) or type(m) in SUPPORTED_NON_LINEAR_LAYERS:
                 continue
-            if not isinstance(m, (*_EPSILON_LAYERS, *_RESHAPES)):
+            has_rule = isinstance(m, (*_EPSILON_LAYERS, *_RESHAPES))  # (not narrowing m: Captum's types are Any)
+            if not has_rule:
                 raise ValueError(
                     f"LRP has no rule for {name!r} ({type(m).__name__}): mechscope's LRP covers conv, linear, batch "
                     "norm, pools, ReLU/Tanh/Dropout and reshapes (nn.Flatten, nn.Unflatten, nn.Identity, or tensor "
                     "methods in forward). Use integrated_gradients or input_x_gradient for this model"
                 )
             # Captum reads the rule from this attribute
-            rule: Any = _ReshapeRule() if isinstance(m, _RESHAPES) else EpsilonRule(epsilon)
-            m.rule = rule
+            m.rule = _ReshapeRule() if isinstance(m, _RESHAPES) else EpsilonRule(epsilon)
             ruled.append(m)
         idx = _per_example(sp.target.index, sp.n, sp.x.device)
         with torch.enable_grad():
