@@ -18,8 +18,8 @@ from test_generate import hf_generate
 import mechscope as ms
 from mechscope.circuits import direct_logit_attribution, eap
 
-NEW = ["olmo", "olmo2", "phi", "phi3", "gptj", "gpt_bigcode", "falcon", "bloom", "gemma3_text", "granite",
-       "stablelm", "mixtral", "qwen2_moe"]  # fmt: skip
+NEW = ["mistral", "qwen2", "qwen3", "olmo", "olmo2", "phi", "phi3", "gptj", "gpt_bigcode", "falcon", "bloom",
+       "gemma3_text", "granite", "stablelm", "mixtral", "qwen2_moe"]  # fmt: skip
 POST_NORM = {"olmo2", "gemma3_text"}
 """A norm after each branch: attention's output is not its heads' sum, so edge-level graphs are refused."""
 MOE = {"mixtral", "qwen2_moe"}

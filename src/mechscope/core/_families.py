@@ -49,9 +49,6 @@ class Family:
     """Config attribute that, when true, makes attention and MLP read the same residual (no ``resid_mid``)."""
     parallel: bool = False
     """Attention and MLP always read the same residual (GPT-J, Phi); ``ln2`` is then the shared norm ``ln1``."""
-    n_kv_heads: int | None = None
-    """Key/value heads fixed by the architecture (multi-query attention: 1); None: the config's
-    ``num_key_value_heads``, else one per query head."""
     mlp_out_in_place: bool = False
     """The block adds attention's output into the MLP's output tensor in place (Falcon's parallel blocks)."""
     router: str | None = None
@@ -218,9 +215,9 @@ def _falcon(config: Any) -> Family:
 
 
 def _gpt_bigcode(config: Any) -> Family:
-    # Multi-query (StarCoder): [q | k | v] with one key/value head; otherwise per head [head, (q k v), d_head].
-    base = replace(_GPT2, qkv_layout="concat", n_kv_heads=1)
-    return base if config.multi_query else replace(_GPT2, qkv_layout="interleaved")
+    # Multi-query (StarCoder): [q | k | v] with one key/value head (the config's num_key_value_heads); otherwise
+    # per head [head, (q k v), d_head].
+    return _GPT2 if config.multi_query else replace(_GPT2, qkv_layout="interleaved")
 
 
 def _opt(config: Any) -> Family:
