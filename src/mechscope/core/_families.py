@@ -49,6 +49,8 @@ class Family:
     """Config attribute that, when true, makes attention and MLP read the same residual (no ``resid_mid``)."""
     parallel: bool = False
     """Attention and MLP always read the same residual (GPT-J, Phi); ``ln2`` is then the shared norm ``ln1``."""
+    mlp_flat: bool = False
+    """The block flattens batch and positions into one axis before its MLP (OPT): the MLP's sites unflatten it."""
     mlp_out_in_place: bool = False
     """The block adds attention's output into the MLP's output tensor in place (Falcon's parallel blocks)."""
     router: str | None = None
@@ -162,6 +164,7 @@ _OPT = Family(
     mlp_down="fc2",
     ln1="self_attn_layer_norm",
     ln2="final_layer_norm",
+    mlp_flat=True,
 )
 
 # BLOOM adds the residual inside its attention and MLP modules, so their output projections are the branch outputs.
@@ -221,12 +224,13 @@ def _gpt_bigcode(config: Any) -> Family:
 
 
 def _opt(config: Any) -> Family:
-    # The table above names OPT's modules, but its blocks flatten batch and positions into one axis before the
-    # MLP (ln2, mlp.L.post and mlp_out would be [batch*pos ...], not [batch pos ...]); sites cannot view that yet.
-    raise ValueError(
-        "OPT is not supported yet: its blocks flatten batch and positions into one axis before the MLP, so the "
-        "MLP's sites are not [batch pos ...] tensors. Use ms.wrap(module) to work with its module paths."
-    )
+    if not config.do_layer_norm_before or config.word_embed_proj_dim != config.hidden_size:
+        raise ValueError(
+            "this OPT variant (OPT-350M: norms after each branch, and a projection around the embeddings) has no "
+            "pre-norm residual stream for mechscope's sites; the other OPT sizes open. Use ms.wrap(module) for its "
+            "module paths."
+        )
+    return _OPT
 
 
 def _stablelm(config: Any) -> Family:

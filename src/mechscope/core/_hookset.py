@@ -105,6 +105,8 @@ class HookSet:
 
     def _register(self, site: Site, fn: Callable[[Tensor], Tensor | None]) -> None:
         module = self._module(site.module)
+        if site.tokens_from is not None:
+            fn = self._unflattening(site.tokens_from, fn)
         if site.io == "in":
 
             def pre_hook(_m: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
@@ -125,6 +127,26 @@ class HookSet:
                 return (*out[: site.index], new, *out[site.index + 1 :]) if isinstance(out, tuple) else new
 
             self._handles.append(module.register_forward_hook(hook))
+
+    def _unflattening(self, tokens_from: str, fn: Callable[[Tensor], Tensor | None]) -> Callable[[Tensor], Tensor]:
+        """``fn`` on a ``[batch*pos ...]`` tensor seen as ``[batch pos ...]`` (the shape of ``tokens_from``'s input).
+
+        The module's tensor is always replaced by a flattened view of what ``fn`` saw (the same values), so gradients
+        taken at the unflattened tensor reach the model.
+        """
+        shape: dict[str, torch.Size] = {}
+
+        def capture(_m: nn.Module, args: tuple, kwargs: dict) -> None:
+            shape["x"] = _first_input(args, kwargs).shape[:2]
+
+        self._handles.append(self._module(tokens_from).register_forward_pre_hook(capture, with_kwargs=True))
+
+        def apply(raw: Tensor) -> Tensor:
+            tokens = raw.unflatten(0, shape["x"])  # [batch pos ...]
+            new = fn(tokens)
+            return (tokens if new is None else new).flatten(0, 1)
+
+        return apply
 
 
 def _first_input(args: tuple, kwargs: dict) -> Tensor:

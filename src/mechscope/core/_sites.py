@@ -86,6 +86,9 @@ class Site:
     writable: bool = True
     residual_from: str | None = None
     """For ``resid_mid``: module whose input is the residual stream that this site's tensor is added to."""
+    tokens_from: str | None = None
+    """The module's tensor has batch and positions flattened into one axis (OPT's MLP): this module's input gives
+    the ``[batch pos]`` shape the site unflattens it to."""
     modified_later: bool = False
     """The model adds to this tensor in place after the module returns (Falcon's parallel MLP output): readers
     get a copy taken when the module returns."""
@@ -156,6 +159,7 @@ def _layer_sites(f: Family, c: ModelConfig, layer: int) -> list[Site]:
     o = layer * 10
     kv_note = f"; GQA: each of {c.n_kv_heads} KV heads serves {c.n_heads // c.n_kv_heads} query heads"
     kv_note = kv_note if c.n_kv_heads != c.n_heads else ""
+    flat = block if f.mlp_flat else None  # the block's input has the [batch pos] shape its MLP flattened
     sites = [
         Site(f"resid_pre.{layer}", block, "in", axes=res, sizes=res_sizes, meaning="residual stream into the block",
              order=o + 1),
@@ -184,7 +188,7 @@ def _layer_sites(f: Family, c: ModelConfig, layer: int) -> list[Site]:
                           meaning="residual stream between attention and MLP (resid_pre + attn_out)", order=o + 6,
                           residual_from=f"{block}.{f.ln1 or f.attn}"))  # fmt: skip
     if f.ln2 is not None and f.ln2 != f.ln1:  # a norm shared by both branches (GPT-J, Phi) is ln1 only
-        sites.append(Site(f"ln2.{layer}", f"{block}.{f.ln2}", "out", axes=res, sizes=res_sizes,
+        sites.append(Site(f"ln2.{layer}", f"{block}.{f.ln2}", "out", axes=res, sizes=res_sizes, tokens_from=flat,
                           meaning="normalised residual stream that the MLP reads (the norm in front of the MLP)",
                           order=o + 6.5))  # fmt: skip
     if f.router is not None:
@@ -194,11 +198,12 @@ def _layer_sites(f: Family, c: ModelConfig, layer: int) -> list[Site]:
                                   "them; read-only: the router picks experts inside its own forward)"))  # fmt: skip
     if f.mlp_down is not None:
         sites.append(Site(f"mlp.{layer}.post", f"{block}.{f.mlp_down}", "in", axes=("batch", "pos", "d_mlp"),
-                          sizes=(None, None, c.d_mlp), meaning="MLP neuron activations (input of the down projection)",
-                          order=o + 7))  # fmt: skip
+                          tokens_from=flat, sizes=(None, None, c.d_mlp), order=o + 7,
+                          meaning="MLP neuron activations (input of the down projection)"))  # fmt: skip
     sites += [
         Site(f"mlp_out.{layer}", f"{block}.{f.mlp_out}", "out", axes=res, sizes=res_sizes,
-             meaning="MLP output added to the residual stream", order=o + 8, modified_later=f.mlp_out_in_place),
+             meaning="MLP output added to the residual stream", order=o + 8, modified_later=f.mlp_out_in_place,
+             tokens_from=flat),
         Site(f"resid_post.{layer}", block, "out", axes=res, sizes=res_sizes, meaning="residual stream out of the block",
              order=o + 9),
     ]  # fmt: skip

@@ -30,6 +30,7 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "phi3": {**_GQA},
     "gptj": {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_inner": 128, "n_positions": 256, "rotary_dim": 8},
     "gpt_bigcode": {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_inner": 128, "n_positions": 256},
+    "opt": {**_COMMON, "ffn_dim": 128, "max_position_embeddings": 256, "word_embed_proj_dim": 64},
     "falcon": {
         "hidden_size": 64,
         "num_hidden_layers": 2,
