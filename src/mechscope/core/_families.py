@@ -117,7 +117,7 @@ _GPT_NEOX = Family(
     parallel_attr="use_parallel_residual",
 )
 
-# --- families whose blocks differ from the four above only in module names -------------------------------------
+# --- more families: each a table, or a function of the config where a config switch changes the block ----------
 
 # OLMo 2 normalises each branch's output (no norm in front of attention or the MLP); q and k are normalised after
 # the projections, so the head.L.q/k sites (projection outputs) are before that norm, like the rotary.
