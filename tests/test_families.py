@@ -237,6 +237,7 @@ def test_other_variants_open_too():
         ("stablelm", {"use_parallel_residual": True}, True),
         ("falcon", {"parallel_attn": False, "multi_query": False, "alibi": True}, False),
         ("gpt_bigcode", {"multi_query": False}, False),
+        ("olmo", {"clip_qkv": 0.3}, False),  # 6% of q/k/v clamped; smooth enough for the check
     ]:
         model = ms.tiny(family, seed=1, **overrides)
         assert model.cfg.parallel is parallel
@@ -245,3 +246,14 @@ def test_other_variants_open_too():
         assert torch.equal(out.logits, plain_logits(model, PROMPTS)), family
         check_eap_is_the_derivative(model, "denoising")
     assert ms.tiny("falcon").cfg.n_kv_heads == ms.tiny("gpt_bigcode").cfg.n_kv_heads == 1  # multi-query
+
+
+def test_olmo_clip_qkv_sites_are_the_projections_before_the_in_place_clamp():
+    model = ms.tiny("olmo", clip_qkv=0.3)
+    out = model.run(PROMPTS, cache=["ln1.0", "head.0.q"])
+    q_proj = model.module.model.layers[0].self_attn.q_proj
+    with torch.no_grad():
+        want = q_proj(out.cache["ln1.0"]).unflatten(-1, (model.cfg.n_heads, model.cfg.d_head))
+    assert torch.equal(out.cache["head.0.q"], want) and want.abs().max() > 0.3  # the clamp bites, after the site
+    grads = model.run(PROMPTS, grad_of=lambda r: r.final_logits()[:, 65].sum(), grad_at="head.0.q").grads
+    assert grads["head.0.q"].shape == want.shape and grads["head.0.q"].abs().sum() > 0

@@ -51,6 +51,8 @@ class Family:
     """Attention and MLP always read the same residual (GPT-J, Phi); ``ln2`` is then the shared norm ``ln1``."""
     mlp_flat: bool = False
     """The block flattens batch and positions into one axis before its MLP (OPT): the MLP's sites unflatten it."""
+    qkv_in_place: bool = False
+    """Attention clamps the projections' outputs in place (OLMo's ``clip_qkv``)."""
     mlp_out_in_place: bool = False
     """The block adds attention's output into the MLP's output tensor in place (Falcon's parallel blocks)."""
     router: str | None = None
@@ -233,6 +235,11 @@ def _opt(config: Any) -> Family:
     return _OPT
 
 
+def _olmo(config: Any) -> Family:
+    # clip_qkv: attention clamps q, k and v in place; the sites keep the projections' outputs (before the clamp)
+    return replace(_LLAMA, qkv_in_place=True) if config.clip_qkv is not None else _LLAMA
+
+
 def _stablelm(config: Any) -> Family:
     return replace(_LLAMA, ln2=_LLAMA.ln1, parallel=True) if config.use_parallel_residual else _LLAMA
 
@@ -257,7 +264,7 @@ FAMILIES: dict[str, FamilyRule] = {
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
     "qwen3": _LLAMA,
-    "olmo": _LLAMA,
+    "olmo": _olmo,
     "olmo2": _OLMO2,
     "gemma": _LLAMA,
     "gemma2": _GEMMA2,

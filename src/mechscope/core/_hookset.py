@@ -86,12 +86,14 @@ class HookSet:
         """Record the tensor flowing through ``site`` so gradients can be taken with respect to it."""
 
         def apply(raw: Tensor) -> Tensor | None:
+            # When the model changes the tensor in place later (a clamp, an addition), it must change a copy: the
+            # gradient is taken at the value the module returned.
             if raw.requires_grad:
                 store.append((site, raw))
-                return None
+                return raw.clone() if site.modified_later else None
             leaf = raw.detach().requires_grad_(True)  # nothing upstream needs gradients
             store.append((site, leaf))
-            return leaf.clone() if site.modified_later else leaf  # a leaf cannot be added to in place
+            return leaf.clone() if site.modified_later else leaf
 
         self._register(site, apply)
 

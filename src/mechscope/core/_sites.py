@@ -173,7 +173,8 @@ def _layer_sites(f: Family, c: ModelConfig, layer: int) -> list[Site]:
         sizes = q_sizes if part == "q" else kv_sizes
         what = {"q": "query (before rotary)", "k": "key (before rotary)" + kv_note, "v": "value" + kv_note}[part]
         sites.append(Site(f"head.{layer}.{part}", f"{block}.{module}", "out", view=view, axes=head_axes,
-                          sizes=sizes, meaning=f"per-head {what}", order=o + 2))  # fmt: skip
+                          sizes=sizes, meaning=f"per-head {what}", order=o + 2,
+                          modified_later=f.qkv_in_place))  # fmt: skip
     sites += [
         Site(f"head.{layer}.pattern", f"{block}.{f.attn}", "out", index=1, axes=("batch", "head", "qpos", "kpos"),
              sizes=(None, c.n_heads, None, None), meaning="attention probabilities (eager attention; read-only)",
