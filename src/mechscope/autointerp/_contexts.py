@@ -163,7 +163,8 @@ def gather(db: FeatureDB, latent: int, config: ContextConfig, pool: NegativePool
 
 def _from_example(e: Any, kind: str) -> Window:
     tokens = e.tokens if e.tokens is not None else tuple(f"<{i}>" for i in e.token_ids)
-    return Window(tuple(tokens), tuple(e.activations), kind)
+    skip = 1 if e.window_start == 0 else 0  # position 0 holds the BOS token of every stored context: not text
+    return Window(tuple(tokens[skip:]), tuple(e.activations[skip:]), kind)
 
 
 def _vocab(path: Path, ids: list[int]) -> dict[int, str]:

@@ -9,7 +9,7 @@ chance ``1 / n_planted``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,7 +78,7 @@ class GroundTruth:
                   for c in self.checks]  # fmt: skip
         lines += ["", "| explainer | feature | similarity | recovered@1 | text |", "|---|---|---|---|---|"]
         lines += [f"| {r.explainer} | {r.feature} | {r.similarity:.3f} | {'yes' if r.recovered else 'no'} | "
-                  f"{(r.text or '(failed)').replace('|', '/')} |" for r in self.recovery]  # fmt: skip
+                  f"{(r.text or '(failed)').replace('|', '&#124;')} |" for r in self.recovery]  # fmt: skip
         return "\n".join(lines)
 
 
@@ -107,20 +107,26 @@ def check_scorers(
 
 def recovery(db_path: str | Path, explainers: Sequence[str], tools: Tools, llm: Chat | None = None) -> list[Recovery]:
     """Run each explainer on the planted latents and measure how close its text comes to the true description."""
-    truths = [p.description for p in PLANTED]
-    truth_vectors = tools.embedder(truths)
     out = []
     for name in explainers:
         summary = explain(db_path, name, latents=range(len(PLANTED)), llm=llm, progress=False)
         with Records(db_path) as records:
             found = {r.latent: r.text for r in records.explanations(explainer=name, run=summary.run)}
-        for latent, p in enumerate(PLANTED):
-            text = found.get(latent)
-            if text is None:
-                out.append(Recovery(p.name, name, None, 0.0, False))
-                continue
-            sims = truth_vectors @ tools.embedder([text])[0]
-            out.append(Recovery(p.name, name, text, float(sims[latent]), int(sims.argmax()) == latent))
+        out += recovery_of(found, name, tools, range(len(PLANTED)))
+    return out
+
+
+def recovery_of(texts: dict[int, str | None], explainer: str, tools: Tools, latents: Iterable[int]) -> list[Recovery]:
+    """Recovery of the planted ``latents`` from an explainer's ``texts`` (latent -> text; missing: failed)."""
+    truth_vectors = tools.embedder([p.description for p in PLANTED])
+    out = []
+    for latent in latents:
+        p, text = PLANTED[latent], texts.get(latent)
+        if text is None:
+            out.append(Recovery(p.name, explainer, None, 0.0, False))
+            continue
+        sims = truth_vectors @ tools.embedder([text])[0]
+        out.append(Recovery(p.name, explainer, text, float(sims[latent]), int(sims.argmax()) == latent))
     return out
 
 
