@@ -48,7 +48,7 @@ from mechscope.autointerp._explainers import explain_prompt
 from mechscope.autointerp._truth import GroundTruth, recovery_of
 
 ROOT = Path(__file__).resolve().parent.parent
-DELPHI_PROMPT_TOKENS = 780  # Paulo et al. 2024: prompt tokens per latent of the explainer (their §4 cost table)
+DELPHI_PROMPT_TOKENS = 780  # prompt tokens per latent that delphi reports for its explainer (as issue 16 quotes it)
 
 
 def _copy(src: Path, tmp: Path, k: int) -> Path:

@@ -314,7 +314,9 @@ def test_killed_explain_job_resumes_without_recomputing(planted, tmp_path):
 
 
 class _Stub(BaseHTTPRequestHandler):
-    script: ClassVar[list[str]] = []  # per request, in order: 'ok', '500', 'nonjson', 'empty', 'slow'; then 'ok'
+    script: ClassVar[
+        list[str]
+    ] = []  # per request, in order: 'ok', '500', 'nonjson', 'empty', 'slow', 'refusal'; then 'ok'
     seen: ClassVar[list[dict]] = []
     in_flight = 0
     max_in_flight = 0
@@ -340,9 +342,11 @@ class _Stub(BaseHTTPRequestHandler):
                 return
             n = body["messages"][1]["content"].count("Example ")
             content = {"ok": f"The examples.\n[EXPLANATION]: pattern with {n} examples", "empty": "  ",
-                       "nonjson": None, "slow": "[EXPLANATION]: late"}[what]  # fmt: skip
-            raw = b"<html>oops</html>" if content is None else json.dumps(
-                {"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()  # fmt: skip
+                       "nonjson": None, "slow": "[EXPLANATION]: late", "refusal": ""}[what]  # fmt: skip
+            message = {"role": "assistant", "content": content}
+            if what == "refusal":
+                message["refusal"] = "I cannot help with that."
+            raw = b"<html>oops</html>" if content is None else json.dumps({"choices": [{"message": message}]}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
@@ -369,6 +373,9 @@ def test_http_chat_retries_then_fails_clearly(stub):
     _Stub.script = ["500", "nonjson"]
     assert chat.complete(messages, max_tokens=5, seed=0).endswith("pattern with 1 examples")
     assert len(_Stub.seen) == 3 and _Stub.seen[0]["model"] == "m" and _Stub.seen[0]["max_tokens"] == 5
+    _Stub.script = ["refusal"]
+    with pytest.raises(ChatError, match="refused: I cannot help"):
+        HTTPChat(stub, retries=1).complete(messages, max_tokens=5, seed=0)
     _Stub.script = ["empty", "slow", "500"]
     with pytest.raises(ChatError, match=r"HTTP 500.*after 3 of 3 tries"):
         chat.complete(messages, max_tokens=5, seed=0)

@@ -5,7 +5,8 @@ A ``Chat`` turns a list of ``{"role", "content"}`` messages into the assistant's
 - ``LocalChat``: SmolLM2-135M-Instruct (mechscope's built-in model) through its own chat template, greedy,
   one request at a time, offline;
 - ``HTTPChat``: ``POST {url}/chat/completions`` in the OpenAI shape, so a vLLM, llama.cpp or Ollama server the
-  user runs does the work. Timeouts, refusals, non-JSON bodies and empty replies raise ``ChatError`` after
+  user runs does the work. Timeouts, refusals (``message.refusal`` or ``finish_reason: content_filter``), HTTP
+  errors, non-JSON bodies and empty replies raise ``ChatError`` after
   ``retries`` tries with exponential backoff; it is thread-safe (stdlib ``urllib``), so a job may send several
   requests at once (``concurrency``).
 """
@@ -158,10 +159,13 @@ class HTTPChat:
 def _content(raw: bytes) -> str:
     """The reply text of a chat-completions response body."""
     try:
-        data = json.loads(raw)
-        text = data["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError) as e:
+        choice = json.loads(raw)["choices"][0]
+        message = choice["message"]
+        text = message.get("content")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
         raise ChatError(f"not a chat-completions reply ({type(e).__name__}): {raw[:200]!r}") from None
+    if message.get("refusal") or choice.get("finish_reason") == "content_filter":
+        raise ChatError(f"the model refused: {message.get('refusal') or 'finish_reason content_filter'}")
     if not isinstance(text, str) or not text.strip():
         raise ChatError("the reply's content is empty")
     return text.strip()
