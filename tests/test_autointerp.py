@@ -418,3 +418,22 @@ def test_cli_explain_score_show(planted, tmp_path):
     assert r.exit_code == 0 and "explanation [ngrams" in r.stdout and "embedding:" in r.stdout, r.output
     r = CliRunner().invoke(app, ["score", str(path), "--scorer", "embedding", "--explainer", "llm"])
     assert r.exit_code == 1 and "no explanations by 'llm'" in r.output
+
+
+# --- the built-in chat model --------------------------------------------------------------------------------------
+
+
+def test_llm_explainer_with_the_built_in_model_fits_its_budget_and_stores_the_exchange(planted, tmp_path, smol):
+    from mechscope.autointerp import LocalChat
+
+    path = fresh(planted, tmp_path)
+    chat = LocalChat(smol)
+    s = explain(path, "llm", config=LLMConfig(max_prompt_tokens=400, max_new_tokens=8), latents=[2], llm=chat,
+                progress=False)  # fmt: skip
+    (row,) = read_explanations(path)
+    assert row.prompt_tokens <= 400 and row.note.startswith("dropped ") and "<<" in row.prompt
+    assert row.prompt_tokens == chat.count_tokens(row.prompt)
+    if row.text is None:  # a 135M model may reply with nothing usable; that is a per-latent error, not a crash
+        assert s.failed and "ChatError" in row.error
+    else:
+        assert row.response and row.text in row.response and row.provenance["llm"] == "smollm2-135m"

@@ -84,7 +84,7 @@ def explain(
     run = run_id(provenance)
     with FeatureDB(db_path) as db, Records(db_path) as records:
         todo = _latents(db, latents)
-        finished = {r.latent for r in records.explanations(explainer=spec.name, run=run) if r.text is not None}
+        finished = set(records.texts(spec.name, run))
         pending = [i for i in todo if i not in finished]
 
         def write(latent: int, result: Explanation | BaseException, seconds: float) -> None:
@@ -128,14 +128,13 @@ def score(
         run = run or records.latest_run(explainer)
         if run is None:
             raise ValueError(f"{db_path} holds no explanations by {explainer!r}: run `mechscope explain` first")
-        texts = {r.latent: r.text for r in records.explanations(explainer=explainer, run=run) if r.text is not None}
+        texts = records.texts(explainer, run)
         shuffled = derange(texts, seed)
         provenance = {"scorer": spec.name, "config": dataclasses.asdict(config), "llm": None if llm is None else
                       llm.name, "contexts": dataclasses.asdict(contexts), "pool": None if pool is None else len(pool),
                       "seed": seed}  # fmt: skip
         todo = [i for i in _latents(db, latents) if i in texts]
-        finished = {r.latent for r in records.scores(explainer=explainer, run=run, scorer=spec.name)
-                    if r.value is not None}  # fmt: skip
+        finished = records.scored(explainer, run, spec.name)
         pending = [i for i in todo if i not in finished]
 
         def work(c: LatentContexts) -> tuple[Score, Score]:

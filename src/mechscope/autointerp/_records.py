@@ -141,6 +141,23 @@ class Records:
         )
         return [ScoreRecord(*r[:-2], json.loads(r[-2]), json.loads(r[-1])) for r in rows]  # type: ignore[call-arg]
 
+    def texts(self, explainer: str, run: str) -> dict[int, str]:
+        """Latent -> explanation text of one run (failed latents left out); reads no prompts or responses."""
+        rows = self.con.execute(
+            "SELECT latent, text FROM explanations WHERE explainer = ? AND run = ? AND text IS NOT NULL",
+            (explainer, run),
+        )
+        return dict(rows)
+
+    def scored(self, explainer: str, run: str, scorer: str) -> set[int]:
+        """Latents with a stored (successful) score of one run by ``scorer``."""
+        rows = self.con.execute(
+            "SELECT latent FROM explanation_scores WHERE explainer = ? AND run = ? AND scorer = ? "
+            "AND value IS NOT NULL",
+            (explainer, run, scorer),
+        )
+        return {r[0] for r in rows}
+
     def latest_run(self, explainer: str) -> str | None:
         """The run of ``explainer`` with the most explained latents (None when it has none)."""
         row = self.con.execute(
