@@ -21,10 +21,12 @@ from ._config import config_for, configs_for, method_choice, method_options
 
 if TYPE_CHECKING:
     ExplainerOpt = str
+    ScoredOpt = str
 else:
     from ..autointerp import EXPLAINERS
 
     ExplainerOpt = Annotated[method_choice(EXPLAINERS), typer.Option(help="Explainer (its settings: below).")]
+    ScoredOpt = Annotated[method_choice(EXPLAINERS), typer.Option("--explainer", help="Whose explanations to score.")]
 
 DbArg = Annotated[Path, typer.Argument(help="Feature database (SQLite) built by `mechscope features build`.")]
 LatentsOpt = Annotated[str | None, typer.Option(help="Latents: '0-99,120,7' (default: every latent that ever fired).")]
@@ -89,7 +91,10 @@ def score(
     scorer: Annotated[
         list[str], typer.Option(help="Scorer (repeat for several): detection, fuzzing, embedding, simulation.")
     ],
-    explainer: ExplainerOpt = "top-tokens",
+    explainer: ScoredOpt = "top-tokens",
+    run_id: Annotated[
+        str | None, typer.Option("--run", help="Which run of the explainer (default: its fullest).")
+    ] = None,
     latents: LatentsOpt = None,
     store: Annotated[
         Path | None, typer.Option(help="Activation store (default: the one the database was built from).")
@@ -118,8 +123,8 @@ def score(
         pool = _pool(database, store, dictionary, n_windows)
         out: dict[str, Any] = {}
         for spec, config in zip(specs, configs, strict=True):
-            summary = run(database, spec, explainer=explainer, config=config, latents=parse_latents(latents), llm=llm,
-                          pool=pool)  # fmt: skip
+            summary = run(database, spec, explainer=explainer, run=run_id, config=config,
+                          latents=parse_latents(latents), llm=llm, pool=pool)  # fmt: skip
             out[spec.name] = {**summary.to_dict(), **_means(database, explainer, summary.run, spec.name)}
     _report(out, as_json)
 
