@@ -416,6 +416,8 @@ def test_cli_explain_score_show(planted, tmp_path):
     assert got["latents_scored"] == 4 and got["chance"] == 0.5
     r = CliRunner().invoke(app, ["features", "show", str(path), "2"])
     assert r.exit_code == 0 and "explanation [ngrams" in r.stdout and "embedding:" in r.stdout, r.output
+    r = CliRunner().invoke(app, ["score", str(path), "--scorer", "output", "--explainer", "ngrams"])
+    assert r.exit_code == 1 and "library-only" in r.output
     r = CliRunner().invoke(app, ["score", str(path), "--scorer", "embedding", "--explainer", "llm"])
     assert r.exit_code == 1 and "no explanations by 'llm'" in r.output
 
@@ -437,3 +439,55 @@ def test_llm_explainer_with_the_built_in_model_fits_its_budget_and_stores_the_ex
         assert s.failed and "ChatError" in row.error
     else:
         assert row.response and row.text in row.response and row.provenance["llm"] == "smollm2-135m"
+
+
+# --- output scoring (steering) ------------------------------------------------------------------------------------
+
+
+class FakeSteerer:
+    """Steered continuations that talk about the latent's planted meaning; plain ones about something else."""
+
+    prompts = ("a", "b", "c", "d")
+
+    def generations(self, latent):
+        topic = PLANTED[latent].description
+        return [f"{topic}, again {k}" for k in range(4)], ["the weather was mild", "we went home", "ok", "and then"]
+
+
+def test_output_scorer_is_the_auroc_of_steered_against_plain(planted, tmp_path, tools):
+    from mechscope.autointerp import Tools as T
+
+    db = planted[0]
+    c = gather(db, 0, ContextConfig())
+    spec = SCORERS["output"]
+    steer = FakeSteerer()
+    s = spec.fn(c, "digits and numbers", T(embedder=tools.embedder, steer=steer), spec.config())
+    steered, plain = steer.generations(0)
+    q = tools.embedder(["digits and numbers"])[0]
+    expected = auroc(tools.embedder(steered) @ q, tools.embedder(plain) @ q)
+    assert s.value == pytest.approx(expected) and s.value == 1.0 and s.chance == 0.5 and s.detail["changed"] == 4
+    with pytest.raises(ValueError, match="needs a steerer"):
+        spec.fn(c, "digits", T(embedder=tools.embedder), spec.config())
+    # the job: true descriptions separate steered from plain text, shuffled ones (another latent's) less so
+    path = fresh(planted, tmp_path)
+    _store_truth(path)
+    score(path, "output", explainer="truth", embedder=tools.embedder, steer=steer, progress=False)
+    rows = Records(path).scores(scorer="output")
+    assert len(rows) == len(PLANTED) and all(r.value == 1.0 for r in rows)
+    assert sum(r.shuffled for r in rows) / len(rows) < 0.95
+
+
+def test_dictionary_steerer_adds_the_decoder_direction(tiny_models):
+    from types import SimpleNamespace
+
+    from mechscope.autointerp import DictionarySteerer
+
+    model = tiny_models["llama"]
+    d_model = model.cfg.d_model
+    W_dec = torch.randn(3, d_model, generator=torch.Generator().manual_seed(0))
+    dictionary = SimpleNamespace(cfg=SimpleNamespace(site="resid_post.0"), W_dec=W_dec)
+    plain = list(model.generate(list(DictionarySteerer(model, dictionary).prompts), max_new_tokens=12).texts)
+    zero, base = DictionarySteerer(model, dictionary, strength=0.0).generations(1)
+    assert zero == base == plain  # adding nothing changes nothing
+    steered, base = DictionarySteerer(model, dictionary, strength=200.0).generations(1)
+    assert base == plain and steered != plain

@@ -10,6 +10,7 @@ from mechscope.autointerp._contexts import ContextConfig, LatentContexts, Negati
 from mechscope.autointerp._explainers import EXPLAINERS, PROMPT_VERSION, Explanation, LLMConfig, TokensConfig
 from mechscope.autointerp._jobs import JobSummary, derange, explain, score
 from mechscope.autointerp._llm import Chat, ChatError, HTTPChat, LocalChat
+from mechscope.autointerp._output import DictionarySteerer, OutputConfig, Steerer
 from mechscope.autointerp._planted import PLANTED, RANDOM_DESCRIPTIONS, OracleDictionary, planted_db
 from mechscope.autointerp._records import ExplanationRecord, Records, ScoreRecord, read_explanations, read_scores
 from mechscope.autointerp._scorers import SCORERS, EmbeddingConfig, JudgeConfig, Score, SimulationConfig, Tools
@@ -24,6 +25,7 @@ __all__ = [
     "Chat",
     "ChatError",
     "ContextConfig",
+    "DictionarySteerer",
     "EmbeddingConfig",
     "Explanation",
     "ExplanationRecord",
@@ -36,12 +38,14 @@ __all__ = [
     "LocalChat",
     "NegativePool",
     "OracleDictionary",
+    "OutputConfig",
     "Records",
     "Recovery",
     "Score",
     "ScoreRecord",
     "ScorerCheck",
     "SimulationConfig",
+    "Steerer",
     "TokensConfig",
     "Tools",
     "Window",

@@ -111,6 +111,7 @@ def score(
     latents: Iterable[int] | None = None,
     llm: Chat | None = None,
     embedder: Any = None,
+    steer: Any = None,
     pool: NegativePool | None = None,
     contexts: ContextConfig = ContextConfig(),  # noqa: B008 (frozen)
     seed: int = 0,
@@ -119,11 +120,11 @@ def score(
     """Score the stored explanations of ``explainer`` (its ``run``; default its fullest) with ``scorer``.
 
     Beside each latent's score it stores the score of a shuffled explanation: another latent's, drawn by a
-    seeded derangement over the explained latents.
+    seeded derangement over the explained latents. ``steer`` (a ``Steerer``) is for the ``output`` scorer.
     """
     spec = _spec(SCORERS, scorer)
     config = config if config is not None else spec.config()
-    tools = Tools(llm, embedder)
+    tools = Tools(llm, embedder, steer)
     with FeatureDB(db_path) as db, Records(db_path) as records:
         run = run or records.latest_run(explainer)
         if run is None:

@@ -13,6 +13,8 @@ latent's) beside each one, so a score is read against what any explanation would
   all tokens of all contexts (Bills et al. 2023, "all at once" correlation scoring). The simulator here is the
   embedding similarity of the explanation to each token's text, not an LLM: cheap, but blind to context and
   position, so it can only reward token-level explanations. Chance 0.
+- ``output`` (``_output``): steer the latent's decoder direction and compare the explanation's embedding
+  similarity to steered against unsteered continuations (AUROC; chance 0.5). Needs a ``Steerer``.
 
 An unparseable reply counts its items as wrong (and ``detail["unparsed"]`` counts them): a scorer that cannot
 read the chat model's answer must not look better than chance.
@@ -51,10 +53,10 @@ class Score:
 
 
 class Tools:
-    """What scorers may use: a chat model and the sentence embedder (opened on first use)."""
+    """What scorers may use: a chat model, the sentence embedder (opened on first use), a steerer (``output``)."""
 
-    def __init__(self, llm: Chat | None = None, embedder: Any = None) -> None:
-        self.llm, self._embedder = llm, embedder
+    def __init__(self, llm: Chat | None = None, embedder: Any = None, steer: Any = None) -> None:
+        self.llm, self._embedder, self.steer = llm, embedder, steer
 
     @property
     def embedder(self) -> Any:
@@ -72,7 +74,9 @@ class Tools:
         return self.llm
 
 
-SCORERS: Registry[Any, Score] = Registry("scorers", builtins=["mechscope.autointerp._scorers"])
+SCORERS: Registry[Any, Score] = Registry(
+    "scorers", builtins=["mechscope.autointerp._scorers", "mechscope.autointerp._output"]
+)
 """Declared scorers: ``fn(contexts: LatentContexts, explanation: str, tools: Tools, config) -> Score``."""
 
 

@@ -118,6 +118,9 @@ def score(
 
     with user_errors():
         specs = [SCORERS[s] for s in scorer]
+        if steered := [s.name for s in specs if "intervention" in s.tags]:
+            raise ValueError(f"{', '.join(steered)} steers the model and is library-only: "
+                             "autointerp.score(..., steer=DictionarySteerer(model, dictionary))")  # fmt: skip
         configs = configs_for(specs, settings or {}, option_owner=SCORERS)
         llm = _chat(url, llm_model, concurrency, timeout, retries, any("llm" in s.tags for s in specs))
         pool = _pool(database, store, dictionary, n_windows)
