@@ -397,6 +397,10 @@ def test_explain_job_over_http_is_concurrent_stores_prompts_and_resumes_failures
     ok = rows[(failed + 1) % len(PLANTED)]
     assert ok.text.startswith("pattern with") and "<<" in ok.prompt and ok.response.startswith("The examples.")
     assert ok.provenance["llm"] == chat.name and ok.provenance["prompt_version"] == "delphi-v1"
+    with pytest.raises(ValueError, match="llm needs a chat model"):
+        explain(path, "llm", progress=False)
+    with pytest.raises(ValueError, match=r"out of range: the dictionary has 6 latents"):
+        explain(path, "ngrams", latents=[7], progress=False)
     again = explain(path, "llm", llm=chat, progress=False)
     assert (again.done, again.skipped, again.failed) == (1, len(PLANTED) - 1, {})
 

@@ -53,15 +53,18 @@ class JobSummary:
         return dataclasses.asdict(self)
 
 
-def _spec(registry: Any, method: str | MethodSpec[Any, Any]) -> MethodSpec[Any, Any]:
-    return method if isinstance(method, MethodSpec) else registry[method]
+def _spec(registry: Any, method: str | MethodSpec[Any, Any], llm: Chat | None) -> MethodSpec[Any, Any]:
+    spec = method if isinstance(method, MethodSpec) else registry[method]
+    if "llm" in spec.tags and llm is None:
+        raise ValueError(f"{spec.name} needs a chat model: pass llm=LocalChat() (built-in) or HTTPChat(url)")
+    return spec
 
 
 def _latents(db: FeatureDB, latents: Iterable[int] | None) -> list[int]:
     if latents is not None:
         chosen = sorted(set(latents))
         if bad := [i for i in chosen if not 0 <= i < len(db)]:
-            raise IndexError(f"latents {bad[:5]} are out of range: the dictionary has {len(db)} latents")
+            raise ValueError(f"latents {bad[:5]} are out of range: the dictionary has {len(db)} latents")
         return chosen
     return sorted(s.latent for s in db.top_latents("n_active", len(db)) if s.n_active > 0)
 
@@ -77,7 +80,7 @@ def explain(
     progress: bool = True,
 ) -> JobSummary:
     """Explain ``latents`` (default: every latent that ever fired) of a feature database; rows go into it."""
-    spec = _spec(EXPLAINERS, explainer)
+    spec = _spec(EXPLAINERS, explainer, llm)
     config = config if config is not None else spec.config()
     provenance = {"explainer": spec.name, "config": dataclasses.asdict(config), "prompt_version": PROMPT_VERSION,
                   "llm": None if llm is None else llm.name, "contexts": dataclasses.asdict(contexts)}  # fmt: skip
@@ -122,7 +125,7 @@ def score(
     Beside each latent's score it stores the score of a shuffled explanation: another latent's, drawn by a
     seeded derangement over the explained latents. ``steer`` (a ``Steerer``) is for the ``output`` scorer.
     """
-    spec = _spec(SCORERS, scorer)
+    spec = _spec(SCORERS, scorer, llm)
     config = config if config is not None else spec.config()
     tools = Tools(llm, embedder, steer)
     with FeatureDB(db_path) as db, Records(db_path) as records:
