@@ -495,3 +495,40 @@ def test_dictionary_steerer_adds_the_decoder_direction(tiny_models):
     assert zero == base == plain  # adding nothing changes nothing
     steered, base = DictionarySteerer(model, dictionary, strength=200.0).generations(1)
     assert base == plain and steered != plain
+
+
+# --- a trained-dictionary layout: the negative pool against brute force ------------------------------------------
+
+
+def test_negative_pool_of_a_real_dictionary_matches_brute_force(tmp_path, tiny_models, tools):
+    from pydoc_data.topics import topics
+
+    import mechscope.features as mf
+    from mechscope.store import FeatureDBConfig, HarvestConfig, build_feature_db, harvest
+
+    model = tiny_models["llama"]
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"text": topics[k][:800]}) + "\n" for k in sorted(topics)[:4]))
+    cfg = HarvestConfig(("resid_post.1",), corpus=str(corpus), ctx_len=32, batch_size=16, shard_size=32 * 20)
+    store = harvest(model, cfg, tmp_path / "store", progress=False)
+    d = mf.build_dictionary(mf.DictionaryConfig("topk", d_in=64, d_sae=24, k=4, site="resid_post.1"), seed=1).eval()
+    W_U = model.module.get_output_embeddings().weight.T
+    db = build_feature_db(store, d, tmp_path / "f.db", FeatureDBConfig(top_k=5, window=8, before=4), W_U=W_U,
+                          tokenizer=model.tokenizer, progress=False)  # fmt: skip
+    pool = NegativePool.build(store, d, db, n_windows=40, seed=3)
+    # brute force: encode every stored token, take each pool window's largest activation per latent
+    acts = torch.cat([s.acts for s in store.shards("resid_post.1")]).float()
+    with torch.no_grad():
+        lat = d.encode(acts).view(-1, 32, 24)  # [n_ctx pos d_sae]
+    tokens = store.tokens()
+    for w in range(len(pool)):
+        hits = [(c, s) for c in range(len(tokens)) for s in range(1, 32 - 8 + 1)
+                if torch.equal(tokens[c, s : s + 8], pool.token_ids[w])]  # fmt: skip
+        assert any(torch.allclose(lat[c, s : s + 8].amax(0), pool.peak[w], atol=1e-5) for c, s in hits)
+    fired = [s.latent for s in db.top_latents("n_active", 24) if s.n_active > 0][:3]
+    summary = explain(db.path, "output-tokens", latents=fired, progress=False)
+    assert summary.done == len(fired)
+    assert all(r.text.startswith("predicts the tokens") for r in read_explanations(db.path))
+    scored = score(db.path, "embedding", explainer="output-tokens", embedder=tools.embedder, pool=pool, progress=False)
+    assert scored.done + len(scored.failed) == len(fired) and scored.done >= 1, scored
+    assert all("non-activating" in e for e in scored.failed.values())  # a latent firing in every pool window
