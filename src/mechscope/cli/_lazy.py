@@ -23,6 +23,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "harvest": ("_features", "Harvest activations at SITES over a corpus into a sharded, resumable safetensors store."),
     "dict": ("_features", "Train and evaluate sparse dictionaries on an activation store."),
     "features": ("_features", "Build and browse a feature database."),
+    "explain": (
+        "_autointerp",
+        "Explain every latent of a feature database in words (resumable; rows stored in the database).",
+    ),
+    "score": (
+        "_autointerp",
+        "Score an explainer's stored explanations (with chance level and a shuffled-explanation baseline).",
+    ),
     "attribute": (
         "_attribution",
         "Explain a vision model's decisions on images (PNG overlays), or a language model's tokens (HTML).",

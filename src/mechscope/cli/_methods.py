@@ -26,6 +26,8 @@ FAMILIES: dict[str, str] = {
     "visualize": "mechscope.visualize._registry:METHODS",
     "features": "mechscope.features._kinds:KINDS",
     "lenses": "mechscope.lenses._registry:METHODS",
+    "explainers": "mechscope.autointerp._explainers:EXPLAINERS",
+    "scorers": "mechscope.autointerp._scorers:SCORERS",
 }
 
 

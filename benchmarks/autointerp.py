@@ -1,0 +1,223 @@
+"""Auto-interpretation on this CPU: latents explained and scored per minute, split into phases; prompt tokens per
+latent; the embedding scorer's throughput; and the planted-feature ground truth.
+
+Everything runs on the planted feature database (``autointerp.planted_db``: the built-in corpus, 128 contexts of
+64 tokens, the six planted latents), so the meaning of every latent is known and the ground-truth table comes
+from the same run. Phases, per job (``JobSummary.seconds``): ``gather`` (a latent's contexts from the feature
+database, negatives from the pool), ``work`` (explaining or scoring), ``total``; the negative pool (256 store
+windows encoded once by the dictionary) is timed on its own. Each timed job runs on a fresh copy of the database
+(nothing to resume), ``--rounds`` times; figures are medians. The embedding scorer starts each round with an empty
+embedding memo (the model stays loaded), so windows are embedded again every round.
+
+The LLM explainer (SmolLM2-135M-Instruct, greedy, on the CPU) runs only with ``--llm-latents N`` (default 0: the
+quick mode does not spend minutes on the 135M model); prompt tokens per latent are counted with its tokenizer in
+every mode, from the prompts the explainer would send (delphi reports ~780 prompt tokens per latent).
+
+Run: ``.venv/bin/python benchmarks/autointerp.py [--rounds 5] [--llm-latents 2]``; writes
+``benchmarks/results/autointerp.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import mechscope as ms
+from mechscope._machine import machine
+from mechscope.autointerp import (
+    PLANTED,
+    ContextConfig,
+    LLMConfig,
+    LocalChat,
+    NegativePool,
+    Records,
+    Tools,
+    explain,
+    gather,
+    ground_truth,
+    planted_db,
+    score,
+)
+from mechscope.autointerp._explainers import explain_prompt
+from mechscope.autointerp._truth import GroundTruth, recovery_of
+
+ROOT = Path(__file__).resolve().parent.parent
+DELPHI_PROMPT_TOKENS = 780  # prompt tokens per latent that delphi reports for its explainer (as issue 16 quotes it)
+
+
+def _copy(src: Path, tmp: Path, k: int) -> Path:
+    dst = tmp / f"round{k}.db"
+    shutil.copy(src, dst)
+    return dst
+
+
+def _row(name: str, metric: str, value: float, unit: str, **extra) -> dict:
+    return {"name": name, "metric": metric, "value": round(value, 4), "unit": unit, **extra}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--llm-latents", type=int, default=0)
+    args = parser.parse_args()
+    model = ms.load("smollm2-135m")
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        t = time.perf_counter()
+        db, store, oracle = planted_db(model.tokenizer, tmp / "planted", n_contexts=128, ctx_len=64)
+        rows.append(
+            _row(
+                "planted store + feature database",
+                "seconds",
+                time.perf_counter() - t,
+                "s",
+                work="128 contexts x 64 tokens, 6 planted latents",
+            )
+        )
+        pools = []
+        for _ in range(args.rounds):
+            t = time.perf_counter()
+            pool = NegativePool.build(store, oracle, db, n_windows=256)
+            pools.append(time.perf_counter() - t)
+        rows.append(_row("negative pool (256 windows, encoded once)", "seconds", statistics.median(pools), "s"))
+
+        n = len(PLANTED)
+        for explainer in ("top-tokens", "ngrams"):
+            runs = [explain(_copy(db.path, tmp, k), explainer, progress=False).seconds for k in range(args.rounds)]
+            total = statistics.median(r["total"] for r in runs)
+            gather_s = statistics.median(r["gather"] for r in runs)
+            rows.append(
+                _row(
+                    f"explain {explainer}",
+                    "latents per minute",
+                    60 * n / total,
+                    "latents/min",
+                    gather_share=round(gather_s / total, 3),
+                    seconds_per_latent=round(total / n, 5),
+                )
+            )
+
+        tools = Tools()
+        tools.embedder(["warm up"])
+        base = _copy(db.path, tmp, 99)
+        explain(base, "top-tokens", progress=False)
+        for scorer in ("embedding", "simulation"):
+            runs = []
+            for k in range(args.rounds):
+                tools.embedder._memo.clear()
+                path = _copy(base, tmp, k)
+                runs.append(
+                    score(
+                        path, scorer, explainer="top-tokens", embedder=tools.embedder, pool=pool, progress=False
+                    ).seconds
+                )
+            total = statistics.median(r["total"] for r in runs)
+            gather_s = statistics.median(r["gather"] for r in runs)
+            rows.append(
+                _row(
+                    f"score {scorer} (true + shuffled explanation)",
+                    "latents per second",
+                    n / total,
+                    "latents/s",
+                    gather_share=round(gather_s / total, 3),
+                    work="20 activating + 10 non-activating contexts of 16 tokens per latent, scored twice",
+                )
+            )
+
+        chat = LocalChat(model)
+        tokens = []
+        for latent in range(n):
+            c = gather(db, latent, ContextConfig())
+            messages, _ = explain_prompt(c.activating, LLMConfig(), chat.count_tokens)
+            tokens.append(chat.count_tokens("\n\n".join(m["content"] for m in messages)))
+        prompt_tokens = statistics.mean(tokens)
+        rows.append(
+            _row(
+                "llm explainer prompt",
+                "prompt tokens per latent",
+                prompt_tokens,
+                "tokens",
+                work="20 activating contexts of 16 tokens, activations listed (LLMConfig defaults)",
+            )
+        )
+        if args.llm_latents:
+            path = _copy(db.path, tmp, 50)
+            s = explain(path, "llm", latents=range(args.llm_latents), llm=chat, progress=False)
+            rows.append(
+                _row(
+                    "explain llm (SmolLM2-135M, CPU, greedy)",
+                    "seconds per latent",
+                    s.seconds["total"] / args.llm_latents,
+                    "s/latent",
+                    gather_share=round(s.seconds["gather"] / s.seconds["total"], 4),
+                    latents=args.llm_latents,
+                    failed=len(s.failed),
+                )
+            )
+            with Records(path) as r:
+                llm_texts = {e.latent: e.text for e in r.explanations(explainer="llm")}
+        else:
+            llm_texts = {}
+
+        gt_path = _copy(db.path, tmp, 77)
+        t = time.perf_counter()
+        gt = ground_truth(gt_path, pool, tools=tools, explainers=("top-tokens", "ngrams"))
+        gt_seconds = time.perf_counter() - t
+        llm_recovery = recovery_of(llm_texts, "llm", tools, sorted(llm_texts))
+        gt = GroundTruth(gt.checks, gt.recovery + tuple(llm_recovery))
+        for scorer in ("embedding", "simulation"):
+            checks = [c for c in gt.checks if c.scorer == scorer]
+            rows.append(
+                _row(
+                    f"ground truth {scorer}: true beats shuffled",
+                    "features",
+                    sum(c.true > c.shuffled for c in checks),
+                    f"of {len(checks)}",
+                )
+            )
+            rows.append(
+                _row(
+                    f"ground truth {scorer}: mean true - shuffled",
+                    "score margin",
+                    statistics.mean(c.true - c.shuffled for c in checks),
+                    "score",
+                )
+            )
+        for explainer in ("top-tokens", "ngrams", "llm"):
+            rec = [r for r in gt.recovery if r.explainer == explainer]
+            if not rec:
+                continue
+            rows.append(
+                _row(
+                    f"ground truth recovery@1 {explainer}",
+                    "features recovered",
+                    sum(r.recovered for r in rec),
+                    f"of {len(rec)} (chance {len(rec) / n:.2g})",
+                )
+            )
+
+    result = {
+        "benchmark": "autointerp",
+        "machine": machine(),
+        "load_average_1_5_15min_at_end": [round(x, 2) for x in os.getloadavg()],
+        "rounds": args.rounds,
+        "rows": rows,
+        "ratios": {"prompt tokens per latent, ours/delphi": round(prompt_tokens / DELPHI_PROMPT_TOKENS, 3)},
+        "ground_truth": {**gt.to_dict(), "seconds": round(gt_seconds, 2), "llm_texts": llm_texts},
+        "ground_truth_markdown": gt.to_markdown(),
+    }
+    out = ROOT / "benchmarks" / "results" / "autointerp.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(rows, indent=2))
+    print(gt.to_markdown())
+
+
+if __name__ == "__main__":
+    main()

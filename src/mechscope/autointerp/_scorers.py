@@ -1,0 +1,233 @@
+"""Scorers: how well an explanation predicts where a latent fires. Declared once in ``SCORERS``.
+
+Each returns a ``Score`` with its chance level; the jobs (``_jobs``) also score a *shuffled* explanation (another
+latent's) beside each one, so a score is read against what any explanation would get.
+
+- ``detection``: a chat model sees the explanation and a shuffled mix of activating and non-activating contexts
+  and says which contexts have the feature (Paulo et al. 2024, §3.3). Balanced accuracy; chance 0.5.
+- ``fuzzing``: activating contexts with the firing tokens marked, and the same contexts with as many *other*
+  tokens marked; the chat model says which are marked right (ibid.). Balanced accuracy; chance 0.5.
+- ``embedding``: AUROC of the cosine similarity between the explanation's and each context's embedding
+  (all-MiniLM-L6-v2), activating against non-activating contexts (ibid., "embedding scorer"). Chance 0.5.
+- ``simulation``: predict each token's activation from the explanation and correlate with the real ones over
+  all tokens of all contexts (Bills et al. 2023, "all at once" correlation scoring). The simulator here is the
+  embedding similarity of the explanation to each token's text, not an LLM: cheap, but blind to context and
+  position, so it can only reward token-level explanations. Chance 0.
+- ``output`` (``_output``): steer the latent's decoder direction and compare the explanation's embedding
+  similarity to steered against unsteered continuations (AUROC; chance 0.5). Needs a ``Steerer``.
+
+An unparseable reply counts its items as wrong (and ``detail["unparsed"]`` counts them): a scorer that cannot
+read the chat model's answer must not look better than chance.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mechscope.core import Registry
+
+from ._contexts import LatentContexts, Window
+from ._explainers import mark
+from ._llm import Chat
+
+
+@dataclass(frozen=True)
+class Score:
+    """One scorer's verdict on one explanation of one latent."""
+
+    value: float
+    chance: float
+    """What an explanation with no information gets in expectation."""
+    n: int
+    """Items scored (contexts, or tokens for simulation)."""
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return {"value": self.value, "chance": self.chance, "n": self.n, "detail": self.detail}
+
+
+class Tools:
+    """What scorers may use: a chat model, the sentence embedder (opened on first use), a steerer (``output``)."""
+
+    def __init__(self, llm: Chat | None = None, embedder: Any = None, steer: Any = None) -> None:
+        self.llm, self._embedder, self.steer = llm, embedder, steer
+
+    @property
+    def embedder(self) -> Any:
+        """The all-MiniLM-L6-v2 ``Embedder``."""
+        if self._embedder is None:
+            from ._embed import Embedder
+
+            self._embedder = Embedder()
+        return self._embedder
+
+    def chat(self, scorer: str) -> Chat:
+        """The chat model, or a ValueError naming the scorer that needs one."""
+        if self.llm is None:
+            raise ValueError(f"the {scorer} scorer needs a chat model: pass llm=LocalChat() or HTTPChat(url)")
+        return self.llm
+
+
+SCORERS: Registry[Any, Score] = Registry(
+    "scorers", builtins=["mechscope.autointerp._scorers", "mechscope.autointerp._output"]
+)
+"""Declared scorers: ``fn(contexts: LatentContexts, explanation: str, tools: Tools, config) -> Score``."""
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """Settings of the chat-model scorers (detection, fuzzing)."""
+
+    n_examples: int = 10
+    """Activating contexts used (and as many non-activating / mis-marked ones)."""
+    batch_size: int = 5
+    """Contexts per request."""
+    max_new_tokens: int = 30
+    """Length of each reply."""
+    seed: int = 0
+    """Seed of the shuffle and of the mis-marked tokens."""
+
+
+JUDGE = (
+    "You are an intelligent and meticulous linguistics researcher. You will be given a certain feature of text, "
+    'such as "male pronouns" or "text with negative sentiment". You will then be given several text examples. '
+    "{task} You must return your response as a valid Python list of 0s and 1s, one per example, such as [1, 0, 1]. "
+    "Do not return anything else besides the list."
+)
+DETECT = "Your task is to determine which examples possess the feature: for each example return 1 if it does, else 0."
+FUZZ = (
+    "In each example some tokens are marked between << and >>. For each example return 1 if the marked tokens are "
+    "the ones that carry the feature, 0 if they are marked wrongly."
+)
+
+
+def parse_labels(reply: str, n: int) -> list[int] | None:
+    """The first bracketed list of ``n`` zeros and ones in ``reply`` (None when there is none)."""
+    for found in re.findall(r"\[([^\[\]]*)\]", reply):
+        items = [s.strip() for s in found.split(",") if s.strip()]
+        if len(items) == n and all(s in ("0", "1") for s in items):
+            return [int(s) for s in items]
+    return None
+
+
+def _judge(
+    items: list[tuple[str, int]], explanation: str, task: str, llm: Chat, config: JudgeConfig
+) -> tuple[float, dict[str, Any]]:
+    """Balanced accuracy of the chat model's 0/1 answers on ``items`` (text, label), ``batch_size`` per request."""
+    order = list(range(len(items)))
+    random.Random(config.seed).shuffle(order)
+    hits = {0: 0, 1: 0}
+    totals = {0: sum(1 for _, y in items if y == 0), 1: sum(1 for _, y in items if y == 1)}
+    unparsed = 0
+    for b in range(0, len(order), config.batch_size):
+        batch = [items[i] for i in order[b : b + config.batch_size]]
+        examples = "\n\n".join(f"Example {k + 1}: {text}" for k, (text, _) in enumerate(batch))
+        user = f"Feature explanation: {explanation}\n\nText examples:\n\n{examples}"
+        messages = [{"role": "system", "content": JUDGE.format(task=task)}, {"role": "user", "content": user}]
+        answer = parse_labels(llm.complete(messages, max_tokens=config.max_new_tokens, seed=config.seed), len(batch))
+        if answer is None:
+            unparsed += len(batch)
+            continue
+        for (_, y), p in zip(batch, answer, strict=True):
+            hits[y] += int(p == y)
+    rates = [hits[y] / totals[y] for y in (0, 1) if totals[y]]
+    return sum(rates) / len(rates), {"unparsed": unparsed, "hits": [hits[0], hits[1]], "totals": [totals[0], totals[1]]}
+
+
+def _need_negatives(contexts: LatentContexts, scorer: str) -> None:
+    if not contexts.negatives:
+        raise ValueError(
+            f"the {scorer} scorer needs non-activating contexts for latent {contexts.latent}: build a NegativePool "
+            "from the activation store and the dictionary (CLI: --store and --dictionary)"
+        )
+
+
+@SCORERS.declare("detection", config=JudgeConfig, result=Score, tags=("llm",))
+def detection(contexts: LatentContexts, explanation: str, tools: Tools, config: JudgeConfig) -> Score:
+    """A chat model tells activating from non-activating contexts given the explanation (balanced accuracy)."""
+    _need_negatives(contexts, "detection")
+    items = [(w.text.replace("\n", "⏎"), 1) for w in contexts.activating[: config.n_examples]]
+    items += [(w.text.replace("\n", "⏎"), 0) for w in contexts.negatives[: config.n_examples]]
+    value, detail = _judge(items, explanation, DETECT, tools.chat("detection"), config)
+    return Score(value, 0.5, len(items), detail)
+
+
+def misplaced(window: Window, rng: random.Random) -> Window:
+    """``window`` with as many tokens marked as fire, at positions where the latent is zero."""
+    firing = [i for i, a in enumerate(window.activations) if a > 0]
+    quiet = [i for i, a in enumerate(window.activations) if a <= 0]
+    chosen = set(rng.sample(quiet, min(len(firing), len(quiet))))
+    acts = tuple(1.0 if i in chosen else 0.0 for i in range(len(window.tokens)))
+    return Window(window.tokens, acts, window.kind)
+
+
+@SCORERS.declare("fuzzing", config=JudgeConfig, result=Score, tags=("llm",))
+def fuzzing(contexts: LatentContexts, explanation: str, tools: Tools, config: JudgeConfig) -> Score:
+    """A chat model tells correctly marked firing tokens from wrongly marked ones given the explanation."""
+    rng = random.Random(config.seed * 7919 + contexts.latent)
+    windows = [w for w in contexts.activating[: config.n_examples] if any(a <= 0 for a in w.activations)]
+    items = [(mark(w), 1) for w in windows] + [(mark(misplaced(w, rng)), 0) for w in windows]
+    if not items:
+        raise ValueError(f"latent {contexts.latent} has no activating context with a quiet token to mis-mark")
+    value, detail = _judge(items, explanation, FUZZ, tools.chat("fuzzing"), config)
+    return Score(value, 0.5, len(items), detail)
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    """Settings of the embedding scorer."""
+
+    n_examples: int = 20
+    """Activating contexts used (and up to as many non-activating ones)."""
+
+
+def auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
+    """P(a random positive scores above a random negative), ties counting half (Mann–Whitney U / (n_p n_n))."""
+    greater = (positive[:, None] > negative[None, :]).float().sum()
+    ties = (positive[:, None] == negative[None, :]).float().sum()
+    return float((greater + 0.5 * ties) / (len(positive) * len(negative)))
+
+
+@SCORERS.declare("embedding", config=EmbeddingConfig, result=Score)
+def embedding(contexts: LatentContexts, explanation: str, tools: Tools, config: EmbeddingConfig) -> Score:
+    """AUROC of explanation-to-context embedding similarity, activating vs non-activating contexts."""
+    _need_negatives(contexts, "embedding")
+    pos = [w.text for w in contexts.activating[: config.n_examples]]
+    neg = [w.text for w in contexts.negatives[: config.n_examples]]
+    vectors = tools.embedder([explanation, *pos, *neg])
+    sims = vectors[1:] @ vectors[0]
+    return Score(auroc(sims[: len(pos)], sims[len(pos) :]), 0.5, len(pos) + len(neg))
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """Settings of the simulation scorer."""
+
+    n_examples: int = 20
+    """Activating contexts used (and up to as many non-activating ones)."""
+
+
+def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Pearson correlation (0 when either side is constant)."""
+    x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
+    denom = float(x.norm() * y.norm())
+    return float(x @ y) / denom if denom > 0 else 0.0
+
+
+@SCORERS.declare("simulation", config=SimulationConfig, result=Score)
+def simulation(contexts: LatentContexts, explanation: str, tools: Tools, config: SimulationConfig) -> Score:
+    """Correlation of per-token activations simulated from the explanation (embedding similarity) with the real ones."""
+    windows = [*contexts.activating[: config.n_examples], *contexts.negatives[: config.n_examples]]
+    tokens = [t.strip() or t for w in windows for t in w.tokens]
+    real = torch.tensor([a for w in windows for a in w.activations])
+    vocab = list(dict.fromkeys(tokens))
+    vectors = tools.embedder([explanation, *vocab])
+    sim = dict(zip(vocab, (vectors[1:] @ vectors[0]).tolist(), strict=True))
+    predicted = torch.tensor([sim[t] for t in tokens])
+    return Score(pearson(predicted, real), 0.0, len(tokens))
