@@ -420,6 +420,16 @@ def test_cli_explain_score_show(planted, tmp_path):
     assert got["latents_scored"] == 4 and got["chance"] == 0.5
     r = CliRunner().invoke(app, ["features", "show", str(path), "2"])
     assert r.exit_code == 0 and "explanation [ngrams" in r.stdout and "embedding:" in r.stdout, r.output
+    # The explorer reads the same tables: each explanation with its best score, and searchable by its words.
+    from mechscope.store import FeatureDB
+
+    db = FeatureDB(path)
+    (shown,) = db.explanations(2)
+    with Records(path) as records:
+        (text,) = [r.text for r in records.explanations(latent=2)]
+        (value,) = [r.value for r in records.scores(latent=2, scorer="embedding")]
+    assert shown.text == text and shown.explainer == "ngrams" and shown.score == value and shown.scorer == "embedding"
+    assert 2 in {e.latent for e in db.search_explanations(text.split()[0], 10)}
     r = CliRunner().invoke(app, ["score", str(path), "--scorer", "output", "--explainer", "ngrams"])
     assert r.exit_code == 1 and "library-only" in r.output
     r = CliRunner().invoke(app, ["score", str(path), "--scorer", "embedding", "--explainer", "llm"])

@@ -24,17 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS explanations (
-    latent INTEGER NOT NULL, explainer TEXT NOT NULL, run TEXT NOT NULL, text TEXT, error TEXT,
-    note TEXT NOT NULL, prompt TEXT NOT NULL, response TEXT NOT NULL, prompt_tokens INTEGER NOT NULL,
-    seconds REAL NOT NULL, provenance TEXT NOT NULL,
-    PRIMARY KEY (latent, explainer, run)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS explanation_scores (
-    latent INTEGER NOT NULL, explainer TEXT NOT NULL, run TEXT NOT NULL, scorer TEXT NOT NULL, value REAL,
-    chance REAL, shuffled REAL, n INTEGER, error TEXT, detail TEXT NOT NULL, provenance TEXT NOT NULL,
-    PRIMARY KEY (latent, explainer, run, scorer)) WITHOUT ROWID;
-"""
+from mechscope.store._explanations import SCHEMA  # the tables are defined once, beside the feature database
 
 
 def run_id(provenance: dict[str, Any]) -> str:
