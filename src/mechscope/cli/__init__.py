@@ -12,6 +12,7 @@ here import what they need when they run; the method families' commands live in 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +23,7 @@ from rich.table import Table
 from ._common import DEFAULT_MODEL, JsonOpt, ModelArg, open_model, user_errors
 from ._common import err_console as _err
 from ._common import out_console as _out
+from ._errors import set_debug
 from ._lazy import LazyGroup
 
 app = typer.Typer(
@@ -32,6 +34,30 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _root(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="On an error, show the full traceback instead of one line.")
+    ] = False,
+    online: Annotated[
+        bool,
+        typer.Option(
+            "--online",
+            help="Allow downloads from the Hugging Face Hub. Default: offline — built-in, local and already "
+            "cached models open; an unknown name fails at once.",
+        ),
+    ] = False,
+) -> None:
+    """A microscope for neural networks: name a model's internals, run it, read its residual stream.
+
+    Exit statuses: 0 success, 1 bad input or a failed check, 2 usage, 3 not found, 4 corrupt or mismatched file,
+    5 non-finite numbers, 6 out of disk/memory, 70 internal error, 130 interrupted (docs/cli.md).
+    """
+    set_debug(debug)
+    # Read by huggingface_hub when transformers is first imported, which the commands do after this runs.
+    os.environ["HF_HUB_OFFLINE"] = "0" if online else os.environ.get("HF_HUB_OFFLINE", "1")
 
 
 @app.command()
@@ -66,8 +92,6 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Show the most probable next tokens after PROMPT."""
-    from ..demo import predictions_table, top_predictions
-
     if len(args) > 2:
         msg = f"expected [MODEL] PROMPT, got {len(args)} arguments (quote the prompt)"
         _err().print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True)
@@ -75,6 +99,8 @@ def run(
     model, prompt = (DEFAULT_MODEL, args[0]) if len(args) == 1 else args
     with user_errors():
         m = open_model(model)
+        from ..demo import predictions_table, top_predictions
+
         predictions = top_predictions(m, prompt, top_k)
     if as_json:
         payload = {"prompt": prompt, "provenance": m.provenance, "top": [p.__dict__ for p in predictions]}

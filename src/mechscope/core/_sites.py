@@ -116,6 +116,8 @@ class ModelConfig:
     d_vocab: int
     parallel: bool
     """Attention and MLP read the same residual stream (GPT-J/NeoX style): there is no ``resid_mid``."""
+    n_ctx: int | None = None
+    """Positions the model was built for (``max_position_embeddings``); longer inputs are refused."""
 
     def kv_head_of(self, head: int) -> int:
         """Index of the key/value head that query head ``head`` reads (grouped-query attention)."""

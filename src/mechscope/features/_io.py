@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save
 from torch import Tensor
 
 from mechscope._cache import atomic_write_bytes
+from mechscope._errors import MismatchError, NonFiniteError
 from mechscope.features._dictionary import (
     BatchTopKDictionary,
     Dictionary,
@@ -39,6 +40,7 @@ from mechscope.features._dictionary import (
     build_dictionary,
 )
 
+PROVENANCE = "provenance.json"
 FORMAT = "mechscope.dictionary"
 FORMAT_VERSION = 1
 SAELENS_VERSION = "6.0.0"  # the SAELens config format written by export_saelens
@@ -52,13 +54,47 @@ _SAELENS_KINDS: dict[str, Kind] = {
 }
 
 
-def save_dictionary(dictionary: Dictionary, path: str | Path) -> Path:
-    """Write ``dictionary`` to ``path`` in mechscope's layout (each file replaced atomically)."""
+def save_dictionary(dictionary: Dictionary, path: str | Path, *, provenance: dict | None = None) -> Path:
+    """Write ``dictionary`` to ``path`` in mechscope's layout (each file replaced atomically).
+
+    ``provenance`` (model, weights checksum, store, site: what it was trained on) goes to ``provenance.json``;
+    evaluation, splicing and feature databases refuse a store or model it does not match (``check_provenance``).
+    """
     path = Path(path)
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in dictionary.state_dict().items()}
     cfg = {"format": FORMAT, "format_version": FORMAT_VERSION, **dataclasses.asdict(dictionary.cfg)}
     _write(path, "sae.safetensors", tensors, cfg)
+    if provenance is not None:
+        atomic_write_bytes(path / PROVENANCE, json.dumps(provenance, indent=2).encode())
     return path
+
+
+def read_provenance(path: str | Path) -> dict | None:
+    """What the dictionary at ``path`` was trained on (``save_dictionary(provenance=...)``), or None if unrecorded."""
+    file = Path(path) / PROVENANCE
+    return _read_json(file) if file.is_file() else None
+
+
+def check_provenance(path: str | Path, *, model: dict | None = None, site: str | None = None) -> None:
+    """Raise ``MismatchError`` if the dictionary at ``path`` was trained on another model or site.
+
+    ``model`` is a provenance with ``model`` and ``weights_sha256`` (``Model.provenance``, or a store's).
+    Dictionaries without a record (imported from SAELens, say) pass: there is nothing to compare.
+    """
+    saved = read_provenance(path) or {}
+    if model is not None and saved.get("weights_sha256") and saved["weights_sha256"] != model.get("weights_sha256"):
+        raise MismatchError(
+            f"the dictionary at {path} was trained on model {saved.get('model')!r} (weights sha256 "
+            f"{saved['weights_sha256'][:16]}...), not on {model.get('model')!r} (weights sha256 "
+            f"{str(model.get('weights_sha256'))[:16]}...)",
+            hint="use a dictionary trained on this model, or the store/model it was trained on",
+        )
+    trained_on = saved.get("site")
+    if site is not None and trained_on is not None and site != trained_on:
+        raise MismatchError(
+            f"the dictionary at {path} reads site {trained_on!r}, not {site!r}",
+            hint=f"use --site {trained_on} (or leave --site out)",
+        )
 
 
 def load_dictionary(path: str | Path) -> Dictionary:
@@ -89,11 +125,24 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _build(cfg: DictionaryConfig, state: dict[str, Tensor]) -> Dictionary:
+def _build(cfg: DictionaryConfig, state: dict[str, Tensor], where: Path) -> Dictionary:
     dictionary = build_dictionary(cfg)
-    expected = set(dictionary.state_dict())
-    if set(state) != expected:
-        raise ValueError(f"weights {sorted(state)} do not match a {cfg.kind} dictionary's {sorted(expected)}")
+    expected = dictionary.state_dict()
+    if set(state) != set(expected):
+        raise ValueError(
+            f"{where}: weights {sorted(state)} do not match a {cfg.kind} dictionary's {sorted(expected)} "
+            f"(missing {sorted(set(expected) - set(state))}, unexpected {sorted(set(state) - set(expected))})"
+        )
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise ValueError(
+                f"{where}: {name} is {tuple(tensor.shape)}, but cfg.json's widths (d_in={cfg.d_in}, d_sae={cfg.d_sae}) "
+                f"make it {tuple(expected[name].shape)}"
+            )
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise NonFiniteError(
+                f"{where}: {name} holds NaN or infinite values", hint="the file is damaged or its training diverged"
+            )
     dictionary.load_state_dict(state)
     return dictionary
 
@@ -102,7 +151,9 @@ def _load_mechscope(path: Path, cfg: dict) -> Dictionary:
     if cfg.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: format_version {cfg.get('format_version')} is not {FORMAT_VERSION}")
     names = {f.name for f in dataclasses.fields(DictionaryConfig)}
-    return _build(DictionaryConfig(**{k: v for k, v in cfg.items() if k in names}), load_file(path / "sae.safetensors"))
+    return _build(
+        DictionaryConfig(**{k: v for k, v in cfg.items() if k in names}), load_file(path / "sae.safetensors"), path
+    )
 
 
 def _load_saelens(path: Path) -> Dictionary:
@@ -118,6 +169,8 @@ def _load_saelens(path: Path) -> Dictionary:
             f"{path}: normalize_activations={cfg['normalize_activations']!r} rescales inputs with a factor "
             "kept outside these files; fold it into the weights first"
         )
+    if missing := {"W_enc", "b_enc", "W_dec", "b_dec"} - set(tensors):
+        raise ValueError(f"{path / 'sae_weights.safetensors'} lacks {sorted(missing)}: not a SAELens {arch} SAE")
     d_in, d_sae = tensors["W_enc"].shape
     transcoder = "transcoder" in arch
     meta = cfg.get("metadata") or {}
@@ -139,7 +192,7 @@ def _load_saelens(path: Path) -> Dictionary:
             raise ValueError(f"{path}: negative JumpReLU thresholds cannot be represented")
         state["log_threshold"] = threshold.float().log()
     state.update(tensors)  # anything left over is reported as unexpected by _build
-    return _build(dcfg, state)
+    return _build(dcfg, state, path)
 
 
 def _load_sparsify(path: Path, cfg: dict) -> Dictionary:
@@ -148,6 +201,12 @@ def _load_sparsify(path: Path, cfg: dict) -> Dictionary:
         raise ValueError(f"sparsify activation {cfg['activation']!r} is not supported (only topk)")
     if cfg.get("skip_connection") or "W_skip" in tensors:
         raise ValueError("sparsify coders with a skip connection (W_skip) are not supported")
+    missing = {"encoder.weight", "encoder.bias", "W_dec", "b_dec"} - set(tensors)
+    if missing:
+        raise ValueError(
+            f"{path / 'sae.safetensors'} lacks {sorted(missing)}: it is neither a mechscope dictionary (cfg.json has "
+            f'no "format": "{FORMAT}") nor a sparsify one (encoder.weight, encoder.bias, W_dec, b_dec)'
+        )
     encoder = tensors.pop("encoder.weight")  # [d_sae d_in]
     d_sae, d_in = encoder.shape
     if cfg.get("d_in", d_in) != d_in:
@@ -162,7 +221,7 @@ def _load_sparsify(path: Path, cfg: dict) -> Dictionary:
         apply_b_dec_to_input=not transcode,  # sparsify subtracts b_dec from the input unless transcoding
     )
     state = {"W_enc": encoder.T.contiguous(), "b_enc": tensors.pop("encoder.bias"), **tensors}
-    return _build(dcfg, state)
+    return _build(dcfg, state, path)
 
 
 def export_saelens(dictionary: Dictionary, path: str | Path) -> Path:
