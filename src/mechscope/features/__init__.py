@@ -18,6 +18,7 @@ from mechscope.features._intervene import LatentEdit, clamp, scale, zero
 from mechscope.features._io import (
     check_provenance,
     export_saelens,
+    export_sparsify,
     load_dictionary,
     read_provenance,
     save_dictionary,
@@ -83,6 +84,7 @@ __all__ = [
     "cosine_matrix",
     "evaluate",
     "export_saelens",
+    "export_sparsify",
     "firing_f1",
     "firing_rates",
     "fvu",

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 from safetensors.torch import load_file, save
@@ -31,6 +32,7 @@ from torch import Tensor
 
 from mechscope._cache import atomic_write_bytes
 from mechscope._errors import MismatchError, NonFiniteError
+from mechscope.core import hook_of_site, site_of_hook
 from mechscope.features._dictionary import (
     BatchTopKDictionary,
     Dictionary,
@@ -46,6 +48,7 @@ FORMAT_VERSION = 1
 SAELENS_VERSION = "6.0.0"  # the SAELens config format written by export_saelens
 
 _SAELENS_KINDS: dict[str, Kind] = {
+    "gated": "jumprelu",  # exactly: see _gated_as_jumprelu
     "standard": "relu",
     "transcoder": "relu",
     "topk": "topk",
@@ -139,7 +142,8 @@ def _build(cfg: DictionaryConfig, state: dict[str, Tensor], where: Path) -> Dict
                 f"{where}: {name} is {tuple(tensor.shape)}, but cfg.json's widths (d_in={cfg.d_in}, d_sae={cfg.d_sae}) "
                 f"make it {tuple(expected[name].shape)}"
             )
-        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+        bad = tensor.isnan() | (tensor == math.inf) if name == "log_threshold" else ~tensor.isfinite()  # log 0 = -inf
+        if tensor.is_floating_point() and bool(bad.any()):
             raise NonFiniteError(
                 f"{where}: {name} holds NaN or infinite values", hint="the file is damaged or its training diverged"
             )
@@ -169,6 +173,8 @@ def _load_saelens(path: Path) -> Dictionary:
             f"{path}: normalize_activations={cfg['normalize_activations']!r} rescales inputs with a factor "
             "kept outside these files; fold it into the weights first"
         )
+    if arch == "gated":
+        tensors = _gated_as_jumprelu(tensors, path)
     if missing := {"W_enc", "b_enc", "W_dec", "b_dec"} - set(tensors):
         raise ValueError(f"{path / 'sae_weights.safetensors'} lacks {sorted(missing)}: not a SAELens {arch} SAE")
     d_in, d_sae = tensors["W_enc"].shape
@@ -181,8 +187,8 @@ def _load_saelens(path: Path) -> Dictionary:
         d_out=tensors["W_dec"].shape[1] if transcoder else None,
         k=int(cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k", 32)),
         apply_b_dec_to_input=not transcoder and bool(cfg.get("apply_b_dec_to_input", True)),
-        site=meta.get("hook_name", cfg.get("hook_name")),
-        target_site=cfg.get("hook_name_out") or None,
+        site=_site_name(meta.get("hook_name", cfg.get("hook_name"))),
+        target_site=_site_name(cfg.get("hook_name_out") or None),
     )
     names = ("W_enc", "b_enc", "W_dec", "b_dec")
     state: dict[str, Tensor] = {name: tensors.pop(name) for name in names if name in tensors}
@@ -193,6 +199,32 @@ def _load_saelens(path: Path) -> Dictionary:
         state["log_threshold"] = threshold.float().log()
     state.update(tensors)  # anything left over is reported as unexpected by _build
     return _build(dcfg, state, path)
+
+
+def _site_name(hook: str | None) -> str | None:
+    """A SAELens ``hook_name`` as a mechscope site (``blocks.6.hook_resid_post`` -> ``resid_post.6``), else as is."""
+    return None if hook is None else site_of_hook(hook) or hook
+
+
+def _hook_name(site: str | None) -> str | None:
+    """A mechscope site as the TransformerLens hook name SAELens expects, else as is."""
+    return None if site is None else hook_of_site(site) or site
+
+
+def _gated_as_jumprelu(tensors: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
+    """A gated SAE (Rajamanoharan et al. 2024a) rewritten as the JumpReLU SAE that computes the same latents.
+
+    Gated: ``f = 1[x W + b_gate > 0] * relu(x (W * e^r) + b_mag)``. Multiplying the gate's inequality by
+    ``e^r > 0`` gives ``pi_mag > b_mag - b_gate * e^r``, so with ``W_enc = W * e^r``, ``b_enc = b_mag`` and
+    threshold ``max(b_mag - b_gate * e^r, 0)`` a JumpReLU ``pi * 1[pi > θ]`` equals it exactly (the max keeps the
+    relu: a latent with a negative θ fires for every positive ``pi`` and no other).
+    """
+    if missing := {"W_enc", "b_gate", "b_mag", "r_mag"} - set(tensors):
+        raise ValueError(f"{path / 'sae_weights.safetensors'} lacks {sorted(missing)}: not a SAELens gated SAE")
+    scale = tensors.pop("r_mag").exp()
+    b_gate, b_mag = tensors.pop("b_gate"), tensors.pop("b_mag")
+    threshold = (b_mag - b_gate * scale).clamp_min(0)
+    return {**tensors, "W_enc": tensors["W_enc"] * scale, "b_enc": b_mag, "threshold": threshold}
 
 
 def _load_sparsify(path: Path, cfg: dict) -> Dictionary:
@@ -246,12 +278,41 @@ def export_saelens(dictionary: Dictionary, path: str | Path) -> Path:
         "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
         "normalize_activations": "none",
         "reshape_activations": "none",
-        "metadata": {"hook_name": cfg.site, "sae_lens_version": SAELENS_VERSION},
+        "metadata": {"hook_name": _hook_name(cfg.site), "sae_lens_version": SAELENS_VERSION},
     }
     if cfg.kind == "topk":
         out |= {"k": cfg.k, "rescale_acts_by_decoder_norm": False}
     if cfg.is_transcoder:
-        out |= {"d_out": cfg.width_out, "hook_name_out": cfg.target_site or ""}
+        out |= {"d_out": cfg.width_out, "hook_name_out": _hook_name(cfg.target_site) or ""}
     path = Path(path)
     _write(path, "sae_weights.safetensors", tensors, out)
+    return path
+
+
+def export_sparsify(dictionary: Dictionary, path: str | Path) -> Path:
+    """Write a copy of ``dictionary`` in EleutherAI sparsify's layout (``SparseCoder.load_from_disk`` reads it).
+
+    sparsify's coders are TopK: other kinds are refused. A transcoder must predict a target as wide as its input
+    (sparsify's ``transcode``).
+    """
+    cfg = dictionary.cfg
+    if cfg.kind != "topk":
+        raise ValueError(f"sparsify coders are TopK; a {cfg.kind} dictionary cannot be exported to its layout")
+    if cfg.is_transcoder and cfg.width_out != cfg.d_in:
+        raise ValueError(
+            f"sparsify transcoders predict a target as wide as their input ({cfg.d_in}), not {cfg.width_out}"
+        )
+    if not cfg.is_transcoder and not cfg.apply_b_dec_to_input:
+        raise ValueError("sparsify subtracts b_dec from an autoencoder's input; this dictionary does not")
+    tensors = {
+        "encoder.weight": dictionary.W_enc.detach().to("cpu").T.contiguous(),
+        "encoder.bias": dictionary.b_enc.detach().to("cpu").contiguous(),
+        "W_dec": dictionary.W_dec.detach().to("cpu").contiguous(),
+        "b_dec": dictionary.b_dec.detach().to("cpu").contiguous(),
+    }
+    out = {"activation": "topk", "expansion_factor": max(1, cfg.d_sae // cfg.d_in), "normalize_decoder": True,
+           "num_latents": cfg.d_sae, "k": cfg.k, "multi_topk": False, "skip_connection": False,
+           "transcode": cfg.is_transcoder, "d_in": cfg.d_in}  # fmt: skip
+    path = Path(path)
+    _write(path, "sae.safetensors", tensors, out)
     return path
