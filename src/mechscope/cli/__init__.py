@@ -23,7 +23,7 @@ from rich.table import Table
 from ._common import DEFAULT_MODEL, JsonOpt, ModelArg, open_model, user_errors
 from ._common import err_console as _err
 from ._common import out_console as _out
-from ._errors import set_debug
+from ._errors import set_debug, set_placement
 from ._lazy import LazyGroup
 
 app = typer.Typer(
@@ -49,6 +49,16 @@ def _root(
             "cached models open; an unknown name fails at once.",
         ),
     ] = False,
+    device: Annotated[
+        str | None, typer.Option("--device", help="Where to run models: cpu (default), cuda, cuda:1, mps.")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="Model weights' dtype: float32 (default), bfloat16, float16.")
+    ] = None,
+    device_map: Annotated[
+        str | None,
+        typer.Option("--device-map", help="Spread a large model over devices with accelerate: 'auto'."),
+    ] = None,
 ) -> None:
     """A microscope for neural networks: name a model's internals, run it, read its residual stream.
 
@@ -56,6 +66,7 @@ def _root(
     5 non-finite numbers, 6 out of disk/memory, 70 internal error, 130 interrupted (docs/cli.md).
     """
     set_debug(debug)
+    set_placement(device, dtype, device_map)
     # Read by huggingface_hub when transformers is first imported, which the commands do after this runs.
     os.environ["HF_HUB_OFFLINE"] = "0" if online else os.environ.get("HF_HUB_OFFLINE", "1")
 

