@@ -18,6 +18,12 @@ class MechscopeError(Exception):
         self.hint = hint
 
 
+class CheckFailed(MechscopeError):
+    """A check the command runs failed: an organism's verification, a method, a reproduction tolerance."""
+
+    exit_code = 1
+
+
 class IntegrityError(MechscopeError, ValueError):
     """A file does not match its recorded checksum, or is truncated or unreadable: it is corrupt."""
 
