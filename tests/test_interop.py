@@ -1,10 +1,20 @@
 """TransformerLens / SAELens hook names resolve to mechscope sites; dictionaries keep their site across layouts."""
 
+from pathlib import Path
+
+import pytest
 import torch
+from safetensors.torch import load_file
 
 import mechscope as ms
 from mechscope.core import HOOK_NAMES, hook_of_site, site_of_hook
-from mechscope.features import DictionaryConfig, build_dictionary, export_saelens, load_dictionary
+from mechscope.features import (
+    DictionaryConfig,
+    build_dictionary,
+    export_saelens,
+    export_sparsify,
+    load_dictionary,
+)
 
 
 def test_every_hook_name_is_a_site_of_a_real_model():
@@ -40,3 +50,44 @@ def test_saelens_export_writes_hook_names_and_loads_back_as_sites(tmp_path):
     path = export_saelens(d, tmp_path)
     assert json.loads((path / "cfg.json").read_text())["metadata"]["hook_name"] == "blocks.4.hook_resid_post"
     assert load_dictionary(path).cfg.site == "resid_post.4"
+
+
+# --- files written by the real libraries (benchmarks/make_saelens_goldens.py, run in .venv-saelens) ---------------
+
+GOLDENS = Path(__file__).parent / "goldens" / "saelens"
+
+
+@pytest.mark.parametrize("folder", ["standard", "topk", "jumprelu", "gated", "sparsify"])
+def test_reads_files_written_by_saelens_and_sparsify(folder):
+    d = load_dictionary(GOLDENS / folder)
+    expected = load_file(GOLDENS / folder / "expected.safetensors")
+    with torch.no_grad():
+        acts = d.encode(expected["x"])
+        assert torch.allclose(acts, expected["acts"], atol=1e-5), folder
+        assert torch.allclose(d.decode(acts), expected["recon"], atol=1e-5), folder
+    assert folder == "sparsify" or d.cfg.site == "resid_post.1"  # SAELens's hook name, as a site
+
+
+def exported_dictionary(kind: str):
+    """The seeded dictionary the golden script exported (the same code as there)."""
+    d = build_dictionary(DictionaryConfig(kind, d_in=8, d_sae=16, k=4, site="resid_post.1"))
+    gen = torch.Generator().manual_seed(100 + len(kind))
+    with torch.no_grad():
+        for _, p in sorted(d.named_parameters()):
+            p.copy_(0.5 * torch.randn(p.shape, generator=gen))
+    return d.eval()
+
+
+@pytest.mark.parametrize(("library", "kind"), [("saelens", "relu"), ("saelens", "topk"), ("saelens", "jumprelu"),
+                                               ("sparsify", "topk")])  # fmt: skip
+def test_exports_compute_the_same_in_the_real_libraries(library, kind, tmp_path):
+    outputs = load_file(GOLDENS / "exported.safetensors")
+    x = load_file(GOLDENS / "standard" / "expected.safetensors")["x"]
+    d = exported_dictionary(kind)
+    export = export_saelens if library == "saelens" else export_sparsify
+    again = load_dictionary(export(d, tmp_path))  # and mechscope reads its own export back
+    with torch.no_grad():
+        for model in (d, again):
+            acts = model.encode(x)
+            assert torch.allclose(acts, outputs[f"{library}.{kind}.acts"], atol=1e-5)
+            assert torch.allclose(model.decode(acts), outputs[f"{library}.{kind}.recon"], atol=1e-5)
