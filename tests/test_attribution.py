@@ -140,6 +140,50 @@ def test_lrp_epsilon_is_input_x_gradient_without_biases_and_cleans_up(cnn, data)
         at.lrp(ms.wrap(_organisms.SmallViT()), data[0], data[1])
 
 
+class FlattenInForward(nn.Module):
+    """A CNN with biases whose reshapes are tensor methods in ``forward`` (Captum's LRP sees no module for them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.pool, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.MaxPool2d(2), nn.Linear(64, 32)
+        self.conv2, self.head = nn.Conv2d(2, 3, 3), nn.Linear(12, 3)
+        self.relu1, self.relu2, self.relu3 = nn.ReLU(), nn.ReLU(), nn.ReLU()
+
+    def forward(self, x):
+        h = self.relu2(self.fc(self.pool(self.relu1(self.conv1(x))).flatten(1)))
+        return self.head(self.relu3(self.conv2(h.unflatten(1, (2, 4, 4)))).flatten(1))
+
+
+def as_modules(net: FlattenInForward) -> nn.Sequential:
+    """The same network (same weights) with nn.Flatten / nn.Unflatten / nn.Identity modules for the reshapes."""
+    return nn.Sequential(net.conv1, net.relu1, net.pool, nn.Flatten(), net.fc, net.relu2, nn.Unflatten(1, (2, 4, 4)),
+                         nn.Identity(), net.conv2, net.relu3, nn.Flatten(), net.head)  # fmt: skip
+
+
+def test_lrp_passes_relevance_through_reshaping_modules():
+    torch.manual_seed(6)
+    x, y = torch.randn(5, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1])
+    plain = FlattenInForward()
+    seq = ms.wrap(as_modules(plain))
+    assert torch.equal(seq.module(x), plain(x))
+    rel = at.lrp(seq, x, y)
+    # The identity rule: exactly the map of the same network with its reshapes written as tensor methods.
+    torch.testing.assert_close(rel.map, at.lrp(ms.wrap(plain), x, y).map, atol=0, rtol=0)
+    assert not any(hasattr(m, "rule") or hasattr(m, "activations") for m in seq.module.modules())
+    # Conservation (Bach et al. 2015, eq. 2) on the bias-free version: the input relevance sums to the logit.
+    with torch.no_grad():
+        for m in (plain.conv1, plain.fc, plain.conv2, plain.head):
+            m.bias.zero_()
+    rel = at.lrp(seq, x, y).map.flatten(1).sum(1)
+    torch.testing.assert_close(rel, seq.module(x).gather(1, y[:, None])[:, 0], atol=1e-5, rtol=1e-5)
+
+
+def test_lrp_names_the_module_it_has_no_rule_for():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Sequential(nn.Linear(72, 8), nn.GELU()))
+    with pytest.raises(ValueError, match=r"no rule for '2\.1' \(GELU\).*integrated_gradients"):
+        at.lrp(ms.wrap(net), torch.randn(2, 1, 8, 8), 0)
+
+
 # --- Integrated Gradients -----------------------------------------------------------------------------------------
 
 

@@ -48,7 +48,24 @@ def test_edge_methods_write_graph_curve_and_summary(tmp_path, task_file, method)
     assert (out / "circuit.dot").read_text().count("->") == 20
     assert (out / "circuit.png").read_bytes()[:4] == (out / "faithfulness.png").read_bytes()[:4] == b"\x89PNG"
     assert ("svg" in s["files"]) == (s["svg"] == "written")
-    assert json.loads((out / "summary.json").read_text())["circuit"] == s["circuit"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["circuit"] == s["circuit"]
+    # every scored edge is saved, strongest first, so the explorer can re-prune a saved run to any size
+    ranked = summary["ranked_edges"]
+    assert len(ranked) == s["circuit"]["of_edges"] and len({n for n, _ in ranked}) == len(ranked)
+    assert [abs(v) for _, v in ranked] == sorted((abs(v) for _, v in ranked), reverse=True)
+    assert {n for n, _ in ranked[:20]} == set(s["circuit"]["edges"])
+    assert dict(ranked[:20]) == pytest.approx(summary["edge_scores"])
+
+
+def test_saved_scores_are_capped(tmp_path, task_file, monkeypatch):
+    from mechscope.circuits import _find
+
+    monkeypatch.setattr(_find, "SAVED_EDGES", 7)
+    result = circuit("--task", task_file, "--method", "eap", "--top", "3", "--no-curve", "--random", "0")
+    assert result.exit_code == 0, result.output
+    ranked = json.loads(result.stdout)["ranked_edges"]
+    assert len(ranked) == 7 and {n for n, _ in ranked[:3]} == set(json.loads(result.stdout)["circuit"]["edges"])
 
 
 def test_threshold_keeps_edges_above_it(tmp_path, task_file):

@@ -219,7 +219,11 @@ def test_eap_is_the_derivative_of_edge_patching(family, direction):
     Float64 and a central difference with t = 0.01 (the metric is computed in float32, which limits smaller
     steps); measured error <= 4e-6 against scores up to 0.2.
     """
-    model = ms.tiny(family, seed=1)
+    check_eap_is_the_derivative(ms.tiny(family, seed=1), direction)
+
+
+def check_eap_is_the_derivative(model: ms.Model, direction: str) -> None:
+    """The body of the test above, for any model (``test_families`` runs it on more families)."""
     model.module.double()
     task = toy_task(model)
     scores = eap(model, task, direction=direction, progress=False)

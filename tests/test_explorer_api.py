@@ -127,9 +127,9 @@ def test_sites_unknown_name_gets_suggestions(client):
         ({"prompt": "x" * 65}, "65 tokens; at most 64"),
         ({"prompt": ""}, "non-empty string"),
         ({"prompt": 3}, "must be a string"),
-        ({"prompt": "hi", "top_k": "ten"}, "must be a integer"),
+        ({"prompt": "hi", "top_k": "ten"}, "must be an integer"),
         ({"prompt": "hi", "top_k": 0}, "between 1"),
-        ({"prompt": "hi", "top_k": True}, "must be a integer"),
+        ({"prompt": "hi", "top_k": True}, "must be an integer"),
         ({"prompt": "hi", "temperature": 2}, "no body argument 'temperature'"),
         ({}, "missing argument 'prompt'"),
     ],
@@ -223,8 +223,9 @@ def test_circuit_view_matches_the_saved_run(client, run_dir):
     assert c["task"] == summary["task"] and c["faithfulness"] == summary["circuit"]["faithfulness"]
     scores = [e["score"] for e in c["edges"]]
     assert [abs(s) for s in scores] == sorted((abs(s) for s in scores), reverse=True)
-    saved = {**dict(summary["scores"]["top_edges"]), **summary["edge_scores"]}
+    saved = {**dict(summary["ranked_edges"]), **summary["edge_scores"]}
     assert {e["name"]: e["score"] for e in c["edges"]} == pytest.approx(saved)
+    assert len(c["edges"]) == c["n_scored"] == c["of_edges"]  # every edge of the tiny graph: any size can be drawn
     assert {e["name"] for e in c["edges"] if e["in_circuit"]} == set(summary["circuit"]["edges"])
     assert c["curve"]["faithfulness"] == summary["curve"]["faithfulness"]
     ids = {n["id"] for n in c["nodes"]}
@@ -252,11 +253,39 @@ def test_feature_endpoints_read_the_database(client, run_dir):
         assert listed["n_latents"] == len(db)
         assert [r["latent"] for r in listed["latents"]] == [r.latent for r in db.top_latents("frequency", 5)]
         card = client.get("/api/feature", params={"ref": ref, "latent": 3}).json()
-        assert card == json.loads(json.dumps(db.latent(3).to_dict()))
+        assert card == json.loads(json.dumps({**db.latent(3).to_dict(), "explanations": []}))
         found = client.get("/api/features/search", params={"ref": ref, "text": "e"}).json()
         assert [m["latent"] for m in found["matches"]] == [m.latent for m in db.search_token("e", 20)]
     assert "out of range" in error_of(client.get("/api/feature", params={"ref": ref, "latent": 999}), 400)
     assert "by must be one of" in error_of(client.get("/api/features", params={"ref": ref, "by": "x"}), 400)
+
+
+def test_feature_search_by_explanation_text(model, run_dir, tmp_path):
+    import shutil
+
+    from mechscope.store import Explanation, add_explanations
+
+    shutil.copy(run_dir / "features" / "features.db", tmp_path / "features.db")
+    add_explanations(tmp_path / "features.db", [
+        Explanation(3, "digits at the end of a number", "llm", 0.8, "detection"),
+        Explanation(5, f"the word 'number' {XSS}", "top_tokens", 0.3, "detection"),
+        Explanation(3, "numbers", "human"),
+    ])  # fmt: skip
+    with TestClient(create_app(Explorer(model, Roots([tmp_path]))), base_url=BASE) as c:
+        search = lambda text: c.get("/api/features/search", params={"ref": "0/features.db", "text": text,  # noqa: E731
+                                                                     "by": "explanation"})  # fmt: skip
+        found = search("NUMBER").json()
+        assert found["by"] == "explanation"
+        assert [(m["latent"], m["explainer"], m["score"]) for m in found["matches"]] == [
+            (3, "llm", 0.8), (5, "top_tokens", 0.3), (3, "human", None)]  # fmt: skip
+        assert [m["latent"] for m in search("digits number").json()["matches"]] == [3]
+        assert search("no such words").json()["matches"] == []
+        assert "search text is empty" in error_of(search(" "), 400)
+        card = c.get("/api/feature", params={"ref": "0/features.db", "latent": 3}).json()
+        assert [(e["text"], e["scorer"]) for e in card["explanations"]] == [
+            ("digits at the end of a number", "detection"), ("numbers", None)]  # fmt: skip
+        bad = c.get("/api/features/search", params={"ref": "0/features.db", "text": "x", "by": "colour"})
+        assert "by must be 'token' or 'explanation'" in error_of(bad, 400)
 
 
 @pytest.mark.parametrize(
@@ -280,6 +309,112 @@ def test_a_link_out_of_the_run_directory_is_refused(tmp_path):
         assert "outside" in error_of(c.get("/api/bench", params={"ref": "0/link.json"}), 403)
         assert "no file" in error_of(c.get("/api/bench", params={"ref": "0/missing.json"}), 404)
         assert "no model" in error_of(c.post("/api/prompt", json={"prompt": "hi"}), 400)
+
+
+# --- attribution & vision ------------------------------------------------------------------------------------------
+
+
+def _png_b64(pixels) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_vision_gallery_lists_the_organisms_images_and_declared_methods(client):
+    import base64
+
+    from mechscope.attribution import METHODS
+    from mechscope.organisms import vision_organism
+
+    g = client.get("/api/vision", params={"organism": "blocks-cnn", "n": 3}).json()
+    org = vision_organism("blocks-cnn")
+    assert g["classes"] == list(org.test.classes) and g["accuracy"] == org.accuracy
+    assert [m["name"] for m in g["methods"]] == [s.name for s in METHODS if "cnn" in s.tags]
+    assert [i["label"] for i in g["images"]] == org.test.labels[:3].tolist()
+    assert all(base64.b64decode(i["png"].split(",")[1])[:4] == b"\x89PNG" for i in g["images"])
+    assert "unknown vision organism" in error_of(client.get("/api/vision", params={"organism": "nope"}), 400)
+
+
+def test_image_attribution_carries_the_librarys_metrics(client):
+    from mechscope import attribution as at
+    from mechscope.organisms import vision_organism
+
+    body = {"organism": "blocks-cnn", "image": 2, "methods": ["saliency", "edge_detector"], "target": "label"}
+    d = client.post("/api/vision/attribute", json=body).json()
+    org = vision_organism("blocks-cnn")
+    x, y, mask = org.test.images[2:3], org.test.labels[2:3], org.test.masks[2:3]
+    assert d["label"] == d["target"] == int(y[0]) and d["mask"]["area"] == pytest.approx(float(mask.float().mean()))
+    assert d["probs"] == pytest.approx(org.module(x).softmax(-1)[0].tolist(), abs=1e-6)
+    mine = at.evaluate(org.model, x, y, at.saliency(org.model, x, y), mask=mask).metrics
+    got = {m["method"]: m for m in d["methods"]}
+    assert got["saliency"]["metrics"]["deletion_auc"] == pytest.approx(mine["deletion_auc"], abs=1e-6)
+    assert got["saliency"]["metrics"]["localisation"] == pytest.approx(mine["localisation"], abs=1e-6)
+    assert got["saliency"]["overlay"].startswith("data:image/png;base64,")
+    # the sanity check: the edge detector ignores the model, so its map survives randomised weights; saliency's not
+    assert got["edge_detector"]["randomisation"]["final"]["spearman_abs"] > 0.99
+    assert got["saliency"]["randomisation"]["final"]["spearman_abs"] < 0.9
+    assert len(got["saliency"]["randomisation"]["stages"]) == 5  # 4 convs and the head, output side first
+
+
+def test_a_trojaned_cnn_is_localised_against_its_trigger(client):
+    from mechscope.organisms import TrojanPatch, obtain
+
+    t = obtain(TrojanPatch(), 0)
+    g = client.get("/api/vision", params={"organism": "trojan_patch", "n": 2}).json()
+    assert "trojan_patch" in g["organisms"] and g["accuracy_name"] == "attack success"
+    assert t.trigger.name in g["masks"]
+    d = client.post("/api/vision/attribute", json={"organism": "trojan_patch", "image": 0, "methods": ["grad_cam"],
+                                                   "sanity": False}).json()  # fmt: skip
+    _, region, _ = t.probe(1)
+    assert d["predicted"] == t.target and d["mask"]["area"] == pytest.approx(float(region.float().mean()))
+    where = d["methods"][0]["metrics"]["localisation"]
+    assert where["chance"] == pytest.approx(float(region.float().mean()))
+    assert where["mass_in_mask"] > 3 * where["chance"]  # the map finds the trigger (measured 0.26 vs 0.035)
+
+
+def test_an_uploaded_png_is_attributed_and_bad_uploads_are_refused(client):
+    import base64
+
+    import numpy as np
+
+    from mechscope.data.images import to_pixels
+    from mechscope.organisms import vision_organism
+
+    org = vision_organism("shapes-cnn")
+    grey = (to_pixels(org.test.images[0, 0]).numpy() * 255).round().astype(np.uint8)
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)
+
+    def post(**kw):
+        return client.post("/api/vision/attribute", json={"organism": "shapes-cnn", "methods": ["saliency"],
+                                                          "sanity": False, **kw})  # fmt: skip
+
+    d = post(png="data:image/png;base64," + _png_b64(rgb)).json()
+    assert d["image"]["upload"]["note"] == "3 channel(s) (RGB) converted to grey" and d["mask"] is None
+    assert d["predicted"] == int(org.module(org.test.images[:1]).argmax()) and d["label"] is None
+    assert "localisation" not in d["methods"][0]["metrics"]
+    big = np.random.default_rng(0).integers(0, 255, (220, 220, 3), dtype=np.uint8)  # noise: does not compress
+    sixteen = _png_b64(np.full((8, 8), 300, dtype=np.uint16))
+    for kwargs, message in [
+        ({"png": "not base64!"}, "base64"),
+        ({"png": base64.b64encode(b"\xff\xd8\xff\xe0 jpeg").decode()}, "a JPEG: only PNG"),
+        ({"png": "data:image/jpeg;base64,AAAA"}, "image/jpeg data URI"),
+        ({"png": _png_b64(big)}, "at most 131,072 are accepted"),
+        ({"png": sixteen}, "mode is I;16"),
+        ({"png": base64.b64encode(b"\x89PNG\r\n\x1a\ngarbage").decode()}, "cannot be read"),
+        ({"png": _png_b64(rgb), "target": "label"}, "an upload carries no label"),
+        ({"png": _png_b64(rgb), "image": 0}, "either image"),
+        ({}, "either image"),
+        ({"image": 9999}, "out of range"),
+        ({"image": 0, "methods": ["nope"]}, "choose from"),
+        ({"image": 0, "methods": "saliency"}, "must be an array"),
+        ({"image": 0, "target": "7"}, "class index 0..3"),
+    ]:
+        assert message in error_of(post(**kwargs), 400), kwargs
 
 
 # --- security ------------------------------------------------------------------------------------------------------
@@ -411,6 +546,77 @@ def test_a_cancelled_queued_job_never_runs():
     worker.close()
 
 
+def test_a_running_job_is_stopped_at_its_next_forward_pass():
+    from mechscope.ui._worker import JobCancelled, checkpoint_modules
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ModuleList([torch.nn.Linear(4, 4)]))
+    worker, started, passes = Worker(), threading.Event(), []
+
+    def job():
+        started.set()
+        for _ in range(2000):  # ~20 s unless stopped
+            net[0](torch.ones(4))
+            passes.append(1)
+            time.sleep(0.01)
+        return "finished"
+
+    async def main():
+        task = asyncio.ensure_future(worker.run("loop", job, modules=checkpoint_modules(net)))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        assert [j["state"] for j in worker.jobs()] == ["running"]
+        assert worker.cancel(worker.jobs()[0]["id"]) == "running"
+        with pytest.raises(JobCancelled, match="loop"):
+            await task
+        return await worker.run("next", lambda: "next runs")
+
+    t0 = time.perf_counter()
+    assert asyncio.run(main()) == "next runs"
+    assert time.perf_counter() - t0 < 5 and len(passes) < 500  # stopped, not run to the end
+    assert all(not m._forward_pre_hooks for m in net.modules())  # the checkpoints are gone
+    stats = worker.stats.to_dict()
+    assert stats["cancelled"] == 1 and stats["failed"] == 0 and stats["done"] == 1 and worker.jobs() == []
+    with pytest.raises(KeyError, match="no job 99"):
+        worker.cancel(99)
+    worker.close()
+
+
+def test_cancel_endpoint_stops_a_running_request_and_the_server_goes_on(model, monkeypatch):
+    import httpx
+
+    from mechscope.ui import running
+
+    started, answers = threading.Event(), []
+
+    def endless(model, prompt, top_k):  # a model job that keeps running forward passes until stopped
+        started.set()
+        for _ in range(5000):
+            model.run(prompt, logits=False)
+        return {"prompt": prompt}
+
+    monkeypatch.setattr(_lab, "predictions", endless)
+    x = Explorer(model, port=0)
+    with running(x) as url:
+        post = lambda: answers.append(httpx.post(url + "api/prompt", json={"prompt": "hi"}, timeout=60))  # noqa: E731
+        first = threading.Thread(target=post)
+        first.start()
+        assert started.wait(20)
+        jobs = httpx.get(url + "api/status").json()["worker"]["jobs"]
+        assert [(j["name"], j["state"]) for j in jobs] == [("prompt", "running")]
+        out = httpx.post(url + "api/jobs/cancel", json={"id": jobs[0]["id"]})
+        assert out.json() == {"id": jobs[0]["id"], "was": "running"}
+        first.join(20)
+        assert answers[0].status_code == 409 and "was cancelled" in answers[0].json()["error"]
+        assert httpx.post(url + "api/jobs/cancel", json={"id": jobs[0]["id"]}).status_code == 400
+        monkeypatch.undo()
+        again = httpx.post(url + "api/prompt", json={"prompt": "hi"}, timeout=30)
+        status = httpx.get(url + "api/status").json()["worker"]
+    assert again.status_code == 200 and status["cancelled"] == 1 and status["jobs"] == []
+    assert all(not m._forward_pre_hooks for m in model.module.modules())
+    plain = model.module(torch.tensor([[1, 2, 3]])).logits
+    assert torch.equal(model.run(torch.tensor([[1, 2, 3]])).logits, plain)
+
+
 # --- the command ---------------------------------------------------------------------------------------------------
 
 
@@ -492,6 +698,37 @@ def test_a_request_whose_client_leaves_is_cancelled_before_it_runs(model, monkey
         ok = httpx.post(url + "api/prompt", json={"prompt": "third"}, timeout=30)
     assert ok.status_code == 200 and ran == ["first", "third"]
     assert x.worker.stats.to_dict()["cancelled"] == 1
+
+
+def test_a_running_request_whose_client_leaves_is_stopped(model, monkeypatch):
+    import socket
+
+    import httpx
+
+    from mechscope.ui import running
+
+    started, passes = threading.Event(), []
+
+    def endless(model, prompt, top_k):
+        started.set()
+        for _ in range(5000):
+            model.run(prompt, logits=False)
+            passes.append(1)
+        return {"prompt": prompt}
+
+    monkeypatch.setattr(_lab, "predictions", endless)
+    x = Explorer(model, port=0)
+    with running(x) as url:
+        body = json.dumps({"prompt": "hi"}).encode()
+        with socket.create_connection(("127.0.0.1", x.port)) as s:
+            s.sendall(b"POST /api/prompt HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n%s" % (x.port, len(body), body))  # fmt: skip
+            assert started.wait(20)
+        wait_until(lambda: x.worker.stats.cancelled == 1)  # noticed within a poll (0.2 s), stopped at a checkpoint
+        stopped_at = len(passes)
+        monkeypatch.undo()
+        assert httpx.post(url + "api/prompt", json={"prompt": "hi"}, timeout=30).status_code == 200
+    assert stopped_at < 5000 and len(passes) == stopped_at and x.worker.stats.to_dict()["failed"] == 0
 
 
 def test_verify_an_edge_by_real_patching(client, model, run_dir):

@@ -51,6 +51,12 @@ def server(tmp_path_factory):
     leaderboard(root / "bench")
     feature_db(model, root / "features")
     from mechscope.features import load_dictionary
+    from mechscope.store import Explanation, add_explanations
+
+    add_explanations(root / "features" / "features.db", [
+        Explanation(2, "digits of a number", "llm", 0.7, "detection"),
+        Explanation(2, f"numbers {XSS}", "human"),
+    ])  # fmt: skip
 
     dictionary = load_dictionary(root / "features" / "dictionary")
     with running(Explorer(model, Roots([root]), port=0, dictionary=dictionary)) as url:
@@ -235,6 +241,87 @@ def test_feature_page_highlights_contexts_as_text(page, server):
     page.wait_for_selector("#steer-steered")
     assert page.text_content("#steer-steered") != page.text_content("#steer-plain")
     page.screenshot(path=str(SHOTS / "feature.png"), full_page=True)
+
+
+def test_feature_search_by_explanation_shows_explanations_as_text(page, server):
+    page.goto(server + "#features")
+    page.wait_for_selector("button.latent")
+    page.fill("#feature-words", "NUMBER")
+    page.click("#feature-words-go")
+    page.wait_for_selector(".explained button.latent[data-latent='2']")
+    assert page.locator(".explained").count() == 2  # both explanations of latent 2 match
+    assert page.text_content(".explained .explanation-text >> nth=0") == "digits of a number"  # best score first
+    page.click(".explained button.latent >> nth=0")
+    page.wait_for_selector("#explanations tr")
+    rows = page.eval_on_selector_all("#explanations tr", "rs => rs.map(r => r.textContent)")
+    assert rows == ["digits of a numberllmdetection 0.700", f"numbers {XSS}humannot scored"]
+    assert page.locator("#explanations img, #explanations script").count() == 0
+    page.screenshot(path=str(SHOTS / "feature_explanations.png"), full_page=True)
+
+
+def test_attribution_view_shows_overlays_with_their_metrics(page, server, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    page.goto(server + "#vision")
+    page.wait_for_selector("#vision-images button.thumb[data-index='3']", timeout=120_000)
+    assert page.locator("#vision-images button.thumb").count() == 12
+    checked = page.eval_on_selector_all(".vision-method:checked", "cs => cs.map(c => c.value)")
+    assert checked == ["saliency", "integrated_gradients", "grad_cam", "edge_detector"]
+    page.uncheck(".vision-method[value='integrated_gradients']")
+    page.click("#vision-images button.thumb[data-index='3']")
+    page.click("#vision-run")
+    page.wait_for_selector(".vision-card img.overlay", timeout=120_000)
+    cards = page.eval_on_selector_all(".vision-card", "cs => cs.map(c => c.dataset.method)")
+    assert cards == ["saliency", "grad_cam", "edge_detector"]
+    decoded = page.eval_on_selector_all(".vision-card img.overlay", "is => is.map(i => i.complete && i.naturalWidth)")
+    assert decoded == [128, 128, 128]  # 32 x 32 maps, 4 x 4 pixels each, decoded by the browser
+    for method in cards:  # deletion, insertion, localisation (the shape's mask) and the randomisation check
+        assert page.locator(f".vision-card[data-method='{method}'] table.metrics tbody tr").count() == 5
+    assert "held-out image 3" in page.text_content(".vision-input p")
+    page.screenshot(path=str(SHOTS / "attribution.png"), full_page=True)
+    grey = np.zeros((32, 32), dtype=np.uint8)
+    grey[8:24, 8:24] = 255  # a square
+    Image.fromarray(grey).save(tmp_path / "square.png")
+    page.set_input_files("#vision-upload", str(tmp_path / "square.png"))
+    page.uncheck("#vision-sanity")
+    page.wait_for_timeout(200)  # the file is read as a data URI
+    page.click("#vision-run")
+    page.wait_for_selector(".vision-input p >> text=your PNG")
+    assert page.locator(".vision-card").count() == 3
+    assert page.locator(".vision-card[data-method='saliency'] table.metrics tbody tr").count() == 2  # no mask
+    page.set_input_files("#vision-upload", {"name": "x.png", "mimeType": "image/png", "buffer": b"not a png"})
+    page.wait_for_timeout(200)
+    page.click("#vision-run")
+    page.wait_for_selector("#vision-error .error")
+    assert "only PNG images are accepted" in page.text_content("#vision-error")
+    page.problems.clear()  # the 400 of that request is logged by the browser as a failed resource
+
+
+def test_cancel_a_running_image_attribution(page, server):
+    import time
+
+    page.goto(server + "#vision")
+    page.wait_for_selector("#vision-images button.thumb")
+    for box in page.query_selector_all(".vision-method"):  # every method with the sanity check: about a minute
+        box.check()
+    page.click("#vision-run")
+    page.wait_for_selector("#vision-busy button.cancel")
+    status = "fetch('/api/status').then(r => r.json()).then(s => s.worker.jobs.map(j => j.name + ':' + j.state))"
+    deadline = time.monotonic() + 60
+    while "image attribution:running" not in page.evaluate(status):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    page.click("#vision-busy button.cancel")
+    page.wait_for_selector("#vision-error .error")
+    assert "was cancelled" in page.text_content("#vision-error")
+    assert page.evaluate(status) == []
+    for box in page.query_selector_all(".vision-method"):
+        box.uncheck()
+    page.check(".vision-method[value='saliency']")
+    page.click("#vision-run")  # the server goes on
+    page.wait_for_selector(".vision-card[data-method='saliency'] img.overlay")
+    page.problems.clear()  # the 409 of the cancelled request is logged by the browser as a failed resource
 
 
 def test_api_view_lists_the_registries(page, server):

@@ -216,3 +216,40 @@ def test_build_is_atomic_and_deterministic(store, dictionary, db, tmp_path, monk
         a, b = first.latent(i), again.latent(i)
         assert a == b
         assert [e.activations for e in a.top_examples] == [e.activations for e in db.latent(i).top_examples]
+
+
+def test_explanations_are_written_read_and_searched(db, tmp_path):
+    import shutil
+
+    from mechscope.store import Explanation, add_explanations
+
+    path = shutil.copy(db.path, tmp_path / "explained.db")
+    with FeatureDB(path) as fresh:  # built without the table: no explanations, searches find nothing
+        assert fresh.explanations(3) == [] and fresh.search_explanations("digits") == []
+    written = [
+        Explanation(3, "fires on digits after a dollar sign", "top_tokens", 0.4, "detection"),
+        Explanation(3, "Digits in prices", "llm", 0.9, "detection"),
+        Explanation(7, "closing brackets", "human"),
+        Explanation(9, "100% of digits_here", "llm", 0.1, "fuzzing"),
+    ]
+    assert add_explanations(path, written) == 4
+    add_explanations(path, [Explanation(7, "closing brackets ) and ]", "human", 0.5, "detection")])  # replaces
+    with FeatureDB(path) as explained:
+        assert [e.explainer for e in explained.explanations(3)] == ["llm", "top_tokens"]  # best score first
+        assert explained.explanations(7) == [Explanation(7, "closing brackets ) and ]", "human", 0.5, "detection")]
+        assert explained.explanations(4) == []
+        assert [(e.latent, e.explainer) for e in explained.search_explanations("DIGITS")] == [
+            (3, "llm"), (3, "top_tokens"), (9, "llm")]  # fmt: skip
+        assert [e.latent for e in explained.search_explanations("digits dollar")] == [3]  # every word
+        assert [e.latent for e in explained.search_explanations("100%")] == [9]  # % and _ are literal
+        assert [e.latent for e in explained.search_explanations("s_h")] == [9]
+        assert explained.search_explanations("s%h") == []
+        assert len(explained.search_explanations("digits", n=1)) == 1
+        with pytest.raises(ValueError, match="search text is empty"):
+            explained.search_explanations("  ")
+    with pytest.raises(ValueError, match=r"out of range.*48 latents"):
+        add_explanations(path, [Explanation(48, "x", "human")])
+    with pytest.raises(ValueError, match="non-empty text"):
+        add_explanations(path, [Explanation(1, " ", "human")])
+    with pytest.raises(FileNotFoundError, match="no feature database"):
+        add_explanations(tmp_path / "missing.db", [])

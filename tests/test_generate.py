@@ -47,3 +47,24 @@ def test_steering_changes_generation(tiny_models):
         steered = model.generate(PROMPTS, max_new_tokens=8)
     assert not torch.equal(plain.new_tokens, steered.new_tokens)
     assert (steered.new_tokens == ord("z")).float().mean() > 0.5
+
+
+def test_pos_selects_prompt_positions_during_generation(tiny_models):
+    """``pos=`` addresses prompt positions: the first pass edits them, later passes (one new token each, cached
+    keys and values) are left alone. Checked against greedy decoding that reruns the whole sequence each step under
+    the same intervention (there the selected positions are always the same prompt positions)."""
+    model = tiny_models["llama"]
+    prompt = PROMPTS[1]
+    iv = ms.Patch("resid_post.0", 8.0, pos=[1, -1])  # -1: the prompt's last token, not each new token
+    with model.intervene(iv):
+        ours = model.generate(prompt, max_new_tokens=5, cache="resid_post.0")
+    n_prompt = model.encode(prompt).tokens.shape[1]
+    tokens = model.encode(prompt).tokens
+    for _ in range(5):
+        with model.intervene(ms.Patch("resid_post.0", 8.0, pos=[1, n_prompt - 1])):
+            tokens = torch.cat([tokens, model.run(tokens).logits[:, -1:].argmax(-1)], 1)
+    assert torch.equal(ours.tokens, tokens)
+    assert not torch.equal(ours.tokens, model.generate(prompt, max_new_tokens=5).tokens)  # it did something
+    edited = ours.cache["resid_post.0"][0]
+    assert (edited[[1, n_prompt - 1]] == 8.0).all() and not (edited[n_prompt:] == 8.0).any()
+    assert model._generated_offset == 0

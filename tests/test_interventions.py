@@ -163,3 +163,94 @@ def test_wrapped_cnn_module_paths_are_sites():
     assert torch.equal(abl.cache["features"][:, 3:], out.cache["features"][:, 3:])
     with model.intervene(ms.Ablate("features", "mean", reference=torch.randn(5, 3, 6, 6))):
         assert not torch.equal(model.run(x).logits, out.logits)
+
+
+# --- composition: references come from the model as it is outside the block -------------------------------------
+
+KINDS = ["patch", "zero", "mean", "resample", "add", "replace"]
+
+
+def _intervention(kind: str, site: str, model: ms.Model, ref: list[str], shape: torch.Size) -> ms.Intervention:
+    """One intervention of each kind at ``site`` (values seeded from the kind and site)."""
+    gen = torch.Generator().manual_seed(len(kind) * 100 + len(site))
+    if kind == "patch":
+        return ms.Patch(site, torch.randn(shape, generator=gen))
+    if kind == "zero":
+        return ms.Ablate(site, "zero", pos=[1, 2])
+    if kind in ("mean", "resample"):
+        return ms.Ablate(site, kind, reference=ref, seed=2)
+    if kind == "add":
+        return ms.Add(site, torch.randn(shape[-1], generator=gen), scale=3.0)
+    return ms.Replace(site, lambda x: x.flip(-1) * 2)
+
+
+def _as_fixed(iv: ms.Intervention, model: ms.Model, ref: list[str]) -> ms.Intervention:
+    """The same intervention with every reference resolved on the plain model (a Patch or Replace)."""
+    if isinstance(iv, ms.Ablate) and iv.how == "zero":
+        return ms.Patch(iv.site, 0.0, pos=iv.pos)  # a scalar broadcasts to the region
+    if isinstance(iv, ms.Ablate):
+        acts = model.run(ref, cache=iv.site).cache[iv.site]
+        if iv.how == "mean":
+            return ms.Patch(iv.site, acts.mean(0))
+        pick = torch.randint(acts.shape[0], (len(PROMPTS),), generator=torch.Generator().manual_seed(iv.seed))
+        return ms.Patch(iv.site, acts[pick])
+    if isinstance(iv, ms.Add):
+        return ms.Replace(iv.site, lambda x, v=iv.vector * iv.scale: x + v)
+    return iv
+
+
+@pytest.mark.parametrize("first", KINDS)
+@pytest.mark.parametrize("second", KINDS)
+def test_every_pair_of_interventions_composes_with_references_from_the_plain_model(tiny_models, first, second):
+    """``intervene(A, B)``: A applies, then B on what A left; B's reference (mean, resample) is run before A is
+    applied, so it is B's value on the plain model. Checked against the same pair with references resolved by hand,
+    on two sites (B downstream of A) and on one site (B sees A's result)."""
+    model = tiny_models["llama"]
+    ref = [p.upper() for p in PROMPTS]  # as many tokens as PROMPTS
+    shape = model.run(PROMPTS, cache="resid_mid.0").cache["resid_mid.0"].shape
+    for site_a, site_b in (("resid_mid.0", "mlp_out.1"), ("mlp_out.1", "mlp_out.1")):
+        a = _intervention(first, site_a, model, ref, shape)
+        b = _intervention(second, site_b, model, ref, shape)
+        with model.intervene(a, b):
+            got = model.run(PROMPTS, cache=site_b)
+        with model.intervene(_as_fixed(a, model, ref), _as_fixed(b, model, ref)):
+            want = model.run(PROMPTS, cache=site_b)
+        torch.testing.assert_close(got.logits, want.logits, atol=0, rtol=0)
+        torch.testing.assert_close(got.cache[site_b], want.cache[site_b], atol=0, rtol=0)
+
+
+def test_sequential_references_see_the_interventions_before_them(tiny_models):
+    model = tiny_models["llama"]
+    ref = [p.upper() for p in PROMPTS]
+    steer = ms.Add("resid_mid.0", torch.ones(64), scale=5.0)
+    mean = ms.Ablate("mlp_out.1", "mean", reference=ref)
+    with model.intervene(steer, mean, sequential=True):
+        got = model.run(PROMPTS, cache="mlp_out.1").cache["mlp_out.1"]
+    with model.intervene(steer):
+        steered = model.run(ref, cache="mlp_out.1").cache["mlp_out.1"].mean(0)
+    torch.testing.assert_close(got, steered.expand_as(got))
+    with model.intervene(steer, mean):  # the default: the plain model's mean
+        plain = model.run(PROMPTS, cache="mlp_out.1").cache["mlp_out.1"]
+    assert not torch.allclose(plain, got)
+
+
+def test_patching_a_full_tensor_beside_a_reference_of_another_length(tiny_models):
+    model = tiny_models["llama"]
+    clean = model.run(PROMPTS, cache="attn_out.0").cache["attn_out.0"]
+    with model.intervene(ms.Patch("attn_out.0", clean), ms.Ablate("mlp_out.1", "mean", reference=["ab", "cd"],
+                                                                  over="batch_pos")):  # fmt: skip
+        out = model.run(PROMPTS, cache="mlp_out.1").cache["mlp_out.1"]
+    want = model.run(["ab", "cd"], cache="mlp_out.1").cache["mlp_out.1"].mean((0, 1))
+    torch.testing.assert_close(out, want.expand_as(out))
+
+
+def test_numbers_broadcast_as_patch_and_add_values(tiny_models):
+    model = tiny_models["gpt2"]
+    plain = model.run(PROMPTS, cache="mlp_out.0").cache["mlp_out.0"]
+    with model.intervene(ms.Patch("mlp_out.0", 0.5, units=[3]), ms.Add("mlp_out.0", 1.0, pos=[0])):
+        got = model.run(PROMPTS, cache="mlp_out.0").cache["mlp_out.0"]
+    want = plain.clone()
+    want[..., 3] = 0.5
+    want[:, 0] += 1.0
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    assert repr(ms.Patch("mlp_out.0", 0.0)) == "Patch('mlp_out.0', value=0.0)"

@@ -47,7 +47,7 @@ def _check_last_layer_is_output(model, prompts):
 @pytest.mark.parametrize("family", list(TINY_CONFIGS))
 def test_last_layer_lens_is_the_real_output(family):
     # gemma2 soft-caps its logits outside any module; a cap of 0.1 makes forgetting it fail loudly.
-    overrides = {"final_logit_softcapping": 0.1} if family == "gemma2" else {}
+    overrides = {"final_logit_softcapping": 0.1} if family in ("gemma2", "gemma3_text") else {}
     _check_last_layer_is_output(ms.tiny(family, **overrides), PROMPTS)
 
 

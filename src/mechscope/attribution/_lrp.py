@@ -7,8 +7,10 @@ small ``epsilon`` in the denominator. Element-wise activations (ReLU, Tanh, Drop
 ReLU network without biases it equals input x gradient (Ancona et al. 2018, section 3.2), which the tests check.
 
 Captum's LRP knows convolutions, linear layers, batch norm and average/max pools; mechscope adds the epsilon rule on
-adaptive max pools (a max pool of the whole map). Layers without a defined rule (layer norm, attention, GELU)
-raise, naming the module: LRP is not defined for them without a model-specific rule.
+adaptive max pools (a max pool of the whole map) and the identity rule on reshaping modules (``nn.Flatten``,
+``nn.Unflatten``, ``nn.Identity``: each output entry is one input entry, so relevance moves with it, reshaped by
+autograd). Layers without a defined rule (layer norm, attention, GELU) raise, naming the module: LRP is not defined
+for them without a model-specific rule.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import torch
 from captum.attr import LRP
 from captum.attr._core.lrp import SUPPORTED_LAYERS_WITH_RULES, SUPPORTED_NON_LINEAR_LAYERS
-from captum.attr._utils.lrp_rules import EpsilonRule
+from captum.attr._utils.lrp_rules import EpsilonRule, PropagationRule
 from torch import nn
 
 from ..core._model import Model
@@ -32,6 +34,30 @@ from ._targets import Logit, _per_example
 _EPSILON_LAYERS = (*SUPPORTED_LAYERS_WITH_RULES, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
 """Leaf modules that take the epsilon rule: Captum's (all epsilon by default) plus adaptive max pools."""
 
+_RESHAPES = (nn.Flatten, nn.Unflatten, nn.Identity)
+"""Leaf modules that only move entries: the identity rule."""
+
+
+class _ReshapeRule(PropagationRule):
+    """Identity rule for a module that only moves entries (its relevance sum is kept).
+
+    It installs no hooks, so the relevance flowing backwards as Captum's modified gradient is reshaped by autograd
+    like the tensor itself. (Captum's own ``IdentityRule`` hands the output's relevance to the input unchanged,
+    which needs equal shapes.)
+    """
+
+    def forward_hook(self, module: nn.Module, inputs: Any, outputs: Any) -> None:
+        return None
+
+    def forward_hook_weights(self, module: nn.Module, inputs: Any, outputs: Any) -> None:
+        return None
+
+    def forward_pre_hook_activations(self, module: nn.Module, inputs: Any) -> None:
+        return None
+
+    def _manipulate_weights(self, module: nn.Module, inputs: Any, outputs: Any) -> None:
+        return None
+
 
 def lrp(model: Model, inputs: Any, target: Any, *, epsilon: float = LRPConfig.epsilon) -> Attribution:
     """Epsilon-rule LRP of a class logit on the model's input, for models built from conv/linear/norm/pool layers."""
@@ -43,13 +69,15 @@ def lrp(model: Model, inputs: Any, target: Any, *, epsilon: float = LRPConfig.ep
         for name, m in model.module.named_modules():
             if list(m.children()) or type(m) in SUPPORTED_NON_LINEAR_LAYERS:
                 continue
-            if not isinstance(m, _EPSILON_LAYERS):
+            has_rule = isinstance(m, (*_EPSILON_LAYERS, *_RESHAPES))  # (not narrowing m: Captum's types are Any)
+            if not has_rule:
                 raise ValueError(
                     f"LRP has no rule for {name!r} ({type(m).__name__}): mechscope's LRP covers conv, linear, batch "
-                    "norm, pools and ReLU/Tanh/Dropout (reshapes as tensor methods in forward, not modules). Use "
-                    "integrated_gradients or input_x_gradient for this model"
+                    "norm, pools, ReLU/Tanh/Dropout and reshapes (nn.Flatten, nn.Unflatten, nn.Identity, or tensor "
+                    "methods in forward). Use integrated_gradients or input_x_gradient for this model"
                 )
-            m.rule = EpsilonRule(epsilon)  # Captum reads the rule from this attribute
+            # Captum reads the rule from this attribute
+            m.rule = _ReshapeRule() if isinstance(m, _RESHAPES) else EpsilonRule(epsilon)
             ruled.append(m)
         idx = _per_example(sp.target.index, sp.n, sp.x.device)
         with torch.enable_grad():

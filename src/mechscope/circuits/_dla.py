@@ -135,21 +135,29 @@ class FrozenNorm:
     def of(cls, norm: nn.Module, x: Float[Tensor, "batch d_model"]) -> FrozenNorm:
         """Freeze ``norm`` at the scale it applies to each row of ``x``."""
         eps = next((getattr(norm, a) for a in ("variance_epsilon", "eps") if getattr(norm, a, None) is not None), None)
-        if eps is None:
-            raise TypeError(f"final norm {type(norm).__name__} has no eps/variance_epsilon: DLA needs a LayerNorm "
-                            "or RMSNorm")  # fmt: skip
         d = x.shape[-1]
         # forward() bypasses hooks, so an active intervention on the norm does not touch these probes.
         zero = norm.forward(x.new_zeros(1, d))[0]
         centered = bool(torch.allclose(norm.forward(x.new_ones(1, d))[0], zero))  # LayerNorm maps constants to b
-
-        def s(v: Tensor) -> Tensor:
-            pv = v - v.mean(-1, keepdim=True) if centered else v
-            return (pv.pow(2).mean(-1) + float(eps)).sqrt()
-
         eye = torch.eye(d, dtype=x.dtype, device=x.device)
-        weight = (norm.forward(eye) - zero) * s(eye)[:, None]
-        return cls(weight, zero, s(x))
+
+        def s(v: Tensor, eps: float) -> Tensor:
+            pv = v - v.mean(-1, keepdim=True) if centered else v
+            return (pv.pow(2).mean(-1) + eps).sqrt()
+
+        if eps is not None:
+            weight = (norm.forward(eye) - zero) * s(eye, float(eps))[:, None]
+            return cls(weight, zero, s(x, float(eps)))
+        # No eps attribute (OLMo's parameter-free LayerNorm passes a literal to F.layer_norm): measure instead. At a
+        # large input C e_k eps is negligible (relative error eps / (2 C^2 mean(P(e_k)^2)), below 1e-9 here), which
+        # gives g * P(e_k); then s(x) = |g * P(x)| / |norm(x) - b| for each row of x.
+        big = 1e4
+        weight = (norm.forward(big * eye) - zero) * s(eye, 0.0)[:, None]
+        linear, normed = x @ weight, norm.forward(x) - zero  # [batch d_model] each
+        if not bool(linear.norm(dim=-1).gt(0).all()):
+            raise TypeError(f"final norm {type(norm).__name__} is not a LayerNorm or RMSNorm that DLA can freeze "
+                            "(its linear part vanishes on the final residual)")  # fmt: skip
+        return cls(weight, zero, linear.norm(dim=-1) / normed.norm(dim=-1))
 
     def pullback(self, direction: Float[Tensor, "batch d_model"]) -> Float[Tensor, "batch d_model"]:
         """``u`` with ``u . v = direction . (g * P(v)) / s`` for every residual vector ``v``."""

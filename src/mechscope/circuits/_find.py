@@ -43,6 +43,12 @@ class NodeCircuit(Protocol):
     def to_dict(self) -> dict[str, Any]: ...
 
 
+SAVED_EDGES = 5000
+"""Most scored edges a ``CircuitRun`` keeps (``ranked_edges``): enough for the explorer's size slider on a saved
+run up to the curve's sizes that hold at most this many edges, and about 340 KB of
+indented JSON in ``summary.json`` (measured on random SmolLM2 edge names)."""
+
+
 @dataclass(frozen=True)
 class FindConfig:
     """Settings of :func:`find_circuit`; the method's own settings are its config (``method_config``)."""
@@ -100,6 +106,9 @@ class CircuitRun:
     seconds: dict[str, float] = field(default_factory=dict)
     """Wall time of each step (``method``, ``faithfulness``, ``curve``) and the ``total``."""
     model: dict[str, Any] = field(default_factory=dict)
+    ranked_edges: tuple[tuple[str, float], ...] = ()
+    """Edge methods: the scored edges by ``|score|``, strongest first, with their scores: every edge of the graph,
+    or the ``SAVED_EDGES`` strongest when it has more (so a saved run can be re-pruned to any size up to that)."""
 
     def to_dict(self) -> dict[str, Any]:
         c = self.circuit
@@ -115,6 +124,7 @@ class CircuitRun:
             "curve": self.curve.to_dict() if self.curve is not None else None,
             "seconds": self.seconds,
             "model": self.model,
+            "ranked_edges": [list(e) for e in self.ranked_edges],
         }  # fmt: skip
 
     @classmethod
@@ -124,7 +134,8 @@ class CircuitRun:
         curve = curve_from_dict(d["curve"]) if d.get("curve") is not None else None
         return cls(d["method"], dict(d["config"]), d["task"], d["n_prompts"], circuit, c["faithfulness"],
                    tuple(c["random_faithfulness"]), dict(d["scores"]), dict(d.get("edge_scores", {})), curve,
-                   dict(d.get("seconds", {})), dict(d.get("model", {})))  # fmt: skip
+                   dict(d.get("seconds", {})), dict(d.get("model", {})),
+                   tuple((str(n), float(v)) for n, v in d.get("ranked_edges", ())))  # fmt: skip
 
 
 def curve_from_dict(d: dict[str, Any]) -> FaithfulnessCurve:
@@ -162,14 +173,17 @@ def find_circuit(model: Model, task: Task, config: FindConfig = FindConfig(), *,
                               random=config.random, ablation=config.ablation, seed=config.seed,
                               batch_size=config.batch_size, progress=progress)  # fmt: skip
         seconds["curve"] = time.perf_counter() - tick
-    edge_scores = {}
+    edge_scores: dict[str, float] = {}
+    ranked: tuple[tuple[str, float], ...] = ()
     if isinstance(result, EdgeScores):
         kept = torch.nonzero(circuit.edges).flatten().tolist()
         names = result.graph.edge_names()
         edge_scores = {names[i]: float(result.scores[i]) for i in kept}
+        ranked = tuple(result.top_edges(SAVED_EDGES))
     seconds["total"] = time.perf_counter() - start
     return CircuitRun(spec.name, dataclasses.asdict(settings), task.name, len(task), circuit, faith[0],
-                      tuple(faith[1:]), summarise(result), edge_scores, curve, seconds, model.provenance)  # fmt: skip
+                      tuple(faith[1:]), summarise(result), edge_scores, curve, seconds, model.provenance,
+                      ranked)  # fmt: skip
 
 
 def run_method(spec: MethodSpec[Any, Any], model: Model, task: Task, config: Any, *, progress: bool = False) -> Any:

@@ -30,13 +30,15 @@ def bind(model: Model, iv: Intervention) -> list[tuple[Site, Handler]]:
                 "attention function; intervene on the head's q or k (scores) or z (output) instead."
             )
     refs = _references(model, iv, sites) if isinstance(iv, Ablate) and iv.how != "zero" else {}
-    return [(site, _handler(site, iv, _region_fn(site, iv, refs.get(site.name)))) for site in sites]
+    return [(site, _handler(model, site, iv, _region_fn(site, iv, refs.get(site.name)))) for site in sites]
 
 
-def _handler(site: Site, iv: Intervention, region_fn: RegionFn) -> Handler:
+def _handler(model: Model, site: Site, iv: Intervention, region_fn: RegionFn) -> Handler:
     selection = iv.selection()
 
-    def handler(act: Tensor) -> Tensor:
+    def handler(act: Tensor) -> Tensor | None:
+        if selection["pos"] is not None and model._generated_offset:
+            return None  # generating after the prompt: this pass holds no prompt position
         idx = region_index(act, site.axes, selection, site.name)
         region = act if idx is None else act[idx]
         new = region_fn(act, region, idx)

@@ -61,6 +61,8 @@ class HookSet:
         def apply(raw: Tensor) -> Tensor | None:
             res = residual.get("x")
             act = raw + res if res is not None else site.view(raw)  # resid_mid = resid_pre + attn_out
+            if site.modified_later:
+                act = act.clone()  # the value the module returned, before the model adds to it in place
             new = handler(act)
             if new is None:
                 return None
@@ -84,12 +86,14 @@ class HookSet:
         """Record the tensor flowing through ``site`` so gradients can be taken with respect to it."""
 
         def apply(raw: Tensor) -> Tensor | None:
+            # When the model changes the tensor in place later (a clamp, an addition), it must change a copy: the
+            # gradient is taken at the value the module returned.
             if raw.requires_grad:
                 store.append((site, raw))
-                return None
+                return raw.clone() if site.modified_later else None
             leaf = raw.detach().requires_grad_(True)  # nothing upstream needs gradients
             store.append((site, leaf))
-            return leaf
+            return leaf.clone() if site.modified_later else leaf
 
         self._register(site, apply)
 
@@ -103,6 +107,8 @@ class HookSet:
 
     def _register(self, site: Site, fn: Callable[[Tensor], Tensor | None]) -> None:
         module = self._module(site.module)
+        if site.tokens_from is not None:
+            fn = self._unflattening(site.tokens_from, fn)
         if site.io == "in":
 
             def pre_hook(_m: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
@@ -123,6 +129,26 @@ class HookSet:
                 return (*out[: site.index], new, *out[site.index + 1 :]) if isinstance(out, tuple) else new
 
             self._handles.append(module.register_forward_hook(hook))
+
+    def _unflattening(self, tokens_from: str, fn: Callable[[Tensor], Tensor | None]) -> Callable[[Tensor], Tensor]:
+        """``fn`` on a ``[batch*pos ...]`` tensor seen as ``[batch pos ...]`` (the shape of ``tokens_from``'s input).
+
+        The module's tensor is always replaced by a flattened view of what ``fn`` saw (the same values), so gradients
+        taken at the unflattened tensor reach the model.
+        """
+        shape: dict[str, torch.Size] = {}
+
+        def capture(_m: nn.Module, args: tuple, kwargs: dict) -> None:
+            shape["x"] = _first_input(args, kwargs).shape[:2]
+
+        self._handles.append(self._module(tokens_from).register_forward_pre_hook(capture, with_kwargs=True))
+
+        def apply(raw: Tensor) -> Tensor:
+            tokens = raw.unflatten(0, shape["x"])  # [batch pos ...]
+            new = fn(tokens)
+            return (tokens if new is None else new).flatten(0, 1)
+
+        return apply
 
 
 def _first_input(args: tuple, kwargs: dict) -> Tensor:

@@ -60,9 +60,9 @@ class _Intervention:
 
 @dataclass(frozen=True, eq=False, repr=False)
 class Patch(_Intervention):
-    """Set the selected region to ``value`` (the full site tensor, or anything broadcasting to the region)."""
+    """Set the selected region to ``value``: the full site tensor, anything broadcasting to the region, a number."""
 
-    value: Tensor
+    value: Tensor | float
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -89,9 +89,9 @@ class Ablate(_Intervention):
 
 @dataclass(frozen=True, eq=False, repr=False)
 class Add(_Intervention):
-    """Add ``scale * vector`` to the selected region (steering)."""
+    """Add ``scale * vector`` to the selected region (steering; ``vector`` may be a number)."""
 
-    vector: Tensor
+    vector: Tensor | float
     scale: float = 1.0
 
 
@@ -156,9 +156,11 @@ def _shape_str(act: Tensor, axes: tuple[str, ...]) -> str:
     return str(list(act.shape))
 
 
-def fit_value(value: Tensor, act: Tensor, idx: tuple[Tensor, ...] | None, what: str, axes: tuple[str, ...]) -> Tensor:
-    """Return ``value`` as the region's tensor: take the region of a full-shape value, else broadcast it."""
-    value = value.to(dtype=act.dtype, device=act.device)
+def fit_value(
+    value: Tensor | float, act: Tensor, idx: tuple[Tensor, ...] | None, what: str, axes: tuple[str, ...]
+) -> Tensor:
+    """Return ``value`` as the region's tensor: the region of a full-shape value, else ``value`` broadcast."""
+    value = torch.as_tensor(value).to(dtype=act.dtype, device=act.device)
     region_shape = act.shape if idx is None else torch.broadcast_shapes(*(t.shape for t in idx))
     if value.shape == act.shape:
         return value if idx is None else value[idx]

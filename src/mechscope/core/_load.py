@@ -75,13 +75,15 @@ def load(
 def from_hf(module: nn.Module, tokenizer: Any = None, *, name: str, weights_sha256: str | None = None) -> Model:
     """Wrap an already-loaded Hugging Face causal LM whose family mechscope knows."""
     config: Any = module.config
-    family = family_of(config.model_type)
+    family = family_of(config)
     head = module.get_output_embeddings()  # type: ignore[operator]
     unembed = next((path for path, m in module.named_modules() if m is head), family.unembed)
     family = dataclasses.replace(family, unembed=unembed)  # its name moved between transformers releases
     module.eval().requires_grad_(False)
-    down: Any = module.get_submodule(f"{family.layers}.0.{family.mlp_down}")
-    d_mlp = getattr(down, "in_features", None) or down.weight.shape[0]  # GPT-2's Conv1D stores [in, out]
+    d_mlp = 0  # mixtures of experts: no module per expert, so no neurons to name
+    if family.mlp_down is not None:
+        down: Any = module.get_submodule(f"{family.layers}.0.{family.mlp_down}")
+        d_mlp = getattr(down, "in_features", None) or down.weight.shape[0]  # GPT-2's Conv1D stores [in, out]
     n_heads = config.num_attention_heads
     cfg = ModelConfig(
         n_layers=config.num_hidden_layers,
@@ -91,7 +93,7 @@ def from_hf(module: nn.Module, tokenizer: Any = None, *, name: str, weights_sha2
         d_head=getattr(config, "head_dim", None) or config.hidden_size // n_heads,
         d_mlp=int(d_mlp),
         d_vocab=config.vocab_size,
-        parallel=bool(family.parallel_attr and getattr(config, family.parallel_attr, False)),
+        parallel=family.parallel or bool(family.parallel_attr and getattr(config, family.parallel_attr, False)),
         n_ctx=getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None),
     )
     return Model(module, lm_sites(family, cfg), name=name, tokenizer=tokenizer, cfg=cfg,

@@ -110,6 +110,10 @@ class Model:
         self.name = name
         self._sites = sites
         self._weights_sha256 = weights_sha256
+        self._generated_offset = 0
+        """Positions before the tokens of the current forward pass; nonzero only inside ``generate`` after the
+        prompt (set and reset by ``_generate``), where ``pos=`` selections, which address prompt positions, are
+        left out."""
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, {len(self._sites)} sites)"
@@ -317,16 +321,26 @@ class Model:
         return self.module(**kwargs)
 
     @contextmanager
-    def intervene(self, *interventions: Intervention) -> Iterator[Model]:
+    def intervene(self, *interventions: Intervention, sequential: bool = False) -> Iterator[Model]:
         """Apply interventions to every forward pass inside the block; every hook is removed on exit.
 
         Interventions compose in order (later ones see earlier ones' results); nested blocks apply inside
-        outer ones. Ablation references given as inputs are run once, when the block is entered.
+        outer ones. Ablation references given as inputs are run once, when the block is entered, by the model as
+        it is outside this block: before any of these interventions is applied (with ``sequential=True``, each
+        reference is run with the interventions before it already applied).
+
+        ``pos=`` selects positions of the padded batch; during ``generate`` it selects prompt positions (the
+        first pass), and tokens generated after the prompt are left alone.
         """
         hooks = HookSet(self.module)
         try:
-            for iv in interventions:
-                for site, handler in bind(self, iv):
+            if sequential:
+                for iv in interventions:
+                    for site, handler in bind(self, iv):
+                        hooks.add(site, handler)
+            else:
+                bound = [pair for iv in interventions for pair in bind(self, iv)]  # every reference run first
+                for site, handler in bound:
                     hooks.add(site, handler)
             yield self
         finally:

@@ -106,7 +106,7 @@ class FamilyResidual:
                 f"{model.name} is not a transformer language model of a known family; circuit methods need the "
                 "residual-model contract (mechscope.core.ResidualModel): pass an adapter that implements it"
             )
-        family = family_of(config.model_type)
+        family = family_of(config)
         qkv, w_o = [], []
         for layer in range(cfg.n_layers):
             parts = {}

@@ -87,6 +87,12 @@ class Site:
     writable: bool = True
     residual_from: str | None = None
     """For ``resid_mid``: module whose input is the residual stream that this site's tensor is added to."""
+    tokens_from: str | None = None
+    """The module's tensor has batch and positions flattened into one axis (OPT's MLP): this module's input gives
+    the ``[batch pos]`` shape the site unflattens it to."""
+    modified_later: bool = False
+    """The model adds to this tensor in place after the module returns (Falcon's parallel MLP output): readers
+    get a copy taken when the module returns."""
 
     def describe(self) -> str:
         """Shape with axis names, e.g. ``[batch pos head=9 d_head=64]``."""
@@ -156,6 +162,7 @@ def _layer_sites(f: Family, c: ModelConfig, layer: int) -> list[Site]:
     o = layer * 10
     kv_note = f"; GQA: each of {c.n_kv_heads} KV heads serves {c.n_heads // c.n_kv_heads} query heads"
     kv_note = kv_note if c.n_kv_heads != c.n_heads else ""
+    flat = block if f.mlp_flat else None  # the block's input has the [batch pos] shape its MLP flattened
     sites = [
         Site(f"resid_pre.{layer}", block, "in", axes=res, sizes=res_sizes, meaning="residual stream into the block",
              order=o + 1),
@@ -169,7 +176,8 @@ def _layer_sites(f: Family, c: ModelConfig, layer: int) -> list[Site]:
         sizes = q_sizes if part == "q" else kv_sizes
         what = {"q": "query (before rotary)", "k": "key (before rotary)" + kv_note, "v": "value" + kv_note}[part]
         sites.append(Site(f"head.{layer}.{part}", f"{block}.{module}", "out", view=view, axes=head_axes,
-                          sizes=sizes, meaning=f"per-head {what}", order=o + 2))  # fmt: skip
+                          sizes=sizes, meaning=f"per-head {what}", order=o + 2,
+                          modified_later=f.qkv_in_place))  # fmt: skip
     sites += [
         Site(f"head.{layer}.pattern", f"{block}.{f.attn}", "out", index=1, axes=("batch", "head", "qpos", "kpos"),
              sizes=(None, c.n_heads, None, None), meaning="attention probabilities (eager attention; read-only)",
@@ -183,16 +191,23 @@ def _layer_sites(f: Family, c: ModelConfig, layer: int) -> list[Site]:
         sites.append(Site(f"resid_mid.{layer}", f"{block}.{f.attn_out}", "out", axes=res, sizes=res_sizes,
                           meaning="residual stream between attention and MLP (resid_pre + attn_out)", order=o + 6,
                           residual_from=f"{block}.{f.ln1 or f.attn}"))  # fmt: skip
-    if f.ln2 is not None:
-        sites.append(Site(f"ln2.{layer}", f"{block}.{f.ln2}", "out", axes=res, sizes=res_sizes,
+    if f.ln2 is not None and f.ln2 != f.ln1:  # a norm shared by both branches (GPT-J, Phi) is ln1 only
+        sites.append(Site(f"ln2.{layer}", f"{block}.{f.ln2}", "out", axes=res, sizes=res_sizes, tokens_from=flat,
                           meaning="normalised residual stream that the MLP reads (the norm in front of the MLP)",
                           order=o + 6.5))  # fmt: skip
+    if f.router is not None:
+        sites.append(Site(f"mlp.{layer}.router", f"{block}.{f.router}", "out", axes=("token", "expert"),
+                          sizes=(None, None), order=o + 6.8, writable=False,
+                          meaning="router logits, one row per token (batch and pos flattened, as the router sees "
+                                  "them; read-only: the router picks experts inside its own forward)"))  # fmt: skip
+    if f.mlp_down is not None:
+        sites.append(Site(f"mlp.{layer}.post", f"{block}.{f.mlp_down}", "in", axes=("batch", "pos", "d_mlp"),
+                          tokens_from=flat, sizes=(None, None, c.d_mlp), order=o + 7,
+                          meaning="MLP neuron activations (input of the down projection)"))  # fmt: skip
     sites += [
-        Site(f"mlp.{layer}.post", f"{block}.{f.mlp_down}", "in", axes=("batch", "pos", "d_mlp"),
-             sizes=(None, None, c.d_mlp), meaning="MLP neuron activations (input of the down projection)",
-             order=o + 7),
         Site(f"mlp_out.{layer}", f"{block}.{f.mlp_out}", "out", axes=res, sizes=res_sizes,
-             meaning="MLP output added to the residual stream", order=o + 8),
+             meaning="MLP output added to the residual stream", order=o + 8, modified_later=f.mlp_out_in_place,
+             tokens_from=flat),
         Site(f"resid_post.{layer}", block, "out", axes=res, sizes=res_sizes, meaning="residual stream out of the block",
              order=o + 9),
     ]  # fmt: skip
@@ -306,6 +321,11 @@ def unknown_site_message(sites: dict[str, Site], pattern: str) -> str:
     probe = pattern.replace("*", "0").replace("?", "0")
     close = difflib.get_close_matches(probe, list(sites), n=5, cutoff=0.4)
     hint = f" Closest: {', '.join(close)}." if close else ""
+    if "expert" in pattern:
+        hint += (
+            " Mixture-of-experts models have a router site (mlp.L.router) but no per-expert sites: the experts"
+            " are one fused parameter with no module per expert, and each sees only the tokens routed to it."
+        )
     if pattern.startswith("resid_mid") and not any(n.startswith("resid_mid") for n in sites):
         hint += " This model's attention and MLP read the same residual stream (parallel blocks): no resid_mid."
     return f"unknown site {pattern!r}.{hint} List them with model.sites() or `mechscope sites MODEL`."

@@ -13,6 +13,7 @@ from ._load import from_hf
 from ._model import Model
 
 _COMMON = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
+_GQA = {**_COMMON, "num_key_value_heads": 2, "max_position_embeddings": 256}
 
 TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "gpt2": {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_inner": 128, "n_positions": 256},
@@ -20,6 +21,35 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "gpt_neox": {**_COMMON, "max_position_embeddings": 256, "use_parallel_residual": True},
     "gemma": {**_COMMON, "num_key_value_heads": 1, "head_dim": 16, "max_position_embeddings": 256},
     "gemma2": {**_COMMON, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 256},
+    "mistral": {**_GQA, "sliding_window": 4},
+    "qwen2": {**_GQA},
+    "qwen3": {**_GQA, "head_dim": 16},
+    "olmo": {**_GQA},
+    "olmo2": {**_GQA},
+    "phi": {**_COMMON, "max_position_embeddings": 256},
+    "phi3": {**_GQA},
+    "gptj": {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_inner": 128, "n_positions": 256, "rotary_dim": 8},
+    "gpt_bigcode": {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_inner": 128, "n_positions": 256},
+    "opt": {**_COMMON, "ffn_dim": 128, "max_position_embeddings": 256, "word_embed_proj_dim": 64},
+    "falcon": {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "ffn_hidden_size": 128,
+        "max_position_embeddings": 256,
+    },
+    "bloom": {"hidden_size": 64, "n_layer": 2, "n_head": 4},
+    "gemma3_text": {**_GQA, "head_dim": 16, "sliding_window": 4},
+    "granite": {**_GQA},
+    "stablelm": {**_GQA},
+    "mixtral": {**_GQA, "num_local_experts": 4, "num_experts_per_tok": 2},
+    "qwen2_moe": {
+        **_GQA,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32,
+        "shared_expert_intermediate_size": 64,
+    },
 }
 """Config overrides per family: 2 layers, d_model 64, 4 heads (GQA where the family has it)."""
 

@@ -1,5 +1,6 @@
 """The activation store (sharded safetensors + manifest) and the feature database (one SQLite file)."""
 
+from mechscope.store._explanations import Explanation, add_explanations
 from mechscope.store._featuredb import FeatureDBConfig, build_feature_db, logit_effects
 from mechscope.store._featuredb_query import (
     Example,
@@ -16,6 +17,7 @@ from mechscope.store._store import ActivationStore, Manifest, Provenance, Proven
 __all__ = [
     "ActivationStore",
     "Example",
+    "Explanation",
     "FeatureDB",
     "FeatureDBConfig",
     "HarvestConfig",
@@ -29,6 +31,7 @@ __all__ = [
     "ShardData",
     "TokenEffect",
     "TokenMatch",
+    "add_explanations",
     "build_feature_db",
     "harvest",
     "logit_effects",

@@ -22,6 +22,8 @@ Schema (all keys indexed)::
                                                direction 'promoted' or 'suppressed'; PRIMARY KEY (latent,
                                                direction, rank), INDEX (token_id, direction)
     vocab(token_id PRIMARY KEY, text)          decoded tokens, when a tokenizer was given
+    explanations(latent, explainer, text, score, scorer)
+                                               added later, by ``add_explanations`` (``_explanations``)
 
 The file is built under a temporary name and renamed into place, so readers never see half a database.
 """

@@ -11,6 +11,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from mechscope.store import _explanations
+from mechscope.store._explanations import Explanation
+
 FORMAT = "mechscope.feature_db"
 FORMAT_VERSION = 1
 _RANKABLE = ("frequency", "mean_activation", "max_activation", "n_active")
@@ -209,6 +212,14 @@ class FeatureDB:
             (*ids, n),
         )
         return [TokenMatch(*r) for r in rows]
+
+    def explanations(self, latent: int) -> list[Explanation]:
+        """The latent's explanations (``add_explanations`` writes them), best score first; [] when none."""
+        return _explanations.of_latent(self._con, latent)
+
+    def search_explanations(self, text: str, n: int = 20) -> list[Explanation]:
+        """Explanations that contain every word of ``text`` (case-insensitive), best score first."""
+        return _explanations.search(self._con, text, n)
 
     def _histogram(self, i: int, max_activation: float) -> tuple[tuple[float, ...], tuple[int, ...]]:
         rows = self._con.execute("SELECT bin, count FROM histograms WHERE latent = ? ORDER BY bin", (i,)).fetchall()

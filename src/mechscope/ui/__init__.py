@@ -2,8 +2,10 @@
 
 Views: the prompt lab (tokens, next-token predictions, the logit lens at every layer and position, attention
 patterns of any head, direct logit attribution of heads and MLPs), the circuit explorer (a saved ``mechscope
-circuit`` run as a layered graph with its faithfulness curve), the bench leaderboard, and feature pages over a
-feature database. Every view's data is a JSON endpoint (``/api`` lists them; ``/api/openapi.json``), and the
+circuit`` run as a layered graph with its faithfulness curve), image attribution (a vision organism's image or an
+uploaded PNG, methods side by side with their quality metrics), the bench leaderboard, and feature pages over a
+feature database (searchable by token and explanation text). Model work runs on one worker whose jobs can be
+cancelled, queued or running. Every view's data is a JSON endpoint (``/api`` lists them; ``/api/openapi.json``), and the
 method listings come from the families' registries, so a newly declared method appears without app code.
 
 Example::

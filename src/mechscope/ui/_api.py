@@ -17,7 +17,14 @@ from starlette.requests import Request
 from ._lab import BadRequest
 
 Where = Literal["query", "body", "path"]
-_TYPES: dict[type, str] = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "object"}
+_TYPES: dict[type, str] = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    dict: "object",
+    list: "array",
+}
 MAX_BODY = 256 * 1024
 """Largest JSON body accepted (bytes)."""
 
@@ -109,19 +116,19 @@ async def parse(endpoint: Endpoint, request: Request) -> dict[str, Any]:
 
 
 def _coerce(p: Param, value: Any, *, from_text: bool) -> Any:
-    kind = _TYPES[p.type]
+    kind = ("an " if _TYPES[p.type][0] in "aeiou" else "a ") + _TYPES[p.type]
     try:
         if from_text and p.type in (int, float):
             value = p.type(value)
         elif from_text and p.type is bool:
             value = {"true": True, "1": True, "false": False, "0": False}[str(value).lower()]
     except (ValueError, KeyError):
-        raise BadRequest(f"argument {p.name!r} must be a {kind}, got {value!r}") from None
+        raise BadRequest(f"argument {p.name!r} must be {kind}, got {value!r}") from None
     ok = isinstance(value, p.type) and not (p.type is int and isinstance(value, bool))
     if p.type is float and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True
     if not ok:
-        raise BadRequest(f"argument {p.name!r} must be a {kind}, got {type(value).__name__} {value!r}"[:300])
+        raise BadRequest(f"argument {p.name!r} must be {kind}, got {type(value).__name__} {value!r}"[:300])
     if (p.minimum is not None and value < p.minimum) or (p.maximum is not None and value > p.maximum):
         raise BadRequest(f"argument {p.name!r} must be between {p.minimum} and {p.maximum}, got {value!r}")
     return value

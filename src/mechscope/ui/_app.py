@@ -2,8 +2,8 @@
 
 ``create_app(Explorer(...))`` builds a Starlette app wrapped in the security guard (``_security.Guard``). The model
 is given once; every endpoint that touches it runs on the one model worker (``_worker.Worker``). Errors come back
-as ``{"error": sentence}`` with 400 (bad input), 401/403 (refused), 404 (no such file or method) or 500 (a job
-failed); the server keeps serving either way.
+as ``{"error": sentence}`` with 400 (bad input), 401/403 (refused), 404 (no such file or method), 409 (the job was
+cancelled) or 500 (a job failed); the server keeps serving either way.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from ._explorer import Explorer
 from ._files import PathRefused
 from ._lab import BadRequest
 from ._security import Guard, allowed_hosts
+from ._worker import JobCancelled
 
 STATIC = Path(__file__).parent / "static"
 DISCONNECT_POLL = 0.2
@@ -39,6 +40,8 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def _status_of(err: BaseException) -> tuple[int, str]:
+    if isinstance(err, JobCancelled):
+        return 409, str(err)
     if isinstance(err, PathRefused):
         return 403, str(err)
     if isinstance(err, FileNotFoundError):
@@ -67,7 +70,7 @@ def _route(x: Explorer, endpoint: Endpoint) -> Route:
         try:
             args = await parse(endpoint, request)
             job = asyncio.ensure_future(endpoint.handler(x, **args))
-            if endpoint.model:  # a queued job whose caller has gone is cancelled (the worker then skips it)
+            if endpoint.model:  # a job whose caller has gone is cancelled (dropped, or stopped at its next checkpoint)
                 while not (await asyncio.wait({job}, timeout=DISCONNECT_POLL))[0]:
                     if await request.is_disconnected():
                         job.cancel()

@@ -11,9 +11,10 @@ import asyncio
 from typing import Any
 
 from ..core._model import Model
-from . import _lab, _views
+from . import _lab, _views, _vision
 from ._api import Endpoint, Param
 from ._explorer import Explorer
+from ._worker import checkpoint_modules
 
 # --- handlers: each takes the explorer and its parsed arguments ----------------------------------------------------
 
@@ -27,10 +28,14 @@ async def _status(x: Explorer) -> dict[str, Any]:
         "version": mechscope.__version__,
         "model": model,
         "dictionary": dictionary,
-        "worker": x.worker.stats.to_dict(),
+        "worker": {**x.worker.stats.to_dict(), "jobs": x.worker.jobs()},
         "roots": x.roots.describe(),
         "token_required": x.token is not None,
     }
+
+
+async def _cancel(x: Explorer, id: int) -> dict[str, Any]:
+    return {"id": id, "was": x.worker.cancel(id)}
 
 
 async def _methods(x: Explorer) -> dict[str, Any]:
@@ -155,6 +160,18 @@ async def _attribute(x: Explorer, prompt: str, continuation: str | None, max_new
     return await x.on_model("token attribution", _attribute_job, args, x.max_tokens)
 
 
+async def _vision_gallery(x: Explorer, organism: str, n: int) -> dict[str, Any]:
+    return await x.worker.run(f"vision {organism}", _vision.gallery, organism, n)
+
+
+async def _vision_attribute(
+    x: Explorer, organism: str, image: int | None, png: str | None, methods: list[Any], target: str, sanity: bool
+) -> dict[str, Any]:
+    org = await x.worker.run(f"vision {organism}", _vision.organism, organism)
+    args = (organism, image, png, methods, target, sanity)
+    return await x.worker.run("image attribution", _vision.attribute, *args, modules=checkpoint_modules(org.module))
+
+
 async def _bench(x: Explorer, ref: str) -> dict[str, Any]:
     return await asyncio.to_thread(_views.bench_view, x.roots.resolve(ref))
 
@@ -167,8 +184,8 @@ async def _feature(x: Explorer, ref: str, latent: int) -> dict[str, Any]:
     return await asyncio.to_thread(_views.feature_card, x.roots.resolve(ref), latent)
 
 
-async def _feature_search(x: Explorer, ref: str, text: str, n: int) -> dict[str, Any]:
-    return await asyncio.to_thread(_views.feature_search, x.roots.resolve(ref), text, n)
+async def _feature_search(x: Explorer, ref: str, text: str, n: int, by: str) -> dict[str, Any]:
+    return await asyncio.to_thread(_views.feature_search, x.roots.resolve(ref), text, n, by)
 
 
 _PROMPT = Param("prompt", "body", str, "The prompt (at most the server's token limit; see /api/status).", required=True)
@@ -176,6 +193,13 @@ _REF = Param("ref", "query", str, "A file reference ROOT/PATH, as /api/runs list
 
 ENDPOINTS: list[Endpoint] = [
     Endpoint("GET", "/api/status", "The model, the worker's queue and the run directories.", _status),
+    Endpoint(
+        "POST",
+        "/api/jobs/cancel",
+        "Cancel a queued or running model job (its caller gets a 409 error); ids are in /api/status.",
+        _cancel,
+        (Param("id", "body", int, "The job's id (/api/status lists worker.jobs).", required=True, minimum=1),),
+    ),
     Endpoint("GET", "/api/methods", "Every family's declared methods (the registries' describe()).", _methods),
     Endpoint(
         "GET",
@@ -318,6 +342,32 @@ ENDPOINTS: list[Endpoint] = [
         ),
         True,
     ),
+    Endpoint(
+        "GET",
+        "/api/vision",
+        "A vision organism: its held-out images (PNG), classes, accuracy and the attribution methods declared for it.",
+        _vision_gallery,
+        (
+            Param("organism", "query", str, "shapes-cnn | shapes-vit | blocks-cnn.", "shapes-cnn"),
+            Param("n", "query", int, "How many held-out images.", 12, minimum=1, maximum=256),
+        ),
+        True,
+    ),
+    Endpoint(
+        "POST",
+        "/api/vision/attribute",
+        "Attribution maps of one image (an organism's or an uploaded PNG) with their quality metrics.",
+        _vision_attribute,
+        (
+            Param("organism", "body", str, "shapes-cnn | shapes-vit | blocks-cnn.", "shapes-cnn"),
+            Param("image", "body", int, "Index of a held-out image (see GET /api/vision).", minimum=0),
+            Param("png", "body", str, "Or an uploaded PNG: base64 or a data:image/png;base64 URI (<= 128 KB)."),
+            Param("methods", "body", list, "Attribution methods (see GET /api/vision).", ["saliency", "grad_cam"]),
+            Param("target", "body", str, "The class explained: pred | label | a class index.", "pred"),
+            Param("sanity", "body", bool, "Also run the randomisation sanity check (slower).", True),
+        ),
+        True,
+    ),
     Endpoint("GET", "/api/bench", "A leaderboard's rows with families, chance and baselines.", _bench, (_REF,)),
     Endpoint(
         "GET",
@@ -340,11 +390,18 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint(
         "GET",
         "/api/features/search",
-        "Latents that promote a token most.",
+        "Latents that promote a token most, or whose explanation contains some words.",
         _feature_search,
         (
             _REF,
-            Param("text", "query", str, "Token text (with or without its leading space).", required=True),
+            Param("text", "query", str, "A token (with or without its leading space), or words.", required=True),
+            Param(
+                "by",
+                "query",
+                str,
+                "token (latents promoting it) | explanation (explanations with every word).",
+                "token",
+            ),
             Param("n", "query", int, "How many latents.", 20, minimum=1, maximum=1000),
         ),
     ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,7 +11,7 @@ from . import _lab, _views
 from ._files import Roots
 from ._lab import BadRequest
 from ._security import is_loopback
-from ._worker import Worker
+from ._worker import Worker, checkpoint_modules
 
 
 @dataclass
@@ -47,6 +48,11 @@ class Explorer:
             raise BadRequest("this server has no model loaded (start it with --model NAME)")
         return self.model
 
+    @functools.cached_property
+    def checkpoints(self) -> tuple[Any, ...]:
+        """Where a running model job can be cancelled (``_worker.checkpoint_modules`` of the model)."""
+        return checkpoint_modules(self.need_model().module)
+
     async def on_model(self, name: str, fn: Any, *args: Any) -> Any:
         model = self.need_model()
-        return await self.worker.run(name, fn, model, *args)
+        return await self.worker.run(name, fn, model, *args, modules=self.checkpoints)

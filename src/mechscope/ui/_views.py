@@ -38,18 +38,29 @@ def run_circuit(model: Any, task: str, n: int, method: str, settings: dict[str, 
     return find_circuit(model, built, FindConfig(spec.name, config, random=2, seed=0)).to_dict()
 
 
+def saved_scores(doc: dict[str, Any]) -> dict[str, float]:
+    """Every edge score a run saved, by edge name.
+
+    Its ranked edges (``ranked_edges``, up to ``circuits._find.SAVED_EDGES``), its top edges (``scores.top_edges``;
+    runs saved before ``ranked_edges`` existed hold only these) and its circuit's (``edge_scores``).
+    """
+    scores = {str(name): float(s) for name, s in (doc.get("scores", {}).get("top_edges") or [])}
+    scores.update({str(name): float(s) for name, s in (doc.get("ranked_edges") or [])})
+    scores.update({k: float(v) for k, v in (doc.get("edge_scores") or {}).items()})
+    return scores
+
+
 def circuit_view(doc: dict[str, Any]) -> dict[str, Any]:
     """A circuit run (``circuit_doc``) laid out as a layered graph, with every edge whose score the run saved.
 
-    ``edges`` are the circuit's edges and the method's top edges (``scores.top_edges``), strongest first; the
-    ``curve`` gives faithfulness at fixed sizes beside random circuits of the same size.
+    ``edges`` are the scored edges (``saved_scores``) and the circuit's, strongest first; ``n_scored`` how many of
+    the graph's edges have a saved score; the ``curve`` gives faithfulness at fixed sizes beside random circuits.
     """
     from ..circuits import EdgeId, Graph, NodeId
 
     c = doc["circuit"]
     graph = Graph.from_dict(c["graph"])
-    scores: dict[str, float] = {name: float(s) for name, s in (doc.get("scores", {}).get("top_edges") or [])}
-    scores.update({k: float(v) for k, v in (doc.get("edge_scores") or {}).items()})
+    scores = saved_scores(doc)
     in_circuit = set(c.get("edges", []))
     edges = []
     for name in sorted(set(scores) | in_circuit, key=lambda n: (-abs(scores.get(n, 0.0)), n)):
@@ -81,6 +92,7 @@ def circuit_view(doc: dict[str, Any]) -> dict[str, Any]:
         "config": doc.get("config", {}),
         "n_edges": c.get("n_edges"),
         "of_edges": c.get("of_edges", graph.n_edges),
+        "n_scored": len(scores),
         "faithfulness": c.get("faithfulness"),
         "random_faithfulness": c.get("random_faithfulness", []),
         "nodes": nodes,
@@ -150,16 +162,22 @@ def feature_list(path: Path, by: str, n: int) -> dict[str, Any]:
         }
 
 
-def feature_search(path: Path, token: str, n: int) -> dict[str, Any]:
-    """Latents that promote ``token`` most."""
+def feature_search(path: Path, text: str, n: int, by: str = "token") -> dict[str, Any]:
+    """Latents that promote the token ``text`` most (``by="token"``), or whose explanation holds its words."""
     from ..store import FeatureDB
 
+    if by not in ("token", "explanation"):
+        raise BadRequest(f"by must be 'token' or 'explanation', got {by!r}")
     with FeatureDB(path) as db:
-        return {"token": token, "matches": [m._asdict() for m in db.search_token(token, n)]}
+        if by == "explanation":
+            matches = [e._asdict() for e in db.search_explanations(text, n)]
+        else:
+            matches = [m._asdict() for m in db.search_token(text, n)]
+        return {"by": by, "text": text, "token": text, "matches": matches}
 
 
 def feature_card(path: Path, latent: int) -> dict[str, Any]:
-    """Everything the database holds about one latent (``FeatureDB.latent``)."""
+    """Everything the database holds about one latent (``FeatureDB.latent``), with its explanations."""
     from ..store import FeatureDB
 
     with FeatureDB(path) as db:
@@ -167,7 +185,7 @@ def feature_card(path: Path, latent: int) -> dict[str, Any]:
             raise BadRequest(
                 f"latent {latent} is out of range: the dictionary has {len(db)} latents (0..{len(db) - 1})"
             )
-        return db.latent(latent).to_dict()
+        return {**db.latent(latent).to_dict(), "explanations": [e._asdict() for e in db.explanations(latent)]}
 
 
 def verify_edge(model: Any, doc: dict[str, Any], edge: str) -> dict[str, Any]:
@@ -187,7 +205,7 @@ def verify_edge(model: Any, doc: dict[str, Any], edge: str) -> dict[str, Any]:
             f"the server's model is {model.name!r}: start the server with the run's model to verify"
         )
     scores = doc.get("scores", {})
-    known = {**dict(scores.get("top_edges") or []), **(doc.get("edge_scores") or {})}
+    known = saved_scores(doc)
     if edge not in known:
         raise BadRequest(f"edge {edge!r} has no saved score in this run (it saved {len(known)}; see /api/circuit)")
     if doc.get("task") not in _BUILT_IN_TASKS or "clean_metric" not in scores:

@@ -104,7 +104,8 @@ async function runs() {
   return state.runs;
 }
 
-const VIEWS = { lab: null, circuits: openCircuits, bench: openBench, features: openFeatures, api: openApi };
+const VIEWS = { lab: null, circuits: openCircuits, vision: openVision, bench: openBench, features: openFeatures,
+  api: openApi };
 
 function route() {
   const name = (location.hash || "#lab").slice(1);
@@ -341,9 +342,19 @@ async function openCircuits() {
   await listCircuits();
 }
 
+// A button that cancels the model jobs whose names start with `prefix` (queued or already running).
+function cancelButton(prefix) {
+  return el("button", { type: "button", class: "cancel", onclick: async () => {
+    try {
+      const jobs = (await api("/api/status")).worker.jobs.filter((j) => j.name.startsWith(prefix));
+      for (const j of jobs) await api("/api/jobs/cancel", { id: j.id });
+    } catch (err) { $("status").textContent = String(err.message); }
+  } }, "cancel");
+}
+
 async function runCircuit(event) {
   event.preventDefault();
-  $("run-busy").textContent = "running (the faithfulness curve takes a while)…";
+  $("run-busy").replaceChildren("running (the faithfulness curve takes a while)… ", cancelButton("circuit"));
   $("circuit-error").replaceChildren();
   try {
     const c = await api("/api/circuit/run", { task: $("run-task").value, method: $("run-method").value,
@@ -352,7 +363,7 @@ async function runCircuit(event) {
     await listCircuits();
     drawCircuit(c);
   } catch (err) { showError($("circuit-error"), err); }
-  $("run-busy").textContent = "";
+  $("run-busy").replaceChildren();
 }
 
 async function listCircuits() {
@@ -575,6 +586,26 @@ async function searchToken() {
   } catch (err) { showError($("feature-error"), err); }
 }
 
+async function searchExplanations() {
+  try {
+    const words = $("feature-words").value;
+    const d = await api(`/api/features/search?ref=${encodeURIComponent(featureRef)}&by=explanation&` +
+      `text=${encodeURIComponent(words)}`);
+    $("latents").replaceChildren(el("p", { class: "dim", text: `explanations with ${JSON.stringify(words)}:` }),
+      ...(d.matches.length ? d.matches.map((m) => el("div", { class: "explained" },
+        latentButton(m.latent, m.score === null ? m.explainer : `${m.scorer || "score"} ${fmt(m.score)}`),
+        el("span", { class: "explanation-text", text: m.text }))) :
+        [el("p", { class: "dim", text: "none (the database holds explanations once latents are explained)" })]));
+  } catch (err) { showError($("feature-error"), err); }
+}
+
+function explanationList(list) {
+  if (!list || !list.length) return el("p", { class: "dim", text: "no explanations in the database" });
+  return el("table", { id: "explanations" }, el("tbody", {}, ...list.map((e) => el("tr", {},
+    el("td", { class: "explanation-text", text: e.text }), el("td", { class: "dim", text: e.explainer }),
+    el("td", { class: "num", text: e.score === null ? "not scored" : `${e.scorer || "score"} ${fmt(e.score)}` })))));
+}
+
 function drawLatent(f) {
   const context = (e) => {
     const peak = Math.max(1e-9, f.max_activation);
@@ -593,6 +624,7 @@ function drawLatent(f) {
     el("h3", { text: `latent ${f.latent}` }),
     el("p", { text: `fires on ${fmt(100 * f.frequency, 3)}% of tokens (${f.n_active}); mean ${fmt(f.mean_activation)}, ` +
       `max ${fmt(f.max_activation)}` }),
+    el("h3", { text: "explanations" }), explanationList(f.explanations),
     histogram(f.hist_edges, f.hist_counts),
     effects("promotes", f.promoted), effects("suppresses", f.suppressed),
     el("h3", { text: "top contexts" }), el("div", { id: "contexts" }, ...f.top_examples.map(context)),
@@ -648,6 +680,106 @@ function histogram(edges, counts) {
   return s;
 }
 
+// --- attribution & vision ------------------------------------------------------------------------------------------
+
+const VISION_DEFAULT = ["saliency", "integrated_gradients", "grad_cam", "edge_detector"];
+const vision = { image: null, png: null };
+
+async function openVision(organism) {
+  const name = organism || $("vision-organism").value || "shapes-cnn";
+  $("vision-info").textContent = "loading the organism…";
+  $("vision-error").replaceChildren();
+  try {
+    const g = await api(`/api/vision?organism=${encodeURIComponent(name)}&n=12`);
+    const select = $("vision-organism");
+    if (!select.options.length) {
+      for (const o of g.organisms) select.append(el("option", { value: o, text: o }));
+    }
+    select.value = g.organism;
+    $("vision-info").textContent = `${g.organism}: classes ${g.classes.join(", ")}; ${g.accuracy_name} ` +
+      `${fmt(g.accuracy)}; CAMs at ${g.cam_site}; masks: ${g.masks}. Pick an image:`;
+    vision.image = null; vision.png = null; vision.classes = g.classes;
+    $("vision-images").replaceChildren(...g.images.map((im) => el("button", { type: "button", class: "thumb",
+      "data-index": im.index, title: `label ${g.classes[im.label]}, predicted ${g.classes[im.predicted]}`,
+      onclick: (e) => pickImage(im.index, e.currentTarget) },
+      el("img", { src: im.png, alt: `image ${im.index}`, width: 64, height: 64 }),
+      el("span", { class: "dim", text: g.classes[im.label] }))));
+    $("vision-methods").replaceChildren(...g.methods.map((m) => el("label", { title: m.summary },
+      el("input", { type: "checkbox", class: "vision-method", value: m.name,
+        ...(VISION_DEFAULT.includes(m.name) ? { checked: "" } : {}) }), ` ${m.name}`)));
+    pickImage(0, $("vision-images").firstChild);
+  } catch (err) { showError($("vision-error"), err); $("vision-info").textContent = ""; }
+}
+
+function pickImage(index, button) {
+  vision.image = index; vision.png = null;
+  $("vision-upload").value = "";
+  for (const b of document.querySelectorAll("#vision-images .thumb")) b.classList.toggle("active", b === button);
+}
+
+function uploadImage() {
+  const file = $("vision-upload").files[0];
+  if (!file) return;
+  const reader = new FileReader();
+  reader.onload = () => {
+    vision.png = String(reader.result);
+    vision.image = null;
+    for (const b of document.querySelectorAll("#vision-images .thumb")) b.classList.remove("active");
+  };
+  reader.readAsDataURL(file);
+}
+
+async function runVision() {
+  const methods = [...document.querySelectorAll(".vision-method:checked")].map((c) => c.value);
+  const body = { organism: $("vision-organism").value, methods, sanity: $("vision-sanity").checked,
+    target: vision.png ? "pred" : $("vision-target").value };
+  if (vision.png) body.png = vision.png; else body.image = vision.image ?? 0;
+  $("vision-busy").replaceChildren("computing the maps and their metrics… ", cancelButton("image attribution"));
+  $("vision-error").replaceChildren();
+  try { drawVision(await api("/api/vision/attribute", body)); } catch (err) { showError($("vision-error"), err); }
+  $("vision-busy").replaceChildren();
+}
+
+function drawVision(d) {
+  const name = (k) => d.classes[k] ?? String(k);
+  const source = d.image.upload ? `your PNG (${d.image.upload.width} × ${d.image.upload.height}, ` +
+    `${d.image.upload.note})` : `held-out image ${d.image.index} (label ${name(d.label)})`;
+  const probs = d.probs.map((p, k) => `${name(k)} ${fmt(p, 2)}`).join(", ");
+  const head = el("div", { class: "vision-input" },
+    el("figure", {}, el("img", { src: d.image.png, alt: "input", width: 128, height: 128 }),
+      el("figcaption", { text: "input" })),
+    d.mask ? el("figure", {}, el("img", { src: d.mask.png, alt: "mask", width: 128, height: 128 }),
+      el("figcaption", { text: `mask (${fmt(100 * d.mask.area, 0)}% of pixels)` })) : null,
+    el("p", { text: `${source}: predicted ${name(d.predicted)} (${probs}); explaining ${name(d.target)}.` }));
+  const cards = d.methods.map((m) => {
+    const q = m.metrics;
+    const rows = [
+      ["deletion AUC ↓", q.deletion_auc, q.deletion_chance_auc],
+      ["insertion AUC ↑", q.insertion_auc, q.insertion_chance_auc],
+    ];
+    if (q.localisation) {
+      rows.push(["mass in mask ↑", q.localisation.mass_in_mask, q.localisation.chance]);
+      rows.push(["top-k precision ↑", q.localisation.top_k_precision, q.localisation.chance]);
+    }
+    if (m.randomisation) rows.push(["rank corr. after randomising ↓", m.randomisation.final.spearman_abs, 0]);
+    const table = el("table", { class: "metrics" }, el("thead", {}, el("tr", {}, el("th", { text: "" }),
+      el("th", { text: "map" }), el("th", { text: "chance" }))),
+      el("tbody", {}, ...rows.map(([label, v, c]) => el("tr", { "data-metric": label },
+        el("td", { text: label }), el("td", { class: "num", text: fmt(v) }), el("td", { class: "num dim", text: fmt(c) })))));
+    const extra = q.completeness ? el("p", { class: "dim",
+      text: `completeness gap ${fmt(q.completeness.relative_gap)} of the output change` }) : null;
+    return el("div", { class: "vision-card", "data-method": m.method },
+      el("h4", { text: m.method + (m.tags.includes("baseline") ? " (baseline: ignores the model)" : "") }),
+      el("img", { class: "overlay", src: m.overlay, alt: `${m.method} map`, width: 128, height: 128 }),
+      table, extra, el("p", { class: "dim", text: `map computed in ${fmt(1000 * m.seconds, 0)} ms` }));
+  });
+  $("vision-out").replaceChildren(head, el("div", { class: "vision-grid" }, ...cards),
+    el("p", { class: "dim", text: "Deletion: the class probability as the map's top pixels are removed (lower is " +
+      "better); insertion: as they are restored onto a blurred image (higher is better); chance: the same curves " +
+      "for a random pixel order. The randomisation check re-initialises every weight layer: a map that still " +
+      "correlates with itself (near 1, like the edge detector) does not depend on the model." }));
+}
+
 // --- API -----------------------------------------------------------------------------------------------------------
 
 async function openApi() {
@@ -675,6 +807,10 @@ document.addEventListener("DOMContentLoaded", () => {
   $("att-layer").addEventListener("change", loadAttention);
   $("feature-search").addEventListener("submit", (e) => { e.preventDefault(); openLatent(Number($("feature-id").value)); });
   $("feature-token-go").addEventListener("click", searchToken);
+  $("feature-words-go").addEventListener("click", searchExplanations);
+  $("vision-organism").addEventListener("change", () => openVision($("vision-organism").value));
+  $("vision-upload").addEventListener("change", uploadImage);
+  $("vision-run").addEventListener("click", runVision);
   window.addEventListener("hashchange", route);
   route();
   loadStatus();
