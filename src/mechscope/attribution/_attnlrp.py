@@ -63,10 +63,12 @@ def lrp_rules(model: Model) -> Iterator[None]:
     try:
         for path in _norm_paths(model, family):
             handles.append(root.get_submodule(path).register_forward_hook(_norm_rule(path)))
+        if family.mlp_down is None:
+            raise TypeError(f"{model.name}: AttnLRP has no rule for mixture-of-experts MLPs (no per-expert modules)")
         for layer in range(model.cfg.n_layers):
             mlp_path = f"{family.layers}.{layer}.{family.mlp_down}".rsplit(".", 1)[0]
             mlp = root.get_submodule(mlp_path)
-            for name, child in mlp.named_modules():
+            for child in mlp.modules():
                 if child is not mlp and _is_activation(child):
                     handles.append(child.register_forward_hook(_identity_rule))
             if any("gate" in name for name, _ in mlp.named_children()):
@@ -82,7 +84,7 @@ def lrp_rules(model: Model) -> Iterator[None]:
 def _family_of(model: Model) -> Any:
     from ..core._families import family_of
 
-    return family_of(model.module.config.model_type)  # type: ignore[union-attr]
+    return family_of(model.module.config)
 
 
 def _norm_paths(model: Model, family: Any) -> list[str]:
