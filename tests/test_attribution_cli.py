@@ -77,7 +77,7 @@ def test_cli_image_folder_and_errors(tmp_path):
                      str(tmp_path / "o"))  # fmt: skip
     assert foreign.exit_code == 1 and "--samples is a setting of smoothgrad" in foreign.output
     missing = invoke("attribute", str(tmp_path / "nope.png"), "--out", str(tmp_path / "o"))
-    assert missing.exit_code == 1 and "nope.png" in missing.output
+    assert missing.exit_code == 3 and "nope.png" in missing.output  # not found
 
 
 def test_cli_prompt_writes_self_contained_token_html(tmp_path):

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 import mechscope as ms
 from mechscope import organisms
 from mechscope.circuits import AnalysisConfig
+from mechscope.circuits._analysis import ANALYSIS_STEPS
 from mechscope.cli import app, open_model
 from mechscope.data.tasks import induction
 from mechscope.demo import IOI_PROMPT, DemoConfig, run_demo
@@ -89,7 +90,10 @@ def test_run_demo_writes_plot_and_summary(tmp_path):
     model = ms.tiny("llama")
     task = induction(model.tokenizer, n=4, seq_len=6)  # the byte tokenizer cannot make IOI names
     config = DemoConfig(4, analysis=AnalysisConfig(patch_prompts=2, ig_steps=2, random=1))
-    result = run_demo(model, tmp_path, prompt="ab ab", answer=" ", top_k=4, task=task, config=config)
+    steps: list[str] = []
+    result = run_demo(model, tmp_path, prompt="ab ab", answer=" ", top_k=4, task=task, config=config,
+                      on_step=steps.append)  # fmt: skip
+    assert tuple(steps) == ANALYSIS_STEPS  # every step reported, in order, as it starts
     assert result.plot.read_bytes()[:4] == b"\x89PNG"
     data = json.loads(result.summary.read_text())
     assert data["prompt"] == "ab ab" and data["answer"] == " "
@@ -120,6 +124,8 @@ def test_builtin_model_end_to_end(tmp_path):
     result = invoke("demo", "--out", str(tmp_path), *small)
     assert result.exit_code == 0, result.output
     assert "' Mary'" in result.stdout and "0.92" in result.stdout and "CPR" in result.stdout
+    # Not a terminal: the steps are plain log lines on stderr, not a spinner.
+    assert "mechscope: IOI analysis: activation patching (at" in result.stderr and "done in" in result.stderr
     summary = json.loads((tmp_path / "demo.json").read_text())
     assert summary["answer_top_layer"] == 29 and len(summary["logit_lens"]["answer_probs"][0]) == 30
     assert summary["circuits"]["n_prompts"] == 4 and summary["circuits"]["eap_ig"]["steps"] == 2

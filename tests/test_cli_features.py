@@ -44,7 +44,7 @@ def test_store_from_another_model_is_refused(tmp_path):
            "--n-tokens", "640")  # fmt: skip
     result = CliRunner().invoke(app, ["features", "build", str(store), str(run), str(tmp_path / "f.db"), "--model",
                                       "tiny-gpt2"])  # fmt: skip
-    assert result.exit_code == 1 and "tiny-llama" in result.output and "tiny-gpt2" in result.output
+    assert result.exit_code == 4 and "tiny-llama" in result.output and "tiny-gpt2" in result.output
 
 
 def test_dictionary_of_another_width_is_refused(tmp_path):
@@ -54,6 +54,11 @@ def test_dictionary_of_another_width_is_refused(tmp_path):
     invoke("dict", "train", str(store), str(run), "--site", "resid_post.1", "--expansion", "1", "--k", "2",
            "--batch-size", "64", "--n-tokens", "640")  # fmt: skip
     width = ActivationStore(store).width("mlp.1.post")
+    # The run recorded its site: another site is a mismatch (exit 4), whatever its width.
+    result = CliRunner().invoke(app, ["dict", "eval", str(run), str(store), "--site", "mlp.1.post"])
+    assert result.exit_code == 4 and "reads site 'resid_post.1', not 'mlp.1.post'" in result.output
+    # A dictionary without a record (imported, say) is still checked by width.
+    (run / "provenance.json").unlink()
     result = CliRunner().invoke(app, ["dict", "eval", str(run), str(store), "--site", "mlp.1.post"])
     assert result.exit_code == 1 and f"is {width} wide" in result.output and "d_in=64" in result.output
 

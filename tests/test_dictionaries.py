@@ -576,13 +576,48 @@ def test_loads_pre_v6_saelens_topk_and_rejects_what_it_cannot_represent(tmp_path
     }
     (tmp_path / "cfg.json").write_text(json.dumps(old | {"d_sae": 24, "hook_name": "blocks.3.hook_resid_post"}))
     loaded = mf.load_dictionary(tmp_path)
-    assert loaded.cfg.kind == "topk" and loaded.cfg.k == 4 and loaded.cfg.site == "blocks.3.hook_resid_post"
+    assert loaded.cfg.kind == "topk" and loaded.cfg.k == 4 and loaded.cfg.site == "resid_post.3"  # hook -> site
     (tmp_path / "cfg.json").write_text(json.dumps(old | {"normalize_activations": "expected_average_only_in"}))
     with pytest.raises(ValueError, match="normalize_activations"):
         mf.load_dictionary(tmp_path)
     (tmp_path / "cfg.json").write_text(json.dumps({"architecture": "gated", "d_in": 8, "d_sae": 24}))
-    with pytest.raises(ValueError, match="gated"):
+    with pytest.raises(ValueError, match=r"lacks \['b_gate', 'b_mag', 'r_mag'\]: not a SAELens gated SAE"):
         mf.load_dictionary(tmp_path)
+
+
+def test_loads_saelens_gated_sae_exactly(tmp_path):
+    gen = torch.Generator().manual_seed(3)
+    w = {"W_enc": torch.randn(8, 24, generator=gen), "b_gate": torch.randn(24, generator=gen),
+         "b_mag": torch.randn(24, generator=gen), "r_mag": 0.5 * torch.randn(24, generator=gen),
+         "W_dec": torch.randn(24, 8, generator=gen), "b_dec": torch.randn(8, generator=gen)}  # fmt: skip
+    save_file(w, tmp_path / "sae_weights.safetensors")
+    cfg = {"architecture": "gated", "d_in": 8, "d_sae": 24, "apply_b_dec_to_input": True,
+           "metadata": {"hook_name": "blocks.2.hook_mlp_out"}}  # fmt: skip
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    loaded = mf.load_dictionary(tmp_path)
+    x = 2 * torch.randn(256, 8, generator=gen)
+    centred = x - w["b_dec"]  # SAELens's gated encoder, written out
+    gate = (centred @ w["W_enc"] + w["b_gate"]) > 0
+    magnitude = (centred @ (w["W_enc"] * w["r_mag"].exp()) + w["b_mag"]).relu()
+    expect = gate * magnitude
+    with torch.no_grad():
+        got = loaded.encode(x)
+    assert loaded.cfg.kind == "jumprelu" and loaded.cfg.site == "mlp_out.2"
+    assert 0 < (expect > 0).float().mean() < 1 and torch.allclose(got, expect, atol=1e-5)
+
+
+def test_sparsify_export_round_trip(tmp_path):
+    d = _perturbed(KIND_CONFIGS["topk"]).eval()
+    path = mf.export_sparsify(d, tmp_path / "sparsify")
+    cfg = json.loads((path / "cfg.json").read_text())
+    assert cfg["activation"] == "topk" and cfg["k"] == d.cfg.k and cfg["d_in"] == 8
+    assert set(load_file(path / "sae.safetensors")) == {"encoder.weight", "encoder.bias", "W_dec", "b_dec"}
+    loaded = mf.load_dictionary(path)
+    x = torch.randn(32, 8)
+    with torch.no_grad():
+        assert torch.allclose(loaded.decode(loaded.encode(x)), d.decode(d.encode(x)), atol=1e-6)
+    with pytest.raises(ValueError, match="TopK"):
+        mf.export_sparsify(_perturbed(KIND_CONFIGS["relu"]), tmp_path / "no")
 
 
 def test_loads_sparsify_layout(tmp_path):

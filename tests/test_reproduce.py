@@ -102,9 +102,21 @@ def test_cli_check_passes_on_its_own_run_and_fails_on_a_moved_row(tmp_path, monk
     assert f"moved: {bench.row_key(row)} score" in failed.stderr
     assert "does not reproduce" in failed.stderr
 
+    # --json: the leaderboard and the check as one object; a failed check as an error object, same status.
+    ok = runner.invoke(app, ["bench", "--quick", "--out", str(tmp_path / "c"), "--json",
+                             "--check", str(tmp_path / "ref" / "leaderboard.json")])  # fmt: skip
+    payload = json.loads(ok.stdout)
+    assert ok.exit_code == 0 and payload["check"] == {"reference": str(tmp_path / "ref" / "leaderboard.json"),
+                                                      "checked": len(rows), "untabled": 0, "ok": True}  # fmt: skip
+    assert len(payload["leaderboard"]["rows"]) == len(reference["rows"])
+    failed = runner.invoke(app, ["bench", "--quick", "--out", str(tmp_path / "d"), "--json",
+                                 "--check", str(tmp_path / "moved.json"), "--tolerances", str(tables)])  # fmt: skip
+    error = json.loads(failed.stdout)["error"]
+    assert failed.exit_code == 1 and error["type"] == "CheckFailed" and "does not reproduce" in error["message"]
+
 
 def test_cli_check_names_a_missing_tolerance_table(tmp_path):
     (tmp_path / "leaderboard.json").write_text(json.dumps(_board(("a", 0.8, 0.5))))
     result = CliRunner().invoke(app, ["bench", "--quick", "--check", str(tmp_path / "leaderboard.json")])
-    assert result.exit_code == 1
+    assert result.exit_code == 3  # not found
     assert "no tolerance table at" in result.stderr and "bench_tolerance.py" in result.stderr

@@ -15,7 +15,7 @@ import dataclasses
 import html
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,6 +140,7 @@ def run_demo(
     config: DemoConfig | None = None,
     sections: Sequence[Section] = (),
     progress: bool = False,
+    on_step: Callable[[str], object] | None = None,
 ) -> DemoResult:
     """Run the demo and write ``report.html``, ``demo.json``, the logit-lens PNG and the circuit files to ``out_dir``.
 
@@ -153,7 +154,9 @@ def run_demo(
     if task is None:
         task = ioi(model.tokenizer, n=config.n_prompts, seed=config.seed)
     predictions = tuple(top_predictions(model, prompt, top_k))
-    analysis = analyse(model, task, dataclasses.replace(config.analysis, seed=config.seed), progress=progress)
+    analysis = analyse(
+        model, task, dataclasses.replace(config.analysis, seed=config.seed), progress=progress, on_step=on_step
+    )
     out.mkdir(parents=True, exist_ok=True)
     plot = plot_logit_lens(lens, out / "logit_lens.png", title=f"Logit lens on IOI — {model.name}")
     circuit_sections, files = analysis_sections(analysis, out)

@@ -41,6 +41,7 @@ _LAZY = {
     **dict.fromkeys(["input_x_gradient", "integrated_gradients", "occlusion", "saliency", "smoothgrad"],
                     "._gradients"),
     "lrp": "._lrp",
+    **dict.fromkeys(["attn_lrp", "lrp_rules"], "._attnlrp"),
     **dict.fromkeys(["PerturbationCurves", "RandomisationCheck", "completeness", "deletion_insertion",
                      "edge_detector", "evaluate", "localisation", "randomisation_check", "spearman", "ssim"],
                     "._metrics"),
@@ -49,6 +50,7 @@ _LAZY = {
 }  # fmt: skip
 
 if TYPE_CHECKING:
+    from ._attnlrp import attn_lrp, lrp_rules
     from ._cam import eigen_cam, grad_cam, grad_cam_pp, layer_cam, score_cam, token_grid
     from ._gradients import input_x_gradient, integrated_gradients, occlusion, saliency, smoothgrad
     from ._lrp import lrp
@@ -97,6 +99,7 @@ __all__ = [
     "Target",
     "TokenAttribution",
     "Unit",
+    "attn_lrp",
     "completeness",
     "deletion_insertion",
     "edge_detector",
@@ -109,6 +112,7 @@ __all__ = [
     "layer_cam",
     "localisation",
     "lrp",
+    "lrp_rules",
     "occlusion",
     "randomisation_check",
     "saliency",

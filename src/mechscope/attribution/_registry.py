@@ -159,6 +159,11 @@ class EdgeDetectorConfig:
 ALL = ("cnn", "vit")
 
 
+@dataclass(frozen=True)
+class AttnLRPConfig:
+    """Settings of ``attn_lrp`` (none: its rules are fixed, see ``attribution/_attnlrp.py``)."""
+
+
 @METHODS.declare("saliency", config=SaliencyConfig, result=Attribution, tags=(*ALL, "bench"))
 def _saliency(model: Model, inputs: Any, target: Any, config: SaliencyConfig) -> Attribution:
     """|Gradient| of the target with respect to the input (Simonyan et al. 2013)."""
@@ -209,6 +214,14 @@ def _lrp(model: Model, inputs: Any, target: Any, config: LRPConfig) -> Attributi
     from ._lrp import lrp
 
     return lrp(model, inputs, target, epsilon=config.epsilon)
+
+
+@METHODS.declare("attn_lrp", config=AttnLRPConfig, result=Attribution, tags=("lm",))
+def _attn_lrp(model: Model, inputs: Any, target: Any, config: AttnLRPConfig) -> Attribution:
+    """LRP for transformer LMs: identity rule on norms and activations, constant attention, uniform gated product."""
+    from ._attnlrp import attn_lrp
+
+    return attn_lrp(model, inputs, target)
 
 
 @METHODS.declare("grad_cam", config=CamConfig, result=Attribution, tags=(*ALL, "cam", "bench"))

@@ -85,7 +85,7 @@ def token_attribution(
     *,
     continuation: str | None = None,
     max_new_tokens: int = 8,
-    method: Literal["integrated_gradients", "input_x_gradient"] = "integrated_gradients",
+    method: Literal["integrated_gradients", "input_x_gradient", "attn_lrp"] = "integrated_gradients",
     baseline: Literal["pad", "zero"] = "zero",
     keep_first: bool = True,
     steps: int | None = None,
@@ -129,8 +129,12 @@ def token_attribution(
                                     rule=rule, batch_size=batch_size)  # type: ignore[arg-type]  # fmt: skip
     elif method == "input_x_gradient":
         attr = input_x_gradient(model, rows, target, at="embed")
+    elif method == "attn_lrp":
+        from ._attnlrp import attn_lrp
+
+        attr = attn_lrp(model, rows, target, at="embed")
     else:
-        raise ValueError(f"method must be 'integrated_gradients' or 'input_x_gradient', got {method!r}")
+        raise ValueError(f"method must be 'integrated_gradients', 'input_x_gradient' or 'attn_lrp', got {method!r}")
     scores = attr.map.sum(-1)  # [new pos]
     tokens = [model.tokenizer.decode([t]) for t in ids.tolist()]
     params = (

@@ -257,11 +257,28 @@ def per_prompt_logit_diffs(model: Model, task: Task) -> tuple[Tensor, Tensor]:
     return out[0], out[1]
 
 
-def analyse(model: Model, task: Task, config: AnalysisConfig = AnalysisConfig(), *, progress: bool = False):
-    """Run every step of the analysis on ``task`` (metric: logit difference) and return a ``CircuitAnalysis``."""
+ANALYSIS_STEPS = ("logit_diff", "dla", "activation_patching", "attribution_patching", "eap_ig", "faithfulness",
+                  "drawn_circuit")  # fmt: skip
+"""The steps of ``analyse``, in order (``on_step`` is called with each name as it starts)."""
+
+
+def analyse(
+    model: Model,
+    task: Task,
+    config: AnalysisConfig = AnalysisConfig(),
+    *,
+    progress: bool = False,
+    on_step: Any = None,
+):
+    """Run every step of the analysis on ``task`` (metric: logit difference) and return a ``CircuitAnalysis``.
+
+    ``on_step(name)``, if given, is called as each step of ``ANALYSIS_STEPS`` starts (for a status line or log).
+    """
     seconds: dict[str, float] = {}
 
     def timed(name: str, fn: Any) -> Any:
+        if on_step is not None:
+            on_step(name)
         start = time.perf_counter()
         out = fn()
         seconds[name] = time.perf_counter() - start

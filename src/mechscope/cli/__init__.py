@@ -12,6 +12,10 @@ here import what they need when they run; the method families' commands live in 
 from __future__ import annotations
 
 import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +26,7 @@ from rich.table import Table
 from ._common import DEFAULT_MODEL, JsonOpt, ModelArg, open_model, user_errors
 from ._common import err_console as _err
 from ._common import out_console as _out
+from ._errors import set_debug, set_placement
 from ._lazy import LazyGroup
 
 app = typer.Typer(
@@ -32,6 +37,41 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _root(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="On an error, show the full traceback instead of one line.")
+    ] = False,
+    online: Annotated[
+        bool,
+        typer.Option(
+            "--online",
+            help="Allow downloads from the Hugging Face Hub. Default: offline — built-in, local and already "
+            "cached models open; an unknown name fails at once.",
+        ),
+    ] = False,
+    device: Annotated[
+        str | None, typer.Option("--device", help="Where to run models: cpu (default), cuda, cuda:1, mps.")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="Model weights' dtype: float32 (default), bfloat16, float16.")
+    ] = None,
+    device_map: Annotated[
+        str | None,
+        typer.Option("--device-map", help="Spread a large model over devices with accelerate: 'auto'."),
+    ] = None,
+) -> None:
+    """A microscope for neural networks: name a model's internals, run it, read its residual stream.
+
+    Exit statuses: 0 success, 1 bad input or a failed check, 2 usage, 3 not found, 4 corrupt or mismatched file,
+    5 non-finite numbers, 6 out of disk/memory, 70 internal error, 130 interrupted (docs/cli.md).
+    """
+    set_debug(debug)
+    set_placement(device, dtype, device_map)
+    # Read by huggingface_hub when transformers is first imported, which the commands do after this runs.
+    os.environ["HF_HUB_OFFLINE"] = "0" if online else os.environ.get("HF_HUB_OFFLINE", "1")
 
 
 @app.command()
@@ -66,8 +106,6 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Show the most probable next tokens after PROMPT."""
-    from ..demo import predictions_table, top_predictions
-
     if len(args) > 2:
         msg = f"expected [MODEL] PROMPT, got {len(args)} arguments (quote the prompt)"
         _err().print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True)
@@ -75,6 +113,8 @@ def run(
     model, prompt = (DEFAULT_MODEL, args[0]) if len(args) == 1 else args
     with user_errors():
         m = open_model(model)
+        from ..demo import predictions_table, top_predictions
+
         predictions = top_predictions(m, prompt, top_k)
     if as_json:
         payload = {"prompt": prompt, "provenance": m.provenance, "top": [p.__dict__ for p in predictions]}
@@ -129,14 +169,31 @@ def demo(
             from ..report._attribution import attribution_sections
             from ..report._visualize import visualize_sections
 
-            with _err().status("Attribution gallery, token attribution, feature visualisation, prototypes…"):
+            with _steps("vision") as step:
+                step("attribution gallery, token attribution, feature visualisation, prototypes")
                 extra = [*attribution_sections(m, out / "attribution"), *visualize_sections(out / "visualize")]
-        with _err().status("IOI analysis: logit lens, DLA, patching, EAP-IG, faithfulness (a few minutes)…"):
-            result = run_demo(m, out, config=config, sections=extra)
+        with _steps("IOI analysis") as step:
+            result = run_demo(m, out, config=config, sections=extra, on_step=step)
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
         return
     show_demo(result, _out())
+
+
+@contextmanager
+def _steps(what: str) -> Iterator[Callable[[str], None]]:
+    """Report the steps of a long job: a status line on a terminal, plain timestamped log lines otherwise."""
+    console, start = _err(), time.monotonic()
+    if console.is_terminal:
+        with console.status(f"{what}…") as status:
+            yield lambda name: status.update(f"{what}: {name.replace('_', ' ')}… ({time.monotonic() - start:.0f} s)")
+        return
+
+    def line(name: str) -> None:
+        console.print(f"mechscope: {what}: {name.replace('_', ' ')} (at {time.monotonic() - start:.0f} s)")
+
+    yield line
+    console.print(f"mechscope: {what}: done in {time.monotonic() - start:.0f} s")
 
 
 @app.command()
@@ -164,12 +221,14 @@ def bench(
             help="Per-row tolerances measured across CPUs (default: leaderboard-tolerances.json beside --check).",
         ),
     ] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Score every method of the bench's suite on model organisms whose mechanism is known; write the leaderboard.
 
     Exits with status 1 when any organism fails its build-time verification or any method raises, and with
     --check when a row differs from the committed leaderboard by more than its tolerance.
     """
+    from .._errors import CheckFailed
     from ..bench import BenchFailure, default_suite, load_tolerances, run_bench
     from ..report import leaderboard_markdown, write_leaderboard
 
@@ -182,22 +241,26 @@ def bench(
     try:
         board = run_bench(quick=quick, suite=default_suite(), keep_going=keep_going)
     except BenchFailure as err:
-        _err().print(f"[bold red]error:[/] {escape(str(err))} (--keep-going finishes the table)", soft_wrap=True)
-        raise typer.Exit(1) from None
+        raise CheckFailed(str(err), hint="--keep-going finishes the table and lists every failure") from None
     with user_errors():
         write_leaderboard(board, out)
-    typer.echo(leaderboard_markdown(board))
-    typer.echo(f"\nleaderboard written to {out}/leaderboard.{{md,json,html}} in {board.seconds:.0f} s")
+    payload: dict = {"out": str(out), "seconds": board.seconds, "leaderboard": board.to_dict()}
+    if not as_json:
+        typer.echo(leaderboard_markdown(board))
+        typer.echo(f"\nleaderboard written to {out}/leaderboard.{{md,json,html}} in {board.seconds:.0f} s")
     if board.errors:
         for line in board.errors:
             _err().print(f"[bold red]failed:[/] {escape(line)}", soft_wrap=True)
-        raise typer.Exit(1)
+        raise CheckFailed(f"{len(board.errors)} organism(s) or method(s) failed: " + "; ".join(board.errors))
     if reference is not None and table is not None:
-        _check_reproduces(board.to_dict(), reference, table, check)
+        payload["check"] = _check_reproduces(board.to_dict(), reference, table, check, as_json)
+    if as_json:
+        typer.echo(json.dumps(payload))
 
 
-def _check_reproduces(measured: dict, reference: dict, table: dict, path: Path | None) -> None:
-    """Print how the run compares with the committed leaderboard; exit 1 when a row moved beyond its tolerance."""
+def _check_reproduces(measured: dict, reference: dict, table: dict, path: Path | None, quiet: bool) -> dict:
+    """Compare the run with the committed leaderboard; ``CheckFailed`` (exit 1) when a row moved beyond tolerance."""
+    from .._errors import CheckFailed
     from ..bench import compare
 
     with user_errors():
@@ -206,9 +269,13 @@ def _check_reproduces(measured: dict, reference: dict, table: dict, path: Path |
         _err().print(f"[bold red]{escape(line)}[/]", soft_wrap=True)
     note = f"; {len(result.untabled)} not in the tolerance table" if result.untabled else ""
     if not result.ok:
-        _err().print(f"[bold red]error:[/] the run does not reproduce {path} ({result.checked} rows compared{note})")
-        raise typer.Exit(1)
-    typer.echo(f"reproduces {path}: {result.checked} rows within their tolerances{note}")
+        raise CheckFailed(
+            f"the run does not reproduce {path} ({result.checked} rows compared{note}): " + "; ".join(result.lines()),
+            hint="if the change is intended, regenerate the leaderboard and its tolerances (docs/bench.md)",
+        )
+    if not quiet:
+        typer.echo(f"reproduces {path}: {result.checked} rows within their tolerances{note}")
+    return {"reference": str(path), "checked": result.checked, "untabled": len(result.untabled), "ok": True}
 
 
 if __name__ == "__main__":

@@ -73,7 +73,11 @@ def attribute(
         if prompt is not None:
             if extra := sorted(set(settings) - {"steps"}):
                 raise ValueError(f"with --prompt only --steps applies, not {', '.join(extra)}")
-            summary = _tokens(model or DEFAULT_MODEL, prompt, max_new_tokens, settings.get("steps"), out)
+            token_methods = {"integrated_gradients", "input_x_gradient", "attn_lrp"}
+            if len(method or []) > 1 or not set(method or ["integrated_gradients"]) <= token_methods:
+                raise ValueError(f"with --prompt, one --method of {', '.join(sorted(token_methods))}")
+            chosen = (method or ["integrated_gradients"])[0]
+            summary = _tokens(model or DEFAULT_MODEL, prompt, max_new_tokens, settings.get("steps"), out, chosen)
         else:
             summary = _images(inputs or [], model or "shapes-cnn", method or DEFAULT_METHODS, settings, target, n,
                               size, channels, metrics, out)  # fmt: skip
@@ -170,14 +174,15 @@ def _targets(target: str, pred, labels):
         raise ValueError(f"--target must be 'pred', 'label' or a class index, got {target!r}") from None
 
 
-def _tokens(model_name: str, prompt: str, max_new_tokens: int, steps: int | None, out: Path) -> dict[str, Any]:
+def _tokens(model_name: str, prompt: str, max_new_tokens: int, steps: int | None, out: Path,
+            method: str = "integrated_gradients") -> dict[str, Any]:  # fmt: skip
     import matplotlib.pyplot as plt
 
     from ..attribution import token_attribution
     from ..report._attribution import save_token_html, token_heatmap
 
     m = open_model(model_name)
-    tok = token_attribution(m, prompt, max_new_tokens=max_new_tokens, steps=steps)
+    tok = token_attribution(m, prompt, max_new_tokens=max_new_tokens, steps=steps, method=method)  # type: ignore[arg-type]
     html_path, png_path = out / "tokens.html", out / "tokens.png"
     save_token_html(tok, html_path)
     plt.close(token_heatmap(tok, png_path))

@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ._errors import debugging, note_json, placement, report
+
 if TYPE_CHECKING:
     from ..core import Model
 
@@ -26,7 +28,11 @@ _TINY = re.compile(r"tiny-(?P<family>[a-z0-9_-]+?)(?:-s(?P<seed>\d+))?")
 _USER_ERRORS = (KeyError, ValueError, FileNotFoundError, TypeError)
 
 ModelArg = Annotated[str, typer.Argument(help="Built-in name, Hugging Face id, local path, or tiny-FAMILY.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+JsonOpt = Annotated[
+    bool,
+    typer.Option("--json", help="Print JSON instead of a table; errors too, as {\"error\": {...}} on stdout.",
+                 callback=note_json),
+]  # fmt: skip
 
 
 def out_console() -> Console:
@@ -40,26 +46,44 @@ def err_console() -> Console:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the core's user-facing errors into one red line and exit status 1, without a traceback."""
+    """Turn the core's user-facing errors into one line (JSON under --json) and their exit status, no traceback.
+
+    The top-level group does the same for anything a command raises (``_errors.report``); this block is for a
+    command that must stop at a known point (before writing partial output, say).
+    """
     try:
         yield
     except _USER_ERRORS as err:
-        err_console().print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
-        raise typer.Exit(1) from None
+        if debugging():
+            raise
+        raise typer.Exit(report(err)) from None
 
 
 def open_model(name: str) -> Model:
     """Open MODEL as the CLI understands it: ``tiny-FAMILY[-sSEED]`` or anything ``ms.load`` accepts."""
+    from .._names import BUILTIN, locate
+
+    if not name.startswith("tiny-") and name not in BUILTIN:
+        locate(name)  # a typo or a missing folder fails here, before torch is imported
+    import torch
+
     import mechscope as ms
 
     from ..core import TINY_CONFIGS
 
+    where = placement()
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if where["dtype"] is not None and where["dtype"] not in dtypes:
+        raise ValueError(f"--dtype {where['dtype']!r} is not one of {', '.join(dtypes)}")
+    dtype, device = dtypes[where["dtype"] or "float32"], where["device"] or "cpu"
     if (m := _TINY.fullmatch(name)) and (family := m["family"].replace("-", "_")) in TINY_CONFIGS:
-        return ms.tiny(family, seed=int(m["seed"] or 0))
+        model = ms.tiny(family, seed=int(m["seed"] or 0))
+        model.module.to(device=device, dtype=dtype)
+        return model
     if name.startswith("tiny-"):
         raise ValueError(f"unknown tiny model {name!r}; choose from " + ", ".join(f"tiny-{f}" for f in TINY_CONFIGS))
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own status line says what is loading
     with err_console().status(f"Loading {escape(name)}…"), redirect_stdout(sys.stderr):  # keep stdout for results only
-        return ms.load(name)
+        return ms.load(name, dtype=dtype, device=device, device_map=where["device_map"])

@@ -83,6 +83,7 @@ LrOpt = Annotated[float, typer.Option(help=field_docs(_T)["lr"])]
 BatchOpt = Annotated[int, typer.Option(help=field_docs(_T)["batch_size"])]
 TokensOpt = Annotated[int, typer.Option(help=field_docs(_T)["n_tokens"])]
 SeedOpt = Annotated[int, typer.Option(help=field_docs(_T)["seed"])]
+CheckpointOpt = Annotated[float, typer.Option("--checkpoint-minutes", help=field_docs(_T)["checkpoint_minutes"])]
 
 
 @dict_app.command("train")
@@ -97,6 +98,7 @@ def dict_train(
     batch_size: BatchOpt = _T.batch_size,
     n_tokens: TokensOpt = _T.n_tokens,
     seed: SeedOpt = _T.seed,
+    checkpoint_minutes: CheckpointOpt = _T.checkpoint_minutes,
     as_json: JsonOpt = False,
     settings: dict[str, Any] | None = None,
 ) -> None:
@@ -112,7 +114,11 @@ def dict_train(
         site = site or _only_site(store)
         data = _Epochs(store, site, batch_size)
         config = _config(kind, settings, store.width(site), expansion, site, lr, batch_size, n_tokens, seed)
-        _train(data, config, out, as_json)
+        config = dataclasses.replace(config, checkpoint_minutes=checkpoint_minutes)
+        p = store.provenance
+        provenance = {"model": p.model, "weights_sha256": p.weights_sha256, "corpus_sha256": p.corpus_sha256,
+                      "ctx_len": p.ctx_len, "site": site, "store_path": str(store.path.resolve())}  # fmt: skip
+        _train(data, config, out, as_json, provenance)
 
 
 @dict_app.command("train-live")
@@ -129,6 +135,7 @@ def dict_train_live(
     batch_size: BatchOpt = _T.batch_size,
     n_tokens: TokensOpt = _T.n_tokens,
     seed: SeedOpt = _T.seed,
+    checkpoint_minutes: CheckpointOpt = _T.checkpoint_minutes,
     as_json: JsonOpt = False,
     settings: dict[str, Any] | None = None,
 ) -> None:
@@ -148,7 +155,9 @@ def dict_train_live(
             m.run(data.contexts[:1, :2], cache=data.site).cache[data.site].shape[-1]
         )
         config = _config(kind, settings, d_in, expansion, data.site, lr, batch_size, n_tokens, seed)
-        _train(data, config, out, as_json)
+        config = dataclasses.replace(config, checkpoint_minutes=checkpoint_minutes)
+        provenance = {**m.provenance, "corpus": corpus, "ctx_len": ctx_len, "site": data.site}
+        _train(data, config, out, as_json, provenance)
 
 
 def _config(kind: str, settings: dict[str, Any] | None, d_in: int, expansion: int, site: str, lr: float,
@@ -160,11 +169,11 @@ def _config(kind: str, settings: dict[str, Any] | None, d_in: int, expansion: in
                         n_tokens=n_tokens, seed=seed)  # fmt: skip
 
 
-def _train(data, config: TrainConfig, out: Path, as_json: bool) -> None:
+def _train(data, config: TrainConfig, out: Path, as_json: bool, provenance: dict) -> None:
     """Train one dictionary on ``data`` and report (rank 0 only under torchrun)."""
     from ..features import train
 
-    result = train(config, data, out)
+    result = train(config, data, out, provenance=provenance)
     last = result.history[-1]._asdict() if result.history else {}
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process trains; one reports
         from ..report import dictionary_section, write_report
@@ -189,11 +198,13 @@ def dict_eval(
     """Reconstruction metrics on stored activations (MSE, FVU, L0, dead, dense); with --model, CE recovered + KL."""
     import torch
 
-    from ..features import evaluate, load_dictionary
+    from ..features import check_provenance, evaluate, load_dictionary
     from ..store import ActivationStore
 
     with user_errors():
         store, d = ActivationStore(store_dir), load_dictionary(dictionary)
+        p = store.provenance
+        check_provenance(dictionary, model={"model": p.model, "weights_sha256": p.weights_sha256}, site=site)
         site = site or d.cfg.site or _only_site(store)
         if store.width(site) != d.cfg.d_in:
             raise ValueError(
@@ -214,6 +225,7 @@ def dict_eval(
 
             m = open_model(model)
             store.check(m)
+            check_provenance(dictionary, model=m.provenance)
             tokens = store.tokens()[:splice_contexts]
             summary["splice"] = splice_eval(m, d, site, tokens, progress=True)._asdict()
     _report(summary, as_json)
@@ -229,12 +241,13 @@ def features_build(
     as_json: JsonOpt = False,
 ) -> None:
     """Build the feature database (frequencies, histograms, top contexts, quantile samples, logit effects)."""
-    from ..features import load_dictionary
+    from ..features import check_provenance, load_dictionary
     from ..store import ActivationStore, FeatureDBConfig, build_feature_db
 
     with user_errors():
         m, store = open_model(model), ActivationStore(store_dir)
         store.check(m)
+        check_provenance(dictionary, model=m.provenance)
         w_u = m.module.get_output_embeddings().weight.T  # type: ignore[operator]
         config = FeatureDBConfig(top_k=top_k)
         build_feature_db(store, load_dictionary(dictionary), out, config, W_U=w_u, tokenizer=m.tokenizer)

@@ -16,6 +16,8 @@ import typer
 import typer.main
 from typer.core import TyperCommand, TyperGroup
 
+from ._errors import debugging, note_json, passes_through, report, report_usage, reset, wants_json
+
 # Click's classes are typed loosely (Any) here: typer 0.29 vendors its own click (typer._click), older ones use click.
 
 # command -> (module that registers it, the first paragraph of its help); in the order the top-level help lists them
@@ -101,6 +103,25 @@ class LazyGroup(TyperGroup):
         super().__init__(**attrs)
         for name, (_, summary) in COMMANDS.items():
             self.commands.setdefault(name, _Deferred(name, summary, self))
+
+    def parse_args(self, ctx: Any, args: list[str]) -> Any:
+        # --json anywhere before `--` asks for JSON errors too, even when the command line itself is malformed.
+        reset()
+        note_json("--json" in (args[: args.index("--")] if "--" in args else args))
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: Any) -> Any:
+        """Run the command; whatever it raises becomes one line (or JSON) and a documented exit status."""
+        try:
+            return super().invoke(ctx)
+        except BaseException as err:
+            if debugging():
+                raise
+            if passes_through(err):
+                if wants_json() and hasattr(err, "format_message"):  # a usage error, as JSON
+                    raise typer.Exit(report_usage(err)) from None
+                raise
+            raise typer.Exit(report(err)) from None
 
     def real_command(self, name: str) -> Any:
         """The command ``name``, importing its module (and registering all of that module's commands) if needed."""

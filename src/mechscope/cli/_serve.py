@@ -7,13 +7,14 @@ the URL to open.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 
-from ._common import DEFAULT_MODEL, open_model, user_errors
+from ._common import DEFAULT_MODEL, JsonOpt, open_model, user_errors
 from ._common import err_console as _err
 
 
@@ -41,6 +42,7 @@ def serve(
     dictionary: Annotated[
         Path | None, typer.Option(help="The dictionary behind the feature pages' *try it* and *steer*.")
     ] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Start the explorer, a local web app: prompt lab, attention, logit lens, circuits, bench, features."""
     try:
@@ -77,7 +79,10 @@ def serve(
             "[bold]listening beyond this machine:[/] every request needs the token in this URL "
             "(shown once; restart for a new one)"
         )
-    typer.echo(f"mechscope explorer: {url}")
+    if as_json:  # one line a script can read before the server starts answering
+        typer.echo(json.dumps({"url": url, "host": host, "port": port, "token": token}))
+    else:
+        typer.echo(f"mechscope explorer: {url}")
     uvicorn.run(create_app(explorer), host=host, port=port, log_level="warning", server_header=False)
 
 

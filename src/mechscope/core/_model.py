@@ -146,6 +146,7 @@ class Model:
             if self.cfg is None:
                 return Batch(inputs.to(self.device), None)
             tokens = (inputs.unsqueeze(0) if inputs.ndim == 1 else inputs).to(self.device)
+            self._check_length(tokens.shape[-1], "the input")
             mask = attention_mask.to(self.device) if attention_mask is not None else torch.ones_like(tokens)
             return Batch(tokens, mask)
         if self.tokenizer is None:
@@ -154,14 +155,26 @@ class Model:
         if not texts or any(not isinstance(t, str) or not t for t in texts):
             raise ValueError("inputs must be a non-empty string or a non-empty list of non-empty strings")
         ids = [self.tokenizer(t)["input_ids"] for t in texts]
+        for text, row in zip(texts, ids, strict=True):
+            self._check_length(len(row), f"prompt {text[:40]!r}{'...' if len(text) > 40 else ''}")
         batch = _pad(ids, self.pad_id, padding_side)
         return Batch(batch.tokens.to(self.device), batch.attention_mask.to(self.device))  # type: ignore[union-attr]
 
+    def _check_length(self, n_tokens: int, what: str) -> None:
+        n_ctx = self.cfg.n_ctx if self.cfg is not None else None
+        if n_ctx is not None and n_tokens > n_ctx:
+            raise ValueError(
+                f"{what} is {n_tokens} tokens long; {self.name} has {n_ctx} positions. "
+                "Shorten it, or split it into windows of at most that many tokens"
+            )
+
     @property
     def device(self) -> torch.device:
-        """Where the model's parameters live (inputs are moved there)."""
-        param = next(self.module.parameters(), None)
-        return param.device if param is not None else torch.device("cpu")
+        """Where inputs go: the first parameters' device (with a ``device_map``, the first not offloaded)."""
+        for param in self.module.parameters():
+            if param.device.type != "meta":
+                return param.device
+        return torch.device("cpu")
 
     @property
     def pad_id(self) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
@@ -122,6 +123,8 @@ class ModelConfig:
     d_vocab: int
     parallel: bool
     """Attention and MLP read the same residual stream (GPT-J/NeoX style): there is no ``resid_mid``."""
+    n_ctx: int | None = None
+    """Positions the model was built for (``max_position_embeddings``); longer inputs are refused."""
 
     def kv_head_of(self, head: int) -> int:
         """Index of the key/value head that query head ``head`` reads (grouped-query attention)."""
@@ -243,12 +246,63 @@ def resolve(sites: dict[str, Site], patterns: str | Sequence[str]) -> list[Site]
         patterns = [patterns]
     found: dict[str, Site] = {}
     for pattern in patterns:
+        if pattern not in sites and (translated := site_of_hook(pattern)) in sites:
+            pattern = translated  # a TransformerLens / SAELens hook name
         matches = [n for n in sites if fnmatch.fnmatchcase(n, pattern)] if _is_glob(pattern) else [pattern]
         if not matches or matches[0] not in sites:
             raise UnknownSiteError(unknown_site_message(sites, pattern))
         for name in matches:
             found[name] = sites[name]
     return sorted(found.values(), key=lambda s: s.order)
+
+
+HOOK_NAMES: dict[str, str] = {
+    "hook_embed": "embed",
+    "blocks.{L}.hook_resid_pre": "resid_pre.{L}",
+    "blocks.{L}.hook_attn_in": "resid_pre.{L}",
+    "blocks.{L}.ln1.hook_normalized": "ln1.{L}",
+    "blocks.{L}.attn.hook_q": "head.{L}.q",
+    "blocks.{L}.attn.hook_k": "head.{L}.k",
+    "blocks.{L}.attn.hook_v": "head.{L}.v",
+    "blocks.{L}.attn.hook_pattern": "head.{L}.pattern",
+    "blocks.{L}.attn.hook_z": "head.{L}.z",
+    "blocks.{L}.hook_attn_out": "attn_out.{L}",
+    "blocks.{L}.hook_resid_mid": "resid_mid.{L}",
+    "blocks.{L}.hook_mlp_in": "resid_mid.{L}",
+    "blocks.{L}.ln2.hook_normalized": "ln2.{L}",
+    "blocks.{L}.mlp.hook_post": "mlp.{L}.post",
+    "blocks.{L}.hook_mlp_out": "mlp_out.{L}",
+    "blocks.{L}.hook_resid_post": "resid_post.{L}",
+    "unembed.hook_out": "logits",
+}
+"""TransformerLens hook names (which SAELens dictionaries record as ``hook_name``) -> mechscope site names.
+
+``resolve`` accepts either. Shapes agree except where TransformerLens splits heads differently: ``hook_q/k/v/z``
+are ``[batch pos head d_head]`` in both; an SAE trained on flattened ``hook_z`` reads ``head.L.z`` flattened over
+its last two axes. ``hook_attn_in``/``hook_mlp_in`` are the residual streams the block's norms read.
+"""
+
+_HOOK_PATTERNS = [
+    (re.compile("^" + re.escape(hook).replace(re.escape("{L}"), r"(?P<L>\d+)") + "$"), site)
+    for hook, site in HOOK_NAMES.items()
+]
+
+
+def site_of_hook(name: str) -> str | None:
+    """The mechscope site for a TransformerLens/SAELens hook name (``blocks.6.hook_resid_post`` -> ``resid_post.6``)."""
+    for pattern, site in _HOOK_PATTERNS:
+        if m := pattern.match(name):
+            return site.format(L=m["L"]) if "{L}" in site else site
+    return None
+
+
+def hook_of_site(site: str) -> str | None:
+    """The TransformerLens hook name for a mechscope site (the first listed in ``HOOK_NAMES``), or None."""
+    for hook, name in HOOK_NAMES.items():
+        pattern = "^" + re.escape(name).replace(re.escape("{L}"), r"(?P<L>\d+)") + "$"
+        if m := re.match(pattern, site):
+            return hook.format(L=m["L"]) if "{L}" in hook else hook
+    return None
 
 
 class UnknownSiteError(KeyError):

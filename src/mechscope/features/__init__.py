@@ -15,7 +15,14 @@ from mechscope.features._dictionary import (
     geometric_median,
 )
 from mechscope.features._intervene import LatentEdit, clamp, scale, zero
-from mechscope.features._io import export_saelens, load_dictionary, save_dictionary
+from mechscope.features._io import (
+    check_provenance,
+    export_saelens,
+    export_sparsify,
+    load_dictionary,
+    read_provenance,
+    save_dictionary,
+)
 from mechscope.features._kinds import (
     KINDS,
     BatchTopKConfig,
@@ -72,10 +79,12 @@ __all__ = [
     "TrainResult",
     "absorption",
     "build_dictionary",
+    "check_provenance",
     "clamp",
     "cosine_matrix",
     "evaluate",
     "export_saelens",
+    "export_sparsify",
     "firing_f1",
     "firing_rates",
     "fvu",
@@ -86,6 +95,7 @@ __all__ = [
     "match_latents",
     "mmcs",
     "mse",
+    "read_provenance",
     "recovery",
     "save_dictionary",
     "scale",

@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 from safetensors.torch import load_file, save
 from torch import Tensor
 
 from mechscope._cache import atomic_write_bytes
+from mechscope._errors import MismatchError, NonFiniteError
+from mechscope.core import hook_of_site, site_of_hook
 from mechscope.features._dictionary import (
     BatchTopKDictionary,
     Dictionary,
@@ -39,11 +42,13 @@ from mechscope.features._dictionary import (
     build_dictionary,
 )
 
+PROVENANCE = "provenance.json"
 FORMAT = "mechscope.dictionary"
 FORMAT_VERSION = 1
 SAELENS_VERSION = "6.0.0"  # the SAELens config format written by export_saelens
 
 _SAELENS_KINDS: dict[str, Kind] = {
+    "gated": "jumprelu",  # exactly: see _gated_as_jumprelu
     "standard": "relu",
     "transcoder": "relu",
     "topk": "topk",
@@ -52,13 +57,47 @@ _SAELENS_KINDS: dict[str, Kind] = {
 }
 
 
-def save_dictionary(dictionary: Dictionary, path: str | Path) -> Path:
-    """Write ``dictionary`` to ``path`` in mechscope's layout (each file replaced atomically)."""
+def save_dictionary(dictionary: Dictionary, path: str | Path, *, provenance: dict | None = None) -> Path:
+    """Write ``dictionary`` to ``path`` in mechscope's layout (each file replaced atomically).
+
+    ``provenance`` (model, weights checksum, store, site: what it was trained on) goes to ``provenance.json``;
+    evaluation, splicing and feature databases refuse a store or model it does not match (``check_provenance``).
+    """
     path = Path(path)
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in dictionary.state_dict().items()}
     cfg = {"format": FORMAT, "format_version": FORMAT_VERSION, **dataclasses.asdict(dictionary.cfg)}
     _write(path, "sae.safetensors", tensors, cfg)
+    if provenance is not None:
+        atomic_write_bytes(path / PROVENANCE, json.dumps(provenance, indent=2).encode())
     return path
+
+
+def read_provenance(path: str | Path) -> dict | None:
+    """What the dictionary at ``path`` was trained on (``save_dictionary(provenance=...)``), or None if unrecorded."""
+    file = Path(path) / PROVENANCE
+    return _read_json(file) if file.is_file() else None
+
+
+def check_provenance(path: str | Path, *, model: dict | None = None, site: str | None = None) -> None:
+    """Raise ``MismatchError`` if the dictionary at ``path`` was trained on another model or site.
+
+    ``model`` is a provenance with ``model`` and ``weights_sha256`` (``Model.provenance``, or a store's).
+    Dictionaries without a record (imported from SAELens, say) pass: there is nothing to compare.
+    """
+    saved = read_provenance(path) or {}
+    if model is not None and saved.get("weights_sha256") and saved["weights_sha256"] != model.get("weights_sha256"):
+        raise MismatchError(
+            f"the dictionary at {path} was trained on model {saved.get('model')!r} (weights sha256 "
+            f"{saved['weights_sha256'][:16]}...), not on {model.get('model')!r} (weights sha256 "
+            f"{str(model.get('weights_sha256'))[:16]}...)",
+            hint="use a dictionary trained on this model, or the store/model it was trained on",
+        )
+    trained_on = saved.get("site")
+    if site is not None and trained_on is not None and site != trained_on:
+        raise MismatchError(
+            f"the dictionary at {path} reads site {trained_on!r}, not {site!r}",
+            hint=f"use --site {trained_on} (or leave --site out)",
+        )
 
 
 def load_dictionary(path: str | Path) -> Dictionary:
@@ -89,11 +128,25 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _build(cfg: DictionaryConfig, state: dict[str, Tensor]) -> Dictionary:
+def _build(cfg: DictionaryConfig, state: dict[str, Tensor], where: Path) -> Dictionary:
     dictionary = build_dictionary(cfg)
-    expected = set(dictionary.state_dict())
-    if set(state) != expected:
-        raise ValueError(f"weights {sorted(state)} do not match a {cfg.kind} dictionary's {sorted(expected)}")
+    expected = dictionary.state_dict()
+    if set(state) != set(expected):
+        raise ValueError(
+            f"{where}: weights {sorted(state)} do not match a {cfg.kind} dictionary's {sorted(expected)} "
+            f"(missing {sorted(set(expected) - set(state))}, unexpected {sorted(set(state) - set(expected))})"
+        )
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise ValueError(
+                f"{where}: {name} is {tuple(tensor.shape)}, but cfg.json's widths (d_in={cfg.d_in}, d_sae={cfg.d_sae}) "
+                f"make it {tuple(expected[name].shape)}"
+            )
+        bad = tensor.isnan() | (tensor == math.inf) if name == "log_threshold" else ~tensor.isfinite()  # log 0 = -inf
+        if tensor.is_floating_point() and bool(bad.any()):
+            raise NonFiniteError(
+                f"{where}: {name} holds NaN or infinite values", hint="the file is damaged or its training diverged"
+            )
     dictionary.load_state_dict(state)
     return dictionary
 
@@ -102,7 +155,9 @@ def _load_mechscope(path: Path, cfg: dict) -> Dictionary:
     if cfg.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: format_version {cfg.get('format_version')} is not {FORMAT_VERSION}")
     names = {f.name for f in dataclasses.fields(DictionaryConfig)}
-    return _build(DictionaryConfig(**{k: v for k, v in cfg.items() if k in names}), load_file(path / "sae.safetensors"))
+    return _build(
+        DictionaryConfig(**{k: v for k, v in cfg.items() if k in names}), load_file(path / "sae.safetensors"), path
+    )
 
 
 def _load_saelens(path: Path) -> Dictionary:
@@ -118,6 +173,10 @@ def _load_saelens(path: Path) -> Dictionary:
             f"{path}: normalize_activations={cfg['normalize_activations']!r} rescales inputs with a factor "
             "kept outside these files; fold it into the weights first"
         )
+    if arch == "gated":
+        tensors = _gated_as_jumprelu(tensors, path)
+    if missing := {"W_enc", "b_enc", "W_dec", "b_dec"} - set(tensors):
+        raise ValueError(f"{path / 'sae_weights.safetensors'} lacks {sorted(missing)}: not a SAELens {arch} SAE")
     d_in, d_sae = tensors["W_enc"].shape
     transcoder = "transcoder" in arch
     meta = cfg.get("metadata") or {}
@@ -128,8 +187,8 @@ def _load_saelens(path: Path) -> Dictionary:
         d_out=tensors["W_dec"].shape[1] if transcoder else None,
         k=int(cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k", 32)),
         apply_b_dec_to_input=not transcoder and bool(cfg.get("apply_b_dec_to_input", True)),
-        site=meta.get("hook_name", cfg.get("hook_name")),
-        target_site=cfg.get("hook_name_out") or None,
+        site=_site_name(meta.get("hook_name", cfg.get("hook_name"))),
+        target_site=_site_name(cfg.get("hook_name_out") or None),
     )
     names = ("W_enc", "b_enc", "W_dec", "b_dec")
     state: dict[str, Tensor] = {name: tensors.pop(name) for name in names if name in tensors}
@@ -139,7 +198,33 @@ def _load_saelens(path: Path) -> Dictionary:
             raise ValueError(f"{path}: negative JumpReLU thresholds cannot be represented")
         state["log_threshold"] = threshold.float().log()
     state.update(tensors)  # anything left over is reported as unexpected by _build
-    return _build(dcfg, state)
+    return _build(dcfg, state, path)
+
+
+def _site_name(hook: str | None) -> str | None:
+    """A SAELens ``hook_name`` as a mechscope site (``blocks.6.hook_resid_post`` -> ``resid_post.6``), else as is."""
+    return None if hook is None else site_of_hook(hook) or hook
+
+
+def _hook_name(site: str | None) -> str | None:
+    """A mechscope site as the TransformerLens hook name SAELens expects, else as is."""
+    return None if site is None else hook_of_site(site) or site
+
+
+def _gated_as_jumprelu(tensors: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
+    """A gated SAE (Rajamanoharan et al. 2024a) rewritten as the JumpReLU SAE that computes the same latents.
+
+    Gated: ``f = 1[x W + b_gate > 0] * relu(x (W * e^r) + b_mag)``. Multiplying the gate's inequality by
+    ``e^r > 0`` gives ``pi_mag > b_mag - b_gate * e^r``, so with ``W_enc = W * e^r``, ``b_enc = b_mag`` and
+    threshold ``max(b_mag - b_gate * e^r, 0)`` a JumpReLU ``pi * 1[pi > θ]`` equals it exactly (the max keeps the
+    relu: a latent with a negative θ fires for every positive ``pi`` and no other).
+    """
+    if missing := {"W_enc", "b_gate", "b_mag", "r_mag"} - set(tensors):
+        raise ValueError(f"{path / 'sae_weights.safetensors'} lacks {sorted(missing)}: not a SAELens gated SAE")
+    scale = tensors.pop("r_mag").exp()
+    b_gate, b_mag = tensors.pop("b_gate"), tensors.pop("b_mag")
+    threshold = (b_mag - b_gate * scale).clamp_min(0)
+    return {**tensors, "W_enc": tensors["W_enc"] * scale, "b_enc": b_mag, "threshold": threshold}
 
 
 def _load_sparsify(path: Path, cfg: dict) -> Dictionary:
@@ -148,6 +233,12 @@ def _load_sparsify(path: Path, cfg: dict) -> Dictionary:
         raise ValueError(f"sparsify activation {cfg['activation']!r} is not supported (only topk)")
     if cfg.get("skip_connection") or "W_skip" in tensors:
         raise ValueError("sparsify coders with a skip connection (W_skip) are not supported")
+    missing = {"encoder.weight", "encoder.bias", "W_dec", "b_dec"} - set(tensors)
+    if missing:
+        raise ValueError(
+            f"{path / 'sae.safetensors'} lacks {sorted(missing)}: it is neither a mechscope dictionary (cfg.json has "
+            f'no "format": "{FORMAT}") nor a sparsify one (encoder.weight, encoder.bias, W_dec, b_dec)'
+        )
     encoder = tensors.pop("encoder.weight")  # [d_sae d_in]
     d_sae, d_in = encoder.shape
     if cfg.get("d_in", d_in) != d_in:
@@ -162,7 +253,7 @@ def _load_sparsify(path: Path, cfg: dict) -> Dictionary:
         apply_b_dec_to_input=not transcode,  # sparsify subtracts b_dec from the input unless transcoding
     )
     state = {"W_enc": encoder.T.contiguous(), "b_enc": tensors.pop("encoder.bias"), **tensors}
-    return _build(dcfg, state)
+    return _build(dcfg, state, path)
 
 
 def export_saelens(dictionary: Dictionary, path: str | Path) -> Path:
@@ -187,12 +278,41 @@ def export_saelens(dictionary: Dictionary, path: str | Path) -> Path:
         "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
         "normalize_activations": "none",
         "reshape_activations": "none",
-        "metadata": {"hook_name": cfg.site, "sae_lens_version": SAELENS_VERSION},
+        "metadata": {"hook_name": _hook_name(cfg.site), "sae_lens_version": SAELENS_VERSION},
     }
     if cfg.kind == "topk":
         out |= {"k": cfg.k, "rescale_acts_by_decoder_norm": False}
     if cfg.is_transcoder:
-        out |= {"d_out": cfg.width_out, "hook_name_out": cfg.target_site or ""}
+        out |= {"d_out": cfg.width_out, "hook_name_out": _hook_name(cfg.target_site) or ""}
     path = Path(path)
     _write(path, "sae_weights.safetensors", tensors, out)
+    return path
+
+
+def export_sparsify(dictionary: Dictionary, path: str | Path) -> Path:
+    """Write a copy of ``dictionary`` in EleutherAI sparsify's layout (``SparseCoder.load_from_disk`` reads it).
+
+    sparsify's coders are TopK: other kinds are refused. A transcoder must predict a target as wide as its input
+    (sparsify's ``transcode``).
+    """
+    cfg = dictionary.cfg
+    if cfg.kind != "topk":
+        raise ValueError(f"sparsify coders are TopK; a {cfg.kind} dictionary cannot be exported to its layout")
+    if cfg.is_transcoder and cfg.width_out != cfg.d_in:
+        raise ValueError(
+            f"sparsify transcoders predict a target as wide as their input ({cfg.d_in}), not {cfg.width_out}"
+        )
+    if not cfg.is_transcoder and not cfg.apply_b_dec_to_input:
+        raise ValueError("sparsify subtracts b_dec from an autoencoder's input; this dictionary does not")
+    tensors = {
+        "encoder.weight": dictionary.W_enc.detach().to("cpu").T.contiguous(),
+        "encoder.bias": dictionary.b_enc.detach().to("cpu").contiguous(),
+        "W_dec": dictionary.W_dec.detach().to("cpu").contiguous(),
+        "b_dec": dictionary.b_dec.detach().to("cpu").contiguous(),
+    }
+    out = {"activation": "topk", "expansion_factor": max(1, cfg.d_sae // cfg.d_in), "normalize_decoder": True,
+           "num_latents": cfg.d_sae, "k": cfg.k, "multi_topk": False, "skip_connection": False,
+           "transcode": cfg.is_transcoder, "d_in": cfg.d_in}  # fmt: skip
+    path = Path(path)
+    _write(path, "sae.safetensors", tensors, out)
     return path

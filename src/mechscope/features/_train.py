@@ -26,7 +26,11 @@ import itertools
 import json
 import math
 import shutil
+import signal
+import threading
+import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, cast
@@ -38,6 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from mechscope._cache import atomic_dir, atomic_write_bytes
+from mechscope._errors import MismatchError, NonFiniteError
 from mechscope.core import _distributed as distributed
 from mechscope.features._dictionary import (
     BDecInit,
@@ -54,7 +59,9 @@ Batch = tuple[Tensor, Tensor | None]  # (input rows, target rows or None for an 
 Data = Tensor | tuple[Tensor, Tensor] | Iterable[Tensor | tuple[Tensor, Tensor]]
 
 # Fields that may change between a run and its resumption: they set how long and how often, not what.
-_SCHEDULE_FIELDS = frozenset({"n_tokens", "checkpoint_every", "keep_checkpoints", "log_every"})
+_SCHEDULE_FIELDS = frozenset(
+    {"n_tokens", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints", "log_every", "max_loss_ratio"}
+)
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,12 @@ class TrainConfig:
     """Initial ``b_dec`` from the first batch of targets: ``geometric_median``, ``mean`` or ``zeros``."""
     checkpoint_every: int = 1000
     """Steps between checkpoints (a final one is always written)."""
+    checkpoint_minutes: float = 5.0
+    """Minutes of training between checkpoints, whichever of this and ``checkpoint_every`` comes first; a
+    checkpoint is also written when the run is interrupted (Ctrl-C, SIGTERM)."""
+    max_loss_ratio: float = 1e3
+    """Stop, keeping the last good checkpoint, when the loss exceeds this multiple of the first step's loss
+    (the run has diverged: lower ``lr``)."""
     keep_checkpoints: int = 2
     """Most recent checkpoints kept on disk."""
     log_every: int = 10
@@ -103,6 +116,8 @@ class TrainConfig:
             raise ValueError(f"k_aux must be positive, got {self.k_aux}")
         if min(self.checkpoint_every, self.keep_checkpoints, self.log_every, self.dead_after_tokens) < 1:
             raise ValueError("checkpoint_every, keep_checkpoints, log_every and dead_after_tokens must be >= 1")
+        if self.checkpoint_minutes <= 0 or self.max_loss_ratio <= 1:
+            raise ValueError("checkpoint_minutes must be > 0 and max_loss_ratio > 1")
 
     @property
     def n_steps(self) -> int:
@@ -114,8 +129,8 @@ class TrainConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; the last good checkpoint is left untouched."""
+class NonFiniteLossError(NonFiniteError):
+    """The training loss became NaN or infinite, or exploded; the last good checkpoint is left untouched."""
 
 
 class TrainLog(NamedTuple):
@@ -165,6 +180,7 @@ class _State:
     step: int
     tokens: int
     since_fired: Tensor  # [d_sae] int64: rows since each latent was last non-zero
+    provenance: dict | None = None  # what the data come from (model, weights, store, site), kept in checkpoints
     pre_buffer: Tensor | None = None  # [batch d_sae] workspace of the sparse kinds' pre-activations, reused
 
 
@@ -175,6 +191,7 @@ def train(
     *,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    provenance: dict | None = None,
 ) -> TrainResult:
     """Train a dictionary on ``data``, checkpointing to ``out_dir`` and resuming from it if present.
 
@@ -189,42 +206,62 @@ def train(
     equal to the single-process one up to float rounding. The process group is started from torchrun's
     environment when none exists (gloo, or NCCL for CUDA) and destroyed on return; ``device="cuda"`` means
     the process's local GPU. Only rank 0 writes files and shows progress.
+
+    ``provenance`` (what the data come from: model, weights checksum, store, site) is kept in every checkpoint and
+    saved with the dictionary; resuming with another provenance raises ``MismatchError`` showing both.
+    Checkpoints come every ``checkpoint_every`` steps or ``checkpoint_minutes``, whichever is first, and when the
+    run is interrupted (SIGINT, SIGTERM: the step in progress finishes, a checkpoint is written, then
+    ``KeyboardInterrupt`` is raised).
     """
     out_dir, device = Path(out_dir), distributed.local_device(torch.device(device))
     with distributed.group_from_env(device):
-        return _train(config, data, out_dir, device, progress)
+        return _train(config, data, out_dir, device, progress, provenance)
 
 
-def _train(config: TrainConfig, data: Data, out_dir: Path, device: torch.device, progress: bool) -> TrainResult:
+def _train(
+    config: TrainConfig, data: Data, out_dir: Path, device: torch.device, progress: bool, provenance: dict | None
+) -> TrainResult:
     rank, world = distributed.rank_world()
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} does not split evenly over {world} processes")
-    state = _resume(config, out_dir, device)
+    state = _resume(config, out_dir, device, provenance)
     batches = _batches(data, config, 0 if state is None else state.step, rank, world, device)
     if state is None:
         first = next(batches, None)
         if first is None:
             raise ValueError("the data yielded no batch")
         check_widths(config.dictionary, *first)
-        state = _fresh(config, _whole_target(first), device)
+        state = _fresh(config, _whole_target(first), device, provenance)
         batches = itertools.chain([first], batches)
     model = _wrap(state.model, device)
     history: list[TrainLog] = []
     last = _latest(out_dir)
     bar = tqdm(total=config.n_steps, initial=state.step, disable=not progress or rank != 0, desc="dictionary")
+    first_loss: float | None = None
+    since = time.monotonic()
     try:
-        for x, y in batches:
-            if state.step >= config.n_steps:
-                break
-            try:
-                stats = step(state, model, config, x, y, world)
-            except NonFiniteLossError as err:
-                kept = f"last good checkpoint: {last}" if last else "no checkpoint was written yet"
-                raise NonFiniteLossError(f"{err}; training stopped, {kept}") from None
-            if state.step % config.log_every == 0:
-                history.append(log(state, config, stats, bar))
-            if state.step % config.checkpoint_every == 0:
-                last = checkpoint(state, config, out_dir)
+        with _deferred_signals(enabled=world == 1) as signalled:
+            for x, y in batches:
+                if state.step >= config.n_steps:
+                    break
+                try:
+                    stats = step(state, model, config, x, y, world)
+                    first_loss = stats.loss if first_loss is None else first_loss
+                    if stats.loss > config.max_loss_ratio * max(first_loss, 1e-12):
+                        raise NonFiniteLossError(
+                            f"loss {stats.loss:.3g} at step {state.step} is over {config.max_loss_ratio:g}x the first "
+                            f"step's {first_loss:.3g}: the run diverged (lower lr)"
+                        )
+                except NonFiniteLossError as err:
+                    kept = f"last good checkpoint: {last}" if last else "no checkpoint was written yet"
+                    raise NonFiniteLossError(f"{err}; training stopped, {kept}", hint=_LOWER_LR) from None
+                if state.step % config.log_every == 0:
+                    history.append(log(state, config, stats, bar))
+                due = time.monotonic() - since >= 60 * config.checkpoint_minutes
+                if state.step % config.checkpoint_every == 0 or due or signalled:
+                    last, since = checkpoint(state, config, out_dir), time.monotonic()
+                if signalled:
+                    raise KeyboardInterrupt(f"interrupted at step {state.step}; checkpoint written to {last}")
         bar.update(state.step - bar.n)
     finally:
         bar.close()
@@ -232,7 +269,7 @@ def _train(config: TrainConfig, data: Data, out_dir: Path, device: torch.device,
     if last is None or last.name != _step_name(state.step):
         last = checkpoint(state, config, out_dir)
     if rank == 0:
-        save_dictionary(state.model, out_dir)
+        save_dictionary(state.model, out_dir, provenance=provenance)
     distributed.barrier()
     return TrainResult(state.model.eval(), state.step, state.tokens, tuple(history), last)
 
@@ -334,7 +371,8 @@ def _write_checkpoint(state: _State, config: TrainConfig, final: Path) -> None:
     root = final.parent
     tensors, groups = _optimizer_tensors(state.optimizer)
     tensors["since_fired"] = state.since_fired.cpu()
-    meta = {"step": state.step, "tokens": state.tokens, "param_groups": groups, "config": config.to_dict()}
+    meta = {"step": state.step, "tokens": state.tokens, "param_groups": groups, "config": config.to_dict(),
+            "provenance": state.provenance}  # fmt: skip
     with atomic_dir(final) as tmp:
         save_dictionary(state.model, tmp)
         atomic_write_bytes(tmp / "trainer.safetensors", save(tensors))
@@ -353,12 +391,12 @@ def _latest(out_dir: Path) -> Path | None:
     return pointer.parent / pointer.read_text().strip() if pointer.is_file() else None
 
 
-def _fresh(config: TrainConfig, target: Tensor, device: torch.device) -> _State:
+def _fresh(config: TrainConfig, target: Tensor, device: torch.device, provenance: dict | None = None) -> _State:
     model = build_dictionary(config.dictionary, seed=config.seed).to(device)
     model.init_b_dec_(target, config.b_dec_init)
     optimizer = _adam(model, config, device)
     since_fired = torch.zeros(config.dictionary.d_sae, dtype=torch.int64, device=device)
-    return _State(model, optimizer, 0, 0, since_fired)
+    return _State(model, optimizer, 0, 0, since_fired, provenance)
 
 
 def _adam(model: Dictionary, config: TrainConfig, device: torch.device) -> torch.optim.Adam:
@@ -369,18 +407,62 @@ def _adam(model: Dictionary, config: TrainConfig, device: torch.device) -> torch
     return torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.adam_betas, fused=fused or None)
 
 
-def _resume(config: TrainConfig, out_dir: Path, device: torch.device) -> _State | None:
+def _resume(config: TrainConfig, out_dir: Path, device: torch.device, provenance: dict | None) -> _State | None:
     path = _latest(out_dir)
     if path is None:
         return None
     meta = json.loads((path / "trainer.json").read_text())
     _check_same_run(meta["config"], config.to_dict(), path)
+    saved = meta.get("provenance")
+    differ = sorted(
+        k
+        for k in (saved or {}).keys() | (provenance or {}).keys()
+        if k not in _WHERE_FIELDS and (saved or {}).get(k) != (provenance or {}).get(k)
+    )
+    if saved is not None and provenance is not None and differ:
+        raise MismatchError(
+            f"{path} was trained on other data (differs in {differ}):\n"
+            f"  checkpoint: {saved}\n  now:        {provenance}",
+            hint="resume with the same store and site, or train into a fresh folder",
+        )
     model = load_dictionary(path).train().to(device)
     optimizer = _adam(model, config, device)
     tensors = load_file(path / "trainer.safetensors", device=str(device))
     since_fired = tensors.pop("since_fired")
     _load_optimizer(optimizer, tensors, meta["param_groups"])
-    return _State(model, optimizer, meta["step"], meta["tokens"], since_fired)
+    return _State(
+        model, optimizer, meta["step"], meta["tokens"], since_fired, saved if saved is not None else provenance
+    )
+
+
+_WHERE_FIELDS = frozenset({"store_path"})  # provenance fields that say where, not what: a moved store still matches
+_LOWER_LR = "lower --lr, or resume from the last good checkpoint with a smaller one in a fresh folder"
+
+
+@contextmanager
+def _deferred_signals(*, enabled: bool) -> Iterator[list[int]]:
+    """While training, SIGINT/SIGTERM set a flag (the yielded list becomes non-empty) instead of stopping the step.
+
+    The loop finishes the step, writes a checkpoint and raises ``KeyboardInterrupt``; a second signal stops at
+    once. Only in the main thread of a single process (signal handlers cannot be set elsewhere; under torchrun every
+    rank would have to agree on the step).
+    """
+    received: list[int] = []
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _check_same_run(saved: dict, current: dict, path: Path) -> None:

@@ -19,6 +19,9 @@ import math
 import queue
 import re
 import threading
+import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,7 @@ from safetensors.torch import save
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechscope._cache import atomic_write_bytes
+from mechscope._cache import atomic_write_bytes, sha256_file
 from mechscope.data.corpus import bos_id, load_corpus, token_contexts
 from mechscope.store._store import (
     DTYPES,
@@ -43,7 +46,12 @@ from mechscope.store._store import (
 )
 
 # Files a store folder may hold: its manifest, shards, and the temporary files of interrupted writes.
-_STORE_FILE = re.compile(r"^(manifest\.json|shard_\d{5}\.safetensors|\.(manifest\.json|shard_\d{5}\.safetensors)\..+)$")
+QUARANTINE = "quarantine"
+"""Sub-folder of a store where harvest moves shards that fail their checksum."""
+
+_STORE_FILE = re.compile(
+    r"^(manifest\.json|quarantine|shard_\d{5}\.safetensors|\.(manifest\.json|shard_\d{5}\.safetensors)\..+)$"
+)
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,11 @@ def harvest(model: Any, config: HarvestConfig, out_dir: str | Path, *, progress:
     names = [s.name for s in model.resolve(list(config.sites))]
     if TOKENS in names:
         raise ValueError(f"a site named {TOKENS!r} would clash with the token ids in each shard")
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    if n_ctx is not None and config.ctx_len > n_ctx:
+        raise ValueError(
+            f"--ctx-len {config.ctx_len} is longer than {model.name}'s {n_ctx} positions; use at most {n_ctx}"
+        )
     corpus = load_corpus(config.corpus)
     contexts = token_contexts(corpus, model.tokenizer, config.ctx_len, seed=config.seed)
     if config.max_tokens is not None:
@@ -123,9 +136,8 @@ def harvest(model: Any, config: HarvestConfig, out_dir: str | Path, *, progress:
     with bar, _Writer(out_dir, manifest) as writer:
         for index in range(len(manifest.shards), len(plan)):
             start, stop = plan[index]
-            tensors = _harvest_shard(model, provenance.sites, contexts[start:stop], config)
+            tensors = _harvest_shard(model, provenance.sites, contexts[start:stop], config, bar.update)
             writer.put(index, start, stop, tensors)
-            bar.update((stop - start) * config.ctx_len)
     return ActivationStore(out_dir)
 
 
@@ -211,11 +223,27 @@ def _open(out_dir: Path, provenance: Provenance, config: HarvestConfig, n_contex
 
 
 def _intact(out_dir: Path, shards: tuple[Shard, ...]) -> list[Shard]:
-    """The listed shards up to the first missing or truncated file (checksums: ``ActivationStore.verify``)."""
-    ok = itertools.takewhile(
-        lambda s: (out_dir / s.file).is_file() and (out_dir / s.file).stat().st_size == s.n_bytes, shards
-    )
-    return list(ok)
+    """The listed shards up to the first missing or corrupt one (size, then sha256 against the manifest).
+
+    A corrupt shard is moved to ``quarantine/`` (never deleted: it may be evidence) and a warning names it; it and
+    every shard after it are harvested again.
+    """
+    ok: list[Shard] = []
+    for shard in shards:
+        file = out_dir / shard.file
+        if not file.is_file():
+            break
+        if file.stat().st_size != shard.n_bytes or sha256_file(file) != shard.sha256:
+            (out_dir / QUARANTINE).mkdir(exist_ok=True)
+            moved = out_dir / QUARANTINE / f"{shard.file}.{time.strftime('%Y%m%dT%H%M%S')}"
+            file.rename(moved)
+            warnings.warn(
+                f"{file} does not match its checksum in the manifest: moved to {moved}; harvesting it again",
+                stacklevel=3,
+            )
+            break
+        ok.append(shard)
+    return ok
 
 
 def _show(p: Provenance) -> str:
@@ -236,7 +264,11 @@ def _clean(out_dir: Path, keep: set[str]) -> None:
 
 
 def _harvest_shard(
-    model: Any, widths: dict[str, int], contexts: Int[Tensor, "n ctx_len"], config: HarvestConfig
+    model: Any,
+    widths: dict[str, int],
+    contexts: Int[Tensor, "n ctx_len"],
+    config: HarvestConfig,
+    advance: Callable[[int], object] = lambda n: None,
 ) -> dict[str, Tensor]:
     """Activations of every site over ``contexts`` (as ``[n * ctx_len d]`` in storage dtype) and the ids."""
     n, ctx_len = contexts.shape
@@ -248,6 +280,7 @@ def _harvest_shard(
         rows = slice(b * ctx_len, (b + len(batch)) * ctx_len)
         for name, acts in out.items():
             acts[rows] = cache[name].reshape(len(batch) * ctx_len, -1)  # [batch pos ...] -> [batch*pos d]
+        advance(len(batch) * ctx_len)  # the bar moves by batch, not by shard
     return {**out, TOKENS: contexts.clone()}
 
 

@@ -28,6 +28,7 @@ from safetensors import safe_open
 from torch import Tensor
 
 from mechscope._cache import sha256_file
+from mechscope._errors import IntegrityError, MismatchError
 
 FORMAT = "mechscope.activation_store"
 FORMAT_VERSION = 1
@@ -36,7 +37,7 @@ TOKENS = "tokens"  # the key of the token ids in every shard
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ProvenanceError(ValueError):
+class ProvenanceError(MismatchError):
     """A store, dictionary or model does not come from what it is being combined with."""
 
 
@@ -152,6 +153,7 @@ class ActivationStore:
         if not file.is_file():
             raise FileNotFoundError(f"{self.path} is not an activation store: no {MANIFEST}")
         self.manifest = Manifest.from_json(file.read_text(), file)
+        self._verified: set[str] = set()
 
     def __repr__(self) -> str:
         p, m = self.provenance, self.manifest
@@ -223,13 +225,28 @@ class ActivationStore:
             )
 
     def verify(self) -> None:
-        """Recompute every shard's checksum; ValueError naming the first file that does not match."""
+        """Recompute every shard's checksum; ``IntegrityError`` (a ValueError) naming the first that does not match."""
         for shard in self.manifest.shards:
-            got = sha256_file(self.path / shard.file)
-            if got != shard.sha256:
-                raise ValueError(f"{self.path / shard.file} is corrupt: sha256 {got}, manifest says {shard.sha256}")
+            self._check_shard(shard)
+
+    def _check_shard(self, shard: Shard) -> None:
+        """Hash ``shard`` once per store object (every read goes through here first): corrupt files never load."""
+        if shard.file in self._verified:
+            return
+        file = self.path / shard.file
+        fix = "rerun `mechscope harvest` with the same arguments: it quarantines the bad shard and harvests it again"
+        try:
+            got = sha256_file(file)
+        except FileNotFoundError:
+            raise IntegrityError(f"{file} is missing: the store's manifest lists it", hint=fix) from None
+        if got != shard.sha256:
+            raise IntegrityError(
+                f"{file} is corrupt: sha256 {got[:16]}..., the manifest says {shard.sha256[:16]}...", hint=fix
+            )
+        self._verified.add(shard.file)
 
     def _read(self, shard: Shard, key: str) -> Tensor:
+        self._check_shard(shard)
         with safe_open(self.path / shard.file, framework="pt") as f:
             return f.get_tensor(key)
 
