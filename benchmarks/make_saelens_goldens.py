@@ -98,6 +98,17 @@ def main() -> None:
                   str(OUT / "sparsify" / "expected.safetensors"))  # fmt: skip
     index["sparsify"] = version("eai-sparsify")
 
+    # A sparsify coder with a skip connection: its forward adds x @ W_skip.T to the decoded latents.
+    coder = SparseCoder(D_IN, SparseCoderConfig(num_latents=D_SAE, k=4, skip_connection=True), device="cpu")
+    gen = torch.Generator().manual_seed(8)
+    with torch.no_grad():
+        for p in coder.parameters():
+            p.copy_(0.5 * torch.randn(p.shape, generator=gen))
+        coder.save_to_disk(OUT / "sparsify_skip")
+        enc = coder.encode(x)
+        save_file({"x": x, "acts": dense(enc.top_acts, enc.top_indices), "recon": coder(x).sae_out.contiguous()},
+                  str(OUT / "sparsify_skip" / "expected.safetensors"))  # fmt: skip
+
     # mechscope's exports, read by the real libraries.
     outputs = {}
     for kind in ("relu", "topk", "jumprelu"):

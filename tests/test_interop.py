@@ -57,15 +57,35 @@ def test_saelens_export_writes_hook_names_and_loads_back_as_sites(tmp_path):
 GOLDENS = Path(__file__).parent / "goldens" / "saelens"
 
 
-@pytest.mark.parametrize("folder", ["standard", "topk", "jumprelu", "gated", "sparsify"])
+@pytest.mark.parametrize("folder", ["standard", "topk", "jumprelu", "gated", "sparsify", "sparsify_skip"])
 def test_reads_files_written_by_saelens_and_sparsify(folder):
     d = load_dictionary(GOLDENS / folder)
     expected = load_file(GOLDENS / folder / "expected.safetensors")
     with torch.no_grad():
         acts = d.encode(expected["x"])
         assert torch.allclose(acts, expected["acts"], atol=1e-5), folder
-        assert torch.allclose(d.decode(acts), expected["recon"], atol=1e-5), folder
-    assert folder == "sparsify" or d.cfg.site == "resid_post.1"  # SAELens's hook name, as a site
+        assert torch.allclose(d.reconstruct(expected["x"]), expected["recon"], atol=1e-5), folder
+    assert folder.startswith("sparsify") or d.cfg.site == "resid_post.1"  # SAELens's hook name, as a site
+    assert d.cfg.skip_connection == (folder == "sparsify_skip")
+
+
+def test_skip_connection_round_trips_trains_and_splices(tmp_path):
+    from mechscope.features import TrainConfig, save_dictionary, train
+
+    d = load_dictionary(GOLDENS / "sparsify_skip")
+    x = load_file(GOLDENS / "sparsify_skip" / "expected.safetensors")["x"]
+    for again in (
+        load_dictionary(export_sparsify(d, tmp_path / "s")),
+        load_dictionary(save_dictionary(d, tmp_path / "m")),
+    ):
+        assert torch.equal(again.W_skip, d.W_skip) and torch.allclose(again.reconstruct(x), d.reconstruct(x))
+    with pytest.raises(ValueError, match="no skip connection"):
+        export_saelens(d, tmp_path / "no")
+    config = TrainConfig(DictionaryConfig("topk", d_in=8, d_sae=16, k=4, skip_connection=True), batch_size=64,
+                         n_tokens=64 * 20)  # fmt: skip
+    result = train(config, torch.randn(64 * 20, 8, generator=torch.Generator().manual_seed(0)), tmp_path / "run",
+                   progress=False)  # fmt: skip
+    assert result.dictionary.W_skip.abs().sum() > 0  # the skip weights learn (they start at zero)
 
 
 def exported_dictionary(kind: str):

@@ -88,6 +88,9 @@ class DictionaryConfig:
     batchtopk_threshold_lr: float = BatchTopKConfig.batchtopk_threshold_lr
     """Step of the moving average that estimates the BatchTopK inference threshold from the smallest
     positive latent of each training batch."""
+    skip_connection: bool = False
+    """Add a learned linear map of the input to the output, ``x @ W_skip`` (sparsify's ``skip_connection``; a
+    transcoder with one is a skip transcoder, Paulo et al. 2025)."""
     site: str | None = None
     """Site the dictionary reads (e.g. ``resid_post.6``); metadata only."""
     target_site: str | None = None
@@ -175,6 +178,8 @@ class Dictionary(nn.Module, ABC):
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.W_dec = nn.Parameter(w_dec)
         self.b_dec = nn.Parameter(torch.zeros(cfg.width_out))
+        if cfg.skip_connection:
+            self.W_skip = nn.Parameter(torch.zeros(cfg.d_in, cfg.width_out))
 
     @property
     def settings(self) -> Any:
@@ -213,6 +218,16 @@ class Dictionary(nn.Module, ABC):
         """Reconstruction (or, for a transcoder, prediction of the target) from latents."""
         return einops.einsum(latents, self.W_dec, "batch d_sae, d_sae d_out -> batch d_out") + self.b_dec
 
+    def skip(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_out"] | float:
+        """The skip connection's share of the output (0 without one)."""
+        if not self.cfg.skip_connection:
+            return 0.0
+        return einops.einsum(x, self.W_skip, "batch d_in, d_in d_out -> batch d_out")
+
+    def reconstruct(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch d_out"]:
+        """The dictionary's output for ``x``: decoded latents plus the skip connection, if any."""
+        return self.decode(self.encode(x)) + self.skip(x)
+
     def forward(
         self,
         x: Float[Tensor, "batch d_in"],
@@ -241,6 +256,8 @@ class Dictionary(nn.Module, ABC):
         else:
             latents = sparse.to_sparse_coo(self.cfg.d_sae)
             recon = sparse_ops.decode(sparse.rows, sparse.cols, sparse.offsets, sparse.values, self.W_dec) + self.b_dec
+        if self.cfg.skip_connection:
+            recon = recon + self.skip(x)
         residual = target - recon
         total_var = self._total_variance(target)
         fvu = residual.pow(2).sum() / total_var

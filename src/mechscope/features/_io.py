@@ -231,8 +231,7 @@ def _load_sparsify(path: Path, cfg: dict) -> Dictionary:
     tensors = load_file(path / "sae.safetensors")
     if cfg.get("activation", "topk") != "topk":
         raise ValueError(f"sparsify activation {cfg['activation']!r} is not supported (only topk)")
-    if cfg.get("skip_connection") or "W_skip" in tensors:
-        raise ValueError("sparsify coders with a skip connection (W_skip) are not supported")
+    skip = bool(cfg.get("skip_connection")) or "W_skip" in tensors
     missing = {"encoder.weight", "encoder.bias", "W_dec", "b_dec"} - set(tensors)
     if missing:
         raise ValueError(
@@ -251,7 +250,12 @@ def _load_sparsify(path: Path, cfg: dict) -> Dictionary:
         d_out=tensors["W_dec"].shape[1] if transcode else None,
         k=int(cfg["k"]),
         apply_b_dec_to_input=not transcode,  # sparsify subtracts b_dec from the input unless transcoding
+        skip_connection=skip,
     )
+    if skip:
+        if "W_skip" not in tensors:
+            raise ValueError(f"{path}: cfg.json asks for a skip connection but sae.safetensors has no W_skip")
+        tensors["W_skip"] = tensors["W_skip"].T.contiguous()  # sparsify: out += x @ W_skip.mT, W_skip [d_out d_in]
     state = {"W_enc": encoder.T.contiguous(), "b_enc": tensors.pop("encoder.bias"), **tensors}
     return _build(dcfg, state, path)
 
@@ -261,6 +265,8 @@ def export_saelens(dictionary: Dictionary, path: str | Path) -> Path:
     cfg = dictionary.cfg
     if cfg.is_transcoder and cfg.kind == "topk":
         raise ValueError("SAELens has no TopK transcoder architecture to export to")
+    if cfg.skip_connection:
+        raise ValueError("SAELens's file format has no skip connection: export_sparsify keeps it")
     arch = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}[cfg.kind]
     if cfg.is_transcoder:
         arch = {"standard": "transcoder", "jumprelu": "jumprelu_transcoder"}[arch]
@@ -310,8 +316,10 @@ def export_sparsify(dictionary: Dictionary, path: str | Path) -> Path:
         "W_dec": dictionary.W_dec.detach().to("cpu").contiguous(),
         "b_dec": dictionary.b_dec.detach().to("cpu").contiguous(),
     }
+    if cfg.skip_connection:
+        tensors["W_skip"] = dictionary.W_skip.detach().to("cpu").T.contiguous()
     out = {"activation": "topk", "expansion_factor": max(1, cfg.d_sae // cfg.d_in), "normalize_decoder": True,
-           "num_latents": cfg.d_sae, "k": cfg.k, "multi_topk": False, "skip_connection": False,
+           "num_latents": cfg.d_sae, "k": cfg.k, "multi_topk": False, "skip_connection": cfg.skip_connection,
            "transcode": cfg.is_transcoder, "d_in": cfg.d_in}  # fmt: skip
     path = Path(path)
     _write(path, "sae.safetensors", tensors, out)

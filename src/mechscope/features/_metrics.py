@@ -85,7 +85,8 @@ def evaluate(
         for start in starts:
             rows = slice(start, start + chunk_rows)
             latents = dictionary.encode(x[rows])  # [chunk d_sae]
-            sse += float((target[rows] - dictionary.decode(latents)).double().pow(2).sum())
+            recon = dictionary.decode(latents) + dictionary.skip(x[rows])
+            sse += float((target[rows] - recon).double().pow(2).sum())
             variance += float((target[rows].double() - mean).pow(2).sum())
             nonzero = latents != 0
             fired += nonzero.sum(0).cpu()

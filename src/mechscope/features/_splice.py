@@ -126,7 +126,7 @@ class _Reconstruct:
     def __call__(self, act: Tensor) -> Tensor:
         d = self.dictionary
         with eval_mode(d):
-            recon = d.decode(d.encode(as_rows(act, d.cfg.d_in, self.site).to(d.W_dec)))
+            recon = d.reconstruct(as_rows(act, d.cfg.d_in, self.site).to(d.W_dec))
         return recon.reshape(act.shape).to(act)
 
 
@@ -148,7 +148,7 @@ def _predicted(dictionary: Dictionary, site: str, target: str, inputs: Tensor, p
     """
     d = dictionary
     with eval_mode(d):
-        prediction = d.decode(d.encode(as_rows(inputs, d.cfg.d_in, site).to(d.W_dec)))
+        prediction = d.reconstruct(as_rows(inputs, d.cfg.d_in, site).to(d.W_dec))
     prediction = prediction.reshape(*inputs.shape[:2], d.cfg.width_out)  # [batch pos d_out]
     region = prediction if pos is None else prediction[:, pos]
     return Replace(target, fn=lambda act: region.reshape(act.shape).to(act), pos=pos)
