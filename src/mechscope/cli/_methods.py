@@ -26,6 +26,7 @@ FAMILIES: dict[str, str] = {
     "visualize": "mechscope.visualize._registry:METHODS",
     "features": "mechscope.features._kinds:KINDS",
     "lenses": "mechscope.lenses._registry:METHODS",
+    "trojans": "mechscope.trojans._registry:METHODS",
 }
 
 

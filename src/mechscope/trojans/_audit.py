@@ -70,7 +70,7 @@ def audit(model: Model | nn.Module, images: Float[Tensor, "batch c h w"], *, met
     if reference is not None:
         ref_module = reference.module if isinstance(reference, Model) else reference
         check_images(ref_module, images, n_classes)
-        ref = tuple(attack_success(ref_module, test, t.target, t.pattern, t.mask, t.form) for t in triggers)
+        ref = tuple(attack_success(ref_module, test, t.target, t.pattern, t.mask) for t in triggers)
     name = model.name if isinstance(model, Model) else type(module).__name__
     return TrojanAudit(method, name, tuple(triggers), anomaly_index([t.size for t in triggers]), threshold, ref,
                        dataclasses.asdict(cfg))  # fmt: skip

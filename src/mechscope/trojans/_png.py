@@ -15,8 +15,8 @@ from ._result import ReversedTrigger, TrojanAudit
 
 
 def trigger_picture(trigger: ReversedTrigger) -> np.ndarray:
-    """``[h w 3]`` uint8: a patch as its pattern times its mask (min-max scaled), a blend as its pattern."""
-    image = trigger.pattern if trigger.mask is None else trigger.pattern * trigger.mask
+    """``[h w 3]`` uint8: the pattern times the mask, min-max scaled (a blend: its pattern)."""
+    image = trigger.pattern * trigger.mask
     return to_rgb(image)
 
 

@@ -52,9 +52,7 @@ class NeuralCleanseConfig(SearchConfig):
 
 @dataclass(frozen=True)
 class BlendConfig(SearchConfig):
-    """Settings of ``blend``: an additive whole-image pattern, ``x' = x + d``; size = the pattern's L2 norm."""
+    """Settings of ``blend``: one blend weight for the whole image, ``x' = (1 - a) x + a p``; size = ``a``."""
 
-    lr: float = 0.05
-    """Adam learning rate on the pattern."""
-    init_cost: float = 1e-2
-    """Starting weight of the pattern's L2 norm in the loss."""
+    init_cost: float = 1.0
+    """Starting weight of the blend weight ``a`` in the loss (``a`` is at most 1, a patch mask's L1 norm ~ pixels)."""

@@ -16,17 +16,18 @@ TriggerForm = Literal["patch", "blend"]
 class ReversedTrigger:
     """The smallest trigger a search found that sends clean images to ``target``.
 
-    ``form`` ``patch``: ``x' = (1 - mask) x + mask pattern`` (Neural Cleanse); ``blend``: ``x' = x + pattern``.
+    Both forms put it in as ``x' = (1 - mask) x + mask pattern``: ``patch`` with a mask per pixel (Neural Cleanse),
+    ``blend`` with one weight for the whole image.
     """
 
     target: int
     form: TriggerForm
     pattern: Float[Tensor, "c h w"]
-    """Patch: the pasted values (in the images' units); blend: the additive pattern."""
-    mask: Float[Tensor, "h w"] | None
-    """Patch: the mask in [0, 1] (None for a blend)."""
+    """The values put in, in the images' units."""
+    mask: Float[Tensor, "h w"] | Float[Tensor, "1 1"]
+    """In [0, 1]: per pixel (patch) or one blend weight (blend)."""
     size: float
-    """Patch: the mask's L1 norm (pixels); blend: the pattern's L2 norm."""
+    """The mask's L1 norm: pixels (patch), the blend weight (blend)."""
     found: bool
     """Whether some step reached the config's attack success with this trigger (else it is the last one tried)."""
     attack_success: float
@@ -39,15 +40,12 @@ class ReversedTrigger:
 
     def apply(self, images: Float[Tensor, "batch c h w"]) -> Float[Tensor, "batch c h w"]:
         """``images`` with the trigger put in."""
-        if self.form == "blend":
-            return images + self.pattern.to(images)
-        assert self.mask is not None
         m = self.mask.to(images)
         return (1 - m) * images + m * self.pattern.to(images)
 
     def spectrum(self) -> Float[Tensor, "h w2"]:
         """Magnitude of the 2-D Fourier transform of the trigger's pattern (times the mask), summed over channels."""
-        signal = self.pattern if self.mask is None else self.pattern * self.mask
+        signal = self.pattern * self.mask
         signal = signal - signal.mean(dim=(-2, -1), keepdim=True)
         return torch.fft.rfft2(signal).abs().sum(0)
 
@@ -66,13 +64,13 @@ class ReversedTrigger:
         }  # fmt: skip
         if tensors:
             out["pattern"] = self.pattern.tolist()
-            out["mask"] = None if self.mask is None else self.mask.tolist()
+            out["mask"] = self.mask.tolist()
         return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ReversedTrigger:
         return cls(int(d["target"]), d["form"], torch.tensor(d["pattern"]),
-                   None if d.get("mask") is None else torch.tensor(d["mask"]), float(d["size"]), bool(d["found"]),
+                   torch.tensor(d["mask"]), float(d["size"]), bool(d["found"]),
                    float(d["attack_success"]), int(d["steps"]), float(d["optimisation_s"]),
                    float(d.get("evaluation_s", 0.0)))  # fmt: skip
 
