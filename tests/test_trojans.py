@@ -135,7 +135,7 @@ def test_anomaly_index_is_the_mad_score():
 
 
 def test_blend_spectrum_peaks_at_the_grating():
-    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    xx = torch.arange(32.0)[None].expand(32, 32)
     pattern = torch.sin(2 * torch.pi * 4 * xx / 32)[None]  # 4 cycles across, none down
     t = trojans.ReversedTrigger(0, "blend", pattern, torch.full((1, 1), 0.3), 0.3, True, 1.0, 1, 0.0)
     assert t.peak_frequency() == (0, 4)
@@ -204,3 +204,89 @@ def test_audit_leaves_the_model_as_it_was():
 def test_bad_images_named(images, message):
     with pytest.raises(ValueError, match=message):
         trojans.audit(ColourCNN().eval(), images, steps=2, progress=False)
+
+
+# --- the command line ---------------------------------------------------------------------------------------------
+
+FACTORY = """
+import torch
+from torch import nn
+
+def make():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, 3))
+
+def wider():
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 3))
+
+def broken():
+    raise RuntimeError("needs a config")
+"""
+
+
+@pytest.fixture
+def user_model(tmp_path, monkeypatch):
+    """A user's package ``usernets`` with factories, its weights, and a folder of 12 RGB PNGs."""
+    from safetensors.torch import save_file
+
+    from mechscope.data.images import png_bytes
+
+    (tmp_path / "usernets.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    import usernets  # type: ignore[import-not-found]
+
+    importlib.reload(usernets)
+    save_file(usernets.make().state_dict(), str(tmp_path / "w.safetensors"))
+    folder = tmp_path / "images"
+    folder.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    for i in range(12):
+        pixels = (torch.rand(16, 16, 3, generator=gen) * 255).to(torch.uint8).numpy()
+        (folder / f"im{i:02d}.png").write_bytes(png_bytes(pixels))
+    return tmp_path
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from mechscope.cli import app
+
+    return CliRunner().invoke(app, ["audit-trojans", *map(str, args)])
+
+
+def test_cli_audits_a_user_model_and_resumes(user_model):
+    out = user_model / "out"
+    args = ["--model", "usernets:make", "--weights", user_model / "w.safetensors", "--images", user_model / "images",
+            "--shape", "3,16,16", "--steps", 5, "--out", out, "--json"]  # fmt: skip
+    result = _cli(*args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["method"] == "neural_cleanse" and len(summary["triggers"]) == 3
+    assert summary["config"]["steps"] == 5
+    assert all((out / f"trigger_class{c}.png").exists() for c in range(3))
+    assert sorted(p.name for p in (out / "progress").iterdir()) == [f"class{c:04d}.json" for c in range(3)]
+    again = json.loads(_cli(*args).output.strip().splitlines()[-1])
+    assert again["anomaly"] == summary["anomaly"]  # read back from OUT/progress
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"--model": "usernets:broken"}, "failed when called with no arguments"),
+        ({"--model": "usernets:wider"}, "do not match the module"),
+        ({"--model": "nowhere.nets:make"}, "cannot import"),
+        ({"--shape": "1,16,16"}, "cannot run images of shape"),
+        ({"--shape": "3,16"}, "--shape must be C,H,W"),
+        ({"--images": "missing"}, "does not exist"),
+    ],
+)
+def test_cli_bad_input_named(user_model, change, message):
+    options = {"--model": "usernets:make", "--weights": user_model / "w.safetensors", "--images": user_model / "images"}
+    options |= {"--shape": "3,16,16", "--steps": 2, "--out": user_model / "o"} | change
+    result = _cli(*[v for kv in options.items() for v in kv])
+    assert result.exit_code == 1
+    assert message in " ".join(result.output.split()), result.output

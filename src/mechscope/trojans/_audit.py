@@ -34,8 +34,9 @@ MAD_SCALE = 1.4826
 
 
 def audit(model: Model | nn.Module, images: Float[Tensor, "batch c h w"], *, method: str = "neural_cleanse",
-          config: Any = None, held_out: float = 0.25, threshold: float = 2.0, reference: Model | nn.Module | None = None,
-          folder: str | Path | None = None, progress: bool = True, **settings: Any) -> TrojanAudit:  # fmt: skip
+          config: Any = None, held_out: float = 0.25, threshold: float = 2.0,
+          reference: Model | nn.Module | None = None, folder: str | Path | None = None, progress: bool = True,
+          **settings: Any) -> TrojanAudit:  # fmt: skip
     """Reverse-engineer a trigger per class with ``method`` and rank the classes by anomaly index.
 
     ``images``: clean images the model takes, ``[batch c h w]``, at least one per class; the last ``held_out``

@@ -41,7 +41,7 @@ def neural_cleanse(model: Model | nn.Module, images: Tensor, target: int, config
 @METHODS.declare("blend", config=BlendConfig, result=ReversedTrigger, tags=("blend",))
 def blend(model: Model | nn.Module, images: Tensor, target: int, config: BlendConfig,
           held_out: Tensor | None = None) -> ReversedTrigger:  # fmt: skip
-    """The smallest whole-image blend ``(1 - a) x + a p`` sending clean images to ``target``: blend/frequency triggers."""
+    """The smallest whole-image blend ``(1 - a) x + a p`` sending clean images to ``target`` (non-patch triggers)."""
     return search(model, images, target, config, "blend", held_out)
 
 

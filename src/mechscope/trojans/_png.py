@@ -22,8 +22,10 @@ def trigger_picture(trigger: ReversedTrigger) -> np.ndarray:
 
 def save_triggers(result: TrojanAudit, folder: str | Path, example: Tensor | None = None,
                   scale: int = 4) -> list[Path]:  # fmt: skip
-    """Write ``trigger_class<c>.png`` per class (and ``stamped_class<c>.png`` on ``example`` [c h w]) and
-    ``audit.json``; returns the paths."""
+    """Write ``trigger_class<c>.png`` per class, ``stamped_class<c>.png`` on ``example`` and ``audit.json``.
+
+    Returns the paths written.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
