@@ -13,6 +13,10 @@ Rows: total audit seconds and seconds per class (medians over ``--rounds``), and
 optimisation (forward, backward, update) and evaluation (held-out attack success). Torch runs on one thread (the
 machine is shared: more threads only contend).
 
+Detection (``detection`` rows, seed 0 of each organism, 160 held-out images, 120 steps per class as in the tests):
+for ``trojan_patch`` (``neural_cleanse``) and ``trojan_blend`` (``blend``), the trojaned model's rank and anomaly
+index of its target class, and the largest anomaly index of any class of its clean twin (a false alarm above 2).
+
 Run: ``.venv/bin/python benchmarks/trojans.py [--rounds 3 --steps 100]``; writes ``benchmarks/results/trojans.json``.
 """
 
@@ -86,6 +90,30 @@ def reference_audit(model: nn.Module, fit: Tensor, test: Tensor, steps: int) -> 
     return sizes
 
 
+def detection(steps: int = 120) -> list[dict]:
+    """Target rank and anomaly on the trojaned organisms, largest anomaly on their clean twins."""
+    from mechscope import organisms
+
+    rows = []
+    for recipe, method in ((organisms.TrojanPatch(), "neural_cleanse"), (organisms.TrojanBlend(), "blend")):
+        org = organisms.obtain(recipe, 0)
+        x = org.test.images[:160]
+        found = trojans.audit(org.model, x, method=method, steps=steps, progress=False)
+        twin = trojans.audit(org.twin, x, method=method, steps=steps, progress=False)
+        name = f"{recipe.name} seed 0 {method}"
+        rows += [
+            {"name": f"{name}: target rank (1 = first)", "metric": "detection",
+             "value": found.ranking.index(org.target) + 1, "unit": "rank"},
+            {"name": f"{name}: target anomaly index", "metric": "detection", "value": found.anomaly[org.target],
+             "unit": "MAD"},
+            {"name": f"{name}: target trigger held-out attack success", "metric": "detection",
+             "value": found.triggers[org.target].attack_success, "unit": "share"},
+            {"name": f"{name}: clean twin's largest anomaly index", "metric": "detection", "value": max(twin.anomaly),
+             "unit": "MAD"},
+        ]  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -114,6 +142,7 @@ def main() -> None:
         {"name": "reference Neural Cleanse loop total", "metric": "wall", "value": med(theirs), "unit": "s"},
         {"name": "reference per class", "metric": "wall", "value": med(theirs) / N_CLASSES, "unit": "s"},
     ]
+    rows += detection()
     out = {"benchmark": "trojans", "machine": machine(),
            "setup": {"classes": N_CLASSES, "shape": [3, 32, 32], "steps": args.steps, "batch": BATCH,
                      "images": 200, "held_out": 50, "rounds": args.rounds, "threads": 1},
