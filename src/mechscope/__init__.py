@@ -17,7 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the type checker (and editors) see the real names; at run time they load on first use
-    from . import attribution, bench, circuits, features, lenses, organisms, store, visualize
+    from . import attribution, bench, circuits, features, lenses, organisms, store, trojans, visualize
     from .core import (
         DEFAULT_MODEL,
         Ablate,
@@ -62,11 +62,14 @@ __all__ = [
     "organisms",
     "store",
     "tiny",
+    "trojans",
     "visualize",
     "wrap",
 ]
 
-_SUBPACKAGES = frozenset({"attribution", "bench", "circuits", "features", "lenses", "organisms", "store", "visualize"})
+_SUBPACKAGES = frozenset(
+    {"attribution", "bench", "circuits", "features", "lenses", "organisms", "store", "trojans", "visualize"}
+)
 _FROM_CORE = frozenset(__all__) - _SUBPACKAGES
 
 

@@ -69,6 +69,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "_weights",
         "Cross-validated linear probe at a site for labelled texts, with a control task and selectivity.",
     ),
+    "audit-trojans": (
+        "_trojans",
+        "Reverse-engineer a trigger per class of an image classifier (Neural Cleanse); name anomalous classes.",
+    ),
     "methods": (
         "_methods",
         "List every family's declared methods: summary, tags, result type and settings (--json: config schemas).",

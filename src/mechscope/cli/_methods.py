@@ -28,6 +28,7 @@ FAMILIES: dict[str, str] = {
     "lenses": "mechscope.lenses._registry:METHODS",
     "explainers": "mechscope.autointerp._explainers:EXPLAINERS",
     "scorers": "mechscope.autointerp._scorers:SCORERS",
+    "trojans": "mechscope.trojans._registry:METHODS",
 }
 
 
