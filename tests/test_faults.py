@@ -299,3 +299,21 @@ def test_exit_code_table_is_documented():
 def test_mismatch_and_integrity_are_value_errors():
     # Callers that catch ValueError keep working.
     assert issubclass(IntegrityError, ValueError) and issubclass(MismatchError, ValueError)
+
+
+def test_every_command_accepts_json():
+    import typer.main
+
+    def leaves(command, path):
+        children = getattr(command, "commands", None)
+        if not children:
+            yield " ".join(path), command
+            return
+        for name in list(children):
+            child = command.real_command(name) if hasattr(command, "real_command") else children[name]
+            yield from leaves(child, [*path, name])
+
+    found = dict(leaves(typer.main.get_group(app), []))
+    assert len(found) > 20  # every family's commands were loaded and walked
+    missing = [name for name, c in found.items() if "--json" not in {o for p in c.params for o in p.opts}]
+    assert not missing, f"commands without --json: {missing}"
