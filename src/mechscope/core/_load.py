@@ -18,7 +18,7 @@ from torch import nn
 
 from .._cache import atomic_dir, atomic_write_bytes, cache_dir, sha256_file
 from .._errors import IntegrityError
-from .._names import BUILTIN, DEFAULT_MODEL, locate
+from .._names import BUILTIN, CHUNKED, DEFAULT_MODEL, locate
 from ._families import family_of
 from ._model import Model
 from ._sites import ModelConfig, lm_sites, module_sites
@@ -148,6 +148,8 @@ def _quiet_transformers() -> Iterator[None]:
 
 
 def _find_gguf(name: str) -> Path:
+    if name in CHUNKED:
+        return _join_chunks(name)
     package = BUILTIN[name][0]
     spec = importlib.util.find_spec(package)  # locate the wheel's files without importing it
     if spec is None or not spec.submodule_search_locations:
@@ -159,6 +161,35 @@ def _find_gguf(name: str) -> Path:
     if not files:
         raise FileNotFoundError(f"no .gguf file inside the installed {package} package")
     return files[0]
+
+
+def _join_chunks(name: str) -> Path:
+    """The GGUF of a chunked built-in, joined once into the cache from its wheels' parts and checked by sha256."""
+    file, sha, packages = CHUNKED[name]
+    target = cache_dir("gguf") / file
+    if target.is_file() and sha256_file(target) == sha:
+        return target
+    parts = []
+    for package in packages:
+        spec = importlib.util.find_spec(package)  # locate the files without importing the package
+        found = sorted(Path(next(iter(spec.submodule_search_locations))).rglob(f"{file}.part*")) if spec and \
+            spec.submodule_search_locations else []  # fmt: skip
+        if not found:
+            pip = BUILTIN[name][0].replace("_", "-")
+            raise FileNotFoundError(f"built-in model {name!r} needs the PyPI wheels of {pip}: pip install {pip}")
+        parts.extend(found)
+    tmp = target.with_name(f".{file}.tmp")
+    with open(tmp, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as f:
+                while block := f.read(1 << 24):
+                    out.write(block)
+    if (got := sha256_file(tmp)) != sha:
+        tmp.unlink()
+        raise IntegrityError(f"the joined {file} has sha256 {got[:16]}..., expected {sha[:16]}...",
+                             hint=f"reinstall the {name} wheels (pip install --force-reinstall ...)")  # fmt: skip
+    tmp.replace(target)
+    return target
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
