@@ -17,7 +17,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SWEEPS = ("heads", "resid", "acdc", "faithfulness")
 FLOORLESS = ("faithfulness",)
+TL_SWEEPS = ("heads", "resid")
+CONTENDERS = ("before", "after", "floor", "tl")
+TOLERANCE = 1e-4
+"""Largest absolute difference allowed between contenders' numbers (TransformerLens runs eager attention: ~1e-5)."""
+BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
+"""TransformerLens runs in the peer venv built by ``benchmarks/setup_peers.sh``."""
 
 
 def _cpu(fn: Any) -> tuple[float, Any]:
@@ -34,10 +40,18 @@ def _cpu(fn: Any) -> tuple[float, Any]:
     return time.process_time() - start, out
 
 
+def _busy() -> tuple[float, float, float]:
+    """Wall seconds, busy CPU seconds of the whole machine, CPU seconds of this process."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    own = os.times()
+    return time.monotonic(), (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK"), own.user + own.system
+
+
 def worker() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--worker", choices=SWEEPS, required=True)
-    p.add_argument("--impl", choices=("mechscope", "floor"), required=True)
+    p.add_argument("--impl", choices=("mechscope", "floor", "tl"), required=True)
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
@@ -59,13 +73,36 @@ def worker() -> None:
 
     forward()
     unit = statistics.median(_cpu(forward)[0] for _ in range(3))
+    before = _busy()
     seconds, result, patches = _sweep(args.worker, args.impl, model, task, toks)
+    after = _busy()
+    other = max(0.0, (after[1] - before[1]) - (after[2] - before[2])) / max(after[0] - before[0], 1e-9)
+    versions = {k: version(k) for k in ("torch", "transformers", "transformer-lens") if _installed(k)}
     args.out.write_text(json.dumps({"cpu_s": seconds, "fwd_cpu_s": unit, "patches": patches, "result": result,
-                                    "mechscope": str(Path(ms.__file__).parent)}))  # fmt: skip
+                                    "mechscope": str(Path(ms.__file__).parent), "versions": versions,
+                                    "other_busy_cores": round(other, 2)}))  # fmt: skip
+
+
+def _installed(package: str) -> bool:
+    try:
+        version(package)
+    except PackageNotFoundError:
+        return False
+    return True
 
 
 def _sweep(name: str, impl: str, model: Any, task: Any, toks: Any) -> tuple[float, Any, int]:
     """CPU seconds of one sweep, its numbers (JSON-able) and its number of patched passes-worth of nodes."""
+    if impl == "tl":
+        import _tl
+
+        tl = _tl.bridge(model.module, model.tokenizer)  # not timed, like loading the model
+        tl_args = (tl, toks.clean, toks.corrupt, toks.attention_mask, task.answers.reshape(-1), task.wrongs.reshape(-1))
+        if name not in TL_SWEEPS:
+            raise ValueError(f"no TransformerLens loop for {name}")
+        fn = _tl.head_patching if name == "heads" else _tl.resid_patching
+        t, out = _cpu(lambda: fn(*tl_args))
+        return t, out.tolist(), out.numel()
     if impl == "floor":
         import _floor
 
@@ -126,6 +163,13 @@ def suite() -> None:
     p.add_argument("--after", default="worktree", help="'worktree' (this checkout's src) or a git revision")
     p.add_argument("--n", type=int, default=16, help="IOI pairs for per-head patching")
     p.add_argument("--n-small", type=int, default=8, help="IOI pairs for residual patching, ACDC and faithfulness")
+    p.add_argument(
+        "--who",
+        nargs="*",
+        choices=CONTENDERS,
+        default=list(CONTENDERS),
+        help="contenders to run (tl: TransformerLens 4 in .venv-bench, per-head and residual only)",
+    )
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--workdir", type=Path, help="keep worker outputs here; outputs already there are reused")
     p.add_argument("--merge", type=Path, help="an earlier result JSON whose other sweeps are carried over")
@@ -136,7 +180,9 @@ def suite() -> None:
     torch.set_num_threads(1)
     tmp = args.workdir or Path(tempfile.mkdtemp(prefix="sweeps-"))
     tmp.mkdir(parents=True, exist_ok=True)
-    paths = {"before": _extract(args.before, tmp / "before")}
+    if "tl" in args.who and not BENCH_PYTHON.exists():
+        raise SystemExit(f"{BENCH_PYTHON} is missing: run `bash benchmarks/setup_peers.sh` first (or leave out tl)")
+    paths = {"before": _extract(args.before, tmp / "before") if "before" in args.who else ROOT / "src"}
     paths["after"] = ROOT / "src" if args.after == "worktree" else _extract(args.after, tmp / "after")
     after_rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                                text=True).stdout.strip()  # fmt: skip
@@ -144,16 +190,17 @@ def suite() -> None:
     for repeat in range(args.repeats):
         for sweep in args.sweeps:
             n = args.n if sweep == "heads" else args.n_small
-            for who in ("before", "after", "floor"):
-                if who == "floor" and sweep in FLOORLESS:
+            for who in args.who:
+                if (who == "floor" and sweep in FLOORLESS) or (who == "tl" and sweep not in TL_SWEEPS):
                     continue
                 out = tmp / f"{sweep}-{who}-{repeat}.json"
                 if out.exists():  # a worker of an earlier, interrupted invocation with the same settings
                     runs.setdefault((sweep, who), []).append(json.loads(out.read_text()))
                     continue
-                env = {**os.environ, "PYTHONPATH": str(paths["after" if who == "floor" else who])}
-                impl = "floor" if who == "floor" else "mechscope"
-                cmd = [sys.executable, str(HERE / "circuits.py"), "--worker", sweep, "--impl", impl, "--n", str(n),
+                env = {**os.environ, "PYTHONPATH": str(paths["before" if who == "before" else "after"])}
+                impl = who if who in ("floor", "tl") else "mechscope"
+                python = str(BENCH_PYTHON) if who == "tl" else sys.executable
+                cmd = [python, str(HERE / "circuits.py"), "--worker", sweep, "--impl", impl, "--n", str(n),
                        "--out", str(out)]  # fmt: skip
                 print(f"[{repeat}] {sweep} {who} ({n} pairs)...", flush=True)
                 subprocess.run(cmd, check=True, env=env, cwd=HERE)
@@ -163,24 +210,51 @@ def suite() -> None:
     _write(args, runs, after_rev, machine())
 
 
-def _merge(result: dict[str, Any], old: dict[str, Any], fresh: list[str], source: str) -> None:
-    """Carry over the rows, ratios, goals and details of ``old``'s sweeps that this invocation did not run."""
+def _contenders(key: str) -> tuple[str, set[str]]:
+    """The sweep and contenders a row, detail, ratio or goal key names (``heads/tl``, ``heads: tl/after >= 2``)."""
+    if ": " in key:
+        sweep, rest = key.split(": ", 1)
+        return sweep, set(rest.split(" ")[0].split("/"))
+    sweep, who = key.split("/")
+    return sweep, {who}
 
-    def sweep_of(key: str) -> str:
-        return key.split("/")[0].split(":")[0]
 
-    kept = {sweep_of(r["name"]) for r in old["rows"]} - set(fresh)
+def _merge(result: dict[str, Any], old: dict[str, Any], source: str) -> None:
+    """Carry over ``old``'s rows, ratios and details of (sweep, contender)s this invocation did not run.
+
+    A ratio is carried when a contender it names was not re-run: it stays a ratio of one run (the earlier one).
+    """
+    fresh = {r["name"] for r in result["rows"]}
+
+    def carried(key: str) -> bool:
+        sweep, who = _contenders(key)
+        return any(f"{sweep}/{w}" not in fresh for w in who)
+
+    kept = sorted({r["name"] for r in old["rows"] if carried(r["name"])})
     if not kept:
         return
-    result["rows"] += [r for r in old["rows"] if sweep_of(r["name"]) in kept]
-    for field in ("ratios", "goal", "details"):
-        result[field].update({k: v for k, v in old[field].items() if sweep_of(k) in kept})
-    result["settings"]["carried_over"] = {"sweeps": sorted(kept), "from": source, "machine": old["machine"],
+    result["rows"] += [r for r in old["rows"] if r["name"] in kept]
+    for field in ("ratios", "details"):
+        result[field].update({k: v for k, v in old[field].items() if carried(k) and k not in result[field]})
+    result["settings"]["carried_over"] = {"rows": kept, "from": source, "machine": old["machine"],
                                           "settings": old["settings"]}  # fmt: skip
 
 
+def _goals(ratios: dict[str, float]) -> dict[str, bool]:
+    """Issue 13's goals, for the ratios at hand."""
+    goals = {}
+    for sweep, speedup in (("heads", 2.0), ("acdc", 1.6)):
+        if f"{sweep}: before/after" in ratios:
+            goals[f"{sweep}: before/after >= {speedup:g}"] = ratios[f"{sweep}: before/after"] >= speedup
+        if f"{sweep}: floor/after" in ratios:
+            goals[f"{sweep}: after/floor <= 1.1"] = 1 / ratios[f"{sweep}: floor/after"] <= 1.1
+    if "heads: tl/after" in ratios:
+        goals["heads: tl/after >= 2"] = ratios["heads: tl/after"] >= 2
+    return goals
+
+
 def _write(args: Any, runs: dict[tuple[str, str], list[dict[str, Any]]], after_rev: str, where: str) -> None:
-    rows, ratios, details, goals = [], {}, {}, {}
+    rows, ratios, details = [], {}, {}
     median: dict[tuple[str, str], float] = {}
     for (sweep, who), records in runs.items():
         n = args.n if sweep == "heads" else args.n_small
@@ -192,26 +266,27 @@ def _write(args: Any, runs: dict[tuple[str, str], list[dict[str, Any]]], after_r
         rows.append({"name": f"{sweep}/{who}", "metric": "forward-pass equivalents per patch",
                      "value": t / (patches * unit), "unit": "forward passes"})  # fmt: skip
         details[f"{sweep}/{who}"] = {"runs_cpu_s": [r["cpu_s"] for r in records], "fwd_cpu_s": unit,
-                                     "patches": patches, "pairs": n}  # fmt: skip
+                                     "patches": patches, "pairs": n,
+                                     "other_busy_cores": [r.get("other_busy_cores") for r in records],
+                                     "versions": records[0].get("versions")}  # fmt: skip
     for sweep in args.sweeps:
+        if (sweep, "after") not in runs:
+            continue
         after = runs[(sweep, "after")][0]["result"]
-        for who in ("before", "floor"):
+        for who in ("before", "floor", "tl"):
             if (sweep, who) in runs:
                 ratios[f"{sweep}: {who}/after"] = median[(sweep, who)] / median[(sweep, "after")]
-                details[f"{sweep}/{who}"]["max_abs_diff_to_after"] = _diff(after, runs[(sweep, who)][0]["result"])
-    if "heads" in args.sweeps:
-        goals["heads: before/after >= 2"] = ratios["heads: before/after"] >= 2
-        goals["heads: after/floor <= 1.1"] = 1 / ratios["heads: floor/after"] <= 1.1
-    if "acdc" in args.sweeps:
-        goals["acdc: before/after >= 1.6"] = ratios["acdc: before/after"] >= 1.6
-        goals["acdc: after/floor <= 1.1"] = 1 / ratios["acdc: floor/after"] <= 1.1
+                diff = max(_diff(after, r["result"]) for r in runs[(sweep, who)])
+                details[f"{sweep}/{who}"]["max_abs_diff_to_after"] = diff
+                if diff > TOLERANCE:  # the contenders did not do the same work: their times are not comparable
+                    raise SystemExit(f"{sweep}: {who}'s results differ from mechscope's by {diff:.3g} (> {TOLERANCE})")
     result = {
         "benchmark": "circuits, patching sweeps: mechscope before vs after 'fewer passes' vs a plain-PyTorch floor "
-        "(SmolLM2-135M IOI, CPU time, one thread)",
+        "vs TransformerLens 4 (SmolLM2-135M IOI, CPU time, one thread)",
         "machine": where,
         "rows": rows,
         "ratios": ratios,
-        "goal": goals,
+        "goal": {},
         "settings": {
             "before": args.before,
             "after": args.after if args.after != "worktree" else f"{after_rev}+tree",
@@ -220,15 +295,21 @@ def _write(args: Any, runs: dict[tuple[str, str], list[dict[str, Any]]], after_r
             "repeats": args.repeats,
             "threads": 1,
             "clock": "cpu",
-            "transformerlens": "not run (no peer venv with transformer-lens on this machine)",
+            "contenders": args.who,
+            "transformerlens": "TransformerLens 4 in .venv-bench, its own process (versions in details)"
+            if "tl" in args.who
+            else "not run in this invocation",
+            "shared_machine": "other engineers' jobs shared the 2 cores: CPU time of one torch thread is counted, "
+            "contenders alternate within each repeat, details' other_busy_cores is the load beside each run",
         },
         "details": details,
         "versions": {k: version(k) for k in ("torch", "transformers")},
     }
     if args.merge is not None:
-        _merge(result, json.loads(args.merge.read_text()), args.sweeps, str(args.merge))
+        _merge(result, json.loads(args.merge.read_text()), str(args.merge))
+    result["goal"] = _goals(result["ratios"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2))
     os.replace(tmp, args.out)
-    print(json.dumps({"rows": rows, "ratios": ratios, "goal": goals}, indent=2))
+    print(json.dumps({"rows": rows, "ratios": result["ratios"], "goal": result["goal"]}, indent=2))

@@ -19,8 +19,8 @@ Timing: ``--threads 1 --clock cpu`` (default) counts this process's CPU time wit
 processes on a shared machine barely change; ``--clock wall`` counts wall time. Each contender runs ``--repeats``
 times (after one warm-up call for the cheap ones); the median is reported.
 
-Run: ``.venv/bin/python benchmarks/circuits.py [--n 32] [--patch-n 8]``. No peer library: the issue names none
-for this comparison (TransformerLens and auto-circuit could be added in ``.venv-bench``).
+Run: ``.venv/bin/python benchmarks/circuits.py [--n 32] [--patch-n 8]``. No peer library in this suite (the
+sweeps suite below runs TransformerLens).
 
 ``--suite sweeps`` (issue 13, "fewer passes") writes ``results/circuit_sweeps.json`` instead: the sweeps that
 patch for real, each done three ways on the same IOI pairs and checked to give the same numbers:
@@ -29,15 +29,17 @@ patch for real, each done three ways on the same IOI pairs and checked to give t
   embedding and unembeds every position;
 - ``after``: mechscope as it is now (``--after worktree``, or a revision): passes start at their lowest patched
   block from a cached prefix and unembed only each prompt's last real token;
-- ``floor``: a plain-PyTorch loop over the model's own modules doing the same (``benchmarks/_floor.py``).
+- ``floor``: a plain-PyTorch loop over the model's own modules doing the same (``benchmarks/_floor.py``);
+- ``tl``: TransformerLens 4 (``TransformerBridge``) doing per-head and residual patching with its best loop,
+  batched by layer (``benchmarks/_tl.py``), run by ``.venv-bench/bin/python`` (``benchmarks/setup_peers.sh``).
 
 Sweeps: per-head patching (``head.z``, 270 heads, denoising), residual patching (``resid_pre``, layer x position),
 node ACDC (KL, tau 0.01, 300 nodes) and a faithfulness curve (10 sizes + 3 random circuits each, edges ranked by
 EAP; no floor: evaluating edge circuits by hand is the edge engine itself). Each contender runs in its own
 process (one torch thread; CPU time of the whole sweep call, its unpatched runs included, model loading not),
-the three interleaved per repeat; medians over ``--repeats``. The
+the contenders interleaved per repeat (``--who`` picks them); medians over ``--repeats``. The
 unit for "forward-pass equivalents per patch" is one plain forward of the same prompts (full logits), timed in
-the same process. TransformerLens is not run here (no peer venv on this machine).
+the same process. The suite stops when a contender's numbers differ from mechscope's by more than 1e-4.
 """
 
 from __future__ import annotations

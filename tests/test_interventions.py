@@ -34,6 +34,38 @@ def test_patch_selected_heads_only(tiny_models):
     assert torch.equal(patched[:, [2, 5], 3], value[:, [2, 5], 3])
 
 
+@pytest.mark.parametrize(
+    ("pos", "heads", "units"),
+    [(None, [2], None), (None, [3, 0], None), ([1, 3], None, None), (slice(1, 4), [2, 0], None),
+     ([4, 0], [1], [5, 0]), (-1, slice(0, 4, 2), [3, 3]), (None, None, [0, 1, 2])],
+)  # fmt: skip
+def test_regions_are_outer_products_of_each_axis_selection(pos, heads, units):
+    """Reading and writing a region (basic indices or broadcast index tensors) touches exactly np.ix_'s entries."""
+    from mechscope.core._interventions import region_index, region_shape
+
+    act = torch.randn(3, 5, 4, 6)  # [batch pos head d_head]
+    sel = {"pos": pos, "heads": heads, "units": units}
+    idx = region_index(act, ("batch", "pos", "head", "d_head"), sel, "head.0.z")
+    assert idx is not None
+
+    def keep(value: object, size: int) -> list[int]:
+        if value is None:
+            return list(range(size))
+        if isinstance(value, slice):
+            return list(range(size))[value]
+        return [v % size for v in ([value] if isinstance(value, int) else value)]
+
+    picks = [keep(None, 3), keep(pos, 5), keep(heads, 4), keep(units, 6)]
+    reference = act[picks[0]][:, picks[1]][:, :, picks[2]][:, :, :, picks[3]]
+    assert torch.equal(act[idx], reference)
+    assert region_shape(act.shape, idx) == reference.shape
+    out = act.clone()
+    out[idx] = -reference
+    written = torch.zeros(act.shape, dtype=torch.bool)
+    written[torch.meshgrid(*(torch.tensor(p) for p in picks), indexing="ij")] = True
+    assert torch.equal(out[written], -act[written]) and torch.equal(out[~written], act[~written])
+
+
 def test_patch_changes_downstream_and_composes(tiny_models):
     model = tiny_models["gpt2"]
     base = model.run(PROMPTS, cache=["resid_post.1"])

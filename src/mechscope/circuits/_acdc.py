@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..core._interventions import Patch
 from ..core._model import Model
 from ..core._residual import ResidualModel, model_of
-from ..data._metrics import kl_to_clean, logit_diff
+from ..data._metrics import kl_to_log_probs, logit_diff
 from ..data._task import Task
 from ._contrast import Contrast, Metric
 from ._edgerun import Ablation, SenderActs, reference
@@ -111,14 +111,14 @@ def acdc(
     ref = reference(SenderActs.of(corrupt, graph.n_layers), ablation, mask, contrast.n_prompts, seed)
     clean_run = model.run(contrast.clean, attention_mask=mask, cache=Prefix.sites(model, contrast.clean),
                           logits="final")  # fmt: skip
-    clean_last, prefix = clean_run.final_logits(), Prefix.of(clean_run.cache)
+    clean_log_probs, prefix = clean_run.final_logits().float().log_softmax(-1), Prefix.of(clean_run.cache)
 
     def score(removed: set[str], layer: int) -> float:
         """Score with ``removed`` ablated; none of them is below ``layer``."""
         with model.intervene(*_ablations(graph, removed, ref)):
             out = contrast.forward_run(model, contrast.clean, start=prefix.start(layer))
         if metric == "kl":
-            return float(kl_to_clean(out.final_logits(), clean_last).mean())
+            return float(kl_to_log_probs(out.final_logits(), clean_log_probs).mean())
         return float(contrast.score_run(out)[0])
 
     senders = {s.name: s for s in graph.senders}

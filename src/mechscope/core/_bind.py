@@ -9,13 +9,13 @@ import torch
 from torch import Tensor
 
 from ._hookset import Handler
-from ._interventions import Ablate, Add, Intervention, Patch, Replace, fit_value, region_index
+from ._interventions import Ablate, Add, Intervention, Patch, Region, Replace, fit_value, region_index
 from ._sites import Site
 
 if TYPE_CHECKING:
     from ._model import Model
 
-RegionFn = Callable[[Tensor, Tensor, "tuple[Tensor, ...] | None"], Tensor]
+RegionFn = Callable[[Tensor, Tensor, "Region | None"], Tensor]
 
 
 def bind(model: Model, iv: Intervention) -> list[tuple[Site, Handler]]:
@@ -35,11 +35,15 @@ def bind(model: Model, iv: Intervention) -> list[tuple[Site, Handler]]:
 
 def _handler(model: Model, site: Site, iv: Intervention, region_fn: RegionFn) -> Handler:
     selection = iv.selection()
+    regions: dict[tuple[torch.Size, torch.device], Region | None] = {}  # the same at every pass of one shape
 
     def handler(act: Tensor) -> Tensor | None:
         if selection["pos"] is not None and model._generated_offset:
             return None  # generating after the prompt: this pass holds no prompt position
-        idx = region_index(act, site.axes, selection, site.name)
+        key = (act.shape, act.device)
+        if key not in regions:
+            regions[key] = region_index(act, site.axes, selection, site.name)
+        idx = regions[key]
         region = act if idx is None else act[idx]
         new = region_fn(act, region, idx)
         if new.shape != region.shape:
@@ -72,7 +76,7 @@ def _region_fn(site: Site, iv: Intervention, ref: tuple[Tensor, Tensor | None] |
         return lambda act, region, idx: fit_value(_full(mean, act, what, iv.over), act, idx, what, site.axes)
     gen_seed = iv.seed
 
-    def resample(act: Tensor, region: Tensor, idx: tuple[Tensor, ...] | None) -> Tensor:
+    def resample(act: Tensor, region: Tensor, idx: Region | None) -> Tensor:
         gen = torch.Generator().manual_seed(gen_seed)
         pick = torch.randint(acts.shape[0], (act.shape[0],), generator=gen)
         return fit_value(_full(acts[pick], act, what, "batch"), act, idx, what, site.axes)

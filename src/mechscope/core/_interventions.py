@@ -108,24 +108,53 @@ Intervention = Patch | Ablate | Add | Replace
 # --- selection -------------------------------------------------------------------------------------------------
 
 
-def region_index(act: Tensor, axes: tuple[str, ...], sel: dict[str, Index], site: str) -> tuple[Tensor, ...] | None:
-    """Broadcast index tensors (one per axis) selecting the region; None when nothing is selected.
+Region = tuple[Tensor | slice, ...]
+"""An index selecting a region with outer-product semantics (see ``region_index``)."""
 
-    Every axis gets an index tensor shaped to broadcast along its own axis only, so the result keeps axis order
-    (outer-product semantics, like ``np.ix_``), whatever combination of positions, heads and units is chosen.
+
+def region_index(act: Tensor, axes: tuple[str, ...], sel: dict[str, Index], site: str) -> Region | None:
+    """An index selecting the region (``act[idx]``, ``out[idx] = new``); None when nothing is selected.
+
+    The region is the outer product of each axis's selection (like ``np.ix_``), whatever combination of
+    positions, heads and units is chosen, and keeps axis order. When at most one axis is selected by anything but a
+    contiguous run, the index is basic (slices, and at most one 1-D tensor): reading a region is then a view or one
+    ``index_select``, and writing it a strided copy. Otherwise every axis gets an index tensor shaped to broadcast
+    along its own axis only.
     """
     if all(v is None for v in sel.values()):
         return None
     roles = _axis_roles(act, axes, site)
-    idx = [torch.arange(n, device=act.device) for n in act.shape]
+    picked: dict[int, Tensor] = {}
     for role, value in sel.items():
         if value is None:
             continue
         if role not in roles:
             raise ValueError(f"site {site!r} {_shape_str(act, axes)} has no {role!r} axis to select")
-        axis = roles[role]
-        idx[axis] = _as_index(value, act.shape[axis], role, site)
+        picked[roles[role]] = _as_index(value, act.shape[roles[role]], role, site)
+    basic: list[Tensor | slice] = [slice(None)] * act.ndim
+    for axis, t in picked.items():
+        basic[axis] = _as_slice(t)
+    if sum(isinstance(k, Tensor) for k in basic) <= 1:
+        return tuple(basic)
+    idx = [picked.get(a, torch.arange(n)).to(act.device) for a, n in enumerate(act.shape)]
     return tuple(t.view([-1 if i == a else 1 for i in range(act.ndim)]) for a, t in enumerate(idx))
+
+
+def _as_slice(t: Tensor) -> Tensor | slice:
+    """``t`` as a slice when it is a contiguous ascending run of indices, else itself."""
+    if t.numel() and bool((t.diff() == 1).all()):
+        first = int(t[0])
+        return slice(first, first + t.numel())
+    return t
+
+
+def region_shape(shape: torch.Size, idx: Region) -> torch.Size:
+    """The shape of ``act[idx]`` for an ``act`` of ``shape``, without indexing."""
+    if all(isinstance(k, slice) or k.ndim == 1 for k in idx) and sum(isinstance(k, Tensor) for k in idx) <= 1:
+        return torch.Size(
+            len(range(*k.indices(n))) if isinstance(k, slice) else k.numel() for k, n in zip(idx, shape, strict=True)
+        )
+    return torch.broadcast_shapes(*(k.shape for k in idx if isinstance(k, Tensor)))
 
 
 def _axis_roles(act: Tensor, axes: tuple[str, ...], site: str) -> dict[str, int]:
@@ -156,21 +185,19 @@ def _shape_str(act: Tensor, axes: tuple[str, ...]) -> str:
     return str(list(act.shape))
 
 
-def fit_value(
-    value: Tensor | float, act: Tensor, idx: tuple[Tensor, ...] | None, what: str, axes: tuple[str, ...]
-) -> Tensor:
-    """Return ``value`` as the region's tensor: the region of a full-shape value, else ``value`` broadcast."""
+def fit_value(value: Tensor | float, act: Tensor, idx: Region | None, what: str, axes: tuple[str, ...]) -> Tensor:
+    """Return ``value`` as the region's tensor: take the region of a full-shape value, else broadcast it."""
     value = torch.as_tensor(value).to(dtype=act.dtype, device=act.device)
-    region_shape = act.shape if idx is None else torch.broadcast_shapes(*(t.shape for t in idx))
+    shape = act.shape if idx is None else region_shape(act.shape, idx)
     if value.shape == act.shape:
         return value if idx is None else value[idx]
     try:
-        if torch.broadcast_shapes(value.shape, region_shape) == region_shape:
-            return value.expand(region_shape)
+        if torch.broadcast_shapes(value.shape, shape) == shape:
+            return value.expand(shape)
     except RuntimeError:
         pass
     raise ValueError(
         f"{what}: value has shape {list(value.shape)} but the site is {_shape_str(act, axes)}"
-        f" and the selected region is {list(region_shape)}. Pass the full site tensor or one that broadcasts"
+        f" and the selected region is {list(shape)}. Pass the full site tensor or one that broadcasts"
         " to the region."
     )

@@ -47,9 +47,10 @@ def start_at_block(blocks: nn.ModuleList, start: int, resid: Float[Tensor, "batc
         return _replace_input(args, kwargs, resid)
 
     handle = blocks[start].register_forward_pre_hook(enter, with_kwargs=True, prepend=True)
+    skip = _PassThrough()  # stateless: one instance stands in for every skipped block
     try:
         for i in range(start):
-            blocks[i] = _PassThrough()
+            blocks[i] = skip
         yield
     finally:
         for i, block in enumerate(original):

@@ -105,9 +105,15 @@ def kl_to_clean(
             f"kl_to_clean expects two [batch vocab] tensors of one shape, got {tuple(logits.shape)} "
             f"and {tuple(clean_logits.shape)}"
         )
-    log_p = clean_logits.float().log_softmax(-1)
+    return kl_to_log_probs(logits, clean_logits.float().log_softmax(-1))
+
+
+def kl_to_log_probs(
+    logits: Float[Tensor, "batch vocab"], clean_log_probs: Float[Tensor, "batch vocab"]
+) -> Float[Tensor, " batch"]:
+    """``kl_to_clean`` given the clean run's log-probabilities (computed once when many runs are compared)."""
     log_q = logits.float().log_softmax(-1)
-    return einsum(log_p.exp(), log_p - log_q, "batch vocab, batch vocab -> batch")
+    return einsum(clean_log_probs.exp(), clean_log_probs - log_q, "batch vocab, batch vocab -> batch")
 
 
 def normalise(value: Tensor | float, clean_value: Tensor | float, corrupt_value: Tensor | float) -> Tensor | float:
