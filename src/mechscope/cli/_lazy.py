@@ -59,6 +59,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "_weights",
         "Cross-validated linear probe at a site for labelled texts, with a control task and selectivity.",
     ),
+    "steer": (
+        "_weights",
+        "CAA steering vectors from a task's pairs at every layer, swept over scales: behaviour change vs damage (KL).",
+    ),
     "methods": (
         "_methods",
         "List every family's declared methods: summary, tags, result type and settings (--json: config schemas).",
