@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,17 +104,18 @@ def test_steer_is_declared_and_checks_its_settings() -> None:
         steer_sweep(ms.tiny("llama"), SteerConfig(task="nope"))
 
 
-def test_steer_cli_json() -> None:
+def test_steer_cli_json(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from mechscope.cli import app
 
     args = ["steer", "tiny-llama", "--task", "induction", "--n", "4", "--layers", "1", "--scales", "0,3",
-            "--damage-texts", "1", "--damage-len", "8", "--json"]  # fmt: skip
+            "--damage-texts", "1", "--damage-len", "8", "--out", str(tmp_path), "--json"]  # fmt: skip
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 0, out.output
     got = json.loads(out.stdout)
     assert [r["site"] for r in got["rows"]] == ["resid_pre.1"] and got["scales"] == [0.0, 3.0]
     assert got["rows"][0]["change"][0] == 0.0 and got["rows"][0]["damage"][0] == 0.0
-    bad = CliRunner().invoke(app, ["steer", "tiny-llama", "--scales", "big"])
+    assert (tmp_path / "induction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the change-vs-damage plot
+    bad = CliRunner().invoke(app, ["steer", "tiny-llama", "--scales", "big", "--out", str(tmp_path)])
     assert bad.exit_code != 0 and "--scales" in bad.output

@@ -168,11 +168,13 @@ def steer(
     layers: Annotated[str | None, typer.Option(help="Layers swept, comma-separated (default: every layer).")] = None,
     scales: Annotated[str, typer.Option(help="Multiples of each vector swept, comma-separated.")] = "1,2,4,8",
     max_damage: Annotated[float, typer.Option(help="KL (nats) the best setting may cost on unrelated text.")] = 0.1,
+    out: Annotated[Path, typer.Option(help="Folder for the change-vs-damage PNG.")] = Path("out/steer"),
     as_json: JsonOpt = False,
     settings: dict[str, Any] | None = None,
 ) -> None:
     """CAA steering vectors from a task's pairs at every layer, swept over scales: behaviour change vs damage (KL)."""
     from ..lenses import METHODS
+    from ..report import steering_plot
 
     with user_errors():
         spec = METHODS["steer"]
@@ -183,6 +185,7 @@ def steer(
         except ValueError as e:
             raise ValueError(f"--layers takes integers and --scales numbers, comma-separated ({e})") from None
         result = spec(open_model(model), config=config)
+    png = steering_plot(result, out / f"{result.task}.png")
     if as_json:
         typer.echo(json.dumps(result.to_dict()))
         return
@@ -199,6 +202,7 @@ def steer(
     best = result.best(max_damage)
     _out().print(f"best within KL {max_damage:g}: " + ("none" if best is None else
                  f"{best[0]} x{best[1]:g}, change {best[2]:+.2f}"))  # fmt: skip
+    _err().print(f"saved {escape(str(png))}")
 
 
 COMMAND_TAGS = ("weights", "similarity", "probe", "steering")
