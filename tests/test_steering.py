@@ -11,6 +11,7 @@ import torch
 import mechscope as ms
 from mechscope.data.tasks import Task
 from mechscope.lenses import METHODS, SteerConfig, steer_sweep, steering_vector
+from mechscope.lenses._steering import oriented
 
 
 def test_steering_vector_is_the_mean_last_token_difference() -> None:
@@ -119,3 +120,14 @@ def test_steer_cli_json(tmp_path: Path) -> None:
     assert (tmp_path / "induction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the change-vs-damage plot
     bad = CliRunner().invoke(app, ["steer", "tiny-llama", "--scales", "big", "--out", str(tmp_path)])
     assert bad.exit_code != 0 and "--scales" in bad.output
+
+
+def test_pairs_that_come_both_ways_round_are_oriented_one_way() -> None:
+    """Gendered pronouns: half the clean prompts want " she", half " he"; flipped, every pair wants " she"."""
+    she, he, other = 5, 7, 9
+    task = Task("g", ["Mary a", "John b", "Ann c"], ["John a", "Mary b", "Bob c"], torch.tensor([she, he, other]),
+                torch.tensor([he, she, he]))  # fmt: skip
+    got = oriented(task)
+    assert got.clean == ["Mary a", "Mary b", "Ann c"] and got.corrupt == ["John a", "John b", "Bob c"]
+    assert got.answers.tolist() == [she, she, other] and got.wrongs.tolist() == [he, he, he]
+    assert oriented(got) is got  # already one way round: unchanged

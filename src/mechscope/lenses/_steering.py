@@ -6,8 +6,9 @@ Adding ``scale * vector`` to the site at every position of later runs (Turner et
 steers: the vector is an ``Add`` intervention (``core``), so it applies to runs and to generation alike
 (``model.intervene(vec.add(4.0))`` around ``model.generate``).
 
-``steer_sweep`` measures what a vector buys and costs, for a task of clean/corrupt pairs (``mechscope.data.tasks``):
-vectors ``clean - corrupt`` from the first half of the pairs, then on the other half's corrupt prompts the task's
+``steer_sweep`` measures what a vector buys and costs, for a task of clean/corrupt pairs (``mechscope.data.tasks``),
+its pairs first turned to one orientation where they come both ways round (``oriented``): vectors
+``clean - corrupt`` from the first half of the pairs, then on the other half's corrupt prompts the task's
 logit difference with and without steering (the **behaviour change**; the clean prompts' value is the target), and
 on unrelated text from the built-in corpus the KL divergence of the steered next-token distributions from the plain
 ones, mean over positions (the **damage**). Vectors are made and evaluated on different pairs, so a vector that only
@@ -152,6 +153,7 @@ def steer_sweep(model: Model, config: SteerConfig = SteerConfig(), task: Task | 
         if config.task not in TASKS:
             raise ValueError(f"unknown task {config.task!r}: choose one of {', '.join(TASKS)}")
         task = getattr(tasks, config.task)(model.tokenizer, n=config.n, seed=config.seed)
+    task = oriented(task)
     half = len(task) // 2
     if half < 2:
         raise ValueError(f"task {task.name!r} has {len(task)} pairs; steering needs at least 4")
@@ -173,6 +175,29 @@ def steer_sweep(model: Model, config: SteerConfig = SteerConfig(), task: Task | 
             damage[i, j] = (plain.exp() * (plain - steered)).sum(-1).mean()
     return SteeringSweep(task.name, tuple(sites), tuple(config.scales), behaviour, damage, corrupt, clean,
                          torch.tensor(norms), model.provenance)  # fmt: skip
+
+
+def oriented(task: Task) -> Task:
+    """The task with pairs flipped (clean <-> corrupt, answer <-> wrong) to share the first pair's orientation.
+
+    Where a task's pairs come both ways round (gendered pronouns: half the clean prompts want " she" against " he",
+    half the reverse), the mean of ``clean - corrupt`` would cancel; flipped, every pair pushes the same way. Pairs
+    whose answer and wrong are not the first pair's, either way round, are kept as they are (IOI: every pair has its
+    own names, and no single vector can steer them all).
+    """
+    if task.answers.ndim != 1:
+        return task
+    answer, wrong = int(task.answers[0]), int(task.wrongs[0])
+    flip = ((task.answers == wrong) & (task.wrongs == answer)).tolist()
+    if not any(flip):
+        return task
+    clean = [c if not f else k for c, k, f in zip(task.clean, task.corrupt, flip, strict=True)]
+    corrupt = [k if not f else c for c, k, f in zip(task.clean, task.corrupt, flip, strict=True)]
+    mask = torch.tensor(flip)
+    answers, wrongs = torch.where(mask, task.wrongs, task.answers), torch.where(mask, task.answers, task.wrongs)
+    if isinstance(task.clean, Tensor):
+        return Task(task.name, torch.stack(clean), torch.stack(corrupt), answers, wrongs, task.metadata)
+    return Task(task.name, clean, corrupt, answers, wrongs, task.metadata)
 
 
 def _split(task: Task, start: int, stop: int) -> Task:
