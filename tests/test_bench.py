@@ -183,6 +183,38 @@ def test_circuit_scorers_random_is_chance_and_oracle_is_one():
     assert [s.metric for s in nodes_only] == ["node_auroc"] and nodes_only[0].value == 1.0
 
 
+def test_head_pair_auroc_ranks_only_the_edges_between_heads():
+    """48 head pairs (4 x 4 heads, q/k/v) of which the planted K-composition is the one positive."""
+    cfg = organisms.InductionConfig()
+    organism = BuiltInduction(cfg, 0, _llama(cfg), prev_head=1, ind_head=2)
+    value, chance = mean_score(M.random_circuit, organism, "head_pair_auroc", seeds=range(200))
+    assert chance == 0.5 and abs(value - 0.5) < 0.05
+    assert mean_score(M.oracle_circuit, organism, "head_pair_auroc", seeds=[0])[0] == 1.0
+    # the true pair ranked above all but 12 of the 47 others: 35/47; embedding and logits edges are not counted
+    others = [f"a0.h{a}->a1.h{b}<{m}>" for a in range(4) for b in range(4) for m in "qkv"]
+    others.remove("a0.h1->a1.h2<k>")
+    edges = {e: (1.0 if i < 12 else 0.0) for i, e in enumerate(others)} | {"a0.h1->a1.h2<k>": 0.5,
+                                                                             "input->a1.h2<k>": 9.0}  # fmt: skip
+    scores = {s.metric: s.value for s in bench.score("circuits", M.CircuitScores({}, edges), organism, "hand")}
+    assert scores["head_pair_auroc"] == pytest.approx(35 / 47)
+
+
+def test_frequency_overlap_random_is_chance_and_oracle_is_one(built):
+    organism = built["modular_addition"]
+    value, chance = mean_score(M.random_frequencies, organism, "frequency_overlap", seeds=range(200))
+    n_key = len(organism.key_frequencies)
+    assert chance == n_key / len(organism.frequencies) and abs(value - chance) < 0.05
+    assert mean_score(M.oracle_frequencies, organism, "frequency_overlap", seeds=[0])[0] == 1.0
+
+
+def test_the_unembedding_holds_the_key_frequencies(built):
+    """Read from other weights than the embedding that defines the truth: the unembedding's Fourier power."""
+    organism = built["modular_addition"]
+    scores = {s.metric: s.value for s in bench.score("frequencies", M.unembed_fourier(organism, ctx(0)), organism,
+                                                      "unembed_fourier")}  # fmt: skip
+    assert scores["frequency_auroc"] == 1.0 and scores["frequency_overlap"] == 1.0
+
+
 def test_feature_scorers_random_is_chance_and_oracle_is_perfect(built):
     for name in ("synthetic_features", "superposition"):
         organism = built[name]
@@ -324,6 +356,17 @@ def test_harness_scores_circuit_methods_on_the_induction_organism(induction, tmp
     oracle = rows["cpr", "oracle"]
     assert oracle.mean > cpr.mean and oracle.spread > 0  # its seven tied edges straddle sizes: orders differ
     assert board.organisms["induction"]["0"] == induction.verification
+
+
+@pytest.mark.slow
+def test_weight_readings_single_out_the_planted_k_composition(induction):
+    """Composition scores (weights only) and head-type scores rank the planted previous-token -> induction K edge
+    first among all 48 head pairs, and the two planted heads above the six others."""
+    for method in (M.composition, M.head_types):
+        output = method(induction, ctx(0))
+        scores = {s.metric: s.value for s in bench.score("circuits", output, induction, method.__name__)}
+        assert scores["head_pair_auroc"] == 1.0 and scores["node_auroc"] == 1.0, method.__name__
+        assert method(induction, ctx(1)) == output  # deterministic
 
 
 def test_a_cached_organism_is_verified_again_when_its_verification_changes(tmp_path, monkeypatch):

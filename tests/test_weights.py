@@ -116,7 +116,9 @@ def test_norm_matrix_reads_each_norm_kind() -> None:
 
 def test_head_spectra_match_the_full_svd_and_the_vocabulary() -> None:
     model = _randomised("llama")
+    threads = torch.get_num_threads()
     spectra = head_spectra(model, WeightsConfig(directions=2, top_k=4))
+    assert torch.get_num_threads() == threads  # the single-threaded LAPACK block restores the setting
     w_u = residual(model).unembed()[1] * model.module.model.norm.weight.detach()[:, None]
     w_e = model.module.model.embed_tokens.weight.detach()
     assert len(spectra.heads) == 8
@@ -128,11 +130,17 @@ def test_head_spectra_match_the_full_svd_and_the_vocabulary() -> None:
                                        rtol=1e-4)  # fmt: skip
             torch.testing.assert_close(spectra.qk_singular[i], torch.linalg.svdvals(w.qk()[h])[:16], atol=1e-4,
                                        rtol=1e-4)  # fmt: skip
-            u, _, vh = torch.linalg.svd(w.ov()[h])
-            out = vh[0] @ w_u  # the top written direction through the (norm-folded) unembedding
-            sign = 1 if out[out.abs().argmax()] > 0 else -1
-            assert spectra.ov_out_ids[i, 0].tolist() == (sign * out).topk(4).indices.tolist()
-            assert spectra.ov_in_ids[i, 0].tolist() == (sign * (w_e @ u[:, 0])).topk(4).indices.tolist()
+            u, _, vh = torch.linalg.svd(w.ov()[h])  # the direct SVD of the d_model-square circuits
+            qu, _, qvh = torch.linalg.svd(w.qk()[h])
+            for d in range(2):  # both kept directions, all four sides
+                out = vh[d] @ w_u  # a written direction through the (norm-folded) unembedding
+                sign = 1 if out[out.abs().argmax()] > 0 else -1
+                assert spectra.ov_out_ids[i, d].tolist() == (sign * out).topk(4).indices.tolist()
+                assert spectra.ov_in_ids[i, d].tolist() == (sign * (w_e @ u[:, d])).topk(4).indices.tolist()
+                key = w_e @ qvh[d]  # the key side through the embedding signs the QK pair
+                sign = 1 if key[key.abs().argmax()] > 0 else -1
+                assert spectra.qk_key_ids[i, d].tolist() == (sign * key).topk(4).indices.tolist()
+                assert spectra.qk_query_ids[i, d].tolist() == (sign * (w_e @ qu[:, d])).topk(4).indices.tolist()
     json = spectra.to_dict()
     assert len(json["heads"]) == 8 and len(json["heads"][0]["ov_out"][0]) == 4
 

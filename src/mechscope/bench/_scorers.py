@@ -13,7 +13,10 @@ the floor it must beat:
 - **features** — ``mmcs``, ``f1`` and ``absorption`` of a dictionary against the true features
   (``mechscope.features.recovery``). Chance is the same metric for a random dictionary of the method's width and
   L0 (``random_dictionary``), which depends on both.
+- **circuits**, head pairs — ``head_pair_auroc``: the same AUROC over the edges from one head into another's query,
+  key or value only (what composition scores read from the weights can rank); chance 0.5.
 - **frequencies** — ``frequency_auroc``: AUROC of per-frequency scores against the key frequencies; chance 0.5.
+  ``frequency_overlap``: share of the key frequencies among the ``|key|`` top-scored; chance ``|key| / |all|``.
 - **descriptions** — ``interval_iou``: intersection over union of a predicted corrupted interval with the true
   one, averaged over functions; chance is the IoU of uniformly random intervals (Monte Carlo, fixed seed).
 """
@@ -166,6 +169,33 @@ def full_edge_auroc(output: CircuitScores | Mapping[str, float] | Any, organism:
     return _score(organism, method, "edge_auroc_full", _edge_auroc(output.edges, truth.full()), 0.5)
 
 
+def head_pair_auroc(output: CircuitScores | Mapping[str, float] | Any,
+                    organism: CircuitsOrganism | CompiledOrganism, method: str) -> Score | None:  # fmt: skip
+    """AUROC over head pairs: scores of the edges between heads against the true circuit's head-to-head edges.
+
+    The edges from one head into another's query, key or value (``a0.h1->a1.h3<k>``): what weight readings
+    (composition scores) can rank, where the embedding and logits edges of ``edge_auroc`` are out of their reach.
+    None where the method scores no edges or the truth has no head-to-head edge (or only such edges).
+    """
+    from ._circuits import circuit_scores
+
+    output = circuit_scores(output)
+    truth = organism.circuit
+    if not isinstance(output, CircuitScores) or output.edges is None:
+        return None
+    pairs = [e for e in truth.edges if _between_heads(EdgeId.parse(e))]
+    labels = [e in truth.circuit_edges for e in pairs]
+    if not any(labels) or all(labels):
+        return None
+    by_id = {EdgeId.parse(e): float(v) for e, v in output.edges.items()}
+    scores = [by_id.get(EdgeId.parse(e), 0.0) for e in pairs]
+    return _score(organism, method, "head_pair_auroc", auroc(scores, labels), 0.5)
+
+
+def _between_heads(edge: EdgeId) -> bool:
+    return edge.sender.kind == "head" and edge.receiver.kind in ("head", "kv")
+
+
 def _edge_auroc(edges: Mapping[Edge, float], truth: CircuitTruth) -> float:
     by_id = {EdgeId.parse(e): float(v) for e, v in edges.items()}  # malformed names raise, with the format
     scores = [by_id.get(EdgeId.parse(e), 0.0) for e in truth.edges]
@@ -257,6 +287,17 @@ def frequency_auroc(output: Mapping[int, float], organism: FrequenciesOrganism, 
     return _score(organism, method, "frequency_auroc", value, 0.5)
 
 
+def frequency_overlap(output: Mapping[int, float], organism: FrequenciesOrganism, method: str) -> Score:
+    """Share of the key frequencies among the method's ``|key|`` top-scoring frequencies (ties broken by frequency).
+
+    Chance: ``|key| / |frequencies|``, the expected share for a random pick of ``|key|`` frequencies.
+    """
+    key, freqs = set(organism.key_frequencies), organism.frequencies
+    ranked = sorted(freqs, key=lambda k: (-float(output.get(k, 0.0)), k))
+    value = len(key & set(ranked[: len(key)])) / len(key)
+    return _score(organism, method, "frequency_overlap", value, len(key) / len(freqs))
+
+
 def iou(a: tuple[float, float], b: tuple[float, float]) -> float:
     """Intersection over union of two intervals (0 for an empty or reversed one)."""
     inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
@@ -290,9 +331,9 @@ def interval_iou(output: Mapping[str, tuple[float, float]], organism: Descriptio
 
 
 SCORERS: dict[str, tuple[Callable[..., Score | list[Score] | None], ...]] = {
-    "circuits": (node_auroc, edge_auroc, full_edge_auroc),
+    "circuits": (node_auroc, edge_auroc, full_edge_auroc, head_pair_auroc),
     "features": (features_scores,),
-    "frequencies": (frequency_auroc,),
+    "frequencies": (frequency_auroc, frequency_overlap),
     "descriptions": (interval_iou,),
 }
 """The scorers defined here, by organism family; ``default_suite()`` adds them to the others (faithfulness,

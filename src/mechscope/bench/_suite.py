@@ -73,6 +73,8 @@ def _circuit_methods(suite: Suite) -> None:
         suite.add(spec)
     suite.add_method(m.random_circuit, family="circuits", name="random", baseline=True)
     suite.add_method(m.oracle_circuit, family="circuits", name="oracle", baseline=True)
+    suite.add_method(m.composition, family="circuits")  # weight readings (mechscope.lenses), no circuit search
+    suite.add_method(m.head_types, family="circuits", name="head-types")
 
 
 def _dictionary_methods(suite: Suite) -> None:
@@ -89,6 +91,7 @@ def _other_methods(suite: Suite) -> None:
     from . import _methods as m
 
     suite.add_method(m.logit_fourier, family="frequencies")
+    suite.add_method(m.unembed_fourier, family="frequencies")
     suite.add_method(m.random_frequencies, family="frequencies", name="random", baseline=True)
     suite.add_method(m.oracle_frequencies, family="frequencies", name="oracle", baseline=True)
     suite.add_method(m.jump_detector, family="descriptions")

@@ -73,6 +73,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "_trojans",
         "Reverse-engineer a trigger per class of an image classifier (Neural Cleanse); name anomalous classes.",
     ),
+    "steer": (
+        "_weights",
+        "CAA steering vectors from a task's pairs at every layer, swept over scales: behaviour change vs damage (KL).",
+    ),
     "methods": (
         "_methods",
         "List every family's declared methods: summary, tags, result type and settings (--json: config schemas).",

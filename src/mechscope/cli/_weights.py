@@ -6,6 +6,7 @@ Their methods and options come from ``mechscope.lenses.METHODS`` (the methods ta
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -160,7 +161,51 @@ def probe(
                  f"(chance {result.chance:.3f}), control {control}, selectivity {selectivity}")  # fmt: skip
 
 
-COMMAND_TAGS = ("weights", "similarity", "probe")
+def steer(
+    model: Annotated[str, typer.Argument(help="Built-in name, Hugging Face id, local path, or tiny-FAMILY.")] = (
+        DEFAULT_MODEL
+    ),
+    layers: Annotated[str | None, typer.Option(help="Layers swept, comma-separated (default: every layer).")] = None,
+    scales: Annotated[str, typer.Option(help="Multiples of each vector swept, comma-separated.")] = "1,2,4,8",
+    max_damage: Annotated[float, typer.Option(help="KL (nats) the best setting may cost on unrelated text.")] = 0.1,
+    out: Annotated[Path, typer.Option(help="Folder for the change-vs-damage PNG.")] = Path("out/steer"),
+    as_json: JsonOpt = False,
+    settings: dict[str, Any] | None = None,
+) -> None:
+    """CAA steering vectors from a task's pairs at every layer, swept over scales: behaviour change vs damage (KL)."""
+    from ..lenses import METHODS
+    from ..report import steering_plot
+
+    with user_errors():
+        spec = METHODS["steer"]
+        config = config_for(spec, settings or {}, option_owner=METHODS)
+        try:
+            config = dataclasses.replace(config, scales=tuple(float(x) for x in scales.split(",")),
+                                         layers=tuple(int(x) for x in layers.split(",")) if layers else ())  # fmt: skip
+        except ValueError as e:
+            raise ValueError(f"--layers takes integers and --scales numbers, comma-separated ({e})") from None
+        result = spec(open_model(model), config=config)
+    png = steering_plot(result, out / f"{result.task}.png")
+    if as_json:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    table = Table(title=f"steering {result.task}: logit difference {result.corrupt:.2f} (corrupt) -> "
+                        f"{result.clean:.2f} (clean); change / KL per scale", title_justify="left")  # fmt: skip
+    table.add_column("site")
+    table.add_column("|vector|", justify="right")
+    for scale in result.scales:
+        table.add_column(f"x{scale:g}", justify="right")
+    for site, norm, change, damage in zip(result.sites, result.norms, result.change, result.damage, strict=True):
+        table.add_row(site, f"{float(norm):.1f}",
+                      *(f"{float(c):+.2f} / {float(d):.3f}" for c, d in zip(change, damage, strict=True)))  # fmt: skip
+    _out().print(table, soft_wrap=True)
+    best = result.best(max_damage)
+    _out().print(f"best within KL {max_damage:g}: " + ("none" if best is None else
+                 f"{best[0]} x{best[1]:g}, change {best[2]:+.2f}"))  # fmt: skip
+    _err().print(f"saved {escape(str(png))}")
+
+
+COMMAND_TAGS = ("weights", "similarity", "probe", "steering")
 """Tags of the lenses family's methods that have a command of their own here (the rest belong to ``lens``)."""
 
 
@@ -177,9 +222,10 @@ def only(registry: Registry[Any, Any], tag: str | None = None, *, exclude: tuple
 
 
 def register(app: typer.Typer) -> None:
-    """Add the weights, similarity and probe commands (methods and options from the lenses registry)."""
+    """Add the weights, similarity, probe and steer commands (methods and options from the lenses registry)."""
     from ..lenses._registry import METHODS
 
     app.command(name="weights")(method_options(only(METHODS, "weights"))(weights))
     app.command(name="similarity")(method_options(only(METHODS, "similarity"), choice="")(similarity))
     app.command(name="probe", no_args_is_help=True)(method_options(only(METHODS, "probe"), choice="")(probe))
+    app.command(name="steer")(method_options(only(METHODS, "steering"), choice="")(steer))

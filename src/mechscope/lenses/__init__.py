@@ -13,7 +13,8 @@ Example::
 
 Beside the lenses, the family reads weights (``head_spectra``: SVD of every head's OV and QK circuit read as tokens;
 ``composition_scores``; ``neuron_vocab``; ``head_type_scores``), compares representations (``linear_cka``, ``svcca``,
-``site_similarity``) and trains linear probes with a control task (``probe``, ``train_probe``); see docs/weights.md.
+``site_similarity``), trains linear probes with a control task (``probe``, ``train_probe``) and steers with CAA vectors
+(``steering_vector``, ``steer_sweep``); see docs/weights.md.
 
 Pictures of these results are drawn by ``mechscope.report`` (``plot_logit_lens``, ``logit_lens_heatmap``).
 """
@@ -46,6 +47,7 @@ from mechscope.lenses._similarity import (
     site_similarity,
     svcca,
 )
+from mechscope.lenses._steering import SteerConfig, SteeringSweep, SteeringVector, steer_sweep, steering_vector
 from mechscope.lenses._weights import (
     HeadSpectra,
     HeadWeights,
@@ -80,6 +82,9 @@ __all__ = [
     "ProbeResult",
     "SimilarityConfig",
     "SimilarityMatrix",
+    "SteerConfig",
+    "SteeringSweep",
+    "SteeringVector",
     "WeightsConfig",
     "composition_score",
     "composition_scores",
@@ -101,6 +106,8 @@ __all__ = [
     "similarity",
     "site_activations",
     "site_similarity",
+    "steer_sweep",
+    "steering_vector",
     "svcca",
     "train_probe",
     "unembedding",

@@ -38,7 +38,7 @@ from torch import Tensor
 from ..core._model import Model
 from ..core._residual import ResidualModel, model_of, residual
 from ._registry import METHODS
-from ._weights import head_weights
+from ._weights import head_weights, one_thread
 
 Mode = Literal["q", "k", "v"]
 MODES: tuple[Mode, ...] = ("q", "k", "v")
@@ -105,12 +105,13 @@ def composition_scores(
     heads = [head_weights(res, layer, fold_norm=config.fold_norm) for layer in range(cfg.n_layers)]
     shape = (cfg.n_layers, cfg.n_heads, cfg.n_layers, cfg.n_heads)
     out = {m: torch.zeros(shape) for m in MODES}
-    writers = [_Factors(w.w_v, w.w_o) for w in heads]  # W_OV = A B of every source head
-    readers = {
-        "q": [_Factors(w.w_q, w.w_k.transpose(-1, -2)) for w in heads],  # W_QK
-        "k": [_Factors(w.w_k, w.w_q.transpose(-1, -2)) for w in heads],  # W_QK^T
-        "v": writers,  # W_OV
-    }
+    with one_thread():  # many small QRs (see one_thread)
+        writers = [_Factors(w.w_v, w.w_o) for w in heads]  # W_OV = A B of every source head
+        readers = {
+            "q": [_Factors(w.w_q, w.w_k.transpose(-1, -2)) for w in heads],  # W_QK
+            "k": [_Factors(w.w_k, w.w_q.transpose(-1, -2)) for w in heads],  # W_QK^T
+            "v": writers,  # W_OV
+        }
     for mode in MODES:
         for dst in range(1, cfg.n_layers):
             r = readers[mode][dst]

@@ -4,7 +4,7 @@ Result classes hold data; this layer turns them into pages (one file, nothing lo
 escaped) and images. Method families, organisms and the bench never import it; the CLI, the demo and the app do.
 Circuits: ``heatmap``, ``draw_circuit``, ``plot_faithfulness_curve``, ``write_run_files`` / ``run_section`` for a
 ``find_circuit`` run, ``analysis_sections`` for the demo's analysis. Lenses: ``plot_logit_lens``,
-``logit_lens_heatmap``, ``similarity_heatmap``.
+``logit_lens_heatmap``, ``similarity_heatmap``, ``steering_plot``.
 ``find_circuit`` run, ``analysis_sections`` for the demo's analysis. Features: ``dictionary_section`` for a trained
 dictionary (any kind), its training run and its bench scores.
 """
@@ -29,6 +29,7 @@ from ._lenses import logit_lens_heatmap, plot_logit_lens
 from ._page import Section, figure_html, png_html, render_report, table_html, write_report
 from ._png import data_uri, grid, png_bytes, save_png
 from ._similarity import similarity_heatmap
+from ._steering import steering_plot
 
 __all__ = [
     "MAX_DRAWN_EDGES",
@@ -55,6 +56,7 @@ __all__ = [
     "run_section",
     "save_png",
     "similarity_heatmap",
+    "steering_plot",
     "table_html",
     "write_circuit_files",
     "write_leaderboard",
