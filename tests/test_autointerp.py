@@ -336,24 +336,26 @@ class _Stub(BaseHTTPRequestHandler):
             if what == "slow":
                 time.sleep(1.0)
             time.sleep(0.05)
-            if what == "500":
-                self.send_response(500)
-                self.end_headers()
-                return
             n = body["messages"][1]["content"].count("Example ")
             content = {"ok": f"The examples.\n[EXPLANATION]: pattern with {n} examples", "empty": "  ",
-                       "nonjson": None, "slow": "[EXPLANATION]: late", "refusal": ""}[what]  # fmt: skip
+                       "nonjson": None, "slow": "[EXPLANATION]: late", "refusal": "", "500": ""}[what]  # fmt: skip
             message = {"role": "assistant", "content": content}
             if what == "refusal":
                 message["refusal"] = "I cannot help with that."
             raw = b"<html>oops</html>" if content is None else json.dumps({"choices": [{"message": message}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(raw)
         finally:
+            # Counted out before the reply is sent: the client cannot start its next request before it has this
+            # reply, so the count never includes a request the client has already finished with.
             with _Stub.lock:
                 _Stub.in_flight -= 1
+        if what == "500":
+            self.send_response(500)
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(raw)
 
 
 @pytest.fixture

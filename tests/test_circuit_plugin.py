@@ -119,7 +119,7 @@ def test_a_declared_method_runs_from_the_cli_with_its_config_option(toy, task_fi
     assert (tmp_path / "circuit.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((tmp_path / "summary.json").read_text())["circuit"] == s["circuit"]
     bad = CliRunner().invoke(app, [*args[:-1], "--tau", "0.1", "--json"])
-    assert bad.exit_code == 1 and "--tau is a setting of acdc, not of top-dla" in bad.stderr
+    assert bad.exit_code == 1 and "--tau is a setting of acdc, not of top-dla" in bad.stdout
 
 
 def test_find_circuit_runs_it_and_the_run_round_trips_and_renders(toy, llama, task, tmp_path):

@@ -102,11 +102,11 @@ def test_bad_options_are_one_line_errors(tmp_path, task_file):
     result = circuit("--task", task_file, "--method", "magic", "--out", str(tmp_path))
     assert result.exit_code == 2 and "'magic' is not one of" in result.output and "Traceback" not in result.output
     result = circuit("--task", task_file, "--top", "3", "--threshold", "0.1", "--out", str(tmp_path))
-    assert result.exit_code == 1 and "not both" in result.stderr
+    assert result.exit_code == 1 and "not both" in result.stdout  # --json: the error object is on stdout
     result = circuit("--task", task_file, "--method", "acdc", "--top", "3", "--out", str(tmp_path))
-    assert result.exit_code == 1 and "acdc finds its own circuit" in result.stderr
+    assert result.exit_code == 1 and "acdc finds its own circuit" in result.stdout
     result = circuit("--task", task_file, "--method", "eap", "--tau", "0.1", "--out", str(tmp_path))
-    assert result.exit_code == 1 and "--tau is a setting of acdc, not of eap" in result.stderr
+    assert result.exit_code == 1 and "--tau is a setting of acdc, not of eap" in result.stdout
 
 
 def test_patch_reads_its_methods_and_options_from_the_registry(tmp_path, task_file):
@@ -123,4 +123,4 @@ def test_patch_reads_its_methods_and_options_from_the_registry(tmp_path, task_fi
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["result"]["axes"] == ["layer", "head", "pos"]
     result = patch("head.z", "--verify", "2")
-    assert result.exit_code == 1 and "--verify is a setting of attribution, not of activation" in result.stderr
+    assert result.exit_code == 1 and "--verify is a setting of attribution, not of activation" in result.stdout

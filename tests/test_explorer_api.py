@@ -643,7 +643,7 @@ def test_serve_command_prints_a_token_url_beyond_loopback(monkeypatch, run_dir):
         assert c.get("/api/status").json()["dictionary"] == {"site": "resid_post.1", "d_sae": 32}
         assert [f["kind"] for f in c.get("/api/runs").json()["found"]] == ["features"]
     result = CliRunner().invoke(app, ["serve", "/no/such/dir", "--model", "tiny-llama"])
-    assert result.exit_code == 1 and "no such run directory" in result.output
+    assert result.exit_code == 3 and "no such run directory" in result.output  # 3: not found
 
 
 @pytest.mark.real
