@@ -360,13 +360,18 @@ class _Stub(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def stub():
-    _Stub.script, _Stub.seen, _Stub.max_in_flight = [], [], 0
+    _Stub.script, _Stub.seen, _Stub.max_in_flight, _Stub.in_flight = [], [], 0, 0
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/v1"
     server.shutdown()
     server.server_close()
+    # A request the client gave up on (a timeout) may still be sleeping in its handler: let it finish here, so it is
+    # not counted in flight by the next test's server.
+    deadline = time.monotonic() + 10
+    while _Stub.in_flight and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def test_http_chat_retries_then_fails_clearly(stub):

@@ -167,7 +167,7 @@ def test_the_bench_scores_a_declared_method_through_the_circuits_adapter(toy):
     output = specs["top-dla"].fn(organism, RunContext(0, True, None))
     assert isinstance(output, TopDLAResult)  # the method's own result type
     scores = {s.metric: s for s in suite.score("circuits", output, organism, "top-dla")}
-    assert set(scores) == {"node_auroc", "edge_auroc", "edge_auroc_full", "cpr", "cmd"}
+    assert set(scores) == {"node_auroc", "edge_auroc", "edge_auroc_full", "head_pair_auroc", "cpr", "cmd"}
     assert [x for x, _ in scores["cpr"].curve] == [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]  # sizes holding an edge
     assert scores["cpr"].curve[-1][1] == pytest.approx(1.0, abs=1e-6) and scores["cmd"].chance_spread > 0
     truth = organism.circuit
