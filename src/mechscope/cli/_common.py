@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ._errors import debugging, note_json, placement, report
+from ._errors import debugging, placement, report
 
 if TYPE_CHECKING:
     from ..core import Model
@@ -29,10 +29,8 @@ _USER_ERRORS = (KeyError, ValueError, FileNotFoundError, TypeError)
 
 ModelArg = Annotated[str, typer.Argument(help="Built-in name, Hugging Face id, local path, or tiny-FAMILY.")]
 JsonOpt = Annotated[
-    bool,
-    typer.Option("--json", help="Print JSON instead of a table; errors too, as {\"error\": {...}} on stdout.",
-                 callback=note_json),
-]  # fmt: skip
+    bool, typer.Option("--json", help='Print JSON instead of a table; errors too, as {"error": {...}} on stdout.')
+]
 
 
 def out_console() -> Console:

@@ -23,19 +23,19 @@ from rich.markup import escape
 from .._errors import MechscopeError
 
 _STATE: dict[str, Any] = {"json": False, "debug": False, "device": None, "dtype": None, "device_map": None}
-"""Set while a command line is parsed: ``--json`` by the option's callback, ``--debug`` by the group's."""
+"""Set while a command line is parsed: ``--json`` by the group from the raw arguments (``reset``), ``--debug`` and
+the placement options by the group's callback."""
 
 
-def note_json(value: bool) -> bool:
-    """Callback of every command's ``--json``: errors of this command are printed as JSON on stdout."""
-    _STATE["json"] = _STATE["json"] or bool(value)
-    return value
+def reset(args: list[str]) -> None:
+    """Start a command line: forget the previous one's flags, note whether it asks for JSON.
 
-
-def reset(debug: bool = False) -> None:
-    """Forget the previous command's flags (the test runner invokes many commands in one process)."""
-    _STATE.update(json=False, device=None, dtype=None, device_map=None)
-    _STATE["debug"] = debug or os.environ.get("MECHSCOPE_DEBUG", "") not in ("", "0")
+    ``--json`` anywhere before ``--`` counts, even when the line itself is malformed; the test runner invokes many
+    commands in one process, hence the forgetting.
+    """
+    ours = args[: args.index("--")] if "--" in args else args
+    _STATE.update(json="--json" in ours, device=None, dtype=None, device_map=None)
+    _STATE["debug"] = os.environ.get("MECHSCOPE_DEBUG", "") not in ("", "0")
 
 
 def set_debug(debug: bool) -> None:

@@ -16,7 +16,7 @@ import typer
 import typer.main
 from typer.core import TyperCommand, TyperGroup
 
-from ._errors import debugging, note_json, passes_through, report, report_usage, reset, wants_json
+from ._errors import debugging, passes_through, report, report_usage, reset, wants_json
 
 # Click's classes are typed loosely (Any) here: typer 0.29 vendors its own click (typer._click), older ones use click.
 
@@ -113,9 +113,7 @@ class LazyGroup(TyperGroup):
             self.commands.setdefault(name, _Deferred(name, summary, self))
 
     def parse_args(self, ctx: Any, args: list[str]) -> Any:
-        # --json anywhere before `--` asks for JSON errors too, even when the command line itself is malformed.
-        reset()
-        note_json("--json" in (args[: args.index("--")] if "--" in args else args))
+        reset(args)
         return super().parse_args(ctx, args)
 
     def invoke(self, ctx: Any) -> Any:
