@@ -399,3 +399,37 @@ def test_bad_input_errors(tiny_models, tmp_path):
     loaded = load_transcoders(tmp_path)
     assert sorted(loaded) == [0, 1]
     torch.testing.assert_close(loaded[1].W_dec, tcs[1].W_dec)
+
+
+# --- command line ----------------------------------------------------------------------------------------------
+
+
+def test_cli_graph(tmp_path):
+    from typer.testing import CliRunner
+
+    from mechscope.cli import app
+
+    model = ms.tiny("llama")  # the model `tiny-llama` opens
+    folder = tmp_path / "tcs"
+    for layer, tc in random_transcoders(model).items():
+        save_dictionary(tc, folder / f"layer_{layer}")
+    out = tmp_path / "out"
+    args = ["graph", "tiny-llama", PROMPT, "--transcoders", str(folder), "--verify", "2", "--out", str(out),
+            "--max-feature-nodes", "12", "--json"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["stats"]["n_rows"] == 12 + len(summary["logits"])
+    assert len(summary["verification"]["checks"]) == 2
+    full = AttributionGraph.from_json((out / "graph.json").read_text())
+    assert int(full.mask("feature").sum()) == 12
+    viewer = json.loads((out / "graph-viewer.json").read_text())
+    assert viewer["metadata"]["prompt"] == full.prompt
+    page = (out / "graph.html").read_text()
+    assert "<svg" in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    # a folder missing a layer: the error names it
+    import shutil
+
+    shutil.rmtree(folder / "layer_1")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0 and "missing [1]" in result.output

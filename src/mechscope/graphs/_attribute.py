@@ -159,6 +159,8 @@ def _feature_rows(
             inf = _partial_influence(logit_rows, logit_probs, rows, order, n_feat)
             ranked = torch.argsort(inf, descending=True)
             pending = ranked[~visited[ranked]][: min(UPDATE_INTERVAL * batch, n_select - len(order))]
+            # a backward pass runs from its deepest target down: batches of one depth stop early
+            pending = pending[torch.argsort(features[pending, 0], stable=True)]
         for chunk in pending.split(batch):
             layers, positions = features[chunk, 0], features[chunk, 1]
             vectors = torch.stack([rm.transcoders[int(f[0])].W_enc.detach()[:, int(f[2])].float()
