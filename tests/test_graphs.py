@@ -212,7 +212,8 @@ class FrozenModel:
 
 
 @pytest.mark.parametrize(
-    ("family", "kind", "skip"), [("llama", "relu", True), ("gpt2", "topk", False), ("gpt_neox", "relu", False)]
+    ("family", "kind", "skip"),
+    [("llama", "relu", True), ("gpt2", "topk", False), ("gpt_neox", "relu", False), ("gemma2", "jumprelu", False)],
 )
 def test_edges_equal_frozen_finite_differences(tiny_models, family, kind, skip):
     model = tiny_models[family]
@@ -357,14 +358,19 @@ def test_verify_predicts_real_ablations(relu_gpt2):
     for check in result.checks:
         assert len(check.targets) == len(check.predicted) == len(check.real)
         assert max(abs(r) for r in check.real) > 1e-4  # the ablations really move something
-    # the prediction is the graph's: a graph with shuffled edges predicts badly
-    shuffled = AttributionGraph(graph.prompt, graph.tokens, graph.token_ids, graph.nodes,
-                                graph.adjacency[torch.randperm(len(graph.nodes), generator=torch.Generator()
-                                                               .manual_seed(0))],
-                                graph.n_layers)  # fmt: skip
-    pred = propagate(shuffled, graph.index(result.checks[0].node), -1.0)
-    exact = propagate(graph, graph.index(result.checks[0].node), -1.0)
-    assert not torch.allclose(pred, exact)
+    # clamping to twice the activation: the same check, the opposite direction
+    doubled = verify(relu_gpt2, graph, tcs, n=2, value=2 * graph.nodes[graph.index(result.checks[0].node)].activation)
+    assert doubled.checks[0].factor is None and doubled.checks[0].correlation > 0.9
+    assert doubled.checks[0].real[-1] * result.checks[0].real[-1] < 0
+    # the prediction is the graph's propagation: its direct part is the intervened feature's column
+    s = graph.index(result.checks[0].node)
+    a_s = graph.nodes[s].activation
+    direct = graph.adjacency[:, s].double() * -1.0  # ablation: delta = -a_s, edge = a_s * d(target)/d(a_s)
+    only_s = torch.where(torch.arange(len(graph.nodes)) == s, graph.adjacency, 0.0)  # keeps column s
+    one_step = AttributionGraph(graph.prompt, graph.tokens, graph.token_ids, graph.nodes, only_s, graph.n_layers)
+    moved = propagate(one_step, s, -a_s)
+    moved[s] = 0
+    torch.testing.assert_close(moved, direct, rtol=1e-5, atol=1e-7)
 
 
 # --- bad input -----------------------------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ def attribute(
     start = time.perf_counter()
     rm = model if isinstance(model, ReplacementModel) else _replacement(model, transcoders)
     trace = rm.trace(prompt)
-    features, acts = trace.active()
+    features, acts = (t.cpu() for t in trace.active())
     logit_ids, logit_probs = _logits(rm, trace, config, target)
     sources = _sources(rm, trace, features, acts)
     n_select = len(features) if config.max_feature_nodes is None else min(config.max_feature_nodes, len(features))

@@ -115,10 +115,10 @@ def graph_section(graph: AttributionGraph, verification: GraphVerification | Non
     if graph.supernodes:
         body.append(table_html(["supernode", "members"], [[k, ", ".join(v)] for k, v in graph.supernodes.items()]))
     if verification is not None:
-        rows = [[c.node, c.factor, len(c.targets), c.correlation] for c in verification.checks]
+        rows = [[c.node, c.value, len(c.targets), c.correlation] for c in verification.checks]
         body.append(f"<p>Real interventions against the graph's prediction: pooled correlation "
                     f"{verification.correlation if verification.correlation is not None else 'n/a'}</p>")  # fmt: skip
-        body.append(table_html(["feature", "factor", "targets", "correlation"], rows))
+        body.append(table_html(["feature", "activation set to", "targets", "correlation"], rows))
     return "Attribution graph", "".join(body)
 
 
