@@ -439,3 +439,34 @@ def test_cli_graph(tmp_path):
     shutil.rmtree(folder / "layer_1")
     result = CliRunner().invoke(app, args)
     assert result.exit_code != 0 and "missing [1]" in result.output
+
+
+# --- every family -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", list(ms.core.TINY_CONFIGS))
+def test_every_family_replaces_and_attributes(family):
+    """Spliced logits equal the real ones, and the top logit's row equals frozen finite differences."""
+    model = ms.tiny(family)
+    rm = ReplacementModel(model, random_transcoders(model))
+    trace = rm.trace(PROMPT)
+    torch.testing.assert_close(rm.logits(PROMPT, trace), trace.logits, rtol=1e-4, atol=1e-5)
+    graph = attribute(rm, PROMPT, config=GraphConfig(max_feature_nodes=8, max_logits=1, batch_size=9))
+    frozen = FrozenModel(rm, trace.tokens)
+    _, base = frozen.run({})
+    row = graph.index(next(n.id for n in graph.nodes if n.kind == "logit"))
+    v = graph.nodes[row].token_id
+    expected, got = [], []
+    for s in [i for i, n in enumerate(graph.nodes) if n.kind in ("embedding", "error")][::3][:6]:
+        n = graph.nodes[s]
+        if n.kind == "embedding":
+            write = {"resid_pre.0": (n.position, trace.embed[n.position])}
+        else:
+            write = {f"mlp_out.{n.layer}": (n.position, trace.errors[n.layer][n.position])}
+        _, logits = frozen.run(write)
+        expected.append(float((logits - logits.mean())[v] - (base - base.mean())[v]))
+        got.append(float(graph.adjacency[row, s]))
+    scale = max(abs(e) for e in expected)
+    assert scale > 0
+    # float32 differences of O(1) logits are good to ~1e-7 (Bloom's tiny model moves its logits by ~1e-5)
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), rtol=1e-3, atol=max(1e-4 * scale, 5e-7))
