@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+from xml.etree import ElementTree
 
 import pytest
 import torch
@@ -29,6 +30,7 @@ from mechscope.graphs import (
     verify,
 )
 from mechscope.graphs._graph import cumulative_threshold
+from mechscope.report import graph_svg
 
 PROMPT = "The cat sat on"
 
@@ -432,6 +434,7 @@ def test_cli_graph(tmp_path):
     viewer = json.loads((out / "graph-viewer.json").read_text())
     assert viewer["metadata"]["prompt"] == full.prompt
     page = (out / "graph.html").read_text()
+    ElementTree.fromstring(graph_svg(AttributionGraph.from_json((out / "graph-pruned.json").read_text())))
     assert "<svg" in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
     # a folder missing a layer: the error names it
     import shutil
