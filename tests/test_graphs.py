@@ -353,10 +353,12 @@ def test_verify_predicts_real_ablations(relu_gpt2):
     result = verify(relu_gpt2, graph, tcs, n=4)
     assert len(result.checks) == 4
     assert result.correlation is not None and result.correlation > 0.9
-    pred = torch.tensor([p for c in result.checks for p in c.predicted])
-    real = torch.tensor([r for c in result.checks for r in c.real])
+    pred = torch.tensor([p for c in result.checks for p in c.predicted], dtype=torch.float64)
+    real = torch.tensor([r for c in result.checks for r in c.real], dtype=torch.float64)
     slope = float((pred * real).sum() / (pred * pred).sum())  # least squares, real ~ slope * predicted
-    assert 0.8 < slope < 1.25
+    assert result.slope == pytest.approx(slope) and 0.8 < slope < 1.25
+    assert result.spearman is not None and result.spearman > 0.8
+    assert result.mean_abs_error == pytest.approx(float((pred - real).abs().mean()))
     for check in result.checks:
         assert len(check.targets) == len(check.predicted) == len(check.real)
         assert max(abs(r) for r in check.real) > 1e-4  # the ablations really move something

@@ -26,6 +26,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechscope import _numerics
 from mechscope.core import Add, Model
 from mechscope.features import Dictionary
 from mechscope.graphs._graph import AttributionGraph
@@ -60,6 +61,12 @@ class GraphVerification:
     """One per intervened feature, most influential first."""
     correlation: float | None
     """Pearson correlation of all (predicted, real) pairs pooled."""
+    spearman: float | None = None
+    """Spearman rank correlation of the pooled pairs."""
+    slope: float | None = None
+    """Least-squares slope of real on predicted through the origin (1: the graph gets the sizes right)."""
+    mean_abs_error: float | None = None
+    """Mean |predicted - real| over the pooled pairs."""
 
     def to_dict(self) -> dict:
         """JSON-able form."""
@@ -100,9 +107,12 @@ def verify(
     clean_pre = _pre_activations(rm, trace.inputs)
     clean_logit = _centred(trace.logits[-1])
     checks = [_check(rm, graph, trace, s, factor, value, clean_pre, clean_logit) for s in chosen]
-    pred = [p for c in checks for p in c.predicted]
-    real = [r for c in checks for r in c.real]
-    return GraphVerification(checks, _pearson(pred, real))
+    pred = torch.tensor([p for c in checks for p in c.predicted], dtype=torch.float64)
+    real = torch.tensor([r for c in checks for r in c.real], dtype=torch.float64)
+    rho = float(_numerics.spearman(pred, real)) if len(pred) >= 3 else None
+    slope = float((pred * real).sum() / (pred * pred).sum()) if bool((pred != 0).any()) else None
+    mae = float((pred - real).abs().mean()) if len(pred) else None
+    return GraphVerification(checks, _pearson(pred.tolist(), real.tolist()), _finite(rho), slope, mae)
 
 
 def _check(
@@ -173,6 +183,10 @@ def _pre_activations(rm: ReplacementModel, inputs: tuple[Tensor, ...]) -> list[T
 def _centred(logits: Tensor) -> Tensor:
     logits = logits.double()
     return logits - logits.mean()
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
 
 
 def _pearson(x: list[float], y: list[float]) -> float | None:
