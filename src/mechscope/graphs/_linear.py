@@ -123,7 +123,7 @@ class Linearised:
             idx = self._per_layer[layer]
             if len(idx):
                 pos = src.features[idx, 1].to(g.device)
-                dec = src.decoder[idx].to(g)  # [n d_model]
+                dec = src.decoder[idx.to(src.decoder.device)].to(g)  # [n d_model]
                 out[:, idx] = torch.einsum("rnd,nd->rn", g[:, pos], dec).cpu()
         return out
 
