@@ -22,11 +22,15 @@ from mechscope.core import HookSet
 from mechscope.features import DictionaryConfig, build_dictionary, save_dictionary
 from mechscope.graphs import (
     AttributionGraph,
+    CLTConfig,
+    CLTTrainConfig,
+    CrossLayerTranscoder,
     GraphConfig,
     ReplacementModel,
     attribute,
     load_transcoders,
     propagate,
+    train_clt,
     verify,
 )
 from mechscope.graphs._graph import cumulative_threshold
@@ -199,13 +203,14 @@ class FrozenModel:
         return add
 
     def _mlp(self, layer, write, got):
-        tc = self.rm.transcoders[layer]
         clean_out, clean_in = self.clean[f"mlp_out.{layer}"], self.clean[self.rm.input_sites[layer].name]
 
         def frozen(act):
             out = clean_out.clone()
-            if tc.cfg.skip_connection:
-                out = out + (got[layer] - clean_in) @ tc.W_skip
+            moved = (got[layer] - clean_in)[0]
+            skip = self.rm.coders.skip(layer, moved)
+            if skip is not None:
+                out = out + skip[None]
             if write is not None:
                 out[0, write[0]] += write[1].to(out)
             return out
@@ -475,3 +480,73 @@ def test_every_family_replaces_and_attributes(family):
     assert scale > 0
     # float32 differences of O(1) logits are good to ~1e-7 (Bloom's tiny model moves its logits by ~1e-5)
     torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), rtol=1e-3, atol=max(1e-4 * scale, 5e-7))
+
+
+# --- cross-layer transcoders ---------------------------------------------------------------------------------------
+
+
+def test_cross_layer_edges_equal_frozen_finite_differences(tiny_models):
+    model = tiny_models["llama"]
+    clt = CrossLayerTranscoder(CLTConfig(2, model.cfg.d_model, 48, "topk", k=6), seed=3)
+    rm = ReplacementModel(model, clt)
+    trace = rm.trace(PROMPT)
+    torch.testing.assert_close(rm.logits(PROMPT, trace), trace.logits, rtol=1e-4, atol=1e-5)
+    # layer 1's MLP output is predicted from both layers' features (the definition, written out)
+    z0, z1 = trace.latents
+    with torch.no_grad():
+        predicted = z0 @ clt.W_dec[0][1] + z1 @ clt.W_dec[1][0] + clt.b_dec[1]
+    torch.testing.assert_close(trace.errors[1], trace.mlp_out[1] - predicted, rtol=1e-5, atol=1e-6)
+    assert float((z0 @ clt.W_dec[0][1]).abs().max()) > 1e-2
+    graph = attribute(rm, PROMPT, config=GraphConfig(max_feature_nodes=None, batch_size=7))
+    frozen = FrozenModel(rm, trace.tokens)
+    _, base = frozen.run({})
+    row = graph.index(next(n.id for n in graph.nodes if n.kind == "logit"))
+    v = graph.nodes[row].token_id
+    expected, got = [], []
+    last = len(trace.tokens) - 1
+    layer0 = [i for i, n in enumerate(graph.nodes) if n.kind == "feature" and n.layer == 0]
+    for s in layer0[::7] + [i for i in layer0 if graph.nodes[i].position == last]:
+        n = graph.nodes[s]
+        f = torch.tensor([n.feature])
+        # a layer-0 feature writes both MLP outputs: its edge to the logit sums both paths
+        write = {f"mlp_out.{dst}": (n.position, n.activation * clt.decoder_rows(0, dst, f)[0]) for dst in (0, 1)}
+        _, logits = frozen.run(write)
+        expected.append(float((logits - logits.mean())[v] - (base - base.mean())[v]))
+        got.append(float(graph.adjacency[row, s]))
+        if n.position == last:  # there the write to mlp_out.1 reaches the logits directly, and counts
+            _, logits = frozen.run({"mlp_out.0": write["mlp_out.0"]})
+            assert abs(float((logits - logits.mean())[v] - (base - base.mean())[v]) - expected[-1]) > 1e-4
+    scale = max(abs(e) for e in expected)
+    assert len(expected) >= 4 and scale > 1e-4
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), rtol=1e-3, atol=max(1e-4 * scale, 5e-7))
+
+
+def test_per_layer_transcoders_as_a_cross_layer_one_give_the_same_graph(relu_gpt2):
+    tcs = exact_transcoders(relu_gpt2)
+    d_model, d_mlp = tcs[0].cfg.d_in, tcs[0].cfg.d_sae
+    clt = CrossLayerTranscoder(CLTConfig(2, d_model, d_mlp, "relu"))
+    with torch.no_grad():
+        for layer, tc in tcs.items():
+            clt.W_enc[layer].copy_(tc.W_enc)
+            clt.b_enc[layer].copy_(tc.b_enc)
+            clt.W_dec[layer].zero_()
+            clt.W_dec[layer][0].copy_(tc.W_dec)
+            clt.b_dec[layer].copy_(tc.b_dec)
+    config = GraphConfig(max_feature_nodes=None)
+    per_layer = attribute(relu_gpt2, PROMPT, tcs, config)
+    cross = attribute(relu_gpt2, PROMPT, clt, config)
+    assert cross.nodes == per_layer.nodes
+    torch.testing.assert_close(cross.adjacency, per_layer.adjacency, rtol=1e-5, atol=1e-6)
+    assert verify(relu_gpt2, cross, clt, n=2).correlation > 0.9
+
+
+def test_train_clt_learns_the_mlps(relu_gpt2):
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 256, (64, 12), generator=gen)
+    clt, fvu = train_clt(relu_gpt2, tokens, CLTTrainConfig(d_sae=64, k=8, steps=60, lr=3e-3))
+    assert fvu[-1] < 0.5 * fvu[0]
+    rm = ReplacementModel(relu_gpt2, clt)
+    graph = attribute(rm, PROMPT, config=GraphConfig(max_feature_nodes=32))
+    assert 0 < graph.replacement_score() < 1
+    with pytest.raises(ValueError, match="cross-layer transcoder has 2 layers"):
+        ReplacementModel(ms.tiny("llama", num_hidden_layers=3), clt)

@@ -120,13 +120,14 @@ def _logits(
 def _sources(rm: ReplacementModel, trace: Trace, features: Tensor, acts: Tensor) -> Sources:
     """What every source writes, on the model's device (feature indices stay on the CPU)."""
     device = trace.embed.device
-    decoder = torch.zeros(len(features), trace.embed.shape[-1], device=device)
-    for layer, tc in enumerate(rm.transcoders):
-        idx = (features[:, 0] == layer).nonzero().squeeze(1)
-        w = tc.W_dec.detach()[features[idx, 2].to(tc.W_dec.device)]  # [n d_model]
-        decoder[idx.to(device)] = (w * acts[idx, None].to(w)).float().to(device)
+    writes = {}
+    for src in range(rm.n_layers):
+        idx = (features[:, 0] == src).nonzero().squeeze(1)
+        for dst in rm.coders.writes_to(src):
+            w = rm.coders.decoder_rows(src, dst, features[idx, 2])  # [n d_model]
+            writes[(src, dst)] = (w * acts[idx, None].to(w)).float().to(device)
     errors = torch.stack(trace.errors).float()
-    return Sources(features, decoder, errors, trace.embed.float())
+    return Sources(features, writes, errors, trace.embed.float())
 
 
 def _logit_rows(lin: Linearised, rm: ReplacementModel, trace: Trace, ids: Tensor) -> Float[Tensor, "k n_columns"]:
@@ -166,8 +167,7 @@ def _feature_rows(
             pending = pending[torch.argsort(features[pending, 0], stable=True)]
         for chunk in pending.split(batch):
             layers, positions = features[chunk, 0], features[chunk, 1]
-            vectors = torch.stack([rm.transcoders[int(f[0])].W_enc.detach()[:, int(f[2])].float()
-                                   for f in features[chunk]])  # fmt: skip
+            vectors = torch.stack([rm.coders.encoder_column(int(f[0]), int(f[2])).float() for f in features[chunk]])
             rows.append(lin.rows(layers, positions, vectors))
             visited[chunk] = True
             order.extend(chunk.tolist())

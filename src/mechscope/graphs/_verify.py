@@ -133,9 +133,10 @@ def _check(
                if (t.kind == "feature" and t.layer > node.layer and t.position >= node.position)
                or t.kind == "logit"]  # fmt: skip
     predicted = propagate(graph, s, delta)[targets]
-    tc = rm.transcoders[node.layer]
-    vector = (delta * tc.W_dec.detach()[node.feature]).to(trace.mlp_out[0])
-    with torch.no_grad(), rm.model.intervene(Add(f"mlp_out.{node.layer}", vector=vector, pos=[node.position])):
+    feature = torch.tensor([node.feature])
+    adds = [Add(f"mlp_out.{dst}", vector=(delta * rm.coders.decoder_rows(node.layer, dst, feature)[0]).to(
+                trace.mlp_out[0]), pos=[node.position]) for dst in rm.coders.writes_to(node.layer)]  # fmt: skip
+    with torch.no_grad(), rm.model.intervene(*adds):
         run = rm.model.run(trace.tokens[None], cache=[site.name for site in rm.input_sites])
     assert run.logits is not None
     pre = _pre_activations(rm, tuple(run.cache[site.name][0] for site in rm.input_sites))
@@ -173,11 +174,8 @@ def propagate(graph: AttributionGraph, source: int, delta: float) -> Float[Tenso
 
 
 def _pre_activations(rm: ReplacementModel, inputs: tuple[Tensor, ...]) -> list[Tensor]:
-    out = []
     with torch.no_grad():
-        for tc, x in zip(rm.transcoders, inputs, strict=True):
-            out.append(tc.pre_activations(x.to(tc.W_enc)))
-    return out
+        return [rm.coders.pre_activations(layer, x) for layer, x in enumerate(inputs)]
 
 
 def _centred(logits: Tensor) -> Tensor:
