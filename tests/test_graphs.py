@@ -30,6 +30,7 @@ from mechscope.graphs import (
     attribute,
     load_transcoders,
     propagate,
+    save_clt,
     train_clt,
     verify,
 )
@@ -540,7 +541,7 @@ def test_per_layer_transcoders_as_a_cross_layer_one_give_the_same_graph(relu_gpt
     assert verify(relu_gpt2, cross, clt, n=2).correlation > 0.9
 
 
-def test_train_clt_learns_the_mlps(relu_gpt2):
+def test_train_clt_learns_the_mlps(relu_gpt2, tmp_path):
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, 256, (64, 12), generator=gen)
     clt, fvu = train_clt(relu_gpt2, tokens, CLTTrainConfig(d_sae=64, k=8, steps=60, lr=3e-3))
@@ -550,3 +551,8 @@ def test_train_clt_learns_the_mlps(relu_gpt2):
     assert 0 < graph.replacement_score() < 1
     with pytest.raises(ValueError, match="cross-layer transcoder has 2 layers"):
         ReplacementModel(ms.tiny("llama", num_hidden_layers=3), clt)
+    save_clt(clt, tmp_path / "clt")
+    loaded = load_transcoders(tmp_path / "clt")
+    assert isinstance(loaded, CrossLayerTranscoder)
+    again = attribute(relu_gpt2, PROMPT, loaded, GraphConfig(max_feature_nodes=32))
+    torch.testing.assert_close(again.adjacency, graph.adjacency)

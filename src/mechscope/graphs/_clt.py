@@ -13,16 +13,22 @@ layers written. ``train_clt`` fits one on a model's own MLP inputs and outputs, 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
 from jaxtyping import Float, Int
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
+from mechscope._cache import atomic_write_bytes
 from mechscope.core import Model
+
+FORMAT = "mechscope.cross_layer_transcoder"
 
 
 @dataclass(frozen=True)
@@ -184,3 +190,30 @@ def train_clt(
         opt.step()
         history.append(float(fvu))
     return clt.eval(), history
+
+
+def save_clt(clt: CrossLayerTranscoder, path: str | Path) -> Path:
+    """Write ``clt`` to the folder ``path``: ``cfg.json`` (its ``CLTConfig``) and ``clt.safetensors``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {"W_enc": clt.W_enc, "b_enc": clt.b_enc, "b_dec": clt.b_dec}
+    tensors.update({f"W_dec.{s}": w for s, w in enumerate(clt.W_dec)})
+    atomic_write_bytes(path / "clt.safetensors", save({k: v.detach().float().contiguous() for k, v in tensors.items()}))
+    cfg = {"format": FORMAT, "format_version": 1, **asdict(clt.cfg)}
+    atomic_write_bytes(path / "cfg.json", json.dumps(cfg, indent=2).encode())
+    return path
+
+
+def load_clt(path: str | Path) -> CrossLayerTranscoder:
+    """Read a cross-layer transcoder that ``save_clt`` wrote (in eval mode)."""
+    path = Path(path)
+    cfg = json.loads((path / "cfg.json").read_text())
+    if cfg.get("format") != FORMAT:
+        raise ValueError(f"{path}/cfg.json is not a mechscope cross-layer transcoder (format {cfg.get('format')!r})")
+    clt = CrossLayerTranscoder(CLTConfig(**{k: v for k, v in cfg.items() if k not in ("format", "format_version")}))
+    state = load_file(path / "clt.safetensors")
+    try:
+        clt.load_state_dict({k: v for k, v in state.items()}, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path}/clt.safetensors does not match its cfg.json: {e}") from None
+    return clt.eval()

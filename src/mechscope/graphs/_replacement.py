@@ -28,7 +28,7 @@ from torch import Tensor
 from mechscope.core import HookSet, Model
 from mechscope.core._sites import Site
 from mechscope.features import Dictionary, load_dictionary
-from mechscope.graphs._clt import CrossLayerTranscoder
+from mechscope.graphs._clt import CrossLayerTranscoder, load_clt
 from mechscope.graphs._coders import Coders, PerLayer
 
 LAYER_DIR = re.compile(r"^layer_(\d+)$")
@@ -237,15 +237,18 @@ def _splicer(coders: Coders, live: dict[int, Tensor], layer: int, error: Tensor)
     return splice
 
 
-def load_transcoders(path: str | Path) -> dict[int, Dictionary]:
-    """Load a folder of per-layer transcoders: ``path/layer_{L}/`` each a saved dictionary, one per layer.
+def load_transcoders(path: str | Path) -> dict[int, Dictionary] | CrossLayerTranscoder:
+    """Load a folder of per-layer transcoders, ``path/layer_{L}/`` each a saved dictionary, or a cross-layer one.
 
-    Each subfolder is in any layout ``features.load_dictionary`` reads (mechscope's ``save_dictionary``, SAELens,
-    sparsify). ``ReplacementModel`` checks that every layer of the model is present and fits.
+    Each ``layer_{L}`` subfolder is in any layout ``features.load_dictionary`` reads (mechscope's
+    ``save_dictionary``, SAELens, sparsify); a folder holding ``clt.safetensors`` is a cross-layer transcoder that
+    ``save_clt`` wrote. ``ReplacementModel`` checks that every layer of the model is present and fits.
     """
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"transcoders folder {root} does not exist: it should hold layer_0/, layer_1/, ...")
+    if (root / "clt.safetensors").is_file():
+        return load_clt(root)
     found: dict[int, Dictionary] = {}
     for child in sorted(root.iterdir()):
         m = LAYER_DIR.match(child.name)
@@ -254,7 +257,7 @@ def load_transcoders(path: str | Path) -> dict[int, Dictionary]:
     if not found:
         raise FileNotFoundError(
             f"{root} holds no layer_{{L}}/ subfolders: save one transcoder per layer as {root}/layer_0/, ... "
-            "(features.save_dictionary writes one)"
+            "(features.save_dictionary writes one), or a cross-layer transcoder there (graphs.save_clt)"
         )
     for layer, tc in found.items():
         if not tc.cfg.is_transcoder:
