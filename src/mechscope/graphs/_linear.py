@@ -17,7 +17,8 @@ batch of ``B`` copies of the prompt, with hooks that change only the backward pa
 The forward values are the real model's. Each backward pass injects one target per batch element (a feature's
 encoder row at its layer's transcoder input and position, or a logit's demeaned unembedding direction) and reads,
 per element, a full row of direct effects: ``edge(s -> t) = a_s W_dec[s] . grad_t`` for features at their layer and
-position, ``error . grad_t`` for errors, ``embed . grad_t`` for embeddings. The graph of the forward pass is kept
+position (summed over every MLP output a cross-layer feature writes), ``error . grad_t`` for errors, ``embed .
+grad_t`` for embeddings. The graph of the forward pass is kept
 between backward passes, so a graph of ``R`` rows costs one forward pass of ``B`` copies plus ``ceil(R / B)``
 backward passes of ``B`` (circuit-tracer batches the same way).
 """
