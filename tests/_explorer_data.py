@@ -83,3 +83,33 @@ def feature_db(model: ms.Model, out: Path) -> Path:
         con.execute("UPDATE vocab SET text = ? WHERE token_id = ?", (XSS, model.tokenizer.encode("t")[0]))
     con.close()
     return path
+
+
+def transcoders(model: ms.Model, d_sae: int = 32) -> dict:
+    """Untrained per-layer ReLU transcoders of a tiny model (random, with a positive bias: many active features)."""
+    from mechscope.features import DictionaryConfig, build_dictionary
+
+    assert model.cfg is not None
+    d = model.cfg.d_model
+    out = {}
+    for layer in range(model.cfg.n_layers):
+        cfg = DictionaryConfig("relu", d_in=d, d_sae=d_sae, d_out=d, apply_b_dec_to_input=False,
+                               target_site=f"mlp_out.{layer}")  # fmt: skip
+        tc = build_dictionary(cfg, seed=layer)
+        gen = torch.Generator().manual_seed(100 + layer)
+        with torch.no_grad():
+            tc.W_dec.mul_(0.05)
+            tc.b_enc.copy_(0.1 * torch.randn(d_sae, generator=gen).abs())
+        out[layer] = tc.eval()
+    return out
+
+
+def graph_file(model: ms.Model, coders: dict, out: Path, prompt: str = "The cat sat on") -> Path:
+    """``mechscope graph``'s graph.json for a prompt, with a supernode whose name is an XSS payload."""
+    from mechscope.graphs import GraphConfig, attribute
+
+    graph = attribute(model, prompt, coders, GraphConfig(max_feature_nodes=16))
+    top = [n.id for n in graph.nodes if n.kind == "feature"][:2]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "graph.json").write_text(graph.with_supernodes(**{XSS: top}).to_json())
+    return out / "graph.json"

@@ -42,9 +42,16 @@ def serve(
     dictionary: Annotated[
         Path | None, typer.Option(help="The dictionary behind the feature pages' *try it* and *steer*.")
     ] = None,
+    transcoders: Annotated[
+        Path | None,
+        typer.Option(
+            help="Transcoders for the attribution-graph view: layer_0/, layer_1/, ... or a cross-layer one "
+            "(as `mechscope graph --transcoders` takes)."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Start the explorer, a local web app: prompt lab, attention, logit lens, circuits, bench, features."""
+    """Start the explorer, a local web app: prompt lab, attention, logit lens, circuits, graphs, bench, features."""
     try:
         import uvicorn
 
@@ -70,7 +77,14 @@ def serve(
             if loaded.cfg.site is None:
                 raise ValueError(f"the dictionary in {dictionary} names no site: save it with its site set")
             m.resolve(str(loaded.cfg.site))  # a dictionary of another model's site is an error now, not per request
-    explorer = Explorer(m, roots, host=host, port=port, token=token, max_tokens=max_tokens, dictionary=loaded)
+        coders = None
+        if transcoders is not None:
+            from ..graphs import ReplacementModel, load_transcoders
+
+            coders = load_transcoders(transcoders)
+            ReplacementModel(m, coders)  # a missing layer or a misfit is an error now, not per request
+    explorer = Explorer(m, roots, host=host, port=port, token=token, max_tokens=max_tokens, dictionary=loaded,
+                        transcoders=coders)  # fmt: skip
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{port}/"
     if token is not None:

@@ -81,11 +81,12 @@ def verify(
     *,
     factor: float = 0.0,
     value: float | None = None,
+    nodes: list[str] | tuple[str, ...] | None = None,
 ) -> GraphVerification:
     """Intervene on the ``n`` most influential feature nodes of ``graph`` in the real model; compare with the graph.
 
     Each feature's activation is multiplied by ``factor`` (0: ablation, 2: doubling), or set to ``value`` when given
-    (a clamp), at its layer and position.
+    (a clamp), at its layer and position. ``nodes`` (feature node ids) picks the features instead of influence.
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
@@ -101,9 +102,14 @@ def verify(
     is_feature = graph.mask("feature")
     if not bool(is_feature.any()):
         raise ValueError("the graph has no feature nodes to intervene on")
-    inf = graph.node_influence()
-    inf[~is_feature] = -1
-    chosen = torch.argsort(inf, descending=True)[: min(n, int(is_feature.sum()))].tolist()
+    if nodes is not None:
+        chosen = [graph.index(node_id) for node_id in nodes]
+        if wrong := [graph.nodes[i].id for i in chosen if graph.nodes[i].kind != "feature"]:
+            raise ValueError(f"only feature nodes can be intervened on, not {wrong}")
+    else:
+        inf = graph.node_influence()
+        inf[~is_feature] = -1
+        chosen = torch.argsort(inf, descending=True)[: min(n, int(is_feature.sum()))].tolist()
     clean_pre = _pre_activations(rm, trace.inputs)
     clean_logit = _centred(trace.logits[-1])
     checks = [_check(rm, graph, trace, s, factor, value, clean_pre, clean_logit) for s in chosen]

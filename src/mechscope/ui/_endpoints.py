@@ -11,7 +11,7 @@ import asyncio
 from typing import Any
 
 from ..core._model import Model
-from . import _lab, _views, _vision
+from . import _graphs, _lab, _views, _vision
 from ._api import Endpoint, Param
 from ._explorer import Explorer
 from ._worker import checkpoint_modules
@@ -186,6 +186,63 @@ async def _feature(x: Explorer, ref: str, latent: int) -> dict[str, Any]:
 
 async def _feature_search(x: Explorer, ref: str, text: str, n: int, by: str) -> dict[str, Any]:
     return await asyncio.to_thread(_views.feature_search, x.roots.resolve(ref), text, n, by)
+
+
+async def _graphs_list(x: Explorer) -> dict[str, Any]:
+    found = [f.to_dict() for f in await asyncio.to_thread(x.roots.scan) if f.kind == "graph"]
+    held = [{"ref": ref, "kind": "graph", "title": f"{ref}: {g.prompt!r}"} for ref, g in x.graphs.items()
+            if ref.startswith("graph:")]  # fmt: skip
+    return {**_graphs.describe(x.transcoders), "found": found + held}
+
+
+def _graph_job(model: Model, rm: Any, prompt: str, target: str | None, settings: dict[str, Any], most: int) -> Any:
+    _lab.check_prompt(model, prompt, most)
+    return _graphs.run(rm, prompt, target, settings)
+
+
+async def _graph_run(
+    x: Explorer, prompt: str, target: str | None, settings: dict[str, Any], node_threshold: float | None,
+    edge_threshold: float | None,
+) -> dict[str, Any]:  # fmt: skip
+    rm = x.replacement
+    graph = await x.on_model("graph", _graph_job, rm, prompt, target, settings, x.max_tokens)
+    ref = f"graph:{sum(r.startswith('graph:') for r in x.graphs)}"
+    x.graphs[ref] = graph
+    nt = graph.config.get("node_threshold", 0.8) if node_threshold is None else node_threshold
+    et = graph.config.get("edge_threshold", 0.98) if edge_threshold is None else edge_threshold
+    return await asyncio.to_thread(_graphs.view, graph, ref, nt, et)
+
+
+async def _graph(x: Explorer, ref: str, node_threshold: float, edge_threshold: float) -> dict[str, Any]:
+    graph = await asyncio.to_thread(x.graph, ref)
+    return await asyncio.to_thread(_graphs.view, graph, ref, node_threshold, edge_threshold)
+
+
+async def _graph_node(x: Explorer, ref: str, node: str, k: int) -> dict[str, Any]:
+    graph = await asyncio.to_thread(x.graph, ref)
+    return await asyncio.to_thread(_graphs.node, graph, node, k)
+
+
+async def _graph_supernode(x: Explorer, ref: str, name: str, nodes: list[Any]) -> dict[str, Any]:
+    graph = await asyncio.to_thread(x.graph, ref)
+    x.graphs[ref] = _graphs.supernode(graph, name, nodes)
+    return {"ref": ref, "supernodes": {k: list(v) for k, v in x.graphs[ref].supernodes.items()}}
+
+
+async def _graph_json(x: Explorer, ref: str) -> dict[str, Any]:
+    graph = await asyncio.to_thread(x.graph, ref)
+    return await asyncio.to_thread(graph.to_dict)
+
+
+def _graph_verify_job(model: Model, rm: Any, graph: Any, node: str, factor: float, value: float | None) -> Any:
+    _graphs.check_model(graph, model)
+    return _graphs.verify_node(rm, graph, node, factor, value)
+
+
+async def _graph_verify(x: Explorer, ref: str, node: str, factor: float, value: float | None) -> dict[str, Any]:
+    graph = await asyncio.to_thread(x.graph, ref)
+    rm = x.replacement
+    return await x.on_model("graph verify", _graph_verify_job, rm, graph, node, factor, value)
 
 
 _PROMPT = Param("prompt", "body", str, "The prompt (at most the server's token limit; see /api/status).", required=True)
@@ -365,6 +422,104 @@ ENDPOINTS: list[Endpoint] = [
             Param("methods", "body", list, "Attribution methods (see GET /api/vision).", ["saliency", "grad_cam"]),
             Param("target", "body", str, "The class explained: pred | label | a class index.", "pred"),
             Param("sanity", "body", bool, "Also run the randomisation sanity check (slower).", True),
+        ),
+        True,
+    ),
+    Endpoint(
+        "GET",
+        "/api/graphs",
+        "The declared attribution-graph method (its settings), the server's transcoders and the graphs to open.",
+        _graphs_list,
+    ),
+    Endpoint(
+        "POST",
+        "/api/graph/run",
+        "Compute a prompt's attribution graph with the server's transcoders (held in memory as graph:N).",
+        _graph_run,
+        (
+            _PROMPT,
+            Param("target", "body", str, "A single-token target logit, e.g. ' Paris' (default: the top logits)."),
+            Param("settings", "body", dict, "The method's settings by name (its config fields).", {}),
+            Param(
+                "node_threshold",
+                "body",
+                float,
+                "Pruning of the view returned (default: the config's).",
+                minimum=0,
+                maximum=1,
+            ),
+            Param(
+                "edge_threshold",
+                "body",
+                float,
+                "Pruning of the view returned (default: the config's).",
+                minimum=0,
+                maximum=1,
+            ),
+        ),
+        True,
+    ),
+    Endpoint(
+        "GET",
+        "/api/graph",
+        "A graph (graph:N or a graph.json reference) pruned at these thresholds: nodes, edges, scores, supernodes.",
+        _graph,
+        (
+            Param("ref", "query", str, "graph:N or a file reference (see /api/graphs).", required=True),
+            Param(
+                "node_threshold", "query", float, "Share of influence the kept nodes hold.", 0.8, minimum=0, maximum=1
+            ),
+            Param(
+                "edge_threshold",
+                "query",
+                float,
+                "Share of edge influence the kept edges hold.",
+                0.98,
+                minimum=0,
+                maximum=1,
+            ),
+        ),
+    ),
+    Endpoint(
+        "GET",
+        "/api/graph/node",
+        "One node of the full graph: activation, influence, strongest incoming and outgoing edges.",
+        _graph_node,
+        (
+            Param("ref", "query", str, "graph:N or a file reference (see /api/graphs).", required=True),
+            Param("node", "query", str, "Node id, e.g. 'feature:0:5@2'.", required=True),
+            Param("k", "query", int, "Edges listed each way.", 10, minimum=1, maximum=100),
+        ),
+    ),
+    Endpoint(
+        "POST",
+        "/api/graph/supernode",
+        "Group nodes into a named supernode, saved with the graph (download it from /api/graph/json).",
+        _graph_supernode,
+        (
+            Param("ref", "body", str, "graph:N or a file reference (see /api/graphs).", required=True),
+            Param("name", "body", str, "The supernode's name (an existing one is replaced).", required=True),
+            Param("nodes", "body", list, "Node ids.", required=True),
+        ),
+    ),
+    Endpoint(
+        "GET",
+        "/api/graph/json",
+        "The whole graph with its supernodes, in mechscope's graph.json format (AttributionGraph.from_json).",
+        _graph_json,
+        (Param("ref", "query", str, "graph:N or a file reference (see /api/graphs).", required=True),),
+    ),
+    Endpoint(
+        "POST",
+        "/api/graph/verify",
+        "Ablate (or scale, or clamp) one feature node in the real model: the graph's predicted changes beside the "
+        "real ones (needs --transcoders).",
+        _graph_verify,
+        (
+            Param("ref", "body", str, "graph:N or a file reference (see /api/graphs).", required=True),
+            Param("node", "body", str, "A feature node's id.", required=True),
+            Param("factor", "body", float, "Multiply the feature by this (0: ablate).", 0.0, minimum=-100, maximum=100),
+            Param("value", "body", float, "Or clamp it to this value.", minimum=-1e6, maximum=1e6),
         ),
         True,
     ),

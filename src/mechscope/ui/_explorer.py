@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,12 @@ class Explorer:
     worker: Worker = field(default_factory=Worker)
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Circuit runs started from the app (``run:N``), kept in memory for this server's life."""
+    transcoders: Any = None
+    """Per-layer transcoders (``{layer: Dictionary}``) or a cross-layer one (``graphs.load_transcoders``) for the
+    attribution-graph view."""
+    graphs: dict[str, Any] = field(default_factory=dict)
+    """Attribution graphs held for this server's life: computed ones (``graph:N``) and opened files (by reference,
+    with the supernodes added to them since)."""
 
     def __post_init__(self) -> None:
         if not is_loopback(self.host) and self.token is None:
@@ -42,6 +49,34 @@ class Explorer:
                 raise FileNotFoundError(f"no circuit run {ref!r} on this server (see /api/runs)")
             return self.runs[ref]
         return _views.circuit_doc(self.roots.resolve(ref))
+
+    def graph(self, ref: str) -> Any:
+        """A held attribution graph (``graph:N``), or a graph.json under the roots (read once, then held)."""
+        if ref in self.graphs:
+            return self.graphs[ref]
+        if ref.startswith("graph:"):
+            raise FileNotFoundError(f"no graph {ref!r} on this server (see /api/graphs)")
+        from ..graphs import AttributionGraph
+
+        path = self.roots.resolve(ref)
+        try:
+            graph = AttributionGraph.from_json(path.read_text())
+        except (UnicodeDecodeError, KeyError, TypeError, json.JSONDecodeError) as err:
+            raise BadRequest(f"{ref} is not a readable mechscope graph.json: {err}") from None
+        self.graphs[ref] = graph
+        return graph
+
+    @functools.cached_property
+    def replacement(self) -> Any:
+        """The model with the server's transcoders (``graphs.ReplacementModel``), built on first use."""
+        if self.transcoders is None:
+            raise BadRequest(
+                "this server has no transcoders: start it with --transcoders DIR (a folder of "
+                "layer_0/, layer_1/, ... or a cross-layer transcoder) to compute or verify graphs"
+            )
+        from ..graphs import ReplacementModel
+
+        return ReplacementModel(self.need_model(), self.transcoders)
 
     def need_model(self) -> Model:
         if self.model is None:

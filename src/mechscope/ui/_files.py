@@ -5,8 +5,8 @@ and a path inside it. ``Roots.resolve`` refuses absolute paths, ``..`` parts, an
 symlinks are followed, so no request can read a path outside the directories the user gave.
 
 ``Roots.scan`` finds what the app can open: circuit runs (``summary.json`` of ``mechscope circuit --out``), bench
-leaderboards (a JSON with ``rows`` and ``scores``, e.g. ``docs/leaderboard.json``) and feature databases (SQLite
-files of ``mechscope features build``).
+leaderboards (a JSON with ``rows`` and ``scores``, e.g. ``docs/leaderboard.json``), feature databases (SQLite
+files of ``mechscope features build``) and attribution graphs (``graph*.json`` of ``mechscope graph``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class Found:
     ref: str
     """Its reference (``ROOT/PATH``), as the API takes it."""
     kind: str
-    """``circuit``, ``leaderboard`` or ``features``."""
+    """``circuit``, ``leaderboard``, ``features`` or ``graph`` (a mechscope graph.json)."""
     title: str
 
     def to_dict(self) -> dict[str, str]:
@@ -117,7 +117,7 @@ def _walk(root: Path) -> list[Path]:
 
 
 def classify(path: Path) -> str | None:
-    """``circuit``, ``leaderboard``, ``features`` or None for a file the app does not open."""
+    """``circuit``, ``leaderboard``, ``features``, ``graph`` or None for a file the app does not open."""
     if path.suffix in _DB_SUFFIXES:
         return "features" if _is_feature_db(path) else None
     if path.suffix != ".json" or path.stat().st_size > _JSON_LIMIT:
@@ -125,6 +125,9 @@ def classify(path: Path) -> str | None:
     if path.name == "summary.json":
         doc = read_json(path)
         return "circuit" if isinstance(doc, dict) and {"method", "circuit", "task"} <= doc.keys() else None
+    if "graph" in path.name:
+        doc = read_json(path)
+        return "graph" if isinstance(doc, dict) and doc.get("format") == "mechscope.attribution_graph" else None
     if "leaderboard" in path.name:
         doc = read_json(path)
         return "leaderboard" if isinstance(doc, dict) and {"rows", "scores"} <= doc.keys() else None

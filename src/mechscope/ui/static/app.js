@@ -104,8 +104,8 @@ async function runs() {
   return state.runs;
 }
 
-const VIEWS = { lab: null, circuits: openCircuits, vision: openVision, bench: openBench, features: openFeatures,
-  api: openApi };
+const VIEWS = { lab: null, circuits: openCircuits, graphs: openGraphs, vision: openVision, bench: openBench,
+  features: openFeatures, api: openApi };
 
 function route() {
   const name = (location.hash || "#lab").slice(1);
@@ -680,6 +680,264 @@ function histogram(edges, counts) {
   return s;
 }
 
+// --- attribution graphs --------------------------------------------------------------------------------------------
+
+// The graph held by the view: its reference, the thresholds, the pruned nodes and edges the server kept, the node
+// open in the side panel and the nodes picked for a supernode.
+const agraph = { ref: null, data: null, open: null, picked: new Set(), fields: [] };
+
+async function openGraphs() {
+  try {
+    const g = await api("/api/graphs");
+    agraph.fields = g.method.fields;
+    $("graph-settings").replaceChildren(...g.method.fields.map((f) => el("label", { title: f.help },
+      `${f.name} `, el("input", { class: "graph-setting", "data-name": f.name, "data-type": f.type, size: 6,
+        value: f.default === null ? "" : String(f.default) }))));
+    const t = g.transcoders;
+    $("graph-info").textContent = t
+      ? `${g.method.name}: ${g.method.summary} Transcoders: ${t.kind}, layers ${t.layers.join(", ")}, ${t.d_sae} ` +
+        "features each."
+      : `${g.method.name}: no transcoders on this server (start it with --transcoders DIR to compute graphs); ` +
+        "saved graph.json files under the run directories open below.";
+    $("graph-run").disabled = !t;
+    listGraphs(g.found);
+  } catch (err) { showError($("graph-error"), err); }
+}
+
+function listGraphs(found) {
+  if (!found.length) {
+    $("graph-list").replaceChildren(el("p", { class: "dim",
+      text: "No graphs yet (compute one above, or mechscope graph --out DIR writes graph.json)." }));
+    return;
+  }
+  $("graph-list").replaceChildren(...found.map((f) => el("button", { type: "button", class: "item",
+    "data-ref": f.ref, text: f.title, onclick: () => openGraph(f.ref) })));
+}
+
+function graphSettings() {
+  const out = {};
+  for (const input of document.querySelectorAll(".graph-setting")) {
+    const v = input.value.trim();
+    if (v === "") { if (input.dataset.type.includes("None")) out[input.dataset.name] = null; continue; }
+    out[input.dataset.name] = Number(v);
+  }
+  return out;
+}
+
+async function runGraph(event) {
+  event.preventDefault();
+  $("graph-busy").replaceChildren("computing the graph… ", cancelButton("graph"));
+  $("graph-error").replaceChildren();
+  try {
+    const body = { prompt: $("graph-prompt").value, settings: graphSettings() };
+    if ($("graph-target").value) body.target = $("graph-target").value;
+    const d = await api("/api/graph/run", body);
+    agraph.picked.clear();
+    drawGraph(d);
+    listGraphs((await api("/api/graphs")).found);
+  } catch (err) { showError($("graph-error"), err); }
+  $("graph-busy").replaceChildren();
+}
+
+async function openGraph(ref, nodeThreshold, edgeThreshold) {
+  $("graph-error").replaceChildren();
+  try {
+    let q = `/api/graph?ref=${encodeURIComponent(ref)}`;
+    if (nodeThreshold !== undefined) q += `&node_threshold=${nodeThreshold}&edge_threshold=${edgeThreshold}`;
+    if (ref !== agraph.ref) agraph.picked.clear();
+    drawGraph(await api(q));
+  } catch (err) { showError($("graph-error"), err); }
+}
+
+function graphSlider(id, label, value) {
+  return el("label", { title: `prune: keep what holds this share of the influence on the logits` }, `${label} `,
+    el("input", { type: "range", id, min: 0, max: 1, step: 0.01, value }),
+    el("span", { id: `${id}-value`, text: fmt(value, 2) }));
+}
+
+function drawGraph(d) {
+  agraph.ref = d.ref;
+  agraph.data = d;
+  const nt = d.pruned.node_threshold;
+  const et = d.pruned.edge_threshold;
+  const feats = d.nodes.filter((n) => n.kind === "feature").length;
+  const info = el("p", { id: "graph-summary", text: `${d.ref}: ${JSON.stringify(d.prompt)} on ` +
+    `${(d.model && d.model.model) || "?"}. Full graph: ${d.full.nodes} nodes (${d.full.features} features), ` +
+    `${d.full.edges} edges, replacement score ${fmt(d.full.replacement)}, completeness ${fmt(d.full.completeness)}. ` +
+    `Pruned: ${d.nodes.length} nodes (${feats} features), ${d.edges.length} edges, replacement ` +
+    `${fmt(d.pruned.replacement)}, completeness ${fmt(d.pruned.completeness)}.` });
+  const sliders = el("div", { class: "row" }, graphSlider("graph-node-threshold", "node threshold", nt),
+    graphSlider("graph-edge-threshold", "edge threshold", et),
+    el("a", { id: "graph-download", href: `/api/graph/json?ref=${encodeURIComponent(d.ref)}`,
+      download: "graph.json", text: "download graph.json (with supernodes)" }));
+  const side = el("div", { id: "graph-node", class: "graph-side" },
+    el("p", { class: "dim", text: "Click a node for its edges and activation; shift-click to pick nodes for a " +
+      "supernode." }));
+  const box = el("div", { id: "graph-svg-box", class: "scroll grow" }, graphSvg(d));
+  $("graph-view").replaceChildren(info, sliders, el("div", { class: "columns" }, box, side), supernodePanel(d));
+  for (const id of ["graph-node-threshold", "graph-edge-threshold"]) {
+    const input = $(id);
+    input.addEventListener("input", () => { $(`${id}-value`).textContent = fmt(input.value, 2); });
+    input.addEventListener("change", () => openGraph(agraph.ref, Number($("graph-node-threshold").value),
+      Number($("graph-edge-threshold").value)));
+  }
+  if (agraph.open && d.nodes.some((n) => n.id === agraph.open)) openNode(agraph.open);
+}
+
+function graphLayout(d) {
+  const nPos = d.tokens.length;
+  const cells = {};
+  for (const n of d.nodes) {
+    if (n.kind === "logit") continue;
+    const key = `${n.layer}:${n.position}`;
+    (cells[key] = cells[key] || []).push(n);
+  }
+  const widest = Math.max(1, ...Object.values(cells).map((c) => c.length));
+  const colW = Math.max(70, 18 * widest + 16);
+  const rowH = 56;
+  const rows = d.n_layers + 2;  // embeddings, layers, logits
+  const width = 60 + colW * nPos;
+  const height = rowH * rows + 40;
+  const pos = {};
+  const y = (layer) => height - 40 - (layer + 1) * rowH + rowH / 2;
+  for (const c of Object.values(cells)) {
+    c.forEach((n, i) => {
+      pos[n.id] = { x: 60 + colW * n.position + (colW * (i + 0.5)) / c.length, y: y(n.layer) };
+    });
+  }
+  const logits = d.nodes.filter((n) => n.kind === "logit");
+  logits.forEach((n, i) => { pos[n.id] = { x: 60 + ((width - 60) * (i + 0.5)) / logits.length, y: y(d.n_layers) }; });
+  return { pos, width, height, colW, rowH, y };
+}
+
+function graphSvg(d) {
+  const { pos, width, height, colW, y } = graphLayout(d);
+  const s = svg("svg", { width, height, class: "agraph", id: "graph-svg" });
+  for (let layer = -1; layer <= d.n_layers; layer++) {
+    const name = layer < 0 ? "emb" : layer === d.n_layers ? "logit" : `L${layer}`;
+    s.append(svg("text", { x: 4, y: y(layer) + 4, class: "axis" }, name));
+  }
+  d.tokens.forEach((t, p) => s.append(svg("text", { x: 60 + colW * (p + 0.5), y: height - 10, "text-anchor": "middle",
+    class: "axis" }, visible(t))));
+  const max = Math.max(1e-12, ...d.edges.map((e) => Math.abs(e[2])));
+  for (const [t, src, w] of [...d.edges].reverse()) {  // strongest drawn last, on top
+    const a = pos[d.nodes[src].id];
+    const b = pos[d.nodes[t].id];
+    const line = svg("line", { x1: a.x, y1: a.y, x2: b.x, y2: b.y, class: "gedge", stroke: w >= 0 ? "#2563eb" : "#dc2626",
+      "stroke-width": (0.5 + 4 * Math.abs(w) / max).toFixed(2), "data-source": d.nodes[src].id,
+      "data-target": d.nodes[t].id });
+    hoverTip(line, () => [`${d.nodes[src].id} → ${d.nodes[t].id}`, `weight ${Number(w).toPrecision(4)}`]);
+    s.append(line);
+  }
+  for (const n of d.nodes) {
+    const p = pos[n.id];
+    const shape = n.kind === "error"
+      ? svg("rect", { x: p.x - 6, y: p.y - 6, width: 12, height: 12 })
+      : svg("circle", { cx: p.x, cy: p.y, r: n.kind === "feature" ? 7 : 8 });
+    setProps(shape, { class: `gnode ${n.kind}${agraph.picked.has(n.id) ? " picked" : ""}`, "data-node": n.id });
+    shape.addEventListener("click", (event) => {
+      if (event.shiftKey) togglePick(n.id); else openNode(n.id);
+    });
+    hoverTip(shape, () => [n.id, n.kind === "logit" ? `token ${JSON.stringify(n.token)} p=${fmt(n.probability)}`
+      : `token ${JSON.stringify(n.token)}`, `activation ${fmt(n.activation)}`, `influence ${fmt(n.influence)}`]);
+    s.append(shape);
+  }
+  return s;
+}
+
+function togglePick(id) {
+  if (agraph.picked.has(id)) agraph.picked.delete(id); else agraph.picked.add(id);
+  for (const shape of document.querySelectorAll("#graph-svg .gnode")) {
+    shape.classList.toggle("picked", agraph.picked.has(shape.dataset.node));
+  }
+  $("supernode-picked").textContent = `${agraph.picked.size} node(s) picked: ${[...agraph.picked].join(", ")}`;
+  if (agraph.open === id) $("graph-pick").textContent = agraph.picked.has(id) ? "unpick" : "pick for a supernode";
+}
+
+function edgeTable(title, edges) {
+  return el("div", {}, el("h4", { text: title }), edges.length
+    ? el("table", { class: "edges" }, el("tbody", {}, ...edges.map((e) => el("tr", {},
+      el("td", {}, el("a", { href: "#graphs", text: e.node, onclick: (ev) => { ev.preventDefault(); openNode(e.node); } })),
+      el("td", { class: "num", text: Number(e.weight).toPrecision(4) })))))
+    : el("p", { class: "dim", text: "none" }));
+}
+
+async function openNode(id) {
+  agraph.open = id;
+  for (const shape of document.querySelectorAll("#graph-svg .gnode")) {
+    shape.classList.toggle("selected", shape.dataset.node === id);
+  }
+  for (const line of document.querySelectorAll("#graph-svg .gedge")) {
+    line.classList.toggle("lit", line.dataset.source === id || line.dataset.target === id);
+  }
+  const side = $("graph-node");
+  try {
+    const d = await api(`/api/graph/node?ref=${encodeURIComponent(agraph.ref)}&node=${encodeURIComponent(id)}&k=8`);
+    const n = d.node;
+    const parts = [el("h3", { id: "graph-node-id", text: n.id }),
+      el("p", { id: "graph-node-activation", text: `activation ${fmt(n.activation, 4)} · influence ${fmt(n.influence, 4)}` }),
+      el("p", { class: "dim", text: `${n.kind} at layer ${n.layer}, position ${n.position} (token ` +
+        `${JSON.stringify(n.token)})${d.supernodes.length ? `; in ${d.supernodes.join(", ")}` : ""}` }),
+      el("button", { type: "button", id: "graph-pick", onclick: () => togglePick(n.id),
+        text: agraph.picked.has(n.id) ? "unpick" : "pick for a supernode" }),
+      edgeTable("strongest incoming edges (full graph)", d.incoming),
+      edgeTable("strongest outgoing edges (full graph)", d.outgoing)];
+    if (n.kind === "feature") {
+      parts.push(el("h4", { text: "verify in the real model" }), el("div", { class: "row" },
+        el("label", {}, "multiply by ", el("input", { id: "graph-factor", type: "number", step: "any", value: 0,
+          size: 4 })),
+        el("button", { type: "button", id: "graph-verify", onclick: () => verifyNode(n.id) }, "verify (ablate at 0)")),
+      el("div", { id: "graph-verify-result" }));
+    }
+    side.replaceChildren(...parts);
+  } catch (err) { showError(side, err); }
+}
+
+async function verifyNode(id) {
+  const out = $("graph-verify-result");
+  out.replaceChildren(el("span", { class: "dim" }, "intervening… ", cancelButton("graph verify")));
+  try {
+    const v = await api("/api/graph/verify", { ref: agraph.ref, node: id, factor: Number($("graph-factor").value) });
+    const rows = [...v.rows].sort((a, b) => Math.abs(b.real) - Math.abs(a.real)).slice(0, 15);
+    out.replaceChildren(
+      el("p", { id: "graph-verify-summary", text: `feature set to ${fmt(v.value, 4)}: ${v.rows.length} downstream ` +
+        `nodes; correlation of predicted and real ${fmt(v.correlation)}, slope ${fmt(v.slope)}, mean |error| ` +
+        `${fmt(v.mean_abs_error, 4)}` }),
+      el("table", { class: "edges", id: "graph-verify-table" }, el("thead", {}, el("tr", {}, el("th", { text: "node" }),
+        el("th", { text: "predicted" }), el("th", { text: "real" }))),
+      el("tbody", {}, ...rows.map((r) => el("tr", {}, el("td", { text: r.target }),
+        el("td", { class: "num", text: fmt(r.predicted, 4) }), el("td", { class: "num", text: fmt(r.real, 4) }))))));
+  } catch (err) { showError(out, err); }
+}
+
+function supernodeList(supernodes) {
+  const names = Object.keys(supernodes);
+  if (!names.length) return el("p", { class: "dim", text: "No supernodes yet." });
+  return el("ul", { id: "supernode-list" }, ...names.map((name) => el("li", { "data-supernode": name },
+    el("a", { href: "#graphs", text: name, onclick: (ev) => {
+      ev.preventDefault();
+      for (const shape of document.querySelectorAll("#graph-svg .gnode")) {
+        shape.classList.toggle("member", supernodes[name].includes(shape.dataset.node));
+      }
+    } }), ` (${supernodes[name].length}): ${supernodes[name].join(", ")}`)));
+}
+
+function supernodePanel(d) {
+  const list = el("div", { id: "supernodes" }, supernodeList(d.supernodes));
+  const name = el("input", { id: "supernode-name", placeholder: "name" });
+  const save = async () => {
+    try {
+      const r = await api("/api/graph/supernode", { ref: agraph.ref, name: name.value, nodes: [...agraph.picked] });
+      agraph.data.supernodes = r.supernodes;
+      list.replaceChildren(supernodeList(r.supernodes));
+    } catch (err) { showError(list, err); }
+  };
+  return el("div", {}, el("h3", { text: "Supernodes" }),
+    el("p", { id: "supernode-picked", class: "dim", text: `${agraph.picked.size} node(s) picked` }),
+    el("div", { class: "row" }, name, el("button", { type: "button", id: "supernode-save", onclick: save },
+      "save supernode")), list);
+}
+
 // --- attribution & vision ------------------------------------------------------------------------------------------
 
 const VISION_DEFAULT = ["saliency", "integrated_gradients", "grad_cam", "edge_detector"];
@@ -804,6 +1062,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("dla-form").addEventListener("submit", runDLA);
   $("attr-form").addEventListener("submit", runAttribution);
   $("circuit-run-form").addEventListener("submit", runCircuit);
+  $("graph-form").addEventListener("submit", runGraph);
   $("att-layer").addEventListener("change", loadAttention);
   $("feature-search").addEventListener("submit", (e) => { e.preventDefault(); openLatent(Number($("feature-id").value)); });
   $("feature-token-go").addEventListener("click", searchToken);
