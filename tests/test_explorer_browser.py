@@ -34,7 +34,7 @@ if _MISSING is not None:
         pytest.fail(f"browser tests must run in CI: {_MISSING}", pytrace=False)
     pytest.skip(_MISSING, allow_module_level=True)
 
-from _explorer_data import XSS, circuit_run, feature_db, leaderboard  # noqa: E402
+from _explorer_data import XSS, circuit_run, feature_db, graph_file, leaderboard, transcoders  # noqa: E402
 
 import mechscope as ms  # noqa: E402
 from mechscope.ui import Explorer, Roots, running  # noqa: E402
@@ -59,7 +59,9 @@ def server(tmp_path_factory):
     ])  # fmt: skip
 
     dictionary = load_dictionary(root / "features" / "dictionary")
-    with running(Explorer(model, Roots([root]), port=0, dictionary=dictionary)) as url:
+    coders = transcoders(model)
+    graph_file(model, coders, root / "graph")
+    with running(Explorer(model, Roots([root]), port=0, dictionary=dictionary, transcoders=coders)) as url:
         yield url
 
 
@@ -329,6 +331,70 @@ def test_api_view_lists_the_registries(page, server):
     page.wait_for_selector("tr.method[data-method='logit-lens']")
     assert page.locator("tr.method[data-method='eap-ig']").count() == 1
     assert page.locator("#endpoints tr").count() > 10
+
+
+def test_graph_view_draws_prunes_clicks_groups_and_verifies(page, server):
+    from playwright.sync_api import expect
+
+    page.goto(server + "#graphs")
+    ref = "0/graph/graph.json"
+    page.click(f"#graph-list button.item[data-ref='{ref}']")
+    page.wait_for_selector("#graph-svg .gnode")
+
+    def view(nt: float, et: float) -> dict:
+        return page.evaluate(f"fetch('/api/graph?ref={ref}&node_threshold={nt}&edge_threshold={et}')"
+                             ".then(r => r.json())")  # fmt: skip
+
+    d = view(0.8, 0.98)  # the config's thresholds, where the view opens
+    expect(page.locator("#graph-svg .gnode")).to_have_count(len(d["nodes"]))
+    expect(page.locator("#graph-svg .gedge")).to_have_count(len(d["edges"]))
+    assert page.locator("#graph-svg .gnode.feature").count() == sum(n["kind"] == "feature" for n in d["nodes"])
+    assert XSS in page.text_content("#supernode-list")  # the file's supernode name, as text
+    # the node slider prunes: the page draws what the server kept at the new threshold
+    tight = view(0.7, 0.98)
+    assert len(tight["nodes"]) < len(d["nodes"])
+    page.fill("#graph-node-threshold", "0.7")
+    expect(page.locator("#graph-svg .gnode")).to_have_count(len(tight["nodes"]))
+    expect(page.locator("#graph-svg .gedge")).to_have_count(len(tight["edges"]))
+    # click a feature: its activation and strongest edges; then verify it by ablation in the real model
+    first = page.locator("#graph-svg .gnode.feature").first
+    node = first.get_attribute("data-node")
+    first.click()
+    expect(page.locator("#graph-node-id")).to_have_text(node)
+    act = next(n["activation"] for n in tight["nodes"] if n["id"] == node)
+    assert f"activation {act:.4f}" in page.text_content("#graph-node-activation")
+    assert page.locator("#graph-node table.edges tr").count() > 0
+    assert "lit" in (page.locator(f"#graph-svg .gedge[data-source='{node}']").first.get_attribute("class") or "")
+    page.click("#graph-verify")
+    page.wait_for_selector("#graph-verify-summary")
+    assert "correlation of predicted and real" in page.text_content("#graph-verify-summary")
+    assert page.locator("#graph-verify-table tbody tr").count() > 0
+    # shift-click two features into a supernode, saved with the graph
+    features = page.locator("#graph-svg .gnode.feature")
+    picked = [features.nth(i).get_attribute("data-node") for i in range(2)]
+    for i in range(2):
+        features.nth(i).click(modifiers=["Shift"])
+    assert page.locator("#graph-svg .gnode.picked").count() == 2
+    page.fill("#supernode-name", "pair")
+    page.click("#supernode-save")
+    page.wait_for_selector("#supernode-list li[data-supernode='pair']")
+    saved = page.evaluate(f"fetch('/api/graph/json?ref={ref}').then(r => r.json())")
+    assert saved["supernodes"]["pair"] == picked
+    page.screenshot(path=str(SHOTS / "graph.png"), full_page=True)
+
+
+def test_compute_a_graph_from_the_form(page, server):
+    from playwright.sync_api import expect
+
+    page.goto(server + "#graphs")
+    page.wait_for_selector(".graph-setting[data-name='max_feature_nodes']")
+    page.fill(".graph-setting[data-name='max_feature_nodes']", "12")
+    page.fill("#graph-prompt", f"a {XSS}")
+    page.click("#graph-run")
+    page.wait_for_selector("#graph-svg .gnode")
+    assert page.text_content("#graph-summary").startswith("graph:0")
+    assert "(12 features)" in page.text_content("#graph-summary")
+    expect(page.locator("#graph-list button.item[data-ref='graph:0']")).to_have_count(1)
 
 
 def test_xss_in_the_prompt_is_inert(page, server):

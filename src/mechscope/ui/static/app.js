@@ -799,7 +799,7 @@ function graphLayout(d) {
   const width = 60 + colW * nPos;
   const height = rowH * rows + 40;
   const pos = {};
-  const y = (layer) => height - 40 - (layer + 1) * rowH + rowH / 2;
+  const y = (layer) => height - 40 - (layer + 1) * rowH - rowH / 2;  // embeddings (-1) at the bottom
   for (const c of Object.values(cells)) {
     c.forEach((n, i) => {
       pos[n.id] = { x: 60 + colW * n.position + (colW * (i + 0.5)) / c.length, y: y(n.layer) };
@@ -841,6 +841,8 @@ function graphSvg(d) {
     hoverTip(shape, () => [n.id, n.kind === "logit" ? `token ${JSON.stringify(n.token)} p=${fmt(n.probability)}`
       : `token ${JSON.stringify(n.token)}`, `activation ${fmt(n.activation)}`, `influence ${fmt(n.influence)}`]);
     s.append(shape);
+    if (n.kind === "logit") s.append(svg("text", { x: p.x, y: p.y - 12, "text-anchor": "middle", class: "axis" },
+      visible(n.token)));
   }
   return s;
 }
