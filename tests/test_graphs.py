@@ -383,6 +383,36 @@ def test_verify_predicts_real_ablations(relu_gpt2):
     torch.testing.assert_close(moved, direct, rtol=1e-5, atol=1e-7)
 
 
+def test_verify_follows_indirect_paths_on_a_deeper_model():
+    """Four layers whose only nonlinearities are the MLPs' ReLUs (queries and keys zero: fixed uniform attention;
+    LayerNorm epsilon 1e8: a constant scale), with exact transcoders: the graph's propagation must predict a real
+    intervention to 1e-3, which a prediction from direct edges alone misses (indirect paths carry ~1% here)."""
+    model = ms.tiny("gpt2", seed=1, activation_function="relu", n_layer=4, layer_norm_epsilon=1e8)
+    d = model.cfg.d_model
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.module.named_parameters():
+            if name.endswith("bias"):
+                param.copy_(0.05 * torch.randn(param.shape, generator=gen))
+            if ".ln_" in name and name.endswith("weight"):
+                param.mul_(1e4)  # LayerNorm(x) = 1e4 (x - mean) / sqrt(var + 1e8): centring at a usual size
+        for block in model.module.transformer.h:
+            block.attn.c_attn.weight[:, : 2 * d] = 0
+            block.attn.c_attn.bias[: 2 * d] = 0
+    tcs = exact_transcoders(model)
+    graph = attribute(model, PROMPT, tcs, GraphConfig(max_feature_nodes=None))
+    result = verify(model, graph, tcs, n=3, factor=0.5)
+    for check in result.checks:
+        s = graph.index(check.node)
+        a_s = graph.nodes[s].activation
+        rows = torch.tensor([graph.index(t) for t in check.targets])
+        direct = graph.adjacency[rows, s].double() * (check.value - a_s) / a_s
+        pred, real = torch.tensor(check.predicted, dtype=torch.float64), torch.tensor(check.real, dtype=torch.float64)
+        assert max(graph.nodes[int(i)].layer for i in rows) >= graph.nodes[s].layer + 3  # targets three layers on
+        assert float((pred - real).norm() / real.norm()) < 1e-3
+        assert float((direct - real).norm() / real.norm()) > 3e-3  # the test can tell direct from propagated
+
+
 # --- bad input -----------------------------------------------------------------------------------------------------
 
 
