@@ -183,3 +183,55 @@ def test_on_the_fly_training_shares_the_forward_passes_and_matches_one_process(t
     shares = [json.loads((tmp_path / f"forwarded{r}.json").read_text()) for r in range(WORLD)]
     assert set(forwarded) == {7} and set(shares[0]) == set(shares[1]) == {4}
     assert len(shares[0]) == len(shares[1]) == len(forwarded)
+
+
+# --- cross-layer transcoders (graphs.train_clt) ------------------------------------------------------------------
+
+
+def _clt_setup(kind: str):
+    import mechscope as ms
+    from mechscope.graphs import CLTTrainConfig
+
+    model = ms.tiny("gpt2", seed=1, activation_function="relu")
+    tokens = torch.randint(0, model.cfg.d_vocab, (16, 12), generator=torch.Generator().manual_seed(3))
+    config = CLTTrainConfig(d_sae=24, kind=kind, k=4, l1_coeff=1e-2, steps=6, batch_contexts=4, lr=3e-3)
+    return model, tokens, config
+
+
+def _clt_state(clt) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone().contiguous() for k, v in clt.state_dict().items()}
+
+
+def _clt_worker(rank: int, init_file: str, root: str) -> None:
+    from mechscope.graphs import train_clt
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    for kind in ("topk", "relu"):
+        model, tokens, config = _clt_setup(kind)
+        contexts = []
+        wte = model.module.transformer.wte  # the token embedding: its input is this process's contexts
+        wte.register_forward_pre_hook(lambda module, args: contexts.append(int(args[0].shape[0])))
+        clt, history = train_clt(model, tokens, config)
+        save_file(_clt_state(clt), Path(root) / f"clt_{kind}_rank{rank}.st")
+        (Path(root) / f"clt_{kind}_rank{rank}.json").write_text(json.dumps({"history": history, "rows": contexts}))
+    dist.destroy_process_group()
+
+
+def test_cross_layer_transcoder_trains_under_two_processes_as_in_one(tmp_path):
+    from mechscope.graphs import train_clt
+
+    mp.start_processes(_clt_worker, args=(str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=WORLD,
+                       start_method="spawn")  # fmt: skip
+    torch.set_num_threads(1)
+    for kind in ("topk", "relu"):
+        model, tokens, config = _clt_setup(kind)
+        clt, history = train_clt(model, tokens, config)
+        ranks = [load_file(tmp_path / f"clt_{kind}_rank{r}.st") for r in range(WORLD)]
+        assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])  # every rank holds the same CLT
+        _assert_close(ranks[0], _clt_state(clt))
+        logs = [json.loads((tmp_path / f"clt_{kind}_rank{r}.json").read_text()) for r in range(WORLD)]
+        assert logs[0]["history"] == pytest.approx(history, rel=1e-4)  # the global batch's FVU, on every rank
+        assert logs[0]["rows"] == logs[1]["rows"] == [config.batch_contexts // WORLD] * config.steps  # its share
+        init = _clt_state(type(clt)(clt.cfg, seed=config.seed))
+        assert max(float((ranks[0][k] - init[k]).abs().max()) for k in init) > 100 * ATOL  # training moved it

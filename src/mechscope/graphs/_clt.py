@@ -7,8 +7,8 @@ features of layer ``s``, one decoder per later layer ``d >= s``; the MLP output 
 
 so a feature that many layers' MLPs compute in turn ("amplification") can be one feature. The activation rule is
 TopK per layer and row (Gao et al. 2024) or ReLU with an L1 penalty weighted by the decoder norms summed over the
-layers written. ``train_clt`` fits one on a model's own MLP inputs and outputs, on the fly over token contexts
-(one process; the per-layer dictionaries of ``features`` are the ones that train under torchrun).
+layers written. ``train_clt`` fits one on a model's own MLP inputs and outputs, on the fly over token contexts, in
+one process or under torchrun (each process runs the model on its share of every batch; see ``train_clt``).
 """
 
 from __future__ import annotations
@@ -155,13 +155,24 @@ def train_clt(
     """Fit a cross-layer transcoder to ``model``'s MLP inputs and outputs over ``tokens``; return it and its FVU.
 
     The FVU of a step is the squared error summed over every layer's MLP output over the summed variance.
+
+    Under ``torchrun --nproc_per_node N`` (as ``features.train``; see ``core._distributed``) every process calls
+    this with the same model, tokens and config: each step's ``batch_contexts`` are split into N equal blocks, each
+    process runs the model on its own block only, the variance about the global batch's mean and the gradients are
+    summed over processes, and every process takes the same Adam step, so all hold the transcoder one process
+    would train (to float rounding). Save it from one process (``save_clt`` on rank 0).
     """
+    from mechscope.core import _distributed as distributed
     from mechscope.graphs._replacement import mlp_input_site
 
     if model.cfg is None:
         raise TypeError(f"{model.name} is not a transformer language model")
     if tokens.ndim != 2 or tokens.shape[1] < 2:
         raise ValueError(f"tokens must be [contexts ctx] with ctx >= 2, got shape {list(tokens.shape)}")
+    group = distributed.world_group()
+    rank, world = distributed.rank_world()
+    if config.batch_contexts % world:
+        raise ValueError(f"batch_contexts {config.batch_contexts} does not split evenly over {world} processes")
     n = model.cfg.n_layers
     clt = CrossLayerTranscoder(CLTConfig(n, model.cfg.d_model, config.d_sae, config.kind, config.k), seed=config.seed)
     ins = [mlp_input_site(model, layer).name for layer in range(n)]
@@ -172,23 +183,34 @@ def train_clt(
     for _ in range(config.steps):
         pick = torch.randperm(len(tokens), generator=gen)[: config.batch_contexts]
         with torch.no_grad():
-            run = model.run(tokens[pick], cache=ins + outs, logits=False)
+            run = model.run(tokens[pick[rank::world]], cache=ins + outs, logits=False)  # this process's block
         xs = [run.cache[s][:, 1:].reshape(-1, clt.cfg.d_model).float() for s in ins]
         ys = [run.cache[s][:, 1:].reshape(-1, clt.cfg.d_model).float() for s in outs]
         latents, preds = clt(xs)
         err = torch.stack([((y - p) ** 2).sum() for y, p in zip(ys, preds, strict=True)]).sum()
-        var = torch.stack([((y - y.mean(0)) ** 2).sum() for y in ys]).sum()
-        fvu = err / var.clamp_min(1e-12)
+        rows = len(ys[0]) * world
+        with torch.no_grad():
+            if group is None:
+                var = torch.stack([((y - y.mean(0)) ** 2).sum() for y in ys]).sum()
+            else:  # about the global batch's mean, summed over processes
+                means = distributed.all_reduce(torch.stack([y.sum(0) for y in ys]), group) / rows
+                var = torch.stack([((y - m) ** 2).sum() for y, m in zip(ys, means, strict=True)]).sum()
+                var = distributed.all_reduce(var, group)
+        fvu = err / var.clamp_min(1e-12)  # this process's share: the shares sum to the global batch's FVU
         loss = fvu
         if config.kind == "relu":
             norms = [torch.stack([w.norm(dim=-1) for w in clt.W_dec[s]]).sum(0) for s in range(n)]  # [d_sae]
             loss = loss + config.l1_coeff * sum(
-                (z * norm).sum(-1).mean() for z, norm in zip(latents, norms, strict=True)
+                (z * norm).sum(-1).sum() / rows for z, norm in zip(latents, norms, strict=True)
             )
         opt.zero_grad()
         loss.backward()
+        if group is not None:
+            for param in clt.parameters():
+                if param.grad is not None:
+                    distributed.all_reduce(param.grad, group)
         opt.step()
-        history.append(float(fvu))
+        history.append(float(distributed.all_reduce(fvu.detach().clone(), group)))
     return clt.eval(), history
 
 
