@@ -209,9 +209,9 @@ def _clt_worker(rank: int, init_file: str, root: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     for kind in ("topk", "relu"):
         model, tokens, config = _clt_setup(kind)
-        contexts = []
+        contexts: list[int] = []
         wte = model.module.transformer.wte  # the token embedding: its input is this process's contexts
-        wte.register_forward_pre_hook(lambda module, args: contexts.append(int(args[0].shape[0])))
+        wte.register_forward_pre_hook(lambda module, args, seen=contexts: seen.append(int(args[0].shape[0])))
         clt, history = train_clt(model, tokens, config)
         save_file(_clt_state(clt), Path(root) / f"clt_{kind}_rank{rank}.st")
         (Path(root) / f"clt_{kind}_rank{rank}.json").write_text(json.dumps({"history": history, "rows": contexts}))

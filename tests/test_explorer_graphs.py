@@ -116,6 +116,20 @@ def test_sliders_prune_the_held_graph(client, model, exact):
     assert [n["id"] for n in loose["nodes"]] == [n.id for n in graph.prune(0.95, 0.99).nodes]
     assert len(tight["nodes"]) < len(loose["nodes"]) and len(tight["edges"]) < len(loose["edges"])
     assert "node_threshold" in error_of(client.get(f"/api/graph?ref={ref}&node_threshold=1.5"), 400)
+    assert loose["n_edges"] == len(loose["edges"]) == int((graph.prune(0.95, 0.99).adjacency != 0).sum())
+
+
+def test_a_large_view_sends_the_strongest_edges_and_says_how_many(client, monkeypatch):
+    from mechscope.ui import _graphs
+
+    ref = client.post("/api/graph/run", json={"prompt": PROMPT, "settings": {"max_feature_nodes": 20}}).json()["ref"]
+    whole = client.get(f"/api/graph?ref={ref}").json()
+    monkeypatch.setattr(_graphs, "MAX_VIEW_EDGES", 10)
+    cut = client.get(f"/api/graph?ref={ref}").json()
+    assert cut["n_edges"] == whole["n_edges"] > 10 and cut["edges"] == whole["edges"][:10]
+    assert min(abs(e[2]) for e in cut["edges"]) >= max(abs(e[2]) for e in whole["edges"][10:])
+    monkeypatch.setattr(_graphs, "MAX_VIEW_NODES", 5)
+    assert "lower the node threshold" in error_of(client.get(f"/api/graph?ref={ref}"), 400)
 
 
 def test_a_node_lists_its_strongest_edges_in_the_full_graph(client, model, exact):

@@ -20,8 +20,10 @@ from ._lab import BadRequest
 
 METHOD = "attribution-graph"
 """The graphs family's declared method the view runs."""
-MAX_VIEW_NODES = 600
-"""The most nodes a view returns: a looser pruning than this is refused with a sentence (raise the thresholds)."""
+MAX_VIEW_NODES = 2000
+"""The most nodes a view returns: a looser pruning than this is refused with a sentence (lower the threshold)."""
+MAX_VIEW_EDGES = 5000
+"""The strongest edges a view returns (``n_edges`` counts all the pruned graph keeps), as the circuit view draws."""
 
 
 def spec() -> Any:
@@ -84,7 +86,8 @@ def view(graph: Any, ref: str, node_threshold: float, edge_threshold: float) -> 
             "completeness": pruned.completeness_score(),
         },
         "nodes": [{**_node(n), "influence": float(full_influence[index[n.id]])} for n in pruned.nodes],
-        "edges": [[int(a), int(b), float(w)] for a, b, w in edges],
+        "edges": [[int(a), int(b), float(w)] for a, b, w in edges[:MAX_VIEW_EDGES]],
+        "n_edges": len(edges),
         "supernodes": {k: list(v) for k, v in graph.supernodes.items()},
     }
 

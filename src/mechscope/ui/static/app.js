@@ -734,8 +734,8 @@ async function runGraph(event) {
     const d = await api("/api/graph/run", body);
     agraph.picked.clear();
     drawGraph(d);
-    listGraphs((await api("/api/graphs")).found);
   } catch (err) { showError($("graph-error"), err); }
+  try { listGraphs((await api("/api/graphs")).found); } catch (err) { showError($("graph-error"), err); }
   $("graph-busy").replaceChildren();
 }
 
@@ -764,7 +764,8 @@ function drawGraph(d) {
   const info = el("p", { id: "graph-summary", text: `${d.ref}: ${JSON.stringify(d.prompt)} on ` +
     `${(d.model && d.model.model) || "?"}. Full graph: ${d.full.nodes} nodes (${d.full.features} features), ` +
     `${d.full.edges} edges, replacement score ${fmt(d.full.replacement)}, completeness ${fmt(d.full.completeness)}. ` +
-    `Pruned: ${d.nodes.length} nodes (${feats} features), ${d.edges.length} edges, replacement ` +
+    `Pruned: ${d.nodes.length} nodes (${feats} features), ${d.n_edges} edges` +
+    `${d.n_edges > d.edges.length ? ` (the strongest ${d.edges.length} drawn)` : ""}, replacement ` +
     `${fmt(d.pruned.replacement)}, completeness ${fmt(d.pruned.completeness)}.` });
   const sliders = el("div", { class: "row" }, graphSlider("graph-node-threshold", "node threshold", nt),
     graphSlider("graph-edge-threshold", "edge threshold", et),
