@@ -233,3 +233,16 @@ def test_serve_takes_a_transcoders_folder(monkeypatch, tmp_path, run_dir):
     shutil.rmtree(tmp_path / "tcs" / "layer_1")
     result = CliRunner().invoke(app, ["serve", "--model", "tiny-llama", "--transcoders", str(tmp_path / "tcs")])
     assert result.exit_code != 0 and "missing [1]" in result.output
+
+
+def test_a_cross_layer_transcoder_serves_graphs(model):
+    from mechscope.graphs import CLTConfig, CrossLayerTranscoder
+
+    clt = CrossLayerTranscoder(CLTConfig(2, model.cfg.d_model, 16, "relu"), seed=0)
+    with TestClient(create_app(Explorer(model, transcoders=clt)), base_url=BASE) as c:
+        assert c.get("/api/graphs").json()["transcoders"] == {"kind": "cross-layer", "layers": [0, 1], "d_sae": 16}
+        d = c.post("/api/graph/run", json={"prompt": PROMPT, "settings": {"max_feature_nodes": 6}}).json()
+        want = attribute(ReplacementModel(model, clt), PROMPT, config=GraphConfig(max_feature_nodes=6))
+        assert d["full"]["nodes"] == len(want.nodes) and d["full"]["replacement"] == pytest.approx(
+            want.replacement_score()
+        )
