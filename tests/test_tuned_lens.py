@@ -143,3 +143,42 @@ def test_bad_input_errors(model: ms.Model, tmp_path) -> None:
         load_tuned_lens(bad)
     with pytest.raises(ValueError, match="steps must be at least 1"):
         TrainLensConfig(steps=0)
+
+
+def test_cli_trains_evaluates_and_reads_the_tuned_lens(model: ms.Model, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from mechscope.cli import app
+
+    out = tmp_path / "lens"
+    args = ["train-lens", "tiny-llama", "--out", str(out), "--steps", "3", "--batch", "2", "--ctx-len", "16",
+            "--held-out", "4", "--export", str(tmp_path / "peer"), "--json"]  # fmt: skip
+    trained = CliRunner().invoke(app, args)
+    assert trained.exit_code == 0, trained.output
+    result = json.loads(trained.stdout)
+    assert result["method"] == "tuned_lens_evaluation" and len(result["kl_tuned"]) == model.cfg.n_layers
+    assert (out / "evaluation.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "peer" / "params.pt").is_file()
+    lens = load_tuned_lens(out)
+    assert lens.provenance["steps"] == 3 and lens.provenance["corpus"] == "python-docs"
+    read = CliRunner().invoke(app, ["lens", "tiny-llama", "abc", "--tuned", str(out), "--out", str(tmp_path), "--json"])
+    assert read.exit_code == 0, read.output
+    data = json.loads(read.stdout)
+    expected = tuned_lens(model, lens, "abc")
+    assert data["method"] == "tuned_lens"
+    torch.testing.assert_close(torch.tensor(data["answer_probs"]), expected.answer_probs)
+    wrong = CliRunner().invoke(app, ["lens", "tiny-gpt2", "abc", "--tuned", str(out), "--out", str(tmp_path)])
+    assert wrong.exit_code == 4 and "trained on" in wrong.output and "Traceback" not in wrong.output
+
+
+def test_lens_grids_and_evaluation_render(model: ms.Model, tmp_path) -> None:
+    from mechscope.report import lens_grids, plot_lens_evaluation
+
+    grids = {
+        "logit lens": logit_lens_grid(model, "abc"),
+        "tuned lens": tuned_lens_grid(model, _random_lens(model), "abc"),
+    }
+    png = lens_grids(grids, tmp_path / "grids.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    evaluation = evaluate_tuned_lens(model, _random_lens(model), SMALL, contexts=2)
+    assert evaluation.tokens == 2 * SMALL.ctx_len
+    assert plot_lens_evaluation(evaluation, tmp_path / "eval.png").read_bytes()[:4] == b"\x89PNG"
