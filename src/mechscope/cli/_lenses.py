@@ -92,6 +92,7 @@ def train_lens(
     held_out: Annotated[int, typer.Option(help=_DOCS["held_out"])] = _T.held_out,
     seed: Annotated[int, typer.Option(help=_DOCS["seed"])] = _T.seed,
     checkpoint_every: Annotated[int, typer.Option(help=_DOCS["checkpoint_every"])] = _T.checkpoint_every,
+    precision: Annotated[str, typer.Option(help=_DOCS["precision"])] = _T.precision,
     export: Annotated[Path | None, typer.Option(help="Also write the tuned-lens package's layout here.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -100,7 +101,7 @@ def train_lens(
     from ..report import plot_lens_evaluation
 
     with user_errors():
-        config = TrainLensConfig(steps=steps, batch=batch, ctx_len=ctx_len, lr=lr, corpus=corpus,
+        config = TrainLensConfig(steps=steps, batch=batch, ctx_len=ctx_len, lr=lr, corpus=corpus, precision=precision,
                                  held_out=held_out, seed=seed, checkpoint_every=checkpoint_every)  # fmt: skip
         m = open_model(model)
         lens = train_tuned_lens(m, out, config, progress=not as_json)

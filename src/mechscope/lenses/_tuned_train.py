@@ -66,6 +66,9 @@ class TrainLensConfig:
     """Write a resumable checkpoint every this many steps (and at the end)."""
     layer_chunk_mb: int = 256
     """Memory for the logits of the translators unembedded together (MiB); more layers at once is faster."""
+    precision: str = "float32"
+    """``float32``, or ``bfloat16``: the translators and unembedding under autocast (the tuned-lens package's
+    training recipe; about 2x faster on CPUs with AVX512-BF16); the KL and the weights stay float32."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "held_out", "checkpoint_every", "layer_chunk_mb"):
@@ -73,6 +76,8 @@ class TrainLensConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.ctx_len < 2:
             raise ValueError(f"ctx_len must be at least 2, got {self.ctx_len}")
+        if self.precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision must be float32 or bfloat16, got {self.precision!r}")
         if not 0 <= self.momentum < 1 or self.lr <= 0 or self.weight_decay < 0:
             raise ValueError("need 0 <= momentum < 1, lr > 0 and weight_decay >= 0")
 
@@ -127,15 +132,23 @@ def _chunk(n_layers: int, n_tokens: int, d_vocab: int, mb: int) -> int:
 
 
 def lens_loss(
-    model: Model, lens: TunedLens, resid: Tensor, logp: Tensor, neg_entropy: Tensor, chunk: int, backward: bool
+    model: Model,
+    lens: TunedLens,
+    resid: Tensor,
+    logp: Tensor,
+    neg_entropy: Tensor,
+    chunk: int,
+    backward: bool,
+    precision: str = "float32",
 ) -> Tensor:
     """Per-translator mean KL; with ``backward`` the gradient of their sum is accumulated into the lens."""
     p = logp.exp()
     losses = []
+    autocast = precision == "bfloat16"
     for start in range(0, lens.n_layers, chunk):
         layers = slice(start, min(start + chunk, lens.n_layers))
         c = layers.stop - start
-        with torch.set_grad_enabled(backward):
+        with torch.set_grad_enabled(backward), torch.autocast(model.device.type, torch.bfloat16, enabled=autocast):
             h = lens.translate(resid[layers], layers).to(next(model.module.parameters()).dtype)
             logits = unembed(model, h).float().flatten(0, 1)  # [c*tokens d_vocab]
             kl = _KLDiv.apply(logits, p.repeat(c, 1), neg_entropy.repeat(c)).view(c, -1).mean(-1)  # type: ignore[no-untyped-call]
@@ -145,7 +158,7 @@ def lens_loss(
     return torch.cat(losses)
 
 
-def _optimizer(lens: TunedLens, config: TrainLensConfig) -> torch.optim.SGD:
+def optimizer(lens: TunedLens, config: TrainLensConfig) -> torch.optim.SGD:
     return torch.optim.SGD(
         lens.parameters(),
         lr=config.lr * (1 - config.momentum),
@@ -158,10 +171,22 @@ def _optimizer(lens: TunedLens, config: TrainLensConfig) -> torch.optim.SGD:
 def _step(
     model: Model, lens: TunedLens, opt: torch.optim.SGD, tokens: Tensor, step: int, config: TrainLensConfig
 ) -> Tensor:
-    resid, logp, neg_entropy = _targets(model, tokens)
+    return lens_step(model, lens, opt, _targets(model, tokens), step, config)
+
+
+def lens_step(
+    model: Model,
+    lens: TunedLens,
+    opt: torch.optim.SGD,
+    targets: tuple[Tensor, Tensor, Tensor],
+    step: int,
+    config: TrainLensConfig,
+) -> Tensor:
+    """One optimiser step on given ``_targets`` (``resid_pre.*``, final log-probs, ``sum p log p``): per-layer KL."""
+    resid, logp, neg_entropy = targets
     chunk = _chunk(lens.n_layers, logp.shape[0], logp.shape[-1], config.layer_chunk_mb)
     opt.zero_grad(set_to_none=False)
-    losses = lens_loss(model, lens, resid, logp, neg_entropy, chunk, backward=True)
+    losses = lens_loss(model, lens, resid, logp, neg_entropy, chunk, backward=True, precision=config.precision)
     if not bool(losses.isfinite().all()):
         raise NonFiniteError(f"tuned-lens loss is not finite at step {step}", hint="lower --lr")
     torch.nn.utils.clip_grad_norm_(lens.parameters(), 1.0)
@@ -225,7 +250,7 @@ def train_tuned_lens(
         tokens=config.steps * config.batch * config.ctx_len, ctx_len=config.ctx_len, held_out=config.held_out,
         loss="kl_from_final",
     )  # fmt: skip
-    opt = _optimizer(lens, config)
+    opt = optimizer(lens, config)
     step = _resume(path, lens, opt, config)
     end = config.steps if stop_after is None else min(config.steps, stop_after)
     bar = tqdm(total=config.steps, initial=step, desc="tuned lens", unit="step", disable=not progress)
