@@ -25,10 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--ctx-len", type=int, default=64)
-    parser.add_argument("--held-out", type=int, default=16)
+    parser.add_argument("--held-out", type=int, default=8)
     parser.add_argument("--dir", type=Path, default=ROOT / "out" / "tuned_lens_smollm2")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tuned_lens_smollm2.json")
     args = parser.parse_args()

@@ -5,7 +5,7 @@ escaped) and images. Method families, organisms and the bench never import it; t
 Circuits: ``heatmap``, ``draw_circuit``, ``plot_faithfulness_curve``, ``write_run_files`` / ``run_section`` for a
 ``find_circuit`` run, ``analysis_sections`` for the demo's analysis. Lenses: ``plot_logit_lens``,
 ``logit_lens_heatmap``, ``lens_grids`` (logit and tuned lens side by side), ``plot_lens_evaluation``,
-``similarity_heatmap``, ``steering_plot``.
+``similarity_heatmap``, ``steering_plot``; ``lens_section`` for any lenses result.
 ``find_circuit`` run, ``analysis_sections`` for the demo's analysis. Features: ``dictionary_section`` for a trained
 dictionary (any kind), its training run and its bench scores.
 """
@@ -26,6 +26,7 @@ from ._circuits import (
     write_run_files,
 )
 from ._features import dictionary_section
+from ._lens_sections import lens_section
 from ._lenses import lens_grids, logit_lens_heatmap, plot_lens_evaluation, plot_logit_lens
 from ._page import Section, figure_html, png_html, render_report, table_html, write_report
 from ._png import data_uri, grid, png_bytes, save_png
@@ -47,6 +48,7 @@ __all__ = [
     "leaderboard_html",
     "leaderboard_markdown",
     "lens_grids",
+    "lens_section",
     "logit_lens_heatmap",
     "node_links",
     "plot_faithfulness_curve",
