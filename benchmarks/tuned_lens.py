@@ -127,7 +127,10 @@ def main() -> None:
             print(f"mechscope {ours_walls[-1]:.2f} s, tuned-lens {peer_walls[-1]:.2f} s", flush=True)
         theirs = load_file(Path(tmp) / "peer.safetensors")
     diff = max(
-        float((lens.weight[i] - theirs[f"{i}.weight"]).abs().max() / theirs[f"{i}.weight"].abs().max().clamp(min=1e-12))
+        float(
+            (lens.weight[i].detach() - theirs[f"{i}.weight"]).abs().max()
+            / theirs[f"{i}.weight"].abs().max().clamp(min=1e-12)
+        )
         for i in range(lens.n_layers)
     )
     ours_tps, peer_tps = tokens / statistics.median(ours_walls), tokens / statistics.median(peer_walls)
