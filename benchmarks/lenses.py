@@ -149,6 +149,12 @@ def main() -> None:
     }
     out = {"benchmark": "lenses", "machine": machine(), "model": model.provenance, "rows": rows, "ratios": {},
            "details": details}  # fmt: skip
+    if args.out.is_file():  # benchmarks/tuned_lens.py's rows live in the same file: keep them
+        old = json.loads(args.out.read_text())
+        out["rows"] += [r for r in old["rows"] if r["name"].startswith("tuned-lens training")]
+        out["ratios"] = {k: v for k, v in old.get("ratios", {}).items() if k.startswith("tuned-lens training")}
+        if "tuned_lens_training" in old.get("details", {}):
+            details["tuned_lens_training"] = old["details"]["tuned_lens_training"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
     print(json.dumps(details, indent=2, ensure_ascii=False))

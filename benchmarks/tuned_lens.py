@@ -153,7 +153,7 @@ def main() -> None:
         "max_relative_weight_difference": diff,
         "peer_install": "tuned-lens 0.2.0 --no-deps on torch 2.13.0 (CPU) and transformers 5.25.0",
     }
-    args.out.write_text(json.dumps(data, indent=2) + "\n")
+    args.out.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     print(json.dumps(rows, indent=1), f"ratio {ours_tps / peer_tps:.2f}, weights differ by {diff:.2e} (relative)")
 
 
