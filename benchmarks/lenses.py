@@ -32,6 +32,7 @@ import torch
 import mechscope as ms
 from mechscope._machine import machine
 from mechscope.lenses import (
+    HEAD_TYPES,
     WeightsConfig,
     composition_scores,
     head_spectra,
@@ -137,9 +138,13 @@ def main() -> None:
         "name_movers": movers,
         "head_types_top5": {
             k: [[f"{layer}.{head}", round(s, 3)] for (layer, head), s in types.top(k, 5)]
-            for k in ("previous_token", "duplicate_token", "induction")
+            for k in HEAD_TYPES
         },
         "head_types_settings": {"rep_len": 16, "n_seqs": 16, "seed": 0},
+        "copy_suppression_of_name_movers": {
+            f"{layer}.{head}": round(float(types.copy_suppression[layer, head]), 3) for layer, head in NAME_MOVERS
+        },
+        "copy_suppression_mean": round(float(types.copy_suppression.mean()), 3),
         "composition_top5": {
             m: [[f"{a[0]}.{a[1]}", f"{b[0]}.{b[1]}", round(s, 3)] for a, b, s in comp.top(m, 5)]
             for m in ("q", "k", "v")
