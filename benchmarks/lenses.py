@@ -137,8 +137,7 @@ def main() -> None:
         "names": names,
         "name_movers": movers,
         "head_types_top5": {
-            k: [[f"{layer}.{head}", round(s, 3)] for (layer, head), s in types.top(k, 5)]
-            for k in HEAD_TYPES
+            k: [[f"{layer}.{head}", round(s, 3)] for (layer, head), s in types.top(k, 5)] for k in HEAD_TYPES
         },
         "head_types_settings": {"rep_len": 16, "n_seqs": 16, "seed": 0},
         "copy_suppression_of_name_movers": {
