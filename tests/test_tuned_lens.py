@@ -54,6 +54,7 @@ def test_identity_lens_is_the_logit_lens_and_the_last_layer_is_the_output(model:
     torch.testing.assert_close(trained.top_probs[:, -1], expected.values)
     assert not torch.allclose(trained.top_probs[:, 0], plain.top_probs[:, 0, :3])
     assert trained.to_dict()["method"] == "tuned_lens"
+    assert trained.provenance["tuned_lens"]["weights_sha256"] == model.provenance["weights_sha256"]
 
 
 def test_translator_l_plus_1_reads_resid_post_l(model: ms.Model) -> None:

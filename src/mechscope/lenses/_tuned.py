@@ -249,7 +249,8 @@ def tuned_lens(
         dtype = resid.dtype
         return unembed(model, torch.cat([inner.to(dtype), resid[:, -1:]], 1))
 
-    return lens_result(model, inputs, answer, pos=pos, top_k=top_k, read=read, name="tuned_lens")
+    extra = {"tuned_lens": lens.provenance}  # which lens read the layers: its model, corpus, steps, seed
+    return lens_result(model, inputs, answer, pos=pos, top_k=top_k, read=read, name="tuned_lens", extra=extra)
 
 
 @METHODS.declare("tuned-lens", config=TunedLensConfig, result=LogitLensResult)

@@ -128,6 +128,7 @@ def lens_result(
     top_k: int,
     read: Callable[[Tensor], Tensor],
     name: str = "logit_lens",
+    extra: dict[str, Any] | None = None,
 ) -> LogitLensResult:
     """One forward pass caching ``resid_post.*``; ``read`` turns ``[batch layer d_model]`` into logits."""
     cfg = model.cfg
@@ -161,7 +162,7 @@ def lens_result(
         top_ids=top_ids,
         top_probs=top_probs,
         top_tokens=tuple(tuple(tuple(decode(int(i)) for i in layer) for layer in row) for row in top_ids),
-        provenance=model.provenance,
+        provenance={**model.provenance, **(extra or {})},
         lens=name,
     )
 
