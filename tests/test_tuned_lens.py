@@ -97,6 +97,19 @@ def test_training_lowers_held_out_kl(model: ms.Model, tmp_path) -> None:
     assert len(after.sites) == model.cfg.n_layers and after.tokens == SMALL.held_out * SMALL.ctx_len
 
 
+def test_bfloat16_autocast_trains_too(model: ms.Model, tmp_path) -> None:
+    config = TrainLensConfig(**{**SMALL.__dict__, "precision": "bfloat16"})
+    before = evaluate_tuned_lens(model, TunedLens.for_model(model), config)
+    lens = train_tuned_lens(model, tmp_path, config, progress=False)
+    assert lens.weight.dtype == torch.float32
+    full = train_tuned_lens(model, tmp_path / "fp32", SMALL, progress=False)
+    assert not torch.equal(lens.weight, full.weight)  # autocast really ran in bfloat16 ...
+    torch.testing.assert_close(lens.weight, full.weight, atol=0.02, rtol=0.1)  # ... and trained the same lens
+    assert sum(evaluate_tuned_lens(model, lens).kl_tuned) < 0.9 * sum(before.kl_tuned)
+    with pytest.raises(ValueError, match="precision"):
+        TrainLensConfig(precision="float16")
+
+
 def test_resume_gives_the_uninterrupted_result(model: ms.Model, tmp_path) -> None:
     whole = train_tuned_lens(model, tmp_path / "whole", SMALL, progress=False)
     part = train_tuned_lens(model, tmp_path / "split", SMALL, stop_after=3, progress=False)

@@ -68,7 +68,7 @@ class TrainLensConfig:
     """Memory for the logits of the translators unembedded together (MiB); more layers at once is faster."""
     precision: str = "float32"
     """``float32``, or ``bfloat16``: the translators and unembedding under autocast (the tuned-lens package's
-    training recipe; about 2x faster on CPUs with AVX512-BF16); the KL and the weights stay float32."""
+    training recipe); the KL and the weights stay float32. Not measured faster on this project's CPU."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "held_out", "checkpoint_every", "layer_chunk_mb"):
