@@ -157,8 +157,7 @@ def main() -> None:
         old = json.loads(args.out.read_text())
         out["rows"] += [r for r in old["rows"] if r["name"].startswith("tuned-lens training")]
         out["ratios"] = {k: v for k, v in old.get("ratios", {}).items() if k.startswith("tuned-lens training")}
-        if "tuned_lens_training" in old.get("details", {}):
-            details["tuned_lens_training"] = old["details"]["tuned_lens_training"]
+        details.update({k: v for k, v in old.get("details", {}).items() if k.startswith("tuned_lens_training")})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
     print(json.dumps(details, indent=2, ensure_ascii=False))

@@ -134,19 +134,20 @@ def main() -> None:
         for i in range(lens.n_layers)
     )
     ours_tps, peer_tps = tokens / statistics.median(ours_walls), tokens / statistics.median(peer_walls)
+    per_step = args.batch * args.ctx_len
+    label = f"tuned-lens training (SmolLM2-135M, 30 translators, float32, {per_step} tokens/step)"
     rows = [
-        {"name": "tuned-lens training (SmolLM2-135M, 30 translators, float32): mechscope", "metric": "throughput",
-         "value": round(ours_tps, 2), "unit": "tokens/s"},
-        {"name": "tuned-lens training (SmolLM2-135M, 30 translators, float32): tuned-lens 0.2.0", "metric":
-         "throughput", "value": round(peer_tps, 2), "unit": "tokens/s"},
-    ]  # fmt: skip
+        {"name": f"{label}: mechscope", "metric": "throughput", "value": round(ours_tps, 2), "unit": "tokens/s"},
+        {"name": f"{label}: tuned-lens 0.2.0", "metric": "throughput", "value": round(peer_tps, 2), "unit": "tokens/s"},
+    ]
     data = json.loads(args.out.read_text()) if args.out.is_file() else {"benchmark": "lenses", "rows": [], "ratios": {}}
-    keep = [r for r in data["rows"] if not r["name"].startswith("tuned-lens training")]
-    data["rows"] = keep + rows
-    data.setdefault("ratios", {})["tuned-lens training tokens/s: mechscope/tuned-lens"] = round(ours_tps / peer_tps, 3)
-    data.setdefault("details", {})["tuned_lens_training"] = {
+    data["rows"] = [r for r in data["rows"] if not r["name"].startswith(label)] + rows
+    data.setdefault("ratios", {})[f"tuned-lens training tokens/s, {per_step} tokens/step: mechscope/tuned-lens"] = (
+        round(ours_tps / peer_tps, 3)
+    )
+    data.setdefault("details", {})[f"tuned_lens_training_{per_step}"] = {
         "machine": machine(),
-        "work": f"{args.steps} steps x {args.batch * args.ctx_len} tokens of SmolLM2-135M activations (built-in "
+        "work": f"{args.steps} steps x {per_step} tokens of SmolLM2-135M activations (built-in "
         "corpus), 30 translators, float32, SGD Nesterov, clip 1",
         "mechscope_wall_s": ours_walls,
         "tuned_lens_wall_s": peer_walls,
