@@ -32,6 +32,7 @@ import torch
 import mechscope as ms
 from mechscope._machine import machine
 from mechscope.lenses import (
+    HEAD_TYPES,
     WeightsConfig,
     composition_scores,
     head_spectra,
@@ -136,10 +137,13 @@ def main() -> None:
         "names": names,
         "name_movers": movers,
         "head_types_top5": {
-            k: [[f"{layer}.{head}", round(s, 3)] for (layer, head), s in types.top(k, 5)]
-            for k in ("previous_token", "duplicate_token", "induction")
+            k: [[f"{layer}.{head}", round(s, 3)] for (layer, head), s in types.top(k, 5)] for k in HEAD_TYPES
         },
         "head_types_settings": {"rep_len": 16, "n_seqs": 16, "seed": 0},
+        "copy_suppression_of_name_movers": {
+            f"{layer}.{head}": round(float(types.copy_suppression[layer, head]), 3) for layer, head in NAME_MOVERS
+        },
+        "copy_suppression_mean": round(float(types.copy_suppression.mean()), 3),
         "composition_top5": {
             m: [[f"{a[0]}.{a[1]}", f"{b[0]}.{b[1]}", round(s, 3)] for a, b, s in comp.top(m, 5)]
             for m in ("q", "k", "v")
@@ -149,6 +153,11 @@ def main() -> None:
     }
     out = {"benchmark": "lenses", "machine": machine(), "model": model.provenance, "rows": rows, "ratios": {},
            "details": details}  # fmt: skip
+    if args.out.is_file():  # benchmarks/tuned_lens.py's rows live in the same file: keep them
+        old = json.loads(args.out.read_text())
+        out["rows"] += [r for r in old["rows"] if r["name"].startswith("tuned-lens training")]
+        out["ratios"] = {k: v for k, v in old.get("ratios", {}).items() if k.startswith("tuned-lens training")}
+        details.update({k: v for k, v in old.get("details", {}).items() if k.startswith("tuned_lens_training")})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
     print(json.dumps(details, indent=2, ensure_ascii=False))

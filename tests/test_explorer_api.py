@@ -208,6 +208,16 @@ def test_declared_logit_lens_runs_with_its_settings(client, model):
     assert out["top"][0][-1][0]["id"] == int(logit_lens(model, "hello", top_k=2).top_ids[0, -1, 0])
 
 
+def test_lens_methods_run_by_their_calling_convention(client, model):
+    from mechscope.lenses import HeadTypesConfig, head_type_scores
+
+    out = client.post("/api/lenses/head-types", json={"prompt": "hi", "settings": {"rep_len": 4, "n_seqs": 2}}).json()
+    assert out["induction"] == head_type_scores(model, HeadTypesConfig(rep_len=4, n_seqs=2)).induction.tolist()
+    sim = client.post("/api/lenses/similarity", json={"prompt": "hello world", "settings": {}}).json()
+    assert sim["n"] == len("hello world")  # one row per position of the prompt
+    assert "mechscope probe" in error_of(client.post("/api/lenses/probe", json={"prompt": "hi"}), 400)
+
+
 # --- files: circuit runs, leaderboards, feature databases ----------------------------------------------------------
 
 

@@ -168,7 +168,7 @@ def test_lens_cli_table_shows_each_layers_top_tokens(llama, tmp_path):
 
 
 def test_lens_cli_errors_name_the_problem(tmp_path):
-    wrong = _lens_cli("tiny-llama", "abc", "--method", "tuned-lens", "--out", str(tmp_path))
+    wrong = _lens_cli("tiny-llama", "abc", "--method", "patchscope", "--out", str(tmp_path))
     assert wrong.exit_code == 2 and "logit-lens" in wrong.output
     bad = _lens_cli("tiny-llama", "abc", "--answer", " Mary", "--out", str(tmp_path))
     assert bad.exit_code == 1 and "single token is required" in bad.stderr and "Traceback" not in bad.output

@@ -67,3 +67,18 @@ def test_multiclass_probe_and_a_model_site() -> None:
     read = probe(model, words, is_x, ProbeConfig(site="embed", folds=3, control=False))
     assert read.site == "embed" and read.accuracy == 1.0 and read.direction.shape == (64,)
     assert METHODS["probe"](model, words, is_x, site="embed", folds=3).control_accuracy is not None
+
+
+def test_mlp_probe_reads_what_a_linear_probe_cannot() -> None:
+    """XOR of two coordinates: no linear probe beats chance, a one-layer MLP probe reads it (Hewitt & Liang 2019 §4)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 6, generator=g)
+    y = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).long()
+    linear = train_probe(x, y, ProbeConfig(control=False))
+    mlp = train_probe(x, y, ProbeConfig(hidden=16, control=True))
+    assert linear.accuracy < 0.65 and mlp.accuracy > 0.9
+    assert mlp.control_accuracy is not None and mlp.control_accuracy < 0.65  # random labels per example: chance
+    assert torch.equal(mlp.weight, linear.weight)  # the reported direction is the linear probe's
+    assert train_probe(x, y, ProbeConfig(hidden=16, control=False)).accuracy == mlp.accuracy  # seeded
+    with pytest.raises(ValueError, match="hidden"):
+        ProbeConfig(hidden=-1)

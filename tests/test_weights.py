@@ -240,6 +240,31 @@ def test_head_type_scores_are_the_fraction_of_attention_on_the_pattern() -> None
     )
 
 
+def test_copy_suppression_is_the_attention_on_tokens_the_head_pushes_down() -> None:
+    """By hand from the head's pattern, its z, W_O and the folded W_U; and negating a last-layer head's W_O (which
+    changes nothing it attends to) turns each score s into 1 - s (McDougall et al. 2023)."""
+    from mechscope.lenses import HeadTypesConfig, head_weights, unembedding
+
+    model = ms.tiny("llama")
+    config = HeadTypesConfig(rep_len=6, n_seqs=3)
+    scores = head_type_scores(model, config)
+    cache = model.run(scores.tokens, cache=["head.1.pattern", "head.1.z"]).cache
+    pat, z, w_o = cache["head.1.pattern"], cache["head.1.z"], head_weights(model, 1).w_o
+    w_u = unembedding(model)
+    logits = torch.einsum("bqhd,hdm,mv->bhqv", z, w_o, w_u)
+    logits = logits - logits.mean(-1, keepdim=True)
+    keys = scores.tokens[:, None, None, :].expand(-1, pat.shape[1], pat.shape[2], -1)
+    down = (logits.gather(-1, keys) < 0).float()  # [batch head q k]: the key's token is pushed down at q
+    torch.testing.assert_close(scores.copy_suppression[1], ((pat * down).sum((-1, -2)) / pat.sum((-1, -2))).mean(0))
+    assert 0.3 < float(scores.copy_suppression.mean()) < 0.7  # random heads: about chance (0.5)
+    with torch.no_grad():
+        model.module.model.layers[1].self_attn.o_proj.weight[:, :16] *= -1  # head 1.0 writes the opposite
+    flipped = head_type_scores(model, config)
+    torch.testing.assert_close(flipped.copy_suppression[1, 0], 1 - scores.copy_suppression[1, 0])
+    torch.testing.assert_close(flipped.copy_suppression[1, 1:], scores.copy_suppression[1, 1:])
+    assert "copy_suppression" in flipped.to_dict()
+
+
 def test_induction_organism_planted_heads_stand_out() -> None:
     """The planted previous-token -> induction pair has the top K-composition score, and each planted head has the
     top score of its type (the organism is read through its Hugging Face Llama weights; rotary: pre-rotary QK)."""

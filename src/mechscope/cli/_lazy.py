@@ -53,6 +53,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "_lenses",
         "Every layer's top next tokens after PROMPT, read through a lens (table or JSON), and their heatmap PNG.",
     ),
+    "train-lens": (
+        "_lenses",
+        "Train a tuned lens (resumable), then score it against the logit lens on held-out text (table/JSON + PNG).",
+    ),
     "serve": (
         "_serve",
         "Start the explorer, a local web app: prompt lab, attention, logit lens, circuits, bench, features.",

@@ -81,7 +81,7 @@ def _composition_table(result: CompositionScores, model: str) -> Table:
 def _types_table(result: HeadTypeScores, model: str) -> Table:
     table = Table(title=f"{escape(model)}: head types on repeated random tokens (fraction of attention)",
                   title_justify="left")  # fmt: skip
-    kinds = ("previous_token", "duplicate_token", "induction")
+    kinds = ("previous_token", "duplicate_token", "induction", "copy_suppression")
     for kind in kinds:
         table.add_column(kind.replace("_", "-"))
     tops = [result.top(kind, 5) for kind in kinds]  # type: ignore[arg-type]

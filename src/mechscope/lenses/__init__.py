@@ -10,6 +10,8 @@ Example::
     lens.answer_probs  # [batch layer]: P(" Mary") read from every layer's resid_post
     METHODS["logit-lens"](model, "The capital of France is", top_k=10)  # the same method, by its declared name
     logit_lens_grid(model, "The capital of France is").top_tokens  # [layer][pos][k]: every position at once
+    lens = train_tuned_lens(model, "out/tuned", TrainLensConfig(steps=100))  # Belrose et al. 2023; resumable
+    tuned_lens(model, lens, "The capital of France is")  # the same result, read through the trained translators
 
 Beside the lenses, the family reads weights (``head_spectra``: SVD of every head's OV and QK circuit read as tokens;
 ``composition_scores``; ``neuron_vocab``; ``head_type_scores``), compares representations (``linear_cka``, ``svcca``,
@@ -23,7 +25,7 @@ Pictures of these results are drawn by ``mechscope.report`` (``plot_logit_lens``
 from mechscope.lenses.logit_lens import LogitLensConfig, LogitLensResult, logit_lens
 
 # isort: split
-from mechscope.lenses._grid import LensGrid, logit_lens_grid
+from mechscope.lenses._grid import LensGrid, logit_lens_grid, tuned_lens_grid
 from mechscope.lenses._heads import (
     HEAD_TYPES,
     CompositionConfig,
@@ -48,6 +50,15 @@ from mechscope.lenses._similarity import (
     svcca,
 )
 from mechscope.lenses._steering import SteerConfig, SteeringSweep, SteeringVector, steer_sweep, steering_vector
+from mechscope.lenses._tuned import (
+    TunedLens,
+    TunedLensConfig,
+    export_tuned_lens,
+    load_tuned_lens,
+    save_tuned_lens,
+    tuned_lens,
+)
+from mechscope.lenses._tuned_train import LensEvaluation, TrainLensConfig, evaluate_tuned_lens, train_tuned_lens
 from mechscope.lenses._weights import (
     HeadSpectra,
     HeadWeights,
@@ -73,6 +84,7 @@ __all__ = [
     "HeadTypeScores",
     "HeadTypesConfig",
     "HeadWeights",
+    "LensEvaluation",
     "LensGrid",
     "LogitLensConfig",
     "LogitLensResult",
@@ -85,16 +97,22 @@ __all__ = [
     "SteerConfig",
     "SteeringSweep",
     "SteeringVector",
+    "TrainLensConfig",
+    "TunedLens",
+    "TunedLensConfig",
     "WeightsConfig",
     "composition_score",
     "composition_scores",
     "control_labels",
     "detection_patterns",
     "embedding",
+    "evaluate_tuned_lens",
+    "export_tuned_lens",
     "head_spectra",
     "head_type_scores",
     "head_weights",
     "linear_cka",
+    "load_tuned_lens",
     "logit_lens",
     "logit_lens_grid",
     "neuron_vocab",
@@ -103,6 +121,7 @@ __all__ = [
     "ov_tokens",
     "probe",
     "repeated_tokens",
+    "save_tuned_lens",
     "similarity",
     "site_activations",
     "site_similarity",
@@ -110,5 +129,8 @@ __all__ = [
     "steering_vector",
     "svcca",
     "train_probe",
+    "train_tuned_lens",
+    "tuned_lens",
+    "tuned_lens_grid",
     "unembedding",
 ]

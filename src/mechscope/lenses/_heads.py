@@ -23,6 +23,15 @@ twice, scored against a 0/1 detection pattern as the fraction of the head's atte
 each position's predecessor. Duplicate-token: earlier positions holding the same token. Induction: the position
 just after each earlier occurrence of the current token (Olsson et al. 2022). On sequences of length ``2n`` the
 best possible duplicate and induction scores are about ``n / 2n`` (the first half has nothing to find).
+
+**Copy suppression** (McDougall et al. 2023, *Copy Suppression: Comprehensively Understanding an Attention Head*,
+§3: the head attends to earlier tokens and lowers their logits). Its detection pattern comes from the head's own
+output: at query ``q`` the head writes ``o_q = z_q W_O``; its direct effect on token ``x`` is ``o_q W_U[:, x]``
+(``W_U`` with the final norm's gain folded in), centred over the vocabulary (softmax ignores shifts). Key ``k`` is
+on the pattern when that centred effect on the token at ``k`` is negative, so the score is the fraction of the
+head's attention that goes to tokens its output pushes down. A head unrelated to its inputs scores about 0.5, a
+copying head near 0, a copy-suppressing head near 1. The effect ignores the final norm's scale (a positive factor
+per position, which does not change a sign).
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ from torch import Tensor
 from ..core._model import Model
 from ..core._residual import ResidualModel, model_of, residual
 from ._registry import METHODS
-from ._weights import head_weights, one_thread
+from ._weights import head_weights, one_thread, unembedding
 
 Mode = Literal["q", "k", "v"]
 MODES: tuple[Mode, ...] = ("q", "k", "v")
@@ -151,8 +160,8 @@ def composition_method(model: Model, config: CompositionConfig) -> CompositionSc
 
 # --- head types ---------------------------------------------------------------------------------------------------
 
-HeadType = Literal["previous_token", "duplicate_token", "induction"]
-HEAD_TYPES: tuple[HeadType, ...] = ("previous_token", "duplicate_token", "induction")
+HeadType = Literal["previous_token", "duplicate_token", "induction", "copy_suppression"]
+HEAD_TYPES: tuple[HeadType, ...] = ("previous_token", "duplicate_token", "induction", "copy_suppression")
 
 
 @dataclass(frozen=True)
@@ -178,6 +187,8 @@ class HeadTypeScores:
     previous_token: Float[Tensor, "layer head"]
     duplicate_token: Float[Tensor, "layer head"]
     induction: Float[Tensor, "layer head"]
+    copy_suppression: Float[Tensor, "layer head"]
+    """Fraction of attention on tokens whose (centred) logits the head's own output lowers; 0.5 is chance."""
     tokens: Int[Tensor, "batch pos"]
     """The sequences scored (a random segment repeated twice)."""
     provenance: dict[str, Any]
@@ -228,25 +239,47 @@ def detection_patterns(tokens: Int[Tensor, "batch pos"]) -> dict[HeadType, Float
 def head_type_scores(
     model: Model, config: HeadTypesConfig = HeadTypesConfig(), tokens: Int[Tensor, "batch pos"] | None = None
 ) -> HeadTypeScores:
-    """Previous-token, duplicate-token and induction scores of every head on repeated random tokens (or ``tokens``)."""
+    """Previous-token, duplicate-token, induction and copy-suppression scores of every head.
+
+    On ``config``'s repeated random tokens, or on ``tokens`` when given.
+    """
     cfg = model.cfg
     if cfg is None:
         raise TypeError(f"{model.name} is not a transformer language model")
     if tokens is None:
         tokens = repeated_tokens(model, config.rep_len, config.n_seqs, config.seed)
-    patterns = model.run(tokens, cache="head.*.pattern", logits=False).cache
-    detect = detection_patterns(tokens.cpu())
+    # logits="final": a pass stopped at the deepest site would end at its z, before that attention returns its pattern
+    cache = model.run(tokens, cache=["head.*.pattern", "head.*.z"], logits="final").cache
+    tokens = tokens.cpu()
+    detect = detection_patterns(tokens)
+    w_u = unembedding(model)[:, tokens].permute(1, 0, 2)  # [batch d_model kpos]: the unembedding of each key's token
+    w_u_mean = unembedding(model).mean(-1)  # [d_model]
     scores = {k: torch.zeros(cfg.n_layers, cfg.n_heads) for k in HEAD_TYPES}
     for layer in range(cfg.n_layers):
-        pat = patterns[f"head.{layer}.pattern"].float().cpu()  # [batch head qpos kpos]
+        pat = cache[f"head.{layer}.pattern"].float().cpu()  # [batch head qpos kpos]
+        detect["copy_suppression"] = suppressed(cache[f"head.{layer}.z"].float().cpu(),
+                                                head_weights(model, layer).w_o, w_u, w_u_mean)  # fmt: skip
         for kind in HEAD_TYPES:
-            hits = (pat * detect[kind][:, None]).sum((-1, -2)) / pat.sum((-1, -2))  # [batch head]
+            pattern = detect[kind] if detect[kind].ndim == 4 else detect[kind][:, None]
+            hits = (pat * pattern).sum((-1, -2)) / pat.sum((-1, -2))  # [batch head]
             scores[kind][layer] = hits.mean(0)
-    return HeadTypeScores(scores["previous_token"], scores["duplicate_token"], scores["induction"], tokens.cpu(),
-                          model.provenance)  # fmt: skip
+    return HeadTypeScores(scores["previous_token"], scores["duplicate_token"], scores["induction"],
+                          scores["copy_suppression"], tokens, model.provenance)  # fmt: skip
+
+
+def suppressed(
+    z: Float[Tensor, "batch pos head d_head"],
+    w_o: Float[Tensor, "head d_head d_model"],
+    w_u_keys: Float[Tensor, "batch d_model kpos"],
+    w_u_mean: Float[Tensor, " d_model"],
+) -> Float[Tensor, "batch head qpos kpos"]:
+    """1 where the head's output at the query lowers the centred logit of the token at the key (copy suppression)."""
+    out = torch.einsum("bqhd,hdm->bhqm", z, w_o)  # [batch head qpos d_model]: the head's direct write
+    effect = torch.einsum("bhqm,bmk->bhqk", out, w_u_keys) - (out @ w_u_mean)[..., None]
+    return (effect < 0).float()
 
 
 @METHODS.declare("head-types", config=HeadTypesConfig, result=HeadTypeScores, tags=("weights",))
 def head_types_method(model: Model, config: HeadTypesConfig) -> HeadTypeScores:
-    """Previous-token, duplicate-token and induction scores of every head on repeated random tokens."""
+    """Previous-token, duplicate-token, induction and copy-suppression scores of every head on repeated tokens."""
     return head_type_scores(model, config)

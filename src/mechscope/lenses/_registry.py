@@ -17,6 +17,7 @@ METHODS: Registry[Any, Any] = Registry(
     "lenses",
     builtins=[
         "mechscope.lenses.logit_lens",
+        "mechscope.lenses._tuned",
         "mechscope.lenses._weights",
         "mechscope.lenses._heads",
         "mechscope.lenses._similarity",
@@ -24,6 +25,7 @@ METHODS: Registry[Any, Any] = Registry(
         "mechscope.lenses._steering",
     ],
 )
-"""The family's methods by name: ``logit-lens``; ``weights``, ``composition``, ``head-types`` (tag ``weights``, run as
+"""The family's methods by name: ``logit-lens``, ``tuned-lens``;
+``weights``, ``composition``, ``head-types`` (tag ``weights``, run as
 ``(model, config)``); ``similarity`` (``(model, inputs, config)``); ``probe`` (``(model, inputs, labels, config)``);
 ``steer`` (tag ``steering``, ``(model, config)``)."""

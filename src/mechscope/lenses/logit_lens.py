@@ -67,6 +67,8 @@ class LogitLensResult:
     """``top_ids`` as text, ``[batch][layer][k]``."""
     provenance: dict[str, Any]
     """The model's id, weights checksum and dtype."""
+    lens: str = "logit_lens"
+    """Which lens read the layers: ``logit_lens`` or ``tuned_lens``."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain lists and numbers, ready for JSON."""
@@ -78,7 +80,7 @@ class LogitLensResult:
             for layer_toks, layer_ids, layer_probs in zip(self.top_tokens, self.top_ids, self.top_probs, strict=True)
         ]
         return {
-            "method": "logit_lens",
+            "method": self.lens,
             "provenance": self.provenance,
             "layers": list(self.layers),
             "prompts": list(self.prompts) if self.prompts is not None else None,
@@ -114,15 +116,30 @@ def logit_lens(
             last real token, whatever the padding); non-negative values index the padded batch.
         top_k: how many top tokens to keep per layer.
     """
+    return lens_result(model, inputs, answer, pos=pos, top_k=top_k, read=lambda resid: unembed(model, resid))
+
+
+def lens_result(
+    model: Model,
+    inputs: Inputs,
+    answer: str | int | None,
+    *,
+    pos: int,
+    top_k: int,
+    read: Callable[[Tensor], Tensor],
+    name: str = "logit_lens",
+    extra: dict[str, Any] | None = None,
+) -> LogitLensResult:
+    """One forward pass caching ``resid_post.*``; ``read`` turns ``[batch layer d_model]`` into logits."""
     cfg = model.cfg
     if cfg is None:
-        raise TypeError(f"logit_lens needs a transformer language model; {model.name} has no final norm")
+        raise TypeError(f"{name} needs a transformer language model; {model.name} has no final norm")
     # logits=False: the forward pass stops after the last block; the lens computes the last layer's logits itself.
     run = model.run(inputs, cache="resid_post.*", logits=False)
     positions = _positions(run, pos)
     rows = torch.arange(len(positions))
     resid = torch.stack([run.cache[f"resid_post.{layer}"][rows, positions] for layer in range(cfg.n_layers)], 1)
-    probs = unembed(model, resid).float().softmax(-1)  # [batch layer d_vocab]
+    probs = read(resid).float().softmax(-1)  # [batch layer d_vocab]
 
     if answer is None:
         answer_ids = probs[:, -1].argmax(-1)
@@ -145,7 +162,8 @@ def logit_lens(
         top_ids=top_ids,
         top_probs=top_probs,
         top_tokens=tuple(tuple(tuple(decode(int(i)) for i in layer) for layer in row) for row in top_ids),
-        provenance=model.provenance,
+        provenance={**model.provenance, **(extra or {})},
+        lens=name,
     )
 
 

@@ -4,7 +4,8 @@ Result classes hold data; this layer turns them into pages (one file, nothing lo
 escaped) and images. Method families, organisms and the bench never import it; the CLI, the demo and the app do.
 Circuits: ``heatmap``, ``draw_circuit``, ``plot_faithfulness_curve``, ``write_run_files`` / ``run_section`` for a
 ``find_circuit`` run, ``analysis_sections`` for the demo's analysis. Lenses: ``plot_logit_lens``,
-``logit_lens_heatmap``, ``similarity_heatmap``, ``steering_plot``.
+``logit_lens_heatmap``, ``lens_grids`` (logit and tuned lens side by side), ``plot_lens_evaluation``,
+``similarity_heatmap``, ``steering_plot``; ``lens_section`` for any lenses result.
 ``find_circuit`` run, ``analysis_sections`` for the demo's analysis. Features: ``dictionary_section`` for a trained
 dictionary (any kind), its training run and its bench scores.
 """
@@ -26,7 +27,8 @@ from ._circuits import (
 )
 from ._features import dictionary_section
 from ._graphs import MAX_GRAPH_EDGES, graph_section, graph_svg, write_graph_report
-from ._lenses import logit_lens_heatmap, plot_logit_lens
+from ._lens_sections import lens_section
+from ._lenses import lens_grids, logit_lens_heatmap, plot_lens_evaluation, plot_logit_lens
 from ._page import Section, figure_html, png_html, render_report, table_html, write_report
 from ._png import data_uri, grid, png_bytes, save_png
 from ._similarity import similarity_heatmap
@@ -49,9 +51,12 @@ __all__ = [
     "heatmap",
     "leaderboard_html",
     "leaderboard_markdown",
+    "lens_grids",
+    "lens_section",
     "logit_lens_heatmap",
     "node_links",
     "plot_faithfulness_curve",
+    "plot_lens_evaluation",
     "plot_logit_lens",
     "png_bytes",
     "png_html",

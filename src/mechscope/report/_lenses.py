@@ -7,7 +7,10 @@ functions that draw, so importing this module costs nothing.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from ..lenses._grid import LensGrid
+from ..lenses._tuned_train import LensEvaluation
 from ..lenses.logit_lens import LogitLensResult
 
 
@@ -74,7 +77,69 @@ def logit_lens_heatmap(result: LogitLensResult, path: str | Path, *, prompt: int
     ax.set(xlabel="rank under the layer's lens", ylabel="layer (resid_post)")
     fig.colorbar(image, ax=ax, label="probability", shrink=0.8)
     where = _short(result.prompts[prompt]) if result.prompts else f"input {prompt}"
-    fig.suptitle(title or f"Logit lens — {result.provenance.get('model', '')}\ntop tokens after {where!r}", fontsize=10)
+    name = "Tuned lens" if result.lens == "tuned_lens" else "Logit lens"
+    fig.suptitle(title or f"{name} — {result.provenance.get('model', '')}\ntop tokens after {where!r}", fontsize=10)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def lens_grids(grids: dict[str, LensGrid], path: str | Path, *, title: str | None = None) -> Path:
+    """Save a PNG of lens grids side by side (e.g. ``{"logit lens": ..., "tuned lens": ...}`` of one prompt).
+
+    Each panel is layer (rows, the last on top) by position (columns): the cell is the top next-token prediction
+    of that layer's lens after that token, coloured by its probability.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    first = next(iter(grids.values()))
+    n_layers, n_pos = first.top_ids.shape[:2]
+    fig = Figure(figsize=(len(grids) * (0.62 * n_pos + 1.2) + 1.0, 0.3 * n_layers + 2.0), dpi=120,
+                 layout="constrained")  # fmt: skip
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(grids), squeeze=False)[0]
+    image: Any = None
+    for ax, (name, grid) in zip(axes, grids.items(), strict=True):
+        probs = grid.top_probs[..., 0].numpy()  # [layer pos]
+        image = ax.imshow(probs, cmap="Blues", vmin=0, vmax=1, aspect="auto", origin="lower")
+        for layer in range(n_layers):
+            for pos in range(n_pos):
+                ax.text(pos, layer, _short(repr(grid.top_tokens[layer][pos][0]), 8), ha="center", va="center",
+                        fontsize=6, color="white" if probs[layer, pos] > 0.55 else "black")  # fmt: skip
+        ax.set_xticks(range(n_pos), [_short(repr(t), 8) for t in grid.tokens], rotation=60, fontsize=7)
+        ax.set_yticks(range(n_layers), [str(layer) for layer in range(n_layers)], fontsize=7)
+        ax.set(title=name, xlabel="input token (prediction after it)", ylabel="layer (resid_post)")
+    fig.colorbar(image, ax=list(axes), label="top-1 probability", shrink=0.8)
+    fig.suptitle(title or f"Lenses — {first.provenance.get('model', '')}", fontsize=10)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def plot_lens_evaluation(result: LensEvaluation, path: str | Path, *, title: str | None = None) -> Path:
+    """Save a PNG of held-out KL from the final distribution and perplexity per layer: tuned against logit lens."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    x = list(range(len(result.sites)))
+    fig = Figure(figsize=(11, 4.2), dpi=120, layout="constrained")
+    FigureCanvasAgg(fig)
+    kl, ppl = fig.subplots(1, 2)
+    for ax, (tuned, logit) in ((kl, (result.kl_tuned, result.kl_logit)), (ppl, (result.ppl_tuned, result.ppl_logit))):
+        ax.plot(x, logit, marker="o", markersize=3, label="logit lens")
+        ax.plot(x, tuned, marker="o", markersize=3, label="tuned lens")
+        ax.set(xlabel="translator input (resid_pre.i; i = l + 1 reads resid_post.l)", yscale="log")
+        ax.grid(alpha=0.3)
+    kl.set(ylabel="KL(final ‖ lens), nats")
+    ppl.axhline(result.ppl_model, color="black", lw=1, ls="--", label=f"model ({result.ppl_model:.1f})")
+    ppl.set(ylabel="perplexity on held-out text")
+    kl.legend(frameon=False)
+    ppl.legend(frameon=False)
+    fig.suptitle(title or f"Tuned vs logit lens, {result.tokens:,} held-out tokens — "
+                 f"{result.provenance.get('model', '')}")  # fmt: skip
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)

@@ -103,11 +103,21 @@ async def _sites(x: Explorer, pattern: str) -> dict[str, Any]:
 
 
 def _lens_method_job(model: Model, name: str, prompt: str, settings: dict[str, Any], max_tokens: int) -> Any:
+    """Run a lenses method by its calling convention (see ``lenses._registry``).
+
+    Weight readings and steering sweeps take no prompt, similarity reads the prompt's positions, probes need
+    labelled inputs (not offered here).
+    """
     from ..lenses import METHODS
 
     _lab.check_prompt(model, prompt, max_tokens)
     spec = METHODS[name]
-    return spec(model, prompt, config=spec.make_config(**settings)).to_dict()
+    config = spec.make_config(**settings)
+    if "probe" in spec.tags:
+        raise ValueError(f"{name} needs labelled inputs, which a prompt is not: run it with `mechscope probe`")
+    if spec.tags & {"weights", "steering"}:
+        return spec(model, config=config).to_dict()
+    return spec(model, prompt, config=config).to_dict()
 
 
 async def _run_lens(x: Explorer, name: str, prompt: str, settings: dict[str, Any]) -> Any:
