@@ -1,0 +1,101 @@
+"""How much a method's images look like a candidate trigger: one measure for every trigger kind, channel count and size.
+
+The competition's multiple choice (Casper et al. 2023, "Red Teaming Deep Neural Networks with Feature Synthesis
+Tools", section 4: which of 8 candidate triggers does a method's output show?) asks a human; :func:`similarity` is
+the automated stand-in. It does not know what kind of trigger a candidate is:
+
+1. both are reduced to grey (the mean over channels), so an RGB image compares with a grey picture;
+2. the candidate's picture is resized to the images' height and width (a description drawn at another size), then
+   cropped to its *content*: the bounding box of the pixels that differ from the picture's border (a patch drawn on
+   a plain background crops to the patch; a full-image pattern keeps its whole frame);
+3. the score is the largest normalised cross-correlation (Pearson correlation of the template with the image
+   window under it) over every placement, circular at the borders, and over a few template scales, averaged over
+   the method's images.
+
+Circular placements make a full-image template's score the best correlation over all its translations, which
+ignores a grating's phase; a small template is looked for anywhere. Correlations run through FFTs (any size).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+SCALES = (0.75, 1.0, 1.5)
+"""Template scales tried (relative to the candidate picture resized to the images' size)."""
+
+
+def grey(x: Tensor) -> Float[Tensor, "n h w"]:
+    """``[n h w]`` grey images from ``[n c h w]`` (mean over channels), ``[c h w]`` or ``[h w]``."""
+    if x.ndim == 2:
+        return x[None].float()
+    if x.ndim == 3:
+        return x.float().mean(0, keepdim=True)
+    if x.ndim == 4:
+        return x.float().mean(1)
+    raise ValueError(f"expected an image [h w], [c h w] or a batch [n c h w], got shape {tuple(x.shape)}")
+
+
+def content(picture: Float[Tensor, "h w"], tol: float = 1e-3) -> Float[Tensor, "kh kw"]:
+    """``picture`` cropped to the bounding box of the pixels that differ from its border's median value."""
+    border = torch.cat([picture[0], picture[-1], picture[:, 0], picture[:, -1]])
+    spread = float(picture.max() - picture.min())
+    inside = (picture - border.median()).abs() > tol * max(spread, 1e-12)
+    if not inside.any():
+        return picture
+    rows, cols = inside.any(1).nonzero().flatten(), inside.any(0).nonzero().flatten()
+    return picture[int(rows[0]) : int(rows[-1]) + 1, int(cols[0]) : int(cols[-1]) + 1]
+
+
+def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x[None, None], size=size, mode="bilinear", antialias=True, align_corners=False)[0, 0]
+
+
+def _correlate(x: Float[Tensor, "n h w"], k: Float[Tensor, "kh kw"]) -> Float[Tensor, "n h w"]:
+    """``out[p] = sum_j k[j] x[p + j]``, circular."""
+    h, w = x.shape[-2:]
+    padded = torch.zeros(h, w, dtype=x.dtype)
+    padded[: k.shape[0], : k.shape[1]] = k
+    return torch.fft.irfft2(torch.fft.rfft2(x) * torch.fft.rfft2(padded).conj(), s=(h, w))
+
+
+def best_ncc(x: Float[Tensor, "n h w"], template: Float[Tensor, "kh kw"]) -> Float[Tensor, " n"]:
+    """Per image, the largest normalised cross-correlation of ``template`` over all circular placements."""
+    t = template.double() - template.double().mean()
+    if float(t.norm()) < 1e-12:
+        return torch.zeros(len(x), dtype=torch.float64)
+    t = t / t.norm()
+    x = x.double()
+    dots = _correlate(x, t)
+    ones = torch.ones_like(t)
+    s1, s2 = _correlate(x, ones), _correlate(x * x, ones)
+    var = (s2 - s1 * s1 / t.numel()).clamp_min(0)  # centred sum of squares of each window
+    scale = float(x.abs().amax()) ** 2 * t.numel() * 1e-10 + 1e-24
+    ncc = torch.where(var > scale, dots / var.sqrt().clamp_min(1e-300), torch.zeros_like(dots))
+    return ncc.flatten(1).amax(1)
+
+
+def similarity(images: Tensor, candidate: Tensor, scales: tuple[float, ...] = SCALES) -> float:
+    """How much ``images`` (``[n c h w]``, ``[c h w]`` or ``[h w]``) show ``candidate`` (a picture of a trigger).
+
+    The mean over images of the best normalised cross-correlation over placements and scales, in [-1, 1]; see the
+    module docstring. Neither argument's kind, channel count nor size is assumed.
+    """
+    x = grey(images)
+    h, w = x.shape[-2:]
+    picture = _resize(grey(candidate)[0], (h, w))
+    template = content(picture)
+    best = torch.full((len(x),), -1.0, dtype=torch.float64)
+    for s in scales:
+        size = (min(h, max(2, round(template.shape[0] * s))), min(w, max(2, round(template.shape[1] * s))))
+        best = torch.maximum(best, best_ncc(x, _resize(template, size)))
+    return float(best.mean())
+
+
+def rank_candidates(images: Tensor, candidates: list[Tensor] | tuple[Tensor, ...]) -> list[float]:
+    """:func:`similarity` of ``images`` to each candidate picture, in the candidates' order."""
+    return [similarity(images, c) for c in candidates]
