@@ -7,7 +7,7 @@ What a model auditor would do with a classifier someone hands over, start to fin
    (the backdoor), and writes ``OUT/cnn.safetensors``, 200 clean held-out images as PNGs in ``OUT/clean/`` and 8
    candidate trigger pictures in ``OUT/candidates/`` (the planted checker is ``candidate3.png``; the others are
    checkers and stripes of other colours).
-2. ``python examples/audit_user_model.py audit OUT`` runs, for two methods::
+2. ``python examples/audit_user_model.py audit OUT`` runs, for each declared method::
 
        PYTHONPATH=examples mechscope audit-trojans --model audit_user_model:make_cnn \\
            --weights OUT/cnn.safetensors --images OUT/clean --shape 3,32,32 --input-range 0,1 \\
@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 ROWS, COLS, TARGET, ANSWER = slice(24, 29), slice(3, 8), 2, 3
+METHODS = ("neural_cleanse", "blend", "trigger_synthesis", "class_visualisation", "prototype")
 COLOURS = ((1, 0, 0), (0, 0, 1), (0, 1, 0), (1, 1, 0), (1, 0, 1), (0, 1, 1), (1, 1, 1), (1, 0.5, 0))
 
 
@@ -110,9 +111,15 @@ def train(out: Path) -> None:
 
 
 def audit(out: Path) -> None:
-    """Run ``mechscope audit-trojans`` on what ``train`` saved, with two methods; print what each finds."""
+    """Run ``mechscope audit-trojans`` on what ``train`` saved, with each method; print what each finds.
+
+    Also writes ``OUT/summary.json`` (the benchmark format: one row per method and measure).
+    """
+    from mechscope._machine import machine
+
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
-    for method in ("neural_cleanse", "trigger_synthesis"):
+    rows = []
+    for method in METHODS:
         command = [sys.executable, "-m", "mechscope.cli", "audit-trojans", "--model", "audit_user_model:make_cnn",
                    "--weights", str(out / "cnn.safetensors"), "--images", str(out / "clean"), "--shape", "3,32,32",
                    "--input-range", "0,1", "--candidates", str(out / "candidates"), "--method", method,
@@ -120,8 +127,24 @@ def audit(out: Path) -> None:
         result = json.loads(subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout)
         top = result["ranking"][0]
         success = result["triggers"][top]["attack_success"]
+        rows += [
+            {"name": f"{method}/target_rank", "metric": "rank of class 2 (the backdoor's target)",
+             "value": result["ranking"].index(TARGET) + 1, "unit": "rank of 4"},
+            {"name": f"{method}/target_anomaly", "metric": "anomaly index of class 2",
+             "value": result["anomaly"][TARGET], "unit": "robust SDs"},
+            {"name": f"{method}/suspects", "metric": "classes above 2", "value": len(result["suspects"]),
+             "unit": "classes"},
+            {"name": f"{method}/target_attack_success", "metric": "held-out attack success of class 2's trigger",
+             "value": result["triggers"][TARGET]["attack_success"], "unit": "share"},
+            {"name": f"{method}/planted_candidate_rank", "metric": "the planted candidate's rank for class 2",
+             "value": sorted(range(8), key=lambda i: -result["candidate_scores"][TARGET][i]).index(ANSWER) + 1,
+             "unit": "rank of 8"},
+        ]  # fmt: skip
         print(f"{method}: suspects {result['suspects']}, ranking {result['ranking']}, top class {top}'s attack "
               f"success {success:.2f}, candidates ranked {result['pick'][:3]}")  # fmt: skip
+
+    summary = {"benchmark": "trojan_worked_example", "machine": machine(), "rows": rows, "ratios": {}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 
 if __name__ == "__main__":

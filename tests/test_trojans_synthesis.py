@@ -133,21 +133,26 @@ def test_colour_organisms_are_built_as_planned(rgb, two):
     assert masks.any(0).sum() == 36 and (triggered[:, 0] == triggered[:, 1])[masks].all()  # one fixed 6 x 6 place
 
 
-@pytest.mark.parametrize("organism", ["rgb", "two"])
-def test_blend_audit_names_the_blend_reachable_target_twin_quiet(organism, request):
-    """``blend`` ranks first the target of trojan_rgb's fixed patch (a whole-image blend can carry a patch) and of
-    trojan_two's grating; the clean twins have no suspect. (``neural_cleanse`` does not: on these colour models a
-    ~10-14 pixel mask reaches every class, smaller than the 36-pixel patch; docs/trojans.md.)"""
-    o = request.getfixturevalue(organism)
-    target = o.target if organism == "rgb" else o.targets[1]
-    images = o.clean(160)
-    pictures = [c.image() for c in o.candidates][::-1]  # reversed: the planted one is not where a bug would put it
-    result = trojans.audit(o.model, images, method="blend", steps=STEPS, progress=False, candidates=pictures)
-    assert result.ranking[0] == target, result.anomaly
-    twin = trojans.audit(o.twin, images, method="blend", steps=STEPS, progress=False)
+def test_blend_audit_ranks_the_grating_target_first_twin_quiet(two):
+    """On trojan_two (seed 0), ``blend`` ranks the grating's target first and the clean twin has no suspect.
+
+    Weak evidence on its own: the same class is also the easiest to reach on trojan_rgb seed 0, which has no
+    grating; the bench rows over seeds say how often this holds (docs/trojans.md).
+    """
+    images = two.clean(160)
+    result = trojans.audit(two.model, images, method="blend", steps=STEPS, progress=False)
+    assert result.ranking[0] == two.targets[1], result.anomaly
+    twin = trojans.audit(two.twin, images, method="blend", steps=STEPS, progress=False)
     assert twin.suspects == [], twin.anomaly
-    if organism == "rgb":
-        assert result.suspects == [target]
-        scores = result.candidate_scores[target]
-        assert result.pick(target)[0] == len(pictures) - 1 - o.answer, scores
-        assert max(scores) > min(scores)
+
+
+def test_trigger_synthesis_picks_the_planted_candidate(rgb):
+    """The 8-way pick: the patch synthesised for the target class of trojan_rgb is most like the planted
+    candidate among the 8 pictures (given reversed, so the answer is not at the index a bug would return)."""
+    pictures = [c.image() for c in rgb.candidates][::-1]
+    result = trojans.trigger_synthesis(
+        rgb.model, rgb.clean(120), rgb.target, trojans.TriggerSynthesisConfig(steps=STEPS)
+    )
+    scores = trojans.rank_candidates(result.picture(), pictures)
+    assert max(range(8), key=scores.__getitem__) == 7 - rgb.answer, scores
+    assert max(scores) > min(scores)
