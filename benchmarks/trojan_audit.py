@@ -27,6 +27,8 @@ import statistics
 import time
 from pathlib import Path
 
+import torch
+
 from mechscope._machine import machine
 from mechscope.bench import run_bench
 
@@ -43,6 +45,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results/trojan_audit.json"))
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    torch.set_num_threads(1)  # as the runs below pin it, so that machine() records it
     rows: list[dict] = []
     errors: list[str] = []
     for organism in args.organisms.split(","):

@@ -50,6 +50,18 @@ def test_similarity_picks_the_inserted_candidate_of_any_kind(kind):
         assert max(range(8), key=scores.__getitem__) == i, (kind, i, scores)
 
 
+def test_similarity_finds_a_patch_exactly_in_any_channel():
+    """A pasted patch is found at its place with correlation 1 (the picture is cropped to its content), and still
+    found when the first channel is noise: every channel counts, not the first one."""
+    found = candidates("patch", seed=1003)
+    x = colour_images(4, 6)
+    triggered, _ = found[2].apply(x, seed=0)
+    assert trojans.similarity(triggered, found[2].image()) > 0.999
+    triggered[:, 0] = torch.randn(4, 32, 32, generator=torch.Generator().manual_seed(0)) * 3
+    scores = trojans.rank_candidates(triggered, [c.image() for c in found])
+    assert max(range(8), key=scores.__getitem__) == 2, scores
+
+
 def test_similarity_ignores_a_gratings_phase_and_flat_pictures():
     """A grating shifted by a quarter period still matches itself fully; a constant picture scores 0."""
     g = candidates("blend", seed=3)[0].pattern

@@ -22,6 +22,7 @@ judges (Casper et al. 2023, section 4). ``insertion_probe`` (black box: how much
 probability in clean images) is the upper reference; ``feature_visualisation`` is gradient ascent on the input
 pixels for the target logit from noise (Olah et al. 2017), for any input shape.
 """
+
 from __future__ import annotations
 
 import copy
