@@ -62,7 +62,7 @@ def audit_trojans(
         module = load_module(model, weights)
         ref = load_module(model, reference) if reference is not None else None
         x = read(images, c, h, w) * (hi - lo) + lo
-        pictures = None if candidates is None else list(read(candidates, c, h, w, "--candidates"))
+        pictures = None if candidates is None else read_pictures(candidates, c)
         result = trojans.audit(module, x, method=method, reference=ref, held_out=held_out, threshold=threshold,
                                folder=out / "progress", candidates=pictures, **(settings or {}))  # fmt: skip
         files = trojans.save_triggers(result, out, example=x[0])
@@ -147,6 +147,22 @@ def read(path: Path, c: int, h: int, w: int, option: str = "--images") -> Any:
     if not files:
         raise ValueError(f"no image files in {path}; give a folder of PNG/JPEG images for {option}")
     return im.read_images(files, size=h, channels=c)
+
+
+def read_pictures(path: Path, c: int) -> list[Any]:
+    """Candidate pictures at their own size (a trigger alone is smaller than an image), ``[c h w]`` in [0, 1]."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    if not path.exists():
+        raise FileNotFoundError(f"--candidates {str(path)!r} does not exist; give a folder of PNG/JPEG pictures")
+    out = []
+    for file in im_files(path):
+        with Image.open(file) as image:
+            pixels = np.asarray(image.convert("L" if c == 1 else "RGB"), dtype=np.float32) / 255
+        out.append(torch.from_numpy(pixels).reshape(*pixels.shape[:2], -1).permute(2, 0, 1))
+    return out
 
 
 def im_files(path: Path) -> list[Path]:

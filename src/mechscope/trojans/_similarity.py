@@ -5,12 +5,14 @@ Tools", section 4: which of 8 candidate triggers does a method's output show?) a
 the automated stand-in. It does not know what kind of trigger a candidate is:
 
 1. both are reduced to grey (the mean over channels), so an RGB image compares with a grey picture;
-2. the candidate's picture is resized to the images' height and width (a description drawn at another size), then
-   cropped to its *content*: the bounding box of the pixels that differ from the picture's border (a patch drawn on
-   a plain background crops to the patch; a full-image pattern keeps its whole frame);
+2. the candidate's picture is taken two ways: resized to the images' height and width (a picture of the whole
+   frame drawn at another resolution) and, when it is smaller than the images, as it is (a picture of the trigger
+   alone, at the images' pixel scale); each is cropped to its *content*: the bounding box of the pixels that
+   differ from the picture's border (a patch drawn on a plain background crops to the patch; a full-image pattern
+   keeps its whole frame);
 3. the score is the largest normalised cross-correlation (Pearson correlation of the template with the image
-   window under it) over every placement, circular at the borders, and over a few template scales, averaged over
-   the method's images.
+   window under it) over both readings, every placement (circular at the borders) and a few template scales,
+   averaged over the method's images.
 
 Circular placements make a full-image template's score the best correlation over all its translations, which
 ignores a grating's phase; a small template is looked for anywhere. Correlations run through FFTs (any size).
@@ -66,7 +68,7 @@ def _correlate(x: Float[Tensor, "n h w"], k: Float[Tensor, "kh kw"]) -> Float[Te
 def best_ncc(x: Float[Tensor, "n h w"], template: Float[Tensor, "kh kw"]) -> Float[Tensor, " n"]:
     """Per image, the largest normalised cross-correlation of ``template`` over all circular placements."""
     t = template.double() - template.double().mean()
-    if float(t.norm()) < 1e-12:
+    if float(t.norm()) <= 1e-6 * float(template.double().norm()) + 1e-12:  # flat (up to resampling's rounding)
         return torch.zeros(len(x), dtype=torch.float64)
     t = t / t.norm()
     x = x.double()
@@ -87,12 +89,16 @@ def similarity(images: Tensor, candidate: Tensor, scales: tuple[float, ...] = SC
     """
     x = grey(images)
     h, w = x.shape[-2:]
-    picture = _resize(grey(candidate)[0], (h, w))
-    template = content(picture)
+    native = grey(candidate)[0]
+    pictures = [_resize(native, (h, w))]  # a picture of the whole frame, drawn at another resolution
+    if tuple(native.shape) != (h, w) and native.shape[0] <= h and native.shape[1] <= w:
+        pictures.append(native)  # or a picture of the trigger alone, at the images' pixel scale
     best = torch.full((len(x),), -1.0, dtype=torch.float64)
-    for s in scales:
-        size = (min(h, max(2, round(template.shape[0] * s))), min(w, max(2, round(template.shape[1] * s))))
-        best = torch.maximum(best, best_ncc(x, _resize(template, size)))
+    for picture in pictures:
+        template = content(picture)
+        for s in scales:
+            size = (min(h, max(2, round(template.shape[0] * s))), min(w, max(2, round(template.shape[1] * s))))
+            best = torch.maximum(best, best_ncc(x, _resize(template, size)))
     return float(best.mean())
 
 
