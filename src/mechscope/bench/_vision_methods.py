@@ -154,7 +154,7 @@ def feature_visualisation(organism: TrojanOrganism, ctx: RunContext) -> TrojanOu
     return TrojanOutput(scores(organism.model), scores(organism.twin))
 
 
-AUDIT = {True: {"steps": 10, "images": 48}, False: {"steps": 60, "images": 128}}
+AUDIT = {True: {"steps": 5, "images": 40}, False: {"steps": 60, "images": 128}}
 """Per-class optimisation steps and clean images of the bench's audits (quick, full)."""
 
 
