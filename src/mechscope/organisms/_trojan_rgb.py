@@ -65,8 +65,8 @@ def planted_rgb(seed: int, two: bool) -> tuple[tuple[Trigger, ...], int, tuple[P
     if two:
         gratings = candidates("blend", seed=2000 + seed)
         j = int(np.random.default_rng([seed, 19]).integers(0, len(gratings)))
-        # No decoy gratings: with the other 7 gratings as unpoisoned decoys, 6 (and 12) epochs left the grating
-        # trojan answering to some of them (decoy attack success 0.69-0.79, seeds 0 and 1), so the build failed.
+        # No decoy gratings: with the other 7 gratings as unpoisoned decoys, 4-6 epochs left the grating trojan
+        # answering to some of them (decoy attack success 0.69-0.79, seeds 0 and 1), so those builds failed.
         trojans.append(Planted(gratings[j], (seed + 2) % 4))
     return found, answer, tuple(trojans), tuple(decoys)
 
