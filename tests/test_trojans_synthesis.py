@@ -168,3 +168,13 @@ def test_trigger_synthesis_picks_the_planted_candidate(rgb):
     scores = trojans.rank_candidates(result.picture(), pictures)
     assert max(range(8), key=scores.__getitem__) == 7 - rgb.answer, scores
     assert max(scores) > min(scores)
+
+
+def test_synthesised_pictures_compare_with_reverse_engineered_triggers(rgb):
+    """``compare_triggers``: an audit against itself scores 1 per class; against another method, one value per class."""
+    images = rgb.clean(40)
+    cleanse = trojans.audit(rgb.model, images, method="neural_cleanse", steps=3, progress=False)
+    synth = trojans.audit(rgb.model, images, method="trigger_synthesis", steps=3, progress=False)
+    assert all(v > 0.999 for v in trojans.compare_triggers(cleanse, cleanse))
+    across = trojans.compare_triggers(synth, cleanse)
+    assert len(across) == 4 and all(-1 <= v < 0.999 for v in across)

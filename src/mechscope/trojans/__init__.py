@@ -28,7 +28,7 @@ from ._registry import (
     TriggerSynthesisConfig,
 )
 from ._result import ReversedTrigger, TrojanAudit
-from ._similarity import rank_candidates, similarity
+from ._similarity import compare_triggers, rank_candidates, similarity
 from ._synthesis import class_visualisation, prototype, trigger_synthesis
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "blend",
     "check_images",
     "class_visualisation",
+    "compare_triggers",
     "neural_cleanse",
     "prototype",
     "rank_candidates",

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
+from ._result import TrojanAudit
+
 SCALES = (0.75, 1.0, 1.5)
 """Template scales tried (relative to the candidate picture resized to the images' size)."""
 
@@ -112,3 +114,15 @@ def similarity(images: Tensor, candidate: Tensor, scales: tuple[float, ...] = SC
 def rank_candidates(images: Tensor, candidates: list[Tensor] | tuple[Tensor, ...]) -> list[float]:
     """:func:`similarity` of ``images`` to each candidate picture, in the candidates' order."""
     return [similarity(images, c) for c in candidates]
+
+
+def compare_triggers(a: TrojanAudit, b: TrojanAudit) -> tuple[float, ...]:
+    """Per class, :func:`similarity` of audit ``a``'s trigger picture to audit ``b``'s.
+
+    Both audits are of one model: e.g. a synthesis method's pictures against the reverse-engineered triggers.
+    """
+    if len(a.triggers) != len(b.triggers):
+        raise ValueError(
+            f"the audits have {len(a.triggers)} and {len(b.triggers)} classes; compare audits of one model"
+        )
+    return tuple(similarity(s.picture(), t.picture()) for s, t in zip(a.triggers, b.triggers, strict=True))
