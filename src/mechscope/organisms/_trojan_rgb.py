@@ -150,6 +150,8 @@ class TrojanRGB(_Trojan):
     name: ClassVar[str] = "trojan_rgb"
     kind: ClassVar[TriggerKind] = "patch"
     two: ClassVar[bool] = False
+    quick_seeds: ClassVar[tuple[int, ...] | None] = ()
+    """Full runs only: quick runs (CI) build ``trojan_two``, which plants the same patch, and keep within budget."""
 
     def build(self, seed: int) -> BuiltColourTrojan:
         _, _, trojans, decoys = planted_rgb(seed, self.two)
@@ -183,6 +185,7 @@ class TrojanTwo(TrojanRGB):
 
     name: ClassVar[str] = "trojan_two"
     two: ClassVar[bool] = True
+    quick_seeds: ClassVar[tuple[int, ...] | None] = (0,)
 
 
 def train_colour(cfg: TrojanConfig, seed: int, trojans: tuple[Planted, ...], decoys: tuple[Trigger, ...],
