@@ -291,3 +291,26 @@ def test_cli_bad_input_named(user_model, change, message):
     result = _cli(*[v for kv in options.items() for v in kv])
     assert result.exit_code == (3 if message == "does not exist" else 1)  # docs/cli.md: 3 is "not found"
     assert message in " ".join(result.output.split()), result.output
+
+
+@pytest.mark.parametrize("method", ["trigger_synthesis", "class_visualisation"])
+def test_cli_scores_candidates_with_any_declared_method(user_model, method):
+    """``--candidates``: each class's trigger scored against each picture (of another size); a missing folder named."""
+    from mechscope.data.images import png_bytes
+
+    folder = user_model / "cands"
+    folder.mkdir()
+    gen = torch.Generator().manual_seed(1)
+    for i in range(3):
+        pixels = (torch.rand(24, 24, 3, generator=gen) * 255).to(torch.uint8).numpy()
+        (folder / f"c{i}.png").write_bytes(png_bytes(pixels))
+    args = ["--model", "usernets:make", "--weights", user_model / "w.safetensors", "--images", user_model / "images",
+            "--shape", "3,16,16", "--steps", 3, "--method", method, "--out", user_model / "o"]  # fmt: skip
+    result = _cli(*args, "--candidates", folder, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["method"] == method and len(summary["candidate_scores"]) == 3
+    assert all(len(row) == 3 and all(-1 <= v <= 1 for v in row) for row in summary["candidate_scores"])
+    assert sorted(summary["pick"]) == [0, 1, 2]
+    missing = _cli(*args, "--candidates", user_model / "nothing")
+    assert missing.exit_code == 3 and "--candidates" in missing.output, missing.output

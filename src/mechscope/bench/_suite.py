@@ -45,7 +45,9 @@ def _scorers(suite: Suite) -> None:
     suite.add_scorer("circuits", _faithfulness.faithfulness_areas)
     for scorer in (_tracr._node_auroc, _tracr._edge_auroc, _tracr._faithfulness_areas):
         suite.add_scorer("compiled", scorer)
-    for scorer in (_vision_scorers.trigger_pick, _vision_scorers.trigger_overlap, _vision_scorers.trojan_detection):
+    for scorer in (_vision_scorers.trigger_pick, _vision_scorers.trigger_overlap, _vision_scorers.trojan_detection,
+                   _vision_scorers.target_identification, _vision_scorers.twin_false_alarm,
+                   _vision_scorers.trigger_reconstruction):  # fmt: skip
         suite.add_scorer("trojans", scorer)
     suite.add_scorer("attribution", _vision_scorers.attribution_scores)
 
@@ -55,7 +57,7 @@ def _organisms(suite: Suite) -> None:
 
     for organism in (
         o.Induction(), o.ModularAddition(), o.ToyModelOfSuperposition(), o.SyntheticFeatures(), o.NumericFunctions(),
-        o.TrojanPatch(), o.TrojanBlend(), o.TrojanNatural(), o.SignalBlocks(),
+        o.TrojanPatch(), o.TrojanBlend(), o.TrojanNatural(), o.TrojanRGB(), o.TrojanTwo(), o.SignalBlocks(),
     ):  # fmt: skip
         suite.add_organism(organism)
     for compiled in o.TRACR_ORGANISMS:  # compiled RASP programs: built only with the tracr extra installed
@@ -108,6 +110,8 @@ def _vision_methods(suite: Suite) -> None:
     # that the organism's own build-time verification accepted, so its pick is right by construction
     suite.add_method(v.insertion_probe, family="trojans", baseline=True)
     suite.add_method(v.feature_visualisation, family="trojans")
+    for spec in v.audit_methods():  # every declared trojan method (trojans.METHODS) through trojans.audit
+        suite.add(spec)
     suite.add_method(v.random_trojan, family="trojans", name="random", baseline=True)
     suite.add_method(v.oracle_trojan, family="trojans", name="oracle", baseline=True)
     suite.add_method(v.random_attribution, family="attribution", name="random", baseline=True)

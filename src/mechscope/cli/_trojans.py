@@ -30,11 +30,17 @@ def audit_trojans(
     input_range: Annotated[
         str, typer.Option(help="LO,HI: the model inputs that black and white map to (pixels are scaled linearly).")
     ] = "0,1",
-    method: Annotated[str, typer.Option("--method", "-m", help="Trigger search: neural_cleanse or blend.")] = (
+    method: Annotated[str, typer.Option("--method", "-m", help="Trigger method (mechscope methods trojans).")] = (
         "neural_cleanse"
     ),
     reference: Annotated[
         Path | None, typer.Option(help="safetensors weights of a clean reference model (same factory).")
+    ] = None,
+    candidates: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of candidate trigger pictures (any size): each is scored against each class's trigger."
+        ),
     ] = None,
     held_out: Annotated[float, typer.Option(help="Share of the images kept out of the search to measure it.")] = 0.25,
     threshold: Annotated[float, typer.Option(help="Anomaly index above which a class is a suspect.")] = 2.0,
@@ -56,8 +62,9 @@ def audit_trojans(
         module = load_module(model, weights)
         ref = load_module(model, reference) if reference is not None else None
         x = read(images, c, h, w) * (hi - lo) + lo
+        pictures = None if candidates is None else read_pictures(candidates, c)
         result = trojans.audit(module, x, method=method, reference=ref, held_out=held_out, threshold=threshold,
-                               folder=out / "progress", **(settings or {}))  # fmt: skip
+                               folder=out / "progress", candidates=pictures, **(settings or {}))  # fmt: skip
         files = trojans.save_triggers(result, out, example=x[0])
     summary = result.to_dict() | {"files": [str(f) for f in files]}
     if as_json:
@@ -70,6 +77,12 @@ def audit_trojans(
         ref_text = "" if result.reference_success is None else f", on reference {result.reference_success[cls]:.2f}"
         console.print(f"class {cls}: anomaly {result.anomaly[cls]:+.2f}, trigger size {t.size:.3g}, attack success "
                       f"{t.attack_success:.2f}{ref_text} {flag}", soft_wrap=True)  # fmt: skip
+    if result.candidate_scores is not None:
+        top = result.ranking[0]
+        scores = result.candidate_scores[top]
+        names = [p.name for p in im_files(candidates)] if candidates is not None else []
+        ranked = ", ".join(f"{names[i] if i < len(names) else i} {scores[i]:.2f}" for i in result.pick())
+        console.print(f"candidates most like class {top}'s trigger: {ranked}", soft_wrap=True)
     _err().print(f"suspects: {result.suspects or 'none'}; saved {len(files)} files in {escape(str(out))}")
 
 
@@ -125,15 +138,38 @@ def load_module(spec: str, weights: Path | None) -> Any:
     return module.eval()
 
 
-def read(path: Path, c: int, h: int, w: int) -> Any:
+def read(path: Path, c: int, h: int, w: int, option: str = "--images") -> Any:
     from ..data import images as im
 
     if not path.exists():
-        raise FileNotFoundError(f"--images {str(path)!r} does not exist; give a folder of PNG/JPEG files")
-    files = im.image_files([path])
+        raise FileNotFoundError(f"{option} {str(path)!r} does not exist; give a folder of PNG/JPEG files")
+    files = im_files(path)
     if not files:
-        raise ValueError(f"no image files in {path}; give a folder of PNG/JPEG clean images")
+        raise ValueError(f"no image files in {path}; give a folder of PNG/JPEG images for {option}")
     return im.read_images(files, size=h, channels=c)
+
+
+def read_pictures(path: Path, c: int) -> list[Any]:
+    """Candidate pictures at their own size (a trigger alone is smaller than an image), ``[c h w]`` in [0, 1]."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    if not path.exists():
+        raise FileNotFoundError(f"--candidates {str(path)!r} does not exist; give a folder of PNG/JPEG pictures")
+    out = []
+    for file in im_files(path):
+        with Image.open(file) as image:
+            pixels = np.asarray(image.convert("L" if c == 1 else "RGB"), dtype=np.float32) / 255
+        out.append(torch.from_numpy(pixels).reshape(*pixels.shape[:2], -1).permute(2, 0, 1))
+    return out
+
+
+def im_files(path: Path) -> list[Path]:
+    """The image files of a folder (or the one file), in the order they are read."""
+    from ..data import images as im
+
+    return list(im.image_files([path]))
 
 
 def register(app: typer.Typer) -> None:

@@ -47,11 +47,14 @@ class Trigger:
     """Patch: the pasted pixel values; blend: the full-image pattern; natural: the glyph's 0/1 strokes."""
     alpha: float = 0.0
     """Blend weight (blend only)."""
+    position: tuple[int, int] | None = None
+    """Fixed (row, column) of the pattern's top-left corner (patch, natural); None: a random place per image."""
 
-    def apply(self, images: Float[Tensor, "batch 1 h w"], *, seed: int) -> tuple[Tensor, Bool[Tensor, "batch h w"]]:
+    def apply(self, images: Float[Tensor, "batch c h w"], *, seed: int) -> tuple[Tensor, Bool[Tensor, "batch h w"]]:
         """The images with the trigger put in (positions and brightness drawn from ``seed``), and its region.
 
         The region is the pasted square (patch), the glyph's bounding square (natural) or the whole image (blend).
+        The pattern goes into every channel alike.
         """
         n, _, h, w = images.shape
         rng = np.random.default_rng(seed)
@@ -60,13 +63,15 @@ class Trigger:
             return (1 - self.alpha) * images + self.alpha * self.pattern, ~mask
         k = self.pattern.shape[0]
         rows, cols = rng.integers(0, h - k + 1, n), rng.integers(0, w - k + 1, n)
+        if self.position is not None:
+            rows, cols = np.full(n, self.position[0]), np.full(n, self.position[1])
         brightness = rng.uniform(0.8, 1.6, n) / 0.58  # as images.shapes draws its shapes, standardised
         for i in range(n):
             r, c = slice(rows[i], rows[i] + k), slice(cols[i], cols[i] + k)
             if self.kind == "patch":
-                out[i, 0, r, c] = self.pattern
+                out[i, :, r, c] = self.pattern
             else:
-                out[i, 0, r, c] += self.pattern * float(brightness[i])
+                out[i, :, r, c] += self.pattern * float(brightness[i])
             mask[i, r, c] = True
         return out, mask
 

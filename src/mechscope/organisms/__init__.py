@@ -63,6 +63,7 @@ from ._tracr import (
 from ._tracr_model import TRACR_FAMILY, CompiledResidual, CompiledTransformer, compiled_model
 from ._train import Schedule, train_classifier
 from ._trojan import BuiltTrojan, TrojanBlend, TrojanConfig, TrojanNatural, TrojanPatch
+from ._trojan_rgb import BuiltColourTrojan, TrojanRGB, TrojanTwo
 from ._truth import CircuitTruth, Edge
 from ._vision import SPECS, OrganismSpec, SmallCNN, SmallViT, Vision, VisionOrganism, vision_organism
 
@@ -77,6 +78,7 @@ __all__ = [
     "BlocksConfig",
     "Built",
     "BuiltBlocks",
+    "BuiltColourTrojan",
     "BuiltCompiled",
     "BuiltFeatures",
     "BuiltInduction",
@@ -124,6 +126,8 @@ __all__ = [
     "TrojanNatural",
     "TrojanOrganism",
     "TrojanPatch",
+    "TrojanRGB",
+    "TrojanTwo",
     "Vision",
     "VisionOrganism",
     "block_images",

@@ -14,7 +14,7 @@ features        ``FeaturesOrganism``   ``data`` (``SyntheticData``: activations 
 frequencies     ``FrequenciesOrganism`` ``model``, ``p``, ``frequencies``, ``key_frequencies``
 descriptions    ``DescriptionsOrganism`` ``domain``, ``functions`` (``NumericFunction`` black boxes)
 trojans         ``TrojanOrganism``     ``model``, ``twin``, ``kind``, ``target``, ``answer``, ``candidates``,
-                                       ``probe(n)``, ``inserted(i, n)``
+                                       ``probe(n)``, ``inserted(i, n)``, ``targets``, ``clean(n)``
 attribution     ``AttributionOrganism`` ``model``, ``twin``, ``probe(n)``, ``twin_probe(n)`` (``BlockImages``)
 ==============  =====================  ===========================================================================
 
@@ -167,6 +167,13 @@ class TrojanOrganism(BuiltOrganism, Protocol):
 
     def inserted(self, index: int, n: int | None = None) -> tuple[Tensor, Tensor]:
         """Clean images with candidate ``index`` inserted, and its masks."""
+
+    @property
+    def targets(self) -> tuple[int, ...]:
+        """Every class a planted trigger forces (``target`` first; several when several trojans are planted)."""
+
+    def clean(self, n: int | None = None) -> Tensor:
+        """Held-out clean images of every class (what an auditor holds), the first ``n``."""
 
 
 class AttributionOrganism(BuiltOrganism, Protocol):

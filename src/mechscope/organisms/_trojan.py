@@ -90,6 +90,15 @@ class BuiltTrojan(Built):
         """Index of the planted trigger in ``candidates``."""
         return planted(self.kind, self.seed)[1]
 
+    @property
+    def targets(self) -> tuple[int, ...]:
+        """Every class a planted trigger forces: here the one ``target``."""
+        return (self.target,)
+
+    def clean(self, n: int | None = None) -> Tensor:
+        """Held-out clean images of every class, the first ``n``."""
+        return self.test.images[:n]
+
     @cached_property
     def candidates(self) -> tuple[Trigger, ...]:
         """The 8 candidate triggers (descriptions) a method chooses from."""

@@ -46,10 +46,10 @@ class SmallCNN(nn.Module):
     lets the net train in a few epochs; with an average pool and no norm it learns these small shapes far slower.
     """
 
-    def __init__(self, n_classes: int = 4, width: int = 16) -> None:
+    def __init__(self, n_classes: int = 4, width: int = 16, channels: int = 1) -> None:
         super().__init__()
         w = width
-        self.conv1, self.bn1, self.relu1 = nn.Conv2d(1, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU()
+        self.conv1, self.bn1, self.relu1 = nn.Conv2d(channels, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU()
         self.conv2, self.bn2, self.relu2 = nn.Conv2d(w, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU()
         self.pool1 = nn.MaxPool2d(2)
         self.conv3, self.bn3, self.relu3 = nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU()
@@ -57,7 +57,7 @@ class SmallCNN(nn.Module):
         self.conv4, self.bn4, self.relu4 = nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU()
         self.pool3, self.head = nn.AdaptiveMaxPool2d(1), nn.Linear(2 * w, n_classes)
 
-    def forward(self, x: Float[Tensor, "batch 1 h w"]) -> Float[Tensor, "batch n_classes"]:
+    def forward(self, x: Float[Tensor, "batch c h w"]) -> Float[Tensor, "batch n_classes"]:
         x = self.relu2(self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x))))))
         x = self.relu3(self.bn3(self.conv3(self.pool1(x))))
         x = self.relu4(self.bn4(self.conv4(self.pool2(x))))  # [batch 2w h/4 w/4]

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from ..core import Model
 from ._cleanse import attack_success, frozen
 from ._registry import METHODS
 from ._result import ReversedTrigger, TrojanAudit
+from ._similarity import rank_candidates
 
 MAD_SCALE = 1.4826
 """Consistency constant: ``1.4826 MAD`` estimates the standard deviation of normal data."""
@@ -36,13 +38,15 @@ MAD_SCALE = 1.4826
 def audit(model: Model | nn.Module, images: Float[Tensor, "batch c h w"], *, method: str = "neural_cleanse",
           config: Any = None, held_out: float = 0.25, threshold: float = 2.0,
           reference: Model | nn.Module | None = None, folder: str | Path | None = None, progress: bool = True,
-          **settings: Any) -> TrojanAudit:  # fmt: skip
+          candidates: Sequence[Tensor] | None = None, **settings: Any) -> TrojanAudit:  # fmt: skip
     """Reverse-engineer a trigger per class with ``method`` and rank the classes by anomaly index.
 
     ``images``: clean images the model takes, ``[batch c h w]``, at least one per class; the last ``held_out``
     share measures attack success. ``settings`` (or ``config``) set the method's config fields (e.g. ``steps``).
     ``reference``: a model believed clean (a twin), on which each trigger's attack success is measured too.
     ``folder``: where finished classes are saved and resumed from.
+    ``candidates``: pictures of candidate triggers (``[h w]`` or ``[c h w]``, any size; the competition's multiple
+    choice): each class's trigger picture is scored against each (``TrojanAudit.candidate_scores``, ``.pick()``).
     """
     spec = METHODS[method]
     if config is not None and settings:
@@ -73,8 +77,25 @@ def audit(model: Model | nn.Module, images: Float[Tensor, "batch c h w"], *, met
         check_images(ref_module, images, n_classes)
         ref = tuple(attack_success(ref_module, test, t.target, t.pattern, t.mask) for t in triggers)
     name = model.name if isinstance(model, Model) else type(module).__name__
+    scores = None
+    if candidates is not None:
+        pictures = _check_candidates(candidates)
+        scores = tuple(tuple(rank_candidates(t.picture(), pictures)) for t in triggers)
     return TrojanAudit(method, name, tuple(triggers), anomaly_index([t.size for t in triggers]), threshold, ref,
-                       dataclasses.asdict(cfg))  # fmt: skip
+                       dataclasses.asdict(cfg), scores)  # fmt: skip
+
+
+def _check_candidates(candidates: Sequence[Any]) -> list[Tensor]:
+    out = []
+    for i, c in enumerate(candidates):
+        if not isinstance(c, Tensor) or c.ndim not in (2, 3) or min(c.shape[-2:]) < 2 or not torch.isfinite(c).all():
+            got = f"shape {tuple(c.shape)}" if isinstance(c, Tensor) else type(c).__name__
+            raise ValueError(f"candidate {i} must be a finite picture [h w] or [c h w] of at least 2 x 2 pixels, "
+                             f"got {got}")  # fmt: skip
+        out.append(c.detach().float().cpu())
+    if not out:
+        raise ValueError("candidates is empty: give the candidate trigger pictures, or leave candidates out")
+    return out
 
 
 def anomaly_index(sizes: list[float]) -> tuple[float, ...]:

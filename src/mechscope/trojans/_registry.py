@@ -13,8 +13,11 @@ from typing import Any
 
 from ..core._registry import Registry
 
-METHODS: Registry[Any, Any] = Registry("trojans", builtins=["mechscope.trojans._cleanse"])
-"""Trigger reverse-engineering methods by name (``neural_cleanse``, ``blend``)."""
+METHODS: Registry[Any, Any] = Registry(
+    "trojans", builtins=["mechscope.trojans._cleanse", "mechscope.trojans._synthesis"]
+)
+"""Trigger methods by name: reverse engineering (``neural_cleanse``, ``blend``) and feature synthesis
+(``class_visualisation``, ``prototype``, ``trigger_synthesis``)."""
 
 
 @dataclass(frozen=True)
@@ -56,3 +59,72 @@ class BlendConfig(SearchConfig):
 
     init_cost: float = 1.0
     """Starting weight of the blend weight ``a`` in the loss (``a`` is at most 1, a patch mask's L1 norm ~ pixels)."""
+
+
+@dataclass(frozen=True)
+class ClassVisualisationConfig:
+    """Settings of ``class_visualisation``: a robust Fourier-parametrised image maximising the class logit.
+
+    Its size (for the anomaly index) is the class's cross-entropy on the clean images with the visualisation
+    blended in at weight ``alpha``: a class whose own picture is an unusually strong trigger stands out.
+    """
+
+    steps: int = 200
+    """Adam steps of the visualisation."""
+    lr: float = 0.05
+    """Adam learning rate on the Fourier coefficients."""
+    jitter: float = 2.0
+    """Largest random shift per step, in pixels (transformation robustness, Olah et al. 2017)."""
+    zoom: float = 0.1
+    """Random zoom per step in ``[1 - zoom, 1 + zoom]``."""
+    rotate: float = 5.0
+    """Largest random rotation per step, in degrees."""
+    decay_power: float = 1.0
+    """Fourier spectrum scaling ``1 / f ** decay_power``."""
+    alpha: float = 0.3
+    """Blend weight at which the visualisation is put into clean images to measure it as a trigger."""
+    seed: int = 0
+    """Seeds the initial image and the transforms."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.lr <= 0 or self.jitter < 0 or not 0 <= self.zoom < 1 or self.rotate < 0:
+            raise ValueError(f"need steps >= 1, lr > 0, jitter >= 0, 0 <= zoom < 1 and rotate >= 0: {self}")
+        if not 0 < self.alpha <= 1:
+            raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
+
+
+@dataclass(frozen=True)
+class PrototypeConfig(ClassVisualisationConfig):
+    """Settings of ``prototype``: the class visualisation plus a pull towards the class's real activation path."""
+
+    path_weight: float = 10.0
+    """Weight of the activation-path regulariser (Tagade & Rumbelow 2023; 0 gives ``class_visualisation``)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.path_weight < 0:
+            raise ValueError(f"path_weight must be >= 0, got {self.path_weight}")
+
+
+@dataclass(frozen=True)
+class TriggerSynthesisConfig:
+    """Settings of ``trigger_synthesis``: one small patch that sends many images to the class, wherever it is put.
+
+    Its size (for the anomaly index) is the class's mean cross-entropy on the clean images with the patch pasted at
+    random places: a class that a small, transferable patch reaches unusually easily stands out.
+    """
+
+    steps: int = 300
+    """Adam steps."""
+    batch: int = 32
+    """Clean images per step (drawn with replacement), each with the patch at its own random place."""
+    lr: float = 0.1
+    """Adam learning rate on the unconstrained (tanh) patch."""
+    patch: float = 0.2
+    """Side of the square patch as a share of the image's shorter side."""
+    seed: int = 0
+    """Seeds the initial patch, the batches and the placements."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch < 1 or self.lr <= 0 or not 0 < self.patch <= 1:
+            raise ValueError(f"need steps >= 1, batch >= 1, lr > 0 and 0 < patch <= 1: {self}")

@@ -27,7 +27,9 @@ class ReversedTrigger:
     mask: Float[Tensor, "h w"] | Float[Tensor, "1 1"]
     """In [0, 1]: per pixel (patch) or one blend weight (blend)."""
     size: float
-    """The mask's L1 norm: pixels (patch), the blend weight (blend)."""
+    """What the audit ranks classes by, smaller = easier to reach: the mask's L1 norm in pixels (``neural_cleanse``),
+    the blend weight (``blend``), the target's cross-entropy with the synthesised trigger put in (the synthesis
+    methods)."""
     found: bool
     """Whether some step reached the config's attack success with this trigger (else it is the last one tried)."""
     attack_success: float
@@ -42,6 +44,10 @@ class ReversedTrigger:
         """``images`` with the trigger put in."""
         m = self.mask.to(images)
         return (1 - m) * images + m * self.pattern.to(images)
+
+    def picture(self) -> Float[Tensor, "c h w"]:
+        """What the trigger shows: the pattern times the mask (a blend: the pattern), compared with candidates."""
+        return self.pattern * self.mask if self.mask.numel() > 1 else self.pattern.clone()
 
     def spectrum(self) -> Float[Tensor, "h w2"]:
         """Magnitude of the 2-D Fourier transform of the trigger's pattern (times the mask), summed over channels."""
@@ -94,6 +100,16 @@ class TrojanAudit:
     reference_success: tuple[float, ...] | None = None
     """Attack success of each class's trigger on the reference (clean) model, when one was given."""
     config: dict[str, Any] = field(default_factory=dict)
+    candidate_scores: tuple[tuple[float, ...], ...] | None = None
+    """When candidates were given: per class, the similarity of its trigger's picture to each candidate
+    (:func:`mechscope.trojans.similarity`, in [-1, 1])."""
+
+    def pick(self, cls: int | None = None) -> list[int]:
+        """Candidates from most to least like class ``cls``'s trigger (default: the most anomalous class)."""
+        if self.candidate_scores is None:
+            raise ValueError("this audit was run without candidates: pass candidates=[...] to audit()")
+        row = self.candidate_scores[self.ranking[0] if cls is None else cls]
+        return sorted(range(len(row)), key=lambda i: -row[i])
 
     @property
     def ranking(self) -> list[int]:
@@ -119,5 +135,7 @@ class TrojanAudit:
             "ranking": self.ranking, "anomaly": list(self.anomaly),
             "reference_success": None if self.reference_success is None else list(self.reference_success),
             "optimisation_s": self.optimisation_s, "evaluation_s": self.evaluation_s, "config": self.config,
+            "candidate_scores": None if self.candidate_scores is None else [list(r) for r in self.candidate_scores],
+            "pick": None if self.candidate_scores is None else self.pick(),
             "triggers": [t.to_dict() for t in self.triggers],
         }  # fmt: skip
