@@ -17,7 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the type checker (and editors) see the real names; at run time they load on first use
-    from . import attribution, bench, circuits, features, lenses, organisms, store, trojans, visualize
+    from . import attribution, bench, circuits, features, graphs, lenses, organisms, store, trojans, visualize
     from .core import (
         DEFAULT_MODEL,
         Ablate,
@@ -57,6 +57,7 @@ __all__ = [
     "circuits",
     "features",
     "from_hf",
+    "graphs",
     "lenses",
     "load",
     "organisms",
@@ -68,7 +69,7 @@ __all__ = [
 ]
 
 _SUBPACKAGES = frozenset(
-    {"attribution", "bench", "circuits", "features", "lenses", "organisms", "store", "trojans", "visualize"}
+    {"attribution", "bench", "circuits", "features", "graphs", "lenses", "organisms", "store", "trojans", "visualize"}
 )
 _FROM_CORE = frozenset(__all__) - _SUBPACKAGES
 

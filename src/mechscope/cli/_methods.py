@@ -29,6 +29,7 @@ FAMILIES: dict[str, str] = {
     "explainers": "mechscope.autointerp._explainers:EXPLAINERS",
     "scorers": "mechscope.autointerp._scorers:SCORERS",
     "trojans": "mechscope.trojans._registry:METHODS",
+    "graphs": "mechscope.graphs._registry:METHODS",
 }
 
 
