@@ -153,15 +153,22 @@ def write_results(metrics: dict, path: Path) -> None:
     cfg = metrics["config"]
     rows = [{"name": f"layer_{r['layer']}", "metric": "held-out FVU (MLP output)", "value": r["held_out_fvu"],
              "unit": "fraction"} for r in layers]  # fmt: skip
+    fvus = [r["held_out_fvu"] for r in layers]
+
+    def row(name: str, metric: str, value: float, unit: str) -> dict:
+        return {"name": name, "metric": metric, "value": value, "unit": unit}
+
     rows += [
-        {"name": "all_layers", "metric": "median held-out FVU", "value": statistics.median(r["held_out_fvu"] for r in layers), "unit": "fraction"},
-        {"name": "all_layers", "metric": "worst held-out FVU", "value": max(r["held_out_fvu"] for r in layers), "unit": "fraction"},
-        {"name": "all_layers", "metric": "median alive latent share (held-out)", "value": statistics.median(r["alive_share_held_out"] for r in layers), "unit": "fraction"},
-        {"name": "all_layers", "metric": "training rows per layer", "value": layers[0]["train_rows"], "unit": "tokens"},
-        {"name": "all_layers", "metric": "tokens trained per layer", "value": layers[0]["tokens_trained"], "unit": "tokens"},
-        {"name": "training", "metric": "transcoder training throughput (median over layers)", "value": statistics.median(r["tokens_per_s"] for r in layers), "unit": "tokens/s"},
-        {"name": "training", "metric": "total training time, 30 layers", "value": sum(r["train_seconds"] for r in layers), "unit": "s"},
-        {"name": "harvest", "metric": "total harvest time, 30 layers", "value": sum(h["seconds"] for h in metrics["harvest"].values()), "unit": "s"},
+        row("all_layers", "median held-out FVU", statistics.median(fvus), "fraction"),
+        row("all_layers", "worst held-out FVU", max(fvus), "fraction"),
+        row("all_layers", "median alive latent share (held-out)",
+            statistics.median(r["alive_share_held_out"] for r in layers), "fraction"),
+        row("all_layers", "training rows per layer", layers[0]["train_rows"], "tokens"),
+        row("all_layers", "tokens trained per layer", layers[0]["tokens_trained"], "tokens"),
+        row("training", "transcoder training throughput (median over layers)",
+            statistics.median(r["tokens_per_s"] for r in layers), "tokens/s"),
+        row("training", "total training time, 30 layers", sum(r["train_seconds"] for r in layers), "s"),
+        row("harvest", "total harvest time, 30 layers", sum(h["seconds"] for h in metrics["harvest"].values()), "s"),
     ]  # fmt: skip
     ratios = {}
     sae = Path(__file__).parent / "results" / "dictionaries.json"

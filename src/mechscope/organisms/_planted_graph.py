@@ -62,14 +62,14 @@ class PlantedGraphConfig:
     """Tokens whose layer-0 feature layer 1's head moves forward."""
     attributes: str = "efgh"
     """Tokens whose layer-0 feature meets a moved subject in a conjunction."""
-    const: float = 10.0
+    const: float = 3.0
     """Norm of the constant direction every token embeds (keeps LayerNorm's scales within a few percent)."""
     attn_logit: float = 20.0
     """Attention score of a subject position over any other (about e^20 times the weight)."""
     threshold: float = 1.25
     """Bias of the conjunction features: both inputs (1 each) are needed to cross it."""
-    logit_gain: float = 8.0
-    """Logit an active conjunction (about 0.75) gives its output token, per unit of activation."""
+    logit_gain: float = 16.0
+    """Logit an active conjunction gives its output token per unit of activation (0.75 -> 12: probability > 0.99)."""
     seq_len: int = 16
     """Context length (positions of the model) and length of verification prompts."""
     n_verify: int = 256

@@ -16,7 +16,7 @@ descriptions    ``DescriptionsOrganism`` ``domain``, ``functions`` (``NumericFun
 trojans         ``TrojanOrganism``     ``model``, ``twin``, ``kind``, ``target``, ``answer``, ``candidates``,
                                        ``probe(n)``, ``inserted(i, n)``
 attribution     ``AttributionOrganism`` ``model``, ``twin``, ``probe(n)``, ``twin_probe(n)`` (``BlockImages``)
-graphs          ``GraphsOrganism``     ``model``, ``transcoders()`` (the oracle), ``prompts(n, seed)``,
+graphs          ``GraphsOrganism``     ``model``, ``output_ids``, ``transcoders()`` (the oracle), ``prompts(n, seed)``,
                                        ``graph_prompts(n, seed)``, ``true_graph(tokens)``
 ==============  =====================  ===========================================================================
 
@@ -197,6 +197,10 @@ class GraphsOrganism(BuiltOrganism, Protocol):
     @property
     def model(self) -> Model:
         """The model."""
+
+    @property
+    def output_ids(self) -> list[int]:
+        """The token ids the planted features write to (candidate logit nodes)."""
 
     def transcoders(self) -> Mapping[int, Dictionary]:
         """The oracle transcoders (``ln2.L -> mlp_out.L``), one per layer: with them the replacement is exact."""
