@@ -1,0 +1,204 @@
+"""Attribution graphs: cost on SmolLM2-135M with 30 transcoders, the worked example, and the planted-graph table.
+
+Three parts, each writing its rows to ``benchmarks/results/graphs.json`` (a part not run keeps its earlier rows):
+
+``cost``      time and peak memory of ``mechscope.graphs.attribute`` on a 16-token prompt with the 30 per-layer
+              transcoders of ``benchmarks/train_transcoders.py``, 10 target logits, at several ``max_feature_nodes``;
+              as backward passes per target row and as a multiple of one forward+backward of the model on the same
+              prompt (batch 1, gradient to the input embeddings). CPU time of this process (one torch thread), so other
+              processes on the shared machine change it little; wall time beside it. Peak memory: resident size
+              above the size before the call, sampled every 0.5 ms (``hooks.peak_rss_delta``).
+``example``   "The capital of France is" -> " Paris": the graph with that target, its replacement and completeness
+              scores, the top feature nodes by influence on the logit, and ``verify`` (3 ablations).
+``planted``   the bench's graphs family on the planted-graph organism, full budget (``mechscope.bench``, seed 0):
+              edge AUROC, replacement / completeness scores and error share per method, with chance and baselines.
+``training``  transcoder training throughput (from ``benchmarks/results/transcoders.json``) against the dictionaries
+              benchmark's SAE training.
+
+    PYTHONPATH=src python benchmarks/graphs.py --part cost example training
+    PYTHONPATH=src python benchmarks/graphs.py --part planted
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from hooks import _libc, peak_rss_delta  # noqa: E402  (shared measuring helpers)
+from train_transcoders import root  # noqa: E402
+
+from mechscope._machine import machine  # noqa: E402
+
+RESULTS = HERE / "results" / "graphs.json"
+PROMPT = "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is"
+N_TOKENS = 16
+EXAMPLE, TARGET = "The capital of France is", " Paris"
+
+
+def row(name: str, metric: str, value: float, unit: str) -> dict[str, Any]:
+    return {"name": name, "metric": metric, "value": value, "unit": unit}
+
+
+def timed(fn: Any) -> tuple[Any, float, float]:
+    """``fn()``, its CPU seconds and its wall seconds."""
+    c, w = time.process_time(), time.perf_counter()
+    out = fn()
+    return out, time.process_time() - c, time.perf_counter() - w
+
+
+def fwd_bwd(model: Any, tokens: torch.Tensor) -> None:
+    """One forward and backward pass of the model on ``tokens`` (batch 1), the gradient flowing to the embeddings."""
+    emb = model.module.get_input_embeddings()(tokens[None]).detach().requires_grad_()
+    logits = model.module(inputs_embeds=emb).logits
+    logits[0, -1].logsumexp(-1).backward()
+
+
+def cost(model: Any, transcoders: Any, repeats: int, nodes: list[int]) -> tuple[list[dict], dict]:
+    from mechscope.graphs import GraphConfig, attribute
+
+    tokens = model.encode(PROMPT).tokens[0][:N_TOKENS]
+    assert len(tokens) == N_TOKENS, f"the prompt has {len(tokens)} tokens; {N_TOKENS} are needed"
+    base = [timed(lambda: fwd_bwd(model, tokens))[1:] for _ in range(5)]
+    fb_cpu, fb_wall = statistics.median(c for c, _ in base), statistics.median(w for _, w in base)
+    rows = [row("fwd_bwd", "one forward+backward, 16 tokens, batch 1 (median of 5, CPU)", fb_cpu, "s"),
+            row("fwd_bwd", "one forward+backward, 16 tokens, batch 1 (median of 5, wall)", fb_wall, "s")]  # fmt: skip
+    libc, extra = _libc(), {"prompt_tokens": [model.tokenizer.decode([int(t)]) for t in tokens]}
+    for n in nodes:
+        config = GraphConfig(max_logits=10, logit_prob=1.0, max_feature_nodes=n)
+        runs = [timed(lambda c=config: attribute(model, tokens, transcoders, c)) for _ in range(repeats)]
+        graph = runs[-1][0]
+        peak = peak_rss_delta(lambda c=config: attribute(model, tokens, transcoders, c), libc)
+        cpu, wall = statistics.median(r[1] for r in runs), statistics.median(r[2] for r in runs)
+        s, name = graph.stats, f"graph_{n}_features"
+        n_logits = int(graph.mask("logit").sum())
+        rows += [
+            row(name, f"graph build, {n_logits} logits, max_feature_nodes {n} (median of {repeats}, CPU)", cpu, "s"),
+            row(name, f"graph build (median of {repeats}, wall)", wall, "s"),
+            row(name, "forward+backward equivalents (CPU time / one fwd+bwd)", cpu / fb_cpu, "x"),
+            row(name, "backward passes", s.n_backward, "passes"),
+            row(name, "target rows (logits + feature nodes)", s.n_rows, "rows"),
+            row(name, "backward passes per target row", s.n_backward / s.n_rows, "passes/row"),
+            row(name, "active features on the prompt", s.n_active_features, "features"),
+            row(name, "peak memory (RSS delta)", peak / 2**20, "MiB"),
+        ]  # fmt: skip
+        print(f"max_feature_nodes {n}: {cpu:.1f} s CPU ({cpu / fb_cpu:.0f} fwd+bwd), {s.n_backward} backward passes, "
+              f"{peak / 2**20:.0f} MiB", flush=True)  # fmt: skip
+    return rows, extra
+
+
+def example(model: Any, transcoders: Any) -> tuple[list[dict], dict]:
+    from mechscope.graphs import GraphConfig, attribute, verify
+
+    graph, cpu, _ = timed(lambda: attribute(model, EXAMPLE, transcoders, GraphConfig(max_feature_nodes=256),
+                                               target=TARGET))  # fmt: skip
+    pruned = graph.prune()
+    inf = graph.node_influence()
+    feats = [i for i, n in enumerate(graph.nodes) if n.kind == "feature"]
+    top = sorted(feats, key=lambda i: -float(inf[i]))[:10]
+    check = verify(model, graph, transcoders, n=3)
+    probs = torch.softmax(model.run(EXAMPLE).logits[0, -1], -1)
+    paris = model.to_single_token(TARGET)
+    rows = [
+        row("example", "replacement score", graph.replacement_score(), "fraction"),
+        row("example", "completeness score", graph.completeness_score(), "fraction"),
+        row("example", "replacement score (pruned graph)", pruned.replacement_score(), "fraction"),
+        row("example", "completeness score (pruned graph)", pruned.completeness_score(), "fraction"),
+        row("example", "feature nodes (full / pruned)", len(feats), "nodes"),
+        row("example", "feature nodes kept by prune", int(pruned.mask("feature").sum()), "nodes"),
+        row("example", "P(' Paris') of the real model", float(probs[paris]), "probability"),
+        row("example", "verify: correlation of predicted and real ablation effects (3 features)",
+            float("nan") if check.correlation is None else check.correlation, "pearson"),
+        row("example", "graph build (CPU)", cpu, "s"),
+    ]  # fmt: skip
+    extra = {
+        "tokens": list(graph.tokens),
+        "top_features": [
+            {
+                "id": graph.nodes[i].id,
+                "layer": graph.nodes[i].layer,
+                "position": graph.nodes[i].position,
+                "token": graph.nodes[i].token,
+                "activation": graph.nodes[i].activation,
+                "influence": float(inf[i]),
+            }
+            for i in top
+        ],
+        "error_influence_by_layer": [
+            float(inf[[i for i, n in enumerate(graph.nodes) if n.kind == "error" and n.layer == layer]].sum())
+            for layer in range(graph.n_layers)
+        ],
+        "verify": check.to_dict(),
+    }
+    return rows, extra
+
+
+def planted() -> tuple[list[dict], dict]:
+    from mechscope import bench
+
+    board = bench.run_bench(quick=False, seeds=(0,), organisms=["planted_graph"], progress=False)
+    rows = [row(f"planted_graph/{s.method}", s.metric, s.value, "score") for s in board.scores]
+    chance = {f"{s.metric}": s.chance for s in board.scores}
+    rows += [row("planted_graph/chance", metric, value, "score") for metric, value in sorted(chance.items())]
+    return rows, {"errors": board.errors, "seconds": {s.method: s.seconds for s in board.scores}}
+
+
+def training() -> tuple[list[dict], dict]:
+    tc = json.loads((HERE / "results" / "transcoders.json").read_text())
+    sae = json.loads((HERE / "results" / "dictionaries.json").read_text())
+    ours = next(r["value"] for r in tc["rows"] if r["metric"].startswith("transcoder training throughput"))
+    ref = next(r["value"] for r in sae["rows"] if r["name"] == "mechscope"
+               and r["metric"] == "training throughput (median step)")  # fmt: skip
+    rows = [row("training", "transcoder training throughput (d_sae 4608, k 32, batch 512)", ours, "tokens/s"),
+            row("training", "SAE training throughput, dictionaries benchmark (d_sae 9216, k 32, batch 4096)", ref,
+                "tokens/s")]  # fmt: skip
+    return rows, {"ratios": tc.get("ratios", {})}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--part", nargs="+", default=["cost", "example", "training"],
+                   choices=["cost", "example", "planted", "training"])  # fmt: skip
+    p.add_argument("--tag", default="tc8x-k32", help="transcoders under ~/.cache/mechscope/transcoders/")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--nodes", type=int, nargs="+", default=[0, 128, 1024])
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    result = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": [], "ratios": {}, "parts": {}}
+    model = transcoders = None
+    if {"cost", "example"} & set(args.part):
+        import mechscope as ms
+        from mechscope.graphs import load_transcoders
+
+        model, transcoders = ms.load("smollm2-135m"), load_transcoders(root(args.tag))
+    for part in args.part:
+        if part == "cost":
+            rows, extra = cost(model, transcoders, args.repeats, args.nodes)
+        elif part == "example":
+            rows, extra = example(model, transcoders)
+        elif part == "planted":
+            rows, extra = planted()
+        else:
+            rows, extra = training()
+        result["parts"][part] = {"rows": rows, **extra, "machine": machine()}
+    result["rows"] = [r for part in result["parts"].values() for r in part["rows"]]
+    values = {(r["name"], r["metric"]): r["value"] for r in result["rows"]}
+    tr = [v for (n, m), v in values.items() if n == "training"]
+    if len(tr) == 2:
+        result["ratios"]["transcoder/sae [training tokens/s]"] = tr[0] / tr[1]
+    result |= {"benchmark": "graphs: attribution graphs on SmolLM2-135M with 30 per-layer transcoders; planted-graph "
+               "ground truth", "machine": machine()}  # fmt: skip
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
