@@ -12,6 +12,10 @@ Three parts, each writing its rows to ``benchmarks/results/graphs.json`` (a part
               scores, the top feature nodes by influence on the logit, and ``verify`` (3 ablations).
 ``planted``   the bench's graphs family on the planted-graph organism, full budget (``mechscope.bench``, seed 0):
               edge AUROC, replacement / completeness scores and error share per method, with chance and baselines.
+``induction`` the induction organism (attention only, MLPs zero, so its transcoders never fire): in the graph of a
+              repeated sequence, the share of the target logit's token attribution that comes from the position of the
+              token being copied; intact, with the planted induction head's OV output zeroed, and with a distractor
+              head's zeroed instead (the path runs through the planted head's OV circuit if only the first collapses).
 ``training``  transcoder training throughput (from ``benchmarks/results/transcoders.json``) against the dictionaries
               benchmark's SAE training.
 
@@ -151,6 +155,57 @@ def planted() -> tuple[list[dict], dict]:
     return rows, {"errors": board.errors, "seconds": {s.method: s.seconds for s in board.scores}}
 
 
+def induction(n: int = 32) -> tuple[list[dict], dict]:
+    from mechscope import organisms
+    from mechscope.features import DictionaryConfig, ReLUDictionary
+    from mechscope.graphs import GraphConfig, attribute
+    from mechscope.organisms._induction import repeated
+
+    built = organisms.obtain(organisms.Induction(), 0)
+    cfg, model, module = built.cfg, built.model, built.model.module
+    silent = {}
+    for layer in range(2):
+        c = DictionaryConfig("relu", d_in=cfg.d_model, d_sae=1, d_out=cfg.d_model, apply_b_dec_to_input=False,
+                             site=f"ln2.{layer}", target_site=f"mlp_out.{layer}")  # fmt: skip
+        tc = ReLUDictionary(c)
+        with torch.no_grad():
+            tc.W_enc.zero_(), tc.W_dec.zero_(), tc.b_enc.fill_(-1.0)
+        silent[layer] = tc.eval()
+    tokens, periods = repeated(n, cfg.seq_len, cfg.periods, torch.Generator().manual_seed(123))
+    o_proj = module.model.layers[1].self_attn.o_proj.weight
+    distractor = next(h for h in range(cfg.n_heads) if h != built.ind_head)
+
+    def shares(head: int | None) -> tuple[float, float]:
+        saved = o_proj.detach().clone()
+        if head is not None:
+            with torch.no_grad():
+                o_proj[:, head * cfg.d_head : (head + 1) * cfg.d_head] = 0
+        try:
+            got, top = [], []
+            for seq, period in zip(tokens, periods.tolist(), strict=True):
+                q = cfg.seq_len - 2  # predict seq[q + 1], a copy of seq[q + 1 - period]
+                graph = attribute(model, seq[: q + 1], silent, GraphConfig(max_feature_nodes=0),
+                                  target=int(seq[q + 1]))  # fmt: skip
+                emb = graph.mask("embedding")
+                row = graph.adjacency[graph.mask("logit")][0, emb].abs()  # one entry per position
+                got.append(float(row[q + 1 - period] / row.sum()))
+                top.append(float(int(row.argmax()) == q + 1 - period))
+            return sum(got) / len(got), sum(top) / len(top)
+        finally:
+            with torch.no_grad():
+                o_proj.copy_(saved)
+
+    rows = []
+    for name, head in (("intact", None), ("induction_head_ov_zeroed", built.ind_head),
+                       ("distractor_head_ov_zeroed", distractor)):  # fmt: skip
+        share, top = shares(head)
+        what = f"induction/{name}"
+        rows += [row(what, "share of the target logit's token attribution from the copied token", share, "fraction"),
+                 row(what, "prompts whose top token source is the copied token", top, "fraction")]  # fmt: skip
+    rows.append(row("induction/chance", "uniform share over the prompt's positions", 1 / (cfg.seq_len - 1), "fraction"))
+    return rows, {"planted_heads": [[0, built.prev_head], [1, built.ind_head]], "distractor": [1, distractor]}
+
+
 def training() -> tuple[list[dict], dict]:
     tc = json.loads((HERE / "results" / "transcoders.json").read_text())
     sae = json.loads((HERE / "results" / "dictionaries.json").read_text())
@@ -166,8 +221,8 @@ def training() -> tuple[list[dict], dict]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--part", nargs="+", default=["cost", "example", "training"],
-                   choices=["cost", "example", "planted", "training"])  # fmt: skip
-    p.add_argument("--tag", default="tc8x-k32", help="transcoders under ~/.cache/mechscope/transcoders/")
+                   choices=["cost", "example", "planted", "induction", "training"])  # fmt: skip
+    p.add_argument("--tag", default="tc8x-k32-32k", help="transcoders under ~/.cache/mechscope/transcoders/")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--nodes", type=int, nargs="+", default=[0, 128, 1024])
     p.add_argument("--threads", type=int, default=1)
@@ -187,6 +242,8 @@ def main(argv: list[str] | None = None) -> None:
             rows, extra = example(model, transcoders)
         elif part == "planted":
             rows, extra = planted()
+        elif part == "induction":
+            rows, extra = induction()
         else:
             rows, extra = training()
         result["parts"][part] = {"rows": rows, **extra, "machine": machine()}

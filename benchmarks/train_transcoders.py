@@ -40,18 +40,18 @@ RESULTS = Path(__file__).parent / "results" / "transcoders.json"
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tokens", type=int, default=131_072, help="tokens harvested per layer (held-out rows included)")
+    p.add_argument("--tokens", type=int, default=32_768, help="tokens harvested per layer (held-out rows included)")
     p.add_argument("--epochs", type=int, default=2, help="passes over the training rows")
     p.add_argument("--d-sae", type=int, default=4608, help="latents per transcoder (8x d_model)")
     p.add_argument("--k", type=int, default=32, help="TopK active latents per token")
     p.add_argument("--batch", type=int, default=512, help="rows per optimiser step")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--group", type=int, default=6, help="layers harvested together (one store on disk at a time)")
+    p.add_argument("--group", type=int, default=30, help="layers harvested together (one store on disk at a time)")
     p.add_argument("--held-out", type=int, default=2048, help="rows kept aside for the FVU")
     p.add_argument("--layers", type=int, nargs="*", default=list(range(N_LAYERS)))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tag", default="tc8x-k32", help="folder name suffix under ~/.cache/mechscope/transcoders")
+    p.add_argument("--tag", default="tc8x-k32-32k", help="folder name suffix under ~/.cache/mechscope/transcoders")
     p.add_argument("--results", type=Path, default=RESULTS, help="where the measured rows go ('' to skip)")
     return p.parse_args(argv)
 
