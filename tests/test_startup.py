@@ -34,7 +34,7 @@ def test_import_mechscope_imports_no_heavy_dependency():
 
 
 def test_method_families_import_no_plotting_or_heavy_optional_dependency():
-    families = ("circuits", "features", "attribution", "visualize", "lenses", "trojans", "organisms", "bench")
+    families = ("circuits", "features", "attribution", "visualize", "lenses", "trojans", "graphs", "organisms", "bench")
     modules, _ = _modules_after("; ".join(f"import mechscope.{f}" for f in families))
     assert {m.split(".")[0] for m in modules} & {"captum", "matplotlib", "jax", "tracr", "scipy", "sklearn"} == set()
 

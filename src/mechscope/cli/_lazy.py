@@ -77,6 +77,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "_weights",
         "CAA steering vectors from a task's pairs at every layer, swept over scales: behaviour change vs damage (KL).",
     ),
+    "graph": (
+        "_graphs",
+        "Build the attribution graph of PROMPT from per-layer transcoders; prune, score, save JSON and HTML.",
+    ),
     "methods": (
         "_methods",
         "List every family's declared methods: summary, tags, result type and settings (--json: config schemas).",

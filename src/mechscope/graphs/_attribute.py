@@ -79,7 +79,7 @@ def attribute(
     start = time.perf_counter()
     rm = model if isinstance(model, ReplacementModel) else _replacement(model, transcoders)
     trace = rm.trace(prompt)
-    features, acts = trace.active()
+    features, acts = (t.cpu() for t in trace.active())
     logit_ids, logit_probs = _logits(rm, trace, config, target)
     sources = _sources(rm, trace, features, acts)
     n_select = len(features) if config.max_feature_nodes is None else min(config.max_feature_nodes, len(features))
@@ -159,6 +159,8 @@ def _feature_rows(
             inf = _partial_influence(logit_rows, logit_probs, rows, order, n_feat)
             ranked = torch.argsort(inf, descending=True)
             pending = ranked[~visited[ranked]][: min(UPDATE_INTERVAL * batch, n_select - len(order))]
+            # a backward pass runs from its deepest target down: batches of one depth stop early
+            pending = pending[torch.argsort(features[pending, 0], stable=True)]
         for chunk in pending.split(batch):
             layers, positions = features[chunk, 0], features[chunk, 1]
             vectors = torch.stack([rm.transcoders[int(f[0])].W_enc.detach()[:, int(f[2])].float()

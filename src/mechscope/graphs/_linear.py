@@ -9,7 +9,9 @@ batch of ``B`` copies of the prompt, with hooks that change only the backward pa
 - queries and keys are detached, so the attention pattern is a constant and gradients flow through values and the
   output projection (the OV paths) only;
 - each MLP output is detached and a zero leaf is added to it, so gradients stop there and are read at the leaf
-  (a skip transcoder's linear skip ``x @ W_skip`` stays differentiable: it is part of the linear system);
+  (a skip transcoder's linear skip ``x @ W_skip`` stays differentiable: it is part of the linear system); the MLP
+  runs on a detached input, so none of its internals are kept for the backward passes;
+- the unembedding reads the last position only (``core._shortcut.unembed_rows``): logit targets live there;
 - the residual stream entering block 0 is a leaf too (the embedding nodes).
 
 The forward values are the real model's. Each backward pass injects one target per batch element (a feature's
@@ -32,6 +34,8 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from mechscope.core import HookSet
+from mechscope.core._hookset import _first_input, _replace_input
+from mechscope.core._shortcut import unembed_rows
 from mechscope.graphs._replacement import ReplacementModel, Trace
 
 
@@ -63,7 +67,7 @@ class Linearised:
         self._leaves: dict[int, Tensor] = {}
         self._logits: dict[str, Tensor] = {}
         tokens = trace.tokens[None].expand(batch, -1)
-        with torch.enable_grad(), frozen(rm, self._inputs, self._leaves, self._logits):
+        with torch.enable_grad(), frozen(rm, self._inputs, self._leaves, self._logits, batch, len(trace.tokens)):
             self._out = rm.model._forward(rm.model.encode(tokens))
         self._per_layer = [(sources.features[:, 0] == layer).nonzero().squeeze(1) for layer in range(rm.n_layers)]
 
@@ -75,17 +79,25 @@ class Linearised:
     ) -> Float[Tensor, "r n_columns"]:
         """Direct-effect rows of ``r <= batch`` targets, each ``vectors[i] . x`` at ``(layers[i], positions[i])``.
 
-        ``x`` is the transcoder input of that layer, or the logits when ``layers[i] == n_layers``.
+        ``x`` is the transcoder input of that layer, or the logits when ``layers[i] == n_layers`` (whose
+        position must be the last one: the pass unembeds only that).
         """
         r = len(layers)
         if not 0 < r <= self.batch:
             raise ValueError(f"a backward pass takes 1 to {self.batch} rows, got {r}")
         outputs, grads = [], []
         for layer in sorted(set(layers.tolist())):
-            target = self._logits["logits"] if layer == self.rm.n_layers else self._inputs[layer]
             pick = (layers == layer).nonzero().squeeze(1)
+            at = positions[pick]
+            if layer == self.rm.n_layers:
+                target = self._logits["logits"]  # [batch 1 d_vocab]: the last position's
+                if bool((at != len(self.trace.tokens) - 1).any()):
+                    raise ValueError("logit targets are at the last position only")
+                at = torch.zeros_like(at)
+            else:
+                target = self._inputs[layer]
             g = torch.zeros_like(target)
-            g[pick.to(g.device), positions[pick].to(g.device)] = vectors[pick].to(g)
+            g[pick.to(g.device), at.to(g.device)] = vectors[pick].to(g)
             outputs.append(target)
             grads.append(g)
         leaves = [self._leaves[-1], *(self._leaves[layer] for layer in range(self.rm.n_layers))]
@@ -125,16 +137,25 @@ class Linearised:
 
 @contextmanager
 def frozen(
-    rm: ReplacementModel, inputs: dict[int, Tensor], leaves: dict[int, Tensor], logits: dict[str, Tensor]
+    rm: ReplacementModel,
+    inputs: dict[int, Tensor],
+    leaves: dict[int, Tensor],
+    logits: dict[str, Tensor],
+    batch: int,
+    n_pos: int,
 ) -> Iterator[None]:
     """Hooks of the linearised pass (module docstring); fills ``inputs``, ``leaves`` (-1: embeddings), ``logits``."""
     model = rm.model
     handles: list[Any] = []
     hooks = HookSet(model.module)
+    head = model.module.get_submodule(model.resolve("logits")[0].module)
     try:
         for module in model.module.modules():
             if _is_norm(module):
                 handles.append(module.register_forward_hook(_frozen_norm))
+        for site in rm.output_sites:  # the MLP's output is replaced by a detached value: keep no graph inside it
+            mlp = model.module.get_submodule(site.module)
+            handles.append(mlp.register_forward_pre_hook(_detached_input, with_kwargs=True))
         hooks.add(model.resolve("resid_pre.0")[0], _leaf(leaves, -1))
         for s in model.resolve(["head.*.q", "head.*.k"]):
             hooks.add(s, _detach)
@@ -142,7 +163,8 @@ def frozen(
             hooks.add(rm.input_sites[layer], _keep(inputs, layer))
             hooks.add(rm.output_sites[layer], _stopped(rm, layer, inputs, leaves))
         hooks.add(model.resolve("logits")[0], _keep(logits, "logits"))
-        yield
+        with unembed_rows(head, torch.full((batch,), n_pos - 1)):
+            yield
     finally:
         hooks.close()
         for h in handles:
@@ -165,6 +187,10 @@ def _frozen_norm(module: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> Te
         centred = x - x.mean(-1, keepdim=True)
         linear = centred * ((out - bias) / torch.where(centred == 0, 1, centred)).detach()
     return out.detach() + (linear - linear.detach())
+
+
+def _detached_input(_m: nn.Module, args: tuple, kwargs: dict) -> tuple:
+    return _replace_input(args, kwargs, _first_input(args, kwargs).detach())
 
 
 def _detach(act: Tensor) -> Tensor:

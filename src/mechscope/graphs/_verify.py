@@ -1,7 +1,8 @@
 """``verify``: how well the graph predicts what intervening on its features really does to the model.
 
 For each of the ``n`` feature nodes of most influence on the logits, the feature is scaled (by default ablated,
-``factor=0``) at its layer and position in the REAL model: ``(factor - 1) * a * W_dec[f]`` is added to the MLP output
+``factor=0``) or clamped (``value=``) at its layer and position in the REAL model: ``(new - a) * W_dec[f]`` is added
+to the MLP output
 there, which is the feature intervention of ``features._intervene`` (``x + (z' - z) @ W_dec``, error term kept)
 written at the transcoder's target site; the feature's own activation is the clean one because its input lies
 upstream. The real model then recomputes everything downstream, attention patterns and norms included.
@@ -37,8 +38,8 @@ class InterventionCheck:
 
     node: str
     """The intervened feature node's id."""
-    factor: float
-    """Its activation was multiplied by this (0: ablated)."""
+    factor: float | None
+    """Its activation was multiplied by this (0: ablated); None when it was clamped to ``value``."""
     targets: list[str]
     """Downstream feature nodes (later layer, same or later position) and logit nodes, by id."""
     predicted: list[float]
@@ -47,6 +48,8 @@ class InterventionCheck:
     """Real change of each target in the intervened model."""
     correlation: float | None
     """Pearson correlation of predicted and real (None with fewer than 3 targets or no variation)."""
+    value: float = 0.0
+    """The feature's activation during the intervention."""
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,13 @@ def verify(
     n: int = 5,
     *,
     factor: float = 0.0,
+    value: float | None = None,
 ) -> GraphVerification:
-    """Intervene on the ``n`` most influential feature nodes of ``graph`` in the real model; compare with the graph."""
+    """Intervene on the ``n`` most influential feature nodes of ``graph`` in the real model; compare with the graph.
+
+    Each feature's activation is multiplied by ``factor`` (0: ablation, 2: doubling), or set to ``value`` when given
+    (a clamp), at its layer and position.
+    """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     if isinstance(model, ReplacementModel):
@@ -91,7 +99,7 @@ def verify(
     chosen = torch.argsort(inf, descending=True)[: min(n, int(is_feature.sum()))].tolist()
     clean_pre = _pre_activations(rm, trace.inputs)
     clean_logit = _centred(trace.logits[-1])
-    checks = [_check(rm, graph, trace, s, factor, clean_pre, clean_logit) for s in chosen]
+    checks = [_check(rm, graph, trace, s, factor, value, clean_pre, clean_logit) for s in chosen]
     pred = [p for c in checks for p in c.predicted]
     real = [r for c in checks for r in c.real]
     return GraphVerification(checks, _pearson(pred, real))
@@ -103,12 +111,14 @@ def _check(
     trace: Trace,
     s: int,
     factor: float,
+    value: float | None,
     clean_pre: list[Tensor],
     clean_logit: Tensor,
 ) -> InterventionCheck:
     node = graph.nodes[s]
     assert node.feature is not None and node.activation is not None
-    delta = (factor - 1.0) * node.activation
+    new = factor * node.activation if value is None else value
+    delta = new - node.activation
     targets = [i for i, t in enumerate(graph.nodes)
                if (t.kind == "feature" and t.layer > node.layer and t.position >= node.position)
                or t.kind == "logit"]  # fmt: skip
@@ -129,8 +139,8 @@ def _check(
         else:
             real.append(float(pre[t.layer][t.position, t.feature] - clean_pre[t.layer][t.position, t.feature]))
     pred_list = [float(x) for x in predicted]
-    return InterventionCheck(node.id, factor, [graph.nodes[i].id for i in targets], pred_list, real,
-                             _pearson(pred_list, real))  # fmt: skip
+    return InterventionCheck(node.id, factor if value is None else None, [graph.nodes[i].id for i in targets],
+                             pred_list, real, _pearson(pred_list, real), float(new))  # fmt: skip
 
 
 def propagate(graph: AttributionGraph, source: int, delta: float) -> Float[Tensor, " n_nodes"]:

@@ -25,6 +25,7 @@ from ._circuits import (
     write_run_files,
 )
 from ._features import dictionary_section
+from ._graphs import MAX_GRAPH_EDGES, graph_section, graph_svg, write_graph_report
 from ._lenses import logit_lens_heatmap, plot_logit_lens
 from ._page import Section, figure_html, png_html, render_report, table_html, write_report
 from ._png import data_uri, grid, png_bytes, save_png
@@ -33,6 +34,7 @@ from ._steering import steering_plot
 
 __all__ = [
     "MAX_DRAWN_EDGES",
+    "MAX_GRAPH_EDGES",
     "Section",
     "analysis_sections",
     "data_uri",
@@ -41,6 +43,8 @@ __all__ = [
     "draw_node_circuit",
     "faithfulness_sentence",
     "figure_html",
+    "graph_section",
+    "graph_svg",
     "grid",
     "heatmap",
     "leaderboard_html",
@@ -59,6 +63,7 @@ __all__ = [
     "steering_plot",
     "table_html",
     "write_circuit_files",
+    "write_graph_report",
     "write_leaderboard",
     "write_report",
     "write_run_files",
