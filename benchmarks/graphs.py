@@ -46,6 +46,8 @@ RESULTS = HERE / "results" / "graphs.json"
 PROMPT = "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is"
 N_TOKENS = 16
 EXAMPLE, TARGET = "The capital of France is", " Paris"
+SHAPE = "transcoder training at the dictionaries benchmark's shape (d_in 576, d_sae 9216, k 32, batch 4096), CPU time"
+SHAPE_SAE = SHAPE.replace("transcoder", "SAE")
 
 
 def row(name: str, metric: str, value: float, unit: str) -> dict[str, Any]:
@@ -206,16 +208,46 @@ def induction(n: int = 32) -> tuple[list[dict], dict]:
     return rows, {"planted_heads": [[0, built.prev_head], [1, built.ind_head]], "distractor": [1, distractor]}
 
 
+def train_cpu_seconds(steps: int, transcoder: bool, tmp: Path) -> float:
+    """CPU seconds of ``features.train`` for ``steps`` steps at the dictionaries benchmark's shape and batch."""
+    from mechscope.features import train, train_config
+    from mechscope.features._kinds import TopKConfig
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4096 * 4, 576, generator=gen)
+    data = (x, torch.randn(4096 * 4, 576, generator=gen)) if transcoder else x
+    config = train_config(
+        "topk", 576, 9216, TopKConfig(k=32), d_out=576 if transcoder else None, batch_size=4096,
+        n_tokens=4096 * steps, b_dec_init="zeros", checkpoint_every=10**9, log_every=10**9,
+    )  # fmt: skip
+    start = time.process_time()
+    train(config, data, tmp / f"{transcoder}-{steps}", progress=False)
+    return time.process_time() - start
+
+
 def training() -> tuple[list[dict], dict]:
+    import tempfile
+
     tc = json.loads((HERE / "results" / "transcoders.json").read_text())
     sae = json.loads((HERE / "results" / "dictionaries.json").read_text())
-    ours = next(r["value"] for r in tc["rows"] if r["metric"].startswith("transcoder training throughput"))
+    wall = next(r["value"] for r in tc["rows"] if r["metric"].startswith("transcoder training throughput"))
     ref = next(r["value"] for r in sae["rows"] if r["name"] == "mechscope"
                and r["metric"] == "training throughput (median step)")  # fmt: skip
-    rows = [row("training", "transcoder training throughput (d_sae 4608, k 32, batch 512)", ours, "tokens/s"),
-            row("training", "SAE training throughput, dictionaries benchmark (d_sae 9216, k 32, batch 4096)", ref,
-                "tokens/s")]  # fmt: skip
-    return rows, {"ratios": tc.get("ratios", {})}
+    rows = [
+        row(
+            "training",
+            "SmolLM2 transcoder training, wall, machine shared (d_sae 4608, k 32, batch 512)",
+            wall,
+            "tokens/s",
+        ),
+        row("training", "SAE training, dictionaries benchmark (d_sae 9216, k 32, batch 4096)", ref, "tokens/s"),
+    ]
+    with tempfile.TemporaryDirectory() as tmp:  # equal work: 8 steps (10 minus 2, so set-up cancels), CPU time
+        for transcoder in (True, False):
+            cpu = train_cpu_seconds(10, transcoder, Path(tmp)) - train_cpu_seconds(2, transcoder, Path(tmp))
+            name = "training_transcoder" if transcoder else "training_sae"
+            rows.append(row(name, SHAPE if transcoder else SHAPE_SAE, 8 * 4096 / cpu, "tokens/s"))
+    return rows, {"transcoders": tc["benchmark"]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -226,9 +258,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--nodes", type=int, nargs="+", default=[0, 128, 1024])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=RESULTS, help="results file (its other parts are kept)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"rows": [], "ratios": {}, "parts": {}}
+    result = json.loads(args.out.read_text()) if args.out.is_file() else {"rows": [], "ratios": {}, "parts": {}}
     model = transcoders = None
     if {"cost", "example"} & set(args.part):
         import mechscope as ms
@@ -249,12 +282,13 @@ def main(argv: list[str] | None = None) -> None:
         result["parts"][part] = {"rows": rows, **extra, "machine": machine()}
     result["rows"] = [r for part in result["parts"].values() for r in part["rows"]]
     values = {(r["name"], r["metric"]): r["value"] for r in result["rows"]}
-    tr = [v for (n, m), v in values.items() if n == "training"]
-    if len(tr) == 2:
-        result["ratios"]["transcoder/sae [training tokens/s]"] = tr[0] / tr[1]
+    if ("training_transcoder", SHAPE) in values and ("training_sae", SHAPE_SAE) in values:
+        result["ratios"]["transcoder/sae [training tokens/s, same shape, CPU time]"] = (
+            values[("training_transcoder", SHAPE)] / values[("training_sae", SHAPE_SAE)]
+        )
     result |= {"benchmark": "graphs: attribution graphs on SmolLM2-135M with 30 per-layer transcoders; planted-graph "
                "ground truth", "machine": machine()}  # fmt: skip
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
