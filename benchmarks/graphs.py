@@ -71,7 +71,7 @@ def fwd_bwd(model: Any, tokens: torch.Tensor) -> None:
 def cost(model: Any, transcoders: Any, repeats: int, nodes: list[int]) -> tuple[list[dict], dict]:
     from mechscope.graphs import GraphConfig, attribute
 
-    tokens = model.encode(PROMPT).tokens[0][:N_TOKENS]
+    tokens = with_bos(model, PROMPT)[:N_TOKENS]
     assert len(tokens) == N_TOKENS, f"the prompt has {len(tokens)} tokens; {N_TOKENS} are needed"
     base = [timed(lambda: fwd_bwd(model, tokens))[1:] for _ in range(5)]
     fb_cpu, fb_wall = statistics.median(c for c, _ in base), statistics.median(w for _, w in base)
@@ -101,17 +101,26 @@ def cost(model: Any, transcoders: Any, repeats: int, nodes: list[int]) -> tuple[
     return rows, extra
 
 
+def with_bos(model: Any, text: str) -> torch.Tensor:
+    """``text``'s token ids after the context-start token, as every harvested context starts (the transcoders never
+    saw position 0 of a context: ``train_transcoders.pairs`` leaves it out)."""
+    from mechscope.data.corpus import bos_id
+
+    return torch.cat([torch.tensor([bos_id(model.tokenizer)]), model.encode(text).tokens[0]])
+
+
 def example(model: Any, transcoders: Any) -> tuple[list[dict], dict]:
     from mechscope.graphs import GraphConfig, attribute, verify
 
-    graph, cpu, _ = timed(lambda: attribute(model, EXAMPLE, transcoders, GraphConfig(max_feature_nodes=256),
-                                               target=TARGET))  # fmt: skip
+    tokens = with_bos(model, EXAMPLE)
+    config = GraphConfig(max_feature_nodes=256)
+    graph, cpu, _ = timed(lambda: attribute(model, tokens, transcoders, config, target=TARGET))
     pruned = graph.prune()
     inf = graph.node_influence()
     feats = [i for i, n in enumerate(graph.nodes) if n.kind == "feature"]
     top = sorted(feats, key=lambda i: -float(inf[i]))[:10]
     check = verify(model, graph, transcoders, n=3)
-    probs = torch.softmax(model.run(EXAMPLE).logits[0, -1], -1)
+    probs = torch.softmax(model.run(tokens[None]).logits[0, -1], -1)
     paris = model.to_single_token(TARGET)
     rows = [
         row("example", "replacement score", graph.replacement_score(), "fraction"),
