@@ -10,7 +10,8 @@ Three parts, each writing its rows to ``benchmarks/results/graphs.json`` (a part
               above the size before the call, sampled every 0.5 ms (``hooks.peak_rss_delta``).
 ``example``   "The capital of France is" -> " Paris": the graph with that target, its replacement and completeness
               scores, the top feature nodes by influence on the logit, and ``verify`` (3 ablations).
-``planted``   the bench's graphs family on the planted-graph organism, full budget (``mechscope.bench``, seed 0):
+``planted``   the bench's graphs family on the planted-graph organism (``mechscope.bench``, seed 0; ``--quick``: its
+              quick budget):
               edge AUROC, replacement / completeness scores and error share per method, with chance and baselines.
 ``induction`` the induction organism (attention only, MLPs zero, so its transcoders never fire): in the graph of a
               repeated sequence, the share of the target logit's token attribution that comes from the position of the
@@ -156,14 +157,14 @@ def example(model: Any, transcoders: Any) -> tuple[list[dict], dict]:
     return rows, extra
 
 
-def planted() -> tuple[list[dict], dict]:
+def planted(quick: bool) -> tuple[list[dict], dict]:
     from mechscope import bench
 
-    board = bench.run_bench(quick=False, seeds=(0,), organisms=["planted_graph"], progress=False)
+    board = bench.run_bench(quick=quick, seeds=(0,), organisms=["planted_graph"], progress=False)
     rows = [row(f"planted_graph/{s.method}", s.metric, s.value, "score") for s in board.scores]
     chance = {f"{s.metric}": s.chance for s in board.scores}
     rows += [row("planted_graph/chance", metric, value, "score") for metric, value in sorted(chance.items())]
-    return rows, {"errors": board.errors, "seconds": {s.method: s.seconds for s in board.scores}}
+    return rows, {"errors": board.errors, "quick": quick, "seconds": {s.method: s.seconds for s in board.scores}}
 
 
 def induction(n: int = 32) -> tuple[list[dict], dict]:
@@ -267,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--nodes", type=int, nargs="+", default=[0, 128, 1024])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="planted: the bench's quick budget (600 steps, 8 prompts)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results file (its other parts are kept)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -283,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
         elif part == "example":
             rows, extra = example(model, transcoders)
         elif part == "planted":
-            rows, extra = planted()
+            rows, extra = planted(args.quick)
         elif part == "induction":
             rows, extra = induction()
         else:
