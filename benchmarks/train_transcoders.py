@@ -16,7 +16,7 @@ are both resumable; a finished layer is skipped). What this CPU allows (2 shared
 tens of thousands of tokens per layer and a few epochs over them; ``benchmarks/results/transcoders.json`` holds
 what was measured, and docs/graphs.md says what a GPU run would change.
 
-    nice -n 15 python benchmarks/train_transcoders.py            # the default run (about an hour here)
+    nice -n 15 python benchmarks/train_transcoders.py            # the default run (23 min here, machine shared)
     python benchmarks/train_transcoders.py --tokens 4096 --epochs 1 --layers 0 1 --tag smoke   # a smoke test
 """
 
