@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+from xml.etree import ElementTree
 
 import pytest
 import torch
@@ -21,14 +22,20 @@ from mechscope.core import HookSet
 from mechscope.features import DictionaryConfig, build_dictionary, save_dictionary
 from mechscope.graphs import (
     AttributionGraph,
+    CLTConfig,
+    CLTTrainConfig,
+    CrossLayerTranscoder,
     GraphConfig,
     ReplacementModel,
     attribute,
     load_transcoders,
     propagate,
+    save_clt,
+    train_clt,
     verify,
 )
 from mechscope.graphs._graph import cumulative_threshold
+from mechscope.report import graph_svg
 
 PROMPT = "The cat sat on"
 
@@ -197,13 +204,14 @@ class FrozenModel:
         return add
 
     def _mlp(self, layer, write, got):
-        tc = self.rm.transcoders[layer]
         clean_out, clean_in = self.clean[f"mlp_out.{layer}"], self.clean[self.rm.input_sites[layer].name]
 
         def frozen(act):
             out = clean_out.clone()
-            if tc.cfg.skip_connection:
-                out = out + (got[layer] - clean_in) @ tc.W_skip
+            moved = (got[layer] - clean_in)[0]
+            skip = self.rm.coders.skip(layer, moved)
+            if skip is not None:
+                out = out + skip[None]
             if write is not None:
                 out[0, write[0]] += write[1].to(out)
             return out
@@ -351,10 +359,12 @@ def test_verify_predicts_real_ablations(relu_gpt2):
     result = verify(relu_gpt2, graph, tcs, n=4)
     assert len(result.checks) == 4
     assert result.correlation is not None and result.correlation > 0.9
-    pred = torch.tensor([p for c in result.checks for p in c.predicted])
-    real = torch.tensor([r for c in result.checks for r in c.real])
+    pred = torch.tensor([p for c in result.checks for p in c.predicted], dtype=torch.float64)
+    real = torch.tensor([r for c in result.checks for r in c.real], dtype=torch.float64)
     slope = float((pred * real).sum() / (pred * pred).sum())  # least squares, real ~ slope * predicted
-    assert 0.8 < slope < 1.25
+    assert result.slope == pytest.approx(slope) and 0.8 < slope < 1.25
+    assert result.spearman is not None and result.spearman > 0.8
+    assert result.mean_abs_error == pytest.approx(float((pred - real).abs().mean()))
     for check in result.checks:
         assert len(check.targets) == len(check.predicted) == len(check.real)
         assert max(abs(r) for r in check.real) > 1e-4  # the ablations really move something
@@ -432,6 +442,7 @@ def test_cli_graph(tmp_path):
     viewer = json.loads((out / "graph-viewer.json").read_text())
     assert viewer["metadata"]["prompt"] == full.prompt
     page = (out / "graph.html").read_text()
+    ElementTree.fromstring(graph_svg(AttributionGraph.from_json((out / "graph-pruned.json").read_text())))
     assert "<svg" in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
     # a folder missing a layer: the error names it
     import shutil
@@ -439,3 +450,109 @@ def test_cli_graph(tmp_path):
     shutil.rmtree(folder / "layer_1")
     result = CliRunner().invoke(app, args)
     assert result.exit_code != 0 and "missing [1]" in result.output
+
+
+# --- every family -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", list(ms.core.TINY_CONFIGS))
+def test_every_family_replaces_and_attributes(family):
+    """Spliced logits equal the real ones, and the top logit's row equals frozen finite differences."""
+    model = ms.tiny(family)
+    rm = ReplacementModel(model, random_transcoders(model))
+    trace = rm.trace(PROMPT)
+    torch.testing.assert_close(rm.logits(PROMPT, trace), trace.logits, rtol=1e-4, atol=1e-5)
+    graph = attribute(rm, PROMPT, config=GraphConfig(max_feature_nodes=8, max_logits=1, batch_size=9))
+    frozen = FrozenModel(rm, trace.tokens)
+    _, base = frozen.run({})
+    row = graph.index(next(n.id for n in graph.nodes if n.kind == "logit"))
+    v = graph.nodes[row].token_id
+    expected, got = [], []
+    for s in [i for i, n in enumerate(graph.nodes) if n.kind in ("embedding", "error")][::3][:6]:
+        n = graph.nodes[s]
+        if n.kind == "embedding":
+            write = {"resid_pre.0": (n.position, trace.embed[n.position])}
+        else:
+            write = {f"mlp_out.{n.layer}": (n.position, trace.errors[n.layer][n.position])}
+        _, logits = frozen.run(write)
+        expected.append(float((logits - logits.mean())[v] - (base - base.mean())[v]))
+        got.append(float(graph.adjacency[row, s]))
+    scale = max(abs(e) for e in expected)
+    assert scale > 0
+    # float32 differences of O(1) logits are good to ~1e-7 (Bloom's tiny model moves its logits by ~1e-5)
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), rtol=1e-3, atol=max(1e-4 * scale, 5e-7))
+
+
+# --- cross-layer transcoders ---------------------------------------------------------------------------------------
+
+
+def test_cross_layer_edges_equal_frozen_finite_differences(tiny_models):
+    model = tiny_models["llama"]
+    clt = CrossLayerTranscoder(CLTConfig(2, model.cfg.d_model, 48, "topk", k=6), seed=3)
+    rm = ReplacementModel(model, clt)
+    trace = rm.trace(PROMPT)
+    torch.testing.assert_close(rm.logits(PROMPT, trace), trace.logits, rtol=1e-4, atol=1e-5)
+    # layer 1's MLP output is predicted from both layers' features (the definition, written out)
+    z0, z1 = trace.latents
+    with torch.no_grad():
+        predicted = z0 @ clt.W_dec[0][1] + z1 @ clt.W_dec[1][0] + clt.b_dec[1]
+    torch.testing.assert_close(trace.errors[1], trace.mlp_out[1] - predicted, rtol=1e-5, atol=1e-6)
+    assert float((z0 @ clt.W_dec[0][1]).abs().max()) > 1e-2
+    graph = attribute(rm, PROMPT, config=GraphConfig(max_feature_nodes=None, batch_size=7))
+    frozen = FrozenModel(rm, trace.tokens)
+    _, base = frozen.run({})
+    row = graph.index(next(n.id for n in graph.nodes if n.kind == "logit"))
+    v = graph.nodes[row].token_id
+    expected, got = [], []
+    last = len(trace.tokens) - 1
+    layer0 = [i for i, n in enumerate(graph.nodes) if n.kind == "feature" and n.layer == 0]
+    for s in layer0[::7] + [i for i in layer0 if graph.nodes[i].position == last]:
+        n = graph.nodes[s]
+        f = torch.tensor([n.feature])
+        # a layer-0 feature writes both MLP outputs: its edge to the logit sums both paths
+        write = {f"mlp_out.{dst}": (n.position, n.activation * clt.decoder_rows(0, dst, f)[0]) for dst in (0, 1)}
+        _, logits = frozen.run(write)
+        expected.append(float((logits - logits.mean())[v] - (base - base.mean())[v]))
+        got.append(float(graph.adjacency[row, s]))
+        if n.position == last:  # there the write to mlp_out.1 reaches the logits directly, and counts
+            _, logits = frozen.run({"mlp_out.0": write["mlp_out.0"]})
+            assert abs(float((logits - logits.mean())[v] - (base - base.mean())[v]) - expected[-1]) > 1e-4
+    scale = max(abs(e) for e in expected)
+    assert len(expected) >= 4 and scale > 1e-4
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), rtol=1e-3, atol=max(1e-4 * scale, 5e-7))
+
+
+def test_per_layer_transcoders_as_a_cross_layer_one_give_the_same_graph(relu_gpt2):
+    tcs = exact_transcoders(relu_gpt2)
+    d_model, d_mlp = tcs[0].cfg.d_in, tcs[0].cfg.d_sae
+    clt = CrossLayerTranscoder(CLTConfig(2, d_model, d_mlp, "relu"))
+    with torch.no_grad():
+        for layer, tc in tcs.items():
+            clt.W_enc[layer].copy_(tc.W_enc)
+            clt.b_enc[layer].copy_(tc.b_enc)
+            clt.W_dec[layer].zero_()
+            clt.W_dec[layer][0].copy_(tc.W_dec)
+            clt.b_dec[layer].copy_(tc.b_dec)
+    config = GraphConfig(max_feature_nodes=None)
+    per_layer = attribute(relu_gpt2, PROMPT, tcs, config)
+    cross = attribute(relu_gpt2, PROMPT, clt, config)
+    assert cross.nodes == per_layer.nodes
+    torch.testing.assert_close(cross.adjacency, per_layer.adjacency, rtol=1e-5, atol=1e-6)
+    assert verify(relu_gpt2, cross, clt, n=2).correlation > 0.9
+
+
+def test_train_clt_learns_the_mlps(relu_gpt2, tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 256, (64, 12), generator=gen)
+    clt, fvu = train_clt(relu_gpt2, tokens, CLTTrainConfig(d_sae=64, k=8, steps=60, lr=3e-3))
+    assert fvu[-1] < 0.5 * fvu[0]
+    rm = ReplacementModel(relu_gpt2, clt)
+    graph = attribute(rm, PROMPT, config=GraphConfig(max_feature_nodes=32))
+    assert 0 < graph.replacement_score() < 1
+    with pytest.raises(ValueError, match="cross-layer transcoder has 2 layers"):
+        ReplacementModel(ms.tiny("llama", num_hidden_layers=3), clt)
+    save_clt(clt, tmp_path / "clt")
+    loaded = load_transcoders(tmp_path / "clt")
+    assert isinstance(loaded, CrossLayerTranscoder)
+    again = attribute(relu_gpt2, PROMPT, loaded, GraphConfig(max_feature_nodes=32))
+    torch.testing.assert_close(again.adjacency, graph.adjacency)

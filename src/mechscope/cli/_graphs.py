@@ -82,7 +82,7 @@ def graph(
     _out().print(_table(pruned, full), soft_wrap=True)
     line = f"replacement score {summary['replacement_score']:.3f}, completeness {summary['completeness_score']:.3f}"
     if check is not None:
-        line += f"; verification: predicted vs real correlation {check.correlation}"
+        line += f"; verification (predicted vs real): Pearson {check.correlation}, slope {check.slope}"
     _out().print(line)
     _err().print(f"saved {escape(str(page))} and the graph JSON files in {escape(str(out))}")
 

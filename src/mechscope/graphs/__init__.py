@@ -9,6 +9,7 @@ for the logits, ``verify`` checks it against real interventions. See ``docs/grap
 """
 
 from mechscope.graphs._attribute import GraphConfig, attribute
+from mechscope.graphs._clt import CLTConfig, CLTTrainConfig, CrossLayerTranscoder, load_clt, save_clt, train_clt
 from mechscope.graphs._graph import AttributionGraph, GraphNode, GraphStats, NodeKind
 from mechscope.graphs._registry import METHODS
 from mechscope.graphs._replacement import ReplacementModel, Trace, load_transcoders
@@ -17,6 +18,9 @@ from mechscope.graphs._verify import GraphVerification, InterventionCheck, propa
 __all__ = [
     "METHODS",
     "AttributionGraph",
+    "CLTConfig",
+    "CLTTrainConfig",
+    "CrossLayerTranscoder",
     "GraphConfig",
     "GraphNode",
     "GraphStats",
@@ -26,7 +30,10 @@ __all__ = [
     "ReplacementModel",
     "Trace",
     "attribute",
+    "load_clt",
     "load_transcoders",
     "propagate",
+    "save_clt",
+    "train_clt",
     "verify",
 ]

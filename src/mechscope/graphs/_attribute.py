@@ -111,19 +111,23 @@ def _logits(
         token = rm.model.to_single_token(target) if isinstance(target, str) else int(target)
         if not 0 <= token < probs.shape[0]:
             raise ValueError(f"target token id {token} is outside the vocabulary (0 .. {probs.shape[0] - 1})")
-        return torch.tensor([token]), probs[[token]].float()
+        return torch.tensor([token]), probs[[token]].float().cpu()
     top = torch.topk(probs, min(config.max_logits, probs.shape[0]))
     cut = int(torch.searchsorted(torch.cumsum(top.values, 0), torch.tensor(config.logit_prob, dtype=probs.dtype))) + 1
     return top.indices[:cut].cpu(), top.values[:cut].float().cpu()
 
 
 def _sources(rm: ReplacementModel, trace: Trace, features: Tensor, acts: Tensor) -> Sources:
-    decoder = torch.zeros(len(features), rm.model.cfg.d_model if rm.model.cfg else 0)
-    for layer, tc in enumerate(rm.transcoders):
-        idx = (features[:, 0] == layer).nonzero().squeeze(1)
-        decoder[idx] = (tc.W_dec.detach()[features[idx, 2]] * acts[idx, None].to(tc.W_dec)).float().cpu()
-    errors = torch.stack(trace.errors).float().cpu()
-    return Sources(features.cpu(), decoder, errors, trace.embed.float().cpu())
+    """What every source writes, on the model's device (feature indices stay on the CPU)."""
+    device = trace.embed.device
+    writes = {}
+    for src in range(rm.n_layers):
+        idx = (features[:, 0] == src).nonzero().squeeze(1)
+        for dst in rm.coders.writes_to(src):
+            w = rm.coders.decoder_rows(src, dst, features[idx, 2])  # [n d_model]
+            writes[(src, dst)] = (w * acts[idx, None].to(w)).float().to(device)
+    errors = torch.stack(trace.errors).float()
+    return Sources(features, writes, errors, trace.embed.float())
 
 
 def _logit_rows(lin: Linearised, rm: ReplacementModel, trace: Trace, ids: Tensor) -> Float[Tensor, "k n_columns"]:
@@ -163,8 +167,7 @@ def _feature_rows(
             pending = pending[torch.argsort(features[pending, 0], stable=True)]
         for chunk in pending.split(batch):
             layers, positions = features[chunk, 0], features[chunk, 1]
-            vectors = torch.stack([rm.transcoders[int(f[0])].W_enc.detach()[:, int(f[2])].float()
-                                   for f in features[chunk]])  # fmt: skip
+            vectors = torch.stack([rm.coders.encoder_column(int(f[0]), int(f[2])).float() for f in features[chunk]])
             rows.append(lin.rows(layers, positions, vectors))
             visited[chunk] = True
             order.extend(chunk.tolist())

@@ -17,7 +17,8 @@ batch of ``B`` copies of the prompt, with hooks that change only the backward pa
 The forward values are the real model's. Each backward pass injects one target per batch element (a feature's
 encoder row at its layer's transcoder input and position, or a logit's demeaned unembedding direction) and reads,
 per element, a full row of direct effects: ``edge(s -> t) = a_s W_dec[s] . grad_t`` for features at their layer and
-position, ``error . grad_t`` for errors, ``embed . grad_t`` for embeddings. The graph of the forward pass is kept
+position (summed over every MLP output a cross-layer feature writes), ``error . grad_t`` for errors, ``embed .
+grad_t`` for embeddings. The graph of the forward pass is kept
 between backward passes, so a graph of ``R`` rows costs one forward pass of ``B`` copies plus ``ceil(R / B)``
 backward passes of ``B`` (circuit-tracer batches the same way).
 """
@@ -45,8 +46,9 @@ class Sources:
 
     features: Int[Tensor, "n_features 3"]
     """``(layer, position, feature)`` of every active feature, layer-major."""
-    decoder: Float[Tensor, "n_features d_model"]
-    """Each active feature's decoder row scaled by its activation: what it writes into the residual stream."""
+    writes: dict[tuple[int, int], Float[Tensor, "n d_model"]]
+    """``(src, dst)``: what each active feature of layer ``src`` (in ``features`` order) writes into ``mlp_out.dst``,
+    its decoder row to ``dst`` scaled by its activation."""
     errors: Float[Tensor, "layer pos d_model"]
     embed: Float[Tensor, "pos d_model"]
 
@@ -120,11 +122,12 @@ class Linearised:
             g = g[:r].float()  # [r pos d_model]
             start = n_feat + layer * n_pos
             out[:, start : start + n_pos] = (g * src.errors[layer].to(g)).sum(-1).cpu()
-            idx = self._per_layer[layer]
-            if len(idx):
-                pos = src.features[idx, 1].to(g.device)
-                dec = src.decoder[idx].to(g)  # [n d_model]
-                out[:, idx] = torch.einsum("rnd,nd->rn", g[:, pos], dec).cpu()
+            for origin in range(layer + 1):  # features of this layer and, cross-layer, of the layers below
+                idx = self._per_layer[origin]
+                if len(idx) and (origin, layer) in src.writes:
+                    pos = src.features[idx, 1].to(g.device)
+                    dec = src.writes[(origin, layer)].to(g)  # [n d_model]
+                    out[:, idx] += torch.einsum("rnd,nd->rn", g[:, pos], dec).cpu()
         return out
 
     def close(self) -> None:
@@ -214,15 +217,14 @@ def _keep(store: dict[Any, Tensor], key: Any) -> Any:
 
 
 def _stopped(rm: ReplacementModel, layer: int, inputs: dict[int, Tensor], leaves: dict[int, Tensor]) -> Any:
-    tc = rm.transcoders[layer]
-
     def stop(act: Tensor) -> Tensor:
         leaf = torch.zeros_like(act, requires_grad=True)
         leaves[layer] = leaf
         out = act.detach() + leaf
-        if tc.cfg.skip_connection:  # the skip is linear in the input: part of the linear system, not a node
-            x = inputs[layer]
-            skip = (x.to(tc.W_skip) @ tc.W_skip.detach()).to(act)
+        x = inputs[layer]
+        skip = rm.coders.skip(layer, x.reshape(-1, x.shape[-1]))
+        if skip is not None:  # the skip is linear in the input: part of the linear system, not a node
+            skip = skip.reshape(act.shape).to(act)
             out = out + (skip - skip.detach())
         return out
 

@@ -28,6 +28,8 @@ from torch import Tensor
 from mechscope.core import HookSet, Model
 from mechscope.core._sites import Site
 from mechscope.features import Dictionary, load_dictionary
+from mechscope.graphs._clt import CrossLayerTranscoder, load_clt
+from mechscope.graphs._coders import Coders, PerLayer
 
 LAYER_DIR = re.compile(r"^layer_(\d+)$")
 """A transcoders folder holds one saved dictionary per layer, in a subfolder named ``layer_{L}``."""
@@ -68,59 +70,58 @@ class Trace:
 
 
 class ReplacementModel:
-    """A model with one transcoder per layer, each reading the MLP's input site and predicting ``mlp_out.L``.
+    """A model whose MLP outputs are predicted by transcoders reading the MLPs' input sites.
 
     ``transcoders`` maps every layer to a mechscope ``Dictionary`` that is a transcoder (any kind: ReLU, TopK,
     BatchTopK, JumpReLU, with or without a skip connection), trained by mechscope or loaded from SAELens / sparsify
-    files (``features.load_dictionary``; a folder of them: ``load_transcoders``). ``input_sites`` overrides the site
-    a layer's transcoder reads (default: its config's ``site``, else the MLP's input site).
+    files (``features.load_dictionary``; a folder of them: ``load_transcoders``); or it is one
+    ``CrossLayerTranscoder``, whose layer-``L`` features write every MLP output from ``L`` on. ``input_sites``
+    overrides the site a layer's encoder reads (default: a transcoder config's ``site``, else the MLP's input site).
     """
 
     def __init__(
-        self, model: Model, transcoders: Mapping[int, Dictionary], *, input_sites: Mapping[int, str] | None = None
+        self,
+        model: Model,
+        transcoders: Mapping[int, Dictionary] | CrossLayerTranscoder,
+        *,
+        input_sites: Mapping[int, str] | None = None,
     ) -> None:
         if model.cfg is None:
             raise TypeError(f"{model.name} is not a transformer language model: a replacement model needs layers")
         n = model.cfg.n_layers
-        missing = [layer for layer in range(n) if layer not in transcoders]
-        extra = [layer for layer in transcoders if not 0 <= layer < n]
-        if missing or extra:
-            raise ValueError(
-                f"{model.name} has {n} layers; transcoders are needed for every one: missing {missing}"
-                + (f", out of range {extra}" if extra else "")
-            )
         self.model = model
-        self.transcoders = tuple(transcoders[layer] for layer in range(n))
         overrides = dict(input_sites or {})
-        self.input_sites: tuple[Site, ...] = tuple(self._input_site(layer, overrides.get(layer)) for layer in range(n))
+        self.coders: Coders
+        if isinstance(transcoders, CrossLayerTranscoder):
+            if transcoders.n_layers != n or transcoders.cfg.d_model != model.cfg.d_model:
+                have = f"{transcoders.n_layers} layers of width {transcoders.cfg.d_model}"
+                raise ValueError(f"the cross-layer transcoder has {have}; {model.name} has {n} of width "
+                                 f"{model.cfg.d_model}")  # fmt: skip
+            self.transcoders: tuple[Dictionary, ...] = ()
+            self.coders = transcoders
+            recorded: list[str | None] = [None] * n
+        else:
+            missing = [layer for layer in range(n) if layer not in transcoders]
+            extra = [layer for layer in transcoders if not 0 <= layer < n]
+            if missing or extra:
+                raise ValueError(
+                    f"{model.name} has {n} layers; transcoders are needed for every one: missing {missing}"
+                    + (f", out of range {extra}" if extra else "")
+                )
+            self.transcoders = tuple(transcoders[layer] for layer in range(n))
+            self.coders = PerLayer(self.transcoders)
+            recorded = [tc.cfg.site for tc in self.transcoders]
+        self.input_sites: tuple[Site, ...] = tuple(
+            mlp_input_site(model, layer, overrides.get(layer) or recorded[layer]) for layer in range(n)
+        )
         self.output_sites: tuple[Site, ...] = tuple(model.resolve(f"mlp_out.{layer}")[0] for layer in range(n))
         for layer, tc in enumerate(self.transcoders):
             self._check(layer, tc)
 
     @property
     def n_layers(self) -> int:
-        """Number of layers (one transcoder each)."""
-        return len(self.transcoders)
-
-    def _input_site(self, layer: int, override: str | None) -> Site:
-        tc = self.transcoders[layer]
-        names = {s.name for s in self.model.resolve("*")}
-        name = override or tc.cfg.site
-        if name is None:
-            assert self.model.cfg is not None
-            default = f"ln2.{layer}" if f"ln2.{layer}" in names else None
-            if default is None:
-                default = (
-                    f"ln1.{layer}" if self.model.cfg.parallel and f"ln1.{layer}" in names else f"resid_mid.{layer}"
-                )
-            name = default
-        try:
-            return self.model.resolve(name)[0]
-        except KeyError as e:
-            raise ValueError(
-                f"layer {layer}'s transcoder reads {name!r}, which is not a site of {self.model.name} ({e}); pass "
-                f"input_sites={{{layer}: 'ln2.{layer}'}} (the MLP's input) or retrain it on a site of this model"
-            ) from None
+        """Number of layers (one encoder each)."""
+        return self.coders.n_layers
 
     def _check(self, layer: int, tc: Dictionary) -> None:
         assert self.model.cfg is not None
@@ -161,11 +162,11 @@ class ReplacementModel:
         assert run.logits is not None
         inputs = tuple(run.cache[s.name][0] for s in self.input_sites)
         mlp_out = tuple(run.cache[s.name][0] for s in self.output_sites)
-        latents, errors = [], []
-        for tc, x, out in zip(self.transcoders, inputs, mlp_out, strict=True):
-            z, recon = encode(tc, x)
-            latents.append(z)
-            errors.append(out - recon.to(out))
+        latents: list[Tensor] = []
+        errors = []
+        for layer, (x, out) in enumerate(zip(inputs, mlp_out, strict=True)):
+            latents.append(self.coders.encode(layer, x))
+            errors.append(out - self.coders.output(layer, latents, x).to(out))
         return Trace(tokens, run.logits[0], run.cache["resid_pre.0"][0], inputs, mlp_out, tuple(latents),
                      tuple(errors))  # fmt: skip
 
@@ -189,51 +190,65 @@ class ReplacementModel:
         try:
             for layer in range(self.n_layers):
                 hooks.add(self.input_sites[layer], _keeper(live, layer))
-                hooks.add(self.output_sites[layer], _splicer(self.transcoders[layer], live, layer, trace.errors[layer]))
+                hooks.add(self.output_sites[layer], _splicer(self.coders, live, layer, trace.errors[layer]))
             yield
         finally:
             hooks.close()
 
 
-def encode(
-    tc: Dictionary, x: Float[Tensor, "pos d_in"]
-) -> tuple[Float[Tensor, "pos d_sae"], Float[Tensor, "pos d_out"]]:
-    """Feature activations of ``x`` and the transcoder's output (decoded features plus skip), in eval mode."""
-    was = tc.training
-    tc.eval()
+def mlp_input_site(model: Model, layer: int, name: str | None = None) -> Site:
+    """The site layer ``layer``'s encoder reads: ``name`` if given, else the MLP's input.
+
+    The MLP's input is ``ln2.L`` where the block has a norm in front of its MLP, the shared ``ln1.L`` in parallel
+    blocks without one, else ``resid_mid.L``.
+    """
+    assert model.cfg is not None
+    if name is None:
+        names = {s.name for s in model.resolve("*")}
+        if f"ln2.{layer}" in names:
+            name = f"ln2.{layer}"
+        elif model.cfg.parallel and f"ln1.{layer}" in names:
+            name = f"ln1.{layer}"
+        else:
+            name = f"resid_mid.{layer}"
     try:
-        x = x.to(tc.W_enc)
-        z = tc.encode(x)
-        return z, tc.decode(z) + tc.skip(x)
-    finally:
-        tc.train(was)
+        return model.resolve(name)[0]
+    except KeyError as e:
+        raise ValueError(
+            f"layer {layer}'s transcoder reads {name!r}, which is not a site of {model.name} ({e}); pass "
+            f"input_sites={{{layer}: 'ln2.{layer}'}} (the MLP's input) or retrain it on a site of this model"
+        ) from None
 
 
 def _keeper(store: dict[int, Tensor], layer: int) -> Any:
     def keep(act: Tensor) -> None:
-        store[layer] = act
+        store[layer] = act.reshape(-1, act.shape[-1])
 
     return keep
 
 
-def _splicer(tc: Dictionary, live: dict[int, Tensor], layer: int, error: Tensor) -> Any:
+def _splicer(coders: Coders, live: dict[int, Tensor], layer: int, error: Tensor) -> Any:
     def splice(act: Tensor) -> Tensor:
-        x = live[layer]  # [batch pos d_in]
-        _, out = encode(tc, x.reshape(-1, x.shape[-1]))
+        # the live latents of every layer that writes here (inputs of this forward pass, kept by _keeper)
+        latents = [coders.encode(i, live[i]) if layer in coders.writes_to(i) else None for i in range(layer + 1)]
+        out = coders.output(layer, latents, live[layer])
         return out.reshape(act.shape).to(act) + error.to(act)
 
     return splice
 
 
-def load_transcoders(path: str | Path) -> dict[int, Dictionary]:
-    """Load a folder of per-layer transcoders: ``path/layer_{L}/`` each a saved dictionary, one per layer.
+def load_transcoders(path: str | Path) -> dict[int, Dictionary] | CrossLayerTranscoder:
+    """Load a folder of per-layer transcoders, ``path/layer_{L}/`` each a saved dictionary, or a cross-layer one.
 
-    Each subfolder is in any layout ``features.load_dictionary`` reads (mechscope's ``save_dictionary``, SAELens,
-    sparsify). ``ReplacementModel`` checks that every layer of the model is present and fits.
+    Each ``layer_{L}`` subfolder is in any layout ``features.load_dictionary`` reads (mechscope's
+    ``save_dictionary``, SAELens, sparsify); a folder holding ``clt.safetensors`` is a cross-layer transcoder that
+    ``save_clt`` wrote. ``ReplacementModel`` checks that every layer of the model is present and fits.
     """
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"transcoders folder {root} does not exist: it should hold layer_0/, layer_1/, ...")
+    if (root / "clt.safetensors").is_file():
+        return load_clt(root)
     found: dict[int, Dictionary] = {}
     for child in sorted(root.iterdir()):
         m = LAYER_DIR.match(child.name)
@@ -242,7 +257,7 @@ def load_transcoders(path: str | Path) -> dict[int, Dictionary]:
     if not found:
         raise FileNotFoundError(
             f"{root} holds no layer_{{L}}/ subfolders: save one transcoder per layer as {root}/layer_0/, ... "
-            "(features.save_dictionary writes one)"
+            "(features.save_dictionary writes one), or a cross-layer transcoder there (graphs.save_clt)"
         )
     for layer, tc in found.items():
         if not tc.cfg.is_transcoder:

@@ -26,6 +26,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechscope import _numerics
 from mechscope.core import Add, Model
 from mechscope.features import Dictionary
 from mechscope.graphs._graph import AttributionGraph
@@ -60,6 +61,12 @@ class GraphVerification:
     """One per intervened feature, most influential first."""
     correlation: float | None
     """Pearson correlation of all (predicted, real) pairs pooled."""
+    spearman: float | None = None
+    """Spearman rank correlation of the pooled pairs."""
+    slope: float | None = None
+    """Least-squares slope of real on predicted through the origin (1: the graph gets the sizes right)."""
+    mean_abs_error: float | None = None
+    """Mean |predicted - real| over the pooled pairs."""
 
     def to_dict(self) -> dict:
         """JSON-able form."""
@@ -100,9 +107,12 @@ def verify(
     clean_pre = _pre_activations(rm, trace.inputs)
     clean_logit = _centred(trace.logits[-1])
     checks = [_check(rm, graph, trace, s, factor, value, clean_pre, clean_logit) for s in chosen]
-    pred = [p for c in checks for p in c.predicted]
-    real = [r for c in checks for r in c.real]
-    return GraphVerification(checks, _pearson(pred, real))
+    pred = torch.tensor([p for c in checks for p in c.predicted], dtype=torch.float64)
+    real = torch.tensor([r for c in checks for r in c.real], dtype=torch.float64)
+    rho = float(_numerics.spearman(pred, real)) if len(pred) >= 3 else None
+    slope = float((pred * real).sum() / (pred * pred).sum()) if bool((pred != 0).any()) else None
+    mae = float((pred - real).abs().mean()) if len(pred) else None
+    return GraphVerification(checks, _pearson(pred.tolist(), real.tolist()), _finite(rho), slope, mae)
 
 
 def _check(
@@ -123,9 +133,10 @@ def _check(
                if (t.kind == "feature" and t.layer > node.layer and t.position >= node.position)
                or t.kind == "logit"]  # fmt: skip
     predicted = propagate(graph, s, delta)[targets]
-    tc = rm.transcoders[node.layer]
-    vector = (delta * tc.W_dec.detach()[node.feature]).to(trace.mlp_out[0])
-    with torch.no_grad(), rm.model.intervene(Add(f"mlp_out.{node.layer}", vector=vector, pos=[node.position])):
+    feature = torch.tensor([node.feature])
+    adds = [Add(f"mlp_out.{dst}", vector=(delta * rm.coders.decoder_rows(node.layer, dst, feature)[0]).to(
+                trace.mlp_out[0]), pos=[node.position]) for dst in rm.coders.writes_to(node.layer)]  # fmt: skip
+    with torch.no_grad(), rm.model.intervene(*adds):
         run = rm.model.run(trace.tokens[None], cache=[site.name for site in rm.input_sites])
     assert run.logits is not None
     pre = _pre_activations(rm, tuple(run.cache[site.name][0] for site in rm.input_sites))
@@ -163,16 +174,17 @@ def propagate(graph: AttributionGraph, source: int, delta: float) -> Float[Tenso
 
 
 def _pre_activations(rm: ReplacementModel, inputs: tuple[Tensor, ...]) -> list[Tensor]:
-    out = []
     with torch.no_grad():
-        for tc, x in zip(rm.transcoders, inputs, strict=True):
-            out.append(tc.pre_activations(x.to(tc.W_enc)))
-    return out
+        return [rm.coders.pre_activations(layer, x) for layer, x in enumerate(inputs)]
 
 
 def _centred(logits: Tensor) -> Tensor:
     logits = logits.double()
     return logits - logits.mean()
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
 
 
 def _pearson(x: list[float], y: list[float]) -> float | None:

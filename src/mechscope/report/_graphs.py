@@ -116,8 +116,10 @@ def graph_section(graph: AttributionGraph, verification: GraphVerification | Non
         body.append(table_html(["supernode", "members"], [[k, ", ".join(v)] for k, v in graph.supernodes.items()]))
     if verification is not None:
         rows = [[c.node, c.value, len(c.targets), c.correlation] for c in verification.checks]
-        body.append(f"<p>Real interventions against the graph's prediction: pooled correlation "
-                    f"{verification.correlation if verification.correlation is not None else 'n/a'}</p>")  # fmt: skip
+        v = verification
+        stats = ", ".join(f"{name} {value:.3f}" if value is not None else f"{name} n/a" for name, value in
+                          (("Pearson", v.correlation), ("Spearman", v.spearman), ("slope", v.slope)))  # fmt: skip
+        body.append(f"<p>Real interventions against the graph's prediction (pooled): {html.escape(stats)}</p>")
         body.append(table_html(["feature", "activation set to", "targets", "correlation"], rows))
     return "Attribution graph", "".join(body)
 
