@@ -26,6 +26,7 @@ def default_suite() -> Suite:
     _other_methods(suite)
     _vision_methods(suite)
     _compiled_methods(suite)
+    _graph_methods(suite)
     return suite.include(PLUGINS).check()
 
 
@@ -36,7 +37,7 @@ def score(family: str, output: Any, organism: BuiltOrganism, method: str, *,
 
 
 def _scorers(suite: Suite) -> None:
-    from . import _faithfulness, _tracr, _vision_scorers
+    from . import _faithfulness, _graphs, _tracr, _vision_scorers
     from ._scorers import SCORERS
 
     for family, scorers in SCORERS.items():
@@ -50,6 +51,8 @@ def _scorers(suite: Suite) -> None:
                    _vision_scorers.trigger_reconstruction):  # fmt: skip
         suite.add_scorer("trojans", scorer)
     suite.add_scorer("attribution", _vision_scorers.attribution_scores)
+    suite.add_scorer("graphs", _graphs.graph_edge_auroc)
+    suite.add_scorer("graphs", _graphs.graph_scores)
 
 
 def _organisms(suite: Suite) -> None:
@@ -58,6 +61,7 @@ def _organisms(suite: Suite) -> None:
     for organism in (
         o.Induction(), o.ModularAddition(), o.ToyModelOfSuperposition(), o.SyntheticFeatures(), o.NumericFunctions(),
         o.TrojanPatch(), o.TrojanBlend(), o.TrojanNatural(), o.TrojanRGB(), o.TrojanTwo(), o.SignalBlocks(),
+        o.PlantedGraph(),
     ):  # fmt: skip
         suite.add_organism(organism)
     for compiled in o.TRACR_ORGANISMS:  # compiled RASP programs: built only with the tracr extra installed
@@ -129,3 +133,12 @@ def _compiled_methods(suite: Suite) -> None:
     suite.add_method(t.acdc_components, family="compiled", name="acdc")
     suite.add_method(t.random_components, family="compiled", name="random", baseline=True)
     suite.add_method(t.oracle_components, family="compiled", name="oracle", baseline=True)
+
+
+def _graph_methods(suite: Suite) -> None:
+    from . import _graphs as g
+
+    for spec in g.graph_methods():  # every declared dictionary kind as a transcoder, through the one adapter
+        suite.add(spec)
+    suite.add_method(g.random_graphs, family="graphs", name="random", baseline=True)
+    suite.add_method(g.oracle_graphs, family="graphs", name="oracle", baseline=True)

@@ -7,10 +7,10 @@ Every organism is obtained the same way::
     built = organisms.obtain(organisms.Induction(), seed=0)   # seeded build + causal verification, then cached
     built.circuit                                              # the ground truth the bench scores against
 
-Families: circuits (a planted induction circuit), compiled RASP programs (tracr; built with the ``tracr`` extra),
-modular addition, toy superposition and synthetic features,
-FIND-style numeric functions, trojaned CNNs with clean twins, signal-block CNNs with moved-block twins, and the
-small vision models of the attribution gallery (``Vision``; ``vision_organism(name)`` obtains one). The image
+Families: circuits (a planted induction circuit), graphs (a transformer whose MLP neurons are the true features),
+compiled RASP programs (tracr; built with the ``tracr`` extra), modular addition, toy superposition and synthetic
+features, FIND-style numeric functions, trojaned CNNs with clean twins, signal-block CNNs with moved-block twins,
+and the small vision models of the attribution gallery (``Vision``; ``vision_organism(name)`` obtains one). The image
 classifiers among them train with one loop (``train_classifier``). Method packages never import this package; the
 bench, the demos and the docs do.
 """
@@ -29,6 +29,7 @@ from ._organism import (
     read_card,
     verification_id,
 )
+from ._planted_graph import BuiltPlantedGraph, PlantedEdge, PlantedGraph, PlantedGraphConfig, TrueGraph
 from ._protocols import (
     AttributionOrganism,
     BuiltOrganism,
@@ -37,6 +38,7 @@ from ._protocols import (
     DescriptionsOrganism,
     FeaturesOrganism,
     FrequenciesOrganism,
+    GraphsOrganism,
     TrojanOrganism,
 )
 from ._superposition import (
@@ -85,6 +87,7 @@ __all__ = [
     "BuiltModAdd",
     "BuiltNumeric",
     "BuiltOrganism",
+    "BuiltPlantedGraph",
     "BuiltTMS",
     "BuiltTrojan",
     "CircuitTruth",
@@ -97,6 +100,7 @@ __all__ = [
     "FeatureConfig",
     "FeaturesOrganism",
     "FrequenciesOrganism",
+    "GraphsOrganism",
     "Induction",
     "InductionConfig",
     "ModAddConfig",
@@ -108,6 +112,9 @@ __all__ = [
     "OrganismChecksumError",
     "OrganismSpec",
     "OrganismVerificationError",
+    "PlantedEdge",
+    "PlantedGraph",
+    "PlantedGraphConfig",
     "Schedule",
     "SignalBlocks",
     "SmallCNN",
@@ -128,6 +135,7 @@ __all__ = [
     "TrojanPatch",
     "TrojanRGB",
     "TrojanTwo",
+    "TrueGraph",
     "Vision",
     "VisionOrganism",
     "block_images",

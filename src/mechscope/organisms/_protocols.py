@@ -16,6 +16,8 @@ descriptions    ``DescriptionsOrganism`` ``domain``, ``functions`` (``NumericFun
 trojans         ``TrojanOrganism``     ``model``, ``twin``, ``kind``, ``target``, ``answer``, ``candidates``,
                                        ``probe(n)``, ``inserted(i, n)``, ``targets``, ``clean(n)``
 attribution     ``AttributionOrganism`` ``model``, ``twin``, ``probe(n)``, ``twin_probe(n)`` (``BlockImages``)
+graphs          ``GraphsOrganism``     ``model``, ``output_ids``, ``transcoders()`` (the oracle), ``prompts(n, seed)``,
+                                       ``graph_prompts(n, seed)``, ``true_graph(tokens)``
 ==============  =====================  ===========================================================================
 
 All of them are ``BuiltOrganism``: its recipe's name (``organism``) and the ``seed`` it was built from.
@@ -23,7 +25,7 @@ All of them are ``BuiltOrganism``: its recipe's name (``organism``) and the ``se
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from torch import Tensor
@@ -32,9 +34,11 @@ from ..core._interventions import Intervention
 from ..core._model import Model
 from ..data._task import Task
 from ..data.triggers import Trigger
+from ..features._dictionary import Dictionary
 from ..features._synthetic import SyntheticData
 from ._blocks import BlockImages
 from ._numeric import NumericFunction
+from ._planted_graph import TrueGraph
 from ._tracr_model import CompiledResidual
 from ._truth import CircuitTruth
 
@@ -194,18 +198,43 @@ class AttributionOrganism(BuiltOrganism, Protocol):
         """Probe images of the twin (block moved)."""
 
 
+class GraphsOrganism(BuiltOrganism, Protocol):
+    """A model whose MLPs are exactly sparse over known features, with the true feature graph of any prompt."""
+
+    @property
+    def model(self) -> Model:
+        """The model."""
+
+    @property
+    def output_ids(self) -> list[int]:
+        """The token ids the planted features write to (candidate logit nodes)."""
+
+    def transcoders(self) -> Mapping[int, Dictionary]:
+        """The oracle transcoders (``ln2.L -> mlp_out.L``), one per layer: with them the replacement is exact."""
+
+    def prompts(self, n: int, seed: int) -> Tensor:
+        """``n`` random prompts ``[n pos]`` from the organism's distribution (for training transcoders)."""
+
+    def graph_prompts(self, n: int, seed: int) -> Tensor:
+        """``n`` prompts ``[n pos]`` whose last position exercises the planted graph."""
+
+    def true_graph(self, tokens: Tensor) -> TrueGraph:
+        """The active features and planted edges of one prompt."""
+
+
 if TYPE_CHECKING:  # the type checker verifies that every built-in organism offers its family's members
     from ._blocks import BuiltBlocks
     from ._induction import BuiltInduction
     from ._modadd import BuiltModAdd
     from ._numeric import BuiltNumeric
+    from ._planted_graph import BuiltPlantedGraph
     from ._superposition import BuiltFeatures, BuiltTMS
     from ._tracr import BuiltCompiled
     from ._trojan import BuiltTrojan
 
     def _conforms(
         a: BuiltInduction, b: BuiltCompiled, c: BuiltFeatures, d: BuiltTMS, e: BuiltModAdd, f: BuiltNumeric,
-        g: BuiltTrojan, h: BuiltBlocks,
+        g: BuiltTrojan, h: BuiltBlocks, i: BuiltPlantedGraph,
     ) -> tuple[CircuitsOrganism, CompiledOrganism, FeaturesOrganism, FeaturesOrganism, FrequenciesOrganism,
-               DescriptionsOrganism, TrojanOrganism, AttributionOrganism]:  # fmt: skip
-        return a, b, c, d, e, f, g, h
+               DescriptionsOrganism, TrojanOrganism, AttributionOrganism, GraphsOrganism]:  # fmt: skip
+        return a, b, c, d, e, f, g, h, i
