@@ -26,6 +26,7 @@ def default_suite() -> Suite:
     _other_methods(suite)
     _vision_methods(suite)
     _compiled_methods(suite)
+    _autointerp_methods(suite)
     return suite.include(PLUGINS).check()
 
 
@@ -48,6 +49,10 @@ def _scorers(suite: Suite) -> None:
     for scorer in (_vision_scorers.trigger_pick, _vision_scorers.trigger_overlap, _vision_scorers.trojan_detection):
         suite.add_scorer("trojans", scorer)
     suite.add_scorer("attribution", _vision_scorers.attribution_scores)
+    from . import _autointerp
+
+    for scorer in _autointerp.SCORERS:
+        suite.add_scorer("autointerp", scorer)
 
 
 def _organisms(suite: Suite) -> None:
@@ -58,6 +63,11 @@ def _organisms(suite: Suite) -> None:
         o.TrojanPatch(), o.TrojanBlend(), o.TrojanNatural(), o.SignalBlocks(),
     ):  # fmt: skip
         suite.add_organism(organism)
+    for known in (o.PlantedText(), o.FindText()):  # known-meaning latents: scored with all-MiniLM-L6-v2
+        if o.embedder_available():
+            suite.add_organism(known)
+        else:
+            suite.unavailable[known.name] = o.MISSING_EMBEDDER
     for compiled in o.TRACR_ORGANISMS:  # compiled RASP programs: built only with the tracr extra installed
         if o.tracr_available():
             suite.add_organism(compiled)
@@ -125,3 +135,12 @@ def _compiled_methods(suite: Suite) -> None:
     suite.add_method(t.acdc_components, family="compiled", name="acdc")
     suite.add_method(t.random_components, family="compiled", name="random", baseline=True)
     suite.add_method(t.oracle_components, family="compiled", name="oracle", baseline=True)
+
+
+def _autointerp_methods(suite: Suite) -> None:
+    from . import _autointerp as a
+
+    for spec in [*a.explainer_methods(), *a.scorer_methods()]:  # declared explainers and scorers, one adapter
+        suite.add(spec)
+    suite.add_method(a.random_method, family="autointerp", name="random", baseline=True)
+    suite.add_method(a.oracle_method, family="autointerp", name="oracle", baseline=True)

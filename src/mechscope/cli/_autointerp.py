@@ -134,7 +134,7 @@ def score(
 
 def _pool(database: Path, store_dir: Path | None, dictionary: Path | None, n_windows: int) -> Any:
     from ..autointerp import NegativePool, OracleDictionary
-    from ..autointerp._planted import PLANTED
+    from ..autointerp._planted import feature_set
     from ..store import ActivationStore, FeatureDB
 
     with FeatureDB(database) as db:
@@ -143,8 +143,8 @@ def _pool(database: Path, store_dir: Path | None, dictionary: Path | None, n_win
             from ..features import load_dictionary
 
             d: Any = load_dictionary(dictionary)
-        elif db.meta["dictionary"].get("features") == [p.name for p in PLANTED]:
-            d = OracleDictionary(_vocab(db))
+        elif (planted := feature_set(db.meta["dictionary"].get("features"))) is not None:
+            d = OracleDictionary(_vocab(db), planted)
         else:
             raise ValueError("scoring needs non-activating contexts: give --dictionary (the one the database was "
                              "built from)")  # fmt: skip

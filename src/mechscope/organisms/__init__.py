@@ -9,7 +9,8 @@ Every organism is obtained the same way::
 
 Families: circuits (a planted induction circuit), compiled RASP programs (tracr; built with the ``tracr`` extra),
 modular addition, toy superposition and synthetic features,
-FIND-style numeric functions, trojaned CNNs with clean twins, signal-block CNNs with moved-block twins, and the
+FIND-style numeric functions, planted and FIND-style text latents with known descriptions (auto-interpretation),
+trojaned CNNs with clean twins, signal-block CNNs with moved-block twins, and the
 small vision models of the attribution gallery (``Vision``; ``vision_organism(name)`` obtains one). The image
 classifiers among them train with one loop (``train_classifier``). Method packages never import this package; the
 bench, the demos and the docs do.
@@ -29,8 +30,17 @@ from ._organism import (
     read_card,
     verification_id,
 )
+from ._planted_text import (
+    MISSING_EMBEDDER,
+    BuiltKnownText,
+    FindText,
+    PlantedText,
+    TextConfig,
+    embedder_available,
+)
 from ._protocols import (
     AttributionOrganism,
+    AutointerpOrganism,
     BuiltOrganism,
     CircuitsOrganism,
     CompiledOrganism,
@@ -68,11 +78,13 @@ from ._vision import SPECS, OrganismSpec, SmallCNN, SmallViT, Vision, VisionOrga
 
 __all__ = [
     "FAMILIES",
+    "MISSING_EMBEDDER",
     "MISSING_TRACR",
     "SPECS",
     "TRACR_FAMILY",
     "TRACR_ORGANISMS",
     "AttributionOrganism",
+    "AutointerpOrganism",
     "BlockImages",
     "BlocksConfig",
     "Built",
@@ -80,6 +92,7 @@ __all__ = [
     "BuiltCompiled",
     "BuiltFeatures",
     "BuiltInduction",
+    "BuiltKnownText",
     "BuiltModAdd",
     "BuiltNumeric",
     "BuiltOrganism",
@@ -94,6 +107,7 @@ __all__ = [
     "Edge",
     "FeatureConfig",
     "FeaturesOrganism",
+    "FindText",
     "FrequenciesOrganism",
     "Induction",
     "InductionConfig",
@@ -106,12 +120,14 @@ __all__ = [
     "OrganismChecksumError",
     "OrganismSpec",
     "OrganismVerificationError",
+    "PlantedText",
     "Schedule",
     "SignalBlocks",
     "SmallCNN",
     "SmallViT",
     "SyntheticFeatures",
     "TMSConfig",
+    "TextConfig",
     "ToyModelOfSuperposition",
     "TracrConfig",
     "TracrDyck",
@@ -128,6 +144,7 @@ __all__ = [
     "VisionOrganism",
     "block_images",
     "compiled_model",
+    "embedder_available",
     "obtain",
     "organism_dir",
     "program_output",

@@ -16,6 +16,7 @@ descriptions    ``DescriptionsOrganism`` ``domain``, ``functions`` (``NumericFun
 trojans         ``TrojanOrganism``     ``model``, ``twin``, ``kind``, ``target``, ``answer``, ``candidates``,
                                        ``probe(n)``, ``inserted(i, n)``
 attribution     ``AttributionOrganism`` ``model``, ``twin``, ``probe(n)``, ``twin_probe(n)`` (``BlockImages``)
+autointerp      ``AutointerpOrganism`` ``planted`` (latents with true descriptions), ``database(folder)``
 ==============  =====================  ===========================================================================
 
 All of them are ``BuiltOrganism``: its recipe's name (``organism``) and the ``seed`` it was built from.
@@ -24,10 +25,13 @@ All of them are ``BuiltOrganism``: its recipe's name (``organism``) and the ``se
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from torch import Tensor
 
+from ..autointerp._contexts import NegativePool
+from ..autointerp._planted import Planted
 from ..core._interventions import Intervention
 from ..core._model import Model
 from ..data._task import Task
@@ -187,18 +191,30 @@ class AttributionOrganism(BuiltOrganism, Protocol):
         """Probe images of the twin (block moved)."""
 
 
+class AutointerpOrganism(BuiltOrganism, Protocol):
+    """A feature database whose latents' meanings are known (planted or FIND-style latents on a corpus sample)."""
+
+    @property
+    def planted(self) -> tuple[Planted, ...]:
+        """The latents in order: name, true description, activation function."""
+
+    def database(self, folder: Path) -> tuple[Path, NegativePool]:
+        """A fresh copy of the feature database in ``folder`` and its negative pool."""
+
+
 if TYPE_CHECKING:  # the type checker verifies that every built-in organism offers its family's members
     from ._blocks import BuiltBlocks
     from ._induction import BuiltInduction
     from ._modadd import BuiltModAdd
     from ._numeric import BuiltNumeric
+    from ._planted_text import BuiltKnownText
     from ._superposition import BuiltFeatures, BuiltTMS
     from ._tracr import BuiltCompiled
     from ._trojan import BuiltTrojan
 
     def _conforms(
         a: BuiltInduction, b: BuiltCompiled, c: BuiltFeatures, d: BuiltTMS, e: BuiltModAdd, f: BuiltNumeric,
-        g: BuiltTrojan, h: BuiltBlocks,
+        g: BuiltTrojan, h: BuiltBlocks, i: BuiltKnownText,
     ) -> tuple[CircuitsOrganism, CompiledOrganism, FeaturesOrganism, FeaturesOrganism, FrequenciesOrganism,
-               DescriptionsOrganism, TrojanOrganism, AttributionOrganism]:  # fmt: skip
-        return a, b, c, d, e, f, g, h
+               DescriptionsOrganism, TrojanOrganism, AttributionOrganism, AutointerpOrganism]:  # fmt: skip
+        return a, b, c, d, e, f, g, h, i
