@@ -22,6 +22,7 @@ from mechscope.autointerp._planted import (
 )
 from mechscope.autointerp._records import ExplanationRecord, Records, ScoreRecord, read_explanations, read_scores
 from mechscope.autointerp._scorers import SCORERS, EmbeddingConfig, JudgeConfig, Score, SimulationConfig, Tools
+from mechscope.autointerp._simulate import LLMSimulationConfig
 from mechscope.autointerp._truth import GroundTruth, Recovery, ScorerCheck, ground_truth
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "JobSummary",
     "JudgeConfig",
     "LLMConfig",
+    "LLMSimulationConfig",
     "LatentContexts",
     "LocalChat",
     "NegativePool",

@@ -89,7 +89,8 @@ def explain(
 def score(
     database: DbArg,
     scorer: Annotated[
-        list[str], typer.Option(help="Scorer (repeat for several): detection, fuzzing, embedding, simulation.")
+        list[str],
+        typer.Option(help="Scorer (repeat for several): detection, fuzzing, embedding, simulation, llm-simulation."),
     ],
     explainer: ScoredOpt = "top-tokens",
     run_id: Annotated[
