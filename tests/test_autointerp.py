@@ -528,7 +528,7 @@ def test_cli_explain_score_show(planted, tmp_path):
     assert shown.text == text and shown.explainer == "ngrams" and shown.score == value and shown.scorer == "embedding"
     assert 2 in {e.latent for e in db.search_explanations(text.split()[0], 10)}
     r = CliRunner().invoke(app, ["score", str(path), "--scorer", "output", "--explainer", "ngrams"])
-    assert r.exit_code == 1 and "library-only" in r.output
+    assert r.exit_code == 1 and "give --dictionary" in r.output and "planted oracle has no decoder" in r.output
     r = CliRunner().invoke(app, ["score", str(path), "--scorer", "embedding", "--explainer", "llm"])
     assert r.exit_code == 1 and "no explanations by 'llm'" in r.output
 
@@ -639,3 +639,13 @@ def test_negative_pool_of_a_real_dictionary_matches_brute_force(tmp_path, tiny_m
     scored = score(db.path, "embedding", explainer="output-tokens", embedder=tools.embedder, pool=pool, progress=False)
     assert scored.done + len(scored.failed) == len(fired) and scored.done >= 1, scored
     assert all("non-activating" in e for e in scored.failed.values())  # a latent firing in every pool window
+    # output scoring from the command line: the model is the store's, the steering direction the dictionary's
+    mf.save_dictionary(d, tmp_path / "sae")
+    args = ["score", str(db.path), "--scorer", "output", "--explainer", "output-tokens", "--json"]
+    r = CliRunner().invoke(app, [*args, "--dictionary", str(tmp_path / "sae"), "--steer-strength", "50"])
+    assert r.exit_code == 0, r.output
+    rows = Records(db.path).scores(scorer="output")
+    assert len(rows) == len(fired) and all(r.chance == 0.5 and r.error is None for r in rows)
+    assert all(r.detail["changed"] > 0 for r in rows)  # steering at strength 50 changes the continuations
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code != 0 and "give --dictionary" in r.output
