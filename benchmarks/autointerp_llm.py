@@ -1,13 +1,14 @@
 """The chat-model scorers with the built-in SmolLM2-135M-Instruct on this CPU: detection, fuzzing, llm-simulation.
 
-Slow (tens of seconds per request on a shared 2-core CPU), so it runs on a handful of planted latents
-(``--latents``, default digits and closing brackets: token-level features a scorer can see in the text) and is kept
-apart from ``benchmarks/autointerp.py``. For each latent and scorer it scores the true description and one shuffled
-description (another planted latent's, the next in ``PLANTED`` order) with the scorer's default config, and records
+Slow (about a minute per request on the shared, loaded 2-core CPU), so it runs on a handful of planted latents
+(``--latents``, default digits: a token-level feature a scorer can see in the text) with small configs (5 activating
+and 5 non-activating contexts per judge, one of each per simulation) and is kept apart from
+``benchmarks/autointerp.py``. For each latent and scorer it scores the true description and one shuffled
+description (another planted latent's, the next in ``PLANTED`` order), and records
 the value, the chance level, how many items the model's replies left unparsed, and the seconds per explanation.
 One round: greedy decoding is deterministic, and the point is the scores and the time, not a timing comparison.
 
-Run: ``.venv/bin/python benchmarks/autointerp_llm.py [--latents 0,3]``; writes
+Run: ``.venv/bin/python benchmarks/autointerp_llm.py [--latents 0,3] [--judge-examples 10]``; writes
 ``benchmarks/results/autointerp_llm.json``.
 """
 
@@ -29,8 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--latents", default="0,3")
+    parser.add_argument("--latents", default="0")
     parser.add_argument("--scorers", default="detection,fuzzing,llm-simulation")
+    parser.add_argument("--judge-examples", type=int, default=5, help="detection/fuzzing n_examples (default 10)")
+    parser.add_argument("--simulation-examples", type=int, default=1, help="llm-simulation n_examples (default 5)")
+    parser.add_argument("--simulation-tokens", type=int, default=80, help="llm-simulation max_new_tokens")
     args = parser.parse_args()
     latents = [int(x) for x in args.latents.split(",")]
     model = ms.load("smollm2-135m")
@@ -42,7 +46,10 @@ def main() -> None:
         pool = NegativePool.build(store, oracle, db, n_windows=256)
         for name in args.scorers.split(","):
             spec = SCORERS[name]
-            config = spec.config()
+            if name == "llm-simulation":
+                config = spec.make_config(n_examples=args.simulation_examples, max_new_tokens=args.simulation_tokens)
+            else:
+                config = spec.make_config(n_examples=args.judge_examples)
             seconds = []
             for latent in latents:
                 c = gather(db, latent, ContextConfig(), pool)
