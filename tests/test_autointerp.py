@@ -275,6 +275,36 @@ def test_embedding_scorer_is_the_auroc_of_similarities(planted, tools):
     assert s.value == pytest.approx(auroc(pos, neg)) and s.chance == 0.5 and s.n == len(pos) + len(neg)
 
 
+def test_embedding_job_embeds_each_chunk_in_one_call_with_the_same_scores(planted, tmp_path, tools):
+    db, _, _, pool = planted
+    e = tools.embedder
+    calls: list[int] = []
+    embed = e._embed
+
+    def counted(texts):
+        calls.append(len(texts))
+        return embed(texts)
+
+    values = {}
+    for batch in (64, 1):
+        path = tmp_path / f"b{batch}.db"
+        shutil.copy(db.path, path)
+        _store_truth(path)
+        e.clear()
+        calls.clear()
+        e._embed = counted
+        try:
+            score(path, "embedding", explainer="truth", embedder=e, pool=pool, batch_latents=batch, progress=False)
+        finally:
+            e._embed = embed
+        values[batch] = [v for r in Records(path).scores(scorer="embedding") for v in (r.value, r.shuffled)]
+        if batch == 64:  # every text of the six latents (windows, true and shuffled explanation) in one call
+            assert len(calls) == -(-sum(calls) // e.batch_size) and sum(calls) > 6 * 20
+        else:
+            assert len(calls) >= len(PLANTED)
+    assert values[64] == pytest.approx(values[1], abs=1e-6)
+
+
 # --- the ground truth ---------------------------------------------------------------------------------------------
 
 

@@ -167,7 +167,7 @@ def score(
             tools.embedder([t for c in cs for t in (texts[c.latent], shuffled[c.latent], *embeds(c, config))])
 
         clock = _run(pending, lambda i: gather(db, i, contexts, pool), work, write, _concurrency(llm), progress,
-                     f"score {spec.name}", prefetch if embeds else None, batch_latents)  # fmt: skip
+                     f"score {spec.name}", prefetch if embeds else None, batch_latents if embeds else 1)  # fmt: skip
     return JobSummary(run, len(pending) - len(clock.failed), len(todo) - len(pending), clock.failed, clock.seconds)
 
 
@@ -249,7 +249,8 @@ def _run(
     bar = tqdm(total=len(latents), desc=desc, unit="latent", disable=not progress)
     with bar, ThreadPoolExecutor(max_workers=concurrency) as pool:
         flying: dict[Future[tuple[T | BaseException, float]], int] = {}
-        for latent, c in (x for k in range(0, len(latents), max(1, chunk)) for x in read_chunk(latents[k : k + chunk])):
+        step = max(1, chunk)
+        for latent, c in (x for k in range(0, len(latents), step) for x in read_chunk(latents[k : k + step])):
             if concurrency == 1:
                 finish(latent, *timed(c))
                 continue
