@@ -36,8 +36,8 @@ from ..autointerp._explainers import EXPLAINERS
 from ..autointerp._jobs import explain
 from ..autointerp._planted import RANDOM_DESCRIPTIONS
 from ..autointerp._records import Records
+from ..autointerp._scorers import EMBEDS, Tools
 from ..autointerp._scorers import SCORERS as AI_SCORERS
-from ..autointerp._scorers import Tools
 from ..organisms._protocols import AutointerpOrganism
 from ..store import FeatureDB
 from ._registry import MethodSpec, RunContext
@@ -83,13 +83,16 @@ def run_scorer(name: str, organism: AutointerpOrganism, ctx: RunContext) -> Desc
     config = spec.config()
     out = {}
     with FeatureDB(path) as db:
-        for latent, p in enumerate(organism.planted):
-            c = gather(db, latent, ContextConfig(), pool)
-            others = [q.description for q in organism.planted if q is not p]
-            value = [float(spec.fn(c, text, tools(), config).value) for text in
-                     (p.description, *others, *RANDOM_DESCRIPTIONS)]  # fmt: skip
-            n_other = len(others)
-            out[p.name] = (value[0], tuple(value[1 : 1 + n_other]), tuple(value[1 + n_other :]))
+        contexts = [gather(db, latent, ContextConfig(), pool) for latent in range(len(organism.planted))]
+    if (embeds := EMBEDS.get(name)) is not None:  # every latent's texts in one length-sorted batch, as a job does
+        texts = [p.description for p in organism.planted] + list(RANDOM_DESCRIPTIONS)
+        tools().embedder(texts + [t for c in contexts for t in embeds(c, config)])
+    for c, p in zip(contexts, organism.planted, strict=True):
+        others = [q.description for q in organism.planted if q is not p]
+        value = [float(spec.fn(c, text, tools(), config).value) for text in
+                 (p.description, *others, *RANDOM_DESCRIPTIONS)]  # fmt: skip
+        n_other = len(others)
+        out[p.name] = (value[0], tuple(value[1 : 1 + n_other]), tuple(value[1 + n_other :]))
     return DescriptionOutput(scores=out)
 
 
