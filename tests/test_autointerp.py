@@ -428,7 +428,7 @@ class _Stub(BaseHTTPRequestHandler):
             _Stub.max_in_flight = max(_Stub.max_in_flight, _Stub.in_flight)
         try:
             if what == "slow":
-                time.sleep(1.0)
+                time.sleep(4.0)  # past the client timeout (2 s), with room for a loaded machine
             time.sleep(0.05)
             n = body["messages"][1]["content"].count("Example ")
             if body["messages"][0]["content"].startswith("We're studying neurons") and what == "ok":
@@ -472,7 +472,7 @@ def stub():
 
 
 def test_http_chat_retries_then_fails_clearly(stub):
-    chat = HTTPChat(stub, "m", retries=3, backoff=0.01, timeout=0.5)
+    chat = HTTPChat(stub, "m", retries=3, backoff=0.01, timeout=2.0)
     messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "Example 1: x"}]
     _Stub.script = ["500", "nonjson"]
     assert chat.complete(messages, max_tokens=5, seed=0).endswith("pattern with 1 examples")
