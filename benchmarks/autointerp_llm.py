@@ -28,6 +28,21 @@ from mechscope.autointerp import PLANTED, SCORERS, ContextConfig, LocalChat, Neg
 ROOT = Path(__file__).resolve().parent.parent
 
 
+class Recording:
+    """The chat model, keeping its replies (the JSON shows the first of each explanation: how a reply fails)."""
+
+    def __init__(self, chat: LocalChat) -> None:
+        self.chat, self.name, self.concurrency, self.replies = chat, chat.name, 1, []
+
+    def count_tokens(self, text: str) -> int:
+        return self.chat.count_tokens(text)
+
+    def complete(self, messages: list[dict[str, str]], *, max_tokens: int, seed: int) -> str:
+        reply = self.chat.complete(messages, max_tokens=max_tokens, seed=seed)
+        self.replies.append(reply)
+        return reply
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--latents", default="0")
@@ -38,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     latents = [int(x) for x in args.latents.split(",")]
     model = ms.load("smollm2-135m")
-    chat = LocalChat(model)
+    chat = Recording(LocalChat(model))
     tools = Tools(chat)
     rows, checks = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,10 +70,12 @@ def main() -> None:
                 c = gather(db, latent, ContextConfig(), pool)
                 true_text = PLANTED[latent].description
                 other = PLANTED[(latent + 1) % len(PLANTED)].description
-                got = {}
+                got, replies = {}, {}
                 for kind, text in (("true", true_text), ("shuffled", other)):
                     t = time.perf_counter()
+                    chat.replies.clear()
                     s = spec.fn(c, text, tools, config)
+                    replies[kind] = chat.replies[0][:300] if chat.replies else None
                     seconds.append(time.perf_counter() - t)
                     got[kind] = s
                     print(name, PLANTED[latent].name, kind, round(s.value, 3), s.detail, round(seconds[-1], 1))
@@ -66,7 +83,7 @@ def main() -> None:
                                "shuffled": got["shuffled"].value, "chance": got["true"].chance, "n": got["true"].n,
                                "unparsed_true": got["true"].detail.get("unparsed"),
                                "unparsed_shuffled": got["shuffled"].detail.get("unparsed"),
-                               "config": config.__dict__})  # fmt: skip
+                               "config": config.__dict__, "first_reply": replies})  # fmt: skip
             rows.append({"name": f"score {name} (SmolLM2-135M, CPU, greedy)", "metric": "seconds per explanation",
                          "value": round(sum(seconds) / len(seconds), 2), "unit": "s",
                          "explanations": len(seconds), "latents": [PLANTED[i].name for i in latents]})  # fmt: skip
