@@ -6,8 +6,8 @@ method ``explain-<name>``: it runs the library's own explain job on a copy of th
 Every scorer declared in ``SCORERS`` that needs no chat model and no steerer becomes ``score-<name>``: it scores
 each latent's true description, the other latents' descriptions (shuffled) and ``RANDOM_DESCRIPTIONS`` with the
 library's scorer function (``autointerp._truth.check_scorers`` does the same for the docs' table). The chat-model
-explainer and scorers are measured by ``benchmarks/autointerp.py`` instead (the built-in 135M model takes ~100 s
-per latent on a CPU: not a bench budget).
+explainer and scorers are measured by ``benchmarks/autointerp.py`` and ``benchmarks/autointerp_llm.py`` instead
+(the built-in 135M model takes about a minute per latent on a CPU: not a bench budget).
 
 Scorers (``SCORERS`` here), all read from one ``DescriptionOutput``:
 
