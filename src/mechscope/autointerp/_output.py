@@ -78,7 +78,7 @@ def output(contexts: LatentContexts, explanation: str, tools: Tools, config: Out
     if steer is None:
         raise ValueError(
             "the output scorer needs a steerer: Tools(steer=DictionarySteerer(model, dictionary)) "
-            "(library only; the command line does not open the model for scoring)"
+            "(command line: mechscope score DB --scorer output --dictionary DIR)"
         )
     steered, plain = steer.generations(contexts.latent)
     if config.prefix_prompt and hasattr(steer, "prompts"):

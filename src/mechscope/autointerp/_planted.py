@@ -5,6 +5,8 @@ and its position (three exact float32 columns), and its latents are known functi
 keywords, the token after ``def``, closing brackets, capitalised words, and a position-only rule. The store and
 the feature database are built exactly as for a real dictionary (``build_feature_db``), so contexts, negatives,
 explainers, scorers and jobs run on them unchanged; only the meaning of each latent is given rather than learnt.
+A second set, ``FIND``, holds FIND-style synthetic neurons (concepts, a polyfunctional and a corrupted one, a graded
+one) over the same site; ``FEATURE_SETS`` names both.
 """
 
 from __future__ import annotations
@@ -30,14 +32,31 @@ from mechscope.store import ActivationStore, FeatureDB, FeatureDBConfig, Manifes
 SITE = "token-facts"  # not "tokens": that key holds every shard's token ids
 
 
-class Lexicon(NamedTuple):
-    """Per-vocabulary-entry facts the planted features read (each ``[d_vocab]``)."""
+ERROR_WORDS = frozenset({"error", "errors", "exception", "exceptions", "raise", "raises", "raised", "fail", "fails",
+                         "failed", "failure", "warning", "warnings"})  # fmt: skip
+FILE_WORDS = frozenset({"file", "files", "filename", "filenames", "path", "paths", "directory", "directories",
+                        "folder", "folders", "open", "read", "write"})  # fmt: skip
 
-    digit: Tensor
-    keyword: Tensor
-    is_def: Tensor
-    closing: Tensor
-    capital: Tensor
+FACTS: dict[str, Callable[[str], float]] = {
+    "digit": lambda x: float(x.isdigit()),
+    "keyword": lambda x: float(x in keyword.kwlist),
+    "def": lambda x: float(x == "def"),
+    "closing": lambda x: float(all(c in ")]}" for c in x)),
+    "capital": lambda x: float(re.fullmatch(r"[A-Z][a-z]+", x) is not None),
+    "error": lambda x: float(x.lower() in ERROR_WORDS),
+    "file": lambda x: float(x.lower() in FILE_WORDS),
+    "file-word": lambda x: float(x.lower() == "file"),
+    "constant": lambda x: float(x in ("True", "False", "None")),
+    "long": lambda x: float(max(0, len(x) - 7) if x.isalpha() else 0),
+}
+"""Per-token facts the planted features read: each a function of the token's text, stripped of spaces (never
+called on an empty one, which has every fact 0)."""
+
+
+class Lexicon(NamedTuple):
+    """Per-vocabulary-entry facts the planted features read (``FACTS``, each ``[d_vocab]``)."""
+
+    facts: dict[str, Tensor]
     spread: Tensor
     """A deterministic activation level in [1, 1.8] per token, so the activation quantiles differ."""
 
@@ -45,18 +64,8 @@ class Lexicon(NamedTuple):
     def of(cls, texts: list[str]) -> Lexicon:
         """The facts of each decoded vocabulary entry."""
         s = [t.strip() for t in texts]
-
-        def table(pred: Callable[[str], bool]) -> Tensor:
-            return torch.tensor([bool(x) and pred(x) for x in s])
-
-        return cls(
-            table(str.isdigit),
-            table(lambda x: x in keyword.kwlist),
-            table(lambda x: x == "def"),
-            table(lambda x: all(c in ")]}" for c in x)),
-            table(lambda x: re.fullmatch(r"[A-Z][a-z]+", x) is not None),
-            1 + (torch.arange(len(texts)) % 5).float() / 5,
-        )
+        facts = {name: torch.tensor([fn(x) if x else 0.0 for x in s]) for name, fn in FACTS.items()}
+        return cls(facts, 1 + (torch.arange(len(texts)) % 5).float() / 5)
 
 
 class Planted(NamedTuple):
@@ -68,8 +77,16 @@ class Planted(NamedTuple):
     """``fn(lexicon, ids, prev_ids, positions) -> activations`` (each ``[rows]``; ``prev_ids`` is -1 at position 0)."""
 
 
-def _token(fact: str) -> Callable[[Lexicon, Tensor, Tensor, Tensor], Tensor]:
-    return lambda lex, ids, prev, pos: getattr(lex, fact)[ids].float() * lex.spread[ids]
+def _token(*facts: str, unless: str | None = None) -> Callable[[Lexicon, Tensor, Tensor, Tensor], Tensor]:
+    """Fires on tokens with any of ``facts`` (and not ``unless``), at the token's level times its fact's value."""
+
+    def fn(lex: Lexicon, ids: Tensor, prev: Tensor, pos: Tensor) -> Tensor:
+        value = torch.stack([lex.facts[f][ids] for f in facts]).amax(0)
+        if unless is not None:
+            value = value * (lex.facts[unless][ids] == 0)
+        return value * lex.spread[ids]
+
+    return fn
 
 
 PLANTED: tuple[Planted, ...] = (
@@ -78,7 +95,7 @@ PLANTED: tuple[Planted, ...] = (
     Planted(
         "after-def",
         "the name of a function, right after the keyword def",
-        lambda lex, ids, prev, pos: lex.is_def[prev.clamp_min(0)].float() * (prev >= 0) * lex.spread[ids],
+        lambda lex, ids, prev, pos: lex.facts["def"][prev.clamp_min(0)] * (prev >= 0) * lex.spread[ids],
     ),
     Planted("closing-brackets", "closing brackets and parentheses", _token("closing")),
     Planted("capitalised", "capitalised words that start with an uppercase letter", _token("capital")),
@@ -90,6 +107,21 @@ PLANTED: tuple[Planted, ...] = (
 )
 """The planted features, in latent order."""
 
+FIND: tuple[Planted, ...] = (
+    Planted("errors", "words about errors and exceptions", _token("error")),
+    Planted("files", "words about files, paths and directories", _token("file")),
+    Planted("constants", "the Python constants True, False and None", _token("constant")),
+    Planted("errors-or-digits", "words about errors and exceptions, and also digits", _token("error", "digit")),
+    Planted("files-but-not-file", "words about files and paths, except the word file itself",
+            _token("file", unless="file-word")),
+    Planted("long-words", "long words: the longer the word, the stronger it fires", _token("long")),
+)  # fmt: skip
+"""FIND-style latents (Schwettmann et al. 2023, "FIND: A Function Description Benchmark", §3.2, synthetic neurons):
+two *monofunctional* ones (a concept: error words; file words), a lexical one (Python constants), a
+*polyfunctional* one (two unrelated concepts), a *corrupted* one (a concept except a sub-part, which a good
+description must name) and a graded one (activation grows with word length, as FIND's numeric functions grade
+their input)."""
+
 RANDOM_DESCRIPTIONS = (
     "words about cooking and recipes",
     "names of European cities",
@@ -99,6 +131,14 @@ RANDOM_DESCRIPTIONS = (
     "legal terms in contracts",
 )
 """Descriptions that fit none of the planted features (the random-explanation baseline)."""
+
+FEATURE_SETS: dict[str, tuple[Planted, ...]] = {"planted": PLANTED, "find": FIND}
+"""The known-meaning latent sets, by name."""
+
+
+def feature_set(names: list[str] | tuple[str, ...] | None) -> tuple[Planted, ...] | None:
+    """The set whose latent names are ``names`` (a feature database's ``dictionary.features``), else None."""
+    return next((s for s in FEATURE_SETS.values() if list(names or ()) == [p.name for p in s]), None)
 
 
 @dataclass(frozen=True)
@@ -112,16 +152,17 @@ class OracleConfig:
 
 
 class OracleDictionary:
-    """A dictionary whose latents are the planted features, computed from the ``token-facts`` site."""
+    """A dictionary whose latents are known features (``planted``), computed from the ``token-facts`` site."""
 
-    def __init__(self, vocab: list[str]) -> None:
-        self.cfg = OracleConfig()
+    def __init__(self, vocab: list[str], planted: tuple[Planted, ...] = PLANTED) -> None:
+        self.planted = planted
+        self.cfg = OracleConfig(d_sae=len(planted), features=tuple(p.name for p in planted))
         self.lexicon = Lexicon.of(vocab)
 
     def encode(self, x: Float[Tensor, "rows 3"]) -> Float[Tensor, "rows d_sae"]:
         """Each planted feature's activation on each row ``(token id, previous id, position)``."""
         ids, prev, pos = x[:, 0].long(), x[:, 1].long(), x[:, 2].long()
-        return torch.stack([p.fn(self.lexicon, ids, prev, pos) for p in PLANTED], dim=1)
+        return torch.stack([p.fn(self.lexicon, ids, prev, pos) for p in self.planted], dim=1)
 
 
 def vocab_texts(tokenizer: Any) -> list[str]:
@@ -155,11 +196,15 @@ def planted_store(tokenizer: Any, out_dir: str | Path, *, n_contexts: int = 256,
 def planted_db(
     tokenizer: Any, out_dir: str | Path, *, n_contexts: int = 256, ctx_len: int = 64, seed: int = 0,
     config: FeatureDBConfig = FeatureDBConfig(top_k=20, window=16, before=10),  # noqa: B008 (frozen)
+    planted: tuple[Planted, ...] = PLANTED,
 ) -> tuple[FeatureDB, ActivationStore, OracleDictionary]:  # fmt: skip
-    """The planted store, its oracle dictionary and their feature database (``out_dir/features.db``)."""
+    """The planted store, the oracle dictionary of ``planted`` and their feature database (``out_dir/features.db``).
+
+    ``planted`` is ``PLANTED`` (the default) or ``FIND``.
+    """
     out = Path(out_dir)
     store = planted_store(tokenizer, out / "store", n_contexts=n_contexts, ctx_len=ctx_len, seed=seed)
-    oracle = OracleDictionary(vocab_texts(tokenizer))
+    oracle = OracleDictionary(vocab_texts(tokenizer), planted)
     db = build_feature_db(store, oracle, out / "features.db", dataclasses.replace(config, site=SITE),
                           tokenizer=tokenizer, progress=False)  # fmt: skip
     return db, store, oracle

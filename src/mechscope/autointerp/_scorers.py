@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,7 +76,8 @@ class Tools:
 
 
 SCORERS: Registry[Any, Score] = Registry(
-    "scorers", builtins=["mechscope.autointerp._scorers", "mechscope.autointerp._output"]
+    "scorers",
+    builtins=["mechscope.autointerp._scorers", "mechscope.autointerp._output", "mechscope.autointerp._simulate"],
 )
 """Declared scorers: ``fn(contexts: LatentContexts, explanation: str, tools: Tools, config) -> Score``."""
 
@@ -194,12 +196,17 @@ def auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
     return float((greater + 0.5 * ties) / (len(positive) * len(negative)))
 
 
+def _embedding_texts(contexts: LatentContexts, config: EmbeddingConfig) -> tuple[list[str], list[str]]:
+    return [w.text for w in contexts.activating[: config.n_examples]], [
+        w.text for w in contexts.negatives[: config.n_examples]
+    ]
+
+
 @SCORERS.declare("embedding", config=EmbeddingConfig, result=Score)
 def embedding(contexts: LatentContexts, explanation: str, tools: Tools, config: EmbeddingConfig) -> Score:
     """AUROC of explanation-to-context embedding similarity, activating vs non-activating contexts."""
     _need_negatives(contexts, "embedding")
-    pos = [w.text for w in contexts.activating[: config.n_examples]]
-    neg = [w.text for w in contexts.negatives[: config.n_examples]]
+    pos, neg = _embedding_texts(contexts, config)
     vectors = tools.embedder([explanation, *pos, *neg])
     sims = vectors[1:] @ vectors[0]
     return Score(auroc(sims[: len(pos)], sims[len(pos) :]), 0.5, len(pos) + len(neg))
@@ -220,14 +227,27 @@ def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(x @ y) / denom if denom > 0 else 0.0
 
 
+def _simulation_tokens(contexts: LatentContexts, config: SimulationConfig) -> list[str]:
+    windows = [*contexts.activating[: config.n_examples], *contexts.negatives[: config.n_examples]]
+    return [t.strip() or t for w in windows for t in w.tokens]
+
+
 @SCORERS.declare("simulation", config=SimulationConfig, result=Score)
 def simulation(contexts: LatentContexts, explanation: str, tools: Tools, config: SimulationConfig) -> Score:
     """Correlation of per-token activations simulated from the explanation (embedding similarity) with the real ones."""
     windows = [*contexts.activating[: config.n_examples], *contexts.negatives[: config.n_examples]]
-    tokens = [t.strip() or t for w in windows for t in w.tokens]
+    tokens = _simulation_tokens(contexts, config)
     real = torch.tensor([a for w in windows for a in w.activations])
     vocab = list(dict.fromkeys(tokens))
     vectors = tools.embedder([explanation, *vocab])
     sim = dict(zip(vocab, (vectors[1:] @ vectors[0]).tolist(), strict=True))
     predicted = torch.tensor([sim[t] for t in tokens])
     return Score(pearson(predicted, real), 0.0, len(tokens))
+
+
+EMBEDS: dict[str, Callable[[LatentContexts, Any], list[str]]] = {
+    "embedding": lambda c, config: [t for part in _embedding_texts(c, config) for t in part],
+    "simulation": lambda c, config: list(dict.fromkeys(_simulation_tokens(c, config))),
+}
+"""The texts each embedding-based scorer will embed for a latent: a job embeds those of many latents in one batched
+call first (``_jobs.score``), so the scorer finds them memoised."""

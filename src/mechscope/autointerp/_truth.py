@@ -19,7 +19,7 @@ from mechscope.store import FeatureDB
 from ._contexts import ContextConfig, NegativePool, gather
 from ._jobs import explain
 from ._llm import Chat
-from ._planted import PLANTED, RANDOM_DESCRIPTIONS
+from ._planted import PLANTED, RANDOM_DESCRIPTIONS, Planted, feature_set
 from ._records import Records
 from ._scorers import SCORERS, Tools
 
@@ -88,12 +88,13 @@ def check_scorers(
     scorers: Sequence[str],
     tools: Tools,
     contexts: ContextConfig = ContextConfig(),  # noqa: B008
+    planted: tuple[Planted, ...] = PLANTED,
 ) -> list[ScorerCheck]:
     """Every scorer on every planted latent: true vs shuffled vs random descriptions."""
     out = []
-    for latent, p in enumerate(PLANTED):
+    for latent, p in enumerate(planted):
         c = gather(db, latent, contexts, pool)
-        others = [q.description for q in PLANTED if q is not p]
+        others = [q.description for q in planted if q is not p]
         for name in scorers:
             spec = SCORERS[name]
             cfg = spec.config()
@@ -105,23 +106,25 @@ def check_scorers(
     return out
 
 
-def recovery(db_path: str | Path, explainers: Sequence[str], tools: Tools, llm: Chat | None = None) -> list[Recovery]:
+def recovery(db_path: str | Path, explainers: Sequence[str], tools: Tools, llm: Chat | None = None,
+             planted: tuple[Planted, ...] = PLANTED) -> list[Recovery]:  # fmt: skip
     """Run each explainer on the planted latents and measure how close its text comes to the true description."""
     out = []
     for name in explainers:
-        summary = explain(db_path, name, latents=range(len(PLANTED)), llm=llm, progress=False)
+        summary = explain(db_path, name, latents=range(len(planted)), llm=llm, progress=False)
         with Records(db_path) as records:
             found = {r.latent: r.text for r in records.explanations(explainer=name, run=summary.run)}
-        out += recovery_of(found, name, tools, range(len(PLANTED)))
+        out += recovery_of(found, name, tools, range(len(planted)), planted)
     return out
 
 
-def recovery_of(texts: dict[int, str | None], explainer: str, tools: Tools, latents: Iterable[int]) -> list[Recovery]:
+def recovery_of(texts: dict[int, str | None], explainer: str, tools: Tools, latents: Iterable[int],
+                planted: tuple[Planted, ...] = PLANTED) -> list[Recovery]:  # fmt: skip
     """Recovery of the planted ``latents`` from an explainer's ``texts`` (latent -> text; missing: failed)."""
-    truth_vectors = tools.embedder([p.description for p in PLANTED])
+    truth_vectors = tools.embedder([p.description for p in planted])
     out = []
     for latent in latents:
-        p, text = PLANTED[latent], texts.get(latent)
+        p, text = planted[latent], texts.get(latent)
         if text is None:
             out.append(Recovery(p.name, explainer, None, 0.0, False))
             continue
@@ -137,7 +140,8 @@ def ground_truth(
     """Scorer separation and explainer recovery on a planted feature database (``planted_db``)."""
     tools = tools or Tools(llm)
     with FeatureDB(db_path) as db:
-        if db.meta["dictionary"].get("features") != [p.name for p in PLANTED]:
+        planted = feature_set(db.meta["dictionary"].get("features"))
+        if planted is None:
             raise ValueError(f"{db_path} is not a planted feature database: build one with planted_db()")
-        checks = check_scorers(db, pool, scorers, tools)
-    return GroundTruth(tuple(checks), tuple(recovery(db_path, explainers, tools, llm)))
+        checks = check_scorers(db, pool, scorers, tools, planted=planted)
+    return GroundTruth(tuple(checks), tuple(recovery(db_path, explainers, tools, llm, planted)))

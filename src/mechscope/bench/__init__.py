@@ -15,7 +15,8 @@ registers nothing and imports no organism or method. A new method joins a suite 
 ``register_method``); new organisms subclass ``Organism`` and join with ``register_organism``, a new family's
 scorers with ``register_scorer``. Built-in families: circuits, features, frequencies, descriptions, trojans
 (trojaned CNNs and their clean twins), attribution (signal-block CNNs and their moved-block twins) and compiled
-(RASP programs compiled by tracr, with the ``tracr`` extra).
+(RASP programs compiled by tracr, with the ``tracr`` extra) and autointerp (planted and FIND-style text latents
+with true descriptions, with the ``autointerp`` extra).
 
 The organisms live in ``mechscope.organisms``.
 """

@@ -27,6 +27,7 @@ def default_suite() -> Suite:
     _vision_methods(suite)
     _compiled_methods(suite)
     _graph_methods(suite)
+    _autointerp_methods(suite)
     return suite.include(PLUGINS).check()
 
 
@@ -53,6 +54,10 @@ def _scorers(suite: Suite) -> None:
     suite.add_scorer("attribution", _vision_scorers.attribution_scores)
     suite.add_scorer("graphs", _graphs.graph_edge_auroc)
     suite.add_scorer("graphs", _graphs.graph_scores)
+    from . import _autointerp
+
+    for scorer in _autointerp.SCORERS:
+        suite.add_scorer("autointerp", scorer)
 
 
 def _organisms(suite: Suite) -> None:
@@ -64,6 +69,11 @@ def _organisms(suite: Suite) -> None:
         o.PlantedGraph(),
     ):  # fmt: skip
         suite.add_organism(organism)
+    for known in (o.PlantedText(), o.FindText()):  # known-meaning latents: scored with all-MiniLM-L6-v2
+        if o.embedder_available():
+            suite.add_organism(known)
+        else:
+            suite.unavailable[known.name] = o.MISSING_EMBEDDER
     for compiled in o.TRACR_ORGANISMS:  # compiled RASP programs: built only with the tracr extra installed
         if o.tracr_available():
             suite.add_organism(compiled)
@@ -142,3 +152,12 @@ def _graph_methods(suite: Suite) -> None:
         suite.add(spec)
     suite.add_method(g.random_graphs, family="graphs", name="random", baseline=True)
     suite.add_method(g.oracle_graphs, family="graphs", name="oracle", baseline=True)
+
+
+def _autointerp_methods(suite: Suite) -> None:
+    from . import _autointerp as a
+
+    for spec in [*a.explainer_methods(), *a.scorer_methods()]:  # declared explainers and scorers, one adapter
+        suite.add(spec)
+    suite.add_method(a.random_method, family="autointerp", name="random", baseline=True)
+    suite.add_method(a.oracle_method, family="autointerp", name="oracle", baseline=True)

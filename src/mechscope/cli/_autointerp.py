@@ -89,7 +89,8 @@ def explain(
 def score(
     database: DbArg,
     scorer: Annotated[
-        list[str], typer.Option(help="Scorer (repeat for several): detection, fuzzing, embedding, simulation.")
+        list[str],
+        typer.Option(help="Scorer (repeat for several): detection, fuzzing, embedding, simulation, llm-simulation."),
     ],
     explainer: ScoredOpt = "top-tokens",
     run_id: Annotated[
@@ -104,6 +105,13 @@ def score(
         typer.Option(help="Dictionary folder (for non-activating contexts; a planted database needs none)."),
     ] = None,
     n_windows: Annotated[int, typer.Option(help="Random store windows encoded for non-activating contexts.")] = 256,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Model the output scorer steers (default: the one the activation store was harvested from)."),
+    ] = None,
+    steer_strength: Annotated[
+        float, typer.Option(help="Output scorer: multiple of the latent's decoder row added at its site.")
+    ] = 8.0,
     url: UrlOpt = None,
     llm_model: LlmModelOpt = "default",
     concurrency: ConcurrencyOpt = 4,
@@ -118,23 +126,41 @@ def score(
 
     with user_errors():
         specs = [SCORERS[s] for s in scorer]
-        if steered := [s.name for s in specs if "intervention" in s.tags]:
-            raise ValueError(f"{', '.join(steered)} steers the model and is library-only: "
-                             "autointerp.score(..., steer=DictionarySteerer(model, dictionary))")  # fmt: skip
         configs = configs_for(specs, settings or {}, option_owner=SCORERS)
+        steer = None
+        if steered := [s.name for s in specs if "intervention" in s.tags]:
+            steer = _steerer(database, store, dictionary, model, steer_strength, steered)
         llm = _chat(url, llm_model, concurrency, timeout, retries, any("llm" in s.tags for s in specs))
-        pool = _pool(database, store, dictionary, n_windows)
+        needs_pool = any("intervention" not in s.tags for s in specs)
+        pool = _pool(database, store, dictionary, n_windows) if needs_pool else None
         out: dict[str, Any] = {}
         for spec, config in zip(specs, configs, strict=True):
             summary = run(database, spec, explainer=explainer, run=run_id, config=config,
-                          latents=parse_latents(latents), llm=llm, pool=pool)  # fmt: skip
+                          latents=parse_latents(latents), llm=llm, pool=pool, steer=steer)  # fmt: skip
             out[spec.name] = {**summary.to_dict(), **_means(database, explainer, summary.run, spec.name)}
     _report(out, as_json)
 
 
+def _steerer(database: Path, store_dir: Path | None, dictionary: Path | None, model: str | None, strength: float,
+             scorers: list[str]) -> Any:  # fmt: skip
+    """A ``DictionarySteerer`` on the model (``--model``, else the store's) and the dictionary of ``--dictionary``."""
+    from ..autointerp import DictionarySteerer
+    from ..store import ActivationStore, FeatureDB
+    from ._common import open_model
+
+    if dictionary is None:
+        raise ValueError(f"{', '.join(scorers)} steers the model along each latent's decoder row: give --dictionary "
+                         "(the one the database was built from; a planted oracle has no decoder)")  # fmt: skip
+    from ..features import load_dictionary
+
+    with FeatureDB(database) as db:
+        name = model or ActivationStore(store_dir or db.meta["store"]).provenance.model
+    return DictionarySteerer(open_model(name), load_dictionary(dictionary), strength=strength)
+
+
 def _pool(database: Path, store_dir: Path | None, dictionary: Path | None, n_windows: int) -> Any:
     from ..autointerp import NegativePool, OracleDictionary
-    from ..autointerp._planted import PLANTED
+    from ..autointerp._planted import feature_set
     from ..store import ActivationStore, FeatureDB
 
     with FeatureDB(database) as db:
@@ -143,8 +169,8 @@ def _pool(database: Path, store_dir: Path | None, dictionary: Path | None, n_win
             from ..features import load_dictionary
 
             d: Any = load_dictionary(dictionary)
-        elif db.meta["dictionary"].get("features") == [p.name for p in PLANTED]:
-            d = OracleDictionary(_vocab(db))
+        elif (planted := feature_set(db.meta["dictionary"].get("features"))) is not None:
+            d = OracleDictionary(_vocab(db), planted)
         else:
             raise ValueError("scoring needs non-activating contexts: give --dictionary (the one the database was "
                              "built from)")  # fmt: skip

@@ -9,8 +9,9 @@ Every organism is obtained the same way::
 
 Families: circuits (a planted induction circuit), graphs (a transformer whose MLP neurons are the true features),
 compiled RASP programs (tracr; built with the ``tracr`` extra), modular addition, toy superposition and synthetic
-features, FIND-style numeric functions, trojaned CNNs with clean twins, signal-block CNNs with moved-block twins,
-and the small vision models of the attribution gallery (``Vision``; ``vision_organism(name)`` obtains one). The image
+features, FIND-style numeric functions, planted and FIND-style text latents with known descriptions
+(auto-interpretation), trojaned CNNs with clean twins, signal-block CNNs with moved-block twins, and the small vision
+models of the attribution gallery (``Vision``; ``vision_organism(name)`` obtains one). The image
 classifiers among them train with one loop (``train_classifier``). Method packages never import this package; the
 bench, the demos and the docs do.
 """
@@ -30,8 +31,17 @@ from ._organism import (
     verification_id,
 )
 from ._planted_graph import BuiltPlantedGraph, PlantedEdge, PlantedGraph, PlantedGraphConfig, TrueGraph
+from ._planted_text import (
+    MISSING_EMBEDDER,
+    BuiltKnownText,
+    FindText,
+    PlantedText,
+    TextConfig,
+    embedder_available,
+)
 from ._protocols import (
     AttributionOrganism,
+    AutointerpOrganism,
     BuiltOrganism,
     CircuitsOrganism,
     CompiledOrganism,
@@ -71,11 +81,13 @@ from ._vision import SPECS, OrganismSpec, SmallCNN, SmallViT, Vision, VisionOrga
 
 __all__ = [
     "FAMILIES",
+    "MISSING_EMBEDDER",
     "MISSING_TRACR",
     "SPECS",
     "TRACR_FAMILY",
     "TRACR_ORGANISMS",
     "AttributionOrganism",
+    "AutointerpOrganism",
     "BlockImages",
     "BlocksConfig",
     "Built",
@@ -84,6 +96,7 @@ __all__ = [
     "BuiltCompiled",
     "BuiltFeatures",
     "BuiltInduction",
+    "BuiltKnownText",
     "BuiltModAdd",
     "BuiltNumeric",
     "BuiltOrganism",
@@ -99,6 +112,7 @@ __all__ = [
     "Edge",
     "FeatureConfig",
     "FeaturesOrganism",
+    "FindText",
     "FrequenciesOrganism",
     "GraphsOrganism",
     "Induction",
@@ -115,12 +129,14 @@ __all__ = [
     "PlantedEdge",
     "PlantedGraph",
     "PlantedGraphConfig",
+    "PlantedText",
     "Schedule",
     "SignalBlocks",
     "SmallCNN",
     "SmallViT",
     "SyntheticFeatures",
     "TMSConfig",
+    "TextConfig",
     "ToyModelOfSuperposition",
     "TracrConfig",
     "TracrDyck",
@@ -140,6 +156,7 @@ __all__ = [
     "VisionOrganism",
     "block_images",
     "compiled_model",
+    "embedder_available",
     "obtain",
     "organism_dir",
     "program_output",

@@ -18,6 +18,7 @@ trojans         ``TrojanOrganism``     ``model``, ``twin``, ``kind``, ``target``
 attribution     ``AttributionOrganism`` ``model``, ``twin``, ``probe(n)``, ``twin_probe(n)`` (``BlockImages``)
 graphs          ``GraphsOrganism``     ``model``, ``output_ids``, ``transcoders()`` (the oracle), ``prompts(n, seed)``,
                                        ``graph_prompts(n, seed)``, ``true_graph(tokens)``
+autointerp      ``AutointerpOrganism`` ``planted`` (latents with true descriptions), ``database(folder)``
 ==============  =====================  ===========================================================================
 
 All of them are ``BuiltOrganism``: its recipe's name (``organism``) and the ``seed`` it was built from.
@@ -26,10 +27,13 @@ All of them are ``BuiltOrganism``: its recipe's name (``organism``) and the ``se
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from torch import Tensor
 
+from ..autointerp._contexts import NegativePool
+from ..autointerp._planted import Planted
 from ..core._interventions import Intervention
 from ..core._model import Model
 from ..data._task import Task
@@ -222,19 +226,32 @@ class GraphsOrganism(BuiltOrganism, Protocol):
         """The active features and planted edges of one prompt."""
 
 
+class AutointerpOrganism(BuiltOrganism, Protocol):
+    """A feature database whose latents' meanings are known (planted or FIND-style latents on a corpus sample)."""
+
+    @property
+    def planted(self) -> tuple[Planted, ...]:
+        """The latents in order: name, true description, activation function."""
+
+    def database(self, folder: Path) -> tuple[Path, NegativePool]:
+        """A fresh copy of the feature database in ``folder`` and its negative pool."""
+
+
 if TYPE_CHECKING:  # the type checker verifies that every built-in organism offers its family's members
     from ._blocks import BuiltBlocks
     from ._induction import BuiltInduction
     from ._modadd import BuiltModAdd
     from ._numeric import BuiltNumeric
     from ._planted_graph import BuiltPlantedGraph
+    from ._planted_text import BuiltKnownText
     from ._superposition import BuiltFeatures, BuiltTMS
     from ._tracr import BuiltCompiled
     from ._trojan import BuiltTrojan
 
     def _conforms(
         a: BuiltInduction, b: BuiltCompiled, c: BuiltFeatures, d: BuiltTMS, e: BuiltModAdd, f: BuiltNumeric,
-        g: BuiltTrojan, h: BuiltBlocks, i: BuiltPlantedGraph,
+        g: BuiltTrojan, h: BuiltBlocks, i: BuiltPlantedGraph, j: BuiltKnownText,
     ) -> tuple[CircuitsOrganism, CompiledOrganism, FeaturesOrganism, FeaturesOrganism, FrequenciesOrganism,
-               DescriptionsOrganism, TrojanOrganism, AttributionOrganism, GraphsOrganism]:  # fmt: skip
-        return a, b, c, d, e, f, g, h, i
+               DescriptionsOrganism, TrojanOrganism, AttributionOrganism, GraphsOrganism,
+               AutointerpOrganism]:  # fmt: skip
+        return a, b, c, d, e, f, g, h, i, j

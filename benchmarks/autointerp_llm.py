@@ -1,0 +1,109 @@
+"""The chat-model scorers with the built-in SmolLM2-135M-Instruct on this CPU: detection, fuzzing, llm-simulation.
+
+Slow (about a minute per request on the shared, loaded 2-core CPU), so it runs on a handful of planted latents
+(``--latents``, default digits: a token-level feature a scorer can see in the text) with small configs (5 activating
+and 5 non-activating contexts per judge, one of each per simulation) and is kept apart from
+``benchmarks/autointerp.py``. For each latent and scorer it scores the true description and one shuffled
+description (another planted latent's, the next in ``PLANTED`` order), and records
+the value, the chance level, how many items the model's replies left unparsed, and the seconds per explanation.
+One round: greedy decoding is deterministic, and the point is the scores and the time, not a timing comparison.
+
+Run: ``.venv/bin/python benchmarks/autointerp_llm.py [--latents 0,3] [--judge-examples 10]``; writes
+``benchmarks/results/autointerp_llm.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import mechscope as ms
+from mechscope._machine import machine
+from mechscope.autointerp import PLANTED, SCORERS, ContextConfig, LocalChat, NegativePool, Tools, gather, planted_db
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Recording:
+    """The chat model, keeping its replies (the JSON shows the first of each explanation: how a reply fails)."""
+
+    def __init__(self, chat: LocalChat) -> None:
+        self.chat, self.name, self.concurrency, self.replies = chat, chat.name, 1, []
+
+    def count_tokens(self, text: str) -> int:
+        return self.chat.count_tokens(text)
+
+    def complete(self, messages: list[dict[str, str]], *, max_tokens: int, seed: int) -> str:
+        reply = self.chat.complete(messages, max_tokens=max_tokens, seed=seed)
+        self.replies.append(reply)
+        return reply
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--latents", default="0")
+    parser.add_argument("--scorers", default="detection,fuzzing,llm-simulation")
+    parser.add_argument("--judge-examples", type=int, default=5, help="detection/fuzzing n_examples (default 10)")
+    parser.add_argument("--simulation-examples", type=int, default=1, help="llm-simulation n_examples (default 5)")
+    parser.add_argument("--simulation-tokens", type=int, default=80, help="llm-simulation max_new_tokens")
+    args = parser.parse_args()
+    latents = [int(x) for x in args.latents.split(",")]
+    model = ms.load("smollm2-135m")
+    chat = Recording(LocalChat(model))
+    tools = Tools(chat)
+    rows, checks = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        db, store, oracle = planted_db(model.tokenizer, Path(tmp), n_contexts=128, ctx_len=64)
+        pool = NegativePool.build(store, oracle, db, n_windows=256)
+        for name in args.scorers.split(","):
+            spec = SCORERS[name]
+            if name == "llm-simulation":
+                config = spec.make_config(n_examples=args.simulation_examples, max_new_tokens=args.simulation_tokens)
+            else:
+                config = spec.make_config(n_examples=args.judge_examples)
+            seconds = []
+            for latent in latents:
+                c = gather(db, latent, ContextConfig(), pool)
+                true_text = PLANTED[latent].description
+                other = PLANTED[(latent + 1) % len(PLANTED)].description
+                got, replies = {}, {}
+                for kind, text in (("true", true_text), ("shuffled", other)):
+                    t = time.perf_counter()
+                    chat.replies.clear()
+                    s = spec.fn(c, text, tools, config)
+                    replies[kind] = chat.replies[0][:300] if chat.replies else None
+                    seconds.append(time.perf_counter() - t)
+                    got[kind] = s
+                    print(name, PLANTED[latent].name, kind, round(s.value, 3), s.detail, round(seconds[-1], 1))
+                checks.append({"feature": PLANTED[latent].name, "scorer": name, "true": got["true"].value,
+                               "shuffled": got["shuffled"].value, "chance": got["true"].chance, "n": got["true"].n,
+                               "unparsed_true": got["true"].detail.get("unparsed"),
+                               "unparsed_shuffled": got["shuffled"].detail.get("unparsed"),
+                               "config": config.__dict__, "first_reply": replies})  # fmt: skip
+            rows.append({"name": f"score {name} (SmolLM2-135M, CPU, greedy)", "metric": "seconds per explanation",
+                         "value": round(sum(seconds) / len(seconds), 2), "unit": "s",
+                         "explanations": len(seconds), "latents": [PLANTED[i].name for i in latents]})  # fmt: skip
+            mine = [x for x in checks if x["scorer"] == name]
+            rows.append({"name": f"{name} (SmolLM2-135M): true beats shuffled", "metric": "features",
+                         "value": sum(x["true"] > x["shuffled"] for x in mine), "unit": f"of {len(mine)}"})  # fmt: skip
+            rows.append({"name": f"{name} (SmolLM2-135M): items unparsed", "metric": "share of items",
+                         "value": round(sum(x["unparsed_true"] + x["unparsed_shuffled"] for x in mine)
+                                        / sum(2 * x["n"] for x in mine), 3), "unit": "share"})  # fmt: skip
+    result = {
+        "benchmark": "autointerp_llm",
+        "machine": machine(),
+        "load_average_1_5_15min_at_end": [round(x, 2) for x in os.getloadavg()],
+        "rows": rows,
+        "ratios": {},
+        "checks": checks,
+    }
+    (ROOT / "benchmarks" / "results" / "autointerp_llm.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
