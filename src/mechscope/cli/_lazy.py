@@ -59,7 +59,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "serve": (
         "_serve",
-        "Start the explorer, a local web app: prompt lab, attention, logit lens, circuits, bench, features.",
+        "Start the explorer, a local web app: prompt lab, attention, logit lens, circuits, graphs, bench, features.",
     ),
     "weights": (
         "_weights",
