@@ -24,7 +24,7 @@ All of them are ``BuiltOrganism``: its recipe's name (``organism``) and the ``se
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from torch import Tensor
 
@@ -87,6 +87,10 @@ class CompiledOrganism(BuiltOrganism, Protocol):
 
     def tasks(self) -> list[Task]:
         """One task per input length."""
+
+    @property
+    def selectors(self) -> dict[str, dict[str, Any]]:
+        """Every emitted head's compiled selector and value map in the residual basis, by head site."""
 
     def site(self, node: str) -> str:
         """The model site of a candidate node."""
