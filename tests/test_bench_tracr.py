@@ -106,6 +106,8 @@ def test_harness_scores_the_compiled_family(organism):
         assert {(method, m) for m in ("node_auroc", "edge_auroc", "cpr", "cmd")} <= metrics
     got = {(s.method, s.metric): s for s in board.scores}
     assert got["oracle", "node_auroc"].value == got["oracle", "edge_auroc"].value == 1.0
+    assert got["qk-selectors", "selector_auroc"].value == 1.0  # weights only, one row per program
+    assert {m for meth, m in metrics if meth == "qk-selectors"} == {"selector_auroc"}  # frac_prevs: no value map
     # the harness's areas are MIB's for the method's own output: recomputed here, they agree number for number
     for method, fn in (("oracle", _tracr.oracle_components), ("eap", _tracr.edge_attribution_patching)):
         cpr, cmd = _tracr._faithfulness_areas(fn(organism, RunContext(0, True, None)), organism, method)
@@ -116,6 +118,47 @@ def test_harness_scores_the_compiled_family(organism):
     assert oracle.value > oracle.chance + 0.2 and oracle_cmd.value < oracle_cmd.chance - 0.2
     sizes = circuits.usable_sizes(circuits.SIZES, circuits.Graph.of(organism.model.cfg).n_edges)[0]
     assert [x for x, _ in oracle.curve] == list(sizes) and oracle.curve[-1][1] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_qk_selectors_reads_the_compiled_selector_from_the_weights(organism):
+    truth = organism.selectors["blocks.1.attn.heads.0"]  # frac_prevs: a mean over the positions j <= i
+    assert truth["predicate"] == "Comparison.LEQ" and truth["ov"] is None  # a numerical mean: no value map
+    assert truth["selector"] == [[k <= q for k in range(3)] for q in range(3)]
+    assert [organism.residual_labels[i] for i in truth["query"]] == ["indices:0", "indices:1", "indices:2"]
+    read = _tracr.qk_selectors(organism, RunContext(0, True, None))
+    (auroc,) = _tracr._selector_scores(read, organism, "qk-selectors")
+    assert auroc.metric == "selector_auroc" and auroc.value == 1.0 and auroc.chance == 0.5
+    assert auroc.baselines["oracle"] == 1.0 and auroc.baselines["random_matrix"] < 1.0
+    # the scorers of the circuit methods leave this output alone, and this scorer theirs
+    assert _tracr._node_auroc(read, organism, "qk-selectors") is None
+    assert _tracr._selector_scores(_tracr.oracle_components(organism, RunContext(0, True, None)), organism, "x") is None
+
+
+def test_qk_selectors_fails_on_swapped_queries_and_keys(organism):
+    broken = SMALL.load(0, {k: v.clone() for k, v in organism.tensors().items()})
+    head = broken.module.blocks[1].attn.heads[0]
+    with torch.no_grad():  # attends to j >= i instead of j <= i: the reading must say so
+        q, k = head.q.weight.clone(), head.k.weight.clone()
+        head.q.weight.copy_(k)
+        head.k.weight.copy_(q)
+    (auroc,) = _tracr._selector_scores(_tracr.qk_selectors(broken, RunContext(0, True, None)), broken, "qk-selectors")
+    assert auroc.value < 0.5
+
+
+def test_qk_selectors_reads_the_value_map_of_a_categorical_aggregate():
+    import dataclasses
+
+    recipe = organisms.TracrReverse()
+    built = organisms.obtain(dataclasses.replace(recipe, cfg=dataclasses.replace(recipe.cfg, max_seq_len=3)), 0)
+    (site,) = [site for site, s in built.selectors.items() if s["ov"] is not None]  # reverse: tokens at length - i - 1
+    ov = built.selectors[site]["ov"]
+    assert [built.residual_labels[i].split(":")[1] for i in ov["input"]] == ["1", "2", "3", "4"]
+    read = _tracr.qk_selectors(built, RunContext(0, True, None))
+    scores = {s.metric: s for s in _tracr._selector_scores(read, built, "qk-selectors")}
+    assert scores["selector_auroc"].value == scores["ov_map_accuracy"].value == 1.0
+    assert scores["ov_map_accuracy"].chance == 0.25
+    read.ov[site][:] = read.ov[site].roll(1, dims=1)  # each value written as the next one: a wrong map
+    assert _tracr._selector_scores(read, built, "qk-selectors")[1].value == 0.0
 
 
 def test_missing_extra_is_listed_as_skipped():

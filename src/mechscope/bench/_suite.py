@@ -45,7 +45,7 @@ def _scorers(suite: Suite) -> None:
         for scorer in scorers:
             suite.add_scorer(family, scorer)
     suite.add_scorer("circuits", _faithfulness.faithfulness_areas)
-    for scorer in (_tracr._node_auroc, _tracr._edge_auroc, _tracr._faithfulness_areas):
+    for scorer in (_tracr._node_auroc, _tracr._edge_auroc, _tracr._faithfulness_areas, _tracr._selector_scores):
         suite.add_scorer("compiled", scorer)
     for scorer in (_vision_scorers.trigger_pick, _vision_scorers.trigger_overlap, _vision_scorers.trojan_detection,
                    _vision_scorers.target_identification, _vision_scorers.twin_false_alarm,
@@ -141,6 +141,7 @@ def _compiled_methods(suite: Suite) -> None:
     suite.add_method(t.edge_attribution_patching, family="compiled", name="eap")
     suite.add_method(t.edge_attribution_patching_ig, family="compiled", name="eap-ig")
     suite.add_method(t.acdc_components, family="compiled", name="acdc")
+    suite.add_method(t.qk_selectors, family="compiled", name="qk-selectors")  # weights only (lenses.head_weights)
     suite.add_method(t.random_components, family="compiled", name="random", baseline=True)
     suite.add_method(t.oracle_components, family="compiled", name="oracle", baseline=True)
 

@@ -12,28 +12,39 @@ methods what they need, so the methods here are the library's own, run the same 
 - ``acdc``: ``circuits.acdc`` over heads and MLPs with the same ablation, on the inputs of the longest length;
 - ``zero_ablation`` / ``mean_ablation``: accuracy lost when one component is ablated (``ms.Ablate``).
 
+- ``qk-selectors`` (``qk_selectors``, weights only): every emitted head's ``W_QK`` and ``W_OV``
+  (``lenses.head_weights``) read in the residual basis the compiler laid out: the block of query-value rows by
+  key-value columns is the head's recovered selector, the block of attended-value rows by output-value columns its
+  recovered value map.
+
 Scorers: node and edge AUROC against the emitted components and the program's data flow, with numerically-zero
 scores tied at zero; and for every method that scores edges, MIB's CPR and CMD (Mueller et al. 2025, section 4)
 of its top-scoring circuits under mean ablation (``circuits.mib_curves``: CPR ranks by signed score, CMD by
-``|score|``, ties in random orders), the mean area of random circuits of the same sizes as chance.
+``|score|``, ties in random orders), the mean area of random circuits of the same sizes as chance. For
+``qk-selectors``: ``selector_auroc`` and ``ov_map_accuracy`` (``_selector_scores``), each with its chance level,
+a random matrix read the same way, and the oracle (the compiled selector and map themselves).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+from torch import Tensor
 
 from ..circuits._acdc import acdc
 from ..circuits._eap import eap, eap_ig
 from ..circuits._faithfulness import TIE_ORDERS, mib_curves
 from ..circuits._graph import EdgeScores, Graph
 from ..core._interventions import Ablate, Intervention
+from ..lenses._weights import head_weights
 from ..organisms._protocols import CompiledOrganism
 from ..organisms._tracr import program_output
+from ..organisms._tracr_model import node_of
 from ._faithfulness import area_scores, edge_keys
 from ._registry import RunContext
-from ._scorers import CircuitScores, Score, edge_auroc, node_auroc
+from ._scorers import CircuitScores, Score, auroc, edge_auroc, node_auroc
 
 NUMERICALLY_ZERO = 1e-6
 """Node scores below this fraction of a method's largest count as zero (ties) when ranked: the unused blocks of a
@@ -64,14 +75,14 @@ def _node_auroc(output: CircuitScores, organism: CompiledOrganism, method: str) 
     None when every candidate is in the circuit (``hist``: nothing to rank).
     """
     truth = organism.circuit
-    if not set(truth.nodes) - truth.circuit:
+    if not isinstance(output, CircuitScores) or not set(truth.nodes) - truth.circuit:
         return None
     return node_auroc(CircuitScores(_tied(dict(output.nodes)), output.edges), organism, method)
 
 
 def _edge_auroc(output: CircuitScores, organism: CompiledOrganism, method: str) -> Score | None:
     """Edge AUROC (``_scorers.edge_auroc``) with numerically-zero scores tied at zero, as for nodes."""
-    if output.edges is None:
+    if not isinstance(output, CircuitScores) or output.edges is None:
         return None
     return edge_auroc(CircuitScores(output.nodes, _tied(dict(output.edges))), organism, method)
 
@@ -187,3 +198,97 @@ def oracle_components(organism: CompiledOrganism, ctx: RunContext) -> CircuitSco
     truth = organism.circuit
     return CircuitScores({n: float(n in truth.circuit) for n in truth.nodes},
                          {e: float(e in truth.circuit_edges) for e in truth.edges})  # fmt: skip
+
+
+# --- selectors read from the weights ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SelectorReadings:
+    """What ``qk_selectors`` reads from each emitted head's weights, by head site (``blocks.1.attn.heads.0``)."""
+
+    qk: dict[str, Tensor]
+    """``[query value, key value]``: ``W_QK`` between the one-hot directions of the selector's query and key values;
+    higher = the query value attends more to the key value."""
+    ov: dict[str, Tensor]
+    """``[input value, output value]``: ``W_OV`` from the one-hot directions of the attended value to those of the
+    written one; only heads that aggregate a categorical value."""
+
+
+def qk_selectors(organism: CompiledOrganism, ctx: RunContext) -> SelectorReadings:
+    """Each compiled head's selector and value map, read from ``W_QK`` and ``W_OV`` in the compiler's residual basis.
+
+    Weights only (``lenses.head_weights``, no forward pass). tracr lays out the residual stream as labelled
+    one-hot blocks (``tokens:3``, ``indices:0``); the organism records which dimensions hold each head's query,
+    key, attended and output values, and the method reads the bilinear forms between them: ``e_q W_QK e_kᵀ``
+    for every (query value, key value) pair and ``e_v W_OV e_oᵀ`` for every (attended value, output value) pair.
+    """
+    qk, ov = {}, {}
+    for site, s in organism.selectors.items():
+        node = node_of(site)
+        assert node.layer is not None and node.index is not None
+        w = head_weights(organism.residual, node.layer)
+        qk[site] = w.qk()[node.index][s["query"]][:, s["key"]]
+        if s["ov"] is not None:
+            ov[site] = w.ov()[node.index][s["ov"]["input"]][:, s["ov"]["output"]]
+    return SelectorReadings(qk, ov)
+
+
+RANDOM_MATRIX_SEED = 7_919
+"""Seed of the random ``W_QK`` / ``W_OV`` blocks behind the random-matrix baseline."""
+
+RANDOM_MATRICES = 100
+"""Random blocks per head whose scores the random-matrix baseline averages."""
+
+
+def _selector_scores(output: Any, organism: CompiledOrganism, method: str) -> list[Score] | None:
+    """``selector_auroc`` and ``ov_map_accuracy`` of a ``SelectorReadings``; None for other outputs.
+
+    ``selector_auroc``: per head, the AUROC of the read ``W_QK`` block over (query value, key value) pairs against
+    the compiled selector (1 exactly when one threshold recovers the boolean selector), averaged over the heads
+    whose selector is not constant (a ``TRUE`` selector, as in ``length``, has nothing to rank); chance 0.5.
+    ``ov_map_accuracy``: share of attended values whose largest read output is the value the program writes,
+    pooled over the heads that aggregate a categorical value; chance ``1 / |output values|`` (averaged the same
+    way). Baselines: ``random_matrix`` (Gaussian blocks of the same shape read the same way, the mean over
+    ``RANDOM_MATRICES`` per head, seed ``RANDOM_MATRIX_SEED``) and ``oracle`` (the compiled selector and map as
+    the reading).
+    """
+    if not isinstance(output, SelectorReadings):
+        return None
+    gen = torch.Generator().manual_seed(RANDOM_MATRIX_SEED + organism.seed)
+    truth = organism.selectors
+    ranked = [
+        site for site in sorted(output.qk) if 0 < sum(map(sum, truth[site]["selector"])) < output.qk[site].numel()
+    ]
+    scores = []
+    if ranked:
+        aurocs: dict[str, list[float]] = {"value": [], "random_matrix": [], "oracle": []}
+        for site in ranked:
+            labels = torch.tensor(truth[site]["selector"])
+            aurocs["value"].append(auroc(output.qk[site].flatten(), labels.flatten()))
+            aurocs["oracle"].append(auroc(labels.double().flatten(), labels.flatten()))
+            noise = torch.randn(RANDOM_MATRICES, labels.numel(), generator=gen)
+            aurocs["random_matrix"].append(sum(auroc(n, labels.flatten()) for n in noise) / RANDOM_MATRICES)
+        scores.append(_mean_score(organism, method, "selector_auroc", aurocs, 0.5))
+    mapped = sorted(output.ov)
+    if mapped:
+        right: dict[str, list[float]] = {"value": [], "random_matrix": [], "oracle": []}
+        chance = []
+        for site in mapped:
+            want = torch.tensor(truth[site]["ov"]["map"])
+            block = output.ov[site]
+            oracle = torch.nn.functional.one_hot(want.clamp(min=0), block.shape[1]).double()
+            right["value"] += (block.argmax(1) == want).double().tolist()
+            right["oracle"] += (oracle.argmax(1) == want).double().tolist()
+            noise = torch.randn(RANDOM_MATRICES, *block.shape, generator=gen)
+            right["random_matrix"] += (noise.argmax(2) == want).double().mean(0).tolist()
+            chance += [1 / block.shape[1]] * len(want)
+        scores.append(_mean_score(organism, method, "ov_map_accuracy", right, sum(chance) / len(chance)))
+    return scores
+
+
+def _mean_score(organism: CompiledOrganism, method: str, metric: str, values: dict[str, list[float]],
+                chance: float) -> Score:  # fmt: skip
+    mean = {k: sum(v) / len(v) for k, v in values.items()}
+    baselines = {k: v for k, v in mean.items() if k != "value"}
+    return Score(method, organism.organism, organism.seed, metric, mean["value"], chance, baselines=baselines)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from torch import Tensor
 
@@ -95,6 +95,10 @@ class CompiledOrganism(BuiltOrganism, Protocol):
 
     def tasks(self) -> list[Task]:
         """One task per input length."""
+
+    @property
+    def selectors(self) -> dict[str, dict[str, Any]]:
+        """Every emitted head's compiled selector and value map in the residual basis, by head site."""
 
     def site(self, node: str) -> str:
         """The model site of a candidate node."""

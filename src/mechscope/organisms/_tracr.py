@@ -91,6 +91,9 @@ class TracrConfig:
     """Largest allowed |torch logit - jax logit|."""
     tolerance: float = 0.01
     """A numerical output counts as right within this distance of the program's value."""
+    layout: int = 2
+    """Version of what a build stores beside the weights (2: the residual labels and every head's compiled
+    selector). A cached organism records its config, so bumping this rebuilds caches made before."""
 
 
 class _Compiled(Organism):
@@ -191,6 +194,23 @@ class BuiltCompiled(Built):
         nodes = tuple(node_of(site).format() for site in t["nodes"])  # the build records module paths
         circuit = frozenset(node_of(site).format() for site in t["circuit"])
         return CircuitTruth(nodes, circuit, tuple(t["edges"]), frozenset(t["circuit_edges"]))
+
+    @property
+    def selectors(self) -> dict[str, dict[str, Any]]:
+        """Every emitted head's compiled selector (and value map) in the residual basis, by head site.
+
+        Per head site (``blocks.1.attn.heads.0``): ``query`` / ``key``, the residual dimensions of the one-hot
+        directions of the selector's query and key values (``residual_labels`` names them); ``selector[i][j]``,
+        whether query value ``i`` attends to key value ``j``; ``predicate``; ``ov`` for a head that aggregates a
+        categorical value (else None): ``input`` and ``output`` value dimensions and ``map[i]``, the output index
+        that attended value ``i`` is written as.
+        """
+        return dict(self.meta["truth"]["selectors"])
+
+    @property
+    def residual_labels(self) -> list[str]:
+        """The compiler's name of every residual dimension (``tokens:3``, ``indices:0``, ``one``...)."""
+        return list(self.meta["residual_labels"])
 
     def site(self, node: str) -> str:
         """The module path of a head or MLP node: ``a1.h0`` -> ``blocks.1.attn.heads.0``."""

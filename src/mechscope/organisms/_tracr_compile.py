@@ -67,9 +67,11 @@ def compile_program(cfg: TracrConfig, seed: int) -> dict[str, Any]:
         "circuit_edges": sorted(true_edges),
         "components": components,
         "output_values": [str(v) for v in assembled.output_encoder.encoding_map] if not numerical else [],
+        "selectors": _selectors(graph, components, list(assembled.residual_labels)),
     }
-    return {"state": state, "dims": dims, "probe": probe,
-            "meta": {"dims": dims.__dict__, "numerical": numerical, "truth": truth}}  # fmt: skip
+    meta = {"dims": dims.__dict__, "numerical": numerical, "truth": truth,
+            "residual_labels": list(assembled.residual_labels)}  # fmt: skip
+    return {"state": state, "dims": dims, "probe": probe, "meta": meta}
 
 
 def _components(graph: Any, allocation: dict[int, int], block_key: str) -> dict[str, list[str]]:
@@ -99,6 +101,51 @@ def _components(graph: Any, allocation: dict[int, int], block_key: str) -> dict[
                 found[f"blocks.{n // 2}.attn.heads.{heads[n // 2]}"].append(str(node_id))
                 heads[n // 2] += 1
     return dict(found)
+
+
+def _selectors(graph: Any, components: dict[str, list[str]], labels: list[str]) -> dict[str, dict[str, Any]]:
+    """Every emitted head's compiled selector, and its value map where it aggregates a categorical value.
+
+    Per head site: ``query`` / ``key``, the residual dimensions (indices into the residual labels, e.g.
+    ``tokens:3``) of the query and key values' one-hot directions; ``selector[i][j]``, whether query value ``i``
+    attends to key value ``j`` (the RASP predicate, ``predicate(key, query)``); ``ov`` for a categorical
+    ``Aggregate`` (None otherwise): the ``input`` value dimensions, the ``output`` value dimensions, and ``map[i]``,
+    the output index the attended input value ``i`` is written as (the same value; -1 where it has none). Heads
+    whose selector is not a plain ``Select`` are left out.
+    """
+    from tracr.compiler import nodes
+    from tracr.craft import bases
+    from tracr.rasp import rasp
+
+    index = {label: i for i, label in enumerate(labels)}
+
+    def values(sop: Any) -> list[Any]:
+        return sorted(graph.nodes[sop.label][nodes.VALUE_SET], key=lambda v: (str(type(v)), v))
+
+    def dims(sop: Any, vals: list[Any]) -> list[int]:
+        return [index[str(bases.BasisDirection(sop.label, v))] for v in vals]
+
+    found: dict[str, dict[str, Any]] = {}
+    for site, exprs in components.items():
+        expr = graph.nodes[exprs[0]][nodes.EXPR]
+        select = getattr(expr, "selector", None)
+        if ".attn." not in site or not isinstance(select, rasp.Select):
+            continue
+        qv, kv = values(select.queries), values(select.keys)
+        ov = None
+        if isinstance(expr, rasp.Aggregate) and rasp.is_categorical(expr):
+            iv, out = values(expr.sop), values(expr)
+            ov = {"input": dims(expr.sop, iv), "output": dims(expr, out),
+                  "map": [out.index(v) if v in out else -1 for v in iv]}  # fmt: skip
+        found[site] = {
+            "expr": expr.label,
+            "predicate": str(select.predicate),
+            "query": dims(select.queries, qv),
+            "key": dims(select.keys, kv),
+            "selector": [[bool(select.predicate(k, q)) for k in kv] for q in qv],
+            "ov": ov,
+        }
+    return found
 
 
 def _state(params: Any, config: Any, unembed: np.ndarray) -> tuple[dict[str, Tensor], Dims]:
