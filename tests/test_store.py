@@ -14,7 +14,7 @@ import torch
 
 import mechscope as ms
 import mechscope.features as mf
-from mechscope.data.corpus import Corpus, load_corpus, python_docs, text_sha256, token_contexts
+from mechscope.data.corpus import Corpus, load_corpus, text_sha256, token_contexts
 from mechscope.store import ActivationStore, HarvestConfig, LiveActivations, ProvenanceError, harvest
 from mechscope.store import _harvest as harvest_module
 from mechscope.store import _store as store_module
@@ -54,20 +54,6 @@ def test_python_docs_is_deterministic_real_text():
     assert a == b and a.sha256 == text_sha256(a.texts)
     assert len(a.texts) > 79 and sum(map(len, a.texts)) > 465_000
     assert any("Assignment statements" in t for t in a.texts)
-
-
-def test_python_docs_ignores_methods_other_packages_patch_in(monkeypatch):
-    """transformers adds ``Logger.warning_once`` on import; the corpus must not depend on import order."""
-    import logging
-
-    before = python_docs()
-
-    def warning_once(self, *args):
-        """A method another package patched onto a stdlib class."""
-
-    warning_once.__module__ = "someone.elses.package"
-    monkeypatch.setattr(logging.Logger, "warning_once", warning_once, raising=False)
-    assert python_docs() == before
 
 
 def test_corpus_files_and_errors(tmp_path):

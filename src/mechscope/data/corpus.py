@@ -123,10 +123,8 @@ def _module_text(name: str) -> str:
             continue
         parts.append(_doc(obj))
         if inspect.isclass(obj):
-            members = sorted(vars(obj).items())  # methods another package patched in (transformers adds
-            # Logger.warning_once on import) are skipped, so the text does not depend on what was imported first
-            parts += [_doc(m) for a, m in members if not a.startswith("_") and inspect.isroutine(m)
-                      and getattr(m, "__module__", name) in (name, None)]  # fmt: skip
+            members = sorted(vars(obj).items())
+            parts += [_doc(m) for a, m in members if not a.startswith("_") and inspect.isroutine(m)]
     return "\n\n".join(p for p in parts if p)
 
 
