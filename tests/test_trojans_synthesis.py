@@ -1,6 +1,6 @@
 """Feature synthesis and candidate scoring for trojans: one kind-agnostic similarity finds each kind of trigger in
-images of any channel count and size; the synthesis methods are declared audit methods; the colour organisms (one
-patch trojan, two trojans) are found by the audit; the bench's audit scorers read the truth correctly."""
+images of any channel count and size; the synthesis methods are declared audit methods; the synthesised patch for
+the colour organism's target picks the planted candidate; the bench's audit scorers read the truth correctly."""
 
 import pytest
 import torch
