@@ -38,22 +38,9 @@ def model() -> ms.Model:
 @pytest.fixture(scope="module")
 def exact(model) -> dict:
     """Each MLP as a ReLU transcoder (W_enc = W_in, W_dec = W_out): no error, so verification is sharp."""
-    from mechscope.features import DictionaryConfig, build_dictionary
+    from mechscope.graphs import relu_mlp_transcoders
 
-    out = {}
-    for layer, block in enumerate(model.module.transformer.h):
-        fc, proj = block.mlp.c_fc, block.mlp.c_proj
-        d_model, d_mlp = fc.weight.shape
-        cfg = DictionaryConfig("relu", d_in=d_model, d_sae=d_mlp, d_out=d_model, apply_b_dec_to_input=False,
-                               site=f"ln2.{layer}", target_site=f"mlp_out.{layer}")  # fmt: skip
-        tc = build_dictionary(cfg)
-        with torch.no_grad():
-            tc.W_enc.copy_(fc.weight)
-            tc.b_enc.copy_(fc.bias)
-            tc.W_dec.copy_(proj.weight)
-            tc.b_dec.copy_(proj.bias)
-        out[layer] = tc.eval()
-    return out
+    return relu_mlp_transcoders(model.module)
 
 
 @pytest.fixture(scope="module")

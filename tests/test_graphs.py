@@ -30,6 +30,7 @@ from mechscope.graphs import (
     attribute,
     load_transcoders,
     propagate,
+    relu_mlp_transcoders,
     save_clt,
     train_clt,
     verify,
@@ -61,20 +62,7 @@ def random_transcoders(model: ms.Model, kind: str = "relu", *, skip: bool = Fals
 
 def exact_transcoders(model: ms.Model):
     """GPT-2's ReLU MLP as a ReLU transcoder: ``relu(x W_in + b_in) W_out + b_out`` exactly."""
-    out = {}
-    for layer, block in enumerate(model.module.transformer.h):
-        fc, proj = block.mlp.c_fc, block.mlp.c_proj
-        d_model, d_mlp = fc.weight.shape
-        cfg = DictionaryConfig("relu", d_in=d_model, d_sae=d_mlp, d_out=d_model, apply_b_dec_to_input=False,
-                               site=f"ln2.{layer}", target_site=f"mlp_out.{layer}")  # fmt: skip
-        tc = build_dictionary(cfg)
-        with torch.no_grad():
-            tc.W_enc.copy_(fc.weight)
-            tc.b_enc.copy_(fc.bias)
-            tc.W_dec.copy_(proj.weight)
-            tc.b_dec.copy_(proj.bias)
-        out[layer] = tc.eval()
-    return out
+    return relu_mlp_transcoders(model.module)
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +108,9 @@ def test_exact_transcoders_leave_no_error(relu_gpt2):
     # random transcoders on the same model: errors carry influence, and both scores say so
     rough = attribute(relu_gpt2, PROMPT, random_transcoders(relu_gpt2), GraphConfig(max_feature_nodes=None))
     assert rough.replacement_score() < 0.9 and rough.completeness_score() < 0.95
+    # a GELU MLP is not a ReLU transcoder: refused, naming what is needed
+    with pytest.raises(ValueError, match="activation_function='relu'"):
+        relu_mlp_transcoders(ms.tiny("gpt2", seed=1).module)
 
 
 # --- edges against finite differences of the frozen model ------------------------------------------------------

@@ -10,6 +10,7 @@ for the logits, ``verify`` checks it against real interventions. See ``docs/grap
 
 from mechscope.graphs._attribute import GraphConfig, attribute
 from mechscope.graphs._clt import CLTConfig, CLTTrainConfig, CrossLayerTranscoder, load_clt, save_clt, train_clt
+from mechscope.graphs._coders import relu_mlp_transcoders
 from mechscope.graphs._graph import AttributionGraph, GraphNode, GraphStats, NodeKind
 from mechscope.graphs._registry import METHODS
 from mechscope.graphs._replacement import ReplacementModel, Trace, load_transcoders
@@ -33,6 +34,7 @@ __all__ = [
     "load_clt",
     "load_transcoders",
     "propagate",
+    "relu_mlp_transcoders",
     "save_clt",
     "train_clt",
     "verify",

@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechscope.features import Dictionary
+from mechscope.features import Dictionary, DictionaryConfig, build_dictionary
 
 
 class Coders(Protocol):
@@ -101,6 +101,37 @@ class PerLayer:
     def skip(self, dst: int, x: Tensor) -> Tensor | None:
         tc = self.transcoders[dst]
         return x.to(tc.W_skip) @ tc.W_skip.detach() if tc.cfg.skip_connection else None
+
+
+def relu_mlp_transcoders(gpt2: torch.nn.Module) -> dict[int, Dictionary]:
+    """Each ReLU MLP of a GPT-2 as a ReLU transcoder ``ln2.L -> mlp_out.L`` holding the MLP's own weights.
+
+    ``relu(x W_in + b_in) W_out + b_out`` is a ReLU transcoder with ``W_enc = W_in``, ``W_dec = W_out``, so the
+    replacement model built from these has no error at all: latent ``i`` of layer ``L`` is neuron ``i`` of
+    ``mlp.L.post``. The oracle transcoders of ``organisms.planted_graph`` and the exactness tests use this.
+    """
+    blocks = getattr(getattr(gpt2, "transformer", gpt2), "h", None)
+    act = getattr(getattr(gpt2, "config", None), "activation_function", None)
+    if blocks is None or act != "relu":
+        raise ValueError(
+            f"relu_mlp_transcoders needs a GPT-2 module with ReLU MLPs (transformer.h[L].mlp.c_fc/c_proj and "
+            f"config.activation_function='relu'); got {type(gpt2).__name__} with activation {act!r}. Train "
+            f"transcoders for other models (features.train_dictionary with a target site)."
+        )
+    out: dict[int, Dictionary] = {}
+    for layer, block in enumerate(blocks):
+        fc, proj = block.mlp.c_fc, block.mlp.c_proj
+        (d_in, d_mlp), d_out = fc.weight.shape, proj.weight.shape[1]
+        cfg = DictionaryConfig("relu", d_in=d_in, d_sae=d_mlp, d_out=d_out, apply_b_dec_to_input=False,
+                               site=f"ln2.{layer}", target_site=f"mlp_out.{layer}")  # fmt: skip
+        tc = build_dictionary(cfg)
+        with torch.no_grad():
+            tc.W_enc.copy_(fc.weight)
+            tc.b_enc.copy_(fc.bias)
+            tc.W_dec.copy_(proj.weight)
+            tc.b_dec.copy_(proj.bias)
+        out[layer] = tc.eval().requires_grad_(False)
+    return out
 
 
 @contextmanager

@@ -44,7 +44,8 @@ from torch import Tensor, nn
 from ..core._load import from_hf
 from ..core._model import Model
 from ..core._tiny import byte_tokenizer
-from ..features._dictionary import DictionaryConfig, ReLUDictionary
+from ..features import Dictionary
+from ..graphs import relu_mlp_transcoders
 from ._organism import Built, Organism, require
 
 N_LAYERS = 2
@@ -215,26 +216,12 @@ class BuiltPlantedGraph(Built):
 
     # --- truth -----------------------------------------------------------------------------------------------
 
-    def transcoders(self) -> dict[int, ReLUDictionary]:
+    def transcoders(self) -> dict[int, Dictionary]:
         """The oracle transcoders: per layer, a ReLU transcoder ``ln2.L -> mlp_out.L`` holding the MLP's own weights.
 
         Latent ``i`` of layer ``L`` is neuron ``i`` (``mlp.L.post``); with them the replacement model is exact.
         """
-        out = {}
-        for layer, block in enumerate(self.gpt2.transformer.h):
-            fc, proj = block.mlp.c_fc, block.mlp.c_proj
-            cfg = DictionaryConfig(
-                "relu", d_in=fc.weight.shape[0], d_sae=fc.weight.shape[1], d_out=proj.weight.shape[1],
-                apply_b_dec_to_input=False, site=f"ln2.{layer}", target_site=f"mlp_out.{layer}",
-            )  # fmt: skip
-            tc = ReLUDictionary(cfg)
-            with torch.no_grad():
-                tc.W_enc.copy_(fc.weight)
-                tc.b_enc.copy_(fc.bias)
-                tc.W_dec.copy_(proj.weight)
-                tc.b_dec.copy_(proj.bias)
-            out[layer] = tc.eval().requires_grad_(False)
-        return out
+        return relu_mlp_transcoders(self.gpt2)
 
     def feature_names(self) -> dict[tuple[int, int], str]:
         """A readable name per (layer, neuron): ``tok:a`` (token feature), ``a&e->3`` (conjunction to output 3)."""
