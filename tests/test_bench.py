@@ -400,3 +400,34 @@ def test_a_cached_organism_is_verified_again_when_its_verification_changes(tmp_p
     monkeypatch.setattr(_numeric.BuiltNumeric, "verify", failing)
     with pytest.raises(organisms.OrganismVerificationError, match="fails the new check"):
         organisms.obtain(organism, 0)
+
+
+def test_builds_run_on_the_pinned_thread_count_whoever_calls(tmp_path, monkeypatch):
+    # a reduction over another number of threads rounds differently: a build made by a one-thread caller must be
+    # the build the two-thread bench would make, and a card built on other threads is rebuilt, not reused
+    monkeypatch.setenv("MECHSCOPE_CACHE", str(tmp_path))
+    from mechscope.organisms import _numeric, _organism
+
+    seen = []
+    original = _numeric.NumericFunctions.build
+
+    def build(self, seed):
+        seen.append(torch.get_num_threads())
+        return original(self, seed)
+
+    monkeypatch.setattr(_numeric.NumericFunctions, "build", build)
+    organism, before = organisms.NumericFunctions(), torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        organisms.obtain(organism, 0)
+        assert seen == [_organism.BUILD_THREADS] and torch.get_num_threads() == 1  # the caller's setting restored
+    finally:
+        torch.set_num_threads(before)
+    folder = organisms.organism_dir(organism, 0)
+    card = organisms.read_card(folder)
+    assert card["build_threads"] == _organism.BUILD_THREADS
+    organisms.obtain(organism, 0)
+    assert len(seen) == 1  # cached
+    (folder / "card.json").write_text(json.dumps(card | {"build_threads": 7}))
+    organisms.obtain(organism, 0)
+    assert len(seen) == 2 and organisms.read_card(folder)["build_threads"] == _organism.BUILD_THREADS

@@ -40,6 +40,10 @@ from .._cache import atomic_dir, atomic_write_bytes, cache_dir, sha256_file
 
 CARD = "card.json"
 WEIGHTS = "organism.safetensors"
+BUILD_THREADS = 2
+"""torch intra-op threads every build runs with, whatever the caller set: a reduction split over another number of
+threads rounds differently, so a build's weights (and every score read from them) would depend on who built it
+first. Two is what ``mechscope bench`` pins (``bench.THREADS``) and what CI's machines have."""
 
 
 class OrganismVerificationError(RuntimeError):
@@ -158,10 +162,14 @@ def obtain(organism: Organism, seed: int, *, rebuild: bool = False) -> Built:
     folder = organism_dir(organism, seed)
     if not rebuild and (folder / CARD).is_file():
         return load_cached(organism, seed, folder)
-    start = time.perf_counter()
-    built = organism.build(seed)
-    built.seconds = time.perf_counter() - start
-    built.verification = built.verify()
+    start, threads = time.perf_counter(), torch.get_num_threads()
+    torch.set_num_threads(BUILD_THREADS)
+    try:
+        built = organism.build(seed)
+        built.seconds = time.perf_counter() - start
+        built.verification = built.verify()
+    finally:
+        torch.set_num_threads(threads)
     tensors = {k: v.detach().cpu().contiguous() for k, v in built.tensors().items()}
     with atomic_dir(folder) as tmp:
         save_file(tensors, str(tmp / WEIGHTS))
@@ -176,6 +184,7 @@ def obtain(organism: Organism, seed: int, *, rebuild: bool = False) -> Built:
             "verification_id": verification_id(built),
             "truth": built.truth,
             "build_seconds": round(built.seconds, 3),
+            "build_threads": BUILD_THREADS,
             "versions": _versions(),
         }
         (tmp / CARD).write_text(json.dumps(card, indent=2))
@@ -185,8 +194,8 @@ def obtain(organism: Organism, seed: int, *, rebuild: bool = False) -> Built:
 def load_cached(organism: Organism, seed: int, folder: Path) -> Built:
     """Load one cached seed, checking its card's config and its weights' checksum."""
     card = read_card(folder)
-    if card["config"] != organism.config():
-        return obtain(organism, seed, rebuild=True)  # a stale card from an older default config
+    if card["config"] != organism.config() or card.get("build_threads", BUILD_THREADS) != BUILD_THREADS:
+        return obtain(organism, seed, rebuild=True)  # a stale card: an older default config, or other build threads
     actual = sha256_file(folder / WEIGHTS)
     if actual != card["sha256"]:
         raise OrganismChecksumError(
