@@ -28,6 +28,7 @@ async def _status(x: Explorer) -> dict[str, Any]:
         "version": mechscope.__version__,
         "model": model,
         "dictionary": dictionary,
+        "tuned_lens": None if x.tuned_lens is None else x.tuned_lens.provenance,
         "worker": {**x.worker.stats.to_dict(), "jobs": x.worker.jobs()},
         "roots": x.roots.describe(),
         "token_required": x.token is not None,
@@ -67,13 +68,13 @@ async def _prompt(x: Explorer, prompt: str, top_k: int) -> dict[str, Any]:
     return await x.on_model("prompt", _prompt_job, prompt, top_k, x.max_tokens)
 
 
-def _lens_job(model: Model, prompt: str, top_k: int, max_tokens: int) -> dict[str, Any]:
+def _lens_job(model: Model, prompt: str, top_k: int, max_tokens: int, tuned: Any) -> dict[str, Any]:
     _lab.check_prompt(model, prompt, max_tokens)
-    return _lab.lens_grid(model, prompt, top_k)
+    return _lab.lens_grid(model, prompt, top_k, tuned)
 
 
 async def _lens(x: Explorer, prompt: str, top_k: int) -> dict[str, Any]:
-    return await x.on_model("lens", _lens_job, prompt, top_k, x.max_tokens)
+    return await x.on_model("lens", _lens_job, prompt, top_k, x.max_tokens, x.tuned_lens)
 
 
 def _attention_job(model: Model, prompt: str, layer: int, max_tokens: int) -> dict[str, Any]:
@@ -287,7 +288,8 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint(
         "POST",
         "/api/lens",
-        "Logit lens at every layer and position: the top tokens of each cell.",
+        "Logit lens at every layer and position: the top tokens of each cell; with the server's tuned lens "
+        "(serve --tuned-lens DIR), its grid on the same axes under 'tuned'.",
         _lens,
         (_PROMPT, Param("top_k", "body", int, "Top tokens per cell.", 3, minimum=1, maximum=20)),
         True,
