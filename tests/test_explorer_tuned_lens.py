@@ -113,3 +113,20 @@ def test_the_prompt_lab_draws_the_tuned_grid_under_the_logit_grid(model, lens):
         assert page.text_content("#lens table[data-lens='tuned'] td.cell[data-layer='0'][data-pos='3']") == want
         browser.close()
         assert not errors, errors
+
+
+def test_the_declared_tuned_lens_reads_a_lens_folder_only_inside_the_run_directories(model, lens, tmp_path):
+    from mechscope.lenses import tuned_lens
+    from mechscope.ui import Roots
+
+    save_tuned_lens(lens, tmp_path / "runs" / "lens")
+    outside = tmp_path / "elsewhere"
+    save_tuned_lens(lens, outside)
+    explorer = Explorer(model, Roots([tmp_path / "runs"]), max_tokens=64)
+    with TestClient(create_app(explorer), base_url=BASE) as c:
+        out = c.post("/api/lenses/tuned-lens", json={"prompt": PROMPT, "settings": {"tuned": "0/lens"}})
+        assert out.status_code == 200, out.text
+        want = tuned_lens(model, lens, PROMPT, top_k=5)
+        assert out.json()["top"][0][-1][0]["id"] == int(want.top_ids[0, -1, 0])
+        refused = c.post("/api/lenses/tuned-lens", json={"prompt": PROMPT, "settings": {"tuned": str(outside)}})
+        assert refused.status_code == 403 and "unknown root" in refused.json()["error"]

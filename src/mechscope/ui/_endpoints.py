@@ -122,6 +122,9 @@ def _lens_method_job(model: Model, name: str, prompt: str, settings: dict[str, A
 
 
 async def _run_lens(x: Explorer, name: str, prompt: str, settings: dict[str, Any]) -> Any:
+    if isinstance(settings.get("tuned"), str) and settings["tuned"]:  # a lens folder: only inside the run directories
+        ref = settings["tuned"].rstrip("/")
+        settings = {**settings, "tuned": str(x.roots.resolve(f"{ref}/config.json").parent)}
     return await x.on_model(f"lens {name}", _lens_method_job, name, prompt, settings, x.max_tokens)
 
 
