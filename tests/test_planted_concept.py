@@ -53,8 +53,14 @@ def test_oracle_scores_one_and_random_directions_score_near_chance(planted):
     assert oracle["direction_cosine"] == pytest.approx(1.0, abs=1e-5)
     assert oracle["steer_planted"] == pytest.approx(1.0, abs=1e-6)
     assert oracle["steer_other"] < 0.02
-    cosines = [_scores(planted, "random_direction", seed)["direction_cosine"] for seed in range(6)]
-    assert sum(cosines) / len(cosines) < 0.4  # a uniform direction in 32 dimensions: E|cos| = 0.14
+    runs = [adapter.concept_scores(adapter.random_direction(planted, RunContext(seed, True, Path("."))), planted, "r")
+            for seed in range(60)]  # fmt: skip
+    mean = {m: sum(s.value for r in runs for s in r if s.metric == m) / 60 for m in ("direction_cosine",
+            "steer_planted", "steer_other")}  # fmt: skip
+    chance = {s.metric: s.chance for s in runs[0]}
+    assert mean["direction_cosine"] == pytest.approx(chance["direction_cosine"], abs=0.03)  # 0.142 in 32 dimensions
+    assert mean["steer_planted"] == pytest.approx(0.0, abs=0.08)
+    assert mean["steer_other"] == pytest.approx(chance["steer_other"], abs=0.07)
 
 
 def test_probe_recovers_the_planted_direction_selectively_and_steers_with_it(planted):
