@@ -83,6 +83,15 @@ MUTATIONS = [
     Mutation("autointerp resume: finished latents explained again", "autointerp/_jobs.py",
              "finished = set(records.texts(spec.name, run))", "finished = set()",
              ("tests/test_autointerp.py::test_killed_explain_job_resumes_without_recomputing",)),
+    Mutation("steering effect of a direction taken without its sign", "bench/_concepts.py",
+             '"steer_planted", planted / ref.full', '"steer_planted", abs(planted) / ref.full',
+             ("tests/test_planted_concept.py",)),
+    Mutation("steer_other chance from the signed mean of the random draws", "bench/_concepts.py",
+             "sum(abs(x) for x in draws) / len(draws) / full", "abs(sum(draws)) / len(draws) / full",
+             ("tests/test_planted_concept.py",)),
+    Mutation("random-direction |cos| chance with the Gamma ratio inverted", "bench/_concepts.py",
+             "math.lgamma(d / 2) - math.lgamma((d + 1) / 2)", "math.lgamma((d + 1) / 2) - math.lgamma(d / 2)",
+             ("tests/test_planted_concept.py",)),
 ]  # fmt: skip
 
 

@@ -28,6 +28,7 @@ def default_suite() -> Suite:
     _compiled_methods(suite)
     _graph_methods(suite)
     _autointerp_methods(suite)
+    _representation_methods(suite)
     return suite.include(PLUGINS).check()
 
 
@@ -38,7 +39,7 @@ def score(family: str, output: Any, organism: BuiltOrganism, method: str, *,
 
 
 def _scorers(suite: Suite) -> None:
-    from . import _faithfulness, _graphs, _tracr, _vision_scorers
+    from . import _concepts, _faithfulness, _graphs, _tracr, _vision_scorers
     from ._scorers import SCORERS
 
     for family, scorers in SCORERS.items():
@@ -52,6 +53,7 @@ def _scorers(suite: Suite) -> None:
                    _vision_scorers.trigger_reconstruction):  # fmt: skip
         suite.add_scorer("trojans", scorer)
     suite.add_scorer("attribution", _vision_scorers.attribution_scores)
+    suite.add_scorer("representations", _concepts.concept_scores)
     suite.add_scorer("graphs", _graphs.graph_edge_auroc)
     suite.add_scorer("graphs", _graphs.graph_scores)
     from . import _autointerp
@@ -66,7 +68,7 @@ def _organisms(suite: Suite) -> None:
     for organism in (
         o.Induction(), o.ModularAddition(), o.ToyModelOfSuperposition(), o.SyntheticFeatures(), o.NumericFunctions(),
         o.TrojanPatch(), o.TrojanBlend(), o.TrojanNatural(), o.TrojanRGB(), o.TrojanTwo(), o.SignalBlocks(),
-        o.PlantedGraph(),
+        o.PlantedGraph(), o.PlantedConcept(),
     ):  # fmt: skip
         suite.add_organism(organism)
     for known in (o.PlantedText(), o.FindText()):  # known-meaning latents: scored with all-MiniLM-L6-v2
@@ -162,3 +164,13 @@ def _autointerp_methods(suite: Suite) -> None:
         suite.add(spec)
     suite.add_method(a.random_method, family="autointerp", name="random", baseline=True)
     suite.add_method(a.oracle_method, family="autointerp", name="oracle", baseline=True)
+
+
+def _representation_methods(suite: Suite) -> None:
+    from . import _concepts as c
+
+    suite.add_method(c.probe, family="representations")  # the lenses family's declared probe
+    suite.add_method(c.caa, family="representations")
+    suite.add_method(c.shuffled_labels, family="representations", name="shuffled-labels", baseline=True)
+    suite.add_method(c.random_direction, family="representations", name="random", baseline=True)
+    suite.add_method(c.oracle, family="representations", name="oracle", baseline=True)

@@ -49,6 +49,14 @@ def serve(
             "(as `mechscope graph --transcoders` takes)."
         ),
     ] = None,
+    tuned_lens: Annotated[
+        Path | None,
+        typer.Option(
+            "--tuned-lens",
+            help="A tuned lens for the model (`mechscope train-lens --out DIR`, or a tuned-lens package folder): "
+            "the prompt lab shows its grid beside the logit lens.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Start the explorer, a local web app: prompt lab, attention, logit lens, circuits, graphs, bench, features."""
@@ -83,8 +91,14 @@ def serve(
 
             coders = load_transcoders(transcoders)
             ReplacementModel(m, coders)  # a missing layer or a misfit is an error now, not per request
+        lens = None
+        if tuned_lens is not None:
+            from ..lenses import load_tuned_lens
+
+            lens = load_tuned_lens(tuned_lens)
+            lens.check(m, f"the tuned lens in {tuned_lens}")  # another model's lens is an error now, not per request
     explorer = Explorer(m, roots, host=host, port=port, token=token, max_tokens=max_tokens, dictionary=loaded,
-                        transcoders=coders)  # fmt: skip
+                        transcoders=coders, tuned_lens=lens)  # fmt: skip
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{port}/"
     if token is not None:

@@ -8,6 +8,7 @@ Every organism is obtained the same way::
     built.circuit                                              # the ground truth the bench scores against
 
 Families: circuits (a planted induction circuit), graphs (a transformer whose MLP neurons are the true features),
+representations (a transformer that computes a planted linear concept and reads it out as one behaviour),
 compiled RASP programs (tracr; built with the ``tracr`` extra), modular addition, toy superposition and synthetic
 features, FIND-style numeric functions, planted and FIND-style text latents with known descriptions
 (auto-interpretation), trojaned CNNs with clean twins, signal-block CNNs with moved-block twins, and the small vision
@@ -30,6 +31,7 @@ from ._organism import (
     read_card,
     verification_id,
 )
+from ._planted_concept import BuiltPlantedConcept, PlantedConcept, PlantedConceptConfig
 from ._planted_graph import BuiltPlantedGraph, PlantedEdge, PlantedGraph, PlantedGraphConfig, TrueGraph
 from ._planted_text import (
     MISSING_EMBEDDER,
@@ -49,6 +51,7 @@ from ._protocols import (
     FeaturesOrganism,
     FrequenciesOrganism,
     GraphsOrganism,
+    RepresentationsOrganism,
     TrojanOrganism,
 )
 from ._superposition import (
@@ -100,6 +103,7 @@ __all__ = [
     "BuiltModAdd",
     "BuiltNumeric",
     "BuiltOrganism",
+    "BuiltPlantedConcept",
     "BuiltPlantedGraph",
     "BuiltTMS",
     "BuiltTrojan",
@@ -126,10 +130,13 @@ __all__ = [
     "OrganismChecksumError",
     "OrganismSpec",
     "OrganismVerificationError",
+    "PlantedConcept",
+    "PlantedConceptConfig",
     "PlantedEdge",
     "PlantedGraph",
     "PlantedGraphConfig",
     "PlantedText",
+    "RepresentationsOrganism",
     "Schedule",
     "SignalBlocks",
     "SmallCNN",

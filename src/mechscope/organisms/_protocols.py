@@ -19,6 +19,9 @@ attribution     ``AttributionOrganism`` ``model``, ``twin``, ``probe(n)``, ``twi
 graphs          ``GraphsOrganism``     ``model``, ``output_ids``, ``transcoders()`` (the oracle), ``prompts(n, seed)``,
                                        ``graph_prompts(n, seed)``, ``true_graph(tokens)``
 autointerp      ``AutointerpOrganism`` ``planted`` (latents with true descriptions), ``database(folder)``
+representations ``RepresentationsOrganism`` ``model``, ``site``, ``direction`` (the planted concept), ``steer_norm``,
+                                       ``prompts(n, seed)``, ``labelled(n, seed)``, ``pairs(n, seed)``,
+                                       ``behaviours(tokens)``
 ==============  =====================  ===========================================================================
 
 All of them are ``BuiltOrganism``: its recipe's name (``organism``) and the ``seed`` it was built from.
@@ -241,11 +244,44 @@ class AutointerpOrganism(BuiltOrganism, Protocol):
         """A fresh copy of the feature database in ``folder`` and its negative pool."""
 
 
+class RepresentationsOrganism(BuiltOrganism, Protocol):
+    """A model that computes a known linear concept at a site and reads it out as one behaviour and not another."""
+
+    @property
+    def model(self) -> Model:
+        """The model."""
+
+    @property
+    def site(self) -> str:
+        """Where the concept direction lives."""
+
+    @property
+    def direction(self) -> Tensor:
+        """The planted concept direction at ``site`` (unit norm)."""
+
+    @property
+    def steer_norm(self) -> float:
+        """Norm of the vector a steering check adds at ``site``."""
+
+    def prompts(self, n: int, seed: int) -> Tensor:
+        """``n`` random prompts ``[n pos]``."""
+
+    def labelled(self, n: int, seed: int) -> tuple[Tensor, Tensor]:
+        """``n`` random prompts and their concept labels (0/1)."""
+
+    def pairs(self, n: int, seed: int) -> tuple[Tensor, Tensor]:
+        """``n`` contrastive pairs: positive-concept prompts and negative-concept prompts."""
+
+    def behaviours(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Per prompt, the planted behaviour and the other one (under whatever interventions are active)."""
+
+
 if TYPE_CHECKING:  # the type checker verifies that every built-in organism offers its family's members
     from ._blocks import BuiltBlocks
     from ._induction import BuiltInduction
     from ._modadd import BuiltModAdd
     from ._numeric import BuiltNumeric
+    from ._planted_concept import BuiltPlantedConcept
     from ._planted_graph import BuiltPlantedGraph
     from ._planted_text import BuiltKnownText
     from ._superposition import BuiltFeatures, BuiltTMS
@@ -254,8 +290,8 @@ if TYPE_CHECKING:  # the type checker verifies that every built-in organism offe
 
     def _conforms(
         a: BuiltInduction, b: BuiltCompiled, c: BuiltFeatures, d: BuiltTMS, e: BuiltModAdd, f: BuiltNumeric,
-        g: BuiltTrojan, h: BuiltBlocks, i: BuiltPlantedGraph, j: BuiltKnownText,
+        g: BuiltTrojan, h: BuiltBlocks, i: BuiltPlantedGraph, j: BuiltKnownText, k: BuiltPlantedConcept,
     ) -> tuple[CircuitsOrganism, CompiledOrganism, FeaturesOrganism, FeaturesOrganism, FrequenciesOrganism,
                DescriptionsOrganism, TrojanOrganism, AttributionOrganism, GraphsOrganism,
-               AutointerpOrganism]:  # fmt: skip
-        return a, b, c, d, e, f, g, h, i, j
+               AutointerpOrganism, RepresentationsOrganism]:  # fmt: skip
+        return a, b, c, d, e, f, g, h, i, j, k

@@ -28,6 +28,7 @@ async def _status(x: Explorer) -> dict[str, Any]:
         "version": mechscope.__version__,
         "model": model,
         "dictionary": dictionary,
+        "tuned_lens": None if x.tuned_lens is None else x.tuned_lens.provenance,
         "worker": {**x.worker.stats.to_dict(), "jobs": x.worker.jobs()},
         "roots": x.roots.describe(),
         "token_required": x.token is not None,
@@ -67,13 +68,13 @@ async def _prompt(x: Explorer, prompt: str, top_k: int) -> dict[str, Any]:
     return await x.on_model("prompt", _prompt_job, prompt, top_k, x.max_tokens)
 
 
-def _lens_job(model: Model, prompt: str, top_k: int, max_tokens: int) -> dict[str, Any]:
+def _lens_job(model: Model, prompt: str, top_k: int, max_tokens: int, tuned: Any) -> dict[str, Any]:
     _lab.check_prompt(model, prompt, max_tokens)
-    return _lab.lens_grid(model, prompt, top_k)
+    return _lab.lens_grid(model, prompt, top_k, tuned)
 
 
 async def _lens(x: Explorer, prompt: str, top_k: int) -> dict[str, Any]:
-    return await x.on_model("lens", _lens_job, prompt, top_k, x.max_tokens)
+    return await x.on_model("lens", _lens_job, prompt, top_k, x.max_tokens, x.tuned_lens)
 
 
 def _attention_job(model: Model, prompt: str, layer: int, max_tokens: int) -> dict[str, Any]:
@@ -121,6 +122,9 @@ def _lens_method_job(model: Model, name: str, prompt: str, settings: dict[str, A
 
 
 async def _run_lens(x: Explorer, name: str, prompt: str, settings: dict[str, Any]) -> Any:
+    if isinstance(settings.get("tuned"), str) and settings["tuned"]:  # a lens folder: only inside the run directories
+        ref = settings["tuned"].rstrip("/")
+        settings = {**settings, "tuned": str(x.roots.resolve(f"{ref}/config.json").parent)}
     return await x.on_model(f"lens {name}", _lens_method_job, name, prompt, settings, x.max_tokens)
 
 
@@ -287,7 +291,8 @@ ENDPOINTS: list[Endpoint] = [
     Endpoint(
         "POST",
         "/api/lens",
-        "Logit lens at every layer and position: the top tokens of each cell.",
+        "Logit lens at every layer and position: the top tokens of each cell; with the server's tuned lens "
+        "(serve --tuned-lens DIR), its grid on the same axes under 'tuned'.",
         _lens,
         (_PROMPT, Param("top_k", "body", int, "Top tokens per cell.", 3, minimum=1, maximum=20)),
         True,

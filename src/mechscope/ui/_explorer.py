@@ -34,6 +34,9 @@ class Explorer:
     transcoders: Any = None
     """Per-layer transcoders (``{layer: Dictionary}``) or a cross-layer one (``graphs.load_transcoders``) for the
     attribution-graph view."""
+    tuned_lens: Any = None
+    """A tuned lens for the model (``lenses.load_tuned_lens``): the prompt lab's lens grid shows its predictions
+    beside the logit lens's, on the same layer x position axes."""
     graphs: dict[str, Any] = field(default_factory=dict)
     """Attribution graphs held for this server's life: computed ones (``graph:N``) and opened files (by reference,
     with the supernodes added to them since)."""
@@ -41,6 +44,8 @@ class Explorer:
     def __post_init__(self) -> None:
         if not is_loopback(self.host) and self.token is None:
             raise ValueError(f"--host {self.host} reaches beyond this machine: an access token is required")
+        if self.tuned_lens is not None and self.model is not None:
+            self.tuned_lens.check(self.model)  # MismatchError naming both shapes (or weights) when it is another's
 
     def circuit(self, ref: str) -> dict[str, Any]:
         """A circuit run's summary: one started from the app (``run:N``) or a file under the roots."""

@@ -86,11 +86,18 @@ def predictions(model: Model, prompt: str, top_k: int) -> dict[str, Any]:
     }
 
 
-def lens_grid(model: Model, prompt: str, top_k: int) -> dict[str, Any]:
-    """The logit lens at every layer and position (``lenses.logit_lens_grid``)."""
-    from ..lenses import logit_lens_grid
+def lens_grid(model: Model, prompt: str, top_k: int, tuned: Any = None) -> dict[str, Any]:
+    """The logit lens at every layer and position (``lenses.logit_lens_grid``).
 
-    return logit_lens_grid(model, prompt, top_k=top_k).to_dict()
+    With a tuned lens, its grid (``lenses.tuned_lens_grid``, same axes) is under ``tuned``, with the lens's
+    provenance (model, corpus, steps, tokens) under ``tuned.lens``.
+    """
+    from ..lenses import logit_lens_grid, tuned_lens_grid
+
+    grid = logit_lens_grid(model, prompt, top_k=top_k).to_dict()
+    if tuned is not None:
+        grid["tuned"] = {**tuned_lens_grid(model, tuned, prompt, top_k=top_k).to_dict(), "lens": tuned.provenance}
+    return grid
 
 
 @torch.no_grad()

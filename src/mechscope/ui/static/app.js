@@ -168,7 +168,24 @@ function bar(p) {
 }
 
 function drawLens(lens) {
-  const table = el("table", { class: "lens" });
+  // With the server's tuned lens (serve --tuned-lens DIR), its grid follows on the same layer x position axes.
+  const grids = [["logit lens", lens]];
+  if (lens.tuned) grids.push([`tuned lens (${lensSource(lens.tuned.lens)})`, lens.tuned]);
+  $("lens").replaceChildren(...grids.flatMap(([title, grid]) => [
+    ...(grids.length > 1 ? [el("div", { class: "dim lens-title", text: title })] : []),
+    lensTable(grid, title)]));
+}
+
+function lensSource(prov) {
+  if (!prov) return "";
+  const parts = [];
+  if (prov.tokens) parts.push(`${Number(prov.tokens).toLocaleString()} tokens`);
+  if (prov.corpus) parts.push(String(prov.corpus));
+  return parts.join(", ") || String(prov.source || "");
+}
+
+function lensTable(lens, title) {
+  const table = el("table", { class: "lens", "data-lens": title.split(" ")[0] });
   table.append(el("thead", {}, el("tr", {}, el("th", { text: "layer" }),
     ...lens.tokens.map((t) => el("th", { class: "tokhead", text: visible(t) })))));
   const body = el("tbody");
@@ -178,14 +195,14 @@ function drawLens(lens) {
       const td = el("td", { class: "cell", "data-layer": l, "data-pos": pos, text: visible(cell[0].token) });
       td.style.backgroundColor = blue(cell[0].prob);
       if (cell[0].prob > 0.55) td.classList.add("light");
-      hoverTip(td, () => [`layer ${l}, after ${JSON.stringify(lens.tokens[pos])}`,
+      hoverTip(td, () => [`${title}, layer ${l}, after ${JSON.stringify(lens.tokens[pos])}`,
         ...cell.map((c) => `${JSON.stringify(c.token)}  ${fmt(c.prob)}`)]);
       row.append(td);
     });
     body.append(row);
   }
   table.append(body);
-  $("lens").replaceChildren(table);
+  return table;
 }
 
 async function loadAttention() {
