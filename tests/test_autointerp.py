@@ -631,6 +631,28 @@ def test_cli_explain_score_show(planted, tmp_path):
     assert r.exit_code == 1 and "no explanations by 'llm'" in r.output
 
 
+def test_cli_score_pooled_contexts_matches_the_api(planted, tmp_path, tools):
+    db, store, _, pool = planted
+    values = {}
+    for how in ("cli", "api", "exact"):
+        path = tmp_path / f"{how}.db"
+        shutil.copy(db.path, path)
+        explain(path, "ngrams", progress=False)
+        if how == "cli":
+            r = CliRunner().invoke(app, ["score", str(path), "--scorer", "embedding", "--explainer", "ngrams",
+                                         "--pooled-contexts", "--json"])  # fmt: skip
+            assert r.exit_code == 0, r.output
+        else:
+            cfg = EmbeddingConfig(pooled_contexts=how == "api")
+            score(path, "embedding", explainer="ngrams", config=cfg, embedder=tools.embedder, pool=pool,
+                  context_tokens=store_context_tokens(store, db.path), progress=False)  # fmt: skip
+        rows = Records(path).scores(scorer="embedding")
+        values[how] = [r.value for r in sorted(rows, key=lambda r: r.latent)]
+        assert len(rows) == len(PLANTED) and all(r.provenance["config"]["pooled_contexts"] == (how != "exact")
+                                                 for r in rows)  # fmt: skip
+    assert values["cli"] == pytest.approx(values["api"], abs=1e-6) and values["api"] != values["exact"]
+
+
 # --- the built-in chat model --------------------------------------------------------------------------------------
 
 
