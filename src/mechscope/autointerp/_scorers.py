@@ -207,8 +207,9 @@ class EmbeddingConfig:
     n_examples: int = 20
     """Activating contexts used (and up to as many non-activating ones)."""
     pooled_contexts: bool = False
-    """Embed each store context once and pool a window's token states over its span (``ContextStates``): orders of
-    magnitude faster over a whole dictionary, an approximation of embedding each window alone (the default)."""
+    """Embed each store context once and pool a window's token states over its span (``ContextStates``): several
+    times faster over a whole dictionary (docs/autointerp.md), an approximation of embedding each window alone
+    (the default)."""
 
 
 def auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
