@@ -6,7 +6,15 @@ are resumable jobs whose rows live in the feature database; ``planted_db`` and `
 pipeline on latents whose meaning is known. Guide: ``docs/autointerp.md``.
 """
 
-from mechscope.autointerp._contexts import ContextConfig, LatentContexts, NegativePool, Window, gather
+from mechscope.autointerp._contexts import (
+    ContextConfig,
+    LatentContexts,
+    NegativePool,
+    Window,
+    gather,
+    store_context_tokens,
+)
+from mechscope.autointerp._embed import ContextStates
 from mechscope.autointerp._explainers import EXPLAINERS, PROMPT_VERSION, Explanation, LLMConfig, TokensConfig
 from mechscope.autointerp._jobs import JobSummary, derange, explain, score
 from mechscope.autointerp._llm import Chat, ChatError, HTTPChat, LocalChat
@@ -36,6 +44,7 @@ __all__ = [
     "Chat",
     "ChatError",
     "ContextConfig",
+    "ContextStates",
     "DictionarySteerer",
     "EmbeddingConfig",
     "Explanation",
@@ -70,4 +79,5 @@ __all__ = [
     "read_explanations",
     "read_scores",
     "score",
+    "store_context_tokens",
 ]

@@ -29,7 +29,7 @@ from ._contexts import ContextConfig, LatentContexts, NegativePool, gather
 from ._explainers import EXPLAINERS, PROMPT_VERSION, Explanation
 from ._llm import Chat
 from ._records import ExplanationRecord, Records, ScoreRecord, run_id
-from ._scorers import EMBEDS, SCORERS, Score, Tools
+from ._scorers import EMBEDS, POOLED, SCORERS, Score, Tools
 
 T = TypeVar("T")
 
@@ -121,6 +121,7 @@ def score(
     seed: int = 0,
     progress: bool = True,
     batch_latents: int = 64,
+    context_tokens: Any = None,
 ) -> JobSummary:
     """Score the stored explanations of ``explainer`` (its ``run``; default its fullest) with ``scorer``.
 
@@ -128,10 +129,13 @@ def score(
     seeded derangement over the explained latents. ``steer`` (a ``Steerer``) is for the ``output`` scorer.
     The embedding-based scorers (``embedding``, ``simulation``) read ``batch_latents`` latents' contexts at a time
     and embed all their texts (and both explanations) in one batched call before scoring them one by one.
+    ``context_tokens`` (``store_context_tokens(store, db_path)``, or a ``ContextStates`` to share one between
+    jobs) is what ``EmbeddingConfig(pooled_contexts=True)`` pools windows from; each store context is then run
+    through MiniLM once per job (once per ``ContextStates``).
     """
     spec = _spec(SCORERS, scorer, llm)
     config = config if config is not None else spec.config()
-    tools = Tools(llm, embedder, steer)
+    tools = Tools(llm, embedder, steer, context_tokens)
     with FeatureDB(db_path) as db, Records(db_path) as records:
         run = run or records.latest_run(explainer)
         if run is None:
@@ -160,10 +164,14 @@ def score(
                                   detail, provenance)  # fmt: skip
             records.put_score(row)
 
-        embeds = EMBEDS.get(spec.name) if spec.name in SCORERS and SCORERS[spec.name].fn is spec.fn else None
+        builtin = spec.name in SCORERS and SCORERS[spec.name].fn is spec.fn
+        embeds = EMBEDS.get(spec.name) if builtin else None
+        pooled = POOLED.get(spec.name) if builtin else None
 
         def prefetch(cs: list[LatentContexts]) -> None:
             assert embeds is not None
+            if pooled is not None and (needed := [i for c in cs for i in pooled(c, config)]):
+                tools.contexts.prepare(needed)
             tools.embedder([t for c in cs for t in (texts[c.latent], shuffled[c.latent], *embeds(c, config))])
 
         clock = _run(pending, lambda i: gather(db, i, contexts, pool), work, write, _concurrency(llm), progress,

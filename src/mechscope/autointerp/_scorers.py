@@ -56,8 +56,27 @@ class Score:
 class Tools:
     """What scorers may use: a chat model, the sentence embedder (opened on first use), a steerer (``output``)."""
 
-    def __init__(self, llm: Chat | None = None, embedder: Any = None, steer: Any = None) -> None:
-        self.llm, self._embedder, self.steer = llm, embedder, steer
+    def __init__(self, llm: Chat | None = None, embedder: Any = None, steer: Any = None, contexts: Any = None) -> None:
+        """Scorer tools; ``contexts`` is for ``EmbeddingConfig(pooled_contexts=True)``.
+
+        ``contexts``: a ``ContextStates``, or a function from store context index to its tokens' text
+        (``store_context_tokens``).
+        """
+        self.llm, self._embedder, self.steer, self._contexts = llm, embedder, steer, contexts
+
+    @property
+    def contexts(self) -> Any:
+        """The ``ContextStates`` pooled window embeddings come from; a ValueError saying how to give one."""
+        from ._embed import ContextStates
+
+        if self._contexts is None:
+            raise ValueError(
+                "pooled_contexts needs the store's context tokens: pass Tools(contexts=store_context_tokens(store, "
+                "db_path)) or score(..., context_tokens=...) (the CLI reads the store the database was built from)"
+            )
+        if not isinstance(self._contexts, ContextStates):
+            self._contexts = ContextStates(self.embedder, self._contexts)
+        return self._contexts
 
     @property
     def embedder(self) -> Any:
@@ -187,6 +206,10 @@ class EmbeddingConfig:
 
     n_examples: int = 20
     """Activating contexts used (and up to as many non-activating ones)."""
+    pooled_contexts: bool = False
+    """Embed each store context once and pool a window's token states over its span (``ContextStates``): several
+    times faster over a whole dictionary (docs/autointerp.md), an approximation of embedding each window alone
+    (the default)."""
 
 
 def auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
@@ -196,16 +219,25 @@ def auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
     return float((greater + 0.5 * ties) / (len(positive) * len(negative)))
 
 
+def _embedding_windows(contexts: LatentContexts, config: EmbeddingConfig) -> tuple[list[Window], list[Window]]:
+    return list(contexts.activating[: config.n_examples]), list(contexts.negatives[: config.n_examples])
+
+
 def _embedding_texts(contexts: LatentContexts, config: EmbeddingConfig) -> tuple[list[str], list[str]]:
-    return [w.text for w in contexts.activating[: config.n_examples]], [
-        w.text for w in contexts.negatives[: config.n_examples]
-    ]
+    if config.pooled_contexts:  # the windows are pooled from their contexts' states (``POOLED``), not embedded
+        return [], []
+    pos, neg = _embedding_windows(contexts, config)
+    return [w.text for w in pos], [w.text for w in neg]
 
 
 @SCORERS.declare("embedding", config=EmbeddingConfig, result=Score)
 def embedding(contexts: LatentContexts, explanation: str, tools: Tools, config: EmbeddingConfig) -> Score:
     """AUROC of explanation-to-context embedding similarity, activating vs non-activating contexts."""
     _need_negatives(contexts, "embedding")
+    if config.pooled_contexts:
+        pos_w, neg_w = _embedding_windows(contexts, config)
+        sims = tools.contexts([*pos_w, *neg_w]) @ tools.embedder([explanation])[0]
+        return Score(auroc(sims[: len(pos_w)], sims[len(pos_w) :]), 0.5, len(pos_w) + len(neg_w))
     pos, neg = _embedding_texts(contexts, config)
     vectors = tools.embedder([explanation, *pos, *neg])
     sims = vectors[1:] @ vectors[0]
@@ -251,3 +283,14 @@ EMBEDS: dict[str, Callable[[LatentContexts, Any], list[str]]] = {
 }
 """The texts each embedding-based scorer will embed for a latent: a job embeds those of many latents in one batched
 call first (``_jobs.score``), so the scorer finds them memoised."""
+
+
+def _pooled_contexts(c: LatentContexts, config: EmbeddingConfig) -> list[int]:
+    if not config.pooled_contexts:
+        return []
+    return [w.context for part in _embedding_windows(c, config) for w in part if w.context is not None]
+
+
+POOLED: dict[str, Callable[[LatentContexts, Any], list[int]]] = {"embedding": _pooled_contexts}
+"""The store contexts a scorer will pool windows from (``pooled_contexts``): a job runs MiniLM on those of many
+latents at once first, so each context is embedded once."""

@@ -135,8 +135,10 @@ def score(
         pool = _pool(database, store, dictionary, n_windows) if needs_pool else None
         out: dict[str, Any] = {}
         for spec, config in zip(specs, configs, strict=True):
+            tokens = _context_tokens(database, store) if getattr(config, "pooled_contexts", False) else None
             summary = run(database, spec, explainer=explainer, run=run_id, config=config,
-                          latents=parse_latents(latents), llm=llm, pool=pool, steer=steer)  # fmt: skip
+                          latents=parse_latents(latents), llm=llm, pool=pool, steer=steer,
+                          context_tokens=tokens)  # fmt: skip
             out[spec.name] = {**summary.to_dict(), **_means(database, explainer, summary.run, spec.name)}
     _report(out, as_json)
 
@@ -156,6 +158,15 @@ def _steerer(database: Path, store_dir: Path | None, dictionary: Path | None, mo
     with FeatureDB(database) as db:
         name = model or ActivationStore(store_dir or db.meta["store"]).provenance.model
     return DictionarySteerer(open_model(name), load_dictionary(dictionary), strength=strength)
+
+
+def _context_tokens(database: Path, store_dir: Path | None) -> Any:
+    """The store contexts' tokens, for the embedding scorer's ``--pooled-contexts``."""
+    from ..autointerp import store_context_tokens
+    from ..store import ActivationStore, FeatureDB
+
+    with FeatureDB(database) as db:
+        return store_context_tokens(ActivationStore(store_dir or db.meta["store"]), database)
 
 
 def _pool(database: Path, store_dir: Path | None, dictionary: Path | None, n_windows: int) -> Any:
