@@ -37,6 +37,7 @@ from mechscope.autointerp import (
     Records,
     Tools,
     Window,
+    derange,
     explain,
     gather,
     ground_truth,
@@ -308,6 +309,12 @@ def test_embedding_job_embeds_each_chunk_in_one_call_with_the_same_scores(plante
         else:
             assert len(calls) >= len(PLANTED)
     assert values[64] == pytest.approx(values[1], abs=1e-6)
+    # the chunk is scored at once (embedding_chunk): the same values as the scorer latent by latent
+    shuffled = derange({i: p.description for i, p in enumerate(PLANTED)}, 0)
+    spec = SCORERS["embedding"]
+    one_by_one = [spec.fn(c, text, tools, spec.config()).value for i, p in enumerate(PLANTED)
+                  for c in [gather(db, i, ContextConfig(), pool)] for text in (p.description, shuffled[i])]  # fmt: skip
+    assert values[64] == pytest.approx(one_by_one, abs=1e-6)
 
 
 def test_pooled_window_embedding_is_the_window_alone_when_it_is_the_whole_context(tools):
@@ -349,6 +356,11 @@ def test_pooled_job_embeds_each_store_context_once(planted, tmp_path, tools):
     assert len(set(seen)) == len(seen)
     scores = Records(path).scores(scorer="embedding")
     assert len(scores) == len(PLANTED) and all(r.error is None for r in scores)
+    shuffled = derange({i: p.description for i, p in enumerate(PLANTED)}, 0)
+    mine = Tools(embedder=tools.embedder, contexts=states)
+    one_by_one = [SCORERS["embedding"].fn(gather(db, r.latent, ContextConfig(), pool), text, mine, cfg).value
+                  for r in scores for text in (PLANTED[r.latent].description, shuffled[r.latent])]  # fmt: skip
+    assert [v for r in scores for v in (r.value, r.shuffled)] == pytest.approx(one_by_one, abs=1e-6)
     with pytest.raises(ValueError, match="pooled_contexts needs the store's context tokens"):
         SCORERS["embedding"].fn(gather(db, 0, ContextConfig(), pool), "digits", Tools(embedder=tools.embedder), cfg)
 
@@ -420,7 +432,7 @@ def test_prompt_drops_contexts_to_fit_and_says_so(planted):
 _SLOW = textwrap.dedent(
     """
     import sys, time
-    from mechscope.autointerp import EXPLAINERS, TokensConfig, explain
+    from mechscope.autointerp import EXPLAINERS, Checkpoint, TokensConfig, explain
     from mechscope.autointerp._explainers import top_tokens
 
     @EXPLAINERS.declare("slow-top", config=TokensConfig)
@@ -430,15 +442,15 @@ _SLOW = textwrap.dedent(
         time.sleep(float(sys.argv[3]))
         return top_tokens(contexts, llm, config)
 
-    s = explain(sys.argv[1], "slow-top", progress=False)
+    s = explain(sys.argv[1], "slow-top", progress=False, checkpoint=Checkpoint(int(sys.argv[4]), float(sys.argv[5])))
     print(s.done, s.skipped)
     """
 )
 
 
-def _run_slow(db: Path, log: Path, delay: float) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", _SLOW, str(db), str(log), str(delay)], stdout=subprocess.PIPE,
-                            text=True)  # fmt: skip
+def _run_slow(db: Path, log: Path, delay: float, every: int = 256, seconds: float = 1.0) -> subprocess.Popen:
+    args = [str(db), str(log), str(delay), str(every), str(seconds)]
+    return subprocess.Popen([sys.executable, "-c", _SLOW, *args], stdout=subprocess.PIPE, text=True)
 
 
 def _rows(db: Path) -> dict[int, str]:
@@ -470,6 +482,33 @@ def test_killed_explain_job_resumes_without_recomputing(planted, tmp_path):
     assert _rows(b) == _rows(a)  # same results as the uninterrupted run
     redone = {int(x) for x in (killed / "resumed").read_text().split()}
     assert not redone & set(before)  # nothing finished before the kill ran again
+
+
+def test_killed_job_checkpointing_in_batches_loses_at_most_one_batch(planted, tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    whole.mkdir(), killed.mkdir()
+    a, b = fresh(planted, whole), fresh(planted, killed)
+    assert _run_slow(a, whole / "log", 0.0, every=2, seconds=float("inf")).wait(timeout=300) == 0
+    proc = _run_slow(b, killed / "log", 0.5, every=2, seconds=float("inf"))
+    seen: set[int] = set()
+    deadline = time.time() + 300
+    while max(seen, default=0) < 2 and time.time() < deadline and proc.poll() is None:
+        seen.add(len(_rows(b)))
+        time.sleep(0.02)
+    time.sleep(0.6)  # the latent after the commit has finished, uncommitted: what the kill loses
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _rows(b)
+    assert seen <= {0, 2, 4} and len(before) in (2, 4)  # rows appear two at a time, never one by one
+    ran = {int(x) for x in (killed / "log").read_text().split()}
+    lost = ran - set(before)
+    assert 1 <= len(lost) <= 2  # at most one checkpoint's latents ran and were not kept
+    resumed = _run_slow(b, killed / "resumed", 0.0, every=2, seconds=float("inf"))
+    out, _ = resumed.communicate(timeout=300)
+    assert out.split() == [str(len(PLANTED) - len(before)), str(len(before))]
+    assert _rows(b) == _rows(a)
+    redone = {int(x) for x in (killed / "resumed").read_text().split()}
+    assert not redone & set(before) and lost <= redone  # only the lost latents (and those never run) run again
 
 
 # --- an OpenAI-compatible endpoint on loopback --------------------------------------------------------------------

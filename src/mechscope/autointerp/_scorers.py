@@ -291,6 +291,72 @@ def _pooled_contexts(c: LatentContexts, config: EmbeddingConfig) -> list[int]:
     return [w.context for part in _embedding_windows(c, config) for w in part if w.context is not None]
 
 
+def embedding_chunk(
+    chunk: list[LatentContexts], texts: dict[int, str], shuffled: dict[int, str], tools: Tools,
+    config: EmbeddingConfig,
+) -> dict[int, tuple[Score, Score]]:  # fmt: skip
+    """``embedding``'s scores of a chunk of latents for their explanation and their shuffled one, all at once.
+
+    Each distinct window is embedded (or pooled) once for the chunk, the similarities of every window to every
+    latent's two explanations come from one batched product, and the AUROCs from one comparison of padded
+    ``[2 latent pos]`` against ``[2 latent neg]`` similarities: the values ``embedding`` gives latent by latent
+    (up to float rounding of the products). Latents without activating or non-activating windows are left out
+    (``embedding`` gives them their error).
+    """
+    chunk = [c for c in chunk if c.activating and c.negatives]
+    if not chunk:
+        return {}
+    key: Callable[[Window], Any] = (
+        (lambda w: (w.context, w.start, len(w.tokens))) if config.pooled_contexts else (lambda w: w.text)
+    )
+    index: dict[Any, int] = {}
+    unique: list[Window] = []
+    parts: list[tuple[list[int], list[int]]] = []
+    for c in chunk:
+        ids: list[list[int]] = [[], []]
+        for side, part in zip(ids, _embedding_windows(c, config), strict=True):
+            for w in part:
+                if (k := key(w)) not in index:
+                    index[k] = len(unique)
+                    unique.append(w)
+                side.append(index[k])
+        parts.append((ids[0], ids[1]))
+    vectors = tools.contexts(unique) if config.pooled_contexts else tools.embedder([w.text for w in unique])
+    n = len(chunk)
+    explanations = tools.embedder([texts[c.latent] for c in chunk] + [shuffled[c.latent] for c in chunk])
+    pos, pos_mask = _padded([p for p, _ in parts])  # [latent pos]
+    neg, neg_mask = _padded([q for _, q in parts])  # [latent neg]
+    e = explanations.view(2, n, -1)  # [which latent d]: which = 0 the latent's explanation, 1 the shuffled one
+    d = vectors.shape[-1]  # index_select: advanced indexing is slow on a busy CPU (``NegativePool.negatives``)
+    sim_pos = torch.einsum("wld,lpd->wlp", e, vectors.index_select(0, pos.flatten()).view(*pos.shape, d))
+    sim_neg = torch.einsum("wld,lqd->wlq", e, vectors.index_select(0, neg.flatten()).view(*neg.shape, d))
+    both = (pos_mask[:, :, None] & neg_mask[:, None, :])[None]  # [1 latent pos neg]
+    a, b = sim_pos[..., :, None], sim_neg[..., None, :]
+    greater = ((a > b) & both).sum((-1, -2)).double()
+    ties = ((a == b) & both).sum((-1, -2)).double()
+    pairs = (pos_mask.sum(1) * neg_mask.sum(1)).double()
+    values = ((greater + 0.5 * ties) / pairs).tolist()  # [which latent]
+    return {
+        c.latent: (Score(values[0][k], 0.5, len(p) + len(q)), Score(values[1][k], 0.5, len(p) + len(q)))
+        for k, (c, (p, q)) in enumerate(zip(chunk, parts, strict=True))
+    }
+
+
+def _padded(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows`` as a ``[len(rows) longest]`` index tensor (padded with 0) and the mask of real entries."""
+    width = max(map(len, rows))
+    index = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for k, r in enumerate(rows):
+        index[k, : len(r)], mask[k, : len(r)] = torch.tensor(r, dtype=torch.long), True
+    return index, mask
+
+
 POOLED: dict[str, Callable[[LatentContexts, Any], list[int]]] = {"embedding": _pooled_contexts}
 """The store contexts a scorer will pool windows from (``pooled_contexts``): a job runs MiniLM on those of many
 latents at once first, so each context is embedded once."""
+
+
+BATCHED: dict[str, Callable[..., dict[int, tuple[Score, Score]]]] = {"embedding": embedding_chunk}
+"""Scorers that score a job's whole chunk of latents at once (``fn(chunk, texts, shuffled, tools, config)``, the
+same values as scoring each latent), so the job's per-latent work is a lookup."""
