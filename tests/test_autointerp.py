@@ -4,6 +4,7 @@ truth, kill-and-resume of an explain job, and an OpenAI-compatible HTTP endpoint
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import shutil
@@ -182,6 +183,50 @@ def test_judge_scorers_compute_balanced_accuracy_with_chance_and_shuffled_baseli
     shuffled = sum(r.shuffled for r in rows) / len(rows)
     assert abs(shuffled - 0.5) < 0.2, shuffled
     assert all(r.detail["shuffled_text"] != PLANTED[r.latent].description for r in rows)
+
+
+class FakeProbJudge(FakeJudge):
+    """A scripted judge that gives answer probabilities: P(1) = 0.8 on its known positives, 0.3 on the rest (so a
+    threshold of 0.5 is right on all), seeded random for unknown explanations; ``mode`` 'none' gives none."""
+
+    name = "fake-prob-judge"
+
+    def answer_probs(self, messages, answers, *, prefix, seed):
+        assert answers == (" 1", " 0") and prefix == "Answer:"
+        user = messages[-1]["content"]
+        explanation = re.match(r"Feature explanation: (.*)\n", user).group(1)
+        (example,) = re.findall(r"^Text example: (.*)$", user, flags=re.M)
+        if self.mode == "none":
+            return None
+        known = self.positives.get(explanation)
+        p = (0.8 if example in known else 0.3) if known is not None else random.Random(explanation + example).random()
+        return [p / 2, (1 - p) / 2]  # half the model's mass on the two answers
+
+
+@pytest.mark.parametrize("scorer", ["detection", "fuzzing"])
+def test_judge_scorers_read_answer_probabilities_when_the_model_gives_them(planted, tmp_path, scorer):
+    db, _, _, pool = planted
+    spec = SCORERS[scorer]
+    cfg = spec.make_config(n_examples=15)
+    c = gather(db, 0, ContextConfig(), pool)
+    judge = FakeProbJudge(_truth_positives(db, pool, scorer))
+    right = spec.fn(c, PLANTED[0].description, Tools(judge), cfg)
+    assert right.value == 1.0 and right.detail["mode"] == "probabilities" and right.detail["auroc"] == 1.0
+    assert judge.calls == 0 and len(right.detail["p1"]) == right.n  # one request per item, no text parsed
+    assert right.detail["answer_mass"] == pytest.approx(0.5) and right.detail["unparsed"] == 0
+    assert right.detail["hits"] == right.detail["totals"]
+    # a model that gives no probabilities (an HTTP server without logprobs): the text judge, batch_size per request
+    text = spec.fn(c, PLANTED[0].description, Tools(FakeProbJudge(judge.positives, "none")), cfg)
+    assert text.value == 1.0 and text.detail["mode"] == "text"
+    assert (
+        spec.fn(c, PLANTED[0].description, Tools(judge), spec.make_config(probabilities=False)).detail["mode"] == "text"
+    )
+    path = fresh(planted, tmp_path)
+    _store_truth(path)
+    score(path, scorer, explainer="truth", llm=judge, pool=pool, progress=False)
+    rows = Records(path).scores(scorer=scorer)
+    assert [r.value for r in rows] == [1.0] * len(PLANTED)
+    assert abs(sum(r.shuffled for r in rows) / len(rows) - 0.5) < 0.2
 
 
 class FakeSimulator:
@@ -519,6 +564,7 @@ class _Stub(BaseHTTPRequestHandler):
         list[str]
     ] = []  # per request, in order: 'ok', '500', 'nonjson', 'empty', 'slow', 'refusal'; then 'ok'
     seen: ClassVar[list[dict]] = []
+    logprobs = False  # whether the server answers logprobs requests with top_logprobs
     in_flight = 0
     max_in_flight = 0
     lock = threading.Lock()
@@ -538,15 +584,29 @@ class _Stub(BaseHTTPRequestHandler):
                 time.sleep(4.0)  # past the client timeout (2 s), with room for a loaded machine
             time.sleep(0.05)
             n = body["messages"][1]["content"].count("Example ")
+            if body.get("logprobs") and _Stub.logprobs and what == "ok":
+                what = "logprobs"  # a judge's single example: P(1) = 0.9 where it has a digit, else 0.2
             if body["messages"][0]["content"].startswith("We're studying neurons") and what == "ok":
                 what = "simulate"  # the LLM simulator's prompt: predict 10 on digits, whatever the explanation says
             content = {"simulate": simulate_reply(body["messages"], "digits", {}) if what == "simulate" else "",
                        "ok": f"The examples.\n[EXPLANATION]: pattern with {n} examples", "empty": "  ",
-                       "nonjson": None, "slow": "[EXPLANATION]: late", "refusal": "", "500": ""}[what]  # fmt: skip
+                       "nonjson": None, "slow": "[EXPLANATION]: late", "refusal": "", "500": "",
+                       "logprobs": ""}[what]  # fmt: skip
+            choice: dict = {}
+            if what == "logprobs":
+                example = body["messages"][1]["content"].split("Text example: ")[1]
+                p = 0.9 if any(ch.isdigit() for ch in example) else 0.2
+                content, top = (" 1" if p > 0.5 else " 0"), [("1", 0.95 * p), ("0", 0.95 * (1 - p)), (" 1", 0.05 * p)]
+                choice["logprobs"] = {"content": [  # a first token without the answers, as a tokenizer may give
+                    {"token": " ", "logprob": -0.01, "top_logprobs": [{"token": " ", "logprob": -0.01},
+                                                                      {"token": "Answer", "logprob": -6.0}]},
+                    {"token": content.strip(), "logprob": math.log(max(p, 1 - p)),
+                     "top_logprobs": [{"token": t, "logprob": math.log(q)} for t, q in top]}]}  # fmt: skip
             message = {"role": "assistant", "content": content}
             if what == "refusal":
                 message["refusal"] = "I cannot help with that."
-            raw = b"<html>oops</html>" if content is None else json.dumps({"choices": [{"message": message}]}).encode()
+            reply = {"choices": [{"message": message, **choice}]}
+            raw = b"<html>oops</html>" if content is None else json.dumps(reply).encode()
         finally:
             # Counted out before the reply is sent: the client cannot start its next request before it has this
             # reply, so the count never includes a request the client has already finished with.
@@ -564,7 +624,7 @@ class _Stub(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def stub():
-    _Stub.script, _Stub.seen, _Stub.max_in_flight, _Stub.in_flight = [], [], 0, 0
+    _Stub.script, _Stub.seen, _Stub.max_in_flight, _Stub.in_flight, _Stub.logprobs = [], [], 0, 0, False
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -592,6 +652,29 @@ def test_http_chat_retries_then_fails_clearly(stub):
         chat.complete(messages, max_tokens=5, seed=0)
     with pytest.raises(ChatError, match="no response"):
         HTTPChat("http://127.0.0.1:9/v1", retries=2, backoff=0.01, timeout=0.5).complete(messages, max_tokens=5, seed=0)
+
+
+def test_judge_over_http_reads_top_logprobs_and_falls_back_to_text(planted, stub):
+    db, _, _, pool = planted
+    c = gather(db, 0, ContextConfig(), pool)  # digits: the stub's P(1) is 0.9 on examples with a digit
+    chat = HTTPChat(stub, "m", retries=1, timeout=5)
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "Text example: in 1999"}]
+    _Stub.logprobs = True
+    assert chat.answer_probs(messages, (" 1", " 0"), prefix="Answer:", seed=0) == pytest.approx([0.9, 0.095])
+    assert _Stub.seen[-1]["logprobs"] is True and _Stub.seen[-1]["top_logprobs"] == 20
+    cfg = SCORERS["detection"].make_config(n_examples=10)
+    s = SCORERS["detection"].fn(c, PLANTED[0].description, Tools(chat), cfg)
+    items = [(w.text, 1) for w in c.activating[:10]] + [(w.text, 0) for w in c.negatives[:10]]
+    said = [int(any(ch.isdigit() for ch in t.replace("\n", "⏎"))) for t, _ in items]
+    expected = [sum(p == y for p, (_, y) in zip(said, items, strict=True) if y == k) / 10 for k in (0, 1)]
+    assert s.detail["mode"] == "probabilities" and s.detail["unparsed"] == 0
+    assert s.value == pytest.approx(sum(expected) / 2) and s.value > 0.8
+    assert [p > 0.5 for p in s.detail["p1"]] == [bool(x) for x in said]  # in item order
+    _Stub.logprobs, sent = False, len(_Stub.seen)  # a server that ignores logprobs: one try, then text
+    assert chat.answer_probs(messages, (" 1", " 0"), prefix="Answer:", seed=0) is None
+    s = SCORERS["detection"].fn(c, PLANTED[0].description, Tools(chat), cfg)
+    assert s.detail["mode"] == "text" and s.detail["unparsed"] == 20  # the stub's text is no list of 0/1
+    assert len(_Stub.seen) - sent == 1 + 1 + 20 // cfg.batch_size
 
 
 def test_explain_job_over_http_is_concurrent_stores_prompts_and_resumes_failures(planted, tmp_path, stub):
@@ -709,6 +792,23 @@ def test_llm_explainer_with_the_built_in_model_fits_its_budget_and_stores_the_ex
         assert s.failed and "ChatError" in row.error
     else:
         assert row.response and row.text in row.response and row.provenance["llm"] == "smollm2-135m"
+
+
+def test_local_chat_answer_probabilities_are_the_models_next_token_probabilities(smol):
+    from mechscope.autointerp import LocalChat
+
+    chat = LocalChat(smol)
+    messages = [{"role": "user", "content": "Is 7 a prime number? Answer 1 for yes, 0 for no."}]
+    got = chat.answer_probs(messages, (" 1", " 0"), prefix="Answer:", seed=0)
+    tok = smol.tokenizer
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + "Answer: "
+    ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        probs = torch.softmax(smol.module(input_ids=ids).logits[0, -1].float(), -1)
+    one, zero = (tok(d, add_special_tokens=False)["input_ids"] for d in ("1", "0"))
+    assert len(one) == len(zero) == 1  # SmolLM2 splits " 1" into " " and "1": the shared " " is conditioned on
+    assert got == pytest.approx([float(probs[one[0]]), float(probs[zero[0]])], rel=1e-4)
+    assert 0 < sum(got) <= 1
 
 
 # --- output scoring (steering) ------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from mechscope.autointerp._contexts import (
 from mechscope.autointerp._embed import ContextStates
 from mechscope.autointerp._explainers import EXPLAINERS, PROMPT_VERSION, Explanation, LLMConfig, TokensConfig
 from mechscope.autointerp._jobs import Checkpoint, JobSummary, derange, explain, score
-from mechscope.autointerp._llm import Chat, ChatError, HTTPChat, LocalChat
+from mechscope.autointerp._llm import AnswerProbs, Chat, ChatError, HTTPChat, LocalChat
 from mechscope.autointerp._output import DictionarySteerer, OutputConfig, Steerer
 from mechscope.autointerp._planted import (
     FEATURE_SETS,
@@ -41,6 +41,7 @@ __all__ = [
     "PROMPT_VERSION",
     "RANDOM_DESCRIPTIONS",
     "SCORERS",
+    "AnswerProbs",
     "Chat",
     "ChatError",
     "Checkpoint",

@@ -34,7 +34,7 @@ from mechscope.core import Registry
 
 from ._contexts import LatentContexts, Window
 from ._explainers import mark
-from ._llm import Chat
+from ._llm import AnswerProbs, Chat
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,10 @@ class JudgeConfig:
     """Length of each reply."""
     seed: int = 0
     """Seed of the shuffle and of the mis-marked tokens."""
+    probabilities: bool = True
+    """Read each verdict from the chat model's probabilities of the answers 1 and 0, one example per request
+    (``AnswerProbs``: ``LocalChat``'s logits, an HTTP server's ``top_logprobs``), as delphi does with logprobs;
+    with a model that gives none, or False, parse a list of 0/1 answers, ``batch_size`` examples per request."""
 
 
 JUDGE = (
@@ -128,6 +132,20 @@ FUZZ = (
 )
 
 
+JUDGE_ONE = (
+    "You are an intelligent and meticulous linguistics researcher. You will be given a certain feature of text, "
+    'such as "male pronouns" or "text with negative sentiment". You will then be given a text example. {task} '
+    "Answer with the single digit 1 or 0 and nothing else."
+)
+DETECT_ONE = "Your task is to determine whether the example possesses the feature: answer 1 if it does, 0 if not."
+FUZZ_ONE = (
+    "In the example some tokens are marked between << and >>. Answer 1 if the marked tokens are the ones that carry "
+    "the feature, 0 if they are marked wrongly."
+)
+ANSWER_PREFIX = "Answer:"
+"""What ``LocalChat`` makes the judge's reply start with; the answers are `` 1`` and `` 0`` after it."""
+
+
 def parse_labels(reply: str, n: int) -> list[int] | None:
     """The first bracketed list of ``n`` zeros and ones in ``reply`` (None when there is none)."""
     for found in re.findall(r"\[([^\[\]]*)\]", reply):
@@ -138,6 +156,58 @@ def parse_labels(reply: str, n: int) -> list[int] | None:
 
 
 def _judge(
+    items: list[tuple[str, int]], explanation: str, task: str, llm: Chat, config: JudgeConfig
+) -> tuple[float, dict[str, Any]]:
+    """Balanced accuracy of the chat model's 0/1 answers on ``items`` (text, label).
+
+    From the answers' probabilities when the model gives them (``config.probabilities``), else from its text.
+    """
+    if config.probabilities and isinstance(llm, AnswerProbs):
+        found = _judge_by_probabilities(items, explanation, task, llm, config)
+        if found is not None:
+            return found
+    value, detail = _judge_by_text(items, explanation, task, llm, config)
+    return value, {"mode": "text", **detail}
+
+
+def _judge_by_probabilities(
+    items: list[tuple[str, int]], explanation: str, task: str, llm: AnswerProbs, config: JudgeConfig
+) -> tuple[float, dict[str, Any]] | None:
+    """One request per item; the verdict is 1 where P(1) > P(0). None if the model gives no probabilities at all.
+
+    Besides the balanced accuracy, ``detail`` has ``auroc`` (P(1) of positive against negative items: how well the
+    probabilities separate them whatever the threshold; None with one class only), ``p1`` (each item's normalised
+    P(1), in item order) and ``answer_mass`` (mean unnormalised P(1) + P(0): how much of the model's next-token
+    distribution the two answers hold).
+    """
+    system = JUDGE_ONE.format(task={DETECT: DETECT_ONE, FUZZ: FUZZ_ONE}[task])
+    p1: list[float | None] = []
+    mass: list[float] = []
+    for k, (text, _) in enumerate(items):
+        user = f"Feature explanation: {explanation}\n\nText example: {text}"
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        got = llm.answer_probs(messages, (" 1", " 0"), prefix=ANSWER_PREFIX, seed=config.seed)
+        if got is None and k == 0:
+            return None  # a server without logprobs: the text judge
+        if got is None or sum(got) <= 0:
+            p1.append(None)
+            continue
+        p1.append(got[0] / (got[0] + got[1]))
+        mass.append(got[0] + got[1])
+    hits, totals = {0: 0, 1: 0}, {0: 0, 1: 0}
+    for (_, y), p in zip(items, p1, strict=True):
+        totals[y] += 1
+        hits[y] += int(p is not None and int(p > 0.5) == y)
+    rates = [hits[y] / totals[y] for y in (0, 1) if totals[y]]
+    pos = torch.tensor([p for (_, y), p in zip(items, p1, strict=True) if y == 1 and p is not None])
+    neg = torch.tensor([p for (_, y), p in zip(items, p1, strict=True) if y == 0 and p is not None])
+    detail = {"mode": "probabilities", "unparsed": sum(p is None for p in p1), "hits": [hits[0], hits[1]],
+              "totals": [totals[0], totals[1]], "auroc": auroc(pos, neg) if len(pos) and len(neg) else None,
+              "p1": p1, "answer_mass": sum(mass) / len(mass) if mass else 0.0}  # fmt: skip
+    return sum(rates) / len(rates), detail
+
+
+def _judge_by_text(
     items: list[tuple[str, int]], explanation: str, task: str, llm: Chat, config: JudgeConfig
 ) -> tuple[float, dict[str, Any]]:
     """Balanced accuracy of the chat model's 0/1 answers on ``items`` (text, label), ``batch_size`` per request."""
