@@ -320,7 +320,9 @@ def _pooled_rows(tools: Tools, tokenizer, tmp: Path, rounds: int) -> tuple[list[
     work = (f"token latents over {n_ctx} store contexts of 64 tokens (latents:contexts "
             f"{len(latents) / n_ctx:.0f}:1), 20 activating + 10 non-activating windows of 16 tokens per latent, "
             "scored twice (true + shuffled explanation)")  # fmt: skip
-    cold, warm, prepare, done = [], [], [], set()
+    with Records(base) as r:
+        explanations = list(r.texts("top-tokens", r.latest_run("top-tokens") or "").values())
+    cold, warm, prepare, alone, done = [], [], [], [], set()
     for k in range(rounds):
         tools.embedder.clear()
         states = ContextStates(tools.embedder, tokens_of)
@@ -342,6 +344,10 @@ def _pooled_rows(tools: Tools, tokenizer, tmp: Path, rounds: int) -> tuple[list[
                   context_tokens=states, progress=False)  # fmt: skip
         warm.append(s.seconds)
         done.add(s.done)
+        tools.embedder.clear()  # the warm job's floor: its explanations through MiniLM, nothing else
+        t = time.perf_counter()
+        tools.embedder(explanations)
+        alone.append(time.perf_counter() - t)
     assert len(done) == 1, done
     n = done.pop()  # the latents top-tokens explained (it may find no text for a few)
     total = statistics.median(r["total"] for r in cold)
@@ -355,7 +361,11 @@ def _pooled_rows(tools: Tools, tokenizer, tmp: Path, rounds: int) -> tuple[list[
              latents=n, work=work),
         _row("score embedding pooled (true + shuffled explanation), contexts already embedded", "latents per second",
              n / statistics.median(r["total"] for r in warm), "latents/s",
-             gather_share=round(statistics.median(r["gather"] / r["total"] for r in warm), 3), latents=n, work=work),
+             gather_share=round(statistics.median(r["gather"] / r["total"] for r in warm), 3), latents=n, work=work,
+             commit_share=round(statistics.median(r["commit"] / r["total"] for r in warm), 4)),
+        _row("embed the explanations alone (the pooled warm job's MiniLM floor)", "latents per second",
+             len(explanations) / statistics.median(alone), "latents/s", explanations=len(explanations),
+             seconds=round(statistics.median(alone), 3)),
     ]  # fmt: skip
     # agreement with the exact mode on the first EXACT_LATENTS latents (one run: scores are deterministic)
     tools.embedder.clear()
@@ -390,7 +400,8 @@ def _pooled_rows(tools: Tools, tokenizer, tmp: Path, rounds: int) -> tuple[list[
     rows += _pooled_truth(tools, tokenizer, tmp, PLANTED, "")
     rows += _pooled_truth(tools, tokenizer, tmp, FIND, "find ")
     detail = {"latents": len(latents), "scored_latents": n, "contexts": n_ctx, "exact_latents": len(keys),
-              "rounds": rounds, "cold_seconds": cold, "warm_seconds": warm, "prepare_seconds": prepare}  # fmt: skip
+              "rounds": rounds, "cold_seconds": cold, "warm_seconds": warm, "prepare_seconds": prepare,
+              "explanations_alone_seconds": alone}  # fmt: skip
     return rows, detail
 
 
