@@ -809,6 +809,14 @@ def test_local_chat_answer_probabilities_are_the_models_next_token_probabilities
     assert len(one) == len(zero) == 1  # SmolLM2 splits " 1" into " " and "1": the shared " " is conditioned on
     assert got == pytest.approx([float(probs[one[0]]), float(probs[zero[0]])], rel=1e-4)
     assert 0 < sum(got) <= 1
+    # answers of several tokens (one batched pass): the product of their tokens' probabilities
+    multi = chat.answer_probs(messages, (" 1", " 0 0"), prefix="Answer:", seed=0)
+    seq = tok(text + "0 0", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(smol.module(input_ids=seq).logits[0].float(), -1)
+    n = ids.shape[1]
+    expected = math.exp(sum(float(logp[j - 1, seq[0, j]]) for j in range(n, seq.shape[1])))
+    assert seq.shape[1] - n == 3 and multi == pytest.approx([got[0], expected], rel=1e-3)
 
 
 # --- output scoring (steering) ------------------------------------------------------------------------------------

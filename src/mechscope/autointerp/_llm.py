@@ -126,6 +126,12 @@ class LocalChat:
         common = min(len(s) for s in seqs) - 1
         while common > 0 and any(s[:common] != seqs[0][:common] for s in seqs):
             common -= 1
+        if all(len(s) == common + 1 for s in seqs):  # one token each after the shared ones: one sequence will do
+            ids = torch.tensor([seqs[0][:common]], device=self.model.device)
+            with self._lock, torch.no_grad():
+                last = module(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1]
+            probs = torch.softmax(last.float(), dim=-1).cpu()
+            return [float(probs[s[common]]) for s in seqs]
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), self.model.pad_id, dtype=torch.long)
         mask = torch.zeros(len(seqs), width, dtype=torch.long)
