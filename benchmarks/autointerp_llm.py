@@ -93,8 +93,8 @@ def main() -> None:
                                "unparsed_shuffled": got["shuffled"].detail.get("unparsed"),
                                "config": config.__dict__, "first_reply": replies,
                                "mode": got["true"].detail.get("mode"),
-                               **{f"{k}_{kind}": got[kind].detail.get(k) for k in ("auroc", "answer_mass")
-                                  for kind in ("true", "shuffled")}})  # fmt: skip
+                               **{f"{k}_{kind}": got[kind].detail.get(k) for k in ("auroc", "answer_mass", "hits",
+                                  "totals", "p1") for kind in ("true", "shuffled")}})  # fmt: skip
             rows.append({"name": f"score {name} (SmolLM2-135M, CPU, greedy)", "metric": "seconds per explanation",
                          "value": round(sum(seconds) / len(seconds), 2), "unit": "s",
                          "explanations": len(seconds), "latents": [PLANTED[i].name for i in latents]})  # fmt: skip
@@ -117,6 +117,9 @@ def main() -> None:
                 rows.append({"name": f"{name} (SmolLM2-135M): probability on the answers 1 and 0", "metric": "mass",
                              "value": round(sum(x["answer_mass_true"] for x in mine) / len(mine), 4),
                              "unit": "probability"})  # fmt: skip
+    if judged := [p for x in checks for kind in ("true", "shuffled") for p in x.get(f"p1_{kind}") or ()]:
+        rows.append({"name": "detection and fuzzing (SmolLM2-135M): items with P(1) > P(0)", "metric": "items",
+                     "value": sum(p > 0.5 for p in judged), "unit": f"of {len(judged)}"})  # fmt: skip
     out = ROOT / "benchmarks" / "results" / "autointerp_llm.json"
     ran = args.scorers.split(",")
     kept_rows, kept_checks = [], []
