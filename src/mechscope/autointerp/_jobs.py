@@ -142,7 +142,7 @@ def score(
     contexts: ContextConfig = ContextConfig(),  # noqa: B008 (frozen)
     seed: int = 0,
     progress: bool = True,
-    batch_latents: int = 64,
+    batch_latents: int = 256,
     context_tokens: Any = None,
     checkpoint: Checkpoint = Checkpoint(),
 ) -> JobSummary:
@@ -151,7 +151,8 @@ def score(
     Beside each latent's score it stores the score of a shuffled explanation: another latent's, drawn by a
     seeded derangement over the explained latents. ``steer`` (a ``Steerer``) is for the ``output`` scorer.
     The embedding-based scorers (``embedding``, ``simulation``) read ``batch_latents`` latents' contexts at a time
-    and embed all their texts (and both explanations) in one batched call before scoring them one by one.
+    and embed all their texts (and both explanations) in one batched call first (256 latents: MiniLM ran the
+    explanations of a pooled job ~2x faster than in chunks of 64 here; ``benchmarks/autointerp.py``).
     ``context_tokens`` (``store_context_tokens(store, db_path)``, or a ``ContextStates`` to share one between
     jobs) is what ``EmbeddingConfig(pooled_contexts=True)`` pools windows from; each store context is then run
     through MiniLM once per job (once per ``ContextStates``). The ``embedding`` scorer scores each chunk of
