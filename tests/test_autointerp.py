@@ -753,6 +753,23 @@ def test_cli_explain_score_show(planted, tmp_path):
     assert r.exit_code == 1 and "no explanations by 'llm'" in r.output
 
 
+def test_cli_chat_options_reach_the_endpoint_for_explain_and_score(planted, tmp_path, stub):
+    path = fresh(planted, tmp_path)
+    common = ["--url", stub, "--llm-model", "m2", "--concurrency", "2", "--timeout", "5", "--retries", "1", "--json"]
+    r = CliRunner().invoke(app, ["explain", str(path), "--explainer", "llm", "--latents", "0-1", *common])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout[: r.stdout.rindex("}") + 1])["done"] == 2
+    assert {b["model"] for b in _Stub.seen} == {"m2"} and {e.provenance["llm"] for e in read_explanations(path)} == {
+        f"{stub} m2"}  # fmt: skip
+    _Stub.logprobs, sent = True, len(_Stub.seen)
+    r = CliRunner().invoke(app, ["score", str(path), "--scorer", "detection", "--explainer", "llm", "--n-examples",
+                                 "2", *common])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout[: r.stdout.rindex("}") + 1])["detection"]["latents_scored"] == 2
+    asked = _Stub.seen[sent:]
+    assert asked and all(b["model"] == "m2" and b["logprobs"] is True for b in asked)
+
+
 def test_cli_score_pooled_contexts_matches_the_api(planted, tmp_path, tools):
     db, store, _, pool = planted
     values = {}

@@ -16,8 +16,10 @@ latent's) beside each one, so a score is read against what any explanation would
 - ``output`` (``_output``): steer the latent's decoder direction and compare the explanation's embedding
   similarity to steered against unsteered continuations (AUROC; chance 0.5). Needs a ``Steerer``.
 
-An unparseable reply counts its items as wrong (and ``detail["unparsed"]`` counts them): a scorer that cannot
-read the chat model's answer must not look better than chance.
+The judges (detection, fuzzing) read a verdict from the chat model's probabilities of the answers 1 and 0 where it
+gives them (``AnswerProbs``; one example per request), and parse a list of 0/1 from its text otherwise. An
+unparseable reply counts its items as wrong (and ``detail["unparsed"]`` counts them): a scorer that cannot read
+the chat model's answer must not look better than chance.
 """
 
 from __future__ import annotations
