@@ -4,6 +4,7 @@ truth, kill-and-resume of an explain job, and an OpenAI-compatible HTTP endpoint
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import shutil
@@ -20,6 +21,7 @@ from typing import ClassVar
 
 import pytest
 import torch
+from scipy.stats import spearmanr
 from typer.testing import CliRunner
 
 from mechscope.autointerp import (
@@ -27,18 +29,23 @@ from mechscope.autointerp import (
     SCORERS,
     ChatError,
     ContextConfig,
+    ContextStates,
+    EmbeddingConfig,
     ExplanationRecord,
     HTTPChat,
     LLMConfig,
     NegativePool,
     Records,
     Tools,
+    Window,
+    derange,
     explain,
     gather,
     ground_truth,
     planted_db,
     read_explanations,
     score,
+    store_context_tokens,
 )
 from mechscope.autointerp._explainers import explain_prompt, mark, parse_explanation
 from mechscope.autointerp._scorers import auroc, misplaced, parse_labels, pearson
@@ -178,6 +185,50 @@ def test_judge_scorers_compute_balanced_accuracy_with_chance_and_shuffled_baseli
     assert all(r.detail["shuffled_text"] != PLANTED[r.latent].description for r in rows)
 
 
+class FakeProbJudge(FakeJudge):
+    """A scripted judge that gives answer probabilities: P(1) = 0.8 on its known positives, 0.3 on the rest (so a
+    threshold of 0.5 is right on all), seeded random for unknown explanations; ``mode`` 'none' gives none."""
+
+    name = "fake-prob-judge"
+
+    def answer_probs(self, messages, answers, *, prefix, seed):
+        assert answers == (" 1", " 0") and prefix == "Answer:"
+        user = messages[-1]["content"]
+        explanation = re.match(r"Feature explanation: (.*)\n", user).group(1)
+        (example,) = re.findall(r"^Text example: (.*)$", user, flags=re.M)
+        if self.mode == "none":
+            return None
+        known = self.positives.get(explanation)
+        p = (0.8 if example in known else 0.3) if known is not None else random.Random(explanation + example).random()
+        return [p / 2, (1 - p) / 2]  # half the model's mass on the two answers
+
+
+@pytest.mark.parametrize("scorer", ["detection", "fuzzing"])
+def test_judge_scorers_read_answer_probabilities_when_the_model_gives_them(planted, tmp_path, scorer):
+    db, _, _, pool = planted
+    spec = SCORERS[scorer]
+    cfg = spec.make_config(n_examples=15)
+    c = gather(db, 0, ContextConfig(), pool)
+    judge = FakeProbJudge(_truth_positives(db, pool, scorer))
+    right = spec.fn(c, PLANTED[0].description, Tools(judge), cfg)
+    assert right.value == 1.0 and right.detail["mode"] == "probabilities" and right.detail["auroc"] == 1.0
+    assert judge.calls == 0 and len(right.detail["p1"]) == right.n  # one request per item, no text parsed
+    assert right.detail["answer_mass"] == pytest.approx(0.5) and right.detail["unparsed"] == 0
+    assert right.detail["hits"] == right.detail["totals"]
+    # a model that gives no probabilities (an HTTP server without logprobs): the text judge, batch_size per request
+    text = spec.fn(c, PLANTED[0].description, Tools(FakeProbJudge(judge.positives, "none")), cfg)
+    assert text.value == 1.0 and text.detail["mode"] == "text"
+    assert (
+        spec.fn(c, PLANTED[0].description, Tools(judge), spec.make_config(probabilities=False)).detail["mode"] == "text"
+    )
+    path = fresh(planted, tmp_path)
+    _store_truth(path)
+    score(path, scorer, explainer="truth", llm=judge, pool=pool, progress=False)
+    rows = Records(path).scores(scorer=scorer)
+    assert [r.value for r in rows] == [1.0] * len(PLANTED)
+    assert abs(sum(r.shuffled for r in rows) / len(rows) - 0.5) < 0.2
+
+
 class FakeSimulator:
     """A scripted simulator: predicts 10 on the tokens its rule for the explanation accepts, 0 elsewhere.
 
@@ -303,6 +354,80 @@ def test_embedding_job_embeds_each_chunk_in_one_call_with_the_same_scores(plante
         else:
             assert len(calls) >= len(PLANTED)
     assert values[64] == pytest.approx(values[1], abs=1e-6)
+    # the chunk is scored at once (embedding_chunk): the same values as the scorer latent by latent
+    shuffled = derange({i: p.description for i, p in enumerate(PLANTED)}, 0)
+    spec = SCORERS["embedding"]
+    one_by_one = [spec.fn(c, text, tools, spec.config()).value for i, p in enumerate(PLANTED)
+                  for c in [gather(db, i, ContextConfig(), pool)] for text in (p.description, shuffled[i])]  # fmt: skip
+    assert values[64] == pytest.approx(one_by_one, abs=1e-6)
+
+
+def test_pooled_window_embedding_is_the_window_alone_when_it_is_the_whole_context(tools):
+    ctx = {0: ("", "Hello", " world", ",", " this", " is", " a", " tokenisation", " test", "."),
+           1: ("", "def", " foo", "(x", "):", " return", " 42")}  # fmt: skip
+    states = ContextStates(tools.embedder, lambda c: ctx[c])
+    whole = [Window(ctx[c][1:], (0.0,) * (len(ctx[c]) - 1), "top", c, 1) for c in ctx]
+    assert torch.allclose(states(whole), tools.embedder([w.text for w in whole]), atol=1e-5)
+    # a part of a context: the mean over its own wordpieces only (tokens attend to the whole context: not exact)
+    part = Window(ctx[0][4:8], (0.0,) * 4, "top", 0, 4)
+    pooled = states([part])[0]
+    assert 0.5 < float(pooled @ tools.embedder([part.text])[0]) < 0.999
+    assert float(pooled @ states(whole[:1])[0]) < 0.999
+    with pytest.raises(ValueError, match="tokens 4:8 of store context 1"):
+        states([Window(ctx[0][4:8], (0.0,) * 4, "top", 1, 4)])
+    with pytest.raises(ValueError, match="which store context"):
+        states([Window(ctx[0][4:8], (0.0,) * 4, "top")])
+
+
+def test_pooled_job_embeds_each_store_context_once(planted, tmp_path, tools):
+    db, store, _, pool = planted
+    path = fresh(planted, tmp_path)
+    _store_truth(path)
+    states = ContextStates(tools.embedder, store_context_tokens(store, db.path))
+    seen: list[tuple[str, ...]] = []
+    run = states._run
+
+    def counted(contexts):
+        seen.extend(contexts)
+        return run(contexts)
+
+    states._run = counted
+    cfg = EmbeddingConfig(pooled_contexts=True)
+    score(path, "embedding", explainer="truth", config=cfg, embedder=tools.embedder, pool=pool,
+          context_tokens=states, batch_latents=2, progress=False)  # fmt: skip
+    wanted = {w.context for i in range(len(PLANTED)) for c in [gather(db, i, ContextConfig(), pool)]
+              for w in (*c.activating[:20], *c.negatives[:20])}  # fmt: skip
+    assert len(seen) == states.contexts_embedded == len(wanted) > 20  # three chunks of latents, no context twice
+    assert len(set(seen)) == len(seen)
+    scores = Records(path).scores(scorer="embedding")
+    assert len(scores) == len(PLANTED) and all(r.error is None for r in scores)
+    shuffled = derange({i: p.description for i, p in enumerate(PLANTED)}, 0)
+    mine = Tools(embedder=tools.embedder, contexts=states)
+    one_by_one = [SCORERS["embedding"].fn(gather(db, r.latent, ContextConfig(), pool), text, mine, cfg).value
+                  for r in scores for text in (PLANTED[r.latent].description, shuffled[r.latent])]  # fmt: skip
+    assert [v for r in scores for v in (r.value, r.shuffled)] == pytest.approx(one_by_one, abs=1e-6)
+    with pytest.raises(ValueError, match="pooled_contexts needs the store's context tokens"):
+        SCORERS["embedding"].fn(gather(db, 0, ContextConfig(), pool), "digits", Tools(embedder=tools.embedder), cfg)
+
+
+def test_pooled_and_exact_embedding_scores_agree_on_planted_latents(planted, tools):
+    db, store, _, pool = planted
+    pooled_tools = Tools(embedder=tools.embedder, contexts=store_context_tokens(store, db.path))
+    spec = SCORERS["embedding"]
+    scores: dict[bool, list[float]] = {False: [], True: []}
+    margins: dict[bool, list[float]] = {False: [], True: []}
+    for latent in range(len(PLANTED)):
+        c = gather(db, latent, ContextConfig(), pool)
+        for mode in scores:
+            values = [spec.fn(c, q.description, pooled_tools, EmbeddingConfig(pooled_contexts=mode)).value
+                      for q in PLANTED]  # fmt: skip
+            scores[mode] += values
+            margins[mode].append(values[latent] - (sum(values) - values[latent]) / (len(values) - 1))
+    rho = spearmanr(scores[False], scores[True]).statistic
+    # measured (docs/autointerp.md): Spearman 0.79 over the 36 (latent, description) scores; true beats the mean
+    # shuffled on 4/6 pooled, margin 0.112 (exact: 5/6, 0.112)
+    assert rho > 0.6
+    assert sum(m > 0 for m in margins[True]) >= 3 and sum(margins[True]) / len(PLANTED) > 0.05
 
 
 # --- the ground truth ---------------------------------------------------------------------------------------------
@@ -352,7 +477,7 @@ def test_prompt_drops_contexts_to_fit_and_says_so(planted):
 _SLOW = textwrap.dedent(
     """
     import sys, time
-    from mechscope.autointerp import EXPLAINERS, TokensConfig, explain
+    from mechscope.autointerp import EXPLAINERS, Checkpoint, TokensConfig, explain
     from mechscope.autointerp._explainers import top_tokens
 
     @EXPLAINERS.declare("slow-top", config=TokensConfig)
@@ -362,15 +487,15 @@ _SLOW = textwrap.dedent(
         time.sleep(float(sys.argv[3]))
         return top_tokens(contexts, llm, config)
 
-    s = explain(sys.argv[1], "slow-top", progress=False)
+    s = explain(sys.argv[1], "slow-top", progress=False, checkpoint=Checkpoint(int(sys.argv[4]), float(sys.argv[5])))
     print(s.done, s.skipped)
     """
 )
 
 
-def _run_slow(db: Path, log: Path, delay: float) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", _SLOW, str(db), str(log), str(delay)], stdout=subprocess.PIPE,
-                            text=True)  # fmt: skip
+def _run_slow(db: Path, log: Path, delay: float, every: int = 256, seconds: float = 1.0) -> subprocess.Popen:
+    args = [str(db), str(log), str(delay), str(every), str(seconds)]
+    return subprocess.Popen([sys.executable, "-c", _SLOW, *args], stdout=subprocess.PIPE, text=True)
 
 
 def _rows(db: Path) -> dict[int, str]:
@@ -404,6 +529,33 @@ def test_killed_explain_job_resumes_without_recomputing(planted, tmp_path):
     assert not redone & set(before)  # nothing finished before the kill ran again
 
 
+def test_killed_job_checkpointing_in_batches_loses_at_most_one_batch(planted, tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    whole.mkdir(), killed.mkdir()
+    a, b = fresh(planted, whole), fresh(planted, killed)
+    assert _run_slow(a, whole / "log", 0.0, every=2, seconds=float("inf")).wait(timeout=300) == 0
+    proc = _run_slow(b, killed / "log", 0.5, every=2, seconds=float("inf"))
+    seen: set[int] = set()
+    deadline = time.time() + 300
+    while max(seen, default=0) < 2 and time.time() < deadline and proc.poll() is None:
+        seen.add(len(_rows(b)))
+        time.sleep(0.02)
+    time.sleep(0.6)  # the latent after the commit has finished, uncommitted: what the kill loses
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _rows(b)
+    assert seen <= {0, 2, 4} and len(before) in (2, 4)  # rows appear two at a time, never one by one
+    ran = {int(x) for x in (killed / "log").read_text().split()}
+    lost = ran - set(before)
+    assert 1 <= len(lost) <= 2  # at most one checkpoint's latents ran and were not kept
+    resumed = _run_slow(b, killed / "resumed", 0.0, every=2, seconds=float("inf"))
+    out, _ = resumed.communicate(timeout=300)
+    assert out.split() == [str(len(PLANTED) - len(before)), str(len(before))]
+    assert _rows(b) == _rows(a)
+    redone = {int(x) for x in (killed / "resumed").read_text().split()}
+    assert not redone & set(before) and lost <= redone  # only the lost latents (and those never run) run again
+
+
 # --- an OpenAI-compatible endpoint on loopback --------------------------------------------------------------------
 
 
@@ -412,6 +564,7 @@ class _Stub(BaseHTTPRequestHandler):
         list[str]
     ] = []  # per request, in order: 'ok', '500', 'nonjson', 'empty', 'slow', 'refusal'; then 'ok'
     seen: ClassVar[list[dict]] = []
+    logprobs = False  # whether the server answers logprobs requests with top_logprobs
     in_flight = 0
     max_in_flight = 0
     lock = threading.Lock()
@@ -431,15 +584,29 @@ class _Stub(BaseHTTPRequestHandler):
                 time.sleep(4.0)  # past the client timeout (2 s), with room for a loaded machine
             time.sleep(0.05)
             n = body["messages"][1]["content"].count("Example ")
+            if body.get("logprobs") and _Stub.logprobs and what == "ok":
+                what = "logprobs"  # a judge's single example: P(1) = 0.9 where it has a digit, else 0.2
             if body["messages"][0]["content"].startswith("We're studying neurons") and what == "ok":
                 what = "simulate"  # the LLM simulator's prompt: predict 10 on digits, whatever the explanation says
             content = {"simulate": simulate_reply(body["messages"], "digits", {}) if what == "simulate" else "",
                        "ok": f"The examples.\n[EXPLANATION]: pattern with {n} examples", "empty": "  ",
-                       "nonjson": None, "slow": "[EXPLANATION]: late", "refusal": "", "500": ""}[what]  # fmt: skip
+                       "nonjson": None, "slow": "[EXPLANATION]: late", "refusal": "", "500": "",
+                       "logprobs": ""}[what]  # fmt: skip
+            choice: dict = {}
+            if what == "logprobs":
+                example = body["messages"][1]["content"].split("Text example: ")[1]
+                p = 0.9 if any(ch.isdigit() for ch in example) else 0.2
+                content, top = (" 1" if p > 0.5 else " 0"), [("1", 0.95 * p), ("0", 0.95 * (1 - p)), (" 1", 0.05 * p)]
+                choice["logprobs"] = {"content": [  # a first token without the answers, as a tokenizer may give
+                    {"token": " ", "logprob": -0.01, "top_logprobs": [{"token": " ", "logprob": -0.01},
+                                                                      {"token": "Answer", "logprob": -6.0}]},
+                    {"token": content.strip(), "logprob": math.log(max(p, 1 - p)),
+                     "top_logprobs": [{"token": t, "logprob": math.log(q)} for t, q in top]}]}  # fmt: skip
             message = {"role": "assistant", "content": content}
             if what == "refusal":
                 message["refusal"] = "I cannot help with that."
-            raw = b"<html>oops</html>" if content is None else json.dumps({"choices": [{"message": message}]}).encode()
+            reply = {"choices": [{"message": message, **choice}]}
+            raw = b"<html>oops</html>" if content is None else json.dumps(reply).encode()
         finally:
             # Counted out before the reply is sent: the client cannot start its next request before it has this
             # reply, so the count never includes a request the client has already finished with.
@@ -457,7 +624,7 @@ class _Stub(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def stub():
-    _Stub.script, _Stub.seen, _Stub.max_in_flight, _Stub.in_flight = [], [], 0, 0
+    _Stub.script, _Stub.seen, _Stub.max_in_flight, _Stub.in_flight, _Stub.logprobs = [], [], 0, 0, False
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -485,6 +652,29 @@ def test_http_chat_retries_then_fails_clearly(stub):
         chat.complete(messages, max_tokens=5, seed=0)
     with pytest.raises(ChatError, match="no response"):
         HTTPChat("http://127.0.0.1:9/v1", retries=2, backoff=0.01, timeout=0.5).complete(messages, max_tokens=5, seed=0)
+
+
+def test_judge_over_http_reads_top_logprobs_and_falls_back_to_text(planted, stub):
+    db, _, _, pool = planted
+    c = gather(db, 0, ContextConfig(), pool)  # digits: the stub's P(1) is 0.9 on examples with a digit
+    chat = HTTPChat(stub, "m", retries=1, timeout=5)
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "Text example: in 1999"}]
+    _Stub.logprobs = True
+    assert chat.answer_probs(messages, (" 1", " 0"), prefix="Answer:", seed=0) == pytest.approx([0.9, 0.095])
+    assert _Stub.seen[-1]["logprobs"] is True and _Stub.seen[-1]["top_logprobs"] == 20
+    cfg = SCORERS["detection"].make_config(n_examples=10)
+    s = SCORERS["detection"].fn(c, PLANTED[0].description, Tools(chat), cfg)
+    items = [(w.text, 1) for w in c.activating[:10]] + [(w.text, 0) for w in c.negatives[:10]]
+    said = [int(any(ch.isdigit() for ch in t.replace("\n", "⏎"))) for t, _ in items]
+    expected = [sum(p == y for p, (_, y) in zip(said, items, strict=True) if y == k) / 10 for k in (0, 1)]
+    assert s.detail["mode"] == "probabilities" and s.detail["unparsed"] == 0
+    assert s.value == pytest.approx(sum(expected) / 2) and s.value > 0.8
+    assert [p > 0.5 for p in s.detail["p1"]] == [bool(x) for x in said]  # in item order
+    _Stub.logprobs, sent = False, len(_Stub.seen)  # a server that ignores logprobs: one try, then text
+    assert chat.answer_probs(messages, (" 1", " 0"), prefix="Answer:", seed=0) is None
+    s = SCORERS["detection"].fn(c, PLANTED[0].description, Tools(chat), cfg)
+    assert s.detail["mode"] == "text" and s.detail["unparsed"] == 20  # the stub's text is no list of 0/1
+    assert len(_Stub.seen) - sent == 1 + 1 + 20 // cfg.batch_size
 
 
 def test_explain_job_over_http_is_concurrent_stores_prompts_and_resumes_failures(planted, tmp_path, stub):
@@ -563,6 +753,45 @@ def test_cli_explain_score_show(planted, tmp_path):
     assert r.exit_code == 1 and "no explanations by 'llm'" in r.output
 
 
+def test_cli_chat_options_reach_the_endpoint_for_explain_and_score(planted, tmp_path, stub):
+    path = fresh(planted, tmp_path)
+    common = ["--url", stub, "--llm-model", "m2", "--concurrency", "2", "--timeout", "5", "--retries", "1", "--json"]
+    r = CliRunner().invoke(app, ["explain", str(path), "--explainer", "llm", "--latents", "0-1", *common])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout[: r.stdout.rindex("}") + 1])["done"] == 2
+    assert {b["model"] for b in _Stub.seen} == {"m2"} and {e.provenance["llm"] for e in read_explanations(path)} == {
+        f"{stub} m2"}  # fmt: skip
+    _Stub.logprobs, sent = True, len(_Stub.seen)
+    r = CliRunner().invoke(app, ["score", str(path), "--scorer", "detection", "--explainer", "llm", "--n-examples",
+                                 "2", *common])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout[: r.stdout.rindex("}") + 1])["detection"]["latents_scored"] == 2
+    asked = _Stub.seen[sent:]
+    assert asked and all(b["model"] == "m2" and b["logprobs"] is True for b in asked)
+
+
+def test_cli_score_pooled_contexts_matches_the_api(planted, tmp_path, tools):
+    db, store, _, pool = planted
+    values = {}
+    for how in ("cli", "api", "exact"):
+        path = tmp_path / f"{how}.db"
+        shutil.copy(db.path, path)
+        explain(path, "ngrams", progress=False)
+        if how == "cli":
+            r = CliRunner().invoke(app, ["score", str(path), "--scorer", "embedding", "--explainer", "ngrams",
+                                         "--pooled-contexts", "--json"])  # fmt: skip
+            assert r.exit_code == 0, r.output
+        else:
+            cfg = EmbeddingConfig(pooled_contexts=how == "api")
+            score(path, "embedding", explainer="ngrams", config=cfg, embedder=tools.embedder, pool=pool,
+                  context_tokens=store_context_tokens(store, db.path), progress=False)  # fmt: skip
+        rows = Records(path).scores(scorer="embedding")
+        values[how] = [r.value for r in sorted(rows, key=lambda r: r.latent)]
+        assert len(rows) == len(PLANTED) and all(r.provenance["config"]["pooled_contexts"] == (how != "exact")
+                                                 for r in rows)  # fmt: skip
+    assert values["cli"] == pytest.approx(values["api"], abs=1e-6) and values["api"] != values["exact"]
+
+
 # --- the built-in chat model --------------------------------------------------------------------------------------
 
 
@@ -580,6 +809,31 @@ def test_llm_explainer_with_the_built_in_model_fits_its_budget_and_stores_the_ex
         assert s.failed and "ChatError" in row.error
     else:
         assert row.response and row.text in row.response and row.provenance["llm"] == "smollm2-135m"
+
+
+def test_local_chat_answer_probabilities_are_the_models_next_token_probabilities(smol):
+    from mechscope.autointerp import LocalChat
+
+    chat = LocalChat(smol)
+    messages = [{"role": "user", "content": "Is 7 a prime number? Answer 1 for yes, 0 for no."}]
+    got = chat.answer_probs(messages, (" 1", " 0"), prefix="Answer:", seed=0)
+    tok = smol.tokenizer
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + "Answer: "
+    ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        probs = torch.softmax(smol.module(input_ids=ids).logits[0, -1].float(), -1)
+    one, zero = (tok(d, add_special_tokens=False)["input_ids"] for d in ("1", "0"))
+    assert len(one) == len(zero) == 1  # SmolLM2 splits " 1" into " " and "1": the shared " " is conditioned on
+    assert got == pytest.approx([float(probs[one[0]]), float(probs[zero[0]])], rel=1e-4)
+    assert 0 < sum(got) <= 1
+    # answers of several tokens (one batched pass): the product of their tokens' probabilities
+    multi = chat.answer_probs(messages, (" 1", " 0 0"), prefix="Answer:", seed=0)
+    seq = tok(text + "0 0", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(smol.module(input_ids=seq).logits[0].float(), -1)
+    n = ids.shape[1]
+    expected = math.exp(sum(float(logp[j - 1, seq[0, j]]) for j in range(n, seq.shape[1])))
+    assert seq.shape[1] - n == 3 and multi == pytest.approx([got[0], expected], rel=1e-3)
 
 
 # --- output scoring (steering) ------------------------------------------------------------------------------------

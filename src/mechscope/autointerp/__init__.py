@@ -6,10 +6,18 @@ are resumable jobs whose rows live in the feature database; ``planted_db`` and `
 pipeline on latents whose meaning is known. Guide: ``docs/autointerp.md``.
 """
 
-from mechscope.autointerp._contexts import ContextConfig, LatentContexts, NegativePool, Window, gather
+from mechscope.autointerp._contexts import (
+    ContextConfig,
+    LatentContexts,
+    NegativePool,
+    Window,
+    gather,
+    store_context_tokens,
+)
+from mechscope.autointerp._embed import ContextStates
 from mechscope.autointerp._explainers import EXPLAINERS, PROMPT_VERSION, Explanation, LLMConfig, TokensConfig
-from mechscope.autointerp._jobs import JobSummary, derange, explain, score
-from mechscope.autointerp._llm import Chat, ChatError, HTTPChat, LocalChat
+from mechscope.autointerp._jobs import Checkpoint, JobSummary, derange, explain, score
+from mechscope.autointerp._llm import AnswerProbs, Chat, ChatError, HTTPChat, LocalChat
 from mechscope.autointerp._output import DictionarySteerer, OutputConfig, Steerer
 from mechscope.autointerp._planted import (
     FEATURE_SETS,
@@ -33,9 +41,12 @@ __all__ = [
     "PROMPT_VERSION",
     "RANDOM_DESCRIPTIONS",
     "SCORERS",
+    "AnswerProbs",
     "Chat",
     "ChatError",
+    "Checkpoint",
     "ContextConfig",
+    "ContextStates",
     "DictionarySteerer",
     "EmbeddingConfig",
     "Explanation",
@@ -70,4 +81,5 @@ __all__ = [
     "read_explanations",
     "read_scores",
     "score",
+    "store_context_tokens",
 ]

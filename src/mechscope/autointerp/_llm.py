@@ -9,20 +9,28 @@ A ``Chat`` turns a list of ``{"role", "content"}`` messages into the assistant's
   errors, non-JSON bodies and empty replies raise ``ChatError`` after
   ``retries`` tries with exponential backoff; it is thread-safe (stdlib ``urllib``), so a job may send several
   requests at once (``concurrency``).
+
+Both also give the probabilities of a few allowed answers (``AnswerProbs``), which is how the judges
+(``detection``, ``fuzzing``) read a verdict without parsing text, as delphi does with logprobs: ``LocalChat``
+from its own logits after a forced start of the reply; ``HTTPChat`` from the ``top_logprobs`` the server returns
+(``None`` when it returns none: the judge then parses text).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 Message = dict[str, str]
+T = TypeVar("T")
 
 
 class ChatError(RuntimeError):
@@ -43,6 +51,20 @@ class Chat(Protocol):
 
     def count_tokens(self, text: str) -> int:
         """Tokens ``text`` takes in a prompt (an estimate where the tokenizer is remote)."""
+        ...
+
+
+@runtime_checkable
+class AnswerProbs(Protocol):
+    """A chat model that can say how likely each of a few allowed answers is (not every ``Chat`` can)."""
+
+    def answer_probs(
+        self, messages: list[Message], answers: Sequence[str], *, prefix: str, seed: int
+    ) -> list[float] | None:
+        """Probability of each of ``answers`` opening the reply (not normalised over them); None if unknown.
+
+        ``prefix``: what the reply is made to start with, where the model allows it.
+        """
         ...
 
 
@@ -89,6 +111,37 @@ class LocalChat:
             raise ChatError(f"{self.name} replied with empty text")
         return str(reply)
 
+    def answer_probs(self, messages: list[Message], answers: Sequence[str], *, prefix: str, seed: int) -> list[float]:
+        """P(each answer's tokens | the prompt, the reply forced to start with ``prefix``), from one forward pass.
+
+        Each answer is tokenised after the prompt and ``prefix``; the tokens all answers share (a leading space
+        that the tokenizer splits off, say) are conditioned on, and the rest's next-token probabilities
+        multiplied. ``seed`` is unused (no sampling).
+        """
+        import torch
+
+        tok, module = self.model.tokenizer, self.model.module
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) + prefix
+        seqs = [tok(text + a, add_special_tokens=False)["input_ids"] for a in answers]
+        common = min(len(s) for s in seqs) - 1
+        while common > 0 and any(s[:common] != seqs[0][:common] for s in seqs):
+            common -= 1
+        if all(len(s) == common + 1 for s in seqs):  # one token each after the shared ones: one sequence will do
+            ids = torch.tensor([seqs[0][:common]], device=self.model.device)
+            with self._lock, torch.no_grad():
+                last = module(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1]
+            probs = torch.softmax(last.float(), dim=-1).cpu()
+            return [float(probs[s[common]]) for s in seqs]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.model.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(seqs), width, dtype=torch.long)
+        for k, s in enumerate(seqs):
+            ids[k, : len(s)], mask[k, : len(s)] = torch.tensor(s), 1
+        with self._lock, torch.no_grad():
+            logits = module(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device)).logits
+        logp = torch.log_softmax(logits.float(), dim=-1).cpu()  # [answer pos vocab]
+        return [math.exp(sum(float(logp[k, j - 1, s[j]]) for j in range(common, len(s)))) for k, s in enumerate(seqs)]
+
 
 @dataclass(frozen=True)
 class HTTPChat:
@@ -128,10 +181,24 @@ class HTTPChat:
 
     def complete(self, messages: list[Message], *, max_tokens: int, seed: int) -> str:
         """The first choice's message content; ``ChatError`` naming the last failure after ``retries`` tries."""
-        body = json.dumps(
-            {"model": self.model, "messages": messages, "max_tokens": max_tokens, "temperature": self.temperature,
-             "seed": seed}
-        ).encode()  # fmt: skip
+        return self._post({"messages": messages, "max_tokens": max_tokens}, seed, _content)
+
+    def answer_probs(
+        self, messages: list[Message], answers: Sequence[str], *, prefix: str, seed: int
+    ) -> list[float] | None:
+        """Each answer's probability from the reply's ``top_logprobs`` (``logprobs: true``, 20 alternatives).
+
+        The chat-completions API cannot force the reply's start, so ``prefix`` is not sent; the first reply token
+        whose alternatives include an answer (compared without surrounding spaces) is read, and an answer's
+        probability is the sum over its alternatives. None when the server returns no logprobs or no answer is
+        among them (the judge then parses the reply's text).
+        """
+        body = {"messages": messages, "max_tokens": 4, "logprobs": True, "top_logprobs": 20}
+        return self._post(body, seed, lambda raw: _answer_logprobs(raw, answers))
+
+    def _post(self, fields: dict[str, Any], seed: int, read: Callable[[bytes], T]) -> T:
+        """POST ``fields`` (plus model, temperature, seed), retried with backoff; ``read`` turns the body into T."""
+        body = json.dumps({"model": self.model, "temperature": self.temperature, "seed": seed, **fields}).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -144,7 +211,7 @@ class HTTPChat:
             try:
                 request = urllib.request.Request(endpoint, data=body, headers=headers, method="POST")
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return _content(response.read())
+                    return read(response.read())
             except urllib.error.HTTPError as e:
                 last = f"HTTP {e.code} {e.reason}: {e.read()[:200]!r}"
                 if e.code < 500 and e.code != 429:  # a client error will not go away by itself
@@ -169,3 +236,17 @@ def _content(raw: bytes) -> str:
     if not isinstance(text, str) or not text.strip():
         raise ChatError("the reply's content is empty")
     return text.strip()
+
+
+def _answer_logprobs(raw: bytes, answers: Sequence[str]) -> list[float] | None:
+    """The answers' probabilities at the first reply token whose ``top_logprobs`` hold one; None if none does."""
+    _content(raw)  # a non-JSON body, a refusal or an empty reply fails (and is retried) as for text
+    positions = (json.loads(raw)["choices"][0].get("logprobs") or {}).get("content") or []
+    wanted = [a.strip() for a in answers]
+    for position in positions:
+        alternatives = position.get("top_logprobs") or []
+        probs = [sum(math.exp(t["logprob"]) for t in alternatives if str(t.get("token", "")).strip() == a)
+                 for a in wanted]  # fmt: skip
+        if any(probs):
+            return probs
+    return None

@@ -12,7 +12,9 @@ tables are untouched and ``FeatureDB`` reads the file as before)::
         PRIMARY KEY (latent, explainer, run, scorer). ``shuffled`` is the same scorer's value for another
         latent's explanation (the shuffled-explanation baseline); ``detail`` is JSON.
 
-Every latent's row is written in its own transaction, so a killed job loses at most the latents in flight.
+``put_explanation`` / ``put_score`` commit at once unless told not to (``commit=False``); a job commits every
+few latents or every second (``_jobs.Checkpoint``), so a killed job loses at most the latents since its last
+commit.
 """
 
 from __future__ import annotations
@@ -94,23 +96,29 @@ class Records:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def put_explanation(self, r: ExplanationRecord) -> None:
-        """Insert or replace one latent's explanation, in its own transaction."""
-        with self.con:
-            self.con.execute(
-                "INSERT OR REPLACE INTO explanations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (r.latent, r.explainer, r.run, r.text, r.error, r.note, r.prompt, r.response, r.prompt_tokens,
-                 r.seconds, json.dumps(r.provenance, sort_keys=True, default=str)),
-            )  # fmt: skip
+    def commit(self) -> None:
+        """Commit the rows written with ``commit=False``."""
+        self.con.commit()
 
-    def put_score(self, r: ScoreRecord) -> None:
-        """Insert or replace one latent's score, in its own transaction."""
-        with self.con:
-            self.con.execute(
-                "INSERT OR REPLACE INTO explanation_scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (r.latent, r.explainer, r.run, r.scorer, r.value, r.chance, r.shuffled, r.n, r.error,
-                 json.dumps(r.detail, default=str), json.dumps(r.provenance, sort_keys=True, default=str)),
-            )  # fmt: skip
+    def put_explanation(self, r: ExplanationRecord, *, commit: bool = True) -> None:
+        """Insert or replace one latent's explanation (committed at once unless ``commit=False``)."""
+        self.con.execute(
+            "INSERT OR REPLACE INTO explanations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (r.latent, r.explainer, r.run, r.text, r.error, r.note, r.prompt, r.response, r.prompt_tokens,
+             r.seconds, json.dumps(r.provenance, sort_keys=True, default=str)),
+        )  # fmt: skip
+        if commit:
+            self.con.commit()
+
+    def put_score(self, r: ScoreRecord, *, commit: bool = True) -> None:
+        """Insert or replace one latent's score (committed at once unless ``commit=False``)."""
+        self.con.execute(
+            "INSERT OR REPLACE INTO explanation_scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (r.latent, r.explainer, r.run, r.scorer, r.value, r.chance, r.shuffled, r.n, r.error,
+             json.dumps(r.detail, default=str), json.dumps(r.provenance, sort_keys=True, default=str)),
+        )  # fmt: skip
+        if commit:
+            self.con.commit()
 
     def explanations(
         self, *, latent: int | None = None, explainer: str | None = None, run: str | None = None

@@ -7,7 +7,13 @@ OpenAI-compatible server. Results show in ``mechscope features show``.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import json
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -40,6 +46,48 @@ TimeoutOpt = Annotated[float, typer.Option(help="Seconds per request to --url.")
 RetriesOpt = Annotated[int, typer.Option(help="Tries per request to --url (exponential backoff).")]
 
 
+@dataclass(frozen=True)
+class ChatOptions:
+    """The chat model's options, declared once for ``explain`` and ``score`` (``with_chat_options``)."""
+
+    url: UrlOpt = None
+    llm_model: LlmModelOpt = "default"
+    concurrency: ConcurrencyOpt = 4
+    timeout: TimeoutOpt = 60.0
+    retries: RetriesOpt = 3
+
+    def chat(self, needed: bool) -> Any:
+        """``HTTPChat`` when ``--url`` is given, else the built-in ``LocalChat`` if a method ``needed`` one."""
+        from ..autointerp import HTTPChat, LocalChat
+
+        if self.url is not None:
+            return HTTPChat(self.url, self.llm_model, concurrency=self.concurrency, timeout=self.timeout,
+                            retries=self.retries)  # fmt: skip
+        return LocalChat() if needed else None
+
+
+def with_chat_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``command`` (which takes ``chat: ChatOptions``) as typer sees it: ``ChatOptions``' fields as its options."""
+    hints = typing.get_type_hints(command, include_extras=True)
+    fields = typing.get_type_hints(ChatOptions, include_extras=True)
+    params: list[inspect.Parameter] = []
+    for p in inspect.signature(command).parameters.values():
+        if p.name == "chat":
+            params += [inspect.Parameter(f.name, p.kind, default=f.default, annotation=fields[f.name])
+                       for f in dataclasses.fields(ChatOptions)]  # fmt: skip
+        else:
+            params.append(p.replace(annotation=hints.get(p.name, p.annotation)))
+
+    @functools.wraps(command)
+    def run(**kwargs: Any) -> Any:
+        chat = ChatOptions(**{f.name: kwargs.pop(f.name) for f in dataclasses.fields(ChatOptions)})
+        return command(chat=chat, **kwargs)
+
+    run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    run.__annotations__ = {p.name: p.annotation for p in params}
+    return run
+
+
 def parse_latents(text: str | None) -> list[int] | None:
     """``'0-3,7'`` -> ``[0, 1, 2, 3, 7]``; None stays None."""
     if text is None:
@@ -54,23 +102,12 @@ def parse_latents(text: str | None) -> list[int] | None:
     return out
 
 
-def _chat(url: str | None, llm_model: str, concurrency: int, timeout: float, retries: int, needed: bool) -> Any:
-    from ..autointerp import HTTPChat, LocalChat
-
-    if url is not None:
-        return HTTPChat(url, llm_model, concurrency=concurrency, timeout=timeout, retries=retries)
-    return LocalChat() if needed else None
-
-
+@with_chat_options
 def explain(
     database: DbArg,
     explainer: ExplainerOpt = "top-tokens",
     latents: LatentsOpt = None,
-    url: UrlOpt = None,
-    llm_model: LlmModelOpt = "default",
-    concurrency: ConcurrencyOpt = 4,
-    timeout: TimeoutOpt = 60.0,
-    retries: RetriesOpt = 3,
+    chat: ChatOptions = ChatOptions(),
     as_json: JsonOpt = False,
     settings: dict[str, Any] | None = None,
 ) -> None:
@@ -81,11 +118,12 @@ def explain(
     with user_errors():
         spec = EXPLAINERS[explainer]
         config = config_for(spec, settings or {}, option_owner=EXPLAINERS)
-        llm = _chat(url, llm_model, concurrency, timeout, retries, "llm" in spec.tags)
+        llm = chat.chat("llm" in spec.tags)
         summary = run(database, spec, config=config, latents=parse_latents(latents), llm=llm)
     _report({"explainer": spec.name, **summary.to_dict()}, as_json)
 
 
+@with_chat_options
 def score(
     database: DbArg,
     scorer: Annotated[
@@ -112,11 +150,7 @@ def score(
     steer_strength: Annotated[
         float, typer.Option(help="Output scorer: multiple of the latent's decoder row added at its site.")
     ] = 8.0,
-    url: UrlOpt = None,
-    llm_model: LlmModelOpt = "default",
-    concurrency: ConcurrencyOpt = 4,
-    timeout: TimeoutOpt = 60.0,
-    retries: RetriesOpt = 3,
+    chat: ChatOptions = ChatOptions(),
     as_json: JsonOpt = False,
     settings: dict[str, Any] | None = None,
 ) -> None:
@@ -130,13 +164,15 @@ def score(
         steer = None
         if steered := [s.name for s in specs if "intervention" in s.tags]:
             steer = _steerer(database, store, dictionary, model, steer_strength, steered)
-        llm = _chat(url, llm_model, concurrency, timeout, retries, any("llm" in s.tags for s in specs))
+        llm = chat.chat(any("llm" in s.tags for s in specs))
         needs_pool = any("intervention" not in s.tags for s in specs)
         pool = _pool(database, store, dictionary, n_windows) if needs_pool else None
         out: dict[str, Any] = {}
         for spec, config in zip(specs, configs, strict=True):
+            tokens = _context_tokens(database, store) if getattr(config, "pooled_contexts", False) else None
             summary = run(database, spec, explainer=explainer, run=run_id, config=config,
-                          latents=parse_latents(latents), llm=llm, pool=pool, steer=steer)  # fmt: skip
+                          latents=parse_latents(latents), llm=llm, pool=pool, steer=steer,
+                          context_tokens=tokens)  # fmt: skip
             out[spec.name] = {**summary.to_dict(), **_means(database, explainer, summary.run, spec.name)}
     _report(out, as_json)
 
@@ -156,6 +192,15 @@ def _steerer(database: Path, store_dir: Path | None, dictionary: Path | None, mo
     with FeatureDB(database) as db:
         name = model or ActivationStore(store_dir or db.meta["store"]).provenance.model
     return DictionarySteerer(open_model(name), load_dictionary(dictionary), strength=strength)
+
+
+def _context_tokens(database: Path, store_dir: Path | None) -> Any:
+    """The store contexts' tokens, for the embedding scorer's ``--pooled-contexts``."""
+    from ..autointerp import store_context_tokens
+    from ..store import ActivationStore, FeatureDB
+
+    with FeatureDB(database) as db:
+        return store_context_tokens(ActivationStore(store_dir or db.meta["store"]), database)
 
 
 def _pool(database: Path, store_dir: Path | None, dictionary: Path | None, n_windows: int) -> Any:
