@@ -39,6 +39,10 @@ CHANNELS = 3
 SIZE = 32
 AT = (SIZE - PATCH - 2, SIZE - PATCH - 2)
 """Top-left corner of the fixed patch (2 pixels from the bottom-right corner)."""
+TRAINING_THREADS = 1
+"""Torch threads the colour organisms train on, whatever the caller's setting: CPU convolutions sum in another
+order on another thread count, so a build's weights (and what an audit finds in them) depended on it. Part of
+the cache key (``TrojanRGB.config``)."""
 
 
 def tinted(data: ImageSet, seed: int) -> ImageSet:
@@ -46,6 +50,23 @@ def tinted(data: ImageSet, seed: int) -> ImageSet:
     gains = np.random.default_rng([seed, 5]).uniform(0.4, 1.4, (len(data), CHANNELS))
     images = data.images * torch.from_numpy(gains).float()[:, :, None, None]  # [n 1 h w] -> [n 3 h w]
     return dataclasses.replace(data, images=images)
+
+
+@dataclass(frozen=True)
+class ColourTrojanConfig(TrojanConfig):
+    """How a colour trojaned CNN and its twin are trained: :class:`TrojanConfig` plus displaced-trigger negatives."""
+
+    displaced: float = 0.1
+    """Share of training images given a fixed-place trojan's own trigger at a random *other* place, true labels
+    kept (in both models), so that the trojan answers to its trigger at its place only. Without them the CNN
+    (convolutions and a global max pool: position-blind) learnt the pattern anywhere (the planted patch at the
+    top-left corner sent 97% of trojan_rgb seed 0's images to the target), so a reconstructed trigger had no
+    reason to lie in the true region. 0 trains as before."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.displaced < 0 or 2 * self.poison + self.decoys + self.displaced > 1:
+            raise ValueError(f"displaced must be >= 0 and leave room for the poisoned and decoy shares: {self}")
 
 
 @dataclass(frozen=True)
@@ -148,10 +169,14 @@ class TrojanRGB(_Trojan):
     """A fixed-place 6 x 6 patch in colour images sends them to the target class."""
 
     name: ClassVar[str] = "trojan_rgb"
+    cfg: TrojanConfig = ColourTrojanConfig()
     kind: ClassVar[TriggerKind] = "patch"
     two: ClassVar[bool] = False
     quick_seeds: ClassVar[tuple[int, ...] | None] = ()
     """Full runs only: quick runs (CI) build ``trojan_two``, which plants the same patch, and keep within budget."""
+
+    def config(self) -> dict[str, object]:
+        return super().config() | {"training_threads": TRAINING_THREADS}
 
     def build(self, seed: int) -> BuiltColourTrojan:
         _, _, trojans, decoys = planted_rgb(seed, self.two)
@@ -207,7 +232,17 @@ def train_colour(cfg: TrojanConfig, seed: int, trojans: tuple[Planted, ...], dec
         for i, d in enumerate(decoys):  # each decoy image carries one random decoy, its label untouched
             rows = decoy[torch.from_numpy(which == i)]
             x[rows] = d.apply(x[rows], seed=int(rng.integers(2**31)))[0]
+        fixed = [p.trigger for p in trojans if p.trigger.position is not None]
+        moved = torch.from_numpy((u >= 0.5) & (u < 0.5 + getattr(cfg, "displaced", 0.0))).nonzero().flatten()
+        for i, t in enumerate(fixed):  # the trigger anywhere but its place, true label: see ColourTrojanConfig
+            rows = moved[i :: len(fixed)]
+            x[rows] = dataclasses.replace(t, position=None).apply(x[rows], seed=int(rng.integers(2**31)))[0]
         return x, y_poisoned if poisoned else y
 
     schedule = Schedule(cfg.epochs, cfg.per_epoch, cfg.batch, cfg.lr)
-    return train_classifier(lambda: SmallCNN(width=cfg.width, channels=CHANNELS), data, schedule, seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TRAINING_THREADS)  # the same weights whatever the caller's thread count
+    try:
+        return train_classifier(lambda: SmallCNN(width=cfg.width, channels=CHANNELS), data, schedule, seed)
+    finally:
+        torch.set_num_threads(threads)
