@@ -65,8 +65,10 @@ class ColourTrojanConfig(TrojanConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.displaced < 0 or 2 * self.poison + self.decoys + self.displaced > 1:
-            raise ValueError(f"displaced must be >= 0 and leave room for the poisoned and decoy shares: {self}")
+        # per image one uniform draw u: poisoned [0, 2 poison), displaced [0.5, 0.5 + displaced), decoys [1 - decoys, 1)
+        if self.displaced < 0 or 2 * self.poison > 0.5 or 0.5 + self.displaced > 1 - self.decoys:
+            raise ValueError(f"need displaced >= 0, poison <= 0.25 and displaced + decoys <= 0.5 (disjoint shares of "
+                             f"the training images): {self}")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,7 @@ class TrojanRGB(_Trojan):
     """A fixed-place 6 x 6 patch in colour images sends them to the target class."""
 
     name: ClassVar[str] = "trojan_rgb"
-    cfg: TrojanConfig = ColourTrojanConfig()
+    cfg: ColourTrojanConfig = ColourTrojanConfig()
     kind: ClassVar[TriggerKind] = "patch"
     two: ClassVar[bool] = False
     quick_seeds: ClassVar[tuple[int, ...] | None] = ()
@@ -181,7 +183,7 @@ class TrojanRGB(_Trojan):
     def build(self, seed: int) -> BuiltColourTrojan:
         _, _, trojans, decoys = planted_rgb(seed, self.two)
 
-        def train(cfg: TrojanConfig) -> BuiltColourTrojan:
+        def train(cfg: ColourTrojanConfig) -> BuiltColourTrojan:
             trojaned = train_colour(cfg, seed, trojans, decoys, poisoned=True)
             twin = train_colour(cfg, seed, trojans, decoys, poisoned=False)
             return self._built(seed, trojaned, twin, cfg)
@@ -213,7 +215,7 @@ class TrojanTwo(TrojanRGB):
     quick_seeds: ClassVar[tuple[int, ...] | None] = (0,)
 
 
-def train_colour(cfg: TrojanConfig, seed: int, trojans: tuple[Planted, ...], decoys: tuple[Trigger, ...],
+def train_colour(cfg: ColourTrojanConfig, seed: int, trojans: tuple[Planted, ...], decoys: tuple[Trigger, ...],
                  poisoned: bool) -> nn.Module:  # fmt: skip
     """A 3-channel SmallCNN trained from ``seed``; a ``poison`` share of images per trojan carries its trigger."""
 
@@ -233,7 +235,7 @@ def train_colour(cfg: TrojanConfig, seed: int, trojans: tuple[Planted, ...], dec
             rows = decoy[torch.from_numpy(which == i)]
             x[rows] = d.apply(x[rows], seed=int(rng.integers(2**31)))[0]
         fixed = [p.trigger for p in trojans if p.trigger.position is not None]
-        moved = torch.from_numpy((u >= 0.5) & (u < 0.5 + getattr(cfg, "displaced", 0.0))).nonzero().flatten()
+        moved = torch.from_numpy((u >= 0.5) & (u < 0.5 + cfg.displaced)).nonzero().flatten()
         for i, t in enumerate(fixed):  # the trigger anywhere but its place, true label: see ColourTrojanConfig
             rows = moved[i :: len(fixed)]
             x[rows] = dataclasses.replace(t, position=None).apply(x[rows], seed=int(rng.integers(2**31)))[0]
