@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from ..data.images import ImageSet, shapes
 from ..data.triggers import PATCH, Trigger, TriggerKind, candidates
 from ._organism import require, with_retries
-from ._train import Schedule, train_classifier
+from ._train import Schedule, torch_threads, train_classifier
 from ._trojan import BuiltTrojan, TrojanConfig, _Trojan, _wrap, accuracy, target_rate
 from ._vision import SmallCNN
 
@@ -177,7 +177,7 @@ class TrojanRGB(_Trojan):
     quick_seeds: ClassVar[tuple[int, ...] | None] = ()
     """Full runs only: quick runs (CI) build ``trojan_two``, which plants the same patch, and keep within budget."""
 
-    def config(self) -> dict[str, object]:
+    def config(self) -> dict[str, Any]:
         return super().config() | {"training_threads": TRAINING_THREADS}
 
     def build(self, seed: int) -> BuiltColourTrojan:
@@ -242,9 +242,5 @@ def train_colour(cfg: ColourTrojanConfig, seed: int, trojans: tuple[Planted, ...
         return x, y_poisoned if poisoned else y
 
     schedule = Schedule(cfg.epochs, cfg.per_epoch, cfg.batch, cfg.lr)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(TRAINING_THREADS)  # the same weights whatever the caller's thread count
-    try:
+    with torch_threads(TRAINING_THREADS):  # the same weights whatever the caller's thread count
         return train_classifier(lambda: SmallCNN(width=cfg.width, channels=CHANNELS), data, schedule, seed)
-    finally:
-        torch.set_num_threads(threads)
