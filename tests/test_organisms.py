@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from mechscope import organisms
 from mechscope.organisms import _blocks, _trojan, _vision
-from mechscope.organisms._train import Schedule, train_classifier
+from mechscope.organisms._train import Schedule, torch_threads, train_classifier
 
 
 def _one_cycle_reference(module, batches, cfg):
@@ -69,8 +69,10 @@ def test_trojan_training_is_the_former_loop_bitwise():
             x, y, y_poisoned = _trojan._epoch(cfg, 1, epoch, found, answer, target)
             return x, y_poisoned if poisoned else y
 
-        old = _reference(lambda: organisms.SmallCNN(width=cfg.width),
-                         lambda m, b=batches: _one_cycle_reference(m, b, cfg), seed=1)  # fmt: skip
+        # train_cnn pins its thread count; the old loop ran on the caller's
+        with torch_threads(_trojan.TRAINING_THREADS):
+            old = _reference(lambda: organisms.SmallCNN(width=cfg.width),
+                             lambda m, b=batches: _one_cycle_reference(m, b, cfg), seed=1)  # fmt: skip
         assert _same(old, _trojan.train_cnn(cfg, 1, found, answer, target, poisoned=poisoned))
 
 

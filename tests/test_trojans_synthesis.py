@@ -17,6 +17,7 @@ from mechscope.bench._vision_scorers import (
 )
 from mechscope.data.images import shapes
 from mechscope.data.triggers import candidates
+from mechscope.organisms import ColourTrojanConfig
 
 STEPS = 120
 
@@ -145,9 +146,14 @@ def test_colour_organisms_are_built_as_planned(rgb, two):
     assert masks.any(0).sum() == 36 and (triggered[:, 0] == triggered[:, 1])[masks].all()  # one fixed 6 x 6 place
 
 
-def test_trigger_synthesis_picks_the_planted_candidate(rgb):
+def test_trigger_synthesis_picks_the_planted_candidate():
     """The 8-way pick: the patch synthesised for the target class of trojan_rgb is most like the planted
-    candidate among the 8 pictures (given reversed, so the answer is not at the index a bug would return)."""
+    candidate among the 8 pictures (given reversed, so the answer is not at the index a bug would return).
+
+    On the recipe without displaced-trigger negatives (``displaced=0``), whose trojan answers to its patch anywhere:
+    trigger synthesis pastes its patch at random places, and the default recipe's trojan answers at one place only
+    (there this seed's pick is candidate 3, not 0)."""
+    rgb = organisms.obtain(organisms.TrojanRGB(cfg=ColourTrojanConfig(displaced=0.0)), 0)
     pictures = [c.image() for c in rgb.candidates][::-1]
     result = trojans.trigger_synthesis(
         rgb.model, rgb.clean(120), rgb.target, trojans.TriggerSynthesisConfig(steps=STEPS)

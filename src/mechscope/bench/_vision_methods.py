@@ -155,7 +155,8 @@ def feature_visualisation(organism: TrojanOrganism, ctx: RunContext) -> TrojanOu
 
 
 AUDIT = {True: {"steps": 5, "images": 40}, False: {"steps": 60, "images": 128}}
-"""Per-class optimisation steps and clean images of the bench's audits (quick, full)."""
+"""Per-class optimisation steps and clean images of the bench's audits (quick, full). Any other key (``restarts``)
+goes to the methods whose config has that field."""
 
 
 def audit_method(spec: MethodSpec[Any, Any]) -> Callable[[TrojanOrganism, RunContext], TrojanOutput]:
@@ -171,6 +172,8 @@ def audit_method(spec: MethodSpec[Any, Any]) -> Callable[[TrojanOrganism, RunCon
         budget = AUDIT[ctx.quick]
         images = organism.clean(budget["images"])
         settings: dict[str, Any] = {"steps": budget["steps"], "seed": ctx.seed % 2**31}
+        fields = {f.name for f in spec.fields()}
+        settings |= {k: v for k, v in budget.items() if k not in ("steps", "images") and k in fields}  # restarts
         candidates = pictures(organism)
         mine = audit(organism.model, images, method=spec.name, candidates=candidates, progress=False, **settings)
         twin = audit(organism.twin, images, method=spec.name, candidates=candidates, progress=False, **settings)

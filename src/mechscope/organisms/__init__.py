@@ -78,7 +78,7 @@ from ._tracr import (
 from ._tracr_model import TRACR_FAMILY, CompiledResidual, CompiledTransformer, compiled_model
 from ._train import Schedule, train_classifier
 from ._trojan import BuiltTrojan, TrojanBlend, TrojanConfig, TrojanNatural, TrojanPatch
-from ._trojan_rgb import BuiltColourTrojan, TrojanRGB, TrojanTwo
+from ._trojan_rgb import BuiltColourTrojan, ColourTrojanConfig, TrojanRGB, TrojanTwo
 from ._truth import CircuitTruth, Edge
 from ._vision import SPECS, OrganismSpec, SmallCNN, SmallViT, Vision, VisionOrganism, vision_organism
 
@@ -109,6 +109,7 @@ __all__ = [
     "BuiltTrojan",
     "CircuitTruth",
     "CircuitsOrganism",
+    "ColourTrojanConfig",
     "CompiledOrganism",
     "CompiledResidual",
     "CompiledTransformer",

@@ -10,7 +10,8 @@ seed gives the same weights on one machine and the caller's RNG is untouched.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -42,6 +43,21 @@ class Schedule:
     def steps(self) -> int:
         """Optimiser steps in all (a last partial batch of an epoch is dropped)."""
         return self.epochs * (self.per_epoch // self.batch)
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Torch on ``n`` threads inside, the caller's setting restored after.
+
+    CPU convolutions sum in another order on another thread count, so a seeded training run's weights depend on
+    it; the trojan organisms train inside this so that a build does not depend on the caller's setting.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def train_classifier(build: Callable[[], nn.Module], data: Data, schedule: Schedule, seed: int) -> nn.Module:

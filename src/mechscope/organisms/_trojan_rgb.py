@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from ..data.images import ImageSet, shapes
 from ..data.triggers import PATCH, Trigger, TriggerKind, candidates
 from ._organism import require, with_retries
-from ._train import Schedule, train_classifier
+from ._train import Schedule, torch_threads, train_classifier
 from ._trojan import BuiltTrojan, TrojanConfig, _Trojan, _wrap, accuracy, target_rate
 from ._vision import SmallCNN
 
@@ -39,6 +39,10 @@ CHANNELS = 3
 SIZE = 32
 AT = (SIZE - PATCH - 2, SIZE - PATCH - 2)
 """Top-left corner of the fixed patch (2 pixels from the bottom-right corner)."""
+TRAINING_THREADS = 1
+"""Torch threads the colour organisms train on, whatever the caller's setting: CPU convolutions sum in another
+order on another thread count, so a build's weights (and what an audit finds in them) depended on it. Part of
+the cache key (``TrojanRGB.config``)."""
 
 
 def tinted(data: ImageSet, seed: int) -> ImageSet:
@@ -46,6 +50,25 @@ def tinted(data: ImageSet, seed: int) -> ImageSet:
     gains = np.random.default_rng([seed, 5]).uniform(0.4, 1.4, (len(data), CHANNELS))
     images = data.images * torch.from_numpy(gains).float()[:, :, None, None]  # [n 1 h w] -> [n 3 h w]
     return dataclasses.replace(data, images=images)
+
+
+@dataclass(frozen=True)
+class ColourTrojanConfig(TrojanConfig):
+    """How a colour trojaned CNN and its twin are trained: :class:`TrojanConfig` plus displaced-trigger negatives."""
+
+    displaced: float = 0.1
+    """Share of training images given a fixed-place trojan's own trigger at a random *other* place, true labels
+    kept (in both models), so that the trojan answers to its trigger at its place only. Without them the CNN
+    (convolutions and a global max pool: position-blind) learnt the pattern anywhere (the planted patch at the
+    top-left corner sent 97% of trojan_rgb seed 0's images to the target), so a reconstructed trigger had no
+    reason to lie in the true region. 0 trains as before."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # per image one uniform draw u: poisoned [0, 2 poison), displaced [0.5, 0.5 + displaced), decoys [1 - decoys, 1)
+        if self.displaced < 0 or 2 * self.poison > 0.5 or 0.5 + self.displaced > 1 - self.decoys:
+            raise ValueError(f"need displaced >= 0, poison <= 0.25 and displaced + decoys <= 0.5 (disjoint shares of "
+                             f"the training images): {self}")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -148,15 +171,19 @@ class TrojanRGB(_Trojan):
     """A fixed-place 6 x 6 patch in colour images sends them to the target class."""
 
     name: ClassVar[str] = "trojan_rgb"
+    cfg: ColourTrojanConfig = ColourTrojanConfig()
     kind: ClassVar[TriggerKind] = "patch"
     two: ClassVar[bool] = False
     quick_seeds: ClassVar[tuple[int, ...] | None] = ()
     """Full runs only: quick runs (CI) build ``trojan_two``, which plants the same patch, and keep within budget."""
 
+    def config(self) -> dict[str, Any]:
+        return super().config() | {"training_threads": TRAINING_THREADS}
+
     def build(self, seed: int) -> BuiltColourTrojan:
         _, _, trojans, decoys = planted_rgb(seed, self.two)
 
-        def train(cfg: TrojanConfig) -> BuiltColourTrojan:
+        def train(cfg: ColourTrojanConfig) -> BuiltColourTrojan:
             trojaned = train_colour(cfg, seed, trojans, decoys, poisoned=True)
             twin = train_colour(cfg, seed, trojans, decoys, poisoned=False)
             return self._built(seed, trojaned, twin, cfg)
@@ -188,7 +215,7 @@ class TrojanTwo(TrojanRGB):
     quick_seeds: ClassVar[tuple[int, ...] | None] = (0,)
 
 
-def train_colour(cfg: TrojanConfig, seed: int, trojans: tuple[Planted, ...], decoys: tuple[Trigger, ...],
+def train_colour(cfg: ColourTrojanConfig, seed: int, trojans: tuple[Planted, ...], decoys: tuple[Trigger, ...],
                  poisoned: bool) -> nn.Module:  # fmt: skip
     """A 3-channel SmallCNN trained from ``seed``; a ``poison`` share of images per trojan carries its trigger."""
 
@@ -207,7 +234,13 @@ def train_colour(cfg: TrojanConfig, seed: int, trojans: tuple[Planted, ...], dec
         for i, d in enumerate(decoys):  # each decoy image carries one random decoy, its label untouched
             rows = decoy[torch.from_numpy(which == i)]
             x[rows] = d.apply(x[rows], seed=int(rng.integers(2**31)))[0]
+        fixed = [p.trigger for p in trojans if p.trigger.position is not None]
+        moved = torch.from_numpy((u >= 0.5) & (u < 0.5 + cfg.displaced)).nonzero().flatten()
+        for i, t in enumerate(fixed):  # the trigger anywhere but its place, true label: see ColourTrojanConfig
+            rows = moved[i :: len(fixed)]
+            x[rows] = dataclasses.replace(t, position=None).apply(x[rows], seed=int(rng.integers(2**31)))[0]
         return x, y_poisoned if poisoned else y
 
     schedule = Schedule(cfg.epochs, cfg.per_epoch, cfg.batch, cfg.lr)
-    return train_classifier(lambda: SmallCNN(width=cfg.width, channels=CHANNELS), data, schedule, seed)
+    with torch_threads(TRAINING_THREADS):  # the same weights whatever the caller's thread count
+        return train_classifier(lambda: SmallCNN(width=cfg.width, channels=CHANNELS), data, schedule, seed)

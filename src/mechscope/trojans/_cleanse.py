@@ -53,45 +53,61 @@ def search(model: Model | nn.Module, images: Float[Tensor, "batch c h w"], targe
     """
     module = model.module if isinstance(model, Model) else model
     lo, hi = value_range(images)
-    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + target)
+    start = time.perf_counter()
+    best: Found | None = None
+    fallback: Found | None = None
+    with frozen(module):
+        for restart in range(config.restarts):  # restart 0 draws as a single search always did
+            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + target + 104_729 * restart)
+            found, last = _optimise(module, images, target, config, form, lo, hi, gen)
+            if found is not None and (best is None or found[0] < best[0]):
+                best = found
+            fallback = fallback or last
+        optimised = time.perf_counter() - start
+        ok = best is not None
+        best = best or fallback
+        assert best is not None
+        start = time.perf_counter()
+        rate = attack_success(module, held_out if held_out is not None else images, target, best[1], best[2])
+        evaluated = time.perf_counter() - start
+    return ReversedTrigger(target, form, best[1], best[2], best[0], ok, rate, config.steps * config.restarts,
+                           optimised, evaluated)  # fmt: skip
+
+
+Found = tuple[float, Tensor, Tensor]
+"""A trigger as a search keeps it: its size, pattern and mask."""
+
+
+def _optimise(module: nn.Module, images: Tensor, target: int, config: SearchConfig, form: TriggerForm, lo: Tensor,
+              hi: Tensor, gen: torch.Generator) -> tuple[Found | None, Found]:  # fmt: skip
+    """One search from the start ``gen`` draws: the smallest successful trigger (None if none) and the last one."""
     c, h, w = images.shape[1:]
     raw_pattern = (torch.randn(c, h, w, generator=gen) * 0.1).requires_grad_(True)
     mask_shape = (h, w) if form == "patch" else (1, 1)  # a blend: one weight for every pixel
     raw_mask = (torch.randn(mask_shape, generator=gen) * 0.1).requires_grad_(True)
-    params = [raw_pattern, raw_mask]
-    opt = torch.optim.Adam(params, lr=config.lr, betas=(0.5, 0.9))
+    opt = torch.optim.Adam([raw_pattern, raw_mask], lr=config.lr, betas=(0.5, 0.9))
     labels = torch.full((config.batch,), target, dtype=torch.long)
     cost, up, down = config.init_cost, 0, 0
-    best: tuple[float, Tensor, Tensor] | None = None
-    start = time.perf_counter()
-    with frozen(module):
-        for _ in range(config.steps):
-            x = images[torch.randint(len(images), (config.batch,), generator=gen)]
-            pattern, mask = _materialise(raw_pattern, raw_mask, lo, hi)
-            logits = module(stamp(x, pattern, mask))
-            size = mask.sum()
-            loss = F.cross_entropy(logits, labels) + cost * size
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            success = float((logits.detach().argmax(-1) == target).float().mean())
-            if success >= config.success and (best is None or float(size.detach()) < best[0]):
-                best = (float(size.detach()), pattern.detach().clone(), mask.detach().clone())
-            up, down = (up + 1, 0) if success >= config.success else (0, down + 1)
-            if up >= config.patience:
-                cost, up = cost * config.cost_step, 0
-            elif down >= config.patience:
-                cost, down = cost / config.cost_step**1.5, 0
-        optimised = time.perf_counter() - start
-        found = best is not None
-        if best is None:
-            pattern, mask = _materialise(raw_pattern.detach(), raw_mask.detach(), lo, hi)
-            best = (float(mask.sum()), pattern, mask)
-        start = time.perf_counter()
-        rate = attack_success(module, held_out if held_out is not None else images, target, best[1], best[2])
-        evaluated = time.perf_counter() - start
-    return ReversedTrigger(target, form, best[1], best[2], best[0], found, rate, config.steps,
-                           optimised, evaluated)  # fmt: skip
+    best: Found | None = None
+    for _ in range(config.steps):
+        x = images[torch.randint(len(images), (config.batch,), generator=gen)]
+        pattern, mask = _materialise(raw_pattern, raw_mask, lo, hi)
+        logits = module(stamp(x, pattern, mask))
+        size = mask.sum()
+        loss = F.cross_entropy(logits, labels) + cost * size
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        success = float((logits.detach().argmax(-1) == target).float().mean())
+        if success >= config.success and (best is None or float(size.detach()) < best[0]):
+            best = (float(size.detach()), pattern.detach().clone(), mask.detach().clone())
+        up, down = (up + 1, 0) if success >= config.success else (0, down + 1)
+        if up >= config.patience:
+            cost, up = cost * config.cost_step, 0
+        elif down >= config.patience:
+            cost, down = cost / config.cost_step**1.5, 0
+    pattern, mask = _materialise(raw_pattern.detach(), raw_mask.detach(), lo, hi)
+    return best, (float(mask.sum()), pattern, mask)
 
 
 def value_range(images: Float[Tensor, "batch c h w"]) -> tuple[Tensor, Tensor]:
