@@ -3,6 +3,7 @@ stay quiet on the clean twins, localise a patch trigger, resume after an interru
 
 import functools
 import json
+import math
 
 import pytest
 import torch
@@ -144,6 +145,27 @@ def test_colour_organism_patch_target_first_localised_twin_quiet():
     assert inside > 10 * (k * k / 32**2), (inside, [t.size for t in result.triggers])
     twin = trojans.audit(org.twin, x, steps=150, restarts=3, progress=False)
     assert not twin.suspects, twin.anomaly
+
+
+def test_relative_audit_names_the_blended_grating_target_against_a_clean_reference():
+    # trojan_two (colour; a patch to class 1 and a blended grating to class 3 on seed 1): the CNN can be pushed to
+    # any class by a whole-image blend of weight 0.12-0.23, so the grating's class hides among equally small blends.
+    # Against the clean twin the same search says which class got easier. Measured on a fresh build (one 60-step
+    # start per class): blend weights 0.226, 0.155, 0.154, 0.119 (trojaned) against 0.249, 0.201, 0.185, 0.173
+    # (twin): ratios 0.91, 0.77, 0.83, 0.69 -- the grating's class lowest, the patch's next. On seeds 0 and 2 the
+    # grating's class is lowest too (0.77 against 0.80; 0.80 against 0.97); the plain audit ranks it first on 2 of 3.
+    org = organisms.obtain(organisms.TrojanTwo(), 1)
+    patch_target, blend_target = org.truth["targets"]
+    x = org.clean(128)
+    result = trojans.audit(org.model, x, method="blend", steps=60, seed=1, reference=org.twin, relative=True,
+                           progress=False)  # fmt: skip
+    assert result.reference_triggers is not None and len(result.reference_triggers) == len(result.triggers)
+    logs = [math.log(t.size / r.size) for t, r in zip(result.triggers, result.reference_triggers, strict=True)]
+    assert result.anomaly == pytest.approx(trojans.anomaly_index(logs))  # the index over log size ratios
+    assert result.ranking[:2] == [blend_target, patch_target], (logs, result.anomaly)
+    assert logs[blend_target] < min(v for c, v in enumerate(logs) if c != blend_target) - 0.05
+    with pytest.raises(ValueError, match="reference="):
+        trojans.audit(org.model, x, method="blend", steps=1, relative=True, progress=False)
 
 
 # --- definitions, resuming, bad input ----------------------------------------------------------------------------
@@ -296,6 +318,22 @@ def test_cli_audits_a_user_model_and_resumes(user_model):
     again = json.loads(_cli(*args).stdout)
     # read back from OUT/progress, not recomputed (a recomputation would take other seconds)
     assert again["anomaly"] == summary["anomaly"] and again["optimisation_s"] == summary["optimisation_s"]
+
+
+def test_cli_relative_audit_searches_the_reference_too(user_model):
+    out, weights = user_model / "relative", user_model / "w.safetensors"
+    args = ["--model", "usernets:make", "--weights", weights, "--images", user_model / "images", "--shape", "3,16,16",
+            "--steps", 3, "--reference", weights, "--relative", "--out", out, "--json"]  # fmt: skip
+    result = _cli(*args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert len(summary["reference_triggers"]) == 3
+    # the reference is the model itself: the same seeded search finds the same triggers, every ratio is 1
+    assert [t["size"] for t in summary["reference_triggers"]] == [t["size"] for t in summary["triggers"]]
+    assert summary["anomaly"] == [0.0, 0.0, 0.0]
+    assert sorted(p.name for p in (out / "progress" / "reference").iterdir()) == [
+        f"class{c:04d}.json" for c in range(3)
+    ]
 
 
 @pytest.mark.parametrize(

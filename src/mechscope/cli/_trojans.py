@@ -36,6 +36,9 @@ def audit_trojans(
     reference: Annotated[
         Path | None, typer.Option(help="safetensors weights of a clean reference model (same factory).")
     ] = None,
+    relative: Annotated[
+        bool, typer.Option(help="Rank classes by trigger size relative to the reference's (runs the search there too).")
+    ] = False,
     candidates: Annotated[
         Path | None,
         typer.Option(
@@ -63,8 +66,9 @@ def audit_trojans(
         ref = load_module(model, reference) if reference is not None else None
         x = read(images, c, h, w) * (hi - lo) + lo
         pictures = None if candidates is None else read_pictures(candidates, c)
-        result = trojans.audit(module, x, method=method, reference=ref, held_out=held_out, threshold=threshold,
-                               folder=out / "progress", candidates=pictures, **(settings or {}))  # fmt: skip
+        result = trojans.audit(module, x, method=method, reference=ref, relative=relative, held_out=held_out,
+                               threshold=threshold, folder=out / "progress", candidates=pictures,
+                               **(settings or {}))  # fmt: skip
         files = trojans.save_triggers(result, out, example=x[0])
     summary = result.to_dict() | {"files": [str(f) for f in files]}
     if as_json:

@@ -3,7 +3,11 @@
 A class that a backdoor sends images to needs a far smaller trigger than the others (Wang et al. 2019, section
 IV-C). ``audit`` runs one declared search (:data:`METHODS`) per class on part of the given clean images, measures
 each trigger's attack success on the rest (held out) and on a reference model when given, and scores each class by
-the median-absolute-deviation anomaly index of the trigger sizes.
+the median-absolute-deviation anomaly index of the trigger sizes. With ``relative=True`` and a clean reference model
+the same search runs on the reference too and the index is taken over ``log(size / reference size)``: how much
+easier a class is to reach in the suspect model than in a clean one. A model that is easy to push to any class
+(small blends reach every class of a non-robust CNN) hides a backdoor among equally small triggers; a clean
+reference of the same architecture says which class got easier (docs/trojans.md, "Relative to a reference").
 
 Long audits show a progress bar per class and can be interrupted: with ``folder``, each class's trigger is saved as
 it finishes, and a later call with the same model, images, method and config picks up from there.
@@ -37,18 +41,24 @@ MAD_SCALE = 1.4826
 
 def audit(model: Model | nn.Module, images: Float[Tensor, "batch c h w"], *, method: str = "neural_cleanse",
           config: Any = None, held_out: float = 0.25, threshold: float = 2.0,
-          reference: Model | nn.Module | None = None, folder: str | Path | None = None, progress: bool = True,
-          candidates: Sequence[Tensor] | None = None, **settings: Any) -> TrojanAudit:  # fmt: skip
+          reference: Model | nn.Module | None = None, relative: bool = False, folder: str | Path | None = None,
+          progress: bool = True, candidates: Sequence[Tensor] | None = None,
+          **settings: Any) -> TrojanAudit:  # fmt: skip
     """Reverse-engineer a trigger per class with ``method`` and rank the classes by anomaly index.
 
     ``images``: clean images the model takes, ``[batch c h w]``, at least one per class; the last ``held_out``
     share measures attack success. ``settings`` (or ``config``) set the method's config fields (e.g. ``steps``).
     ``reference``: a model believed clean (a twin), on which each trigger's attack success is measured too.
+    ``relative``: rank classes by their trigger size relative to the reference model's for the same class (the same
+    search, images and config run on ``reference``; needs ``reference``). ``TrojanAudit.reference_triggers`` holds
+    the reference's triggers.
     ``folder``: where finished classes are saved and resumed from.
     ``candidates``: pictures of candidate triggers (``[h w]`` or ``[c h w]``, any size; the competition's multiple
     choice): each class's trigger picture is scored against each (``TrojanAudit.candidate_scores``, ``.pick()``).
     """
     spec = METHODS[method]
+    if relative and reference is None:
+        raise ValueError("relative=True ranks classes against a clean reference model: pass reference=")
     if config is not None and settings:
         raise TypeError("give config= or individual settings, not both")
     cfg = config if config is not None else spec.make_config(**settings)
@@ -60,29 +70,56 @@ def audit(model: Model | nn.Module, images: Float[Tensor, "batch c h w"], *, met
     fit, test = images[: len(images) - n_test], images[len(images) - n_test :]
     if len(fit) < 1:
         raise ValueError(f"{len(images)} images leave none to optimise on after holding out {n_test}; give more")
-    store = _Resume(Path(folder), _fingerprint(module, images, method, cfg)) if folder is not None else None
-    triggers: list[ReversedTrigger] = []
-    bar = tqdm(range(n_classes), desc=f"{method} per class", disable=not progress, unit="class")
-    for target in bar:
-        found = store.load(target) if store is not None else None
-        if found is None:
-            found = spec.fn(module, fit, target, cfg, test)
-            if store is not None:
-                store.save(found)
-        triggers.append(found)
-        bar.set_postfix(size=f"{found.size:.3g}", success=f"{found.attack_success:.2f}")
-    ref = None
+    ref_module = None
     if reference is not None:
         ref_module = reference.module if isinstance(reference, Model) else reference
         check_images(ref_module, images, n_classes)
-        ref = tuple(attack_success(ref_module, test, t.target, t.pattern, t.mask) for t in triggers)
+    search = _Search(spec, cfg, fit, test, n_classes, progress)
+    store = _Resume(Path(folder), _fingerprint(module, images, method, cfg)) if folder is not None else None
+    triggers = search.run(module, store, method)
+    ref = None if ref_module is None else tuple(attack_success(ref_module, test, t.target, t.pattern, t.mask)
+                                                for t in triggers)  # fmt: skip
+    ref_triggers = None
+    if relative:
+        assert ref_module is not None
+        ref_store = (_Resume(Path(folder) / "reference", _fingerprint(ref_module, images, method, cfg))
+                     if folder is not None else None)  # fmt: skip
+        ref_triggers = tuple(search.run(ref_module, ref_store, f"{method} on the reference"))
+        sizes = [math.log(max(t.size, 1e-12) / max(r.size, 1e-12)) for t, r in zip(triggers, ref_triggers, strict=True)]
+    else:
+        sizes = [t.size for t in triggers]
     name = model.name if isinstance(model, Model) else type(module).__name__
     scores = None
     if candidates is not None:
         pictures = _check_candidates(candidates)
         scores = tuple(tuple(rank_candidates(t.picture(), pictures)) for t in triggers)
-    return TrojanAudit(method, name, tuple(triggers), anomaly_index([t.size for t in triggers]), threshold, ref,
-                       dataclasses.asdict(cfg), scores)  # fmt: skip
+    return TrojanAudit(method, name, tuple(triggers), anomaly_index(sizes), threshold, ref, dataclasses.asdict(cfg),
+                       scores, ref_triggers)  # fmt: skip
+
+
+@dataclasses.dataclass
+class _Search:
+    """One declared search per class on the same images and config, resumable through a ``_Resume`` store."""
+
+    spec: Any
+    cfg: Any
+    fit: Tensor
+    test: Tensor
+    n_classes: int
+    progress: bool
+
+    def run(self, module: nn.Module, store: _Resume | None, desc: str) -> list[ReversedTrigger]:
+        triggers: list[ReversedTrigger] = []
+        bar = tqdm(range(self.n_classes), desc=f"{desc} per class", disable=not self.progress, unit="class")
+        for target in bar:
+            found = store.load(target) if store is not None else None
+            if found is None:
+                found = self.spec.fn(module, self.fit, target, self.cfg, self.test)
+                if store is not None:
+                    store.save(found)
+            triggers.append(found)
+            bar.set_postfix(size=f"{found.size:.3g}", success=f"{found.attack_success:.2f}")
+        return triggers
 
 
 def _check_candidates(candidates: Sequence[Any]) -> list[Tensor]:

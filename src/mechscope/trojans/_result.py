@@ -87,7 +87,8 @@ class TrojanAudit:
 
     The anomaly index of class ``c`` is ``(median - size_c) / (1.4826 MAD)`` over the classes' trigger sizes
     (Wang et al. 2019, section IV-C): how many robust standard deviations smaller than typical its trigger is.
-    Classes above ``threshold`` (2 in the paper: a 95% chance of an outlier under normality) are suspects.
+    Classes above ``threshold`` (2 in the paper: a 95% chance of an outlier under normality) are suspects. With
+    ``audit(..., relative=True)`` the sizes are ``log(size_c / reference size_c)`` against a clean reference model.
     """
 
     method: str
@@ -103,6 +104,9 @@ class TrojanAudit:
     candidate_scores: tuple[tuple[float, ...], ...] | None = None
     """When candidates were given: per class, the similarity of its trigger's picture to each candidate
     (:func:`mechscope.trojans.similarity`, in [-1, 1])."""
+    reference_triggers: tuple[ReversedTrigger, ...] | None = None
+    """With ``audit(..., relative=True)``: the same search's trigger per class on the reference model; the anomaly
+    index is then over ``log(size / reference size)``."""
 
     def pick(self, cls: int | None = None) -> list[int]:
         """Candidates from most to least like class ``cls``'s trigger (default: the most anomalous class)."""
@@ -138,4 +142,6 @@ class TrojanAudit:
             "candidate_scores": None if self.candidate_scores is None else [list(r) for r in self.candidate_scores],
             "pick": None if self.candidate_scores is None else self.pick(),
             "triggers": [t.to_dict() for t in self.triggers],
+            "reference_triggers": None if self.reference_triggers is None
+            else [t.to_dict() for t in self.reference_triggers],
         }  # fmt: skip
